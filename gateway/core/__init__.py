@@ -1,0 +1,1 @@
+"""The transport-free domain core: rooms, variables, events and their rules, over a backend plugin."""

@@ -1,0 +1,356 @@
+"""RoomService: the room rules, on one backend, for every transport.
+
+Each public coroutine is one method of ``roomgateway.v1.RoomService`` (``CreateRoom`` → :meth:`create_room`)
+and takes the fields of its request message as keyword arguments, named as in the proto: nested messages
+as dicts of proto field names, ``Value``/``Struct`` as plain JSON, a missing field as its default. So the
+REST transcoder and the gRPC adapter both call it generically from the descriptors, and neither writes a
+method twice. It knows nothing of HTTP, gRPC or SQL.
+
+The rules: a room goes OPEN → CLOSED → DELETED and never back; an id is never used twice; only a CLOSED
+room can be deleted, which wipes its data and ends its streams; a CLOSED room keeps its data and current
+streams but refuses writes and new streams; a DELETED room answers NOT_FOUND except to GetRoom/ListRooms.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from gateway.core import validation
+from gateway.core.backend import Backend
+from gateway.core.hub import Subscription, Topic
+from gateway.core.models import (
+    JSON,
+    UNSET,
+    Event,
+    InvalidateConnectionsResponse,
+    ListRoomsResponse,
+    Room,
+    RoomContents,
+    RoomSignal,
+    RoomStatus,
+    SignalKind,
+    Variable,
+    _Unset,
+)
+from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RESULTS = 100
+MAX_RESULTS_CAP = 1000
+
+#: Room fields a client may set; the others (status, times) are output only and ignored on input (AIP-203).
+_WRITABLE = {
+    "display_name": validation.display_name,
+    "description": validation.description,
+    "jurisdiction": validation.jurisdiction,
+    "settings": validation.settings,
+}
+_OUTPUT_ONLY = frozenset({"room_id", "status", "create_time", "update_time"})
+
+_N = TypeVar("_N", Variable, Event)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ListenStream(Generic[_N], AsyncIterator[_N]):
+    """A server stream of a room's variable or events, already subscribed when returned.
+
+    Iterating it yields notifications; it ends with NOT_FOUND when the room is deleted and UNAVAILABLE when
+    its connections are invalidated or the server shuts down. :meth:`aclose` must be called (transports do
+    it in ``finally``): it unsubscribes even if iteration never started.
+    """
+
+    def __init__(self, subscription: Subscription, items: AsyncGenerator[_N, None]) -> None:
+        self._subscription = subscription
+        self._items = items
+
+    def __aiter__(self) -> ListenStream[_N]:
+        return self
+
+    async def __anext__(self) -> _N:
+        return await self._items.__anext__()
+
+    async def aclose(self) -> None:
+        self._subscription.close()
+        await self._items.aclose()
+
+
+class RoomService:
+    """The domain core.
+
+    :param backend: an opened backend.
+    :param auto_create_rooms: create a room on its first variable write or event (WorkAdventure and
+        Reflect behave so); when off, those calls on an unknown room are NOT_FOUND.
+    :param clock: returns the current time (UTC); tests inject their own.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        auto_create_rooms: bool = True,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.backend = backend
+        self.auto_create_rooms = auto_create_rooms
+        self._now = clock
+
+    # -- rooms --------------------------------------------------------------------------------------------
+
+    async def create_room(self, room: Mapping[str, Any] | None = None) -> Room:
+        fields = dict(room or {})
+        room_id = validation.room_id(fields.get("room_id", ""), "room.room_id")
+        now = self._now()
+        new = Room(room_id=room_id, create_time=now, update_time=now)
+        for name, check in _WRITABLE.items():
+            if name in fields:
+                setattr(new, name, check(fields[name]))
+        await self.backend.create_room(new)
+        return new
+
+    async def get_room(self, room_id: str = "") -> Room:
+        validation.room_id(room_id)
+        room = await self.backend.get_room(room_id)
+        if room is None:
+            raise _room_not_found(room_id)
+        return room
+
+    async def list_rooms(
+        self,
+        start_key: str = "",
+        start_after_key: str = "",
+        room_id: Sequence[str] = (),
+        max_results: int = 0,
+    ) -> ListRoomsResponse:
+        if sum(1 for given in (start_key, start_after_key, room_id) if given) > 1:
+            raise InvalidArgument("startKey, startAfterKey and roomId are mutually exclusive")
+        if max_results < 0:
+            raise InvalidArgument("maxResults must not be negative")
+        limit = min(max_results or DEFAULT_MAX_RESULTS, MAX_RESULTS_CAP)
+        if room_id:
+            ids = sorted({validation.room_id(one, "roomId") for one in room_id})
+            found = await self.backend.get_rooms(ids)
+            rooms, more = found[:limit], len(found) > limit
+        else:
+            start = start_after_key or start_key
+            if start:
+                validation.room_id(start, "startAfterKey" if start_after_key else "startKey")
+            found = await self.backend.list_rooms(
+                start=start, inclusive=not start_after_key, limit=limit + 1
+            )
+            rooms, more = found[:limit], len(found) > limit
+        return ListRoomsResponse(results=rooms, num_results=len(rooms), more=more)
+
+    async def update_room(
+        self, room: Mapping[str, Any] | None = None, update_mask: Sequence[str] | None = None
+    ) -> Room:
+        fields = dict(room or {})
+        room_id = validation.room_id(fields.get("room_id", ""), "room.room_id")
+        if update_mask:
+            paths = list(update_mask)
+        else:
+            # AIP-134: no mask means every field that is set.
+            paths = [name for name, value in fields.items() if value not in ("", None, {})]
+        for path in paths:
+            if path not in _WRITABLE and path not in _OUTPUT_ONLY:
+                raise InvalidArgument(f"update_mask names an unknown field: {path!r}")
+        current = await self._writable_room(room_id)
+        for path in paths:
+            if path in _WRITABLE:
+                setattr(current, path, _WRITABLE[path](fields.get(path, _empty_of(path))))
+        current.update_time = self._now()
+        await self.backend.save_room(current)
+        return current
+
+    async def close_room(self, room_id: str = "") -> Room:
+        room = await self._writable_room(validation.room_id(room_id))
+        room.status = RoomStatus.CLOSED
+        room.update_time = self._now()
+        await self.backend.save_room(room)
+        return room
+
+    async def delete_room(self, room_id: str = "") -> Room:
+        room = await self._live_room(validation.room_id(room_id))
+        if room.status is not RoomStatus.CLOSED:
+            raise FailedPrecondition(f"room {room_id!r} is open: close it before deleting it")
+        now = self._now()
+        room.status = RoomStatus.DELETED
+        room.update_time = now
+        await self.backend.save_room(room)
+        await self.backend.delete_room_data(room_id)
+        await self.backend.publish_signal(RoomSignal(room_id, SignalKind.DELETED, now))
+        return room
+
+    async def get_room_contents(self, room_id: str = "") -> RoomContents:
+        await self._live_room(validation.room_id(room_id))
+        return RoomContents(contents=await self.backend.get_contents(room_id))
+
+    async def invalidate_connections(self, room_id: str = "") -> InvalidateConnectionsResponse:
+        if room_id:
+            await self._live_room(validation.room_id(room_id))
+        now = self._now()
+        await self.backend.publish_signal(RoomSignal(room_id, SignalKind.INVALIDATED, now))
+        return InvalidateConnectionsResponse(invalidate_time=now)
+
+    # -- variables ----------------------------------------------------------------------------------------
+
+    async def get_variable(self, room_id: str = "", name: str = "") -> Variable:
+        validation.room_id(room_id)
+        validation.variable_name(name)
+        variable = await self.backend.get_variable(room_id, name)
+        if variable is not None:
+            return variable
+        # The room may be missing too: say which.
+        await self._live_room(room_id)
+        raise NotFound(f"variable {name!r} is not set in room {room_id!r}")
+
+    async def set_variable(
+        self,
+        room_id: str = "",
+        name: str = "",
+        value: JSON | _Unset = UNSET,
+        expected_version: int | None = None,
+    ) -> Variable:
+        validation.room_id(room_id)
+        validation.variable_name(name)
+        if value is UNSET:
+            raise InvalidArgument("value is required")
+        if expected_version is not None and expected_version < 0:
+            raise InvalidArgument("expectedVersion must not be negative")
+        await self._room_for_write(room_id)
+        variable = await self.backend.set_variable(
+            room_id, name, value, expected_version=expected_version, now=self._now()
+        )
+        if variable is None:  # a backend breaking its contract: a set always yields a version
+            raise Unavailable("backend did not store the variable")
+        return variable
+
+    async def delete_variable(self, room_id: str = "", name: str = "") -> None:
+        validation.room_id(room_id)
+        validation.variable_name(name)
+        await self._writable_room(room_id)
+        await self.backend.set_variable(room_id, name, UNSET, expected_version=None, now=self._now())
+
+    async def listen_variable(self, room_id: str = "", name: str = "") -> ListenStream[Variable]:
+        validation.room_id(room_id)
+        validation.variable_name(name)
+        await self._room_for_stream(room_id)
+        sub = await self.backend.subscribe(Topic("variable", room_id, name))
+        try:
+            current = await self.backend.get_variable(room_id, name)
+        except BaseException:
+            sub.close()
+            raise
+        return ListenStream(sub, self._variable_changes(sub, current))
+
+    @staticmethod
+    async def _variable_changes(
+        sub: Subscription, current: Variable | None
+    ) -> AsyncGenerator[Variable, None]:
+        try:
+            last = 0
+            if current is not None:
+                last = current.version
+                yield current
+            async for note in sub:
+                if isinstance(note, RoomSignal):
+                    raise _stream_end(note, sub.topic.room_id)
+                if isinstance(note, Variable) and note.version > last:
+                    last = note.version
+                    yield note
+        finally:
+            sub.close()
+
+    # -- events -------------------------------------------------------------------------------------------
+
+    async def publish_event(self, room_id: str = "", name: str = "", data: JSON = None) -> Event:
+        validation.room_id(room_id)
+        validation.variable_name(name)
+        await self._room_for_write(room_id)
+        event = Event(name=name, data=data, time=self._now())
+        await self.backend.publish_event(room_id, event)
+        return event
+
+    async def listen_events(self, room_id: str = "", name: str = "") -> ListenStream[Event]:
+        validation.room_id(room_id)
+        validation.variable_name(name)
+        await self._room_for_stream(room_id)
+        sub = await self.backend.subscribe(Topic("event", room_id, name))
+        return ListenStream(sub, self._events(sub))
+
+    @staticmethod
+    async def _events(sub: Subscription) -> AsyncGenerator[Event, None]:
+        try:
+            async for note in sub:
+                if isinstance(note, RoomSignal):
+                    raise _stream_end(note, sub.topic.room_id)
+                if isinstance(note, Event):
+                    yield note
+        finally:
+            sub.close()
+
+    # -- rules shared by the methods ----------------------------------------------------------------------
+
+    async def _live_room(self, room_id: str) -> Room:
+        """The room, unless it was never created or is deleted (NOT_FOUND)."""
+        room = await self.backend.get_room(room_id)
+        if room is None:
+            raise _room_not_found(room_id)
+        if room.status is RoomStatus.DELETED:
+            raise NotFound(f"room {room_id!r} was deleted")
+        return room
+
+    async def _writable_room(self, room_id: str) -> Room:
+        room = await self._live_room(room_id)
+        if room.status is not RoomStatus.OPEN:
+            raise FailedPrecondition(f"room {room_id!r} is closed")
+        return room
+
+    async def _room_for_write(self, room_id: str) -> None:
+        """An OPEN room, created on the spot when ``auto_create_rooms`` is on."""
+        room = await self.backend.get_room(room_id)
+        if room is None and self.auto_create_rooms:
+            now = self._now()
+            try:
+                await self.backend.create_room(Room(room_id=room_id, create_time=now, update_time=now))
+                return
+            except AlreadyExists:  # another writer created it first
+                room = await self.backend.get_room(room_id)
+        if room is None:
+            raise _room_not_found(room_id)
+        if room.status is RoomStatus.DELETED:
+            raise NotFound(f"room {room_id!r} was deleted")
+        if room.status is not RoomStatus.OPEN:
+            raise FailedPrecondition(f"room {room_id!r} is closed")
+
+    async def _room_for_stream(self, room_id: str) -> None:
+        """New streams need an OPEN room, or one not created yet when rooms are implicit."""
+        room = await self.backend.get_room(room_id)
+        if room is None:
+            if self.auto_create_rooms:
+                return
+            raise _room_not_found(room_id)
+        if room.status is RoomStatus.DELETED:
+            raise NotFound(f"room {room_id!r} was deleted")
+        if room.status is not RoomStatus.OPEN:
+            raise FailedPrecondition(f"room {room_id!r} is closed: it accepts no new streams")
+
+
+def _room_not_found(room_id: str) -> NotFound:
+    return NotFound(f"room {room_id!r} does not exist")
+
+
+def _empty_of(path: str) -> Any:
+    return {} if path == "settings" else ""
+
+
+def _stream_end(signal: RoomSignal, room_id: str) -> Exception:
+    if signal.kind is SignalKind.DELETED:
+        return NotFound(f"room {room_id!r} was deleted")
+    return Unavailable(f"connections to room {room_id!r} were invalidated; reconnect")

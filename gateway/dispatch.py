@@ -1,0 +1,80 @@
+"""One call of the native API, whatever the transport: authorize, then run the RoomService method.
+
+The REST transcoder and the gRPC server both bind a request into keyword arguments named as the proto
+request's fields (see :mod:`gateway.core.service`) and hand them here with the caller's
+:class:`~gateway.auth.policy.Principal`. The method table is built from the proto descriptor at start-up,
+so a method added to the proto is served by both transports or by neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor
+
+from gateway import schema
+from gateway.auth.permissions import REQUIRED
+from gateway.auth.policy import AuthPolicy, Principal
+from gateway.core.service import RoomService
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """A method of the native service, as both transports see it."""
+
+    name: str  # proto name, e.g. "GetVariable"
+    python_name: str  # "get_variable"
+    input: Descriptor
+    output: Descriptor
+    server_streaming: bool
+    permission: str
+
+
+def native_methods() -> dict[str, Method]:
+    """Every method of ``roomgateway.v1.RoomService``, by proto name."""
+    methods = {}
+    for m in schema.service().methods:
+        methods[m.name] = Method(
+            name=m.name,
+            python_name=schema.python_name(m.name),
+            input=m.input_type,
+            output=m.output_type,
+            server_streaming=m.server_streaming,
+            permission=REQUIRED[m.name],
+        )
+    return methods
+
+
+def room_id_of(request: Mapping[str, Any]) -> str:
+    """The room a request addresses (``room_id``, or ``room.room_id``), ``""`` for none."""
+    room_id = request.get("room_id")
+    if isinstance(room_id, str):
+        return room_id
+    room = request.get("room")
+    if isinstance(room, Mapping) and isinstance(room.get("room_id"), str):
+        return str(room["room_id"])
+    return ""
+
+
+class Dispatcher:
+    """Authorizes and runs native calls.
+
+    :param service: the domain core.
+    :param policy: the auth policy (permissions, room patterns).
+    """
+
+    def __init__(self, service: RoomService, policy: AuthPolicy) -> None:
+        self.service = service
+        self.policy = policy
+        self.methods = native_methods()
+        self._handlers = {name: getattr(service, m.python_name) for name, m in self.methods.items()}
+
+    async def call(self, method: str, principal: Principal, request: dict[str, Any]) -> Any:
+        """Run ``method`` for ``principal``; returns the domain result (a stream for server streams).
+
+        :raises GatewayError: PERMISSION_DENIED, or whatever the service answers.
+        """
+        self.policy.authorize(principal, method, room_id_of(request))
+        return await self._handlers[method](**request)

@@ -1,0 +1,39 @@
+"""Every hook a room-gateway plugin can implement.
+
+A plugin is a module (or object) with functions marked ``@hookimpl``, registered under the ``room_gateway``
+entry-point group::
+
+    [project.entry-points.room_gateway]
+    my_backend = "my_package.my_backend"
+
+Built-in plugins (``room_gateway_plugins.*``) register through this same group. Hooks run at start-up only:
+no hook is called on the request path (pluggy is synchronous — pluggy issue #320).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gateway.core.backend import Backend
+
+PROJECT = "room_gateway"
+ENTRY_POINT_GROUP = "room_gateway"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def gateway_backend_classes() -> list[type[Backend]]:
+    """Offer backend classes.
+
+    Each class subclasses :class:`gateway.core.backend.Backend` and declares the URL ``schemes`` it serves;
+    the gateway picks the one whose scheme matches ``backend`` in ``gateway.yaml``. Called once at start-up
+    on every plugin; the results are concatenated.
+
+    :return: a list of backend classes (empty or ``None`` when the plugin offers none).
+    """
+    raise NotImplementedError
