@@ -80,10 +80,8 @@ class Subscription:
         return note
 
     def close(self) -> None:
-        """Unsubscribe. Safe to call more than once and from ``finally`` blocks."""
-        if not self._closed:
-            self._closed = True
-            self._hub._remove(self)
+        """Unsubscribe; a reader waiting in another task wakes and stops. Idempotent."""
+        self._end(None)
 
     async def __aenter__(self) -> Subscription:
         return self

@@ -78,6 +78,8 @@ class ListenStream(Generic[_N], AsyncIterator[_N]):
 
     async def aclose(self) -> None:
         self._subscription.close()
+        if self._items.ag_running:
+            return  # being read in another task: the closed subscription ends that read
         await self._items.aclose()
 
 
