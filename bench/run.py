@@ -1,0 +1,247 @@
+"""Side-by-side throughput of the gateway against its bare peers, in one run, reported as ratios.
+
+    python bench/run.py [--duration 10] [--connections 64] [--out bench/RESULTS.md]
+
+Needs ``wrk`` and ``h2load`` (Debian: ``apt-get install wrk nghttp2-client``). Every server runs as its own
+process (uvicorn / grpclib, one event loop each, as deployed); the load generator runs on the same machine.
+Each pair is measured back to back after a warm-up, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "bench-key-0123456789abcdef"
+ROOM, NAME = "bench-room", "score"
+VALUE = {"points": 42, "players": ["ada", "linus"]}
+VAR_PATH = f"/v1/rooms/{ROOM}/variables/{NAME}"
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p99_ms: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.p = subprocess.Popen(args, env={**os.environ, **(env or {})}, cwd=ROOT)
+
+    def stop(self) -> None:
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            self.p.wait(15)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+def start_gateway(config: Path, http: int, grpc: int) -> Proc:
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
+            backend: "memory://"
+            auth:
+              keys:
+                - {{name: bench, key: "{KEY}", permissions: ["*"]}}
+            """
+        )
+    )
+    proc = Proc([sys.executable, "-m", "gateway", "serve", "--config", str(config)])
+    wait_port(http)
+    wait_port(grpc)
+    return proc
+
+
+def wrk(name: str, url: str, args: argparse.Namespace, *, headers: dict[str, str], lua: str | None) -> Result:
+    cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
+    for key, value in headers.items():
+        cmd += ["-H", f"{key}: {value}"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(lua or "")
+    if lua:
+        cmd += ["-s", script.name]
+    subprocess.run([*cmd[:4], "-d2s", *cmd[5:], url], capture_output=True, check=True)  # warm-up
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    return Result(name, rps, p99, int(bad.group(1)) if bad else 0 + (1 if errors else 0))
+
+
+def _ms(text: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def grpc_frame() -> bytes:
+    from gateway._gen.roomgateway.v1 import GetVariableRequest
+
+    message = bytes(GetVariableRequest(room_id=ROOM, name=NAME))
+    return struct.pack(">?I", False, len(message)) + message
+
+
+def h2load(name: str, port: int, args: argparse.Namespace, *, headers: dict[str, str]) -> Result:
+    with tempfile.TemporaryDirectory() as tmp:
+        body = Path(tmp) / "req.bin"
+        body.write_bytes(grpc_frame())
+        log = Path(tmp) / "log.tsv"
+        base = ["h2load", "-c", str(args.connections), "-m", "1", "-t", str(args.threads), "-d", str(body)]
+        base += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+        for key, value in headers.items():
+            base += ["-H", f"{key}: {value}"]
+        url = f"http://127.0.0.1:{port}/roomgateway.v1.RoomService/GetVariable"
+        subprocess.run([*base, "-D", "2", url], capture_output=True, check=True)  # warm-up
+        out = subprocess.run(
+            [*base, "-D", str(args.duration), "--log-file", str(log), url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+        failed = int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
+        times = [int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line]
+        p99 = statistics.quantiles(times, n=100)[98] if len(times) > 100 else max(times)
+        return Result(name, rps, p99, failed)
+
+
+def grpc_check(port: int, key: str | None) -> None:
+    """One real call: h2load counts HTTP 200s, so prove the answer is grpc-status 0 with a value."""
+    import asyncio
+
+    from grpclib.client import Channel
+
+    from gateway._gen.roomgateway.v1 import GetVariableRequest, RoomServiceStub
+
+    async def call() -> None:
+        channel = Channel("127.0.0.1", port)
+        try:
+            stub = RoomServiceStub(channel, metadata={"x-api-key": key} if key else None)
+            reply = await stub.get_variable(GetVariableRequest(room_id=ROOM, name=NAME))
+            assert reply.value is not None and reply.value.to_dict() == VALUE, reply
+        finally:
+            channel.close()
+
+    asyncio.run(call())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    for tool in ("wrk", "h2load"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install wrk nghttp2-client")
+
+    put_lua = (
+        'wrk.method = "PUT"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps({'value': VALUE}))}\n"
+    )
+    auth = {"X-API-Key": KEY}
+    results: list[tuple[Result, Result]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        http, grpc, peer_http, peer_grpc = free_port(), free_port(), free_port(), free_port()
+        gateway = start_gateway(Path(tmp) / "gateway.yaml", http, grpc)
+        starlette = Proc([sys.executable, "bench/peers.py", "starlette", str(peer_http)])
+        grpclib_peer = Proc([sys.executable, "bench/peers.py", "grpclib", str(peer_grpc)])
+        try:
+            wait_port(peer_http)
+            wait_port(peer_grpc)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{http}{VAR_PATH}",
+                data=json.dumps({"value": VALUE}).encode(),
+                method="PUT",
+                headers={**auth, "Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(request).read()
+            grpc_check(grpc, KEY)
+            grpc_check(peer_grpc, None)
+            results.append(
+                (
+                    wrk("bare Starlette GET", f"http://127.0.0.1:{peer_http}{VAR_PATH}", args, headers={}, lua=None),
+                    wrk("gateway REST GET variable", f"http://127.0.0.1:{http}{VAR_PATH}", args, headers=auth, lua=None),
+                )
+            )
+            results.append(
+                (
+                    wrk("bare Starlette PUT", f"http://127.0.0.1:{peer_http}{VAR_PATH}", args, headers={}, lua=put_lua),
+                    wrk("gateway REST PUT variable", f"http://127.0.0.1:{http}{VAR_PATH}", args, headers=auth, lua=put_lua),
+                )
+            )
+            results.append(
+                (
+                    h2load("bare grpclib GetVariable", peer_grpc, args, headers={}),
+                    h2load("gateway gRPC GetVariable", grpc, args, headers={"x-api-key": KEY}),
+                )
+            )
+        finally:
+            for proc in (gateway, starlette, grpclib_peer):
+                proc.stop()
+    report(results, args)
+
+
+def report(results: list[tuple[Result, Result]], args: argparse.Namespace) -> None:
+    lines = [
+        "| pair | bare req/s | gateway req/s | ratio | bare p99 | gateway p99 | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for bare, ours in results:
+        lines.append(
+            f"| {ours.name} vs {bare.name} | {bare.rps:,.0f} | {ours.rps:,.0f} | "
+            f"**{ours.rps / bare.rps:.0%}** | {bare.p99_ms:.1f} ms | {ours.p99_ms:.1f} ms | "
+            f"{bare.errors + ours.errors} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    header = (
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node() or 'this machine'}: "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{args.connections} connections, {args.threads} load threads, {args.duration} s per measurement."
+    )
+    (args.out.parent / "last-run.md").write_text(header + "\n\n" + table + "\n")
+    print(f"\n{header}\n(table also in {args.out.parent / 'last-run.md'}; copy it into {args.out})")
+
+
+if __name__ == "__main__":
+    main()
