@@ -1,0 +1,11 @@
+"""The gRPC transport: ``roomgateway.v1.RoomService`` on grpclib, with health and server reflection.
+
+- :mod:`gateway.rpc.server` — :func:`~gateway.rpc.server.create_grpc_server`, the entry point.
+- :mod:`gateway.rpc.service` — the handler, its methods made from the proto descriptor.
+- :mod:`gateway.rpc.codec` — betterproto2 messages ↔ RoomService arguments and results.
+- :mod:`gateway.rpc.auth` — the auth policy's gRPC adapter (a ``RecvRequest`` listener).
+"""
+
+from gateway.rpc.server import build_handlers, create_grpc_server
+
+__all__ = ["build_handlers", "create_grpc_server"]

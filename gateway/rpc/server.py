@@ -1,0 +1,120 @@
+"""The gRPC listener: the native service, any extra services, health and reflection, behind the auth policy.
+
+.. code-block:: python
+
+    server = create_grpc_server(dispatcher, ready=backend.ready)
+    await server.start("127.0.0.1", 50051)
+    ...
+    server.close()
+    await server.wait_closed()
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.descriptor import FileDescriptor
+from grpclib.health.check import ServiceCheck
+from grpclib.health.service import Health
+from grpclib.health.v1 import health_pb2
+from grpclib.reflection.service import ServerReflection
+from grpclib.reflection.v1 import reflection_pb2
+from grpclib.reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
+from grpclib.server import Server
+
+from gateway import schema
+from gateway.dispatch import Dispatcher
+from gateway.rpc.auth import install_auth
+from gateway.rpc.service import RoomServiceHandler
+
+#: How long a readiness result is reused by health checks (seconds): probes stay cheap for the backend.
+READY_CHECK_TTL = 1.0
+#: How long one readiness probe may take before it counts as not ready (seconds).
+READY_CHECK_TIMEOUT = 5.0
+
+
+def build_handlers(
+    dispatcher: Dispatcher,
+    *,
+    ready: Callable[[], Awaitable[None]] | None = None,
+    extra_handlers: Sequence[object] = (),
+) -> list[Any]:
+    """The services of the gRPC listener: RoomService, ``extra_handlers``, health, then reflection.
+
+    Useful on its own with ``grpclib.testing.ChannelFor`` (which runs no server events: install
+    :func:`gateway.rpc.auth.install_auth` on its server to authenticate).
+
+    :param dispatcher: runs the native calls.
+    :param ready: raises when the gateway cannot serve (backend down); health answers NOT_SERVING then.
+        ``None``: always SERVING.
+    :param extra_handlers: more grpclib services (compatibility surfaces), served and reflected too.
+    """
+    services: list[Any] = [RoomServiceHandler(dispatcher), *extra_handlers]  # grpclib types them loosely
+    checks = [_readiness_check(ready)] if ready is not None else []
+    # One check object shared by every service: the overall status ("") and each service's agree.
+    health = Health({service: checks for service in services})
+    services.append(health)
+    return ServerReflection.extend(services, pool=reflection_pool())
+
+
+def create_grpc_server(
+    dispatcher: Dispatcher,
+    *,
+    ready: Callable[[], Awaitable[None]] | None = None,
+    extra_handlers: Sequence[object] = (),
+) -> Server:
+    """The gRPC server of the gateway, not yet listening.
+
+    The caller runs ``await server.start(host, port)`` and, to stop, ``server.close()`` then
+    ``await server.wait_closed()``. Every call but health checks is authenticated with
+    ``dispatcher.policy`` (metadata ``x-api-key`` or ``authorization``).
+
+    :param dispatcher: runs the native calls; its policy authenticates every call.
+    :param ready: see :func:`build_handlers`.
+    :param extra_handlers: see :func:`build_handlers`.
+    """
+    server = Server(build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers))
+    install_auth(server, dispatcher.policy)
+    return server
+
+
+def _readiness_check(ready: Callable[[], Awaitable[None]]) -> ServiceCheck:
+    async def probe() -> bool:
+        await ready()  # an exception is logged by grpclib and reported as NOT_SERVING
+        return True
+
+    return ServiceCheck(probe, check_ttl=READY_CHECK_TTL, check_timeout=READY_CHECK_TIMEOUT)
+
+
+@functools.cache
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """The descriptors server reflection answers from: the checked-in set, plus health and reflection.
+
+    A pool of its own rather than ``descriptor_pool.Default()``: adding our files to the process-wide pool
+    would clash with any ``*_pb2`` module of the same file imported later (a client in the same process).
+    """
+    pool = descriptor_pool.DescriptorPool()
+    data = resources.files("gateway._gen").joinpath(schema.DESCRIPTOR_SET).read_bytes()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
+        pool.Add(file)
+    for module in (health_pb2, reflection_pb2, reflection_v1alpha_pb2):
+        _add_file(pool, module.DESCRIPTOR)
+    return pool
+
+
+def _add_file(pool: descriptor_pool.DescriptorPool, file: FileDescriptor) -> None:
+    """Add ``file`` and its dependencies to ``pool``, skipping those already in it."""
+    try:
+        pool.FindFileByName(file.name)
+        return
+    except KeyError:
+        pass
+    for dependency in file.dependencies:
+        _add_file(pool, dependency)
+    proto = descriptor_pb2.FileDescriptorProto()
+    file.CopyToProto(proto)
+    pool.Add(proto)
