@@ -26,6 +26,8 @@ def generate(out: Path) -> None:
     env = dict(os.environ)
     # The betterproto2 protoc plugin is a console script of this interpreter's environment.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # The compiler formats its output with ruff, which reads [tool.ruff] from the working directory's
+    # pyproject.toml: run from the root so the output is the same wherever this is started.
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp) / "gen"
         staging.mkdir()
@@ -40,6 +42,7 @@ def generate(out: Path) -> None:
             check=True,
             env=env,
             capture_output=True,
+            cwd=ROOT,
         )
         subprocess.run(
             [*protoc, "--include_imports", f"--descriptor_set_out={staging / DESCRIPTOR_SET}", *SOURCES],

@@ -614,41 +614,27 @@ class DescriptorProto(betterproto2.Message):
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    field: "list[FieldDescriptorProto]" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    field: "list[FieldDescriptorProto]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    extension: "list[FieldDescriptorProto]" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    extension: "list[FieldDescriptorProto]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    nested_type: "list[DescriptorProto]" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    nested_type: "list[DescriptorProto]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    enum_type: "list[EnumDescriptorProto]" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    enum_type: "list[EnumDescriptorProto]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
 
     extension_range: "list[DescriptorProtoExtensionRange]" = betterproto2.field(
         5, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
-    oneof_decl: "list[OneofDescriptorProto]" = betterproto2.field(
-        8, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    oneof_decl: "list[OneofDescriptorProto]" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    options: "MessageOptions | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "MessageOptions | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
 
     reserved_range: "list[DescriptorProtoReservedRange]" = betterproto2.field(
         9, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
-    reserved_name: "list[str]" = betterproto2.field(
-        10, betterproto2.TYPE_STRING, repeated=True
-    )
+    reserved_name: "list[str]" = betterproto2.field(10, betterproto2.TYPE_STRING, repeated=True)
     """
     Reserved field names, which may not be used by fields in the same message.
     A given name may only be reserved once.
@@ -662,9 +648,7 @@ class DescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "DescriptorProto", DescriptorProto
-)
+default_message_pool.register_message("google.protobuf", "DescriptorProto", DescriptorProto)
 
 
 @dataclass(eq=False, repr=False)
@@ -679,9 +663,7 @@ class DescriptorProtoExtensionRange(betterproto2.Message):
     Exclusive.
     """
 
-    options: "ExtensionRangeOptions | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "ExtensionRangeOptions | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message(
@@ -739,13 +721,9 @@ class EnumDescriptorProto(betterproto2.Message):
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    value: "list[EnumValueDescriptorProto]" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    value: "list[EnumValueDescriptorProto]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    options: "EnumOptions | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "EnumOptions | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
     reserved_range: "list[EnumDescriptorProtoEnumReservedRange]" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, repeated=True
@@ -756,9 +734,7 @@ class EnumDescriptorProto(betterproto2.Message):
     overlap.
     """
 
-    reserved_name: "list[str]" = betterproto2.field(
-        5, betterproto2.TYPE_STRING, repeated=True
-    )
+    reserved_name: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
     """
     Reserved enum value names, which may not be reused. A given name may only
     be reserved once.
@@ -772,9 +748,7 @@ class EnumDescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "EnumDescriptorProto", EnumDescriptorProto
-)
+default_message_pool.register_message("google.protobuf", "EnumDescriptorProto", EnumDescriptorProto)
 
 
 @dataclass(eq=False, repr=False)
@@ -800,9 +774,7 @@ class EnumDescriptorProtoEnumReservedRange(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "google.protobuf",
-    "EnumDescriptorProto.EnumReservedRange",
-    EnumDescriptorProtoEnumReservedRange,
+    "google.protobuf", "EnumDescriptorProto.EnumReservedRange", EnumDescriptorProtoEnumReservedRange
 )
 
 
@@ -822,9 +794,7 @@ class EnumOptions(betterproto2.Message):
     is a formalization for deprecating enums.
     """
 
-    deprecated_legacy_json_field_conflicts: "bool" = betterproto2.field(
-        6, betterproto2.TYPE_BOOL
-    )
+    deprecated_legacy_json_field_conflicts: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
     """
     Enable the legacy handling of JSON field name conflicts.  This lowercases
     and strips underscored from the fields before comparison in proto3 only.
@@ -834,9 +804,7 @@ class EnumOptions(betterproto2.Message):
     had time to migrate.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    features: "FeatureSet | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -855,8 +823,7 @@ class EnumOptions(betterproto2.Message):
         super().__post_init__()
         if self.is_set("deprecated_legacy_json_field_conflicts"):
             warnings.warn(
-                "EnumOptions.deprecated_legacy_json_field_conflicts is deprecated",
-                DeprecationWarning,
+                "EnumOptions.deprecated_legacy_json_field_conflicts is deprecated", DeprecationWarning
             )
 
 
@@ -873,14 +840,10 @@ class EnumValueDescriptorProto(betterproto2.Message):
 
     number: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
 
-    options: "EnumValueOptions | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "EnumValueOptions | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "google.protobuf", "EnumValueDescriptorProto", EnumValueDescriptorProto
-)
+default_message_pool.register_message("google.protobuf", "EnumValueDescriptorProto", EnumValueDescriptorProto)
 
 
 @dataclass(eq=False, repr=False)
@@ -893,9 +856,7 @@ class EnumValueOptions(betterproto2.Message):
     this is a formalization for deprecating enum values.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    features: "FeatureSet | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -925,9 +886,7 @@ class EnumValueOptions(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "EnumValueOptions", EnumValueOptions
-)
+default_message_pool.register_message("google.protobuf", "EnumValueOptions", EnumValueOptions)
 
 
 @dataclass(eq=False, repr=False)
@@ -948,17 +907,13 @@ class ExtensionRangeOptions(betterproto2.Message):
     used externally.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(
-        50, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    features: "FeatureSet | None" = betterproto2.field(50, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Any features defined in the specific edition.
     """
 
     verification: "ExtensionRangeOptionsVerificationState" = betterproto2.field(
-        3,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: ExtensionRangeOptionsVerificationState(0),
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: ExtensionRangeOptionsVerificationState(0)
     )
     """
     The verification state of the range.
@@ -967,9 +922,7 @@ class ExtensionRangeOptions(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "ExtensionRangeOptions", ExtensionRangeOptions
-)
+default_message_pool.register_message("google.protobuf", "ExtensionRangeOptions", ExtensionRangeOptions)
 
 
 @dataclass(eq=False, repr=False)
@@ -1007,9 +960,7 @@ class ExtensionRangeOptionsDeclaration(betterproto2.Message):
 
 
 default_message_pool.register_message(
-    "google.protobuf",
-    "ExtensionRangeOptions.Declaration",
-    ExtensionRangeOptionsDeclaration,
+    "google.protobuf", "ExtensionRangeOptions.Declaration", ExtensionRangeOptionsDeclaration
 )
 
 
@@ -1036,9 +987,7 @@ class FeatureSet(betterproto2.Message):
     )
 
     repeated_field_encoding: "FeatureSetRepeatedFieldEncoding" = betterproto2.field(
-        3,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: FeatureSetRepeatedFieldEncoding(0),
+        3, betterproto2.TYPE_ENUM, default_factory=lambda: FeatureSetRepeatedFieldEncoding(0)
     )
 
     utf8_validation: "FeatureSetUtf8Validation" = betterproto2.field(
@@ -1054,19 +1003,13 @@ class FeatureSet(betterproto2.Message):
     )
 
     enforce_naming_style: "FeatureSetEnforceNamingStyle" = betterproto2.field(
-        7,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: FeatureSetEnforceNamingStyle(0),
+        7, betterproto2.TYPE_ENUM, default_factory=lambda: FeatureSetEnforceNamingStyle(0)
     )
 
-    default_symbol_visibility: "FeatureSetVisibilityFeatureDefaultSymbolVisibility" = (
-        betterproto2.field(
-            8,
-            betterproto2.TYPE_ENUM,
-            default_factory=lambda: FeatureSetVisibilityFeatureDefaultSymbolVisibility(
-                0
-            ),
-        )
+    default_symbol_visibility: "FeatureSetVisibilityFeatureDefaultSymbolVisibility" = betterproto2.field(
+        8,
+        betterproto2.TYPE_ENUM,
+        default_factory=lambda: FeatureSetVisibilityFeatureDefaultSymbolVisibility(0),
     )
 
 
@@ -1113,9 +1056,7 @@ class FeatureSetDefaults(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "FeatureSetDefaults", FeatureSetDefaults
-)
+default_message_pool.register_message("google.protobuf", "FeatureSetDefaults", FeatureSetDefaults)
 
 
 @dataclass(eq=False, repr=False)
@@ -1127,9 +1068,7 @@ class FeatureSetDefaultsFeatureSetEditionDefault(betterproto2.Message):
     be used.  This field must be in strict ascending order by edition.
     """
 
-    edition: "Edition" = betterproto2.field(
-        3, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0)
-    )
+    edition: "Edition" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0))
 
     overridable_features: "FeatureSet | None" = betterproto2.field(
         4, betterproto2.TYPE_MESSAGE, optional=True
@@ -1138,9 +1077,7 @@ class FeatureSetDefaultsFeatureSetEditionDefault(betterproto2.Message):
     Defaults of features that can be overridden in this edition.
     """
 
-    fixed_features: "FeatureSet | None" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    fixed_features: "FeatureSet | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Defaults of features that can't be overridden in this edition.
     """
@@ -1212,9 +1149,7 @@ class FieldDescriptorProto(betterproto2.Message):
     it to camelCase.
     """
 
-    options: "FieldOptions | None" = betterproto2.field(
-        8, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "FieldOptions | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
 
     proto3_optional: "bool" = betterproto2.field(17, betterproto2.TYPE_BOOL)
     """
@@ -1242,9 +1177,7 @@ class FieldDescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "FieldDescriptorProto", FieldDescriptorProto
-)
+default_message_pool.register_message("google.protobuf", "FieldDescriptorProto", FieldDescriptorProto)
 
 
 @dataclass(eq=False, repr=False)
@@ -1554,9 +1487,7 @@ class FieldOptions(betterproto2.Message):
     """
 
     retention: "FieldOptionsOptionRetention" = betterproto2.field(
-        17,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: FieldOptionsOptionRetention(0),
+        17, betterproto2.TYPE_ENUM, default_factory=lambda: FieldOptionsOptionRetention(0)
     )
 
     targets: "list[FieldOptionsOptionTargetType]" = betterproto2.field(
@@ -1567,9 +1498,7 @@ class FieldOptions(betterproto2.Message):
         20, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
-    features: "FeatureSet | None" = betterproto2.field(
-        21, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    features: "FeatureSet | None" = betterproto2.field(21, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -1599,9 +1528,7 @@ default_message_pool.register_message("google.protobuf", "FieldOptions", FieldOp
 
 @dataclass(eq=False, repr=False)
 class FieldOptionsEditionDefault(betterproto2.Message):
-    edition: "Edition" = betterproto2.field(
-        3, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0)
-    )
+    edition: "Edition" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0))
 
     value: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
     """
@@ -1680,58 +1607,40 @@ class FileDescriptorProto(betterproto2.Message):
     e.g. "foo", "foo.bar", etc.
     """
 
-    dependency: "list[str]" = betterproto2.field(
-        3, betterproto2.TYPE_STRING, repeated=True
-    )
+    dependency: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
     """
     Names of files imported by this file.
     """
 
-    public_dependency: "list[int]" = betterproto2.field(
-        10, betterproto2.TYPE_INT32, repeated=True
-    )
+    public_dependency: "list[int]" = betterproto2.field(10, betterproto2.TYPE_INT32, repeated=True)
     """
     Indexes of the public imported files in the dependency list above.
     """
 
-    weak_dependency: "list[int]" = betterproto2.field(
-        11, betterproto2.TYPE_INT32, repeated=True
-    )
+    weak_dependency: "list[int]" = betterproto2.field(11, betterproto2.TYPE_INT32, repeated=True)
     """
     Indexes of the weak imported files in the dependency list.
     For Google-internal migration only. Do not use.
     """
 
-    option_dependency: "list[str]" = betterproto2.field(
-        15, betterproto2.TYPE_STRING, repeated=True
-    )
+    option_dependency: "list[str]" = betterproto2.field(15, betterproto2.TYPE_STRING, repeated=True)
     """
     Names of files imported by this file purely for the purpose of providing
     option extensions. These are excluded from the dependency list above.
     """
 
-    message_type: "list[DescriptorProto]" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    message_type: "list[DescriptorProto]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     All top-level definitions in this file.
     """
 
-    enum_type: "list[EnumDescriptorProto]" = betterproto2.field(
-        5, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    enum_type: "list[EnumDescriptorProto]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    service: "list[ServiceDescriptorProto]" = betterproto2.field(
-        6, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    service: "list[ServiceDescriptorProto]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    extension: "list[FieldDescriptorProto]" = betterproto2.field(
-        7, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    extension: "list[FieldDescriptorProto]" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    options: "FileOptions | None" = betterproto2.field(
-        8, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "FileOptions | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
 
     source_code_info: "SourceCodeInfo | None" = betterproto2.field(
         9, betterproto2.TYPE_MESSAGE, optional=True
@@ -1754,9 +1663,7 @@ class FileDescriptorProto(betterproto2.Message):
     developers should rely on the protoreflect APIs for their client language.
     """
 
-    edition: "Edition" = betterproto2.field(
-        14, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0)
-    )
+    edition: "Edition" = betterproto2.field(14, betterproto2.TYPE_ENUM, default_factory=lambda: Edition(0))
     """
     The edition of the proto file.
     WARNING: This field should only be used by protobuf plugins or special
@@ -1765,9 +1672,7 @@ class FileDescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "FileDescriptorProto", FileDescriptorProto
-)
+default_message_pool.register_message("google.protobuf", "FileDescriptorProto", FileDescriptorProto)
 
 
 @dataclass(eq=False, repr=False)
@@ -1777,14 +1682,10 @@ class FileDescriptorSet(betterproto2.Message):
     files it parses.
     """
 
-    file: "list[FileDescriptorProto]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    file: "list[FileDescriptorProto]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
 
-default_message_pool.register_message(
-    "google.protobuf", "FileDescriptorSet", FileDescriptorSet
-)
+default_message_pool.register_message("google.protobuf", "FileDescriptorSet", FileDescriptorSet)
 
 
 @dataclass(eq=False, repr=False)
@@ -1850,9 +1751,7 @@ class FileOptions(betterproto2.Message):
     top-level extensions defined in the file.
     """
 
-    java_generate_equals_and_hash: "bool" = betterproto2.field(
-        20, betterproto2.TYPE_BOOL
-    )
+    java_generate_equals_and_hash: "bool" = betterproto2.field(20, betterproto2.TYPE_BOOL)
     """
     This option does nothing.
     """
@@ -1962,9 +1861,7 @@ class FileOptions(betterproto2.Message):
     determining the ruby package.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(
-        50, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    features: "FeatureSet | None" = betterproto2.field(50, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -1983,10 +1880,7 @@ class FileOptions(betterproto2.Message):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.is_set("java_generate_equals_and_hash"):
-            warnings.warn(
-                "FileOptions.java_generate_equals_and_hash is deprecated",
-                DeprecationWarning,
-            )
+            warnings.warn("FileOptions.java_generate_equals_and_hash is deprecated", DeprecationWarning)
 
 
 default_message_pool.register_message("google.protobuf", "FileOptions", FileOptions)
@@ -2009,9 +1903,7 @@ class GeneratedCodeInfo(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "GeneratedCodeInfo", GeneratedCodeInfo
-)
+default_message_pool.register_message("google.protobuf", "GeneratedCodeInfo", GeneratedCodeInfo)
 
 
 @dataclass(eq=False, repr=False)
@@ -2041,9 +1933,7 @@ class GeneratedCodeInfoAnnotation(betterproto2.Message):
     """
 
     semantic: "GeneratedCodeInfoAnnotationSemantic" = betterproto2.field(
-        5,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: GeneratedCodeInfoAnnotationSemantic(0),
+        5, betterproto2.TYPE_ENUM, default_factory=lambda: GeneratedCodeInfoAnnotationSemantic(0)
     )
 
 
@@ -2058,9 +1948,7 @@ class ListValue(betterproto2.Message):
     Represents a JSON array.
     """
 
-    values: "list[Value]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    values: "list[Value]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     Repeated field of dynamically typed values.
     """
@@ -2109,9 +1997,7 @@ class MessageOptions(betterproto2.Message):
     the protocol compiler.
     """
 
-    no_standard_descriptor_accessor: "bool" = betterproto2.field(
-        2, betterproto2.TYPE_BOOL
-    )
+    no_standard_descriptor_accessor: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
     """
     Disables the generation of the standard "descriptor()" accessor, which can
     conflict with a field of the same name.  This is meant to make migration
@@ -2151,9 +2037,7 @@ class MessageOptions(betterproto2.Message):
     parser.
     """
 
-    deprecated_legacy_json_field_conflicts: "bool" = betterproto2.field(
-        11, betterproto2.TYPE_BOOL
-    )
+    deprecated_legacy_json_field_conflicts: "bool" = betterproto2.field(11, betterproto2.TYPE_BOOL)
     """
     Enable the legacy handling of JSON field name conflicts.  This lowercases
     and strips underscored from the fields before comparison in proto3 only.
@@ -2167,9 +2051,7 @@ class MessageOptions(betterproto2.Message):
     teams have had time to migrate.
     """
 
-    features: "FeatureSet | None" = betterproto2.field(
-        12, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    features: "FeatureSet | None" = betterproto2.field(12, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -2188,14 +2070,11 @@ class MessageOptions(betterproto2.Message):
         super().__post_init__()
         if self.is_set("deprecated_legacy_json_field_conflicts"):
             warnings.warn(
-                "MessageOptions.deprecated_legacy_json_field_conflicts is deprecated",
-                DeprecationWarning,
+                "MessageOptions.deprecated_legacy_json_field_conflicts is deprecated", DeprecationWarning
             )
 
 
-default_message_pool.register_message(
-    "google.protobuf", "MessageOptions", MessageOptions
-)
+default_message_pool.register_message("google.protobuf", "MessageOptions", MessageOptions)
 
 
 @dataclass(eq=False, repr=False)
@@ -2214,9 +2093,7 @@ class MethodDescriptorProto(betterproto2.Message):
 
     output_type: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
-    options: "MethodOptions | None" = betterproto2.field(
-        4, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "MethodOptions | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
 
     client_streaming: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
     """
@@ -2229,9 +2106,7 @@ class MethodDescriptorProto(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "MethodDescriptorProto", MethodDescriptorProto
-)
+default_message_pool.register_message("google.protobuf", "MethodDescriptorProto", MethodDescriptorProto)
 
 
 @dataclass(eq=False, repr=False)
@@ -2250,14 +2125,10 @@ class MethodOptions(betterproto2.Message):
     """
 
     idempotency_level: "MethodOptionsIdempotencyLevel" = betterproto2.field(
-        34,
-        betterproto2.TYPE_ENUM,
-        default_factory=lambda: MethodOptionsIdempotencyLevel(0),
+        34, betterproto2.TYPE_ENUM, default_factory=lambda: MethodOptionsIdempotencyLevel(0)
     )
 
-    features: "FeatureSet | None" = betterproto2.field(
-        35, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    features: "FeatureSet | None" = betterproto2.field(35, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -2284,21 +2155,15 @@ class OneofDescriptorProto(betterproto2.Message):
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    options: "OneofOptions | None" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "OneofOptions | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "google.protobuf", "OneofDescriptorProto", OneofDescriptorProto
-)
+default_message_pool.register_message("google.protobuf", "OneofDescriptorProto", OneofDescriptorProto)
 
 
 @dataclass(eq=False, repr=False)
 class OneofOptions(betterproto2.Message):
-    features: "FeatureSet | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    features: "FeatureSet | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -2325,25 +2190,17 @@ class ServiceDescriptorProto(betterproto2.Message):
 
     name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    method: "list[MethodDescriptorProto]" = betterproto2.field(
-        2, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    method: "list[MethodDescriptorProto]" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, repeated=True)
 
-    options: "ServiceOptions | None" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    options: "ServiceOptions | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "google.protobuf", "ServiceDescriptorProto", ServiceDescriptorProto
-)
+default_message_pool.register_message("google.protobuf", "ServiceDescriptorProto", ServiceDescriptorProto)
 
 
 @dataclass(eq=False, repr=False)
 class ServiceOptions(betterproto2.Message):
-    features: "FeatureSet | None" = betterproto2.field(
-        34, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    features: "FeatureSet | None" = betterproto2.field(34, betterproto2.TYPE_MESSAGE, optional=True)
     """
     Any features defined in the specific edition.
     WARNING: This field should only be used by protobuf plugins or special
@@ -2372,9 +2229,7 @@ class ServiceOptions(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "ServiceOptions", ServiceOptions
-)
+default_message_pool.register_message("google.protobuf", "ServiceOptions", ServiceOptions)
 
 
 @dataclass(eq=False, repr=False)
@@ -2387,9 +2242,7 @@ class SourceCodeInfo(betterproto2.Message):
     FileDescriptorProto was generated.
     """
 
-    location: "list[SourceCodeInfoLocation]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    location: "list[SourceCodeInfoLocation]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
     """
     A Location identifies a piece of source code in a .proto file which
     corresponds to a particular definition.  This information is intended
@@ -2437,9 +2290,7 @@ class SourceCodeInfo(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "google.protobuf", "SourceCodeInfo", SourceCodeInfo
-)
+default_message_pool.register_message("google.protobuf", "SourceCodeInfo", SourceCodeInfo)
 
 
 @dataclass(eq=False, repr=False)
@@ -2533,14 +2384,10 @@ class SourceCodeInfoLocation(betterproto2.Message):
 
     trailing_comments: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
 
-    leading_detached_comments: "list[str]" = betterproto2.field(
-        6, betterproto2.TYPE_STRING, repeated=True
-    )
+    leading_detached_comments: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
 
 
-default_message_pool.register_message(
-    "google.protobuf", "SourceCodeInfo.Location", SourceCodeInfoLocation
-)
+default_message_pool.register_message("google.protobuf", "SourceCodeInfo.Location", SourceCodeInfoLocation)
 
 
 @dataclass(eq=False, repr=False)
@@ -2564,9 +2411,7 @@ class Struct(betterproto2.Message):
     fields: "dict[str, Value]" = betterproto2.field(
         1,
         betterproto2.TYPE_MAP,
-        map_meta=betterproto2.map_meta(
-            betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE
-        ),
+        map_meta=betterproto2.map_meta(betterproto2.TYPE_STRING, betterproto2.TYPE_MESSAGE),
     )
     """
     Unordered map of dynamically typed values.
@@ -2595,9 +2440,7 @@ class Struct(betterproto2.Message):
 
         return {
             key: value.to_dict(
-                output_format=output_format,
-                casing=casing,
-                include_default_values=include_default_values,
+                output_format=output_format, casing=casing, include_default_values=include_default_values
             )
             for key, value in self.fields.items()
         }
@@ -2729,9 +2572,7 @@ class Timestamp(betterproto2.Message):
         offset = dt - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
         # below is the same as timedelta.total_seconds() but without dividing by 1e6
         # so we end up with microseconds as integers instead of seconds as float
-        offset_us = (
-            offset.days * 24 * 60 * 60 + offset.seconds
-        ) * 10**6 + offset.microseconds
+        offset_us = (offset.days * 24 * 60 * 60 + offset.seconds) * 10**6 + offset.microseconds
         seconds, us = divmod(offset_us, 10**6)
         return cls(seconds, us * 1000)
 
@@ -2739,9 +2580,7 @@ class Timestamp(betterproto2.Message):
         # datetime.fromtimestamp() expects a timestamp in seconds, not microseconds
         # if we pass it as a floating point number, we will run into rounding errors
         # see also #407
-        offset = datetime.timedelta(
-            seconds=self.seconds, microseconds=self.nanos // 1000
-        )
+        offset = datetime.timedelta(seconds=self.seconds, microseconds=self.nanos // 1000)
         return datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + offset
 
     @staticmethod
@@ -2829,9 +2668,7 @@ class UninterpretedOption(betterproto2.Message):
     aggregate_value: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "google.protobuf", "UninterpretedOption", UninterpretedOption
-)
+default_message_pool.register_message("google.protobuf", "UninterpretedOption", UninterpretedOption)
 
 
 @dataclass(eq=False, repr=False)
@@ -2885,16 +2722,12 @@ class Value(betterproto2.Message):
     support them in its number type.
     """
 
-    string_value: "str | None" = betterproto2.field(
-        3, betterproto2.TYPE_STRING, optional=True, group="kind"
-    )
+    string_value: "str | None" = betterproto2.field(3, betterproto2.TYPE_STRING, optional=True, group="kind")
     """
     Represents a JSON string.
     """
 
-    bool_value: "bool | None" = betterproto2.field(
-        4, betterproto2.TYPE_BOOL, optional=True, group="kind"
-    )
+    bool_value: "bool | None" = betterproto2.field(4, betterproto2.TYPE_BOOL, optional=True, group="kind")
     """
     Represents a JSON boolean (`true` or `false` literal in JSON).
     """

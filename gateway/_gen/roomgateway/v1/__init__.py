@@ -64,21 +64,15 @@ class CloseRoomRequest(betterproto2.Message):
     room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "CloseRoomRequest", CloseRoomRequest
-)
+default_message_pool.register_message("roomgateway.v1", "CloseRoomRequest", CloseRoomRequest)
 
 
 @dataclass(eq=False, repr=False)
 class CreateRoomRequest(betterproto2.Message):
-    room: "Room | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    room: "Room | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "CreateRoomRequest", CreateRoomRequest
-)
+default_message_pool.register_message("roomgateway.v1", "CreateRoomRequest", CreateRoomRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -86,9 +80,7 @@ class DeleteRoomRequest(betterproto2.Message):
     room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "DeleteRoomRequest", DeleteRoomRequest
-)
+default_message_pool.register_message("roomgateway.v1", "DeleteRoomRequest", DeleteRoomRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -98,9 +90,7 @@ class DeleteVariableRequest(betterproto2.Message):
     name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "DeleteVariableRequest", DeleteVariableRequest
-)
+default_message_pool.register_message("roomgateway.v1", "DeleteVariableRequest", DeleteVariableRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -112,10 +102,7 @@ class Event(betterproto2.Message):
     )
 
     time: "datetime.datetime | None" = betterproto2.field(
-        3,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
 
@@ -127,9 +114,7 @@ class GetRoomContentsRequest(betterproto2.Message):
     room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "GetRoomContentsRequest", GetRoomContentsRequest
-)
+default_message_pool.register_message("roomgateway.v1", "GetRoomContentsRequest", GetRoomContentsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -137,9 +122,7 @@ class GetRoomRequest(betterproto2.Message):
     room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "GetRoomRequest", GetRoomRequest
-)
+default_message_pool.register_message("roomgateway.v1", "GetRoomRequest", GetRoomRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -149,9 +132,7 @@ class GetVariableRequest(betterproto2.Message):
     name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "GetVariableRequest", GetVariableRequest
-)
+default_message_pool.register_message("roomgateway.v1", "GetVariableRequest", GetVariableRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -170,10 +151,7 @@ default_message_pool.register_message(
 @dataclass(eq=False, repr=False)
 class InvalidateConnectionsResponse(betterproto2.Message):
     invalidate_time: "datetime.datetime | None" = betterproto2.field(
-        1,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
 
@@ -189,9 +167,7 @@ class ListenEventsRequest(betterproto2.Message):
     name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "ListenEventsRequest", ListenEventsRequest
-)
+default_message_pool.register_message("roomgateway.v1", "ListenEventsRequest", ListenEventsRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -201,9 +177,7 @@ class ListenVariableRequest(betterproto2.Message):
     name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "ListenVariableRequest", ListenVariableRequest
-)
+default_message_pool.register_message("roomgateway.v1", "ListenVariableRequest", ListenVariableRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -218,9 +192,7 @@ class ListRoomsRequest(betterproto2.Message):
     Start after this id (exclusive).
     """
 
-    room_id: "list[str]" = betterproto2.field(
-        3, betterproto2.TYPE_STRING, repeated=True
-    )
+    room_id: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
     """
     Only these ids.
     """
@@ -231,16 +203,12 @@ class ListRoomsRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "ListRoomsRequest", ListRoomsRequest
-)
+default_message_pool.register_message("roomgateway.v1", "ListRoomsRequest", ListRoomsRequest)
 
 
 @dataclass(eq=False, repr=False)
 class ListRoomsResponse(betterproto2.Message):
-    results: "list[Room]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    results: "list[Room]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
     num_results: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
 
@@ -250,9 +218,7 @@ class ListRoomsResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "ListRoomsResponse", ListRoomsResponse
-)
+default_message_pool.register_message("roomgateway.v1", "ListRoomsResponse", ListRoomsResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -266,9 +232,7 @@ class PublishEventRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "PublishEventRequest", PublishEventRequest
-)
+default_message_pool.register_message("roomgateway.v1", "PublishEventRequest", PublishEventRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -302,20 +266,14 @@ class Room(betterproto2.Message):
     """
 
     create_time: "datetime.datetime | None" = betterproto2.field(
-        7,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
     """
     Output only.
     """
 
     update_time: "datetime.datetime | None" = betterproto2.field(
-        8,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
     """
     Output only.
@@ -345,33 +303,25 @@ class SetVariableRequest(betterproto2.Message):
         3, betterproto2.TYPE_MESSAGE, optional=True
     )
 
-    expected_version: "int | None" = betterproto2.field(
-        4, betterproto2.TYPE_INT64, optional=True
-    )
+    expected_version: "int | None" = betterproto2.field(4, betterproto2.TYPE_INT64, optional=True)
     """
     Compare-and-set: the write happens only when the variable's current version is this one (0: unset).
     """
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "SetVariableRequest", SetVariableRequest
-)
+default_message_pool.register_message("roomgateway.v1", "SetVariableRequest", SetVariableRequest)
 
 
 @dataclass(eq=False, repr=False)
 class UpdateRoomRequest(betterproto2.Message):
-    room: "Room | None" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, optional=True
-    )
+    room: "Room | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
     update_mask: "__google__protobuf__.FieldMask | None" = betterproto2.field(
         2, betterproto2.TYPE_MESSAGE, optional=True
     )
 
 
-default_message_pool.register_message(
-    "roomgateway.v1", "UpdateRoomRequest", UpdateRoomRequest
-)
+default_message_pool.register_message("roomgateway.v1", "UpdateRoomRequest", UpdateRoomRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -388,10 +338,7 @@ class Variable(betterproto2.Message):
     """
 
     update_time: "datetime.datetime | None" = betterproto2.field(
-        4,
-        betterproto2.TYPE_MESSAGE,
-        unwrap=lambda: __google__protobuf__.Timestamp,
-        optional=True,
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
     )
 
 
@@ -752,9 +699,7 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def get_room_contents(
-        self, message: "GetRoomContentsRequest"
-    ) -> "RoomContents":
+    async def get_room_contents(self, message: "GetRoomContentsRequest") -> "RoomContents":
         """
         Returns every variable of a room as one JSON object.
         """
@@ -786,18 +731,14 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def delete_variable(
-        self, message: "DeleteVariableRequest"
-    ) -> "__google__protobuf__.Empty":
+    async def delete_variable(self, message: "DeleteVariableRequest") -> "__google__protobuf__.Empty":
         """
         Deletes a variable. Deleting an unset variable succeeds.
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def listen_variable(
-        self, message: "ListenVariableRequest"
-    ) -> "AsyncIterator[Variable]":
+    async def listen_variable(self, message: "ListenVariableRequest") -> "AsyncIterator[Variable]":
         """
         Streams a variable: its current value first (when set), then every change, in version order.
         """
@@ -812,9 +753,7 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def listen_events(
-        self, message: "ListenEventsRequest"
-    ) -> "AsyncIterator[Event]":
+    async def listen_events(self, message: "ListenEventsRequest") -> "AsyncIterator[Event]":
         """
         Streams the events of one name published after the stream started.
         """
@@ -822,17 +761,13 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield Event()
 
-    async def __rpc_create_room(
-        self, stream: "grpclib.server.Stream[CreateRoomRequest, Room]"
-    ) -> None:
+    async def __rpc_create_room(self, stream: "grpclib.server.Stream[CreateRoomRequest, Room]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.create_room(request)
         await stream.send_message(response)
 
-    async def __rpc_get_room(
-        self, stream: "grpclib.server.Stream[GetRoomRequest, Room]"
-    ) -> None:
+    async def __rpc_get_room(self, stream: "grpclib.server.Stream[GetRoomRequest, Room]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.get_room(request)
@@ -846,25 +781,19 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.list_rooms(request)
         await stream.send_message(response)
 
-    async def __rpc_update_room(
-        self, stream: "grpclib.server.Stream[UpdateRoomRequest, Room]"
-    ) -> None:
+    async def __rpc_update_room(self, stream: "grpclib.server.Stream[UpdateRoomRequest, Room]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.update_room(request)
         await stream.send_message(response)
 
-    async def __rpc_close_room(
-        self, stream: "grpclib.server.Stream[CloseRoomRequest, Room]"
-    ) -> None:
+    async def __rpc_close_room(self, stream: "grpclib.server.Stream[CloseRoomRequest, Room]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.close_room(request)
         await stream.send_message(response)
 
-    async def __rpc_delete_room(
-        self, stream: "grpclib.server.Stream[DeleteRoomRequest, Room]"
-    ) -> None:
+    async def __rpc_delete_room(self, stream: "grpclib.server.Stream[DeleteRoomRequest, Room]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.delete_room(request)
@@ -879,33 +808,27 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_invalidate_connections(
-        self,
-        stream: "grpclib.server.Stream[InvalidateConnectionsRequest, InvalidateConnectionsResponse]",
+        self, stream: "grpclib.server.Stream[InvalidateConnectionsRequest, InvalidateConnectionsResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.invalidate_connections(request)
         await stream.send_message(response)
 
-    async def __rpc_get_variable(
-        self, stream: "grpclib.server.Stream[GetVariableRequest, Variable]"
-    ) -> None:
+    async def __rpc_get_variable(self, stream: "grpclib.server.Stream[GetVariableRequest, Variable]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.get_variable(request)
         await stream.send_message(response)
 
-    async def __rpc_set_variable(
-        self, stream: "grpclib.server.Stream[SetVariableRequest, Variable]"
-    ) -> None:
+    async def __rpc_set_variable(self, stream: "grpclib.server.Stream[SetVariableRequest, Variable]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.set_variable(request)
         await stream.send_message(response)
 
     async def __rpc_delete_variable(
-        self,
-        stream: "grpclib.server.Stream[DeleteVariableRequest, __google__protobuf__.Empty]",
+        self, stream: "grpclib.server.Stream[DeleteVariableRequest, __google__protobuf__.Empty]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -923,17 +846,13 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
-    async def __rpc_publish_event(
-        self, stream: "grpclib.server.Stream[PublishEventRequest, Event]"
-    ) -> None:
+    async def __rpc_publish_event(self, stream: "grpclib.server.Stream[PublishEventRequest, Event]") -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.publish_event(request)
         await stream.send_message(response)
 
-    async def __rpc_listen_events(
-        self, stream: "grpclib.server.Stream[ListenEventsRequest, Event]"
-    ) -> None:
+    async def __rpc_listen_events(self, stream: "grpclib.server.Stream[ListenEventsRequest, Event]") -> None:
         request = await stream.recv_message()
         assert request is not None
         await self._call_rpc_handler_server_stream(
