@@ -1,0 +1,118 @@
+"""Raw ASGI request and response primitives of the edge: JSON and error responses, the request body.
+
+The edge answers with plain ``send`` calls rather than Starlette ``Response`` objects on the hot path: a
+JSON response is two messages, and the body is already bytes (orjson).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import Code, GatewayError, InvalidArgument, error_body
+
+JSON_TYPE = b"application/json"
+_INTERNAL_MESSAGE = "internal error"
+
+Headers = Iterable[tuple[bytes, bytes]]
+
+
+class ClientDisconnected(Exception):
+    """The client went away while its request body was being read."""
+
+
+class RequestTooLarge(InvalidArgument):
+    """A body over the configured limit (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes", http_status=413)
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: Headers = ()) -> None:
+    """Send a complete ``application/json`` response whose body is already encoded."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", JSON_TYPE),
+                (b"content-length", str(len(body)).encode("ascii")),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_bytes(error: GatewayError) -> bytes:
+    return orjson.dumps(error_body(error.code, error.message, error.http_status))
+
+
+async def send_error(send: Send, error: GatewayError, headers: Headers = ()) -> None:
+    """Send ``error`` in the native REST shape, with its HTTP status."""
+    await send_json(send, error.http_status, error_bytes(error), headers)
+
+
+def internal_error() -> GatewayError:
+    """The answer to a bug: a generic message, never the exception's text (it is logged instead)."""
+    return GatewayError(_INTERNAL_MESSAGE, code=Code.INTERNAL)
+
+
+class RequestHeaders:
+    """The request headers the edge reads, found in one pass over ``scope["headers"]``."""
+
+    __slots__ = ("accept", "chunked", "content_length", "content_type")
+
+    def __init__(self, scope: Scope) -> None:
+        self.accept = self.content_type = ""
+        self.content_length: int | None = None
+        self.chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                self.content_type = value.decode("latin-1")
+            elif name == b"content-length":
+                try:
+                    self.content_length = int(value)
+                except ValueError:
+                    raise InvalidArgument("Content-Length is not a number") from None
+            elif name == b"accept":
+                self.accept = value.decode("latin-1")
+            elif name == b"transfer-encoding":
+                self.chunked = True
+
+    @property
+    def may_have_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+async def read_body(receive: Receive, headers: RequestHeaders, limit: int) -> bytes:
+    """The whole request body, refused beyond ``limit`` bytes (announced or streamed).
+
+    :raises RequestTooLarge: the body is, or announces itself as, larger than ``limit``.
+    :raises ClientDisconnected: the client left before sending it all.
+    """
+    if not headers.may_have_body:
+        return b""
+    if headers.content_length is not None and headers.content_length > limit:
+        raise RequestTooLarge(limit)
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def dumps(value: Any) -> bytes:
+    """orjson with the options the edge uses everywhere (non-str dict keys are stringified)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)

@@ -1,0 +1,173 @@
+"""Starlette routes derived from the HttpRules: one :class:`TranscodedRoute` per binding.
+
+A route matches the **raw** path (``scope["raw_path"]``) against its template, so a room id sent
+percent-encoded (``https%3A%2F%2Fplay.example.com%2F_%2Fglobal%2Fx``) stays one segment; variables are
+decoded after matching. Routes with a custom verb come first: ``…/variables/x:listen`` must reach
+ListenVariable before GetVariable's ``{name}`` takes ``x:listen`` as a name (grpc-gateway tries the verb
+first the same way). A path that matches with another HTTP method is a Starlette ``Match.PARTIAL``, which
+the router turns into our 405.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.types import Receive, Scope, Send
+
+from gateway.auth.policy import Principal
+from gateway.dispatch import Dispatcher
+from gateway.edge.http_rules import Binding
+from gateway.edge.responses import (
+    ClientDisconnected,
+    RequestHeaders,
+    internal_error,
+    read_body,
+    send_error,
+    send_json,
+)
+from gateway.edge.streams import StreamFormat, negotiate, pump
+from gateway.edge.transcoder import Transcoder
+from gateway.errors import Code, GatewayError, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+PRINCIPAL = "room_gateway.principal"
+_RAW_PATH = "room_gateway.raw_path"
+
+
+def raw_route_path(scope: Scope) -> str:
+    """The request's path as sent (percent-encoding intact), without the query string and root path.
+
+    Computed once per request and kept in the scope: every route asks for it.
+    """
+    cached = scope.get(_RAW_PATH)
+    if cached is not None:
+        return str(cached)
+    raw = scope.get("raw_path")
+    if raw is None:  # the server does not provide it: the best we can do is the decoded path
+        path = str(scope["path"])
+    else:
+        # Some clients' raw_path carries the query string (httpx's ASGITransport does).
+        path = raw.partition(b"?")[0].decode("latin-1")
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    scope[_RAW_PATH] = path
+    return path
+
+
+class TranscodedRoute(BaseRoute):
+    """One HTTP binding of a native method.
+
+    :param binding: the parsed HttpRule binding.
+    :param transcoder: binds its requests.
+    :param dispatcher: runs the calls.
+    :param routes: every transcoded route (to list the allowed methods of a path in a 405).
+    :param max_body_bytes: the request body limit (413 beyond).
+    :param keepalive_seconds: SSE/NDJSON keep-alive interval.
+    """
+
+    def __init__(
+        self,
+        binding: Binding,
+        transcoder: Transcoder,
+        dispatcher: Dispatcher,
+        routes: Sequence[TranscodedRoute],
+        *,
+        max_body_bytes: int,
+        keepalive_seconds: float,
+    ) -> None:
+        self.binding = binding
+        self.name = binding.method.name
+        self.methods = {binding.http_method}
+        self.path = binding.template.template
+        self._pattern: re.Pattern[str] = binding.template.pattern
+        self._verb_suffix = ":" + binding.template.verb if binding.template.verb else ""
+        self._http_method = binding.http_method
+        self.transcoder = transcoder
+        self._call = dispatcher.call
+        self._method = binding.method.name
+        self._streaming = binding.method.server_streaming
+        self._routes = routes
+        self._max_body = max_body_bytes
+        self._keepalive = keepalive_seconds
+        id_field = "version" if "version" in transcoder.output.fields else None
+        self._id_field = transcoder.output.fields[id_field].json_name if id_field else None
+
+    def __repr__(self) -> str:
+        return f"TranscodedRoute({self._http_method} {self.path} → {self._method})"
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        path = raw_route_path(scope)
+        if self._verb_suffix and not path.endswith(self._verb_suffix):
+            return Match.NONE, {}
+        match = self._pattern.fullmatch(path)
+        if match is None:
+            return Match.NONE, {}
+        child = {"room_gateway.match": match}
+        return (Match.FULL if scope["method"] == self._http_method else Match.PARTIAL), child
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != self._http_method:
+            await self._method_not_allowed(scope, send)
+            return
+        try:
+            principal = scope.get(PRINCIPAL)
+            if not isinstance(principal, Principal):
+                raise Unauthenticated("missing credentials")
+            headers = RequestHeaders(scope)
+            body = await read_body(receive, headers, self._max_body)
+            try:
+                path_values = self.binding.template.decode(scope["room_gateway.match"])
+            except UnicodeDecodeError:
+                raise GatewayError("the URL path is not valid UTF-8", code=Code.INVALID_ARGUMENT) from None
+            request = self.transcoder.bind(path_values, scope["query_string"], body, headers.content_type)
+            result = await self._call(self._method, principal, request)
+        except ClientDisconnected:
+            return
+        except GatewayError as exc:
+            await send_error(send, exc)
+            return
+        except Exception:
+            log.exception("%s %s failed", self._http_method, self.path)
+            await send_error(send, internal_error())
+            return
+        if self._streaming:
+            fmt = StreamFormat(negotiate(headers.accept), self._id_field)
+            await pump(
+                result, self.transcoder.output.encode, fmt, receive, send, self._keepalive, self._method
+            )
+            return
+        try:
+            payload = orjson.dumps(self.transcoder.output.encode(result))
+        except Exception:
+            log.exception("%s %s: encoding the result failed", self._http_method, self.path)
+            await send_error(send, internal_error())
+            return
+        await send_json(send, 200, payload)
+
+    async def _method_not_allowed(self, scope: Scope, send: Send) -> None:
+        path = raw_route_path(scope)
+        allowed = sorted({r._http_method for r in self._routes if r._pattern.fullmatch(path)})
+        error = GatewayError(
+            f"method {scope['method']} is not allowed on {path}; allowed: {', '.join(allowed)}",
+            code=Code.UNIMPLEMENTED,
+            http_status=405,
+        )
+        await send_error(send, error, [(b"allow", ", ".join(allowed).encode("ascii"))])
+
+    def url_path_for(self, name: str, /, **path_params: Any) -> Any:
+        raise NoMatchFound(name, path_params)  # transcoded routes are not reversed by name
+
+
+def route_order(route: TranscodedRoute) -> tuple[int, int]:
+    """Custom verbs first, then the most literal segments first (more specific templates win)."""
+    template = route.binding.template
+    return (0 if template.verb else 1, -template.literal_count)

@@ -1,0 +1,38 @@
+"""/openapi.json is derived from the HttpRules: every binding is in it, with its parameters and schemas."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.edge.http_rules import bindings
+
+
+async def test_openapi_document(client: httpx.AsyncClient) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["openapi"] == "3.1.0"
+    operations = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
+    for binding in bindings():
+        names = {
+            v.field_path: "roomId" if v.field_path[-1] == "room_id" else v.field_path[-1]
+            for v in binding.template.variables
+        }
+        assert (binding.http_method, binding.template.openapi_path(names)) in operations
+    list_rooms = doc["paths"]["/v1/rooms"]["get"]
+    assert [(p["name"], p["in"]) for p in list_rooms["parameters"]] == [
+        ("startKey", "query"), ("startAfterKey", "query"), ("roomId", "query"), ("maxResults", "query"),
+    ]  # fmt: skip
+    assert list_rooms["parameters"][2]["schema"] == {"type": "array", "items": {"type": "string"}}
+    set_variable = doc["paths"]["/v1/rooms/{roomId}/variables/{name}"]["put"]
+    body = set_variable["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"value", "expectedVersion"}
+    room = doc["components"]["schemas"]["roomgateway.v1.Room"]["properties"]
+    assert room["status"]["enum"] == ["STATUS_UNSPECIFIED", "OPEN", "CLOSED", "DELETED"]
+    assert room["createTime"] == {"type": "string", "format": "date-time"}
+    listen = doc["paths"]["/v1/rooms/{roomId}/variables/{name}:listen"]["get"]["responses"]["200"]["content"]
+    assert set(listen) == {"text/event-stream", "application/x-ndjson"}
+    assert set(doc["components"]["securitySchemes"]) == {"ApiKey", "bearer", "basic"}
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
+    ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
