@@ -9,11 +9,25 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+import limits
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway.auth.permissions import PERMISSIONS
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` → ``("127.0.0.1", 8080)``; ``"[::1]:0"`` → ``("::1", 0)``.
+
+    :raises ValueError: not ``host:port``.
+    """
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected host:port (port 0 picks a free one), got {value!r}")
+    return host, int(port)
 
 
 class _Strict(BaseModel):
@@ -29,9 +43,7 @@ class Listen(_Strict):
     @field_validator("http", "grpc")
     @classmethod
     def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ValueError(f"expected host:port, got {value!r}")
+        split_host_port(value)
         return value
 
 
@@ -42,6 +54,7 @@ class KeyConfig(_Strict):
     key: SecretStr | None = None
     key_sha256: str | None = None
     permissions: list[str] = Field(min_length=1)
+    #: Room-id patterns (``fnmatch``: ``*``, ``?``, ``[…]``) the key is limited to; empty: every room.
     rooms: list[str] = []
 
     @field_validator("key")
@@ -97,6 +110,17 @@ class LimitConfig(_Strict):
     by: Literal["ip", "key", "room"]
     limit: str = Field(examples=["20/second"])
 
+    @field_validator("limit")
+    @classmethod
+    def _limit_string(cls, value: str) -> str:
+        try:
+            limits.parse(value)
+        except ValueError:
+            raise ValueError(
+                f"expected a rate such as '20/second' or '100 per minute', got {value!r}"
+            ) from None
+        return value
+
 
 class RateLimits(_Strict):
     storage: str = "memory://"
@@ -125,9 +149,11 @@ class Surfaces(_Strict):
 
 
 class HttpLimits(_Strict):
-    """Input limits of the HTTP edge."""
+    """Input limits and timings of the HTTP edge."""
 
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
+    #: Seconds between keep-alive comments on an idle SSE stream (so proxies do not cut it).
+    keepalive_seconds: float = Field(default=15.0, gt=0)
 
 
 class GatewayConfig(_Strict):

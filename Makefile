@@ -1,0 +1,56 @@
+# room-gateway tasks. Each sets up .venv itself (python3 -m venv, then pip), so a fresh clone needs only
+# python3 >= 3.11 and make:
+#   make run     install, then start a gateway on the embedded default (gateway.yaml, memory://)
+#   make test    install with the dev extra, then run the tests (what CI runs: .ci/run)
+#   make proto   regenerate gateway/_gen/ from protos/
+#   make lint, make bench, make check
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Tools run as `python -m …`, never through bin/ scripts, whose shebangs name the path the venv was made at.
+#: Where `make run` keeps the key it generates when ROOM_API_SECRET_KEY is not set (git-ignored).
+KEY_FILE := .room-gateway.key
+#: Extra arguments: make run ARGS='--config config/hashed-keys.yaml', make test PYTEST_ARGS='-k server'
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test check lint proto bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamps: install again when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	@if [ -z "$${ROOM_API_SECRET_KEY:-}" ]; then \
+	    if [ ! -s $(KEY_FILE) ]; then (umask 077 && $(BIN)/python -m gateway keys new --raw > $(KEY_FILE)); fi; \
+	    ROOM_API_SECRET_KEY=$$(cat $(KEY_FILE)); export ROOM_API_SECRET_KEY; \
+	    echo "room-gateway: API key (kept in $(KEY_FILE)): $$ROOM_API_SECRET_KEY"; \
+	fi; \
+	exec $(BIN)/python -m gateway serve $(ARGS)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: lint test
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/python -m ruff check gateway plugins tests scripts bench
+	$(BIN)/python -m mypy
+
+proto: $(VENV)/.installed-dev
+	$(BIN)/python scripts/genproto.py
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python bench/run.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

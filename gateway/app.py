@@ -1,0 +1,90 @@
+"""Assembly: one configuration in, one gateway out — the flow of ``DESIGN.md`` in one function.
+
+    plugins → backend → RoomService → AuthPolicy → Dispatcher → Starlette edge + grpclib server
+
+Nothing here listens or connects: :func:`create_gateway` only builds. :mod:`gateway.server` opens the
+backend, binds the listeners and drains them on shutdown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pluggy
+from grpclib.server import Server as GrpcServer
+from starlette.applications import Starlette
+
+from gateway.auth.policy import AuthPolicy
+from gateway.config import GatewayConfig
+from gateway.config_loader import api_keys
+from gateway.core.backend import Backend
+from gateway.core.service import RoomService
+from gateway.dispatch import Dispatcher
+from gateway.edge.app import create_http_app
+from gateway.plugins import ConfigError, Plugins, create_plugin_manager
+from gateway.rpc.server import create_grpc_server
+
+#: What to do when no key is configured: the gateway fails closed (as WorkAdventure's Room API does).
+NO_KEY_HINT = (
+    "auth.keys: no API key configured, and the gateway refuses to start without one. Make a key and put "
+    "it in the environment:\n"
+    "    export ROOM_API_SECRET_KEY=$(room-gateway keys new --raw)\n"
+    'then start again: the shipped gateway.yaml reads it as `key: "${ROOM_API_SECRET_KEY}"`. '
+    "(`room-gateway keys new` also prints a key_sha256 line, to store only the key's hash.)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """A built gateway, not yet serving: its parts, for the runner and for tests."""
+
+    config: GatewayConfig
+    backend: Backend
+    service: RoomService
+    dispatcher: Dispatcher
+    http_app: Starlette
+    grpc_server: GrpcServer
+
+
+def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
+    """Build the whole gateway from its configuration. Call it inside the event loop that will serve it
+    (grpclib binds its server to the running loop).
+
+    :param config: a validated configuration (:func:`gateway.config_loader.load_config`).
+    :param plugin_manager: plugins to use; default: a fresh one from the ``room_gateway`` entry points.
+    :raises ConfigError: no API key is configured, or no installed plugin serves the backend's scheme.
+    """
+    keys = api_keys(config.auth)
+    if not keys:
+        raise ConfigError(NO_KEY_HINT)
+    _refuse_unserved_surfaces(config)
+    plugins = Plugins(plugin_manager or create_plugin_manager())
+    backend = plugins.create_backend(config.backend)
+    service = RoomService(backend, auto_create_rooms=config.auto_create_rooms)
+    dispatcher = Dispatcher(service, AuthPolicy(keys))
+    http_app = create_http_app(
+        dispatcher,
+        max_body_bytes=config.http.max_body_bytes,
+        ready=backend.check,
+        keepalive_seconds=config.http.keepalive_seconds,
+    )
+    grpc_server = create_grpc_server(dispatcher, ready=backend.check)
+    return Gateway(config, backend, service, dispatcher, http_app, grpc_server)
+
+
+def _refuse_unserved_surfaces(config: GatewayConfig) -> None:
+    """A surface switched on that this build cannot serve is an error, not a silent no-op."""
+    surfaces = config.surfaces
+    wanted = {
+        "workadventure": surfaces.workadventure.enabled,
+        "reflect": surfaces.reflect.enabled,
+        "signalwire": surfaces.signalwire.enabled,
+    }
+    unserved = [name for name, enabled in wanted.items() if enabled]
+    if unserved:
+        raise ConfigError(
+            f"surfaces.{unserved[0]}.enabled: this version does not serve the {', '.join(unserved)} "
+            "surface yet; set enabled: false"
+        )
+    if not surfaces.native:
+        raise ConfigError("surfaces.native: the native API cannot be switched off yet; set native: true")

@@ -1,0 +1,170 @@
+"""``room-gateway``: serve, check a configuration, make keys.
+
+    room-gateway serve [--config PATH]          start both listeners; SIGTERM drains
+    room-gateway check-config [--config PATH]   validate, print a one-line summary
+    room-gateway keys new [--raw]               a fresh API key and its key_sha256 line
+
+The configuration is ``--config PATH``, else ``$GATEWAY_CONFIG``, else ``gateway.yaml``. Exit status: 0 on
+success (and after a clean drain), 2 for a configuration error or bad usage, 1 when serving fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import secrets
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.config_loader import CONFIG_ENV, DEFAULT_CONFIG, config_path, load_config
+from gateway.plugins import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it)."""
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = args.command
+    try:
+        return command(args)
+    except ConfigError as exc:
+        print(f"room-gateway: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="room-gateway",
+        description="A self-hosted Room API gateway: rooms, variables and events over REST/JSON and gRPC.",
+    )
+    commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "--config",
+        metavar="PATH",
+        help=f"the configuration file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})",
+    )
+
+    serve = commands.add_parser("serve", parents=[config], help="start the HTTP and gRPC listeners")
+    serve.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
+    serve.set_defaults(command=_serve)
+
+    check = commands.add_parser("check-config", parents=[config], help="validate the configuration and exit")
+    check.set_defaults(command=_check_config)
+
+    keys = commands.add_parser("keys", help="API keys").add_subparsers(
+        title="commands", required=True, metavar="COMMAND"
+    )
+    new = keys.add_parser("new", help="print a fresh random key and the key_sha256 line to paste")
+    new.add_argument(
+        "--raw", action="store_true", help="print only the key (for $(room-gateway keys new --raw))"
+    )
+    new.set_defaults(command=_keys_new)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.app import create_gateway
+    from gateway.server import StartupError, serve
+
+    _configure_logging(args.log_level)
+    config = load_config(config_path(args.config))
+
+    async def run() -> None:
+        await serve(create_gateway(config))
+
+    try:
+        _run(run)
+    except StartupError as exc:
+        logging.getLogger("room-gateway").error("%s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.app import create_gateway
+
+    path = config_path(args.config)
+    config = load_config(path)
+
+    async def build() -> None:  # the same checks as serve (keys, backend plugin, surfaces), minus I/O
+        create_gateway(config)
+
+    _run(build)
+    print(f"{path}: OK — {_summary(config)}")
+    return EXIT_OK
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    key = secrets.token_urlsafe(32)
+    if args.raw:
+        print(key)
+        return EXIT_OK
+    print(f"key: {key}")
+    print(f"key_sha256: {hashlib.sha256(key.encode()).hexdigest()}")
+    print(
+        "# Give the key to the client. gateway.yaml takes it from ROOM_API_SECRET_KEY, or paste the\n"
+        "# key_sha256 line in place of its key: line to store only the hash.",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _summary(config: GatewayConfig) -> str:
+    keys = ", ".join(key.name for key in config.auth.keys)
+    surfaces = ["native"] if config.surfaces.native else []
+    surfaces += [
+        name for name in ("workadventure", "reflect", "signalwire") if getattr(config.surfaces, name).enabled
+    ]
+    return (
+        f"http {config.listen.http}, grpc {config.listen.grpc}, backend {_scheme(config.backend)}, "
+        f"{len(config.auth.keys)} key(s) ({keys}), surfaces: {', '.join(surfaces)}"
+    )
+
+
+def _scheme(url: str) -> str:
+    """The backend URL without what may be a password (``postgresql://user:pw@host/db`` → ``postgresql://…``)."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://" + ("…" if rest else "")
+
+
+def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``main`` on uvloop when it is installed (uvicorn[standard] brings it), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        loop_factory = None
+    else:
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+
+
+class _Formatter(logging.Formatter):
+    """``room-gateway: http listening on 127.0.0.1:8080``; warnings and errors name their level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
+        text = f"{record.name}: {level}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

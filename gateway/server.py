@@ -1,0 +1,221 @@
+"""The runner: uvicorn (HTTP) and grpclib (gRPC) in one process and one event loop, drained on SIGTERM.
+
+Order of life: open the backend → bind both listeners → serve → on ``SIGTERM``/``SIGINT`` drain → close
+the backend last. Draining (bounded by ``shutdown_grace_seconds``):
+
+1. stop taking work: uvicorn closes its listener and idle keep-alive connections; new gRPC calls are
+   refused with UNAVAILABLE (clients retry elsewhere);
+2. end every stream now, with UNAVAILABLE "server shutting down; reconnect" (a stream never finishes on its
+   own, so waiting for it would only burn the grace period);
+3. let in-flight calls finish, up to the grace period; then cancel what is left (a second signal skips
+   the wait);
+4. close the backend.
+
+A listener bound to port 0 gets a free port; the line ``room-gateway: http listening on HOST:PORT`` (and
+``grpc listening on …``) tells which, so tests and scripts can find it. Keys are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+
+import uvicorn
+from grpclib.const import Status
+from grpclib.events import RecvRequest, listen
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server as GrpcServer
+
+from gateway.app import Gateway
+from gateway.config import split_host_port
+from gateway.core.backend import Backend
+from gateway.core.hub import LocalHub
+from gateway.errors import Unavailable
+
+log = logging.getLogger("room-gateway")
+
+SHUTDOWN_MESSAGE = "server shutting down; reconnect"
+
+
+class StartupError(RuntimeError):
+    """The gateway could not start serving (a port in use, an address that does not exist, …)."""
+
+
+async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, handle_signals: bool = True) -> None:
+    """Serve ``gateway`` until ``stop`` is set or ``SIGTERM``/``SIGINT`` arrives, then drain and return.
+
+    :param gateway: built by :func:`gateway.app.create_gateway` in this event loop.
+    :param stop: set it to shut down (tests, embedding); a fresh event by default.
+    :param handle_signals: install ``SIGTERM``/``SIGINT`` handlers (main thread only).
+    :raises StartupError: a listener cannot be bound or the HTTP server fails to start.
+    """
+    stop = stop if stop is not None else asyncio.Event()
+    force = asyncio.Event()
+    # Signals first: a SIGTERM that arrives while starting up still drains (once started) and exits 0.
+    with _signals(stop, force, enabled=handle_signals):
+        await gateway.backend.open()
+        try:
+            await _serve_listeners(gateway, stop, force)
+        finally:
+            await gateway.backend.close()
+    log.info("stopped")
+
+
+async def _serve_listeners(gateway: Gateway, stop: asyncio.Event, force: asyncio.Event) -> None:
+    config = gateway.config
+    grace = config.shutdown_grace_seconds
+    with _bound(config.listen.http, "http") as http_sock, _bound(config.listen.grpc, "grpc") as grpc_sock:
+        grpc_calls = _GrpcCalls(gateway.grpc_server)
+        await gateway.grpc_server.start(sock=grpc_sock)
+        http = _HttpServer(
+            uvicorn.Config(
+                gateway.http_app,
+                log_config=None,  # the process's logging is set up once, by the CLI
+                access_log=False,
+                # The edge decides whom to believe about the client address (rate_limits.trusted_proxies);
+                # uvicorn's default would rewrite it from X-Forwarded-For of any loopback peer.
+                proxy_headers=False,
+                server_header=False,
+                ws="none",
+                timeout_graceful_shutdown=math.ceil(grace),
+            )
+        )
+        http_task = asyncio.create_task(http.serve(sockets=[http_sock]), name="room-gateway http")
+        try:
+            await _started(http, http_task)
+            log.info("http listening on %s", _address(http_sock))
+            log.info("grpc listening on %s", _address(grpc_sock))
+            await _until_stopped(stop, http_task)
+
+            log.info("shutting down: draining for up to %gs", grace)
+            grpc_calls.draining = True
+            http.should_exit = True
+            _end_streams(gateway.backend)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await grpc_calls.finish(force)
+            if force.is_set():
+                http.force_exit = True
+            await http_task
+        finally:
+            gateway.grpc_server.close()  # cancels the gRPC calls still running
+            await gateway.grpc_server.wait_closed()
+            if not http_task.done():  # startup failed, or we are being cancelled
+                http.force_exit = http.should_exit = True
+                http_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                    await http_task
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn, minus its signal handling: the runner handles signals for both listeners."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class _GrpcCalls:
+    """Tracks in-flight gRPC calls (each runs in its own task) and refuses new ones while draining.
+
+    grpclib's own ``Server.close()`` cancels running calls at once; this gives them the grace period first.
+    """
+
+    def __init__(self, server: GrpcServer) -> None:
+        self.draining = False
+        self._tasks: set[asyncio.Task[object]] = set()
+        listen(server, RecvRequest, self._on_request)
+
+    async def _on_request(self, event: RecvRequest) -> None:
+        if self.draining:
+            raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def finish(self, force: asyncio.Event) -> None:
+        """Return when no call is in flight or ``force`` is set (the caller bounds the wait)."""
+        forced = asyncio.create_task(force.wait())
+        try:
+            while self._tasks and not force.is_set():
+                await asyncio.wait({*self._tasks, forced}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
+
+
+def _end_streams(backend: Backend) -> None:
+    """End every stream of this process now, without touching the backend's connections (in-flight calls
+    still need them). Backends deliver through a :class:`LocalHub` (``gateway.core.hub``); one that does
+    not expose it as ``hub`` has its streams ended by its own ``close()``, after the grace period."""
+    hub = getattr(backend, "hub", None)
+    if isinstance(hub, LocalHub):
+        hub.close_all(Unavailable(SHUTDOWN_MESSAGE))
+
+
+@contextlib.contextmanager
+def _bound(address: str, name: str) -> Iterator[socket.socket]:
+    """A listening socket on ``address`` (``host:port``; port 0 picks a free one), closed on exit."""
+    host, port = split_host_port(address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.create_server(sockaddr, family=family)
+    except OSError as exc:
+        raise StartupError(f"listen.{name}: cannot listen on {address}: {exc.strerror or exc}") from None
+    with sock:
+        yield sock
+
+
+async def _started(http: uvicorn.Server, task: asyncio.Task[None]) -> None:
+    while not http.started:
+        if task.done():
+            raise StartupError("the HTTP server did not start (see the log above)")
+        await asyncio.sleep(0.01)
+
+
+async def _until_stopped(stop: asyncio.Event, http_task: asyncio.Task[None]) -> None:
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({stopping, http_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if http_task.done() and not stop.is_set():
+        http_task.result()  # re-raise what ended it
+        raise StartupError("the HTTP server stopped on its own")
+
+
+@contextlib.contextmanager
+def _signals(stop: asyncio.Event, force: asyncio.Event, *, enabled: bool) -> Iterator[None]:
+    """``SIGTERM``/``SIGINT`` set ``stop``; a second one sets ``force`` (skip the rest of the grace)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("%s again: not waiting for in-flight calls", signal.Signals(signum).name)
+            force.set()
+        else:
+            log.info("%s received", signal.Signals(signum).name)
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
