@@ -1,0 +1,326 @@
+"""What the SQLite and PostgreSQL backends share: the queries, one transaction per operation.
+
+Each write is one statement that the database makes atomic — an upsert or a guarded ``UPDATE … RETURNING``
+— so that concurrent writers (other tasks, other gateway processes) never lose an update, and a
+compare-and-set is decided by the database, not by a read in Python. The notification of a write is
+emitted inside its transaction (:meth:`SqlBackend._emit`), so listeners see writes in commit order, which
+for one variable is version order (its row lock orders its writers).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+import sqlalchemy as sa
+import sqlalchemy.exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.core.backend import Backend, version_conflict
+from gateway.core.hub import LocalHub, Subscription, Topic
+from gateway.core.models import JSON, Event, Room, RoomSignal, RoomStatus, Variable, _Unset
+from gateway.errors import AlreadyExists, Unavailable
+from room_gateway_plugins.sql import codec, migrations
+from room_gateway_plugins.sql.tables import rooms, variables
+
+try:
+    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+
+    _ASYNCPG_ERRORS: tuple[type[BaseException], ...] = (
+        asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+        asyncpg.InterfaceError,  # "connection is closed", "another operation is in progress" after a drop
+        asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 cannot connect now
+    )
+except ImportError:  # installed without PostgreSQL support
+    _ASYNCPG_ERRORS = ()
+
+#: Room ids per ``IN (…)`` query, well under SQLite's limit of bound parameters.
+_IN_CHUNK = 500
+
+
+class StoreUnreachable(ConnectionError):
+    """A driver error that SQLAlchemy classified as a lost or refused connection (see ``handle_error``)."""
+
+
+@dataclass
+class _Tx:
+    conn: AsyncConnection
+    #: Run after commit (SQLite delivers to its in-process hub only once the write is durable).
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
+
+
+class SqlBackend(Backend):
+    """Rooms and variables in SQL tables (:mod:`.tables`), schema by :mod:`.migrations`."""
+
+    #: Driver errors meaning "cannot reach the store". One tuple for both dialects: the contract methods are
+    #: defined (and wrapped by :class:`Backend`) here, with this class's tuple.
+    base_exceptions: ClassVar[tuple[type[BaseException], ...]] = (
+        OSError,  # ConnectionRefusedError, TimeoutError, StoreUnreachable, socket errors
+        sqlalchemy.exc.OperationalError,  # SQLite: locked, unable to open, disk I/O; lost connections
+        sqlalchemy.exc.InterfaceError,
+        sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+        *_ASYNCPG_ERRORS,
+    )
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.hub = self._make_hub()
+        self._engine: AsyncEngine | None = None
+        self._schema_found: int | None = None
+
+    # -- what a dialect provides ----------------------------------------------------------------------------
+
+    def _make_hub(self) -> LocalHub:
+        return LocalHub()
+
+    @abc.abstractmethod
+    def _make_engine(self) -> AsyncEngine:
+        """A new engine (called in :meth:`open`, inside the event loop that will use it)."""
+
+    def _schema(self) -> str | None:
+        return None
+
+    def _serial(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Held around every transaction (SQLite: one connection, used by one task at a time)."""
+        return contextlib.nullcontext()
+
+    @abc.abstractmethod
+    async def _emit(self, tx: _Tx, topic: Topic | None, note: Variable | Event | RoomSignal) -> None:
+        """Send ``note`` to the listeners of ``topic`` (``None`` for a room signal) when ``tx`` commits."""
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise Unavailable("backend is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        self._engine = self._make_engine()
+        sa.event.listen(self._engine.sync_engine, "handle_error", _classify_error)
+        async with self._tx() as tx:
+            self._schema_found = await tx.conn.run_sync(migrations.upgrade, self._schema())
+
+    async def close(self) -> None:
+        self.hub.close_all(Unavailable("server shutting down; reconnect"))
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    async def check(self) -> None:
+        async with self._serial(), self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[_Tx]:
+        async with self._serial():
+            async with self.engine.begin() as conn:
+                tx = _Tx(conn)
+                yield tx
+            for deliver in tx.after_commit:
+                deliver()
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads of one statement each: autocommit, no BEGIN/COMMIT round trips."""
+        async with self._serial(), self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
+    def _insert(self, table: sa.Table) -> Any:
+        """The dialect's INSERT, which knows ``ON CONFLICT``."""
+        dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
+        return dialect.insert(table)
+
+    # -- rooms -----------------------------------------------------------------------------------------------
+
+    async def create_room(self, room: Room) -> None:
+        statement = (
+            self._insert(rooms)
+            .values(_room_row(room))
+            .on_conflict_do_nothing(index_elements=[rooms.c.room_id])
+            .returning(rooms.c.room_id)
+        )
+        async with self._tx() as tx:
+            created = (await tx.conn.execute(statement)).first()
+        if created is None:
+            raise AlreadyExists(f"room {room.room_id!r} already exists (ids are never reused)")
+
+    async def get_room(self, room_id: str) -> Room | None:
+        async with self._reading() as conn:
+            row = (await conn.execute(sa.select(rooms).where(rooms.c.room_id == room_id))).first()
+        return _room(row) if row is not None else None
+
+    async def save_room(self, room: Room) -> None:
+        row = _room_row(room)
+        del row["room_id"]
+        async with self._tx() as tx:
+            await tx.conn.execute(rooms.update().where(rooms.c.room_id == room.room_id).values(row))
+
+    async def list_rooms(self, *, start: str, inclusive: bool, limit: int) -> list[Room]:
+        after = rooms.c.room_id >= start if inclusive else rooms.c.room_id > start
+        query = sa.select(rooms).where(after).order_by(rooms.c.room_id).limit(limit)
+        async with self._reading() as conn:
+            return [_room(row) for row in await conn.execute(query)]
+
+    async def get_rooms(self, room_ids: Sequence[str]) -> list[Room]:
+        wanted = sorted(set(room_ids))
+        found: list[Room] = []
+        async with self._reading() as conn:
+            for first in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[first : first + _IN_CHUNK]
+                query = sa.select(rooms).where(rooms.c.room_id.in_(chunk)).order_by(rooms.c.room_id)
+                found.extend(_room(row) for row in await conn.execute(query))
+        return found
+
+    # -- variables -------------------------------------------------------------------------------------------
+
+    async def get_variable(self, room_id: str, name: str) -> Variable | None:
+        query = sa.select(variables.c.value, variables.c.version, variables.c.update_time).where(
+            variables.c.room_id == room_id, variables.c.name == name, variables.c.value.is_not(None)
+        )
+        async with self._reading() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None
+        return Variable(
+            name=name, value=codec.loads(row.value), version=row.version, update_time=row.update_time
+        )
+
+    async def set_variable(
+        self,
+        room_id: str,
+        name: str,
+        value: JSON | _Unset,
+        *,
+        expected_version: int | None,
+        now: datetime,
+    ) -> Variable | None:
+        text = None if isinstance(value, _Unset) else codec.dumps(value)
+        this = (variables.c.room_id == room_id) & (variables.c.name == name)
+        statement: Any
+        if text is None and expected_version == 0:
+            statement = None  # delete only if unset: nothing to write either way
+        elif text is None or expected_version:
+            # Deletion, or compare-and-set against a set variable: only an existing, set row can change.
+            guard = this & variables.c.value.is_not(None)
+            if expected_version:
+                guard &= variables.c.version == expected_version
+            statement = (
+                variables.update()
+                .where(guard)
+                .values(value=text, version=variables.c.version + 1, update_time=now)
+                .returning(variables.c.version)
+            )
+        else:
+            # Plain write, or compare-and-set against "unset" (expected_version == 0): an upsert whose update
+            # keeps counting from the row's last version (deletions included), so versions never repeat.
+            statement = (
+                self._insert(variables)
+                .values(room_id=room_id, name=name, value=text, version=1, update_time=now)
+                .on_conflict_do_update(
+                    index_elements=[variables.c.room_id, variables.c.name],
+                    set_={
+                        "value": sa.literal_column("excluded.value"),
+                        "version": variables.c.version + 1,
+                        "update_time": sa.literal_column("excluded.update_time"),
+                    },
+                    where=variables.c.value.is_(None) if expected_version == 0 else None,
+                )
+                .returning(variables.c.version)
+            )
+        async with self._tx() as tx:
+            written = (await tx.conn.execute(statement)).first() if statement is not None else None
+            if written is None:
+                current = await self._current_version(tx, room_id, name)
+                if expected_version is not None and expected_version != current:
+                    raise version_conflict(name, expected_version, current)
+                return None  # deleting an unset variable
+            variable = Variable(name=name, value=value, version=written.version, update_time=now)
+            await self._emit(tx, Topic("variable", room_id, name), variable)
+        return variable
+
+    async def _current_version(self, tx: _Tx, room_id: str, name: str) -> int:
+        """The version a compare-and-set is compared with: ``0`` when unset."""
+        query = sa.select(variables.c.version).where(
+            variables.c.room_id == room_id, variables.c.name == name, variables.c.value.is_not(None)
+        )
+        return (await tx.conn.execute(query)).scalar() or 0
+
+    async def get_contents(self, room_id: str) -> dict[str, JSON]:
+        query = (
+            sa.select(variables.c.name, variables.c.value)
+            .where(variables.c.room_id == room_id, variables.c.value.is_not(None))
+            .order_by(variables.c.name)
+        )
+        async with self._reading() as conn:
+            return {row.name: codec.loads(row.value) for row in await conn.execute(query)}
+
+    async def delete_room_data(self, room_id: str) -> None:
+        # Rows go with the data: a deleted room's id never comes back, so its versions cannot repeat.
+        async with self._tx() as tx:
+            await tx.conn.execute(variables.delete().where(variables.c.room_id == room_id))
+
+    # -- realtime --------------------------------------------------------------------------------------------
+
+    async def publish_event(self, room_id: str, event: Event) -> None:
+        async with self._tx() as tx:
+            await self._emit(tx, Topic("event", room_id, event.name), event)
+
+    async def publish_signal(self, signal: RoomSignal) -> None:
+        async with self._tx() as tx:
+            await self._emit(tx, None, signal)
+
+    async def subscribe(self, topic: Topic) -> Subscription:
+        if self._engine is None:
+            raise Unavailable("backend is closed")
+        return self.hub.subscribe(topic)
+
+
+def _room_row(room: Room) -> dict[str, Any]:
+    return {
+        "room_id": room.room_id,
+        "display_name": room.display_name,
+        "description": room.description,
+        "status": room.status.value,
+        "jurisdiction": room.jurisdiction,
+        "settings": codec.dumps(room.settings),
+        "create_time": room.create_time,
+        "update_time": room.update_time,
+    }
+
+
+def _room(row: sa.Row[Any]) -> Room:
+    return Room(
+        room_id=row.room_id,
+        display_name=row.display_name,
+        description=row.description,
+        status=RoomStatus(row.status),
+        jurisdiction=row.jurisdiction,
+        settings=codec.loads(row.settings),
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
+
+
+def _classify_error(ctx: sa.engine.ExceptionContext) -> BaseException | None:
+    """``handle_error`` hook: a lost or refused connection becomes :class:`StoreUnreachable`.
+
+    SQLAlchemy wraps every driver error in a ``DBAPIError``; the ones it recognizes as disconnects
+    (``is_disconnect``, which also invalidates the pool) and the driver's own connection errors are turned
+    into one type that :attr:`SqlBackend.base_exceptions` maps to UNAVAILABLE.
+    """
+    cause: BaseException | None = ctx.original_exception
+    unreachable = ctx.is_disconnect
+    while cause is not None and not unreachable:
+        unreachable = isinstance(cause, (OSError, *_ASYNCPG_ERRORS))
+        cause = cause.__cause__
+    if unreachable:
+        return StoreUnreachable(f"{type(ctx.original_exception).__name__}: {ctx.original_exception}")
+    return None

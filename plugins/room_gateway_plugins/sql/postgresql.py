@@ -1,0 +1,238 @@
+"""The PostgreSQL backend: many gateway processes over one database, realtime through LISTEN/NOTIFY.
+
+URL: ``postgresql://user@host:5432/db`` (or ``postgresql+asyncpg://…``), with two optional query parameters
+of ours: ``schema`` (tables in that schema, created if missing; default: the connection's search_path) and
+``connect_timeout`` (seconds, default 5).
+
+**Channels.** A topic (variable or event name of a room) has its own channel, ``LISTEN``ed while this
+process has a subscriber to it (the hub's ``on_topic_open`` / ``on_topic_close``); room signals, rare, share
+one channel. One channel for everything would be simpler, but every process would then receive, decode and
+drop every write of the whole deployment; with a channel per topic the server sends a process only what it
+listens to. Channel names are a hash of (database, schema, topic): identifiers are limited to 63 bytes and
+room ids are not; payloads carry the full topic, so a hash collision only costs a dropped message.
+
+**Order.** ``pg_notify`` runs inside the write's transaction: PostgreSQL delivers notifications in commit
+order, and writers of one variable commit in version order (its row lock orders them). This process's own
+writes come back through its LISTEN connection like everyone else's: delivering them directly as well
+could put a local write ahead of an earlier remote one.
+
+**Size.** A payload must be shorter than 8000 bytes. A larger one is stored in ``notification_bodies`` (in
+the same transaction) and its id is sent instead; receivers read it back in arrival order. Bodies older
+than :data:`BODY_TTL` are deleted now and then by writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from gateway.core.hub import LocalHub, Subscription, Topic
+from gateway.core.models import UNSET, Event, RoomSignal, SignalKind, Variable
+from gateway.errors import Unavailable
+from room_gateway_plugins.sql import codec
+from room_gateway_plugins.sql.base import SqlBackend, _Tx
+from room_gateway_plugins.sql.listener import Listener
+from room_gateway_plugins.sql.tables import notification_bodies
+
+log = logging.getLogger(__name__)
+
+#: Largest payload sent as is (PostgreSQL's limit is 8000 bytes, exclusive, in the server encoding).
+MAX_PAYLOAD = 7900
+BODY_TTL_SQL = "interval '10 minutes'"
+#: Share of large writes that also clean up expired bodies.
+BODY_CLEANUP_RATE = 1 / 32
+DEFAULT_CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 30.0
+#: Query parameters of SQLAlchemy's asyncpg dialect that asyncpg.connect itself does not take.
+_SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_creator_fn")
+
+
+class PostgresBackend(SqlBackend):
+    """Rooms in PostgreSQL; notifications reach every gateway process that shares the database."""
+
+    schemes = ("postgresql", "postgresql+asyncpg", "postgres")
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parsed = make_url(url)
+        self._db_schema: str | None = parsed.query.get("schema")  # type: ignore[assignment]
+        timeout = parsed.query.get("connect_timeout")
+        self._connect_timeout = float(timeout) if timeout else DEFAULT_CONNECT_TIMEOUT  # type: ignore[arg-type]
+        self._sa_url: URL = parsed.difference_update_query(["schema", "connect_timeout"]).set(
+            drivername="postgresql+asyncpg"
+        )
+        namespace = f"{self._sa_url.database}\0{self._db_schema or ''}"
+        self._namespace = namespace
+        self._signal_channel = _channel(namespace, "signals")
+        self._incoming: asyncio.Queue[str] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
+
+    def _make_hub(self) -> LocalHub:
+        return LocalHub(on_topic_open=self._topic_opened, on_topic_close=self._topic_closed)
+
+    def _schema(self) -> str | None:
+        return self._db_schema
+
+    def _server_settings(self) -> dict[str, str]:
+        settings = {"application_name": "room-gateway"}
+        if self._db_schema:
+            settings["search_path"] = self._db_schema
+        return settings
+
+    def _make_engine(self) -> AsyncEngine:
+        return create_async_engine(
+            self._sa_url,
+            pool_pre_ping=True,
+            pool_timeout=self._connect_timeout * 2,
+            connect_args={
+                "timeout": self._connect_timeout,
+                "command_timeout": COMMAND_TIMEOUT,
+                "server_settings": self._server_settings(),
+            },
+        )
+
+    async def _connect_listener(self) -> asyncpg.Connection:
+        _, kwargs = self.engine.dialect.create_connect_args(self._sa_url)
+        for key in _SQLALCHEMY_ONLY:
+            kwargs.pop(key, None)
+        return await asyncpg.connect(
+            **kwargs, timeout=self._connect_timeout, server_settings=self._server_settings()
+        )
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await super().open()
+        self._listener = Listener(self._connect_listener, self._incoming.put_nowait, self._connection_lost)
+        self._listener.want(self._signal_channel)
+        self._reader = asyncio.create_task(self._read(), name="room-gateway pg notifications")
+        try:
+            await self._listener.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        await super().close()
+
+    async def check(self) -> None:
+        await super().check()
+        listener = self._listener
+        if listener is None:
+            raise Unavailable("backend is closed")
+        if not listener.connected:
+            await listener.sync()
+
+    def _connection_lost(self, error: Exception) -> None:
+        self.hub.close_all(Unavailable("lost the connection to PostgreSQL; reconnect"))
+
+    # -- subscriptions ---------------------------------------------------------------------------------------
+
+    def _topic_channel(self, topic: Topic) -> str:
+        return _channel(self._namespace, topic.kind, topic.room_id, topic.name)
+
+    def _topic_opened(self, topic: Topic) -> None:
+        if self._listener is not None:
+            self._listener.want(self._topic_channel(topic))
+
+    def _topic_closed(self, topic: Topic) -> None:
+        if self._listener is not None:
+            self._listener.unwant(self._topic_channel(topic))
+
+    async def subscribe(self, topic: Topic) -> Subscription:
+        listener = self._listener
+        if listener is None:
+            raise Unavailable("backend is closed")
+        sub = self.hub.subscribe(topic)
+        try:
+            await listener.sync()  # active on return: LISTEN has been executed
+        except BaseException:
+            sub.close()
+            raise
+        return sub
+
+    # -- notifications out -----------------------------------------------------------------------------------
+
+    async def _emit(self, tx: _Tx, topic: Topic | None, note: Variable | Event | RoomSignal) -> None:
+        channel = self._signal_channel if topic is None else self._topic_channel(topic)
+        payload = codec.dumps(_encode(topic, note))
+        if len(payload.encode()) > MAX_PAYLOAD:
+            if random.random() < BODY_CLEANUP_RATE:
+                await tx.conn.execute(
+                    notification_bodies.delete().where(
+                        notification_bodies.c.create_time < sa.func.now() - sa.text(BODY_TTL_SQL)
+                    )
+                )
+            stored = notification_bodies.insert().values(body=payload).returning(notification_bodies.c.id)
+            body_id = (await tx.conn.execute(stored)).scalar_one()
+            payload = codec.dumps({"k": "ref", "id": body_id})
+        await tx.conn.execute(sa.select(sa.func.pg_notify(channel, payload)))
+
+    # -- notifications in ------------------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        """Deliver incoming payloads to the hub one by one, in arrival order (large bodies fetched first)."""
+        while True:
+            payload = await self._incoming.get()
+            try:
+                message = codec.loads(payload)
+                if message.get("k") == "ref":
+                    message = codec.loads(await self._fetch_body(message["id"]))
+                self._deliver(message)
+            except Exception:
+                log.exception("dropped a PostgreSQL notification that could not be read: %.200s", payload)
+
+    async def _fetch_body(self, body_id: int) -> str:
+        query = sa.select(notification_bodies.c.body).where(notification_bodies.c.id == body_id)
+        async with self.engine.connect() as conn:
+            body: str = (await conn.execute(query)).scalar_one()
+        return body
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        kind, time = message["k"], codec.time_in(message["t"])
+        if kind == "s":
+            self.hub.deliver_signal(RoomSignal(message["r"], SignalKind(message["s"]), time))  # type: ignore[arg-type]
+        elif kind == "v":
+            value = message["x"] if "x" in message else UNSET
+            variable = Variable(message["n"], value, message["ver"], time)
+            self.hub.deliver(Topic("variable", message["r"], message["n"]), variable)
+        elif kind == "e":
+            self.hub.deliver(
+                Topic("event", message["r"], message["n"]), Event(message["n"], message["d"], time)
+            )
+
+
+def _encode(topic: Topic | None, note: Variable | Event | RoomSignal) -> dict[str, Any]:
+    if isinstance(note, RoomSignal):
+        return {"k": "s", "r": note.room_id, "s": note.kind.value, "t": codec.time_out(note.time)}
+    if topic is None:
+        raise TypeError("a variable or event notification needs its topic")
+    if isinstance(note, Variable):
+        message: dict[str, Any] = {"k": "v", "r": topic.room_id, "n": note.name, "ver": note.version}
+        if note.value is not UNSET:
+            message["x"] = note.value
+    else:
+        message = {"k": "e", "r": topic.room_id, "n": note.name, "d": note.data}
+    message["t"] = codec.time_out(note.time if isinstance(note, Event) else note.update_time)
+    return message
+
+
+def _channel(namespace: str, *parts: str) -> str:
+    key = "\0".join((namespace, *parts)).encode()
+    return "rg_" + hashlib.blake2b(key, digest_size=16).hexdigest()

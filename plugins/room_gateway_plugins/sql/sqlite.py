@@ -1,0 +1,73 @@
+"""The SQLite backend: the embedded default, one file (or memory) owned by one gateway process.
+
+``sqlite:///rooms.db`` (relative path), ``sqlite:////var/lib/rooms.db`` (absolute), ``sqlite:///:memory:``.
+One connection serves the process, used by one task at a time: SQLite serializes writers anyway, and a
+single connection rules out ``database is locked`` between our own tasks. Notifications are delivered to
+the in-process hub right after their write commits, under the same lock, so in commit (= version) order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from gateway.core.hub import Topic
+from gateway.core.models import Event, RoomSignal, Variable
+from room_gateway_plugins.sql.base import SqlBackend, _Tx
+
+#: Seconds to wait for a lock held by another process (a backup tool, a stray second gateway).
+BUSY_TIMEOUT = 5.0
+
+
+class SQLiteBackend(SqlBackend):
+    """Rooms in a SQLite file. URL: ``sqlite:///path/rooms.db`` or ``sqlite:///:memory:``."""
+
+    schemes = ("sqlite", "sqlite+aiosqlite")
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._lock = asyncio.Lock()
+
+    def _make_engine(self) -> AsyncEngine:
+        url = make_url(self.url).set(drivername="sqlite+aiosqlite")
+        engine = create_async_engine(
+            url,
+            poolclass=StaticPool,
+            pool_reset_on_return=None,  # every transaction ends in COMMIT or ROLLBACK already
+            connect_args={"timeout": BUSY_TIMEOUT},
+        )
+        sa.event.listen(engine.sync_engine, "connect", _on_connect)
+        sa.event.listen(engine.sync_engine, "begin", _on_begin)
+        return engine
+
+    def _serial(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._lock
+
+    async def _emit(self, tx: _Tx, topic: Topic | None, note: Variable | Event | RoomSignal) -> None:
+        if isinstance(note, RoomSignal):
+            tx.after_commit.append(lambda: self.hub.deliver_signal(note))
+        elif topic is not None:
+            tx.after_commit.append(lambda: self.hub.deliver(topic, note))
+
+
+def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # pysqlite opens transactions itself, late and only before DML (so DDL would run outside them); take
+    # transactions over, as SQLAlchemy's SQLite dialect documentation recommends ("Serializable isolation /
+    # Savepoints / Transactional DDL"), so each migration is atomic.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # WAL: readers (a backup, sqlite3 on the console) do not block the gateway's writes. Memory: ignored.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # a committed write survives a power cut, not only a crash
+    cursor.close()
+
+
+def _on_begin(conn: sa.Connection) -> None:
+    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
