@@ -1,10 +1,13 @@
-"""Every command of the README's REST section runs as written, with the real ``curl``, against a real gateway.
+"""Every command of the README's REST and gRPC sections runs as written, with the real ``curl`` and
+``grpcurl``, against a real gateway.
 
-The section is the ``sh`` block after the ``<!-- readme-test: rest`` marker. A ``curl …`` line (with its
-``\\`` continuations) is a step; the ``# → …`` lines after it are its output, where ``…`` stands for the
-fields left out (the output must hold every field shown). A ``curl -sN`` step is a stream: it runs in the
-background, as in its own terminal, while the later steps run. Other lines (``KEY=…``) run before each step.
-The only change made to a command is the port: the gateway listens on a free one instead of 8080.
+A section is the ``sh`` block after a ``<!-- readme-test: NAME`` marker. A ``curl …`` or ``grpcurl …`` line
+(with its ``\\`` continuations) is a step; the ``# → …`` lines after it are its output: a JSON object, where
+``…`` stands for the fields left out (the output must hold every field shown), or else a line the output
+must contain. A ``curl -sN`` or a ``grpcurl … /Listen…`` step is a stream: it runs in the background, as in
+its own terminal, while the later steps run. Other lines (``KEY=…``) run before each step, from a folder
+laid out like a clone after ``make run``. The only change made to a command is the port: the gateway listens
+on free ones instead of 8080 and 50051.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,9 +29,11 @@ import pytest
 from tests.server.conftest import KEY, ROOT, StartGateway
 
 README = ROOT / "README.md"
-MARKER = "<!-- readme-test: rest"
-DOCUMENTED_ADDRESS = "localhost:8080"
+SECTIONS = ("rest", "grpc")
+#: The documented address of each listener, replaced by the test gateway's.
+DOCUMENTED = {"http": "localhost:8080", "grpc": "localhost:50051"}
 STEP_TIMEOUT = 15.0
+_JSON = json.JSONDecoder()
 
 
 @dataclass
@@ -37,15 +43,18 @@ class Step:
 
     @property
     def streams(self) -> bool:
+        if self.command.startswith("grpcurl "):
+            return "/Listen" in self.command
         return bool(re.search(r"\s-\w*N\b", self.command))
 
 
-def readme_section() -> tuple[list[str], list[Step]]:
-    """The setup lines and the steps of the marked block."""
+def readme_section(name: str) -> tuple[list[str], list[Step]]:
+    """The setup lines and the steps of the block marked ``readme-test: NAME``."""
     text = README.read_text(encoding="utf-8")
-    start = text.index(MARKER)
+    marker = f"<!-- readme-test: {name} "
+    start = text.index(marker)
     block = re.search(r"```sh\n(.*?)```", text[start:], re.DOTALL)
-    assert block is not None, f"no ```sh block after {MARKER}"
+    assert block is not None, f"no ```sh block after {marker}"
     setup: list[str] = []
     steps: list[Step] = []
     pending = ""
@@ -57,7 +66,7 @@ def readme_section() -> tuple[list[str], list[Step]]:
         pending = ""
         if line.startswith("# → "):
             steps[-1].expected.append(line.removeprefix("# → "))
-        elif line.startswith("curl "):
+        elif line.startswith(("curl ", "grpcurl ")):
             steps.append(Step(line))
         elif line.strip() and not line.startswith("#"):
             setup.append(line)
@@ -67,6 +76,37 @@ def readme_section() -> tuple[list[str], list[Step]]:
 def parse_expected(text: str) -> Any:
     """``{"a":1,…}`` → ``{"a": 1}``: the fields the output must hold."""
     return json.loads(text.replace(",…", "").replace("…", ""))
+
+
+def json_outputs(text: str) -> list[Any]:
+    """The JSON values of an output: SSE ``data:`` lines, or (grpcurl) objects one after another."""
+    if "data: " in text:
+        return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    values, at = [], 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at >= len(text):
+            return values
+        try:
+            value, at = _JSON.raw_decode(text, at)
+        except json.JSONDecodeError:
+            return values  # a stream cut mid-object: what came whole
+        values.append(value)
+
+
+def check_output(step: Step, stdout: str) -> None:
+    """Every ``# →`` line of the step is in ``stdout``: JSON objects in order, text lines anywhere."""
+    expected = [line.removeprefix("data: ") for line in step.expected]  # SSE shows its data lines
+    wanted = [line for line in expected if line.startswith("{")]
+    if wanted:
+        seen = json_outputs(stdout)
+        assert len(seen) >= len(wanted), f"{step.command}\n{stdout}"
+        for actual, shown in zip(seen, wanted, strict=False):
+            assert holds(actual, parse_expected(shown)), f"{step.command}\n{stdout}"
+    for line in expected:
+        if not line.startswith("{"):
+            assert line in stdout.splitlines(), f"{step.command}\n{stdout}"
 
 
 def holds(actual: Any, expected: Any) -> bool:
@@ -99,9 +139,7 @@ class Background:
             self.lines.append(line.rstrip("\n"))
 
     def data(self) -> list[Any]:
-        return [
-            json.loads(line.removeprefix("data: ")) for line in list(self.lines) if line.startswith("data: ")
-        ]
+        return json_outputs("\n".join(list(self.lines)))
 
     def wait_for(self, count: int, timeout: float = STEP_TIMEOUT) -> list[Any]:
         deadline = time.monotonic() + timeout
@@ -118,26 +156,43 @@ class Background:
                 stream.close()
 
 
-def test_the_readme_section_is_well_formed() -> None:
-    setup, steps = readme_section()
+@pytest.mark.parametrize("name", SECTIONS)
+def test_the_readme_section_is_well_formed(name: str) -> None:
+    setup, steps = readme_section(name)
     assert setup, "the section sets KEY first"
-    assert len(steps) >= 8
+    assert len(steps) >= 4
     for step in steps:
-        assert DOCUMENTED_ADDRESS in step.command, step.command
+        assert any(address in step.command for address in DOCUMENTED.values()), step.command
         assert step.expected, f"no `# → ` output after {step.command!r}"
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl binary")
-def test_every_readme_command_runs_as_written(start_gateway: StartGateway, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", SECTIONS)
+def test_every_readme_command_runs_as_written(
+    name: str, start_gateway: StartGateway, tmp_path: Path
+) -> None:
+    tool = "grpcurl" if name == "grpc" else "curl"
+    venv_bin = Path(sys.executable).parent
+    if shutil.which(tool, path=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}") is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is missing (CI must run this test)")
+        pytest.skip(f"needs the {tool} binary")
     gateway = start_gateway()
-    port = gateway.addresses["http"][1]
-    (tmp_path / ".room-gateway.key").write_text(KEY + "\n")  # as `make run` leaves it
+    # A folder laid out like a clone after `make run`: the key file, and .venv/bin (grpcurl).
+    (tmp_path / ".room-gateway.key").write_text(KEY + "\n")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "bin").symlink_to(venv_bin)
     env = {k: v for k, v in os.environ.items() if k != "ROOM_API_SECRET_KEY"}
-    setup, steps = readme_section()
+    setup, steps = readme_section(name)
     streams: list[tuple[Step, Background]] = []
+
+    def localize(command: str) -> str:
+        for listener, address in DOCUMENTED.items():
+            command = command.replace(address, f"localhost:{gateway.addresses[listener][1]}")
+        return command
+
     try:
         for step in steps:
-            script = "\n".join([*setup, step.command.replace(DOCUMENTED_ADDRESS, f"localhost:{port}")])
+            script = "\n".join([*setup, localize(step.command)])
             if step.streams:
                 stream = Background(script, tmp_path, env)
                 streams.append((step, stream))
@@ -152,16 +207,10 @@ def test_every_readme_command_runs_as_written(start_gateway: StartGateway, tmp_p
                 timeout=STEP_TIMEOUT,
             )
             assert result.returncode == 0, f"{step.command}\n{result.stderr}"
-            [expected] = step.expected
-            assert holds(json.loads(result.stdout), parse_expected(expected)), (
-                f"{step.command}\n{result.stdout}"
-            )
+            check_output(step, result.stdout)
         for step, stream in streams:
-            wanted = [parse_expected(line.removeprefix("data: ")) for line in step.expected]
-            seen = stream.wait_for(len(wanted))
-            assert len(seen) >= len(wanted), f"{step.command}\n{stream.lines}"
-            for actual, expected in zip(seen, wanted, strict=False):
-                assert holds(actual, expected), f"{step.command}\n{stream.lines}"
+            stream.wait_for(len(step.expected))
+            check_output(step, "\n".join(stream.lines))
     finally:
         for _, stream in streams:
             stream.stop()
