@@ -23,6 +23,7 @@ from gateway.dispatch import Dispatcher
 from gateway.edge.app import create_http_app
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.rpc.server import create_grpc_server
+from gateway.surfaces import Surface, SurfaceContext
 
 #: What to do when no key is configured: the gateway fails closed (as WorkAdventure's Room API does).
 NO_KEY_HINT = (
@@ -57,34 +58,47 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     keys = api_keys(config.auth)
     if not keys:
         raise ConfigError(NO_KEY_HINT)
-    _refuse_unserved_surfaces(config)
+    if not config.surfaces.native:
+        raise ConfigError("surfaces.native: the native API cannot be switched off yet; set native: true")
     plugins = Plugins(plugin_manager or create_plugin_manager())
     backend = plugins.create_backend(config.backend)
     service = RoomService(backend, auto_create_rooms=config.auto_create_rooms)
-    dispatcher = Dispatcher(service, AuthPolicy(keys))
+    policy = AuthPolicy(keys)
+    dispatcher = Dispatcher(service, policy)
+    surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, service, policy, dispatcher))
     http_app = create_http_app(
         dispatcher,
         max_body_bytes=config.http.max_body_bytes,
         ready=backend.check,
         keepalive_seconds=config.http.keepalive_seconds,
+        extra_routes=[route for surface in surfaces for route in surface.http_routes()],
+        self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.http_prefixes),
     )
-    grpc_server = create_grpc_server(dispatcher, ready=backend.check)
+    grpc_server = create_grpc_server(
+        dispatcher,
+        ready=backend.check,
+        extra_handlers=[handler for surface in surfaces for handler in surface.grpc_handlers()],
+        self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.grpc_prefixes),
+    )
     return Gateway(config, backend, service, dispatcher, http_app, grpc_server)
 
 
-def _refuse_unserved_surfaces(config: GatewayConfig) -> None:
-    """A surface switched on that this build cannot serve is an error, not a silent no-op."""
-    surfaces = config.surfaces
-    wanted = {
-        "workadventure": surfaces.workadventure.enabled,
-        "reflect": surfaces.reflect.enabled,
-        "signalwire": surfaces.signalwire.enabled,
-    }
-    unserved = [name for name, enabled in wanted.items() if enabled]
-    if unserved:
-        raise ConfigError(
-            f"surfaces.{unserved[0]}.enabled: this version does not serve the {', '.join(unserved)} "
-            "surface yet; set enabled: false"
-        )
-    if not surfaces.native:
-        raise ConfigError("surfaces.native: the native API cannot be switched off yet; set native: true")
+def _enabled_surfaces(config: GatewayConfig, plugins: Plugins, context: SurfaceContext) -> list[Surface]:
+    """The compatibility surfaces switched on in ``surfaces:``, each from the plugin that offers it.
+
+    :raises ConfigError: a surface is enabled that no installed plugin offers.
+    """
+    offered = plugins.surface_classes()
+    enabled = []
+    for name, settings in config.surfaces.model_dump().items():
+        if not isinstance(settings, dict) or not settings.get("enabled"):
+            continue
+        cls = offered.get(name)
+        if cls is None:
+            known = ", ".join(sorted(offered)) or "none"
+            raise ConfigError(
+                f"surfaces.{name}.enabled: no installed plugin serves the {name} surface "
+                f"(installed: {known}); set enabled: false"
+            )
+        enabled.append(cls(settings, context))
+    return enabled

@@ -18,6 +18,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from gateway.core.backend import Backend
+    from gateway.surfaces import Surface
 
 PROJECT = "room_gateway"
 ENTRY_POINT_GROUP = "room_gateway"
@@ -35,5 +36,18 @@ def gateway_backend_classes() -> list[type[Backend]]:
     on every plugin; the results are concatenated.
 
     :return: a list of backend classes (empty or ``None`` when the plugin offers none).
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def gateway_surfaces() -> list[type[Surface]]:
+    """Offer compatibility surfaces (other vendors' room APIs onto the same rooms).
+
+    Each class subclasses :class:`gateway.surfaces.Surface` and names the key under ``surfaces:`` in
+    ``gateway.yaml`` that switches it on (``name``). Called once at start-up on every plugin; the results are
+    concatenated. A surface enabled in the configuration that no plugin offers is a configuration error.
+
+    :return: a list of surface classes (empty or ``None`` when the plugin offers none).
     """
     raise NotImplementedError

@@ -16,6 +16,7 @@ import pluggy
 
 from gateway import hookspecs
 from gateway.core.backend import Backend
+from gateway.surfaces import Surface
 
 AUTOLOAD_ENV = "ROOM_GATEWAY_DISABLE_PLUGIN_AUTOLOAD"
 
@@ -60,6 +61,14 @@ class Plugins:
                 for scheme in cls.schemes:
                     by_scheme.setdefault(scheme, cls)
         return by_scheme
+
+    def surface_classes(self) -> dict[str, type[Surface]]:
+        """Surface name (its key under ``surfaces:``) → class, over every registered plugin."""
+        by_name: dict[str, type[Surface]] = {}
+        for classes in self.pm.hook.gateway_surfaces():
+            for cls in classes or ():
+                by_name.setdefault(cls.name, cls)
+        return by_name
 
     def create_backend(self, url: str) -> Backend:
         """The backend for ``url``, chosen by its scheme (``limits``' ``storage_from_string`` style).

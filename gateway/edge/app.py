@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
 from starlette.applications import Starlette
@@ -38,6 +38,8 @@ def create_http_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ready: Callable[[], Awaitable[None]] | None = None,
     keepalive_seconds: float = 15.0,
+    extra_routes: Sequence[BaseRoute] = (),
+    self_authenticated_prefixes: tuple[str, ...] = (),
 ) -> Starlette:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
 
@@ -45,6 +47,8 @@ def create_http_app(
     :param max_body_bytes: request bodies beyond this are refused with 413 (config ``http.max_body_bytes``).
     :param ready: awaited by ``/readyz``; a :class:`~gateway.errors.GatewayError` it raises makes a 503.
     :param keepalive_seconds: silence after which a stream sends a keep-alive.
+    :param extra_routes: routes of compatibility surfaces, tried after the native ones.
+    :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
     """
     codecs = Codecs()
     routes: list[TranscodedRoute] = []
@@ -67,10 +71,17 @@ def create_http_app(
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readiness(ready), methods=["GET"]),
         Route("/openapi.json", health.static_json(document), methods=["GET"]),
+        *extra_routes,
     ]
     app = Starlette(
         routes=all_routes,
-        middleware=[Middleware(AuthMiddleware, policy=dispatcher.policy)],
+        middleware=[
+            Middleware(
+                AuthMiddleware,
+                policy=dispatcher.policy,
+                self_authenticated_prefixes=self_authenticated_prefixes,
+            )
+        ],
         exception_handlers={HTTPException: _http_exception},
     )
     # Transcoded routes match the raw path; a slash redirect computed on the decoded one would be wrong.

@@ -31,17 +31,30 @@ class AuthMiddleware:
     :param app: the wrapped ASGI app.
     :param policy: the auth policy.
     :param public_paths: route paths served without credentials.
+    :param self_authenticated_prefixes: path prefixes of compatibility surfaces, which authenticate their
+        calls themselves and answer in their vendor's error shape.
     """
 
     def __init__(
-        self, app: ASGIApp, policy: AuthPolicy, public_paths: Collection[str] = PUBLIC_PATHS
+        self,
+        app: ASGIApp,
+        policy: AuthPolicy,
+        public_paths: Collection[str] = PUBLIC_PATHS,
+        self_authenticated_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.policy = policy
         self.public_paths = frozenset(public_paths)
+        self.self_authenticated_prefixes = self_authenticated_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or get_route_path(scope) in self.public_paths:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = get_route_path(scope)
+        if path in self.public_paths or (
+            self.self_authenticated_prefixes and path.startswith(self.self_authenticated_prefixes)
+        ):
             await self.app(scope, receive, send)
             return
         authorization = api_key = None

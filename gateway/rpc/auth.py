@@ -43,12 +43,17 @@ def current_principal() -> Principal:
     return principal
 
 
-def install_auth(server: Server, policy: AuthPolicy) -> None:
-    """Authenticate every call ``server`` receives (but health checks) with ``policy``."""
+def install_auth(server: Server, policy: AuthPolicy, *, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Authenticate every call ``server`` receives (but health checks) with ``policy``.
+
+    :param skip_prefixes: method paths (``/package.Service/``) of compatibility surfaces that authenticate
+        their calls themselves, with their vendor's messages.
+    """
+    unauthenticated = UNAUTHENTICATED_PREFIXES + skip_prefixes
 
     async def authenticate(event: RecvRequest) -> None:
         _principal.set(None)
-        if event.method_name.startswith(UNAUTHENTICATED_PREFIXES):
+        if event.method_name.startswith(unauthenticated):
             return
         try:
             principal = policy.authenticate(

@@ -66,6 +66,7 @@ def create_grpc_server(
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
     extra_handlers: Sequence[object] = (),
+    self_authenticated_prefixes: tuple[str, ...] = (),
 ) -> Server:
     """The gRPC server of the gateway, not yet listening.
 
@@ -78,7 +79,7 @@ def create_grpc_server(
     :param extra_handlers: see :func:`build_handlers`.
     """
     server = Server(build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers))
-    install_auth(server, dispatcher.policy)
+    install_auth(server, dispatcher.policy, skip_prefixes=self_authenticated_prefixes)
     return server
 
 
