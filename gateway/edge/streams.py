@@ -34,12 +34,29 @@ SSE = "text/event-stream"
 
 
 class StreamFormat:
-    """How one stream's messages are framed."""
+    """How one stream's messages are framed.
+
+    One write reaches every listener of a variable with the *same* notification object, so the framed bytes
+    of the last item are kept per format: thousands of listeners encode it once, not once each.
+    """
+
+    _last: dict[tuple[str, str | None], tuple[object, bytes]] = {}
 
     def __init__(self, media_type: str, id_field: str | None) -> None:
         self.media_type = media_type
         self.sse = media_type == SSE
         self.id_field = id_field
+        self._key = (media_type, id_field)
+
+    def frame(self, item: object, encode: Callable[[Any], dict[str, Any]]) -> bytes:
+        """The framed bytes of ``item``, reusing the last framing when it is the same object."""
+        last = self._last.get(self._key)
+        if last is not None and last[0] is item:
+            return last[1]
+        framed = self.message(encode(item))
+        # Holding the item keeps its id from being reused by another object while it is the key.
+        self._last[self._key] = (item, framed)
+        return framed
 
     def message(self, encoded: dict[str, Any]) -> bytes:
         if not self.sse:
@@ -64,9 +81,24 @@ def negotiate(accept: str) -> str:
     return NDJSON if NDJSON in accept else SSE
 
 
-async def _disconnected(receive: Receive) -> None:
+async def _watch_disconnect(receive: Receive, stream: ListenStream[Any], left: asyncio.Event) -> None:
+    """Wait for the client to leave, then close the stream: the reader wakes and ends by itself."""
     while (await receive())["type"] != "http.disconnect":
         pass
+    left.set()
+    await stream.aclose()
+
+
+async def _keep_alive(send: Send, fmt: StreamFormat, interval: float, last_sent: list[float]) -> None:
+    """Send a keep-alive whenever ``interval`` seconds pass without a message."""
+    loop = asyncio.get_running_loop()
+    while True:
+        wait = last_sent[0] + interval - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+            continue
+        last_sent[0] = loop.time()
+        await _body(send, fmt.keepalive)
 
 
 async def pump(
@@ -78,9 +110,16 @@ async def pump(
     keepalive: float,
     method: str,
 ) -> None:
-    """Send ``stream`` as the body of a 200 response until it ends or the client leaves; close it always."""
-    disconnect = asyncio.ensure_future(_disconnected(receive))
-    pending: asyncio.Future[Any] | None = None
+    """Send ``stream`` as the body of a 200 response until it ends or the client leaves; close it always.
+
+    Two helper tasks per stream, none per message (10,000 listeners make one write 10,000 wake-ups, not
+    30,000 task creations): one watches for ``http.disconnect`` and closes the stream, which ends the read
+    below; one sends keep-alives during silence.
+    """
+    left = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    last_sent = [loop.time()]
+    helpers: list[asyncio.Task[None]] = []
     try:
         await send(
             {
@@ -93,44 +132,37 @@ async def pump(
                 ],
             }
         )
+        helpers.append(asyncio.create_task(_watch_disconnect(receive, stream, left)))
+        helpers.append(asyncio.create_task(_keep_alive(send, fmt, keepalive, last_sent)))
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(stream.__anext__())
-            done, _ = await asyncio.wait(
-                (pending, disconnect), timeout=keepalive, return_when=asyncio.FIRST_COMPLETED
-            )
-            if disconnect in done:
-                return
-            if pending not in done:
-                await _body(send, fmt.keepalive)
-                continue
-            finished, pending = pending, None
             try:
-                item = finished.result()
+                item = await stream.__anext__()
             except StopAsyncIteration:
                 break
             except GatewayError as exc:
-                await _body(send, fmt.error(exc))
+                if not left.is_set():
+                    await _body(send, fmt.error(exc))
                 break
             except Exception:
                 log.exception("stream of %s failed", method)
                 await _body(send, fmt.error(internal_error()))
                 break
-            await _body(send, fmt.message(encode(item)))
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if left.is_set():
+                return
+            last_sent[0] = loop.time()
+            await _body(send, fmt.frame(item, encode))
+        if not left.is_set():
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
     except OSError:  # the connection broke under a send
         pass
     finally:
-        # The pending __anext__ must be finished before aclose() (an async generator cannot be closed while
-        # it runs); cancelling it ends the generator, whose `finally` unsubscribes.
-        for task in (pending, disconnect):
-            if task is None:
-                continue
-            if not task.done():
-                task.cancel()
-                await asyncio.wait((task,))
-            if not task.cancelled():
-                task.exception()  # retrieved: whatever it was, the stream is over
+        for task in helpers:
+            task.cancel()
+        for task in helpers:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: PERF203 - whatever it was, the stream is over
+                pass
         await stream.aclose()
 
 

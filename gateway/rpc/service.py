@@ -29,6 +29,7 @@ from gateway.dispatch import Dispatcher, Method
 from gateway.errors import GatewayError
 from gateway.rpc import codec
 from gateway.rpc.auth import current_principal
+from gateway.rpc.wire import LastConversion
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class RoomServiceHandler(RoomServiceBase):
 
     def _server_stream(self, method: Method) -> _ServerStream:
         dispatcher = self.dispatcher
+        # Shared by every stream of the method: a write fanned out to many listeners converts once.
+        convert = LastConversion(lambda item: codec.to_message(item, method.output))
 
         async def handle(request: betterproto2.Message) -> AsyncGenerator[betterproto2.Message, None]:
             principal = current_principal()
@@ -97,7 +100,7 @@ class RoomServiceHandler(RoomServiceBase):
                 stream = await dispatcher.call(method.name, principal, codec.to_kwargs(request, method.input))
                 try:
                     async for item in stream:
-                        yield codec.to_message(item, method.output)
+                        yield convert(item)
                 finally:
                     # Unsubscribes at once, however the stream ends: the room's end, an error, the client
                     # cancelling (the generator is closed by _call_rpc_handler_server_stream below).
