@@ -15,14 +15,17 @@ from grpclib.server import Server as GrpcServer
 from starlette.applications import Starlette
 
 from gateway.auth.policy import AuthPolicy
+from gateway.auth.tokens import room_token_issuer
 from gateway.config import GatewayConfig
 from gateway.config_loader import api_keys
 from gateway.core.backend import Backend
 from gateway.core.service import RoomService
+from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
 from gateway.edge.app import create_http_app
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
-from gateway.rpc.server import create_grpc_server
+from gateway.ratelimit import RateLimiter
+from gateway.rpc.server import create_grpc_server, keepalive_config
 from gateway.surfaces import Surface, SurfaceContext
 
 #: What to do when no key is configured: the gateway fails closed (as WorkAdventure's Room API does).
@@ -45,6 +48,7 @@ class Gateway:
     dispatcher: Dispatcher
     http_app: Starlette
     grpc_server: GrpcServer
+    limiter: RateLimiter | None = None  # None: rate limiting is off
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -62,25 +66,47 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         raise ConfigError("surfaces.native: the native API cannot be switched off yet; set native: true")
     plugins = Plugins(plugin_manager or create_plugin_manager())
     backend = plugins.create_backend(config.backend)
-    service = RoomService(backend, auto_create_rooms=config.auto_create_rooms)
-    policy = AuthPolicy(keys)
+    tokens = room_token_issuer(config.auth.room_tokens)  # None: no secret, no room tokens
+    service = RoomService(
+        backend,
+        tokens=tokens,
+        auto_create_rooms=config.auto_create_rooms,
+        value_limits=ValueLimits(config.input.max_value_bytes, config.input.max_json_depth),
+    )
+    policy = AuthPolicy(keys, tokens=tokens)
     dispatcher = Dispatcher(service, policy)
+    limiter = _rate_limiter(config)
+    dispatcher.room_limit = limiter.check_room if limiter is not None and limiter.by_room else None
     surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, service, policy, dispatcher))
     http_app = create_http_app(
         dispatcher,
         max_body_bytes=config.http.max_body_bytes,
         ready=backend.check,
         keepalive_seconds=config.http.keepalive_seconds,
+        body_timeout_seconds=config.http.body_timeout_seconds,
         extra_routes=[route for surface in surfaces for route in surface.http_routes()],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.http_prefixes),
+        limiter=limiter,
     )
     grpc_server = create_grpc_server(
         dispatcher,
         ready=backend.check,
         extra_handlers=[handler for surface in surfaces for handler in surface.grpc_handlers()],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.grpc_prefixes),
+        config=keepalive_config(config.grpc.keepalive_seconds, config.grpc.keepalive_timeout_seconds),
+        limiter=limiter,
     )
-    return Gateway(config, backend, service, dispatcher, http_app, grpc_server)
+    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter)
+
+
+def _rate_limiter(config: GatewayConfig) -> RateLimiter | None:
+    """The rate-limit policy of ``rate_limits`` (``None`` when ``limits: []`` switches it off)."""
+    if not config.rate_limits.limits:
+        return None
+    try:
+        return RateLimiter.from_config(config.rate_limits)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _enabled_surfaces(config: GatewayConfig, plugins: Plugins, context: SurfaceContext) -> list[Surface]:

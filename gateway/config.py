@@ -6,13 +6,23 @@ Loading (``${VAR}`` / ``${VAR:-default}`` interpolation, errors naming the key a
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 
 import limits
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+import limits.storage
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
-from gateway.auth.permissions import PERMISSIONS
+from gateway.auth.permissions import PERMISSIONS, is_extra
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
@@ -34,11 +44,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GrpcTls(_Strict):
+    """``listen.grpc_tls``: serve gRPC over TLS (ALPN ``h2``) instead of plaintext h2c.
+
+    WorkAdventure's client switches to TLS on port 443 (or a host given as ``https://…``).
+    """
+
+    #: PEM certificate chain (the server's certificate first).
+    cert_file: FilePath
+    #: PEM private key of the certificate.
+    key_file: FilePath
+
+
 class Listen(_Strict):
     """``host:port`` of each listener; port 0 picks a free port (tests)."""
 
     http: str = "127.0.0.1:8080"
     grpc: str = "127.0.0.1:50051"
+    #: TLS on the gRPC listener; absent: plaintext HTTP/2 (h2c), for loopback or behind a TLS proxy.
+    grpc_tls: GrpcTls | None = None
 
     @field_validator("http", "grpc")
     @classmethod
@@ -87,9 +111,39 @@ class KeyConfig(_Strict):
 
 
 class RoomTokens(_Strict):
+    """``auth.room_tokens``: room tokens (JWT, HS256) are minted only when ``secret`` is set."""
+
+    #: The HS256 signing key, at least 32 bytes (RFC 7518 §3.2), shared by every instance of a deployment;
+    #: unset or empty: no room tokens (CreateRoomToken is FAILED_PRECONDITION).
     secret: SecretStr | None = None
+    #: Role → permissions (and opaque extras) a token made with ``role`` carries.
     roles: dict[str, list[str]] = {"moderator": ["*"], "guest": ["variables:read", "events:listen"]}
+    #: No token lives longer; ``ttlSeconds`` above it is capped.
     max_ttl_seconds: int = Field(default=3600, gt=0)
+    #: The lifetime when a request gives no ``ttlSeconds`` (capped at ``max_ttl_seconds``).
+    default_ttl_seconds: int = Field(default=600, gt=0)
+
+    @field_validator("secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            return None  # "${ROOM_TOKEN_SECRET:-}" unset: no room tokens
+        if value is not None and len(value.get_secret_value().encode("utf-8")) < 32:
+            raise ValueError(
+                "the room token secret must be at least 32 bytes (e.g. `room-gateway keys new --raw`)"
+            )
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _known_role_permissions(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for role, names in value.items():
+            unknown = sorted({n for n in names if n not in PERMISSIONS and not is_extra(n)})
+            if unknown:
+                raise ValueError(
+                    f"role {role!r}: unknown permission(s) {unknown}; known: {sorted(PERMISSIONS)}"
+                )
+        return value
 
 
 class Auth(_Strict):
@@ -123,10 +177,42 @@ class LimitConfig(_Strict):
 
 
 class RateLimits(_Strict):
+    """``rate_limits``: see :mod:`gateway.ratelimit` (where each ``by`` applies, each strategy's bursts)."""
+
+    #: ``memory://`` (this process) or a ``limits`` storage URL (``redis://…``) shared by every instance.
     storage: str = "memory://"
     strategy: Literal["fixed-window", "moving-window", "sliding-window-counter"] = "moving-window"
+    #: ``[]`` switches rate limiting off.
     limits: list[LimitConfig] = [LimitConfig(by="ip", limit="20/second")]
+    #: Addresses or CIDR networks of proxies whose ``X-Forwarded-For`` is believed.
     trusted_proxies: list[str] = []
+    #: Refuse calls (503 UNAVAILABLE) while the storage is unreachable, instead of serving them unlimited.
+    fail_closed: bool = False
+    #: Prefix of every key in a shared storage (several deployments on one Redis).
+    key_prefix: str = Field(default="room_gateway", min_length=1)
+    #: Seconds a shared storage gets to answer before the check counts as failed.
+    storage_timeout_seconds: float = Field(default=0.5, gt=0)
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, value: str) -> str:
+        scheme = value.partition("://")[0]
+        schemes = limits.storage.SCHEMES  # type: ignore[attr-defined]  # limits' registry, not re-exported
+        known = {s.removeprefix("async+") for s in schemes}
+        if "://" not in value or scheme.removeprefix("async+") not in known:
+            names = ", ".join(sorted(known))
+            raise ValueError(f"expected memory:// or a storage URL ({names}), got {value!r}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"expected an IP address or CIDR network, got {network!r}") from None
+        return value
 
 
 class Surface(_Strict):
@@ -134,11 +220,42 @@ class Surface(_Strict):
 
 
 class ReflectSurface(Surface):
+    """``surfaces.reflect``: Reflect's REST API under ``/v1/apps/{appId}/…``.
+
+    See docs/migrating-from-reflect.md.
+    """
+
+    #: The app ids served; a call naming any other app is a 404, as on Reflect.
     apps: list[str] = []
+
+    @field_validator("apps")
+    @classmethod
+    def _app_ids(cls, value: list[str]) -> list[str]:
+        for app in value:
+            if not re.fullmatch(r"[A-Za-z0-9._~-]{1,128}", app):
+                raise ValueError(f"an app id is 1-128 letters, digits or . _ ~ - only, got {app!r}")
+        if len(set(value)) != len(value):
+            raise ValueError("app ids must be unique")
+        return value
+
+    @model_validator(mode="after")
+    def _apps_when_enabled(self) -> ReflectSurface:
+        if self.enabled and not self.apps:
+            raise ValueError("list the app ids to serve in apps: (e.g. apps: [my-app])")
+        return self
 
 
 class SignalWireSurface(Surface):
-    project_id: str = ""
+    """``surfaces.signalwire``: SignalWire's Video REST API under ``/api/video``."""
+
+    #: The only Basic user accepted (``project_id:api_token``, the token being an API key of ``auth.keys``).
+    project_id: str = Field(default="", max_length=256)
+
+    @model_validator(mode="after")
+    def _project_when_enabled(self) -> SignalWireSurface:
+        if self.enabled and not self.project_id:
+            raise ValueError("project_id is required when enabled: the Basic user clients send")
+        return self
 
 
 class Surfaces(_Strict):
@@ -154,6 +271,30 @@ class HttpLimits(_Strict):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, gt=0)
     #: Seconds between keep-alive comments on an idle SSE stream (so proxies do not cut it).
     keepalive_seconds: float = Field(default=15.0, gt=0)
+    #: Seconds a client gets to send a request's line and headers (408 and close after: slow clients).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    #: Seconds a client gets to send a request's whole body once its headers are in (408 after).
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Seconds an idle keep-alive connection is kept open between requests (uvicorn's timeout_keep_alive).
+    idle_timeout_seconds: float = Field(default=5.0, gt=0)
+    #: Bytes of request line and headers accepted (431 beyond).
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+
+
+class GrpcLimits(_Strict):
+    """Connection liveness of the gRPC listener (HTTP/2 PING, grpclib's ``Configuration``)."""
+
+    #: Seconds of silence on a connection after which the server sends a PING.
+    keepalive_seconds: float = Field(default=60.0, gt=0)
+    #: Seconds the client has to answer a PING; no answer closes the connection (half-open, dead peers).
+    keepalive_timeout_seconds: float = Field(default=20.0, gt=0)
+
+
+class InputLimits(_Strict):
+    """Bounds on JSON values (a variable's value, an event's data), on every transport."""
+
+    max_value_bytes: int = Field(default=64 * 1024, gt=0)
+    max_json_depth: int = Field(default=32, gt=0, le=100)
 
 
 class GatewayConfig(_Strict):
@@ -166,6 +307,8 @@ class GatewayConfig(_Strict):
     rate_limits: RateLimits = RateLimits()
     surfaces: Surfaces = Surfaces()
     http: HttpLimits = HttpLimits()
+    grpc: GrpcLimits = GrpcLimits()
+    input: InputLimits = InputLimits()
     #: Seconds that in-flight calls get to finish on SIGTERM before streams are cut.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 

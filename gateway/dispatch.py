@@ -4,11 +4,16 @@ The REST transcoder and the gRPC server both bind a request into keyword argumen
 request's fields (see :mod:`gateway.core.service`) and hand them here with the caller's
 :class:`~gateway.auth.policy.Principal`. The method table is built from the proto descriptor at start-up,
 so a method added to the proto is served by both transports or by neither.
+
+Per call: the policy authorizes the method's one permission (``gateway.auth.permissions.REQUIRED``) and the
+room; a room token is then checked against its room's last InvalidateConnections (a backend read, so it
+holds across instances); a service method that declares a keyword-only ``caller`` receives the principal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,11 +75,30 @@ class Dispatcher:
         self.policy = policy
         self.methods = native_methods()
         self._handlers = {name: getattr(service, m.python_name) for name, m in self.methods.items()}
+        #: Methods whose service coroutine takes the caller (a keyword-only ``caller``): ListRooms filters by
+        #: its rooms, CreateRoomToken never grants more than it holds.
+        self._takes_caller = frozenset(
+            name
+            for name, handler in self._handlers.items()
+            if (p := inspect.signature(handler).parameters.get("caller")) is not None
+            and p.kind is inspect.Parameter.KEYWORD_ONLY
+        )
+        #: The ``by: room`` rate limits (``RateLimiter.check_room``), applied once the call is authorized.
+        self.room_limit: Callable[[str], Awaitable[None]] | None = None
 
     async def call(self, method: str, principal: Principal, request: dict[str, Any]) -> Any:
         """Run ``method`` for ``principal``; returns the domain result (a stream for server streams).
 
-        :raises GatewayError: PERMISSION_DENIED, or whatever the service answers.
+        :raises GatewayError: PERMISSION_DENIED, UNAUTHENTICATED (a room token issued before its room's last
+            InvalidateConnections), RESOURCE_EXHAUSTED, or whatever the service answers.
         """
-        self.policy.authorize(principal, method, room_id_of(request))
+        room_id = room_id_of(request)
+        self.policy.authorize(principal, method, room_id)
+        if principal.token is not None:
+            # Read from the backend, so an InvalidateConnections on any instance counts here.
+            await self.service.check_room_token(principal.token)
+        if self.room_limit is not None and room_id:
+            await self.room_limit(room_id)
+        if method in self._takes_caller:
+            return await self._handlers[method](**request, caller=principal)
         return await self._handlers[method](**request)

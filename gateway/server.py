@@ -23,6 +23,7 @@ import logging
 import math
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 
@@ -33,10 +34,12 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server as GrpcServer
 
 from gateway.app import Gateway
-from gateway.config import split_host_port
+from gateway.config import GrpcTls, split_host_port
 from gateway.core.backend import Backend
 from gateway.core.hub import LocalHub
+from gateway.edge.timeouts import guarded_protocol
 from gateway.errors import Unavailable
+from gateway.rpc.tls import TlsError, server_context
 
 log = logging.getLogger("room-gateway")
 
@@ -63,6 +66,8 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, handle_s
         try:
             await _serve_listeners(gateway, stop, force)
         finally:
+            if gateway.limiter is not None:
+                await gateway.limiter.close()
             await gateway.backend.close()
     log.info("stopped")
 
@@ -72,7 +77,7 @@ async def _serve_listeners(gateway: Gateway, stop: asyncio.Event, force: asyncio
     grace = config.shutdown_grace_seconds
     with _bound(config.listen.http, "http") as http_sock, _bound(config.listen.grpc, "grpc") as grpc_sock:
         grpc_calls = _GrpcCalls(gateway.grpc_server)
-        await gateway.grpc_server.start(sock=grpc_sock)
+        await gateway.grpc_server.start(sock=grpc_sock, ssl=_grpc_tls(config.listen.grpc_tls))
         http = _HttpServer(
             uvicorn.Config(
                 gateway.http_app,
@@ -84,6 +89,14 @@ async def _serve_listeners(gateway: Gateway, stop: asyncio.Event, force: asyncio
                 server_header=False,
                 ws="none",
                 timeout_graceful_shutdown=math.ceil(grace),
+                # Slow and half-open clients (gateway.edge.timeouts): a header deadline and size limit on
+                # httptools, idle keep-alive connections closed, h11's own limit if it is ever chosen.
+                http=guarded_protocol(
+                    header_timeout=config.http.header_timeout_seconds,
+                    max_header_bytes=config.http.max_header_bytes,
+                ),
+                timeout_keep_alive=config.http.idle_timeout_seconds,  # type: ignore[arg-type]
+                h11_max_incomplete_event_size=config.http.max_header_bytes,
             )
         )
         http_task = asyncio.create_task(http.serve(sockets=[http_sock]), name="room-gateway http")
@@ -91,6 +104,8 @@ async def _serve_listeners(gateway: Gateway, stop: asyncio.Event, force: asyncio
             await _started(http, http_task)
             log.info("http listening on %s", _address(http_sock))
             log.info("grpc listening on %s", _address(grpc_sock))
+            if config.listen.grpc_tls is not None:
+                log.info("grpc: TLS with %s", config.listen.grpc_tls.cert_file)
             await _until_stopped(stop, http_task)
 
             log.info("shutting down: draining for up to %gs", grace)
@@ -171,6 +186,16 @@ def _bound(address: str, name: str) -> Iterator[socket.socket]:
         raise StartupError(f"listen.{name}: cannot listen on {address}: {exc.strerror or exc}") from None
     with sock:
         yield sock
+
+
+def _grpc_tls(tls: GrpcTls | None) -> ssl.SSLContext | None:
+    """The gRPC listener's TLS context (``listen.grpc_tls``); ``None``: plaintext h2c."""
+    if tls is None:
+        return None
+    try:
+        return server_context(tls)
+    except TlsError as exc:
+        raise StartupError(str(exc)) from None
 
 
 async def _started(http: uvicorn.Server, task: asyncio.Task[None]) -> None:

@@ -22,6 +22,11 @@ PERMISSIONS = frozenset(
     }
 )
 
+#: The resource part of our permission names. A name in one of these namespaces must be one of
+#: :data:`PERMISSIONS` (a typo such as ``variables:wirte`` is an error, not a silent extra); a room token may
+#: carry any other string as an opaque extra (SignalWire's ``room.self.audio_mute``), never enforced.
+NAMESPACES = frozenset(name.partition(":")[0] for name in PERMISSIONS if name != ALL)
+
 #: Method of ``roomgateway.v1.RoomService`` → the permission it needs.
 REQUIRED: dict[str, str] = {
     "CreateRoom": "rooms:create",
@@ -38,4 +43,15 @@ REQUIRED: dict[str, str] = {
     "ListenVariable": "variables:read",
     "PublishEvent": "events:publish",
     "ListenEvents": "events:listen",
+    "CreateRoomToken": "tokens:create",
 }
+
+#: Methods that name no room and whose *results* are limited to the rooms a caller may access (its key's
+#: room patterns). Any other call without a room (the global ``InvalidateConnections``) acts on every room,
+#: so it needs a caller limited to none: a key without room patterns, never a room token.
+FILTERED_BY_ROOM = frozenset({"ListRooms"})
+
+
+def is_extra(name: str) -> bool:
+    """Whether ``name`` is an opaque extra: neither a permission nor in one of our :data:`NAMESPACES`."""
+    return name not in PERMISSIONS and name.partition(":")[0] not in NAMESPACES

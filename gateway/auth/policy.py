@@ -8,6 +8,16 @@ Accepted credentials (``API.md``): ``X-API-Key: <key>``, ``Authorization: Bearer
 ``Authorization: Basic base64(<user>:<key>)`` and Reflect's raw ``Authorization: Basic <key>``.
 Keys are kept only as SHA-256 digests and compared with :func:`hmac.compare_digest` against every configured
 key (no early exit), so neither the comparison nor the loop leaks where a guess went wrong.
+
+A Bearer credential that matches no key and has the shape of a JWT is verified as a room token
+(:mod:`gateway.auth.tokens`): its principal may act on its one room only. What needs the backend — whether
+the token was issued before its room's last ``InvalidateConnections`` — is checked per call, by
+:meth:`Dispatcher.call <gateway.dispatch.Dispatcher.call>`.
+
+Room scope (:meth:`AuthPolicy.authorize`): a call naming a room needs a caller that may access it (a key's
+room patterns, ``fnmatch``-style; a token's room, compared exactly). A call naming none acts on every room:
+ListRooms (:data:`~gateway.auth.permissions.FILTERED_BY_ROOM`) is allowed to pattern-limited keys and
+answers only their rooms; anything else, and any roomless call with a room token, is PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -18,9 +28,11 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from fnmatch import fnmatchcase
 
-from gateway.auth.permissions import ALL, REQUIRED
+from gateway.auth.permissions import ALL, FILTERED_BY_ROOM, REQUIRED
+from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, looks_like_token
 from gateway.errors import PermissionDenied, Unauthenticated
 
 #: Sent with every 401 (RFC 9110 §11.6.1).
@@ -39,14 +51,35 @@ class ApiKey:
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: the key's name, what it may do, and which rooms (patterns; empty: every room)."""
+    """Who is calling: the key's name, what it may do, and which rooms (patterns; empty: every room).
+
+    A room token's principal is named ``token:<user_name>`` and carries its :attr:`token` claims; it may
+    access the token's room only.
+    """
 
     name: str
     permissions: frozenset[str]
     rooms: tuple[str, ...] = ()
+    token: TokenClaims | None = None
 
     def may(self, permission: str) -> bool:
         return ALL in self.permissions or permission in self.permissions
+
+    def may_access(self, room_id: str) -> bool:
+        """Whether ``room_id`` is within this caller's rooms."""
+        if self.token is not None:
+            return room_id == self.token.room_id
+        return not self.rooms or any(fnmatchcase(room_id, pattern) for pattern in self.rooms)
+
+    @property
+    def unrestricted(self) -> bool:
+        """A key limited to no room patterns (a room token never is)."""
+        return self.token is None and not self.rooms
+
+    @property
+    def expire_time(self) -> datetime | None:
+        """When this credential stops working (a room token's expiry); ``None`` for a key."""
+        return self.token.expire_time if self.token is not None else None
 
 
 def digest(key: str) -> bytes:
@@ -57,10 +90,13 @@ class AuthPolicy:
     """Authenticates credentials against the configured keys and authorizes methods.
 
     :param keys: the configured API keys; at least one (the gateway fails closed without).
+    :param tokens: verifies room tokens; ``None`` when room tokens are not configured (a token is then
+        just a wrong credential).
     """
 
-    def __init__(self, keys: Iterable[ApiKey]) -> None:
+    def __init__(self, keys: Iterable[ApiKey], *, tokens: RoomTokenIssuer | None = None) -> None:
         self.keys = tuple(keys)
+        self.tokens = tokens
         if not self.keys:
             raise ValueError("no API key configured")
 
@@ -69,28 +105,40 @@ class AuthPolicy:
 
         :param authorization: the ``Authorization`` header (or gRPC ``authorization`` metadata).
         :param api_key: the ``X-API-Key`` header (or gRPC ``x-api-key`` metadata).
-        :raises Unauthenticated: no credentials, a malformed header, or no key matches.
+        :raises Unauthenticated: no credentials, a malformed header, no key matches, or a room token that
+            is not genuine or has expired.
         """
-        candidates = self._candidates(authorization, api_key)
+        candidates, bearer = self._candidates(authorization, api_key)
         if not candidates:
             raise Unauthenticated("missing credentials: send X-API-Key or an Authorization header")
         for candidate in candidates:
             key = self._match(candidate)
             if key is not None:
                 return Principal(key.name, key.permissions, key.rooms)
+        if bearer is not None and self.tokens is not None and looks_like_token(bearer):
+            claims = self.tokens.verify(bearer)
+            return Principal(f"token:{claims.user_name}", claims.permissions, token=claims)
         raise Unauthenticated("invalid credentials")
 
     def authorize(self, principal: Principal, method: str, room_id: str = "") -> None:
         """Allow ``principal`` to call ``method`` (a RoomService method name) on ``room_id``.
 
-        :raises PermissionDenied: the principal lacks the method's permission or the room is outside its
-            patterns.
+        :raises PermissionDenied: the principal lacks the method's permission, the room is outside its
+            rooms, or the call names no room and the principal is limited to some.
         """
         permission = REQUIRED.get(method)
         if permission is None or not principal.may(permission):
             raise PermissionDenied(f"{principal.name!r} lacks the permission {permission or method!r}")
-        if room_id and principal.rooms and not any(fnmatchcase(room_id, p) for p in principal.rooms):
-            raise PermissionDenied(f"{principal.name!r} may not access room {room_id!r}")
+        if room_id:
+            if not principal.may_access(room_id):
+                raise PermissionDenied(f"{principal.name!r} may not access room {room_id!r}")
+        elif principal.token is not None:
+            raise PermissionDenied(f"a room token acts on its room only: {method} needs a room")
+        elif principal.rooms and method not in FILTERED_BY_ROOM:
+            raise PermissionDenied(
+                f"{principal.name!r} is limited to some rooms: {method} without a room needs a key "
+                "without room patterns"
+            )
 
     def _match(self, candidate: str) -> ApiKey | None:
         presented = digest(candidate)
@@ -101,9 +149,10 @@ class AuthPolicy:
         return found
 
     @staticmethod
-    def _candidates(authorization: str | None, api_key: str | None) -> list[str]:
-        """The secrets a request presents, most specific first."""
+    def _candidates(authorization: str | None, api_key: str | None) -> tuple[list[str], str | None]:
+        """The secrets a request presents, most specific first, and the Bearer credential if any."""
         found: list[str] = []
+        bearer = None
         if api_key:
             found.append(api_key.strip())
         if authorization:
@@ -114,6 +163,7 @@ class AuthPolicy:
                 raise Unauthenticated("malformed Authorization header")
             if scheme == "bearer":
                 found.append(credentials)
+                bearer = credentials
             elif scheme == "basic":
                 try:
                     decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
@@ -124,4 +174,4 @@ class AuthPolicy:
                 found.append(credentials)  # Reflect sends the raw key: "Basic <key>"
             else:
                 raise Unauthenticated(f"unsupported Authorization scheme {scheme!r}")
-        return found
+        return found, bearer

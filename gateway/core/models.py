@@ -94,6 +94,15 @@ class InvalidateConnectionsResponse:
     invalidate_time: datetime
 
 
+@dataclass(slots=True, frozen=True)
+class RoomToken:
+    """A minted room token (never logged): the JWT, what it carries (permissions, then extras), its expiry."""
+
+    token: str = field(repr=False)
+    permissions: list[str]
+    expire_time: datetime
+
+
 class SignalKind(enum.Enum):
     """Why a room's streams must end (sent to every instance through the backend)."""
 

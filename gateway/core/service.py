@@ -9,15 +9,29 @@ method twice. It knows nothing of HTTP, gRPC or SQL.
 The rules: a room goes OPEN → CLOSED → DELETED and never back; an id is never used twice; only a CLOSED
 room can be deleted, which wipes its data and ends its streams; a CLOSED room keeps its data and current
 streams but refuses writes and new streams; a DELETED room answers NOT_FOUND except to GetRoom/ListRooms.
+
+Two methods take the caller (a keyword-only ``caller``, supplied by the dispatcher, never by a request):
+ListRooms answers only the rooms a pattern-limited key may access, and CreateRoomToken never grants more
+than the caller holds, nor a token outliving the token that minted it.
+
+Room tokens and InvalidateConnections: the time of each invalidation is stored through the backend contract
+(so every instance sharing the backend sees it) as a variable of a reserved room, :data:`INVALIDATIONS_ROOM`,
+named by the room id (:data:`EVERY_ROOM` for the global one). Its id holds a control character, which no
+client can send (``validation.room_id``), and it is never created as a room, so it is never listed. A room
+token issued at or before the later of the two times is rejected (UNAUTHENTICATED): equal times reject, so
+that the check fails closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from gateway.auth.policy import Principal
+from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, micros
 from gateway.core import validation
 from gateway.core.backend import Backend
 from gateway.core.hub import Subscription, Topic
@@ -31,16 +45,32 @@ from gateway.core.models import (
     RoomContents,
     RoomSignal,
     RoomStatus,
+    RoomToken,
     SignalKind,
     Variable,
     _Unset,
 )
-from gateway.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from gateway.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_RESULTS = 100
 MAX_RESULTS_CAP = 1000
+
+#: The reserved room holding invalidation times (see the module docstring); never a client's room id.
+INVALIDATIONS_ROOM = "\x1froom-gateway/invalidations"
+#: Its variable for the global InvalidateConnections (the others are named by room id, which has no
+#: control character).
+EVERY_ROOM = "\x1f*"
 
 #: Room fields a client may set; the others (status, times) are output only and ignored on input (AIP-203).
 _WRITABLE = {
@@ -90,6 +120,9 @@ class RoomService:
     :param auto_create_rooms: create a room on its first variable write or event (WorkAdventure and
         Reflect behave so); when off, those calls on an unknown room are NOT_FOUND.
     :param clock: returns the current time (UTC); tests inject their own.
+    :param value_limits: bounds on variable values and event data (``input`` in gateway.yaml).
+    :param tokens: mints room tokens; ``None`` when ``auth.room_tokens.secret`` is not configured
+        (CreateRoomToken is then FAILED_PRECONDITION).
     """
 
     def __init__(
@@ -98,8 +131,12 @@ class RoomService:
         *,
         auto_create_rooms: bool = True,
         clock: Callable[[], datetime] = utcnow,
+        value_limits: validation.ValueLimits = validation.DEFAULT_VALUE_LIMITS,
+        tokens: RoomTokenIssuer | None = None,
     ) -> None:
         self.backend = backend
+        self.tokens = tokens
+        self.value_limits = value_limits
         self.auto_create_rooms = auto_create_rooms
         self._now = clock
 
@@ -129,24 +166,35 @@ class RoomService:
         start_after_key: str = "",
         room_id: Sequence[str] = (),
         max_results: int = 0,
+        *,
+        caller: Principal | None = None,
     ) -> ListRoomsResponse:
+        """Rooms in code-point order of id. For a ``caller`` limited to room patterns, only the rooms it may
+        access: the others are skipped as if absent, and ``more`` says whether another *visible* room
+        follows, so paging with ``startAfterKey`` (the last id returned) works unchanged."""
         if sum(1 for given in (start_key, start_after_key, room_id) if given) > 1:
             raise InvalidArgument("startKey, startAfterKey and roomId are mutually exclusive")
         if max_results < 0:
             raise InvalidArgument("maxResults must not be negative")
         limit = min(max_results or DEFAULT_MAX_RESULTS, MAX_RESULTS_CAP)
+        limited = caller is not None and not caller.unrestricted
         if room_id:
             ids = sorted({validation.room_id(one, "roomId") for one in room_id})
+            if caller is not None and limited:
+                ids = [one for one in ids if caller.may_access(one)]
             found = await self.backend.get_rooms(ids)
             rooms, more = found[:limit], len(found) > limit
         else:
             start = start_after_key or start_key
             if start:
                 validation.room_id(start, "startAfterKey" if start_after_key else "startKey")
-            found = await self.backend.list_rooms(
-                start=start, inclusive=not start_after_key, limit=limit + 1
-            )
-            rooms, more = found[:limit], len(found) > limit
+            if caller is not None and limited:
+                rooms, more = await self._visible_rooms(caller, start, not start_after_key, limit)
+            else:
+                found = await self.backend.list_rooms(
+                    start=start, inclusive=not start_after_key, limit=limit + 1
+                )
+                rooms, more = found[:limit], len(found) > limit
         return ListRoomsResponse(results=rooms, num_results=len(rooms), more=more)
 
     async def update_room(
@@ -197,6 +245,8 @@ class RoomService:
         if room_id:
             await self._live_room(validation.room_id(room_id))
         now = self._now()
+        # Recorded before the signal: a client reconnecting at once with an old token is already refused.
+        await self._record_invalidation(room_id or EVERY_ROOM, now)
         await self.backend.publish_signal(RoomSignal(room_id, SignalKind.INVALIDATED, now))
         return InvalidateConnectionsResponse(invalidate_time=now)
 
@@ -223,6 +273,7 @@ class RoomService:
         validation.variable_name(name)
         if value is UNSET:
             raise InvalidArgument("value is required")
+        validation.json_value(value, "value", self.value_limits)
         if expected_version is not None and expected_version < 0:
             raise InvalidArgument("expectedVersion must not be negative")
         await self._room_for_write(room_id)
@@ -274,6 +325,7 @@ class RoomService:
     async def publish_event(self, room_id: str = "", name: str = "", data: JSON = None) -> Event:
         validation.room_id(room_id)
         validation.variable_name(name)
+        validation.json_value(data, "data", self.value_limits)
         await self._room_for_write(room_id)
         event = Event(name=name, data=data, time=self._now())
         await self.backend.publish_event(room_id, event)
@@ -296,6 +348,115 @@ class RoomService:
                     yield note
         finally:
             sub.close()
+
+    # -- room tokens --------------------------------------------------------------------------------------
+
+    async def create_room_token(
+        self,
+        room_id: str = "",
+        user_name: str = "",
+        role: str = "",
+        permissions: Sequence[str] = (),
+        ttl_seconds: int = 0,
+        *,
+        caller: Principal,
+    ) -> RoomToken:
+        """Mint a token for ``room_id`` carrying ``role``'s permissions and the listed ones (or extras).
+
+        :raises FailedPrecondition: room tokens are not configured, or the room is CLOSED.
+        :raises PermissionDenied: the token would carry a permission ``caller`` does not hold.
+        """
+        validation.room_id(room_id)
+        if self.tokens is None:
+            raise FailedPrecondition("room tokens are not configured (auth.room_tokens.secret)")
+        grant = self.tokens.grant(role, permissions)
+        beyond = [name for name in grant.permissions if not caller.may(name)]
+        if beyond:
+            raise PermissionDenied(f"{caller.name!r} cannot grant what it does not hold: {beyond}")
+        await self._room_for_token(room_id)
+        now = self._now()
+        expire_time = self.tokens.expiry(now, ttl_seconds, caller.expire_time)
+        token = self.tokens.issue(
+            room_id=room_id, user_name=user_name, role=role, grant=grant, now=now, expire_time=expire_time
+        )
+        return RoomToken(
+            token=token, permissions=[*grant.permissions, *grant.extras], expire_time=expire_time
+        )
+
+    async def check_room_token(self, claims: TokenClaims) -> None:
+        """Refuse a room token issued at or before its room's (or every room's) last InvalidateConnections.
+
+        Not a method of the proto: the dispatcher calls it for every call made with a room token.
+
+        :raises Unauthenticated: the token was invalidated.
+        """
+        per_room, every = await asyncio.gather(
+            self.backend.get_variable(INVALIDATIONS_ROOM, claims.room_id),
+            self.backend.get_variable(INVALIDATIONS_ROOM, EVERY_ROOM),
+        )
+        for stored in (per_room, every):
+            if stored is not None and claims.issued_at_us <= _as_micros(stored.value):
+                raise Unauthenticated("room token was invalidated (InvalidateConnections); ask for a new one")
+
+    async def _record_invalidation(self, key: str, now: datetime) -> None:
+        """Raise the stored invalidation time of ``key`` to ``now``, never lower it (compare-and-set, so two
+        instances invalidating at once keep the later time)."""
+        at = micros(now)
+        while True:
+            current = await self.backend.get_variable(INVALIDATIONS_ROOM, key)
+            if current is not None and _as_micros(current.value) >= at:
+                return
+            try:
+                await self.backend.set_variable(
+                    INVALIDATIONS_ROOM,
+                    key,
+                    at,
+                    expected_version=current.version if current is not None else 0,
+                    now=now,
+                )
+                return
+            except Aborted:  # another instance wrote first: read again
+                continue
+
+    async def _visible_rooms(
+        self, caller: Principal, start: str, inclusive: bool, limit: int
+    ) -> tuple[list[Room], bool]:
+        """Up to ``limit`` rooms from ``start`` that ``caller`` may access, and whether another follows.
+
+        Reads pages from the backend and skips what the patterns exclude. When every pattern begins with a
+        literal prefix (``public-*``), the scan starts at the lowest prefix and stops past the highest, so a
+        key limited to a prefix reads only its own range.
+        """
+        prefixes = [_literal_prefix(pattern) for pattern in caller.rooms]
+        bounded = all(prefixes)
+        if bounded and min(prefixes) > start:
+            start, inclusive = min(prefixes), True
+        page_size = limit + 1
+        visible: list[Room] = []
+        while True:
+            page = await self.backend.list_rooms(start=start, inclusive=inclusive, limit=page_size)
+            for room in page:
+                if bounded and all(room.room_id > p and not room.room_id.startswith(p) for p in prefixes):
+                    return visible, False  # every later id is past every prefix's range
+                if caller.may_access(room.room_id):
+                    if len(visible) == limit:
+                        return visible, True
+                    visible.append(room)
+            if len(page) < page_size:
+                return visible, False
+            start, inclusive = page[-1].room_id, False
+
+    async def _room_for_token(self, room_id: str) -> None:
+        """New tokens, like new streams, need an OPEN room (or one not created yet: rooms are implicit)."""
+        room = await self.backend.get_room(room_id)
+        if room is None:
+            if self.auto_create_rooms:
+                return
+            raise _room_not_found(room_id)
+        if room.status is RoomStatus.DELETED:
+            raise NotFound(f"room {room_id!r} was deleted")
+        if room.status is not RoomStatus.OPEN:
+            raise FailedPrecondition(f"room {room_id!r} is closed: it accepts no new tokens")
 
     # -- rules shared by the methods ----------------------------------------------------------------------
 
@@ -346,6 +507,21 @@ class RoomService:
 
 def _room_not_found(room_id: str) -> NotFound:
     return NotFound(f"room {room_id!r} does not exist")
+
+
+def _as_micros(value: object) -> int:
+    """A stored invalidation time (µs since the epoch); a value that is not one counts as "never"."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return -1
+    return int(value)
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The part of an ``fnmatch`` pattern before its first wildcard: every match starts with it."""
+    for index, char in enumerate(pattern):
+        if char in "*?[":
+            return pattern[:index]
+    return pattern
 
 
 def _empty_of(path: str) -> Any:

@@ -1,8 +1,18 @@
-"""Input rules of the domain: ids, names, settings. Each violation is an INVALID_ARGUMENT naming the field."""
+"""Input rules of the domain: ids, names, texts, settings and JSON values. Each violation is an
+INVALID_ARGUMENT naming the field, on every transport (the REST edge and gRPC reach the same checks).
+
+JSON values (a variable's value, an event's data, a room's settings) are bounded in serialized size and in
+nesting depth, and must be representable as JSON: a ``google.protobuf.Value`` arriving over gRPC can carry
+NaN or ±Infinity, which JSON cannot (the proto3 JSON mapping has no spelling for them inside a ``Value``).
+Texts stored as such (``display_name``, ``description``) refuse NUL and other control characters, which
+PostgreSQL's ``text`` rejects (a 500 otherwise); a description keeps tab, line feed and carriage return.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,9 +25,40 @@ MAX_DISPLAY_NAME = 1024
 MAX_DESCRIPTION = 8192
 MAX_SETTINGS_BYTES = 16 * 1024
 JURISDICTIONS = ("", "eu")
+#: Defaults of ``input.max_value_bytes`` and ``input.max_json_depth`` (gateway.yaml).
+DEFAULT_MAX_VALUE_BYTES = 64 * 1024
+DEFAULT_MAX_JSON_DEPTH = 32
 
 # C0, DEL and C1 control characters.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The same, but tab, line feed and carriage return (multi-line text).
+_CONTROL_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True, slots=True)
+class ValueLimits:
+    """Bounds on a JSON value: its serialized size (bytes of compact UTF-8 JSON) and its nesting depth.
+
+    :param max_bytes: ``input.max_value_bytes``.
+    :param max_depth: ``input.max_json_depth``; a scalar has depth 0, ``[1]`` depth 1.
+    """
+
+    max_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH
+
+    def check(self, value: object, field: str = "value") -> Any:
+        """``value`` itself, once it is known to be a bounded, finite JSON value.
+
+        :raises InvalidArgument: too deep, too large, a non-finite number, or not JSON at all.
+        """
+        _check_json(value, field, self.max_depth)
+        size = len(orjson.dumps(value))
+        if size > self.max_bytes:
+            raise InvalidArgument(f"{field} is larger than {self.max_bytes} bytes (as JSON)")
+        return value
+
+
+DEFAULT_VALUE_LIMITS = ValueLimits()
 
 
 def _text(field: str, value: object, max_len: int, *, required: bool = True) -> str:
@@ -33,12 +74,12 @@ def _text(field: str, value: object, max_len: int, *, required: bool = True) -> 
 
 
 def room_id(value: object, field: str = "room_id") -> str:
-    """1–512 characters, no control characters (a URL is a valid id)."""
+    """1 to 512 characters, no control characters (a URL is a valid id)."""
     return _text(field, value, MAX_ROOM_ID)
 
 
 def variable_name(value: object, field: str = "name") -> str:
-    """1–256 characters, no ``/``, no control characters."""
+    """1 to 256 characters, no ``/``, no control characters."""
     name = _text(field, value, MAX_VARIABLE_NAME)
     if "/" in name:
         raise InvalidArgument(f"{field} must not contain '/'")
@@ -50,10 +91,13 @@ def display_name(value: object) -> str:
 
 
 def description(value: object) -> str:
+    """At most 8192 characters; tab, line feed and carriage return are the only control characters."""
     if not isinstance(value, str):
         raise InvalidArgument("description must be a string")
     if len(value) > MAX_DESCRIPTION:
         raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION} characters")
+    if _CONTROL_BUT_WHITESPACE.search(value):
+        raise InvalidArgument("description must not contain control characters other than tab and newline")
     return value
 
 
@@ -64,11 +108,40 @@ def jurisdiction(value: object) -> str:
 
 
 def settings(value: object) -> dict[str, Any]:
-    """A JSON object of at most 16 KiB (serialized)."""
+    """A JSON object of at most 16 KiB (serialized), nested at most 32 deep, with finite numbers."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise InvalidArgument("settings must be a JSON object")
+    _check_json(value, "settings", DEFAULT_MAX_JSON_DEPTH)
     if len(orjson.dumps(value)) > MAX_SETTINGS_BYTES:
         raise InvalidArgument(f"settings are larger than {MAX_SETTINGS_BYTES} bytes")
     return value
+
+
+def json_value(value: object, field: str = "value", limits: ValueLimits = DEFAULT_VALUE_LIMITS) -> Any:
+    """A variable's value or an event's data: see :class:`ValueLimits`."""
+    return limits.check(value, field)
+
+
+def _check_json(value: object, field: str, max_depth: int) -> None:
+    """Walk ``value`` without recursion (a hostile value must not exhaust the stack)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict or kind is list:
+            if depth >= max_depth:
+                raise InvalidArgument(f"{field} is nested deeper than {max_depth} levels")
+            if kind is dict:
+                for key, inner in item.items():  # type: ignore[attr-defined]
+                    if type(key) is not str:
+                        raise InvalidArgument(f"{field} has a non-string object key")
+                    stack.append((inner, depth + 1))
+            else:
+                stack.extend((inner, depth + 1) for inner in item)  # type: ignore[attr-defined]
+        elif kind is float:
+            if not math.isfinite(item):  # type: ignore[arg-type]
+                raise InvalidArgument(f"{field} holds a number JSON cannot carry (NaN or Infinity)")
+        elif item is not None and kind not in (str, int, bool):
+            raise InvalidArgument(f"{field} is not a JSON value")

@@ -2,7 +2,11 @@
 
 ::
 
+    AccessLogMiddleware (one line per call: method, path, status, key name, latency)
+    BodyTimeoutMiddleware (a body not in after http.body_timeout_seconds: 408)
+    RateLimitMiddleware (by: ip; RateLimit-* headers)
     AuthMiddleware (credentials → Principal)
+    KeyRateLimitMiddleware (by: key; by: room is applied in Dispatcher.call)
       └─ Router: one TranscodedRoute per HttpRule binding (custom verbs first)
            └─ Transcoder.bind (path, body, query → kwargs) → Dispatcher.call → MessageCodec.encode
          + /healthz, /readyz, /openapi.json
@@ -23,13 +27,17 @@ from starlette.routing import BaseRoute, Route
 from gateway.config import DEFAULT_MAX_BODY_BYTES
 from gateway.dispatch import Dispatcher
 from gateway.edge import health
+from gateway.edge.accesslog import AccessLogMiddleware
 from gateway.edge.auth import AuthMiddleware
 from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
 from gateway.edge.openapi import openapi_document
+from gateway.edge.ratelimit import ip_stage, key_stage, metrics_routes
 from gateway.edge.routing import TranscodedRoute, route_order
+from gateway.edge.timeouts import BodyTimeoutMiddleware
 from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code, error_body
+from gateway.ratelimit import RateLimiter
 
 
 def create_http_app(
@@ -40,6 +48,8 @@ def create_http_app(
     keepalive_seconds: float = 15.0,
     extra_routes: Sequence[BaseRoute] = (),
     self_authenticated_prefixes: tuple[str, ...] = (),
+    body_timeout_seconds: float = 30.0,
+    limiter: RateLimiter | None = None,
 ) -> Starlette:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
 
@@ -49,6 +59,8 @@ def create_http_app(
     :param keepalive_seconds: silence after which a stream sends a keep-alive.
     :param extra_routes: routes of compatibility surfaces, tried after the native ones.
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
+    :param body_timeout_seconds: a request body not complete this long after its headers is a 408.
+    :param limiter: the rate-limit policy (``None``: no limits, no ``/metrics``).
     """
     codecs = Codecs()
     routes: list[TranscodedRoute] = []
@@ -71,16 +83,21 @@ def create_http_app(
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readiness(ready), methods=["GET"]),
         Route("/openapi.json", health.static_json(document), methods=["GET"]),
+        *metrics_routes(limiter),
         *extra_routes,
     ]
     app = Starlette(
         routes=all_routes,
         middleware=[
+            Middleware(AccessLogMiddleware),  # outermost: it sees every answer, 401s included
+            *ip_stage(limiter),  # by: ip, before authentication; adds the RateLimit-* headers
+            Middleware(BodyTimeoutMiddleware, timeout=body_timeout_seconds),
             Middleware(
                 AuthMiddleware,
                 policy=dispatcher.policy,
                 self_authenticated_prefixes=self_authenticated_prefixes,
-            )
+            ),
+            *key_stage(limiter),  # by: key, after authentication
         ],
         exception_handlers={HTTPException: _http_exception},
     )

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from gateway.auth.policy import WWW_AUTHENTICATE
 from gateway.errors import Code, GatewayError, InvalidArgument, error_body
 
 JSON_TYPE = b"application/json"
@@ -52,7 +53,12 @@ def error_bytes(error: GatewayError) -> bytes:
 
 
 async def send_error(send: Send, error: GatewayError, headers: Headers = ()) -> None:
-    """Send ``error`` in the native REST shape, with its HTTP status."""
+    """Send ``error`` in the native REST shape, with its HTTP status. A 401 always carries the
+    ``WWW-Authenticate`` challenge (RFC 9110 §15.5.2), also when it comes from a call (an invalidated room
+    token) rather than from the auth middleware."""
+    headers = list(headers)
+    if error.code is Code.UNAUTHENTICATED and not any(name == b"www-authenticate" for name, _ in headers):
+        headers.append((b"www-authenticate", WWW_AUTHENTICATE.encode("ascii")))
     await send_json(send, error.http_status, error_bytes(error), headers)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
+from grpclib.config import Configuration
 from grpclib.health.check import ServiceCheck
 from grpclib.health.service import Health
 from grpclib.health.v1 import health_pb2
@@ -28,8 +29,12 @@ from grpclib.server import Server
 
 from gateway import schema
 from gateway.dispatch import Dispatcher
+from gateway.ratelimit import RateLimiter
+from gateway.rpc.accesslog import install_access_log
 from gateway.rpc.auth import install_auth
+from gateway.rpc.ratelimit import install_ip_limits, install_key_limits
 from gateway.rpc.service import RoomServiceHandler
+from gateway.rpc.wire import LastMessageCodec
 
 #: How long a readiness result is reused by health checks (seconds): probes stay cheap for the backend.
 READY_CHECK_TTL = 1.0
@@ -67,6 +72,8 @@ def create_grpc_server(
     ready: Callable[[], Awaitable[None]] | None = None,
     extra_handlers: Sequence[object] = (),
     self_authenticated_prefixes: tuple[str, ...] = (),
+    config: Configuration | None = None,
+    limiter: RateLimiter | None = None,
 ) -> Server:
     """The gRPC server of the gateway, not yet listening.
 
@@ -77,10 +84,36 @@ def create_grpc_server(
     :param dispatcher: runs the native calls; its policy authenticates every call.
     :param ready: see :func:`build_handlers`.
     :param extra_handlers: see :func:`build_handlers`.
+    :param config: grpclib's connection settings (HTTP/2 keep-alive: :func:`keepalive_config`).
+    :param limiter: the rate-limit policy (``by: ip`` before authentication, ``by: key`` after).
     """
-    server = Server(build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers))
+    server = Server(
+        build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers),
+        codec=LastMessageCodec(),  # one write to many listeners is encoded once
+        config=config,
+    )
+    install_access_log(server)  # before auth: refused calls are logged too
+    if limiter is not None and limiter.quotas:
+        install_ip_limits(server, limiter)  # before auth: an unauthenticated flood is refused first
     install_auth(server, dispatcher.policy, skip_prefixes=self_authenticated_prefixes)
+    if limiter is not None:
+        install_key_limits(server, limiter)
     return server
+
+
+def keepalive_config(keepalive_seconds: float, timeout_seconds: float) -> Configuration:
+    """Ping every connection silent for ``keepalive_seconds``, idle ones too, and close it when the PING is
+    not answered within ``timeout_seconds``: dead and half-open peers do not hold connections for ever.
+
+    grpclib's defaults ping only connections with calls in flight, after two hours, at most twice.
+    """
+    return Configuration(
+        _keepalive_time=keepalive_seconds,
+        _keepalive_timeout=timeout_seconds,
+        _keepalive_permit_without_calls=True,
+        _http2_max_pings_without_data=0,  # no cap: a live idle client answers every PING
+        _http2_min_sent_ping_interval_without_data=keepalive_seconds,
+    )
 
 
 def _readiness_check(ready: Callable[[], Awaitable[None]]) -> ServiceCheck:

@@ -6,6 +6,7 @@
 __all__ = (
     "CloseRoomRequest",
     "CreateRoomRequest",
+    "CreateRoomTokenRequest",
     "DeleteRoomRequest",
     "DeleteVariableRequest",
     "Event",
@@ -24,6 +25,7 @@ __all__ = (
     "RoomServiceBase",
     "RoomServiceStub",
     "RoomStatus",
+    "RoomToken",
     "SetVariableRequest",
     "UpdateRoomRequest",
     "Variable",
@@ -73,6 +75,37 @@ class CreateRoomRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("roomgateway.v1", "CreateRoomRequest", CreateRoomRequest)
+
+
+@dataclass(eq=False, repr=False)
+class CreateRoomTokenRequest(betterproto2.Message):
+    room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The one room the token is good for.
+    """
+
+    user_name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Who holds the token (1-256 characters, no control characters); the token's subject.
+    """
+
+    role: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    A role of auth.room_tokens.roles in gateway.yaml (e.g. "moderator", "guest"); optional.
+    """
+
+    permissions: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    """
+    Permissions to add to the role's, and opaque extras; at least one of role and permissions is required.
+    """
+
+    ttl_seconds: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    Lifetime; 0 means the configured default. Capped at auth.room_tokens.max_ttl_seconds.
+    """
+
+
+default_message_pool.register_message("roomgateway.v1", "CreateRoomTokenRequest", CreateRoomTokenRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -291,6 +324,26 @@ class RoomContents(betterproto2.Message):
 
 
 default_message_pool.register_message("roomgateway.v1", "RoomContents", RoomContents)
+
+
+@dataclass(eq=False, repr=False)
+class RoomToken(betterproto2.Message):
+    token: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The signed token. Output only; never logged.
+    """
+
+    permissions: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    What the token carries: its enforced permissions, then its extras.
+    """
+
+    expire_time: "datetime.datetime | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+
+default_message_pool.register_message("roomgateway.v1", "RoomToken", RoomToken)
 
 
 @dataclass(eq=False, repr=False)
@@ -648,6 +701,31 @@ class RoomServiceStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def create_room_token(
+        self,
+        message: "CreateRoomTokenRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "RoomToken":
+        """
+        Mints a room token: a short-lived signed credential (a JWT) bound to one room, for a browser or another
+        less trusted client, sent back as `Authorization: Bearer <token>`. Its permissions are a role's (from
+        gateway.yaml) and/or the ones listed, never more than the caller's own (PERMISSION_DENIED). A listed
+        name outside the gateway's permissions (e.g. "room.self.audio_mute") is an opaque extra: carried and
+        returned, never enforced. FAILED_PRECONDITION when the room is CLOSED or room tokens are not configured.
+        """
+
+        return await self._unary_unary(
+            "/roomgateway.v1.RoomService/CreateRoomToken",
+            message,
+            RoomToken,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 from ...google import protobuf as __google__protobuf__
 
@@ -761,6 +839,17 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield Event()
 
+    async def create_room_token(self, message: "CreateRoomTokenRequest") -> "RoomToken":
+        """
+        Mints a room token: a short-lived signed credential (a JWT) bound to one room, for a browser or another
+        less trusted client, sent back as `Authorization: Bearer <token>`. Its permissions are a role's (from
+        gateway.yaml) and/or the ones listed, never more than the caller's own (PERMISSION_DENIED). A listed
+        name outside the gateway's permissions (e.g. "room.self.audio_mute") is an opaque extra: carried and
+        returned, never enforced. FAILED_PRECONDITION when the room is CLOSED or room tokens are not configured.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_create_room(self, stream: "grpclib.server.Stream[CreateRoomRequest, Room]") -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -861,6 +950,14 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
+    async def __rpc_create_room_token(
+        self, stream: "grpclib.server.Stream[CreateRoomTokenRequest, RoomToken]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.create_room_token(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/roomgateway.v1.RoomService/CreateRoom": grpclib.const.Handler(
@@ -946,5 +1043,11 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 ListenEventsRequest,
                 Event,
+            ),
+            "/roomgateway.v1.RoomService/CreateRoomToken": grpclib.const.Handler(
+                self.__rpc_create_room_token,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreateRoomTokenRequest,
+                RoomToken,
             ),
         }
