@@ -16,8 +16,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
-#: The protos the gateway serves; google/api/*.proto are vendored imports, generated as dependencies.
-SOURCES = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "roomgateway").rglob("*.proto"))
+#: The protos the gateway serves: the native API and the compatibility surfaces' (roomApi: WorkAdventure).
+#: google/api/*.proto are vendored imports, generated as dependencies.
+SOURCES = sorted(
+    str(p.relative_to(PROTOS))
+    for package in ("roomgateway", "roomApi")
+    for p in (PROTOS / package).rglob("*.proto")
+)
 DESCRIPTOR_SET = "descriptors.binpb"
 
 

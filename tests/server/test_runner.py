@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import room_gateway_plugins.memory
 from room_gateway_plugins.memory import MemoryBackend
 
 from gateway.app import create_gateway
@@ -71,11 +72,18 @@ async def test_no_key_fails_closed_before_anything_is_built(tmp_path: Path) -> N
         create_gateway(load_config(config_file, {}))
 
 
+#: What each surface needs besides ``enabled: true`` to be a valid configuration.
+SURFACE_SETTINGS = {"reflect": ", apps: [my-app]", "signalwire": ", project_id: my-project"}
+
+
 @pytest.mark.parametrize("surface", ["workadventure", "reflect", "signalwire"])
 async def test_a_surface_this_build_cannot_serve_is_refused(tmp_path: Path, surface: str) -> None:
-    config_file = write_config(tmp_path, extra=f"surfaces:\n  {surface}: {{enabled: true}}\n")
+    settings = SURFACE_SETTINGS.get(surface, "")
+    config_file = write_config(tmp_path, extra=f"surfaces:\n  {surface}: {{enabled: true{settings}}}\n")
+    # Only the memory backend's plugin: no plugin offers the surface.
+    plugins = create_plugin_manager(autoload=False, extra=[room_gateway_plugins.memory])
     with pytest.raises(ConfigError, match=f"surfaces.{surface}.enabled"):
-        create_gateway(load_config(config_file, {"ROOM_API_SECRET_KEY": KEY}))
+        create_gateway(load_config(config_file, {"ROOM_API_SECRET_KEY": KEY}), plugin_manager=plugins)
 
 
 async def test_the_http_app_is_served_with_the_configured_limits(tmp_path: Path) -> None:

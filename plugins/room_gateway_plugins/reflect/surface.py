@@ -1,0 +1,28 @@
+"""The Reflect surface: Reflect's REST room API, onto the gateway's rooms."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from starlette.routing import BaseRoute
+
+from gateway.surfaces import Surface
+from room_gateway_plugins.reflect.commands import COMMANDS
+from room_gateway_plugins.reflect.route import PREFIX, ReflectRoute
+
+
+class ReflectSurface(Surface):
+    """``surfaces.reflect: {enabled: true, apps: [my-app]}`` serves ``/v1/apps/my-app/…`` as Reflect does."""
+
+    name: ClassVar[str] = "reflect"
+    http_prefixes: ClassVar[tuple[str, ...]] = (PREFIX,)
+
+    def http_routes(self) -> list[BaseRoute]:
+        return [
+            ReflectRoute(
+                self.context,
+                self.settings.get("apps", ()),
+                COMMANDS,
+                max_body_bytes=self.context.config.http.max_body_bytes,
+            )
+        ]
