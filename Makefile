@@ -1,6 +1,6 @@
 # room-gateway tasks. Each sets up .venv itself (python3 -m venv, then pip), so a fresh clone needs only
 # python3 >= 3.11 and make:
-#   make run     install, then start a gateway on the embedded default (gateway.yaml, memory://)
+#   make run     install, then start a gateway on the embedded default (gateway.yaml, sqlite:///rooms.db)
 #   make test    install with the dev extra, then run the tests (what CI runs: .ci/run)
 #   make proto   regenerate gateway/_gen/ from protos/
 #   make lint, make bench, make check

@@ -52,7 +52,7 @@ def test_the_default_config_is_the_embedded_default() -> None:
     config = load_config(ROOT / "gateway.yaml", {"ROOM_API_SECRET_KEY": SECRET})
     assert config.listen.http == "127.0.0.1:8080"
     assert config.listen.grpc == "127.0.0.1:50051"
-    assert config.backend == "memory://"
+    assert config.backend == "sqlite:///rooms.db"  # persists with no server
     [admin] = config.auth.keys
     assert admin.key is not None and admin.key.get_secret_value() == SECRET
     assert admin.permissions == ["*"]

@@ -17,7 +17,7 @@ def test_check_config_summarizes_a_valid_file() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("\n") == 1
     assert result.stdout.startswith(
-        "gateway.yaml: OK — http 127.0.0.1:8080, grpc 127.0.0.1:50051, backend memory://"
+        "gateway.yaml: OK — http 127.0.0.1:8080, grpc 127.0.0.1:50051, backend sqlite://…"
     )
     assert "1 key(s) (admin)" in result.stdout
     assert KEY not in result.stdout + result.stderr
