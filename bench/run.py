@@ -199,14 +199,38 @@ def main() -> None:
             grpc_check(peer_grpc, None)
             results.append(
                 (
-                    wrk("bare Starlette GET", f"http://127.0.0.1:{peer_http}{VAR_PATH}", args, headers={}, lua=None),
-                    wrk("gateway REST GET variable", f"http://127.0.0.1:{http}{VAR_PATH}", args, headers=auth, lua=None),
+                    wrk(
+                        "bare Starlette GET",
+                        f"http://127.0.0.1:{peer_http}{VAR_PATH}",
+                        args,
+                        headers={},
+                        lua=None,
+                    ),
+                    wrk(
+                        "gateway REST GET variable",
+                        f"http://127.0.0.1:{http}{VAR_PATH}",
+                        args,
+                        headers=auth,
+                        lua=None,
+                    ),
                 )
             )
             results.append(
                 (
-                    wrk("bare Starlette PUT", f"http://127.0.0.1:{peer_http}{VAR_PATH}", args, headers={}, lua=put_lua),
-                    wrk("gateway REST PUT variable", f"http://127.0.0.1:{http}{VAR_PATH}", args, headers=auth, lua=put_lua),
+                    wrk(
+                        "bare Starlette PUT",
+                        f"http://127.0.0.1:{peer_http}{VAR_PATH}",
+                        args,
+                        headers={},
+                        lua=put_lua,
+                    ),
+                    wrk(
+                        "gateway REST PUT variable",
+                        f"http://127.0.0.1:{http}{VAR_PATH}",
+                        args,
+                        headers=auth,
+                        lua=put_lua,
+                    ),
                 )
             )
             results.append(

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from room_gateway_plugins.memory import MemoryBackend
 
 from gateway.auth.policy import ApiKey, AuthPolicy, digest
 from gateway.core.service import RoomService
 from gateway.dispatch import Dispatcher
-from room_gateway_plugins.memory import MemoryBackend
 
 ADMIN_KEY = "admin-key-for-tests-0123456789"
 READER_KEY = "reader-key-for-tests-0123456789"

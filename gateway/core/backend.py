@@ -10,7 +10,8 @@ A backend is chosen by the scheme of the ``backend`` URL in ``gateway.yaml``: ea
 
 Driver errors are wrapped automatically: an exception of a class listed in ``base_exceptions`` escaping any
 contract coroutine becomes :class:`~gateway.errors.Unavailable` (503 / UNAVAILABLE), with the original as
-``__cause__`` — so a backend author cannot forget it (``limits``' ``Storage.__init_subclass__`` does the same).
+``__cause__`` — so a backend author cannot forget it (``limits``' ``Storage.__init_subclass__`` does
+the same).
 """
 
 from __future__ import annotations
@@ -92,13 +93,13 @@ class Backend(abc.ABC):
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - optional: a no-op unless the backend needs it
         """Connect, create or upgrade the schema. Called once before any other method."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional: a no-op unless the backend needs it
         """Release connections and end every subscription. Called once at shutdown."""
 
-    async def check(self) -> None:
+    async def check(self) -> None:  # noqa: B027 - optional: a no-op unless the backend needs it
         """Raise :class:`~gateway.errors.Unavailable` when the store cannot serve (``/readyz``)."""
 
     # -- rooms --------------------------------------------------------------------------------------------

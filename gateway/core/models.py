@@ -10,10 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeAlias, Union
+from typing import Any, TypeAlias
 
 #: A JSON value: what ``google.protobuf.Value`` holds.
-JSON: TypeAlias = Union[None, bool, int, float, str, list[Any], dict[str, Any]]
+JSON: TypeAlias = bool | int | float | str | list[Any] | dict[str, Any] | None
 
 
 class RoomStatus(enum.Enum):
@@ -123,4 +123,4 @@ class RoomSignal:
 
 
 #: What a subscription delivers.
-Notification: TypeAlias = Union[Variable, Event, RoomSignal]
+Notification: TypeAlias = Variable | Event | RoomSignal

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from starlette.types import Receive, Send
 
@@ -40,7 +40,7 @@ class StreamFormat:
     of the last item are kept per format: thousands of listeners encode it once, not once each.
     """
 
-    _last: dict[tuple[str, str | None], tuple[object, bytes]] = {}
+    _last: ClassVar[dict[tuple[str, str | None], tuple[object, bytes]]] = {}
 
     def __init__(self, media_type: str, id_field: str | None) -> None:
         self.media_type = media_type
@@ -161,7 +161,7 @@ async def pump(
         for task in helpers:
             try:
                 await task
-            except (asyncio.CancelledError, Exception):  # noqa: PERF203 - whatever it was, the stream is over
+            except (asyncio.CancelledError, Exception):
                 pass
         await stream.aclose()
 

@@ -69,7 +69,8 @@ class RoomServiceHandler(RoomServiceBase):
         ]
         if missing:
             raise RuntimeError(
-                f"the generated RoomServiceBase lacks {missing}: regenerate gateway/_gen (scripts/genproto.py)"
+                f"the generated RoomServiceBase lacks {missing}: "
+                "regenerate gateway/_gen (scripts/genproto.py)"
             )
         for method in dispatcher.methods.values():
             # Instance attributes shadow the base class's UNIMPLEMENTED stubs, which its generated

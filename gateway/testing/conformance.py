@@ -116,7 +116,9 @@ class BackendContract:
 
     @pytest.fixture
     def backend_factory(self) -> BackendFactory:
-        raise NotImplementedError("define a backend_factory fixture returning a callable that makes a backend")
+        raise NotImplementedError(
+            "define a backend_factory fixture returning a callable that makes a backend"
+        )
 
     # -- rooms --------------------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """The memory backend passes the shipped conformance suite — the same file a third party would write."""
 
 import pytest
+from room_gateway_plugins.memory import MemoryBackend
 
 from gateway.testing.conformance import BackendContract
-from room_gateway_plugins.memory import MemoryBackend
 
 
 class TestMemoryBackend(BackendContract):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from room_gateway_plugins.memory import MemoryBackend
 
 from gateway.core.hub import LocalHub, Topic
 from gateway.core.models import RoomStatus
 from gateway.core.service import RoomService
 from gateway.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from room_gateway_plugins.memory import MemoryBackend
 
 
 async def test_create_room_validates_input(service: RoomService) -> None:

@@ -169,7 +169,7 @@ async def server_url(app: Starlette) -> AsyncIterator[str]:
     config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:  # noqa: ASYNC110  (uvicorn offers no event to wait on)
+    while not server.started:
         await asyncio.sleep(0.01)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     server.should_exit = True
