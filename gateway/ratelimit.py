@@ -318,7 +318,7 @@ class RateLimiter:
             if storage is None:
                 counter = LocalWindows(item, config.strategy)
             else:
-                strategy = limits.aio.strategies.STRATEGIES[config.strategy](storage)  # type: ignore[abstract]
+                strategy = limits.aio.strategies.STRATEGIES[config.strategy](storage)  # type: ignore[abstract]  # a dict of concrete classes
                 counter = StorageWindows(item, strategy, limit.by)
             quotas.append(Quota(limit.by, item, counter))
         return cls(
@@ -353,7 +353,7 @@ class RateLimiter:
         per-request fast path of ``memory://``."""
         refused: Usage | None = None
         for quota in quotas:
-            allowed, usage = quota.counter.hit_now(identifier)  # type: ignore[attr-defined]
+            allowed, usage = quota.counter.hit_now(identifier)  # type: ignore[attr-defined]  # self.local: all LocalWindows
             if verdict is not None:
                 verdict.add(usage)
             if not allowed and (refused is None or usage.reset > refused.reset):

@@ -95,7 +95,7 @@ async def _serve_listeners(gateway: Gateway, stop: asyncio.Event, force: asyncio
                     header_timeout=config.http.header_timeout_seconds,
                     max_header_bytes=config.http.max_header_bytes,
                 ),
-                timeout_keep_alive=config.http.idle_timeout_seconds,  # type: ignore[arg-type]
+                timeout_keep_alive=config.http.idle_timeout_seconds,  # type: ignore[arg-type]  # uvicorn says int, a float works
                 h11_max_incomplete_event_size=config.http.max_header_bytes,
             )
         )

@@ -61,7 +61,7 @@ def _wrap_driver_errors(
         except errors as exc:
             raise Unavailable(f"backend unavailable ({type(exc).__name__})") from exc
 
-    wrapper.__wrapped_driver_errors__ = True  # type: ignore[attr-defined]
+    wrapper.__wrapped_driver_errors__ = True  # type: ignore[attr-defined]  # a marker on the function
     return wrapper
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import types
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -98,7 +99,8 @@ class ListenStream(Generic[_N], AsyncIterator[_N]):
 
     def __init__(self, subscription: Subscription, items: AsyncGenerator[_N, None]) -> None:
         self._subscription = subscription
-        self._items = items
+        # Annotated: with a constrained TypeVar mypy cannot infer the attribute's type from ``items``.
+        self._items: AsyncGenerator[_N, None] = items
 
     def __aiter__(self) -> ListenStream[_N]:
         return self
@@ -108,7 +110,8 @@ class ListenStream(Generic[_N], AsyncIterator[_N]):
 
     async def aclose(self) -> None:
         self._subscription.close()
-        if self._items.ag_running:
+        # Both producers are async generator functions; the isinstance only narrows the type for ag_running.
+        if isinstance(self._items, types.AsyncGeneratorType) and self._items.ag_running:
             return  # being read in another task: the closed subscription ends that read
         await self._items.aclose()
 

@@ -134,14 +134,14 @@ def _check_json(value: object, field: str, max_depth: int) -> None:
             if depth >= max_depth:
                 raise InvalidArgument(f"{field} is nested deeper than {max_depth} levels")
             if kind is dict:
-                for key, inner in item.items():  # type: ignore[attr-defined]
+                for key, inner in item.items():  # type: ignore[attr-defined]  # type(item) is dict
                     if type(key) is not str:
                         raise InvalidArgument(f"{field} has a non-string object key")
                     stack.append((inner, depth + 1))
             else:
-                stack.extend((inner, depth + 1) for inner in item)  # type: ignore[attr-defined]
+                stack.extend((inner, depth + 1) for inner in item)  # type: ignore[attr-defined]  # type(item) is list
         elif kind is float:
-            if not math.isfinite(item):  # type: ignore[arg-type]
+            if not math.isfinite(item):  # type: ignore[arg-type]  # type(item) is float
                 raise InvalidArgument(f"{field} holds a number JSON cannot carry (NaN or Infinity)")
         elif item is not None and kind not in (str, int, bool):
             raise InvalidArgument(f"{field} is not a JSON value")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from starlette.routing import get_route_path
+# Defined in starlette._utils (routing only re-imports it): the path the router matches, root_path removed.
+from starlette._utils import get_route_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.policy import WWW_AUTHENTICATE, AuthPolicy

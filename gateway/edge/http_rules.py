@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from google.api import annotations_pb2, http_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 
 from gateway.dispatch import Method, native_methods
 
@@ -246,9 +246,9 @@ class Binding:
     response_body: str
 
 
-def rule_of(descriptor_method: object) -> http_pb2.HttpRule | None:
+def rule_of(descriptor_method: MethodDescriptor) -> http_pb2.HttpRule | None:
     """The ``google.api.http`` option of a method descriptor, ``None`` when it has none."""
-    options = descriptor_method.GetOptions()  # type: ignore[attr-defined]
+    options = descriptor_method.GetOptions()
     if not options.HasExtension(annotations_pb2.http):
         return None
     rule: http_pb2.HttpRule = options.Extensions[annotations_pb2.http]

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from gateway.core.models import UNSET
 from gateway.errors import InvalidArgument
@@ -112,6 +112,20 @@ def is_map(field: FieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
+def message_of(field: FieldDescriptor) -> Descriptor:
+    """The message type of a field the caller knows is a message (or map) field."""
+    if field.message_type is None:
+        raise TypeError(f"{field.full_name} is not a message field")
+    return field.message_type
+
+
+def enum_of(field: FieldDescriptor) -> EnumDescriptor:
+    """The enum type of a field the caller knows is an enum field."""
+    if field.enum_type is None:
+        raise TypeError(f"{field.full_name} is not an enum field")
+    return field.enum_type
+
+
 # -- scalar decoders ----------------------------------------------------------------------------------------
 
 
@@ -131,7 +145,7 @@ def _int_decoder(low: int, high: int) -> Decoder:
     def decode(value: Any, where: str) -> int:
         kind = type(value)
         if kind is int:
-            number = value
+            number: int = value
         elif kind is str and _INTEGER.fullmatch(value):
             number = int(value)
         elif kind is float and value.is_integer():
@@ -172,8 +186,9 @@ def _bytes(value: Any, where: str) -> bytes:
 
 
 def _enum_decoder(field: FieldDescriptor) -> Decoder:
-    by_name = {v.name: v.name for v in field.enum_type.values}
-    by_number = {v.number: v.name for v in field.enum_type.values}
+    values = enum_of(field).values
+    by_name = {v.name: v.name for v in values}
+    by_number = {v.number: v.name for v in values}
 
     def decode(value: Any, where: str) -> str:
         kind = type(value)
@@ -335,7 +350,7 @@ def _omit_none(encode: Encoder) -> Encoder:
 
 
 def _enum_encoder(field: FieldDescriptor) -> Encoder:
-    by_number = {v.number: v.name for v in field.enum_type.values}
+    by_number = {v.number: v.name for v in enum_of(field).values}
 
     def encode(value: Any) -> Any:
         if isinstance(value, enum.Enum):
@@ -424,7 +439,7 @@ class MessageCodec:
     @staticmethod
     def _field_codec(field: FieldDescriptor, codecs: Codecs) -> tuple[Decoder, Encoder]:
         if is_map(field):
-            entry = field.message_type
+            entry = message_of(field)
             decode_key = _field_value_decoder(entry.fields_by_name["key"], codecs)
             decode_val = _field_value_decoder(entry.fields_by_name["value"], codecs)
             encode_val = _field_value_encoder(entry.fields_by_name["value"], codecs)
@@ -533,8 +548,10 @@ class Codecs:
         if field.type == FieldDescriptor.TYPE_BOOL:
 
             def decode_bool(value: Any, where: str) -> bool:
-                if value in ("true", "false"):
-                    return value == "true"
+                if value == "true":
+                    return True
+                if value == "false":
+                    return False
                 raise InvalidArgument(f"{where} must be true or false")
 
             return decode_bool

@@ -13,7 +13,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway import schema
-from gateway.edge.json_codec import is_map
+from gateway.edge.json_codec import enum_of, is_map, message_of
 from gateway.edge.streams import NDJSON, SSE
 from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code
@@ -87,7 +87,7 @@ class _Schemas:
         if is_map(field):
             return {
                 "type": "object",
-                "additionalProperties": self.one(field.message_type.fields_by_name["value"]),
+                "additionalProperties": self.one(message_of(field).fields_by_name["value"]),
             }
         one = self.one(field)
         return {"type": "array", "items": one} if field.is_repeated else one
@@ -104,7 +104,7 @@ class _Schemas:
             return self.message(message)
         kind = field.type
         if kind == FieldDescriptor.TYPE_ENUM:
-            return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
+            return {"type": "string", "enum": [v.name for v in enum_of(field).values]}
         if kind in _INT32:
             return {"type": "integer", "format": "int32"}
         if kind in _INT64:
@@ -229,7 +229,7 @@ def _request_body(schemas: _Schemas, transcoder: Transcoder) -> dict[str, Any] |
 
 def _leaf(message: Descriptor, field_path: tuple[str, ...]) -> FieldDescriptor:
     for name in field_path[:-1]:
-        message = message.fields_by_name[name].message_type
+        message = message_of(message.fields_by_name[name])
     return message.fields_by_name[field_path[-1]]
 
 
@@ -238,9 +238,11 @@ def _last_json_name(message: Descriptor, field_path: tuple[str, ...]) -> str:
 
 
 def _json_path(message: Descriptor, field_path: tuple[str, ...]) -> str:
+    *parents, leaf = field_path  # never empty: http_rules.resolve checked every path at start-up
     names = []
-    for name in field_path:
+    for name in parents:
         field = message.fields_by_name[name]
         names.append(field.json_name)
-        message = field.message_type
+        message = message_of(field)
+    names.append(message.fields_by_name[leaf].json_name)
     return ".".join(names)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
+from starlette._utils import get_route_path  # where it is defined; starlette.routing does not re-export it
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route, get_route_path
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.policy import Principal

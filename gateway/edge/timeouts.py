@@ -74,7 +74,7 @@ def guarded_protocol(*, header_timeout: float, max_header_bytes: int) -> type[Ht
         _rejected = False
         _started = False
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
             super().connection_made(transport)
             self._arm()
 

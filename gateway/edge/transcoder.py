@@ -22,7 +22,7 @@ import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.edge.http_rules import Binding
-from gateway.edge.json_codec import Codecs, Decoder, MessageCodec, is_map, is_wkt
+from gateway.edge.json_codec import Codecs, Decoder, MessageCodec, is_map, is_wkt, message_of
 from gateway.errors import InvalidArgument
 
 #: Leaf message types that travel as one string in a query parameter.
@@ -194,17 +194,19 @@ def _container(kwargs: dict[str, Any], field_path: tuple[str, ...], where: str) 
 
 
 def _json_path(message: Descriptor, field_path: tuple[str, ...]) -> str:
+    *parents, leaf = field_path  # never empty: http_rules.resolve checked every path at start-up
     names = []
-    for name in field_path:
+    for name in parents:
         field = message.fields_by_name[name]
         names.append(field.json_name)
-        message = field.message_type
+        message = message_of(field)
+    names.append(message.fields_by_name[leaf].json_name)
     return ".".join(names)
 
 
 def _leaf_decoder(codecs: Codecs, message: Descriptor, field_path: tuple[str, ...]) -> Decoder:
     for name in field_path[:-1]:
-        message = message.fields_by_name[name].message_type
+        message = message_of(message.fields_by_name[name])
     return codecs.query_decoder(message.fields_by_name[field_path[-1]])
 
 

@@ -143,7 +143,10 @@ def _field_encoder(field: FieldDescriptor, cls: type[betterproto2.Message]) -> _
 
 def _single_encoder(field: FieldDescriptor, cls: type[betterproto2.Message]) -> _Convert:
     if field.enum_type is not None:
-        enum_cls: Any = cls._betterproto.cls_by_field[field.name]
+        # betterproto2 types its ``_betterproto`` classproperty with ``cls: type[Self]``, which mypy cannot
+        # bind on a class (betterproto2 ignores the same error where it defines it): ProtoClassMetadata.
+        meta = cls._betterproto  # type: ignore[arg-type]
+        enum_cls: Any = meta.cls_by_field[field.name]
 
         def encode_enum(value: Any) -> Any:
             return enum_cls[value.name if isinstance(value, enum.Enum) else value]

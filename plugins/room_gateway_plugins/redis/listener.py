@@ -187,6 +187,10 @@ class ChannelListener:
             # RESP2 on this connection whatever the pool speaks: messages then arrive as plain replies
             # (RESP3 sends them as out-of-band pushes, which redis-py routes to a push handler instead).
             settings = {**self._pool.connection_kwargs, "protocol": 2}
+            if "maint_notifications_config" in settings:
+                # redis-py 8 turns maintenance notifications on for RESP3 pools; they need a RESP3 (or
+                # hiredis) parser, which this RESP2 connection does not have without hiredis installed.
+                settings["maint_notifications_config"] = None
             if self._name:
                 settings["client_name"] = self._name
             connection = self._pool.connection_class(**settings)
