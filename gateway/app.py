@@ -87,6 +87,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         extra_routes=[route for surface in surfaces for route in surface.http_routes()],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.http_prefixes),
         limiter=limiter,
+        access_log=config.access_log,
     )
     grpc_server = create_grpc_server(
         dispatcher,
@@ -95,6 +96,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.grpc_prefixes),
         config=keepalive_config(config.grpc.keepalive_seconds, config.grpc.keepalive_timeout_seconds),
         limiter=limiter,
+        access_log=config.access_log,
     )
     return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter)
 

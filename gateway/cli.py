@@ -14,6 +14,8 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import logging.handlers
+import queue
 import secrets
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -76,18 +78,21 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_gateway
     from gateway.server import StartupError, serve
 
-    _configure_logging(args.log_level)
-    config = load_config(config_path(args.config))
-
-    async def run() -> None:
-        await serve(create_gateway(config))
-
+    listener = _configure_logging(args.log_level)
     try:
-        _run(run)
-    except StartupError as exc:
-        logging.getLogger("room-gateway").error("%s", exc)
-        return EXIT_FAILURE
-    return EXIT_OK
+        config = load_config(config_path(args.config))
+
+        async def run() -> None:
+            await serve(create_gateway(config))
+
+        try:
+            _run(run)
+        except StartupError as exc:
+            logging.getLogger("room-gateway").error("%s", exc)
+            return EXIT_FAILURE
+        return EXIT_OK
+    finally:
+        listener.stop()
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -160,10 +165,29 @@ class _Formatter(logging.Formatter):
         return text
 
 
-def _configure_logging(level: str) -> None:
+class _DeferredQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the writer thread unformatted: formatting and the write to stderr, which blocks
+    when the reader is slow, happen off the event loop (logging cookbook, "Dealing with handlers that
+    block"). A profile put the access log's synchronous write at ~20% of a request's time on the loop.
+    Records with a traceback are formatted here, while the traceback is still alive."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.exc_info or record.stack_info:
+            prepared: logging.LogRecord = super().prepare(record)
+            return prepared
+        return record
+
+
+def _configure_logging(level: str) -> logging.handlers.QueueListener:
+    """Log through a queue to one writer thread; the caller stops the returned listener at exit (which
+    flushes what is queued)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
+    logging.basicConfig(level=level.upper(), handlers=[_DeferredQueueHandler(records)], force=True)
+    listener.start()
+    return listener
 
 
 if __name__ == "__main__":

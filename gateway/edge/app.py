@@ -50,6 +50,7 @@ def create_http_app(
     self_authenticated_prefixes: tuple[str, ...] = (),
     body_timeout_seconds: float = 30.0,
     limiter: RateLimiter | None = None,
+    access_log: bool = True,
 ) -> Starlette:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
 
@@ -61,6 +62,7 @@ def create_http_app(
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
     :param body_timeout_seconds: a request body not complete this long after its headers is a 408.
     :param limiter: the rate-limit policy (``None``: no limits, no ``/metrics``).
+    :param access_log: log one line per call (config ``access_log``).
     """
     codecs = Codecs()
     routes: list[TranscodedRoute] = []
@@ -89,7 +91,8 @@ def create_http_app(
     app = Starlette(
         routes=all_routes,
         middleware=[
-            Middleware(AccessLogMiddleware),  # outermost: it sees every answer, 401s included
+            # outermost: it sees every answer, 401s included
+            *([Middleware(AccessLogMiddleware)] if access_log else []),
             *ip_stage(limiter),  # by: ip, before authentication; adds the RateLimit-* headers
             Middleware(BodyTimeoutMiddleware, timeout=body_timeout_seconds),
             Middleware(

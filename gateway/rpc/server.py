@@ -74,6 +74,7 @@ def create_grpc_server(
     self_authenticated_prefixes: tuple[str, ...] = (),
     config: Configuration | None = None,
     limiter: RateLimiter | None = None,
+    access_log: bool = True,
 ) -> Server:
     """The gRPC server of the gateway, not yet listening.
 
@@ -86,13 +87,15 @@ def create_grpc_server(
     :param extra_handlers: see :func:`build_handlers`.
     :param config: grpclib's connection settings (HTTP/2 keep-alive: :func:`keepalive_config`).
     :param limiter: the rate-limit policy (``by: ip`` before authentication, ``by: key`` after).
+    :param access_log: log one line per call (config ``access_log``).
     """
     server = Server(
         build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers),
         codec=LastMessageCodec(),  # one write to many listeners is encoded once
         config=config,
     )
-    install_access_log(server)  # before auth: refused calls are logged too
+    if access_log:
+        install_access_log(server)  # before auth: refused calls are logged too
     if limiter is not None and limiter.quotas:
         install_ip_limits(server, limiter)  # before auth: an unauthenticated flood is refused first
     install_auth(server, dispatcher.policy, skip_prefixes=self_authenticated_prefixes)
