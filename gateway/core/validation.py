@@ -29,10 +29,13 @@ JURISDICTIONS = ("", "eu")
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 DEFAULT_MAX_JSON_DEPTH = 32
 
-# C0, DEL and C1 control characters.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# The same, but tab, line feed and carriage return (multi-line text).
-_CONTROL_BUT_WHITESPACE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+#: C0, DEL and C1 control characters, as the body of a regular expression's character class (the OpenAPI
+#: document states the same rules as patterns).
+CONTROL_CHARACTERS = r"\x00-\x1f\x7f-\x9f"
+#: The same, but tab, line feed and carriage return (multi-line text).
+CONTROL_CHARACTERS_BUT_WHITESPACE = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
+_CONTROL_BUT_WHITESPACE = re.compile(f"[{CONTROL_CHARACTERS_BUT_WHITESPACE}]")
 
 
 @dataclass(frozen=True, slots=True)

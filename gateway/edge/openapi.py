@@ -3,6 +3,11 @@
 Paths and methods come from the HttpRules, parameters from the template variables and the transcoder's
 query fields, request and response schemas from the message descriptors (proto3 JSON shapes), so nothing
 about a route is written twice. Every operation shares the error schema and the three credential forms.
+
+The domain's input rules (:mod:`gateway.core.validation`) are stated where the API enforces them, from one
+table by proto field name (:data:`FIELD_RULES`) applied to every path parameter, query parameter and body
+field of that name. Proto3 JSON shapes are spelled out: ``null`` is "not set" for any field of an object
+(so every optional field also admits ``null``), and integers travel as JSON numbers or decimal strings.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway import schema
+from gateway.core import validation
 from gateway.edge.json_codec import enum_of, is_map, message_of
 from gateway.edge.streams import NDJSON, SSE
 from gateway.edge.transcoder import Transcoder
@@ -30,6 +36,56 @@ _INT64 = {
     FieldDescriptor.TYPE_INT64,
     FieldDescriptor.TYPE_SINT64,
     FieldDescriptor.TYPE_SFIXED64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_FIXED64,
+}
+_NON_NEGATIVE = {"minimum": 0}
+_NO_CONTROL = f"^[^{validation.CONTROL_CHARACTERS}]*$"
+_ROOM_ID = {"minLength": 1, "maxLength": validation.MAX_ROOM_ID, "pattern": _NO_CONTROL}
+_JSON_VALUE = (
+    "Any JSON value, at most `input.max_value_bytes` (default "
+    f"{validation.DEFAULT_MAX_VALUE_BYTES} bytes) as compact JSON and `input.max_json_depth` (default "
+    f"{validation.DEFAULT_MAX_JSON_DEPTH}) levels deep."
+)
+#: The domain's input rules (gateway.core.validation) as JSON Schema keywords, by proto field name, merged
+#: into the schema of every path parameter, query parameter (each item, for a repeated one) and body field
+#: so named. A rule with ``minLength`` makes a body field required (absent is ``""`` in proto3), except in
+#: :data:`_EMPTY_IS_UNSET`. What JSON Schema cannot say (sizes of JSON values) is said in the description.
+FIELD_RULES: dict[str, dict[str, Any]] = {
+    "room_id": _ROOM_ID,
+    # ListRooms: where to start, "" for the first room.
+    "start_key": {"maxLength": validation.MAX_ROOM_ID, "pattern": _NO_CONTROL},
+    "start_after_key": {"maxLength": validation.MAX_ROOM_ID, "pattern": _NO_CONTROL},
+    "name": {
+        "minLength": 1,
+        "maxLength": validation.MAX_VARIABLE_NAME,
+        "pattern": f"^[^/{validation.CONTROL_CHARACTERS}]*$",
+    },
+    "display_name": {"maxLength": validation.MAX_DISPLAY_NAME, "pattern": _NO_CONTROL},
+    "description": {
+        "maxLength": validation.MAX_DESCRIPTION,
+        "pattern": f"^[^{validation.CONTROL_CHARACTERS_BUT_WHITESPACE}]*$",
+    },
+    "jurisdiction": {"enum": list(validation.JURISDICTIONS)},
+    "settings": {
+        "description": f"A JSON object of at most {validation.MAX_SETTINGS_BYTES} bytes as compact JSON, "
+        f"at most {validation.DEFAULT_MAX_JSON_DEPTH} levels deep."
+    },
+    "value": {"description": _JSON_VALUE},
+    "data": {"description": _JSON_VALUE},
+    "max_results": _NON_NEGATIVE,
+    "expected_version": _NON_NEGATIVE,
+    "ttl_seconds": _NON_NEGATIVE,
+}
+#: Fields whose rule has a ``minLength`` but where ``""`` (or absent) means "not given": the global
+#: InvalidateConnections (``POST /v1/connections:invalidate``).
+_EMPTY_IS_UNSET = frozenset({"roomgateway.v1.InvalidateConnectionsRequest.room_id"})
+#: Fields a request must set though their rule has no ``minLength``: SetVariable refuses a missing value
+#: (``null`` is a JSON value there, not "not set").
+_REQUIRED = frozenset({"roomgateway.v1.SetVariableRequest.value"})
+_UNSIGNED = {
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_FIXED32,
     FieldDescriptor.TYPE_UINT64,
     FieldDescriptor.TYPE_FIXED64,
 }
@@ -77,9 +133,16 @@ class _Schemas:
         return {"$ref": _REF + message.full_name}
 
     def object(self, fields: Sequence[FieldDescriptor]) -> dict[str, Any]:
+        """An object of ``fields``: each field with its domain rule, nullable unless required."""
+        required = [field.json_name for field in fields if _is_required(field)]
+        properties = {}
+        for field in fields:
+            one = _with_rule(self.field(field), field)
+            properties[field.json_name] = one if field.json_name in required else _nullable(one)
         return {
             "type": "object",
-            "properties": {field.json_name: self.field(field) for field in fields},
+            **({"required": required} if required else {}),
+            "properties": properties,
             "additionalProperties": False,
         }
 
@@ -105,10 +168,10 @@ class _Schemas:
         kind = field.type
         if kind == FieldDescriptor.TYPE_ENUM:
             return {"type": "string", "enum": [v.name for v in enum_of(field).values]}
-        if kind in _INT32:
-            return {"type": "integer", "format": "int32"}
-        if kind in _INT64:
-            return {"type": "string", "format": "int64"}
+        if kind in _INT32 or kind in _INT64:  # proto3 JSON: a number or a decimal string, either way
+            bits = 32 if kind in _INT32 else 64
+            low, high = (0, 2**bits - 1) if kind in _UNSIGNED else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+            return _integer(low, high, f"int{bits}")
         if kind == FieldDescriptor.TYPE_BOOL:
             return {"type": "boolean"}
         if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
@@ -134,7 +197,7 @@ def openapi_document(transcoders: Sequence[Transcoder], *, title: str = "room-ga
                 "in": "path",
                 "required": True,
                 "description": f"Binds `{'.'.join(v.field_path)}`; percent-encode '/' and ':' in it.",
-                "schema": {"type": "string"},
+                "schema": _with_rule({"type": "string"}, _leaf(method.input, v.field_path)),
             }
             for v in template.variables
         ]
@@ -146,7 +209,8 @@ def openapi_document(transcoders: Sequence[Transcoder], *, title: str = "room-ga
                     "name": _json_path(method.input, field_path),
                     "in": "query",
                     "required": False,
-                    "schema": schemas.field(leaf) if repeated else schemas.one(leaf),
+                    "schema": _mask_schema(transcoder, leaf)
+                    or _with_rule(schemas.field(leaf) if repeated else schemas.one(leaf), leaf),
                     **({"style": "form", "explode": True} if repeated else {}),
                 }
             )
@@ -219,12 +283,109 @@ def _request_body(schemas: _Schemas, transcoder: Transcoder) -> dict[str, Any] |
     if not binding.body:
         return None
     message = binding.method.input
+    bound = {v.field_path for v in binding.template.variables}
     if binding.body == "*":
-        bound = {v.field_path[0] for v in binding.template.variables if len(v.field_path) == 1}
-        body_schema = schemas.object([f for f in message.fields if f.name not in bound])
+        body_schema = schemas.object([f for f in message.fields if (f.name,) not in bound])
     else:
-        body_schema = schemas.field(message.fields_by_name[binding.body])
-    return {"required": False, "content": {"application/json": {"schema": body_schema}}}
+        field = message.fields_by_name[binding.body]
+        inner = {path[1] for path in bound if len(path) == 2 and path[0] == binding.body}
+        if inner and field.message_type is not None and not field.is_repeated:
+            # A field of the body also bound by the path (PATCH /v1/rooms/{room.room_id}) comes from the
+            # path, as with `body: "*"`: the body may only repeat it unchanged, so the schema leaves it out.
+            body_schema = schemas.object([f for f in field.message_type.fields if f.name not in inner])
+        else:
+            body_schema = schemas.field(field)
+    resolved = (
+        schemas.components.get(body_schema["$ref"][len(_REF) :], {}) if "$ref" in body_schema else body_schema
+    )
+    # A body that must name a field cannot be left out (no body is an empty message).
+    required = bool(resolved.get("required"))
+    return {"required": required, "content": {"application/json": {"schema": body_schema}}}
+
+
+def _mask_schema(transcoder: Transcoder, leaf: FieldDescriptor) -> dict[str, Any] | None:
+    """The ``update_mask`` of a binding whose body is a message field: its paths name that message's fields
+    (either spelling, spaces around each allowed), as the service checks; ``None`` for any other parameter."""
+    body = transcoder.binding.body
+    if leaf.name != "update_mask" or body in ("", "*") or leaf.message_type is None:
+        return None
+    target = transcoder.binding.method.input.fields_by_name[body].message_type
+    if leaf.message_type.full_name != "google.protobuf.FieldMask" or target is None:
+        return None
+    names = "|".join(sorted({name for f in target.fields for name in (f.name, f.json_name)}))
+    path = rf"\s*({names})\s*"
+    return {
+        "type": "string",
+        "description": f"Comma-separated field paths of `{target.name}` (lowerCamel or snake_case); "
+        "without it, the fields the body names.",
+        "pattern": f"^({path}(,{path})*)?$",
+    }
+
+
+def _is_required(field: FieldDescriptor) -> bool:
+    if field.full_name in _REQUIRED:
+        return True
+    rule = FIELD_RULES.get(field.name, {})
+    return rule.get("minLength", 0) > 0 and not field.is_repeated and field.full_name not in _EMPTY_IS_UNSET
+
+
+def _with_rule(field_schema: dict[str, Any], field: FieldDescriptor) -> dict[str, Any]:
+    """``field_schema`` with the domain rule of ``field``'s name (on the items of a repeated field)."""
+    rule = FIELD_RULES.get(field.name)
+    if rule is None:
+        return field_schema
+    if field.full_name in _EMPTY_IS_UNSET:
+        rule = {key: value for key, value in rule.items() if key != "minLength"}
+    if field_schema.get("type") == "array":
+        return {**field_schema, "items": _merge(field_schema["items"], rule)}
+    return _merge(field_schema, rule)
+
+
+def _merge(field_schema: dict[str, Any], rule: dict[str, Any]) -> dict[str, Any]:
+    if "minimum" in rule and field_schema.get("format") in ("int32", "int64"):  # the string form too
+        low = max(rule["minimum"], field_schema["minimum"])
+        return {**_integer(low, field_schema["maximum"], field_schema["format"]), **rule, "minimum": low}
+    return {**field_schema, **rule}
+
+
+def _integer(low: int, high: int, fmt: str) -> dict[str, Any]:
+    """An integer in ``[low, high]``: a JSON number, or a decimal string (whose pattern bounds it alike)."""
+    negative = f"-({_up_to(-low)})" if low < 0 else "-0"  # "-0" is zero to the decoder
+    return {
+        "type": ["integer", "string"],
+        "format": fmt,
+        "minimum": low,
+        "maximum": high,
+        "pattern": f"^({_up_to(high)}|{negative})$",
+    }
+
+
+def _up_to(high: int) -> str:
+    """A regular expression of the decimal numbers 0 to ``high`` (no leading zeros)."""
+    digits = str(high)
+    width = len(digits)
+    alternatives = ["0"]
+    if width > 1:
+        alternatives.append(f"[1-9][0-9]{{0,{width - 2}}}")  # fewer digits than high
+    for i, digit in enumerate(digits):  # as many digits: high's prefix, then a smaller digit, then any
+        first = 1 if i == 0 else 0
+        if int(digit) > first:
+            alternatives.append(f"{digits[:i]}[{first}-{int(digit) - 1}][0-9]{{{width - i - 1}}}")
+    alternatives.append(digits)
+    return "|".join(alternatives)
+
+
+def _nullable(field_schema: dict[str, Any]) -> dict[str, Any]:
+    """``field_schema`` admitting ``null`` too: proto3 JSON reads ``null`` as "not set"."""
+    kind = field_schema.get("type")
+    if kind is None:
+        if "$ref" in field_schema:
+            return {"anyOf": [field_schema, {"type": "null"}]}
+        return field_schema  # a Value: any JSON value, null included
+    out = {**field_schema, "type": [*kind, "null"] if isinstance(kind, list) else [kind, "null"]}
+    if "enum" in out:
+        out["enum"] = [*out["enum"], None]
+    return out
 
 
 def _leaf(message: Descriptor, field_path: tuple[str, ...]) -> FieldDescriptor:

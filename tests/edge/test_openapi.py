@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from gateway.core.validation import MAX_ROOM_ID
 from gateway.edge.http_rules import bindings
 
 
@@ -23,13 +24,23 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     assert [(p["name"], p["in"]) for p in list_rooms["parameters"]] == [
         ("startKey", "query"), ("startAfterKey", "query"), ("roomId", "query"), ("maxResults", "query"),
     ]  # fmt: skip
-    assert list_rooms["parameters"][2]["schema"] == {"type": "array", "items": {"type": "string"}}
+    room_id = list_rooms["parameters"][2]["schema"]
+    assert room_id["type"] == "array" and room_id["items"]["minLength"] == 1
+    assert room_id["items"]["maxLength"] == MAX_ROOM_ID  # the domain rule, from gateway.core.validation
+    path_room_id = doc["paths"]["/v1/rooms/{roomId}"]["get"]["parameters"][0]["schema"]
+    assert path_room_id == room_id["items"]
     set_variable = doc["paths"]["/v1/rooms/{roomId}/variables/{name}"]["put"]
     body = set_variable["requestBody"]["content"]["application/json"]["schema"]
     assert set(body["properties"]) == {"value", "expectedVersion"}
-    room = doc["components"]["schemas"]["roomgateway.v1.Room"]["properties"]
-    assert room["status"]["enum"] == ["STATUS_UNSPECIFIED", "OPEN", "CLOSED", "DELETED"]
-    assert room["createTime"] == {"type": "string", "format": "date-time"}
+    assert body["required"] == ["value"]
+    assert body["properties"]["expectedVersion"]["minimum"] == 0
+    room_schema = doc["components"]["schemas"]["roomgateway.v1.Room"]
+    room = room_schema["properties"]
+    assert room_schema["required"] == ["roomId"]
+    # proto3 JSON: `null` is "not set" for every optional field.
+    assert room["status"]["enum"] == ["STATUS_UNSPECIFIED", "OPEN", "CLOSED", "DELETED", None]
+    assert room["createTime"] == {"type": ["string", "null"], "format": "date-time"}
+    assert room["jurisdiction"]["enum"] == ["", "eu", None]
     listen = doc["paths"]["/v1/rooms/{roomId}/variables/{name}:listen"]["get"]["responses"]["200"]["content"]
     assert set(listen) == {"text/event-stream", "application/x-ndjson"}
     assert set(doc["components"]["securitySchemes"]) == {"ApiKey", "bearer", "basic"}
