@@ -152,6 +152,16 @@ class _Rejected(Exception):
     """Raised inside a parser callback to stop parsing a rejected request."""
 
 
+def _has_body(scope: Scope) -> bool:
+    """Whether the request announces a body (RFC 9112 §6.3: Transfer-Encoding, or a non-zero
+    Content-Length). A request without either has none to wait for: most calls (GET, DELETE) skip the
+    bounded receive entirely."""
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
+
+
 class BodyTimeoutMiddleware:
     """Bound the time a request body may take to arrive (see the module docstring).
 
@@ -164,7 +174,7 @@ class BodyTimeoutMiddleware:
         self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not _has_body(scope):
             await self.app(scope, receive, send)
             return
         deadline = asyncio.get_running_loop().time() + self.timeout
