@@ -84,6 +84,7 @@ def write_config(path: Path, backend_url: str, http: int, grpc: int) -> None:
             listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
             backend: {json.dumps(backend_url)}
             rate_limits: {{limits: []}}   # the bare routes have none
+            access_log: false             # nor an access log (its cost: bench/RESULTS.md)
             auth:
               keys:
                 - {{name: bench, key: "{KEY}", permissions: ["*"]}}

@@ -1,20 +1,27 @@
 """The SQLite backend: the embedded default, one file (or memory) owned by one gateway process.
 
 ``sqlite:///rooms.db`` (relative path), ``sqlite:////var/lib/rooms.db`` (absolute), ``sqlite:///:memory:``.
-One connection serves the process, used by one task at a time: SQLite serializes writers anyway, and a
-single connection rules out ``database is locked`` between our own tasks. Notifications are delivered to
-the in-process hub right after their write commits, under the same lock, so in commit (= version) order.
+One connection writes, used by one task at a time: SQLite serializes writers anyway, and a single writer
+rules out ``database is locked`` between our own tasks. Notifications are delivered to the in-process hub
+right after their write commits, under the same lock, so in commit (= version) order.
+
+Reads of a file database go through a small pool of read-only connections instead, without that lock: in
+WAL mode readers never wait for the writer, and each read sees every commit made before it began (so a
+client reads its own acknowledged writes). With reads queued behind writes on the one connection, a GET
+served at under half the rate of a bare route with the same driver (bench/RESULTS.md). ``:memory:`` keeps
+the one connection: another connection would open another, empty, database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from gateway.core.hub import Topic
@@ -23,6 +30,8 @@ from room_gateway_plugins.sql.base import SqlBackend, _Tx
 
 #: Seconds to wait for a lock held by another process (a backup tool, a stray second gateway).
 BUSY_TIMEOUT = 5.0
+#: Read-only connections of a file database (each is a thread of aiosqlite's).
+READERS = 8
 
 
 class SQLiteBackend(SqlBackend):
@@ -33,6 +42,36 @@ class SQLiteBackend(SqlBackend):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._lock = asyncio.Lock()
+        self._readers: AsyncEngine | None = None
+
+    async def open(self) -> None:
+        await super().open()  # creates and migrates the schema first: readers find it in place
+        url = make_url(self.url)
+        if url.database not in (None, "", ":memory:"):
+            self._readers = create_async_engine(
+                url.set(drivername="sqlite+aiosqlite"),
+                pool_size=READERS,
+                max_overflow=0,
+                connect_args={"timeout": BUSY_TIMEOUT},
+            )
+            sa.event.listen(self._readers.sync_engine, "connect", _on_reader_connect)
+
+    async def close(self) -> None:
+        readers, self._readers = self._readers, None
+        try:
+            await super().close()
+        finally:
+            if readers is not None:
+                await readers.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        if self._readers is None:
+            async with super()._reading() as conn:
+                yield conn
+            return
+        async with self._readers.connect() as conn:
+            yield conn
 
     def _make_engine(self) -> AsyncEngine:
         url = make_url(self.url).set(drivername="sqlite+aiosqlite")
@@ -65,6 +104,13 @@ def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # WAL: readers (a backup, sqlite3 on the console) do not block the gateway's writes. Memory: ignored.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # a committed write survives a power cut, not only a crash
+    cursor.close()
+
+
+def _on_reader_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    dbapi_connection.isolation_level = None  # autocommit: each read is its own snapshot, no BEGIN/COMMIT
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")  # a reader that tried to write would be a bug: fail loudly
     cursor.close()
 
 
