@@ -296,7 +296,7 @@ class RoomService:
     async def listen_variable(self, room_id: str = "", name: str = "") -> ListenStream[Variable]:
         validation.room_id(room_id)
         validation.variable_name(name)
-        await self._room_for_stream(room_id)
+        await self._room_for_new(room_id, "streams")
         sub = await self.backend.subscribe(Topic("variable", room_id, name))
         try:
             current = await self.backend.get_variable(room_id, name)
@@ -337,7 +337,7 @@ class RoomService:
     async def listen_events(self, room_id: str = "", name: str = "") -> ListenStream[Event]:
         validation.room_id(room_id)
         validation.variable_name(name)
-        await self._room_for_stream(room_id)
+        await self._room_for_new(room_id, "streams")
         sub = await self.backend.subscribe(Topic("event", room_id, name))
         return ListenStream(sub, self._events(sub))
 
@@ -376,7 +376,7 @@ class RoomService:
         beyond = [name for name in grant.permissions if not caller.may(name)]
         if beyond:
             raise PermissionDenied(f"{caller.name!r} cannot grant what it does not hold: {beyond}")
-        await self._room_for_token(room_id)
+        await self._room_for_new(room_id, "tokens")
         now = self._now()
         expire_time = self.tokens.expiry(now, ttl_seconds, caller.expire_time)
         token = self.tokens.issue(
@@ -449,18 +449,6 @@ class RoomService:
                 return visible, False
             start, inclusive = page[-1].room_id, False
 
-    async def _room_for_token(self, room_id: str) -> None:
-        """New tokens, like new streams, need an OPEN room (or one not created yet: rooms are implicit)."""
-        room = await self.backend.get_room(room_id)
-        if room is None:
-            if self.auto_create_rooms:
-                return
-            raise _room_not_found(room_id)
-        if room.status is RoomStatus.DELETED:
-            raise NotFound(f"room {room_id!r} was deleted")
-        if room.status is not RoomStatus.OPEN:
-            raise FailedPrecondition(f"room {room_id!r} is closed: it accepts no new tokens")
-
     # -- rules shared by the methods ----------------------------------------------------------------------
 
     async def _live_room(self, room_id: str) -> Room:
@@ -474,8 +462,7 @@ class RoomService:
 
     async def _writable_room(self, room_id: str) -> Room:
         room = await self._live_room(room_id)
-        if room.status is not RoomStatus.OPEN:
-            raise FailedPrecondition(f"room {room_id!r} is closed")
+        _require_open(room)
         return room
 
     async def _room_for_write(self, room_id: str) -> None:
@@ -490,22 +477,27 @@ class RoomService:
                 room = await self.backend.get_room(room_id)
         if room is None:
             raise _room_not_found(room_id)
-        if room.status is RoomStatus.DELETED:
-            raise NotFound(f"room {room_id!r} was deleted")
-        if room.status is not RoomStatus.OPEN:
-            raise FailedPrecondition(f"room {room_id!r} is closed")
+        _require_open(room)
 
-    async def _room_for_stream(self, room_id: str) -> None:
-        """New streams need an OPEN room, or one not created yet when rooms are implicit."""
+    async def _room_for_new(self, room_id: str, what: str) -> None:
+        """New streams and new tokens need an OPEN room, or one not created yet when rooms are implicit.
+
+        :param what: what the room refuses when closed ("streams", "tokens"), for the message.
+        """
         room = await self.backend.get_room(room_id)
         if room is None:
             if self.auto_create_rooms:
                 return
             raise _room_not_found(room_id)
-        if room.status is RoomStatus.DELETED:
-            raise NotFound(f"room {room_id!r} was deleted")
-        if room.status is not RoomStatus.OPEN:
-            raise FailedPrecondition(f"room {room_id!r} is closed: it accepts no new streams")
+        _require_open(room, f": it accepts no new {what}")
+
+
+def _require_open(room: Room, detail: str = "") -> None:
+    """NOT_FOUND for a deleted room, FAILED_PRECONDITION for a closed one."""
+    if room.status is RoomStatus.DELETED:
+        raise NotFound(f"room {room.room_id!r} was deleted")
+    if room.status is not RoomStatus.OPEN:
+        raise FailedPrecondition(f"room {room.room_id!r} is closed{detail}")
 
 
 def _room_not_found(room_id: str) -> NotFound:

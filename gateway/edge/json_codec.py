@@ -58,17 +58,20 @@ _INT64 = {
     FieldDescriptor.TYPE_UINT64,
     FieldDescriptor.TYPE_FIXED64,
 }
-_WRAPPERS = {
-    "google.protobuf.DoubleValue",
-    "google.protobuf.FloatValue",
-    "google.protobuf.Int64Value",
-    "google.protobuf.UInt64Value",
-    "google.protobuf.Int32Value",
-    "google.protobuf.UInt32Value",
-    "google.protobuf.BoolValue",
-    "google.protobuf.StringValue",
-    "google.protobuf.BytesValue",
-}
+#: The wrapper types, whose JSON form is their value.
+WRAPPERS = frozenset(
+    {
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+        "google.protobuf.Int64Value",
+        "google.protobuf.UInt64Value",
+        "google.protobuf.Int32Value",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.BoolValue",
+        "google.protobuf.StringValue",
+        "google.protobuf.BytesValue",
+    }
+)
 #: Message types whose JSON form is not an object of their fields (the well-known types).
 SPECIAL_MESSAGES = frozenset(
     {
@@ -79,7 +82,7 @@ SPECIAL_MESSAGES = frozenset(
         "google.protobuf.Duration",
         "google.protobuf.FieldMask",
         "google.protobuf.Empty",
-        *_WRAPPERS,
+        *WRAPPERS,
     }
 )
 
@@ -330,7 +333,7 @@ def _field_value_decoder(field: FieldDescriptor, codecs: Codecs | None) -> Decod
         return _scalar_decoder(field)
     if message.full_name in _WKT_DECODERS:
         return _WKT_DECODERS[message.full_name]
-    if message.full_name in _WRAPPERS:
+    if message.full_name in WRAPPERS:
         return _wrapper_decoder(message)
     if codecs is None or message.full_name.startswith("google.protobuf."):
         raise NotImplementedError(f"{field.full_name}: {message.full_name} is not supported")
@@ -395,7 +398,7 @@ def _field_value_encoder(field: FieldDescriptor, codecs: Codecs) -> Encoder:
         return _scalar_encoder(field)
     if message.full_name in _WKT_ENCODERS:
         return _WKT_ENCODERS[message.full_name]
-    if message.full_name in _WRAPPERS:
+    if message.full_name in WRAPPERS:
         return _scalar_encoder(message.fields_by_name["value"])
     codec = codecs.get(message)
     return lambda value: codec.encode(value)

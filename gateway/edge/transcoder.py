@@ -22,26 +22,15 @@ import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway.edge.http_rules import Binding
-from gateway.edge.json_codec import Codecs, Decoder, MessageCodec, is_map, is_wkt, message_of
+from gateway.edge.json_codec import WRAPPERS, Codecs, Decoder, MessageCodec, is_map, is_wkt, message_of
 from gateway.errors import InvalidArgument
 
 #: Leaf message types that travel as one string in a query parameter.
-_QUERY_MESSAGES = frozenset(
-    {
-        "google.protobuf.Timestamp",
-        "google.protobuf.Duration",
-        "google.protobuf.FieldMask",
-        "google.protobuf.DoubleValue",
-        "google.protobuf.FloatValue",
-        "google.protobuf.Int64Value",
-        "google.protobuf.UInt64Value",
-        "google.protobuf.Int32Value",
-        "google.protobuf.UInt32Value",
-        "google.protobuf.BoolValue",
-        "google.protobuf.StringValue",
-        "google.protobuf.BytesValue",
-    }
-)
+_QUERY_MESSAGES = WRAPPERS | {
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
+}
 _MAX_QUERY_DEPTH = 8
 _MASK_FIELD = "update_mask"
 
