@@ -357,3 +357,19 @@ async def test_unopenable_sqlite_file_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(Unavailable):
         await backend.check()
     await backend.close()
+
+
+async def test_a_cancelled_call_stays_cancelled(tmp_path: Path) -> None:
+    """A client leaving cancels its call mid-query: that is a cancellation, not an unreachable store."""
+    async with opened(SQLiteBackend(f"sqlite:///{tmp_path / 'c.db'}")) as backend:
+        now = datetime.now(UTC)
+        for i in range(40):  # cancels landing at every stage of a write transaction
+            task = asyncio.create_task(backend.set_variable("r", "x", i, expected_version=None, now=now))
+            for _ in range(i % 8):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass  # what a cancellation must look like (a call that finished first is fine too)
+        await backend.check()  # and the backend still serves

@@ -316,6 +316,10 @@ def _classify_error(ctx: sa.engine.ExceptionContext) -> BaseException | None:
     (``is_disconnect``, which also invalidates the pool) and the driver's own connection errors are turned
     into one type that :attr:`SqlBackend.base_exceptions` maps to UNAVAILABLE.
     """
+    if not isinstance(ctx.original_exception, Exception):
+        # A cancelled call (the client went away) or KeyboardInterrupt: SQLAlchemy invalidates the
+        # connection and flags it as a disconnect, but it must stay a cancellation, not become a 503.
+        return None
     cause: BaseException | None = ctx.original_exception
     unreachable = ctx.is_disconnect
     while cause is not None and not unreachable:
