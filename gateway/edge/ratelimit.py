@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
+import orjson
 from starlette._utils import get_route_path  # where it is defined; starlette.routing does not re-export it
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -29,7 +30,7 @@ from gateway.auth.policy import Principal
 from gateway.edge.auth import PUBLIC_PATHS
 from gateway.edge.responses import send_error
 from gateway.edge.routing import PRINCIPAL
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, PermissionDenied, error_body
 from gateway.ratelimit import RateLimiter, Verdict, begin_call, current_verdict, end_call
 
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -141,12 +142,23 @@ def key_stage(limiter: RateLimiter | None) -> list[Middleware]:
 
 
 def metrics_routes(limiter: RateLimiter | None) -> list[BaseRoute]:
-    """``GET /metrics``: the limiter's counters in the Prometheus text format (authenticated, as every
-    path but the health checks)."""
+    """``GET /metrics``: the limiter's counters in the Prometheus text format.
+
+    The counters are deployment-wide, so, like the global InvalidateConnections, they need an API key
+    without room patterns: a room token or a key limited to some rooms gets PERMISSION_DENIED.
+    """
     if limiter is None:
         return []
 
     async def metrics(request: Request) -> Response:
+        principal = request.scope.get(PRINCIPAL)
+        if not isinstance(principal, Principal) or principal.token is not None or principal.rooms:
+            denied = PermissionDenied("/metrics needs an API key that is not limited to some rooms")
+            return Response(
+                orjson.dumps(error_body(denied.code, denied.message)),
+                status_code=denied.http_status,
+                media_type="application/json",
+            )
         return Response(limiter.metrics(), media_type=PROMETHEUS_TYPE)
 
     return [Route("/metrics", metrics, methods=["GET"])]

@@ -24,6 +24,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
 from gateway._gen.roomgateway.v1 import GetVariableRequest, ListRoomsRequest, ListRoomsResponse, Variable
+from gateway.auth.policy import ApiKey, AuthPolicy, digest
 from gateway.config import GatewayConfig, RateLimits
 from gateway.dispatch import Dispatcher
 from gateway.edge.app import create_http_app
@@ -352,3 +353,19 @@ def test_local_moving_window_is_exact_over_time() -> None:
     assert hit(1001.05) == (True, 0)
     assert hit(1001.3) == (True, 0)
     assert hit(1001.35) == (False, 0)
+
+
+async def test_metrics_need_a_key_for_every_room(dispatcher: Dispatcher) -> None:
+    """Deployment-wide counters: a key limited to some rooms (or a room token) may not read them."""
+    limited_key = "limited-metrics-key-0123456789"
+    limited = Dispatcher(
+        dispatcher.service,
+        AuthPolicy([ApiKey("limited", digest(limited_key), frozenset({"*"}), ("public-*",))]),
+    )
+    limiter = limiter_of(limits=[{"by": "ip", "limit": "100/second"}])
+    async with rest(limited, limiter, key=limited_key) as client:
+        denied = await client.get("/metrics")
+    assert denied.status_code == 403
+    assert denied.json()["error"]["status"] == "PERMISSION_DENIED"
+    async with rest(dispatcher, limiter) as admin:
+        assert (await admin.get("/metrics")).status_code == 200
