@@ -23,10 +23,7 @@ import asyncio
 import json
 import os
 import platform
-import re
 import shutil
-import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -153,34 +150,6 @@ def measured(seen: list[list[str]]) -> str:
     return shell(seen[-1])
 
 
-def grpc_frame(message: Any) -> bytes:
-    data = bytes(message)
-    return struct.pack(">?I", False, len(data)) + data
-
-
-def h2load_call(name: str, port: int, method: str, message: Any, args: argparse.Namespace) -> Result:
-    """bench/run.py's ``h2load`` for any unary method (it only sends GetVariable)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        body = Path(tmp) / "req.bin"
-        body.write_bytes(grpc_frame(message))
-        log = Path(tmp) / "log.tsv"
-        base = ["h2load", "-c", str(args.connections), "-m", "1", "-t", str(args.threads), "-d", str(body)]
-        base += ["-H", "content-type: application/grpc", "-H", "te: trailers", "-H", f"x-api-key: {KEY}"]
-        url = f"http://127.0.0.1:{port}/roomgateway.v1.RoomService/{method}"
-        subprocess.run([*base, "-D", "2", url], capture_output=True, check=True)  # warm-up
-        out = subprocess.run(
-            [*base, "-D", str(args.duration), "--log-file", str(log), url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
-        failed = int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
-        times = [int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line]
-        p99 = statistics.quantiles(times, n=100)[98] if len(times) > 100 else max(times)
-        return Result(name, rps, p99, failed)
-
-
 def set_request() -> Any:
     from gateway._gen.google.protobuf import Value
     from gateway._gen.roomgateway.v1 import SetVariableRequest
@@ -291,7 +260,14 @@ def measure(backend: Backend, args: argparse.Namespace, tmp: Path) -> list[Row]:
             ours = harness.h2load(f"gateway {CALLS[2]}", grpc, args, headers={"x-api-key": KEY})
         rows.append(Row(backend.name, CALLS[2], ours, None, [measured(seen)], servers))
         with recording() as seen:
-            ours = h2load_call(f"gateway {CALLS[3]}", grpc, "SetVariable", set_request(), args)
+            ours = harness.h2load(
+                f"gateway {CALLS[3]}",
+                grpc,
+                args,
+                headers={"x-api-key": KEY},
+                method="SetVariable",
+                message=set_request(),
+            )
         rows.append(Row(backend.name, CALLS[3], ours, None, [measured(seen)], servers))
     finally:
         for proc in (gateway, bare):

@@ -27,6 +27,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-key-0123456789abcdef"
@@ -118,23 +119,33 @@ def _ms(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def grpc_frame() -> bytes:
+def grpc_frame(message: Any = None) -> bytes:
+    """A gRPC length-prefixed frame of ``message`` (default: GetVariable of the bench variable)."""
     from gateway._gen.roomgateway.v1 import GetVariableRequest
 
-    message = bytes(GetVariableRequest(room_id=ROOM, name=NAME))
-    return struct.pack(">?I", False, len(message)) + message
+    data = bytes(message if message is not None else GetVariableRequest(room_id=ROOM, name=NAME))
+    return struct.pack(">?I", False, len(data)) + data
 
 
-def h2load(name: str, port: int, args: argparse.Namespace, *, headers: dict[str, str]) -> Result:
+def h2load(
+    name: str,
+    port: int,
+    args: argparse.Namespace,
+    *,
+    headers: dict[str, str],
+    method: str = "GetVariable",
+    message: Any = None,
+) -> Result:
+    """h2load on a unary method of the native service (default: GetVariable of the bench variable)."""
     with tempfile.TemporaryDirectory() as tmp:
         body = Path(tmp) / "req.bin"
-        body.write_bytes(grpc_frame())
+        body.write_bytes(grpc_frame(message))
         log = Path(tmp) / "log.tsv"
         base = ["h2load", "-c", str(args.connections), "-m", "1", "-t", str(args.threads), "-d", str(body)]
         base += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
         for key, value in headers.items():
             base += ["-H", f"{key}: {value}"]
-        url = f"http://127.0.0.1:{port}/roomgateway.v1.RoomService/GetVariable"
+        url = f"http://127.0.0.1:{port}/roomgateway.v1.RoomService/{method}"
         subprocess.run([*base, "-D", "2", url], capture_output=True, check=True)  # warm-up
         out = subprocess.run(
             [*base, "-D", str(args.duration), "--log-file", str(log), url],

@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from types import ModuleType
 
 import grpc
 import pytest
@@ -23,42 +18,14 @@ from grpclib.server import Server
 
 from gateway.dispatch import Dispatcher
 from gateway.rpc.server import create_grpc_server
-
-PROTOS = Path(__file__).resolve().parents[2] / "protos"
-
-
-@dataclass
-class Stubs:
-    """The grpcio modules generated from ``protos/roomgateway/v1/rooms.proto``."""
-
-    pb2: ModuleType
-    grpc: ModuleType
+from tests.grpcio_stubs import Stubs, generated
 
 
 @pytest.fixture(scope="session")
 def stubs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stubs]:
-    out = tmp_path_factory.mktemp("grpcio_stubs")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{PROTOS}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            "roomgateway/v1/rooms.proto",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    sys.path.insert(0, str(out))
-    try:
-        yield Stubs(
-            pb2=importlib.import_module("roomgateway.v1.rooms_pb2"),
-            grpc=importlib.import_module("roomgateway.v1.rooms_pb2_grpc"),
-        )
-    finally:
-        sys.path.remove(str(out))
+    """grpcio modules generated from ``protos/roomgateway/v1/rooms.proto``."""
+    with generated(tmp_path_factory.mktemp("grpcio_stubs"), "roomgateway/v1/rooms.proto") as modules:
+        yield modules
 
 
 class Readiness:

@@ -9,18 +9,16 @@ ports, with two keys: ``admin`` (every permission, every room) and ``limited`` (
 
 from __future__ import annotations
 
-import importlib
 import shutil
 import subprocess
-import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.grpcio_stubs import Stubs, generated
 from tests.server.conftest import KEY, GatewayProcess, gateway_env
 
 PROTOS = Path(__file__).resolve().parents[3] / "protos"
@@ -30,38 +28,14 @@ LIMITED_KEY = "limited-key-for-workadventure-tests"
 ROOM = "https://play.example.com/_/global/maps.example.com/office/map.json"
 
 
-@dataclass
-class RoomApiStubs:
-    """grpcio modules generated from ``protos/roomApi/room-api.proto``."""
-
-    pb2: ModuleType
-    grpc: ModuleType
+#: grpcio modules generated from ``protos/roomApi/room-api.proto``.
+RoomApiStubs = Stubs
 
 
 @pytest.fixture(scope="session")
 def room_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoomApiStubs]:
-    out = tmp_path_factory.mktemp("room_api_stubs")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{PROTOS}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            "roomApi/room-api.proto",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    sys.path.insert(0, str(out))
-    try:
-        yield RoomApiStubs(
-            pb2=importlib.import_module("roomApi.room_api_pb2"),
-            grpc=importlib.import_module("roomApi.room_api_pb2_grpc"),
-        )
-    finally:
-        sys.path.remove(str(out))
+    with generated(tmp_path_factory.mktemp("room_api_stubs"), "roomApi/room-api.proto") as modules:
+        yield modules
 
 
 @dataclass(frozen=True)
