@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import pluggy
 from grpclib.server import Server as GrpcServer
-from starlette.applications import Starlette
 
 from gateway.auth.policy import AuthPolicy
 from gateway.auth.tokens import room_token_issuer
@@ -22,7 +21,7 @@ from gateway.core.backend import Backend
 from gateway.core.service import RoomService
 from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
-from gateway.edge.app import create_http_app
+from gateway.edge.app import Edge, create_http_app
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.ratelimit import RateLimiter
 from gateway.rpc.server import create_grpc_server, keepalive_config
@@ -46,7 +45,7 @@ class Gateway:
     backend: Backend
     service: RoomService
     dispatcher: Dispatcher
-    http_app: Starlette
+    http_app: Edge
     grpc_server: GrpcServer
     limiter: RateLimiter | None = None  # None: rate limiting is off
 

@@ -1,15 +1,21 @@
-"""The REST/JSON edge as one Starlette app: the flow of a REST call, assembled in one place.
+"""The REST/JSON edge: one ASGI app that runs the stages of a call in order, then its route.
 
 ::
 
-    AccessLogMiddleware (one line per call: method, path, status, key name, latency)
-    BodyTimeoutMiddleware (a body not in after http.body_timeout_seconds: 408)
-    RateLimitMiddleware (by: ip; RateLimit-* headers)
-    AuthMiddleware (credentials → Principal)
-    KeyRateLimitMiddleware (by: key; by: room is applied in Dispatcher.call)
-      └─ Router: one TranscodedRoute per HttpRule binding (custom verbs first)
-           └─ Transcoder.bind (path, body, query → kwargs) → Dispatcher.call → MessageCodec.encode
-         + /healthz, /readyz, /openapi.json
+    AccessLogMiddleware (one line per call: method, path, status, key name, latency; when access_log is on)
+      └─ Edge
+           1. rate limits by: ip, before authentication (the RateLimit-* headers go on every answer)
+           2. the body deadline (http.body_timeout_seconds), for a request that announces a body
+           3. authentication (credentials → Principal)
+           4. rate limits by: key (by: room is applied in Dispatcher.call)
+           5. the route: a native TranscodedRoute found by HTTP method and raw path
+              → Transcoder.bind (path, body, query → kwargs) → Dispatcher.call → MessageCodec.encode;
+              anything else through the Starlette router: /healthz, /readyz, /openapi.json, /metrics,
+              the compatibility surfaces, and the 404/405 answers
+
+The stages are plain calls in one coroutine, not a middleware each: per middleware, a REST call paid a
+coroutine frame, and for one that watches the response a ``send`` wrapper (Starlette adds two of its own
+around the router), which together cost a cheap call about a fifth of its time (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -17,27 +23,30 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
+from starlette._utils import get_route_path  # where it is defined; starlette.routing does not re-export it
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.auth.policy import AuthPolicy
 from gateway.config import DEFAULT_MAX_BODY_BYTES
 from gateway.dispatch import Dispatcher
 from gateway.edge import health
 from gateway.edge.accesslog import AccessLogMiddleware
-from gateway.edge.auth import AuthMiddleware
+from gateway.edge.auth import PUBLIC_PATHS, authenticate
 from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
 from gateway.edge.openapi import openapi_document
-from gateway.edge.ratelimit import ip_stage, key_stage, metrics_routes
-from gateway.edge.routing import TranscodedRoute, route_order
-from gateway.edge.timeouts import BodyTimeoutMiddleware
+from gateway.edge.ratelimit import admit_by_ip, metrics_routes, with_rate_limit_headers
+from gateway.edge.responses import send_error
+from gateway.edge.routing import MATCH, PRINCIPAL, TranscodedRoute, raw_route_path, route_order
+from gateway.edge.timeouts import bounded_receive, has_body
 from gateway.edge.transcoder import Transcoder
-from gateway.errors import Code, error_body
-from gateway.ratelimit import RateLimiter
+from gateway.errors import Code, GatewayError, error_body
+from gateway.ratelimit import RateLimiter, begin_call, current_verdict, end_call
 
 
 def create_http_app(
@@ -51,7 +60,7 @@ def create_http_app(
     body_timeout_seconds: float = 30.0,
     limiter: RateLimiter | None = None,
     access_log: bool = True,
-) -> Starlette:
+) -> Edge:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
 
     :param dispatcher: authorizes and runs native calls.
@@ -88,25 +97,111 @@ def create_http_app(
         *metrics_routes(limiter),
         *extra_routes,
     ]
-    app = Starlette(
-        routes=all_routes,
-        middleware=[
-            # outermost: it sees every answer, 401s included
-            *([Middleware(AccessLogMiddleware)] if access_log else []),
-            *ip_stage(limiter),  # by: ip, before authentication; adds the RateLimit-* headers
-            Middleware(BodyTimeoutMiddleware, timeout=body_timeout_seconds),
-            Middleware(
-                AuthMiddleware,
-                policy=dispatcher.policy,
-                self_authenticated_prefixes=self_authenticated_prefixes,
-            ),
-            *key_stage(limiter),  # by: key, after authentication
-        ],
-        exception_handlers={HTTPException: _http_exception},
-    )
+    router = Starlette(routes=all_routes, exception_handlers={HTTPException: _http_exception})
     # Transcoded routes match the raw path; a slash redirect computed on the decoded one would be wrong.
-    app.router.redirect_slashes = False
-    return app
+    router.router.redirect_slashes = False
+    return Edge(
+        routes,
+        router,
+        dispatcher.policy,
+        limiter=limiter,
+        body_timeout_seconds=body_timeout_seconds,
+        self_authenticated_prefixes=self_authenticated_prefixes,
+        access_log=access_log,
+    )
+
+
+class Edge:
+    """The stages of every REST call, then its route (see the module docstring).
+
+    :param routes: the native routes, in matching order (:func:`~gateway.edge.routing.route_order`).
+    :param router: every route, native ones first: what is not a native call goes there.
+    :param policy: authenticates callers.
+    :param limiter: the rate-limit policy (``None``: nothing is limited).
+    :param body_timeout_seconds: a request body not complete this long after its headers is a 408.
+    :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
+    :param access_log: log one line per call, around everything else (it sees 401s and 429s too).
+    """
+
+    def __init__(
+        self,
+        routes: Sequence[TranscodedRoute],
+        router: Starlette,
+        policy: AuthPolicy,
+        *,
+        limiter: RateLimiter | None,
+        body_timeout_seconds: float,
+        self_authenticated_prefixes: tuple[str, ...],
+        access_log: bool,
+    ) -> None:
+        self.router = router
+        self.routes: list[BaseRoute] = router.routes  # every route, for introspection
+        self.policy = policy
+        self._by_method: dict[str, list[TranscodedRoute]] = {}
+        for route in routes:
+            self._by_method.setdefault(route.http_method, []).append(route)
+        self._limiter = limiter if limiter is not None and limiter.quotas else None
+        self._key_limiter = limiter if limiter is not None and limiter.by_key else None
+        self._body_timeout = body_timeout_seconds
+        self._self_authenticated = self_authenticated_prefixes
+        self._entry: ASGIApp = AccessLogMiddleware(self._call) if access_log else self._call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._entry(scope, receive, send)
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan
+            await self.router(scope, receive, send)
+            return
+        public = get_route_path(scope) in PUBLIC_PATHS  # probes: neither limited nor authenticated
+        limiter = self._limiter
+        if limiter is None or public:
+            await self._serve(scope, receive, send, public)
+            return
+        verdict, token = begin_call()
+        send = with_rate_limit_headers(send, verdict)
+        try:
+            if limiter.by_ip:
+                try:
+                    await admit_by_ip(limiter, scope, verdict)
+                except GatewayError as exc:
+                    await send_error(send, exc)
+                    return
+            await self._serve(scope, receive, send, public)
+        finally:
+            end_call(token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, public: bool) -> None:
+        if has_body(scope):
+            receive = bounded_receive(receive, self._body_timeout)
+        if not public and not (
+            self._self_authenticated and get_route_path(scope).startswith(self._self_authenticated)
+        ):
+            try:
+                principal = authenticate(self.policy, scope)
+                if self._key_limiter is not None:
+                    await self._key_limiter.check(self._key_limiter.by_key, principal.name, current_verdict())
+            except GatewayError as exc:
+                await send_error(send, exc)
+                return
+            scope[PRINCIPAL] = principal
+        route = self._native_route(scope)
+        if route is not None:
+            await route.handle(scope, receive, send)
+        else:
+            await self.router(scope, receive, send)
+
+    def _native_route(self, scope: Scope) -> TranscodedRoute | None:
+        """The native route serving this method and path (putting the template's match in the scope)."""
+        routes = self._by_method.get(scope["method"])
+        if routes:
+            path = raw_route_path(scope)
+            for route in routes:
+                match = route.match_path(path)
+                if match is not None:
+                    scope[MATCH] = match
+                    return route
+        return None
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

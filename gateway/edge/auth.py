@@ -1,73 +1,32 @@
-"""The REST adapter of the auth policy: a pure ASGI middleware (Starlette's ``AuthenticationMiddleware``
-pattern, not ``BaseHTTPMiddleware``, which costs ~4x throughput here: STYLE.md).
+"""The REST adapter of the auth policy: the edge's authentication stage.
 
 It hands the ``Authorization`` and ``X-API-Key`` headers to
-:meth:`AuthPolicy.authenticate <gateway.auth.policy.AuthPolicy.authenticate>` and stores the
-:class:`~gateway.auth.policy.Principal` in ``scope["room_gateway.principal"]``; a failure is a 401 in the
-native error shape with ``WWW-Authenticate``. Authorization per method and room happens later, in
-:meth:`Dispatcher.call <gateway.dispatch.Dispatcher.call>`, once the request is bound.
+:meth:`AuthPolicy.authenticate <gateway.auth.policy.AuthPolicy.authenticate>`; the edge stores the
+:class:`~gateway.auth.policy.Principal` in ``scope["room_gateway.principal"]``, and answers a failure with a
+401 in the native error shape with ``WWW-Authenticate`` (:func:`gateway.edge.responses.send_error`).
+Authorization per method and room happens later, in :meth:`Dispatcher.call
+<gateway.dispatch.Dispatcher.call>`, once the request is bound.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from starlette.types import Scope
 
-# Defined in starlette._utils (routing only re-imports it): the path the router matches, root_path removed.
-from starlette._utils import get_route_path
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from gateway.auth.policy import WWW_AUTHENTICATE, AuthPolicy
-from gateway.edge.responses import send_error
-from gateway.edge.routing import PRINCIPAL
-from gateway.errors import GatewayError
+from gateway.auth.policy import AuthPolicy, Principal
 
 #: Paths that need no credentials (API.md: "Every call but /healthz and /readyz is authenticated").
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-_CHALLENGE = [(b"www-authenticate", WWW_AUTHENTICATE.encode("ascii"))]
 
 
-class AuthMiddleware:
-    """Authenticate every HTTP request but those to ``public_paths``.
+def authenticate(policy: AuthPolicy, scope: Scope) -> Principal:
+    """The caller of an HTTP request, from its credential headers.
 
-    :param app: the wrapped ASGI app.
-    :param policy: the auth policy.
-    :param public_paths: route paths served without credentials.
-    :param self_authenticated_prefixes: path prefixes of compatibility surfaces, which authenticate their
-        calls themselves and answer in their vendor's error shape.
+    :raises GatewayError: UNAUTHENTICATED (no or a wrong credential).
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        policy: AuthPolicy,
-        public_paths: Collection[str] = PUBLIC_PATHS,
-        self_authenticated_prefixes: tuple[str, ...] = (),
-    ) -> None:
-        self.app = app
-        self.policy = policy
-        self.public_paths = frozenset(public_paths)
-        self.self_authenticated_prefixes = self_authenticated_prefixes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = get_route_path(scope)
-        if path in self.public_paths or (
-            self.self_authenticated_prefixes and path.startswith(self.self_authenticated_prefixes)
-        ):
-            await self.app(scope, receive, send)
-            return
-        authorization = api_key = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"x-api-key":
-                api_key = value.decode("latin-1")
-        try:
-            principal = self.policy.authenticate(authorization=authorization, api_key=api_key)
-        except GatewayError as exc:
-            await send_error(send, exc, _CHALLENGE)
-            return
-        scope[PRINCIPAL] = principal
-        await self.app(scope, receive, send)
+    authorization = api_key = None
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            authorization = value.decode("latin-1")
+        elif name == b"x-api-key":
+            api_key = value.decode("latin-1")
+    return policy.authenticate(authorization=authorization, api_key=api_key)

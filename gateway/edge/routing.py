@@ -37,6 +37,8 @@ from gateway.errors import Code, GatewayError, Unauthenticated
 log = logging.getLogger(__name__)
 
 PRINCIPAL = "room_gateway.principal"
+#: The template's ``re.Match`` of the path, put in the scope by whoever matched the route.
+MATCH = "room_gateway.match"
 _RAW_PATH = "room_gateway.raw_path"
 
 
@@ -102,16 +104,23 @@ class TranscodedRoute(BaseRoute):
     def __repr__(self) -> str:
         return f"TranscodedRoute({self._http_method} {self.path} → {self._method})"
 
+    @property
+    def http_method(self) -> str:
+        return self._http_method
+
+    def match_path(self, path: str) -> re.Match[str] | None:
+        """The template's match of a raw route path (:func:`raw_route_path`), whatever the HTTP method."""
+        if self._verb_suffix and not path.endswith(self._verb_suffix):
+            return None
+        return self._pattern.fullmatch(path)
+
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
             return Match.NONE, {}
-        path = raw_route_path(scope)
-        if self._verb_suffix and not path.endswith(self._verb_suffix):
-            return Match.NONE, {}
-        match = self._pattern.fullmatch(path)
+        match = self.match_path(raw_route_path(scope))
         if match is None:
             return Match.NONE, {}
-        child = {"room_gateway.match": match}
+        child = {MATCH: match}
         return (Match.FULL if scope["method"] == self._http_method else Match.PARTIAL), child
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -125,7 +134,7 @@ class TranscodedRoute(BaseRoute):
             headers = RequestHeaders(scope)
             body = await read_body(receive, headers, self._max_body)
             try:
-                path_values = self.binding.template.decode(scope["room_gateway.match"])
+                path_values = self.binding.template.decode(scope[MATCH])
             except UnicodeDecodeError:
                 raise GatewayError("the URL path is not valid UTF-8", code=Code.INVALID_ARGUMENT) from None
             request = self.transcoder.bind(path_values, scope["query_string"], body, headers.content_type)
@@ -155,7 +164,7 @@ class TranscodedRoute(BaseRoute):
 
     async def _method_not_allowed(self, scope: Scope, send: Send) -> None:
         path = raw_route_path(scope)
-        allowed = sorted({r._http_method for r in self._routes if r._pattern.fullmatch(path)})
+        allowed = sorted({r._http_method for r in self._routes if r.match_path(path) is not None})
         error = GatewayError(
             f"method {scope['method']} is not allowed on {path}; allowed: {', '.join(allowed)}",
             code=Code.UNIMPLEMENTED,

@@ -10,9 +10,10 @@ Two guards close that:
   first byte, or the start of each next request on a kept-alive connection) and a header size limit. A
   client that misses the deadline gets a 408, one whose headers are too large a 431, both in the native
   error shape and with ``Connection: close``.
-- :class:`BodyTimeoutMiddleware` — a pure ASGI middleware that bounds the time from the end of the headers
-  to the last byte of the body: a request body still incomplete after the deadline is answered 408 by the
-  route reading it (the error surfaces from ``receive()`` as a :class:`~gateway.errors.GatewayError`).
+- :func:`bounded_receive` — the edge's ``receive`` for a request that announces a body, bounding the time
+  from the end of the headers to the last byte of the body: a request body still incomplete after the
+  deadline is answered 408 by the route reading it (the error surfaces from ``receive()`` as a
+  :class:`~gateway.errors.GatewayError`).
 
 Each connection is its own protocol object on the event loop: a stalled one waits on its own timer and
 costs others nothing.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.errors import Code, GatewayError, error_body
@@ -152,7 +153,7 @@ class _Rejected(Exception):
     """Raised inside a parser callback to stop parsing a rejected request."""
 
 
-def _has_body(scope: Scope) -> bool:
+def has_body(scope: Scope) -> bool:
     """Whether the request announces a body (RFC 9112 §6.3: Transfer-Encoding, or a non-zero
     Content-Length). A request without either has none to wait for: most calls (GET, DELETE) skip the
     bounded receive entirely."""
@@ -162,37 +163,26 @@ def _has_body(scope: Scope) -> bool:
     return False
 
 
-class BodyTimeoutMiddleware:
-    """Bound the time a request body may take to arrive (see the module docstring).
-
-    :param app: the wrapped ASGI app.
-    :param timeout: seconds from the call (headers complete) to the body's last byte.
+def bounded_receive(receive: Receive, timeout: float) -> Receive:
+    """``receive`` with a deadline for the request body: ``timeout`` seconds from now (the end of the
+    headers) to its last byte. Past it, ``receive()`` raises :class:`RequestTimeout` (408) in the route
+    reading the body. Later reads (a stream waiting for the disconnect) are not bounded.
     """
+    deadline = asyncio.get_running_loop().time() + timeout
+    body_done = False
 
-    def __init__(self, app: ASGIApp, timeout: float) -> None:
-        self.app = app
-        self.timeout = timeout
+    async def receive_before_deadline() -> Message:
+        nonlocal body_done
+        if body_done:
+            return await receive()
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await receive()
+        except TimeoutError:
+            body_done = True
+            raise RequestTimeout(f"the request body was not received in {timeout:g}s") from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            body_done = True
+        return message
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _has_body(scope):
-            await self.app(scope, receive, send)
-            return
-        deadline = asyncio.get_running_loop().time() + self.timeout
-        body_done = False
-        timeout = self.timeout
-
-        async def bounded_receive() -> Message:
-            nonlocal body_done
-            if body_done:
-                return await receive()  # later reads wait for the disconnect (streams): unbounded
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                body_done = True
-                raise RequestTimeout(f"the request body was not received in {timeout:g}s") from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_done = True
-            return message
-
-        await self.app(scope, bounded_receive, send)
+    return receive_before_deadline
