@@ -82,7 +82,6 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         max_body_bytes=config.http.max_body_bytes,
         ready=backend.check,
         keepalive_seconds=config.http.keepalive_seconds,
-        body_timeout_seconds=config.http.body_timeout_seconds,
         extra_routes=[route for surface in surfaces for route in surface.http_routes()],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.http_prefixes),
         limiter=limiter,

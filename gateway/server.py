@@ -94,11 +94,12 @@ async def _serve_listeners(gateway: Gateway, stop: asyncio.Event, force: asyncio
                 server_header=False,
                 ws="none",
                 timeout_graceful_shutdown=math.ceil(grace),
-                # Slow and half-open clients (gateway.edge.timeouts): a header deadline and size limit on
-                # httptools, idle keep-alive connections closed, h11's own limit if it is ever chosen.
+                # Slow and half-open clients (gateway.edge.timeouts): header and body deadlines and a header
+                # size limit on httptools, idle keep-alive connections closed, h11's own limit if ever chosen.
                 http=guarded_protocol(
                     header_timeout=config.http.header_timeout_seconds,
                     max_header_bytes=config.http.max_header_bytes,
+                    body_timeout=config.http.body_timeout_seconds,
                 ),
                 timeout_keep_alive=config.http.idle_timeout_seconds,  # type: ignore[arg-type]  # uvicorn says int, a float works
                 h11_max_incomplete_event_size=config.http.max_header_bytes,

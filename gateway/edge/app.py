@@ -5,17 +5,18 @@
     AccessLogMiddleware (one line per call: method, path, status, key name, latency; when access_log is on)
       └─ Edge
            1. rate limits by: ip, before authentication (the RateLimit-* headers go on every answer)
-           2. the body deadline (http.body_timeout_seconds), for a request that announces a body
-           3. authentication (credentials → Principal)
-           4. rate limits by: key (by: room is applied in Dispatcher.call)
-           5. the route: a native TranscodedRoute found by HTTP method and raw path
+           2. authentication (credentials → Principal)
+           3. rate limits by: key (by: room is applied in Dispatcher.call)
+           4. the route: a native TranscodedRoute found by HTTP method and raw path
               → Transcoder.bind (path, body, query → kwargs) → Dispatcher.call → MessageCodec.encode;
               anything else through the Starlette router: /healthz, /readyz, /openapi.json, /metrics,
               the compatibility surfaces, and the 404/405 answers
 
-The stages are plain calls in one coroutine, not a middleware each: per middleware, a REST call paid a
-coroutine frame, and for one that watches the response a ``send`` wrapper (Starlette adds two of its own
-around the router), which together cost a cheap call about a fifth of its time (bench/RESULTS.md).
+Deadlines for slow clients' headers and bodies are kept by the HTTP protocol itself
+(:func:`gateway.edge.timeouts.guarded_protocol`). The stages are plain calls in one coroutine, not a
+middleware each: per middleware, a REST call paid a coroutine frame, and for one that watches the response
+a ``send`` wrapper (Starlette adds two of its own around the router), which together cost a cheap call
+about a tenth of its time (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ from gateway.edge.openapi import openapi_document
 from gateway.edge.ratelimit import admit_by_ip, metrics_routes, with_rate_limit_headers
 from gateway.edge.responses import send_error
 from gateway.edge.routing import MATCH, PRINCIPAL, TranscodedRoute, raw_route_path, route_order
-from gateway.edge.timeouts import bounded_receive, has_body
 from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code, GatewayError, error_body
 from gateway.ratelimit import RateLimiter, begin_call, current_verdict, end_call
@@ -57,7 +57,6 @@ def create_http_app(
     keepalive_seconds: float = 15.0,
     extra_routes: Sequence[BaseRoute] = (),
     self_authenticated_prefixes: tuple[str, ...] = (),
-    body_timeout_seconds: float = 30.0,
     limiter: RateLimiter | None = None,
     access_log: bool = True,
 ) -> Edge:
@@ -69,7 +68,6 @@ def create_http_app(
     :param keepalive_seconds: silence after which a stream sends a keep-alive.
     :param extra_routes: routes of compatibility surfaces, tried after the native ones.
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
-    :param body_timeout_seconds: a request body not complete this long after its headers is a 408.
     :param limiter: the rate-limit policy (``None``: no limits, no ``/metrics``).
     :param access_log: log one line per call (config ``access_log``).
     """
@@ -105,7 +103,6 @@ def create_http_app(
         router,
         dispatcher.policy,
         limiter=limiter,
-        body_timeout_seconds=body_timeout_seconds,
         self_authenticated_prefixes=self_authenticated_prefixes,
         access_log=access_log,
     )
@@ -118,7 +115,6 @@ class Edge:
     :param router: every route, native ones first: what is not a native call goes there.
     :param policy: authenticates callers.
     :param limiter: the rate-limit policy (``None``: nothing is limited).
-    :param body_timeout_seconds: a request body not complete this long after its headers is a 408.
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
     :param access_log: log one line per call, around everything else (it sees 401s and 429s too).
     """
@@ -130,7 +126,6 @@ class Edge:
         policy: AuthPolicy,
         *,
         limiter: RateLimiter | None,
-        body_timeout_seconds: float,
         self_authenticated_prefixes: tuple[str, ...],
         access_log: bool,
     ) -> None:
@@ -142,7 +137,6 @@ class Edge:
             self._by_method.setdefault(route.http_method, []).append(route)
         self._limiter = limiter if limiter is not None and limiter.quotas else None
         self._key_limiter = limiter if limiter is not None and limiter.by_key else None
-        self._body_timeout = body_timeout_seconds
         self._self_authenticated = self_authenticated_prefixes
         self._entry: ASGIApp = AccessLogMiddleware(self._call) if access_log else self._call
 
@@ -172,8 +166,6 @@ class Edge:
             end_call(token)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, public: bool) -> None:
-        if has_body(scope):
-            receive = bounded_receive(receive, self._body_timeout)
         if not public and not (
             self._self_authenticated and get_route_path(scope).startswith(self._self_authenticated)
         ):

@@ -241,6 +241,35 @@ async def test_a_trickling_body_is_cut_at_the_deadline() -> None:
         writer.close()
 
 
+async def test_each_request_on_a_kept_alive_connection_gets_its_own_deadlines() -> None:
+    """The protocol keeps one timer per connection and moves deadlines per phase: a body that took a while
+    (within its deadline) must not push out the next request's shorter header deadline, and a request that
+    completes in time is never cut."""
+    timeouts = {**TIMEOUTS, "header_timeout_seconds": 0.4, "body_timeout_seconds": 4.0}
+    async with live_gateway(live_config(http=timeouts)) as gw:
+        reader, writer = await asyncio.open_connection(*gw.http)
+        body = b'{"value": 1}'
+        head = (
+            b"PUT /v1/rooms/r/variables/v HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-API-Key: " + LIVE_KEY.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        writer.write(head + body[:5])
+        await asyncio.sleep(0.9)  # past the header deadline, well within the body's
+        writer.write(body[5:])
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        length = int(next(line for line in first.split(b"\r\n") if line.lower().startswith(b"content-length"))
+                     .split(b":")[1])  # fmt: skip
+        await reader.readexactly(length)
+        # The next request stalls in its headers: cut after the header deadline, not the body's.
+        writer.write(b"GET /v1/rooms HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        status, error = _status_and_error(await _read_all(reader))
+        assert status == 408 and "headers" in str(error["message"])
+        assert 0.3 < time.monotonic() - started < 1.5
+        writer.close()
+
+
 async def test_oversized_headers_are_431_and_idle_connections_close() -> None:
     async with live_gateway(live_config(http=TIMEOUTS)) as gw:
         reader, writer = await asyncio.open_connection(*gw.http)
