@@ -252,16 +252,16 @@ def format_timestamp(moment: datetime) -> str:
     """An aware (or UTC-naive) datetime → RFC 3339 in UTC with ``Z``, 0, 3 or 6 fractional digits
     (the forms ``google.protobuf.json_format`` writes). ``datetime.isoformat`` does the formatting in C:
     every JSON answer that holds a variable or a room carries a time."""
-    if moment.tzinfo is not None:
+    if moment.tzinfo is None:
+        text = moment.isoformat()
+    else:
         if moment.utcoffset():
             moment = moment.astimezone(UTC)
-        moment = moment.replace(tzinfo=None)
+        text = moment.isoformat()[:-6]  # without "+00:00"
     micros = moment.microsecond
-    if micros == 0:
-        return moment.isoformat(timespec="seconds") + "Z"
-    if micros % 1000 == 0:
-        return moment.isoformat(timespec="milliseconds") + "Z"
-    return moment.isoformat(timespec="microseconds") + "Z"
+    if micros and micros % 1000 == 0:
+        text = text[:-3]  # milliseconds: 3 digits, not 6
+    return text + "Z"
 
 
 def _duration(value: Any, where: str) -> timedelta:

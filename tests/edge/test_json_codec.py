@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from google.protobuf import json_format
 from google.protobuf.message_factory import GetMessageClass
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from gateway import schema
 from gateway.core.models import UNSET, Room, RoomStatus, Variable
@@ -83,6 +84,25 @@ def test_encode_variable_deletion_has_no_value() -> None:
     c = codec("Variable")
     assert c.encode(Variable("v", UNSET, 3, None)) == {"name": "v", "version": "3"}
     assert c.encode(Variable("v", None, 2, None)) == {"name": "v", "value": None, "version": "2"}
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 120000, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 1000, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 100, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 1, 2, 23, 30, 0, 500000, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+        datetime(2026, 1, 2, 3, 4, 5, 250),  # naive: taken as UTC
+    ],
+)
+def test_timestamps_are_written_as_json_format_writes_them(moment: datetime) -> None:
+    expected = Timestamp()
+    expected.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+    assert format_timestamp(moment) == expected.ToJsonString()
 
 
 def test_timestamps_and_masks() -> None:
