@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,37 @@ except ImportError:  # installed without PostgreSQL support
 #: Room ids per ``IN (…)`` query, well under SQLite's limit of bound parameters.
 _IN_CHUNK = 500
 
+# The reads, each defined once and run by :meth:`SqlBackend._fetch` with the named parameters: SQLAlchemy
+# runs them on PostgreSQL and on an in-memory SQLite; the SQLite backend compiles them for its own readers.
+_ROOM = sa.select(rooms).where(rooms.c.room_id == sa.bindparam("room_id"))
+_ROOMS_FROM = (
+    sa.select(rooms)
+    .where(rooms.c.room_id >= sa.bindparam("start"))
+    .order_by(rooms.c.room_id)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_ROOMS_AFTER = (
+    sa.select(rooms)
+    .where(rooms.c.room_id > sa.bindparam("start"))
+    .order_by(rooms.c.room_id)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_ROOMS_AMONG = (
+    sa.select(rooms)
+    .where(rooms.c.room_id.in_(sa.bindparam("room_ids", expanding=True)))
+    .order_by(rooms.c.room_id)
+)
+_VARIABLE = sa.select(variables.c.value, variables.c.version, variables.c.update_time).where(
+    variables.c.room_id == sa.bindparam("room_id"),
+    variables.c.name == sa.bindparam("name"),
+    variables.c.value.is_not(None),
+)
+_CONTENTS = (
+    sa.select(variables.c.name, variables.c.value)
+    .where(variables.c.room_id == sa.bindparam("room_id"), variables.c.value.is_not(None))
+    .order_by(variables.c.name)
+)
+
 
 class StoreUnreachable(ConnectionError):
     """A driver error that SQLAlchemy classified as a lost or refused connection (see ``handle_error``)."""
@@ -64,6 +96,7 @@ class SqlBackend(Backend):
         sqlalchemy.exc.OperationalError,  # SQLite: locked, unable to open, disk I/O; lost connections
         sqlalchemy.exc.InterfaceError,
         sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
+        sqlite3.OperationalError,  # the same, raw: SQLite's readers run without SQLAlchemy (readers.py)
         *_ASYNCPG_ERRORS,
     )
 
@@ -126,12 +159,14 @@ class SqlBackend(Backend):
             for deliver in tx.after_commit:
                 deliver()
 
-    @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        """A connection for reads of one statement each: autocommit, no BEGIN/COMMIT round trips."""
+    async def _fetch(self, statement: sa.Select[*tuple[Any, ...]], **params: Any) -> Sequence[Any]:
+        """The rows of one read, with attributes named as the statement's columns (``row.version``).
+
+        Runs in autocommit: no BEGIN/COMMIT round trips, and the read sees every commit made before it.
+        """
         async with self._serial(), self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            yield conn
+            return (await conn.execute(statement, params)).all()
 
     def _insert(self, table: sa.Table) -> Any:
         """The dialect's INSERT, which knows ``ON CONFLICT``."""
@@ -153,9 +188,8 @@ class SqlBackend(Backend):
             raise AlreadyExists(f"room {room.room_id!r} already exists (ids are never reused)")
 
     async def get_room(self, room_id: str) -> Room | None:
-        async with self._reading() as conn:
-            row = (await conn.execute(sa.select(rooms).where(rooms.c.room_id == room_id))).first()
-        return _room(row) if row is not None else None
+        found = await self._fetch(_ROOM, room_id=room_id)
+        return _room(found[0]) if found else None
 
     async def save_room(self, room: Room) -> None:
         row = _room_row(room)
@@ -164,31 +198,24 @@ class SqlBackend(Backend):
             await tx.conn.execute(rooms.update().where(rooms.c.room_id == room.room_id).values(row))
 
     async def list_rooms(self, *, start: str, inclusive: bool, limit: int) -> list[Room]:
-        after = rooms.c.room_id >= start if inclusive else rooms.c.room_id > start
-        query = sa.select(rooms).where(after).order_by(rooms.c.room_id).limit(limit)
-        async with self._reading() as conn:
-            return [_room(row) for row in await conn.execute(query)]
+        query = _ROOMS_FROM if inclusive else _ROOMS_AFTER
+        return [_room(row) for row in await self._fetch(query, start=start, limit=limit)]
 
     async def get_rooms(self, room_ids: Sequence[str]) -> list[Room]:
         wanted = sorted(set(room_ids))
         found: list[Room] = []
-        async with self._reading() as conn:
-            for first in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[first : first + _IN_CHUNK]
-                query = sa.select(rooms).where(rooms.c.room_id.in_(chunk)).order_by(rooms.c.room_id)
-                found.extend(_room(row) for row in await conn.execute(query))
+        for first in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[first : first + _IN_CHUNK]
+            found.extend(_room(row) for row in await self._fetch(_ROOMS_AMONG, room_ids=chunk))
         return found
 
     # -- variables -------------------------------------------------------------------------------------------
 
     async def get_variable(self, room_id: str, name: str) -> Variable | None:
-        query = sa.select(variables.c.value, variables.c.version, variables.c.update_time).where(
-            variables.c.room_id == room_id, variables.c.name == name, variables.c.value.is_not(None)
-        )
-        async with self._reading() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
+        found = await self._fetch(_VARIABLE, room_id=room_id, name=name)
+        if not found:
             return None
+        row = found[0]
         return Variable(
             name=name, value=codec.loads(row.value), version=row.version, update_time=row.update_time
         )
@@ -254,13 +281,7 @@ class SqlBackend(Backend):
         return (await tx.conn.execute(query)).scalar() or 0
 
     async def get_contents(self, room_id: str) -> dict[str, JSON]:
-        query = (
-            sa.select(variables.c.name, variables.c.value)
-            .where(variables.c.room_id == room_id, variables.c.value.is_not(None))
-            .order_by(variables.c.name)
-        )
-        async with self._reading() as conn:
-            return {row.name: codec.loads(row.value) for row in await conn.execute(query)}
+        return {row.name: codec.loads(row.value) for row in await self._fetch(_CONTENTS, room_id=room_id)}
 
     async def delete_room_data(self, room_id: str) -> None:
         # Rows go with the data: a deleted room's id never comes back, so its versions cannot repeat.
@@ -296,7 +317,7 @@ def _room_row(room: Room) -> dict[str, Any]:
     }
 
 
-def _room(row: sa.Row[Any]) -> Room:
+def _room(row: Any) -> Room:
     return Room(
         room_id=row.room_id,
         display_name=row.display_name,

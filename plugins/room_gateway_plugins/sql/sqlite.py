@@ -8,29 +8,32 @@ right after their write commits, under the same lock, so in commit (= version) o
 Reads of a file database go through a small pool of read-only connections instead, without that lock: in
 WAL mode readers never wait for the writer, and each read sees every commit made before it began (so a
 client reads its own acknowledged writes). With reads queued behind writes on the one connection, a GET
-served at under half the rate of a bare route with the same driver (bench/RESULTS.md). ``:memory:`` keeps
-the one connection: another connection would open another, empty, database.
+served at under half the rate of a bare route with the same driver (bench/RESULTS.md). The readers are raw
+aiosqlite connections, one trip through their thread per read, where SQLAlchemy's adaptation takes about
+five (:mod:`.readers`); they run the same SQLAlchemy statements, compiled by the engine's dialect.
+``:memory:`` keeps the one connection: another connection would open another, empty, database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from gateway.core.hub import Topic
 from gateway.core.models import Event, RoomSignal, Variable
 from room_gateway_plugins.sql.base import SqlBackend, _Tx
+from room_gateway_plugins.sql.readers import CompiledRead, ReaderPool
 
 #: Seconds to wait for a lock held by another process (a backup tool, a stray second gateway).
 BUSY_TIMEOUT = 5.0
-#: Read-only connections of a file database (each is a thread of aiosqlite's).
+#: Read-only connections of a file database, at most (each is a thread of aiosqlite's).
 READERS = 8
 
 
@@ -42,19 +45,16 @@ class SQLiteBackend(SqlBackend):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._lock = asyncio.Lock()
-        self._readers: AsyncEngine | None = None
+        self._readers: ReaderPool | None = None
+        self._compiled: dict[sa.Select[*tuple[Any, ...]], CompiledRead] = {}
 
     async def open(self) -> None:
         await super().open()  # creates and migrates the schema first: readers find it in place
-        url = make_url(self.url)
+        url = make_url(self.url).set(drivername="sqlite+aiosqlite")
         if url.database not in (None, "", ":memory:"):
-            self._readers = create_async_engine(
-                url.set(drivername="sqlite+aiosqlite"),
-                pool_size=READERS,
-                max_overflow=0,
-                connect_args={"timeout": BUSY_TIMEOUT},
-            )
-            sa.event.listen(self._readers.sync_engine, "connect", _on_reader_connect)
+            # The writer's file and options, as its dialect passes them to sqlite3.connect.
+            connect_args = self.engine.dialect.create_connect_args(url)
+            self._readers = ReaderPool(connect_args, size=READERS, busy_timeout=BUSY_TIMEOUT)
 
     async def close(self) -> None:
         readers, self._readers = self._readers, None
@@ -62,16 +62,17 @@ class SQLiteBackend(SqlBackend):
             await super().close()
         finally:
             if readers is not None:
-                await readers.dispose()
+                await readers.close()
 
-    @contextlib.asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        if self._readers is None:
-            async with super()._reading() as conn:
-                yield conn
-            return
-        async with self._readers.connect() as conn:
-            yield conn
+    async def _fetch(self, statement: sa.Select[*tuple[Any, ...]], **params: Any) -> Sequence[Any]:
+        readers = self._readers
+        if readers is None:  # :memory:, or not open (the writer's engine says so)
+            return await super()._fetch(statement, **params)
+        compiled = self._compiled.get(statement)
+        if compiled is None:
+            compiled = self._compiled[statement] = CompiledRead(statement, self.engine.dialect)
+        sql, parameters = compiled.bind(params)
+        return compiled.rows(await readers.fetchall(sql, parameters))
 
     def _make_engine(self) -> AsyncEngine:
         url = make_url(self.url).set(drivername="sqlite+aiosqlite")
@@ -104,13 +105,6 @@ def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # WAL: readers (a backup, sqlite3 on the console) do not block the gateway's writes. Memory: ignored.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # a committed write survives a power cut, not only a crash
-    cursor.close()
-
-
-def _on_reader_connect(dbapi_connection: Any, connection_record: Any) -> None:
-    dbapi_connection.isolation_level = None  # autocommit: each read is its own snapshot, no BEGIN/COMMIT
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA query_only=ON")  # a reader that tried to write would be a bug: fail loudly
     cursor.close()
 
 
