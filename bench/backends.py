@@ -8,7 +8,9 @@ For each backend, one gateway process (``python -m gateway serve --config <tmp y
 Starlette process on the same store (``bench/bare_stores.py``: the same single query with the same driver;
 for ``memory`` the dict route of ``bench/peers.py``) are started side by side; the variable is seeded
 through the gateway, then measured back to back: REST GET and PUT with wrk (bare, then gateway), gRPC
-GetVariable and SetVariable with h2load (gateway only: the bare peers speak REST). SQLite is a file in a
+GetVariable and SetVariable with h2load (gateway only: the bare peers speak REST). SQLite has a second,
+stricter peer: aiosqlite by hand, without SQLAlchemy (``sqlite+rawaiosqlite://`` in bench/bare_stores.py),
+measured between the two and reported in columns of its own. SQLite is a file in a
 temporary directory; PostgreSQL gets a fresh ``?schema=`` and Redis a fresh ``?prefix=``, both removed at
 the end. Rate limits are switched off in the gateway's configuration: the bare routes have none.
 
@@ -57,6 +59,8 @@ class Backend:
     url: str
     #: The bare peer's command line (a list of argv strings).
     bare: list[str]
+    #: A stricter peer's command line, if any: the same driver by hand, without library layers.
+    strict: list[str] | None = None
     cleanup: list[Any] = field(default_factory=list)
 
 
@@ -66,9 +70,10 @@ class Row:
     call: str
     gateway: Result
     bare: Result | None
-    #: The load commands, bare first.
-    commands: list[str]
+    #: The load commands, each with what it loaded: bare, by hand (the strict peer), gateway.
+    commands: list[tuple[str, str]]
     servers: list[str]
+    strict: Result | None = None
 
 
 # -- processes -----------------------------------------------------------------------------------------------
@@ -196,7 +201,12 @@ def make_backends(names: list[str], args: argparse.Namespace, tmp: Path) -> list
             url = f"{args.redis_url}{'&' if '?' in args.redis_url else '?'}prefix={tag}:"
         else:
             raise SystemExit(f"unknown backend {name!r}: memory, sqlite, postgresql, redis")
-        made.append(Backend(name, url, [sys.executable, "bench/bare_stores.py", url, str(bare_port)]))
+        bare = [sys.executable, "bench/bare_stores.py", url, str(bare_port)]
+        strict = None
+        if name == "sqlite":
+            raw = url.replace("sqlite://", "sqlite+rawaiosqlite://", 1)
+            strict = [sys.executable, "bench/bare_stores.py", raw, str(free_port())]
+        made.append(Backend(name, url, bare, strict))
     return made
 
 
@@ -229,36 +239,46 @@ def drop_store(backend: Backend) -> None:
 
 
 def measure(backend: Backend, args: argparse.Namespace, tmp: Path) -> list[Row]:
-    http, grpc, bare_port = free_port(), free_port(), int(backend.bare[-1])
+    http, grpc = free_port(), free_port()
     config = tmp / f"gateway-{backend.name}.yaml"
     write_config(config, backend.url, http, grpc)
     gateway = Proc(gateway_command(config))
-    bare: Proc | None = None
+    peers: list[Proc] = []
     rows: list[Row] = []
     try:
         wait_up(gateway, http, grpc)
         gateway_url = f"http://127.0.0.1:{http}{VAR_PATH}"
-        bare_url = f"http://127.0.0.1:{bare_port}{VAR_PATH}"
         seeded = http_json("PUT", gateway_url, {"value": VALUE}, AUTH)  # seed the row through the gateway
-        bare = Proc(backend.bare)
-        wait_up(bare, bare_port)
-        if backend.name != "memory":  # the same row, the same JSON (the dict peer answers a constant)
-            theirs, ours = http_json("GET", bare_url), http_json("GET", gateway_url, headers=AUTH)
-            if theirs != ours or ours != seeded:
-                raise RuntimeError(f"{backend.name}: bare route answers {theirs}, gateway {ours}")
+        peer_urls = []
+        for argv in (backend.bare, backend.strict):
+            if argv is None:
+                continue
+            peers.append(Proc(argv))
+            wait_up(peers[-1], int(argv[-1]))
+            peer_urls.append(f"http://127.0.0.1:{argv[-1]}{VAR_PATH}")
+            if backend.name != "memory":  # the same row, the same JSON (the dict peer answers a constant)
+                theirs, ours = http_json("GET", peer_urls[-1]), http_json("GET", gateway_url, headers=AUTH)
+                if theirs != ours or ours != seeded:
+                    raise RuntimeError(f"{backend.name}: {shell(argv)} answers {theirs}, gateway {ours}")
+        bare_url, strict_url = peer_urls[0], (peer_urls[1:] or [None])[0]
         grpc_check(grpc, KEY)
         grpc_set_check(grpc)
-        servers = [shell(gateway_command(config)) + f"   # backend: {backend.url}", shell(backend.bare)]
+        servers = [shell(gateway_command(config)) + f"   # backend: {backend.url}"]
+        servers += [shell(argv) for argv in (backend.bare, backend.strict) if argv is not None]
         for call, lua in (("REST GET", None), ("REST PUT", PUT_LUA)):
+            strict: Result | None = None
             with recording() as seen:
                 theirs = harness.wrk(f"bare {call}", bare_url, args, headers={}, lua=lua)
-                bare_cmd = measured(seen)
+                commands = [("bare", measured(seen))]
+                if strict_url is not None:
+                    strict = harness.wrk(f"by-hand {call}", strict_url, args, headers={}, lua=lua)
+                    commands.append(("by hand", measured(seen)))
                 ours = harness.wrk(f"gateway {call}", gateway_url, args, headers=AUTH, lua=lua)
-                ours_cmd = measured(seen)
-            rows.append(Row(backend.name, call, ours, theirs, [bare_cmd, ours_cmd], servers))
+                commands.append(("gateway", measured(seen)))
+            rows.append(Row(backend.name, call, ours, theirs, commands, servers, strict))
         with recording() as seen:
             ours = harness.h2load(f"gateway {CALLS[2]}", grpc, args, headers={"x-api-key": KEY})
-        rows.append(Row(backend.name, CALLS[2], ours, None, [measured(seen)], servers))
+        rows.append(Row(backend.name, CALLS[2], ours, None, [("gateway", measured(seen))], servers))
         with recording() as seen:
             ours = harness.h2load(
                 f"gateway {CALLS[3]}",
@@ -268,11 +288,10 @@ def measure(backend: Backend, args: argparse.Namespace, tmp: Path) -> list[Row]:
                 method="SetVariable",
                 message=set_request(),
             )
-        rows.append(Row(backend.name, CALLS[3], ours, None, [measured(seen)], servers))
+        rows.append(Row(backend.name, CALLS[3], ours, None, [("gateway", measured(seen))], servers))
     finally:
-        for proc in (gateway, bare):
-            if proc is not None:
-                proc.stop()
+        for proc in (gateway, *peers):
+            proc.stop()
     return rows
 
 
@@ -282,28 +301,40 @@ def measure(backend: Backend, args: argparse.Namespace, tmp: Path) -> list[Row]:
 def report(rows: list[Row], args: argparse.Namespace, target: float) -> str:
     memory = {row.call: row.gateway.rps for row in rows if row.backend == "memory"}
     lines = [
-        "| backend | call | bare req/s | gateway req/s | gateway/bare | vs memory | bare p99 | gateway p99 "
-        "| errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| backend | call | bare req/s | gateway req/s | gateway/bare | by-hand req/s | gateway/by-hand "
+        "| vs memory | bare p99 | by-hand p99 | gateway p99 | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def verdict(share: float) -> str:
+        return f"{share:.0%} {'✓' if share >= target else '✗'}"
+
     verdicts = []
     for row in rows:
         ratio = f"**{row.gateway.rps / row.bare.rps:.0%}**" if row.bare else "—"
+        strict_ratio = f"**{row.gateway.rps / row.strict.rps:.0%}**" if row.strict else "—"
         vs_memory = f"{row.gateway.rps / memory[row.call]:.0%}" if row.call in memory else "—"
+        errors = sum(result.errors for result in (row.gateway, row.bare, row.strict) if result is not None)
         lines.append(
             f"| {row.backend} | {row.call} | {f'{row.bare.rps:,.0f}' if row.bare else '—'} | "
-            f"{row.gateway.rps:,.0f} | {ratio} | {vs_memory} | "
-            f"{f'{row.bare.p99_ms:.1f} ms' if row.bare else '—'} | {row.gateway.p99_ms:.1f} ms | "
-            f"{row.gateway.errors + (row.bare.errors if row.bare else 0)} |"
+            f"{row.gateway.rps:,.0f} | {ratio} | {f'{row.strict.rps:,.0f}' if row.strict else '—'} | "
+            f"{strict_ratio} | {vs_memory} | {f'{row.bare.p99_ms:.1f} ms' if row.bare else '—'} | "
+            f"{f'{row.strict.p99_ms:.1f} ms' if row.strict else '—'} | {row.gateway.p99_ms:.1f} ms | "
+            f"{errors} |"
         )
         if row.call == "REST GET" and row.bare:
-            share = row.gateway.rps / row.bare.rps
-            verdicts.append(f"{row.backend} {share:.0%} {'✓' if share >= target else '✗'}")
+            text = f"{row.backend} {verdict(row.gateway.rps / row.bare.rps)}"
+            if row.strict:
+                text += f" (by hand: {verdict(row.gateway.rps / row.strict.rps)})"
+            verdicts.append(text)
     header = (
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node() or 'this machine'}: "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, {args.connections} connections, "
         f"{args.threads} load threads, {args.duration} s per measurement (after 2 s of warm-up). "
-        "Bare = a Starlette route doing the same single query with the same driver (memory: a dict); "
+        "Bare = a Starlette route doing the same single query with the same driver (memory: a dict), "
+        "built with the libraries' defaults (SQLAlchemy's create_async_engine, redis-py's from_url); "
+        "by-hand = the same route with the driver used directly, the best a user would write (SQLite: "
+        "aiosqlite's execute_fetchall on a pool of 8 connections, no SQLAlchemy). "
         "gRPC rows have no bare peer."
     )
     target_line = f"Target REST GET ≥ {target:.0%} of the bare route: " + ", ".join(verdicts)
@@ -319,7 +350,7 @@ def report(rows: list[Row], args: argparse.Namespace, target: float) -> str:
     for backend in dict.fromkeys(row.backend for row in rows):
         mine = [row for row in rows if row.backend == backend]
         commands += ["", f"{backend}:", *(f"- `{c}`" for c in mine[0].servers)]
-        commands += [f"- {row.call}: `{c}`" for row in mine for c in row.commands]
+        commands += [f"- {row.call}, {who}: `{c}`" for row in mine for who, c in row.commands]
     return "\n".join([header, "", *lines, "", target_line, *commands]) + "\n"
 
 

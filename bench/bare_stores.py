@@ -15,14 +15,22 @@ The engine and client are built the way a user would (library defaults): ``creat
 ``Redis.from_url(url)``. Tables (``plugins/…/sql/tables.py``) and keys (``plugins/…/redis/keys.py``) are
 read from the gateway's schema, so the rows must be seeded through the gateway first.
 
+SQLite has a second, stricter peer, chosen by the scheme ``sqlite+rawaiosqlite://``: the best a user would
+write by hand with aiosqlite, without SQLAlchemy. Each query is one ``execute_fetchall`` (one trip through
+the connection's thread, where SQLAlchemy's adaptation takes about five): reads on a pool of
+``RAW_READERS`` connections handed out through an asyncio queue (as many as the gateway's readers), writes
+on one autocommit connection, as the gateway writes through one connection too.
+
 Usage: python bench/bare_stores.py BACKEND_URL PORT     (the gateway's URL: sqlite:///…, postgresql://…
-?schema=…, redis://…?prefix=…)
+?schema=…, redis://…?prefix=…; or sqlite+rawaiosqlite:///… for the hand-written aiosqlite peer)
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -37,6 +45,11 @@ VAR_ROUTE = "/v1/rooms/{room_id}/variables/{name}"
 
 Read = Callable[[str, str], Awaitable[dict[str, Any] | None]]
 Write = Callable[[str, str, Any], Awaitable[dict[str, Any]]]
+#: Opens the store's connections at start-up and closes them at shutdown (Starlette's lifespan).
+Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
+
+#: Read connections of the hand-written aiosqlite peer: as many as the gateway's SQLite readers.
+RAW_READERS = 8
 
 SQL_GET = "SELECT value, version, update_time FROM variables WHERE room_id = :r AND name = :n"
 SQL_PUT = (
@@ -112,6 +125,54 @@ def sql_store(url: str) -> tuple[Read, Write]:
     return read, write
 
 
+def raw_sqlite_store(url: str) -> tuple[Read, Write, Lifespan]:
+    """``sqlite+rawaiosqlite:///path``: aiosqlite by hand, one ``execute_fetchall`` per query."""
+    import aiosqlite
+
+    path = url.split("://", 1)[1][1:]  # sqlite:///rooms.db → rooms.db, sqlite:////abs/rooms.db → /abs/…
+    idle: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
+    writer: list[aiosqlite.Connection] = []  # set at start-up
+    write_lock = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # isolation_level=None: autocommit, so a query is one trip (no BEGIN, no separate commit).
+        conns = [await aiosqlite.connect(path, isolation_level=None) for _ in range(RAW_READERS + 1)]
+        writer.append(conns.pop())
+        for conn in conns:
+            idle.put_nowait(conn)
+        try:
+            yield
+        finally:
+            for conn in [*conns, *writer]:
+                await conn.close()
+
+    async def read(room_id: str, name: str) -> dict[str, Any] | None:
+        conn = await idle.get()
+        try:
+            rows = await conn.execute_fetchall(SQL_GET, {"r": room_id, "n": name})
+        finally:
+            idle.put_nowait(conn)
+        row = next(iter(rows), None)
+        if row is None or row[0] is None:
+            return None
+        value, version, update_time = row
+        return variable_json(name, orjson.loads(value), version, update_time)
+
+    async def write(room_id: str, name: str, value: Any) -> dict[str, Any]:
+        now = datetime.now(UTC)
+        # Naive UTC text with microseconds, as SQLAlchemy's SQLite DateTime stores the gateway's times.
+        stamp = now.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+        async with write_lock:  # one statement at a time on the one connection, as in the gateway
+            rows = await writer[0].execute_fetchall(
+                SQL_PUT, {"r": room_id, "n": name, "v": orjson.dumps(value).decode(), "t": stamp}
+            )
+        (version,) = next(iter(rows))
+        return variable_json(name, value, version, now)
+
+    return read, write, lifespan
+
+
 def redis_store(url: str) -> tuple[Read, Write]:
     import redis.asyncio
 
@@ -139,7 +200,13 @@ def redis_store(url: str) -> tuple[Read, Write]:
 
 
 def create_app(url: str) -> Starlette:
-    read, write = redis_store(url) if url.startswith(("redis://", "rediss://")) else sql_store(url)
+    lifespan: Lifespan | None = None
+    if url.startswith("sqlite+rawaiosqlite://"):
+        read, write, lifespan = raw_sqlite_store(url)
+    elif url.startswith(("redis://", "rediss://")):
+        read, write = redis_store(url)
+    else:
+        read, write = sql_store(url)
 
     async def get_variable(request: Request) -> JSONResponse:
         found = await read(request.path_params["room_id"], request.path_params["name"])
@@ -157,7 +224,8 @@ def create_app(url: str) -> Starlette:
         routes=[
             Route(VAR_ROUTE, get_variable, methods=["GET"]),
             Route(VAR_ROUTE, set_variable, methods=["PUT"]),
-        ]
+        ],
+        lifespan=lifespan,
     )
 
 
