@@ -14,8 +14,6 @@ import argparse
 import asyncio
 import hashlib
 import logging
-import logging.handlers
-import queue
 import secrets
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -23,6 +21,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.config_loader import CONFIG_ENV, DEFAULT_CONFIG, config_path, load_config
+from gateway.logs import configure_logging
 from gateway.plugins import ConfigError
 
 EXIT_OK = 0
@@ -78,7 +77,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_gateway
     from gateway.server import StartupError, serve
 
-    listener = _configure_logging(args.log_level)
+    writer = configure_logging(args.log_level)
     try:
         config = load_config(config_path(args.config))
 
@@ -92,7 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         return EXIT_OK
     finally:
-        listener.stop()
+        writer.stop()
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -152,42 +151,6 @@ def _run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
-
-
-class _Formatter(logging.Formatter):
-    """``room-gateway: http listening on 127.0.0.1:8080``; warnings and errors name their level."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
-        text = f"{record.name}: {level}{record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
-        return text
-
-
-class _DeferredQueueHandler(logging.handlers.QueueHandler):
-    """Hands records to the writer thread unformatted: formatting and the write to stderr, which blocks
-    when the reader is slow, happen off the event loop (logging cookbook, "Dealing with handlers that
-    block"). A profile put the access log's synchronous write at ~20% of a request's time on the loop.
-    Records with a traceback are formatted here, while the traceback is still alive."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.exc_info or record.stack_info:
-            prepared: logging.LogRecord = super().prepare(record)
-            return prepared
-        return record
-
-
-def _configure_logging(level: str) -> logging.handlers.QueueListener:
-    """Log through a queue to one writer thread; the caller stops the returned listener at exit (which
-    flushes what is queued)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, handler)
-    logging.basicConfig(level=level.upper(), handlers=[_DeferredQueueHandler(records)], force=True)
-    listener.start()
-    return listener
 
 
 if __name__ == "__main__":
