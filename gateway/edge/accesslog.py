@@ -14,6 +14,7 @@ dict) for structured formatters. A stream's line is written when the stream ends
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ log = logging.getLogger(LOGGER_NAME)
 #: Longest path written (a room id alone may be 512 characters, percent-encoded up to three times that).
 MAX_LOGGED_PATH = 2048
 _PRINTABLE = frozenset(range(0x21, 0x7F))
+_UNPRINTABLE = re.compile(rb"[^\x21-\x7e]")
 
 
 def logged_path(scope: Scope) -> str:
@@ -36,7 +38,7 @@ def logged_path(scope: Scope) -> str:
     if not isinstance(raw, bytes):
         raw = str(scope.get("path", "")).encode("utf-8", "replace")
     raw = raw.partition(b"?")[0][:MAX_LOGGED_PATH]
-    if all(byte in _PRINTABLE for byte in raw):
+    if _UNPRINTABLE.search(raw) is None:  # the usual case, checked in C
         return raw.decode("ascii")
     return "".join(chr(byte) if byte in _PRINTABLE else f"%{byte:02X}" for byte in raw)
 
