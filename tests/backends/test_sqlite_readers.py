@@ -130,6 +130,9 @@ async def test_a_cancelled_read_gives_its_connection_back(
         assert await cancel_reads() > 0  # while it reads
         async with asyncio.timeout(5):
             assert await backend.get_variable("r", "x") == Variable("x", 1, 1, T0)
+        async with asyncio.timeout(5):  # (a thread whose connect was cancelled ends by itself, soon)
+            while len(aiosqlite_threads() - before) > 2:
+                await asyncio.sleep(0.01)
         assert len(aiosqlite_threads() - before) == 2  # the writer and the one reader, kept
     await no_thread_left(before)
 

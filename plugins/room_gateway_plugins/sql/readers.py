@@ -81,6 +81,7 @@ class ReaderPool:
 
     :param connect_args: the positional and keyword arguments of ``sqlite3.connect`` for the file (the
         engine's, from its dialect's ``create_connect_args``).
+    :param size: connections at most (each is a thread of aiosqlite's); more tasks wait for one.
     :param busy_timeout: seconds to wait for a lock held by another process.
     """
 
