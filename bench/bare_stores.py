@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
+from room_gateway_plugins.sql.sqlite import READERS
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -49,7 +50,7 @@ Write = Callable[[str, str, Any], Awaitable[dict[str, Any]]]
 Lifespan = Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]
 
 #: Read connections of the hand-written aiosqlite peer: as many as the gateway's SQLite readers.
-RAW_READERS = 8
+RAW_READERS = READERS
 
 SQL_GET = "SELECT value, version, update_time FROM variables WHERE room_id = :r AND name = :n"
 SQL_PUT = (

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,8 +34,10 @@ from room_gateway_plugins.sql.readers import CompiledRead, ReaderPool
 
 #: Seconds to wait for a lock held by another process (a backup tool, a stray second gateway).
 BUSY_TIMEOUT = 5.0
-#: Read-only connections of a file database, at most (each is a thread of aiosqlite's).
-READERS = 8
+#: Read-only connections of a file database, at most (each is a thread of aiosqlite's): one per core, 2 to 8.
+#: More threads than cores only contend for the GIL with the event loop: on 2 cores a REST GET served
+#: 4.9k req/s with 8 readers, 5.4k with 4 and 5.7k with 2 (a hand-written aiosqlite route: 6.6k with any).
+READERS = max(2, min(8, os.cpu_count() or 2))
 
 
 class SQLiteBackend(SqlBackend):
