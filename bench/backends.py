@@ -42,6 +42,7 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness  # bench/run.py: a script, not a package
+from room_gateway_plugins.sql.sqlite import READERS
 from run import KEY, NAME, ROOM, ROOT, VALUE, VAR_PATH, Proc, Result, free_port, grpc_check, wait_port
 
 OUT = ROOT / "bench" / "out"
@@ -334,7 +335,8 @@ def report(rows: list[Row], args: argparse.Namespace, target: float) -> str:
         "Bare = a Starlette route doing the same single query with the same driver (memory: a dict), "
         "built with the libraries' defaults (SQLAlchemy's create_async_engine, redis-py's from_url); "
         "by-hand = the same route with the driver used directly, the best a user would write (SQLite: "
-        "aiosqlite's execute_fetchall on a pool of 8 connections, no SQLAlchemy). "
+        "aiosqlite's execute_fetchall on a pool of as many connections as the gateway's SQLite readers, "
+        f"{READERS} here; no SQLAlchemy). "
         "gRPC rows have no bare peer."
     )
     target_line = f"Target REST GET ≥ {target:.0%} of the bare route: " + ", ".join(verdicts)
