@@ -147,10 +147,14 @@ class Edge:
         if scope["type"] != "http":  # lifespan
             await self.router(scope, receive, send)
             return
-        public = get_route_path(scope) in PUBLIC_PATHS  # probes: neither limited nor authenticated
+        path = get_route_path(scope)
+        public = path in PUBLIC_PATHS  # probes: neither limited nor authenticated
+        # Surfaces authenticate their calls themselves, in their vendor's error shape.
+        prefixes = self._self_authenticated
+        authenticated = not public and not (prefixes and path.startswith(prefixes))
         limiter = self._limiter
         if limiter is None or public:
-            await self._serve(scope, receive, send, public)
+            await self._serve(scope, receive, send, authenticated)
             return
         verdict, token = begin_call()
         send = with_rate_limit_headers(send, verdict)
@@ -161,14 +165,12 @@ class Edge:
                 except GatewayError as exc:
                     await send_error(send, exc)
                     return
-            await self._serve(scope, receive, send, public)
+            await self._serve(scope, receive, send, authenticated)
         finally:
             end_call(token)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, public: bool) -> None:
-        if not public and not (
-            self._self_authenticated and get_route_path(scope).startswith(self._self_authenticated)
-        ):
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, authenticated: bool) -> None:
+        if authenticated:
             try:
                 principal = authenticate(self.policy, scope)
                 if self._key_limiter is not None:
