@@ -18,15 +18,21 @@ from gateway.auth.policy import AuthPolicy, Principal
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 
-def authenticate(policy: AuthPolicy, scope: Scope) -> Principal:
-    """The caller of an HTTP request, from its credential headers.
-
-    :raises GatewayError: UNAUTHENTICATED (no or a wrong credential).
-    """
+def credentials(scope: Scope) -> tuple[str | None, str | None]:
+    """The request's ``Authorization`` and ``X-API-Key`` headers (``None`` for one not sent)."""
     authorization = api_key = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = value.decode("latin-1")
         elif name == b"x-api-key":
             api_key = value.decode("latin-1")
+    return authorization, api_key
+
+
+def authenticate(policy: AuthPolicy, scope: Scope) -> Principal:
+    """The caller of an HTTP request, from its credential headers.
+
+    :raises GatewayError: UNAUTHENTICATED (no or a wrong credential).
+    """
+    authorization, api_key = credentials(scope)
     return policy.authenticate(authorization=authorization, api_key=api_key)

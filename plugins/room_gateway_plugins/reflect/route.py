@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from gateway.auth.policy import WWW_AUTHENTICATE, Principal
+from gateway.edge.auth import credentials
 from gateway.edge.responses import ClientDisconnected, RequestHeaders, read_body, send_json
 from gateway.edge.routing import PRINCIPAL
 from gateway.errors import GatewayError
@@ -113,12 +114,7 @@ class ReflectRoute(BaseRoute):
         return success_body(result)
 
     def _authenticate(self, scope: Scope) -> Principal:
-        authorization = api_key = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"x-api-key":
-                api_key = value.decode("latin-1")
+        authorization, api_key = credentials(scope)
         if authorization is None and api_key is None:
             raise ReflectError(
                 401, REQUEST, "missing credentials: send Authorization: Basic <api-key>", _CHALLENGE
