@@ -17,7 +17,8 @@ in :mod:`gateway.rpc.h2limits`):
   one back (so a busy connection that cancels some calls never runs dry, as Envoy's ratio of premature
   resets); the budget refills at its rate. Spent: GOAWAY ENHANCE_YOUR_CALM, and the connection is closed;
 - **control frames** (``grpc.control_frames_per_connection``): PING and SETTINGS, each of which makes the
-  server send an acknowledgement, within a budget of their own; spent: the same GOAWAY;
+  server send an acknowledgement, within a budget of their own (a PING after the server sent data is free,
+  as gRPC's own servers count "ping strikes"); spent: the same GOAWAY;
 - **header size** (``grpc.max_header_list_bytes``): ``SETTINGS_MAX_HEADER_LIST_SIZE``, enforced by h2's
   HPACK decoder (larger is GOAWAY ENHANCE_YOUR_CALM from h2 itself), and a header block larger than that is
   refused before h2 buffers it (:class:`~gateway.rpc.h2limits.HeaderBlockScanner`);
@@ -239,6 +240,7 @@ class GuardedEvents(EventsProcessor):
         self.running = 0
         self._resets = Budget(limits.reset_streams)
         self._control = Budget(limits.control_frames)
+        self._data_at_ping = 0  # the connection's bytes of DATA sent, at the last PING
         mapping = getattr(handler, "mapping", {})  # grpclib.server.Handler: path -> const.Handler
         self._unary = {path: not h.cardinality.client_streaming for path, h in mapping.items()}
 
@@ -284,6 +286,12 @@ class GuardedEvents(EventsProcessor):
             self._spend_reset()
 
     def process_ping_received(self, event: PingReceived) -> None:
+        # As gRPC's own servers count "ping strikes": a PING after the server sent data is free (a client
+        # measuring the bandwidth-delay product pings as data arrives); only the others cost one.
+        sent = self.connection.data_sent
+        if sent != self._data_at_ping:
+            self._data_at_ping = sent
+            return
         if not self._control.spend():
             self.calm_down("PING and SETTINGS frames")
 

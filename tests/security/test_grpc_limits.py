@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway._gen.roomgateway.v1 import GetVariableRequest, ListenVariableRequest
+from gateway._gen.google.protobuf import Value
+from gateway._gen.roomgateway.v1 import GetVariableRequest, ListenVariableRequest, SetVariableRequest
 from tests.security.h2raw import (
     CONTINUATION,
     ENHANCE_YOUR_CALM,
@@ -49,6 +50,12 @@ MAX_CONCURRENT_STREAMS, MAX_HEADER_LIST_SIZE = 0x3, 0x6
 
 def get_request() -> bytes:
     return grpc_message(bytes(GetVariableRequest(room_id="limits", name="v")))
+
+
+def set_request(n: int) -> bytes:
+    return grpc_message(
+        bytes(SetVariableRequest(room_id="limits", name="pinged", value=Value(number_value=n)))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +247,20 @@ async def test_a_control_frame_flood_is_calmed(gateway: GatewayProcess, client: 
     await client.until(lambda: client.goaway is not None)
     assert client.goaway == (ENHANCE_YOUR_CALM, b"too many PING and SETTINGS frames")
     await still_serving(gateway)
+
+
+async def test_a_ping_after_data_is_free(client: H2Client) -> None:
+    # A client measuring the bandwidth-delay product (grpc-core, grpc-go) pings as responses arrive.
+    for i in range(60):  # twice the budget of 30
+        stream = client.request("/roomgateway.v1.RoomService/SetVariable", AUTH)
+        client.send(stream, set_request(i), end=True)
+        reply = await client.reply(stream)
+        assert reply.status == OK and reply.data, reply
+        client.h2.ping(struct.pack(">Q", i))
+        client.flush()
+    with contextlib.suppress(TimeoutError):
+        await client.until(lambda: client.goaway is not None, timeout=0.3)
+    assert client.goaway is None
 
 
 async def test_a_huge_header_block_is_refused_before_it_is_decoded(
