@@ -29,9 +29,9 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return struct.pack(">I", len(payload))[1:] + struct.pack(">BBI", kind, flags, stream_id) + payload
 
 
-def request_block(path: str, metadata: dict[str, str] | None = None) -> bytes:
-    """The HPACK block of a gRPC request's headers, stateless (never-indexed literals)."""
-    headers = [
+def request_headers(path: str, metadata: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """The headers of a gRPC request to ``path``."""
+    return [
         (":method", "POST"),
         (":scheme", "http"),
         (":path", path),
@@ -40,6 +40,11 @@ def request_block(path: str, metadata: dict[str, str] | None = None) -> bytes:
         ("te", "trailers"),
         *(metadata or {}).items(),
     ]
+
+
+def request_block(path: str, metadata: dict[str, str] | None = None) -> bytes:
+    """The HPACK block of a gRPC request's headers, stateless (never-indexed literals)."""
+    headers = request_headers(path, metadata)
     return bytes(Encoder().encode([NeverIndexedHeaderTuple(k, v) for k, v in headers]))
 
 
@@ -202,15 +207,7 @@ class H2Client:
     def request(self, path: str, metadata: dict[str, str] | None = None, *, end: bool = False) -> int:
         """Open a stream with a gRPC request's headers; its id."""
         stream_id = self.h2.get_next_available_stream_id()
-        headers = [
-            (":method", "POST"),
-            (":scheme", "http"),
-            (":path", path),
-            (":authority", "localhost"),
-            ("content-type", "application/grpc"),
-            ("te", "trailers"),
-            *(metadata or {}).items(),
-        ]
+        headers = request_headers(path, metadata)
         self.h2.send_headers(stream_id, headers, end_stream=end)
         self.replies[stream_id] = Reply()
         self.flush()

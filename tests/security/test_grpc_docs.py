@@ -3,7 +3,7 @@
 The ``sh`` block after ``<!-- grpc-test: limits`` holds commands for the gRPC port (``localhost:50051``),
 which ``tests/security/test_docs.py`` (curl, on the REST port) does not run: here a step is a line (with its
 ``\\`` continuations) naming that address, the ``# → …`` lines after it its output, checked as
-``test_docs`` checks them; the gateway runs on the doc's settings, on free ports.
+``test_docs`` checks them, against ``test_docs``'s gateway (the doc's settings, on free ports).
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
 from gateway.config import GrpcLimits
-from tests.security.test_docs import BASE_CONFIG, DOC, ROOM_TOKEN_SECRET, check_output, doc_config
-from tests.server.conftest import KEY, ROOT, GatewayProcess, gateway_env
+from tests.security.test_docs import DOC, check_output
+from tests.security.test_docs import doc_gateway as doc_gateway  # the fixture: the same gateway
+from tests.server.conftest import KEY, ROOT, GatewayProcess
 from tests.server.test_readme import STEP_TIMEOUT, Step
 
 MARKER = "<!-- grpc-test: limits "
@@ -63,24 +63,12 @@ def test_the_grpc_section_is_well_formed() -> None:
     assert all(step.expected for step in steps)
 
 
-@pytest.fixture
-def doc_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GatewayProcess]:
-    config = tmp_path / "gateway.yaml"
-    config.write_text(BASE_CONFIG + doc_config(), encoding="utf-8")
-    monkeypatch.setenv("ROOM_TOKEN_SECRET", ROOM_TOKEN_SECRET)
-    gateway = GatewayProcess(config, gateway_env(ROOM_API_SECRET_KEY=KEY))
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
-
-
 @pytest.mark.skipif(shutil.which("nghttp") is None, reason="needs nghttp (nghttp2-client)")
 def test_every_grpc_doc_command_runs_as_written(doc_gateway: GatewayProcess, tmp_path: Path) -> None:
     venv_bin = Path(sys.executable).parent
     if shutil.which("grpcurl", path=str(venv_bin)) is None:
         pytest.skip("needs grpcurl in the venv (the dev extra)")
-    port = doc_gateway.grpc_address[1]
+    port = doc_gateway.addresses["grpc"][1]
     (tmp_path / ".room-gateway.key").write_text(KEY + "\n")  # as `make run` leaves it
     (tmp_path / ".venv").mkdir()
     (tmp_path / ".venv" / "bin").symlink_to(venv_bin)
