@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
 from gateway.core.hub import Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, Variable, _Unset
+from gateway.core.models import JSON, Event, Room, RoomSignal, Unset, Variable
 from gateway.errors import Aborted, GatewayError, Unavailable
 
 _T = TypeVar("_T")
@@ -138,7 +138,7 @@ class Backend(abc.ABC):
         self,
         room_id: str,
         name: str,
-        value: JSON | _Unset,
+        value: JSON | Unset,
         *,
         expected_version: int | None,
         now: datetime,

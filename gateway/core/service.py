@@ -48,8 +48,8 @@ from gateway.core.models import (
     RoomStatus,
     RoomToken,
     SignalKind,
+    Unset,
     Variable,
-    _Unset,
 )
 from gateway.errors import (
     Aborted,
@@ -269,7 +269,7 @@ class RoomService:
         self,
         room_id: str = "",
         name: str = "",
-        value: JSON | _Unset = UNSET,
+        value: JSON | Unset = UNSET,
         expected_version: int | None = None,
     ) -> Variable:
         validation.room_id(room_id)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from gateway.core.backend import Backend, version_conflict
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import JSON, UNSET, Event, Room, RoomSignal, Variable, _Unset
+from gateway.core.models import JSON, UNSET, Event, Room, RoomSignal, Unset, Variable
 from gateway.errors import AlreadyExists, Unavailable
 from gateway.hookspecs import hookimpl
 
@@ -73,7 +73,7 @@ class MemoryBackend(Backend):
         self,
         room_id: str,
         name: str,
-        value: JSON | _Unset,
+        value: JSON | Unset,
         *,
         expected_version: int | None,
         now: datetime,
@@ -97,7 +97,7 @@ class MemoryBackend(Backend):
         return {
             name: variable.value
             for name, variable in self._variables.get(room_id, {}).items()
-            if not isinstance(variable.value, _Unset)
+            if not isinstance(variable.value, Unset)
         }
 
     async def delete_room_data(self, room_id: str) -> None:

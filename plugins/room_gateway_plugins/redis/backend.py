@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.core.backend import Backend, version_conflict
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, Variable, _Unset
+from gateway.core.models import JSON, Event, Room, RoomSignal, Unset, Variable
 from gateway.errors import AlreadyExists, NotFound, Unavailable
 from gateway.plugins import ConfigError
 from room_gateway_plugins.redis import codec, scripts
@@ -170,12 +170,12 @@ class RedisBackend(Backend):
         self,
         room_id: str,
         name: str,
-        value: JSON | _Unset,
+        value: JSON | Unset,
         *,
         expected_version: int | None,
         now: datetime,
     ) -> Variable | None:
-        delete = isinstance(value, _Unset)
+        delete = isinstance(value, Unset)
         written, version = await self._set_variable(
             keys=[self.keys.variables(room_id), self.keys.versions(room_id)],
             args=[

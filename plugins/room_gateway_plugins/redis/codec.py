@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core.models import JSON, UNSET, Event, Room, RoomSignal, RoomStatus, SignalKind, Variable, _Unset
+from gateway.core.models import JSON, UNSET, Event, Room, RoomSignal, RoomStatus, SignalKind, Unset, Variable
 
 
 def format_time(moment: datetime | None) -> str | None:
@@ -56,14 +56,14 @@ def loads_room(data: bytes | str) -> Room:
     )
 
 
-def variable_tail(value: JSON | _Unset, now: datetime) -> bytes:
+def variable_tail(value: JSON | Unset, now: datetime) -> bytes:
     """A variable record without its version: ``"update_time":…,"value":…}``.
 
     The write script prepends ``{"version":N,`` once it knows N, so Lua never parses (nor re-encodes) the
     value: Redis' cjson would turn integers into doubles and empty objects into arrays.
     """
     fields: dict[str, Any] = {"update_time": format_time(now)}
-    if not isinstance(value, _Unset):
+    if not isinstance(value, Unset):
         fields["value"] = value
     return orjson.dumps(fields)[1:]
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.core.backend import Backend, version_conflict
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, RoomStatus, Variable, _Unset
+from gateway.core.models import JSON, Event, Room, RoomSignal, RoomStatus, Unset, Variable
 from gateway.errors import AlreadyExists, Unavailable
 from room_gateway_plugins.sql import codec, migrations
 from room_gateway_plugins.sql.tables import rooms, variables
@@ -224,12 +224,12 @@ class SqlBackend(Backend):
         self,
         room_id: str,
         name: str,
-        value: JSON | _Unset,
+        value: JSON | Unset,
         *,
         expected_version: int | None,
         now: datetime,
     ) -> Variable | None:
-        text = None if isinstance(value, _Unset) else codec.dumps(value)
+        text = None if isinstance(value, Unset) else codec.dumps(value)
         this = (variables.c.room_id == room_id) & (variables.c.name == name)
         statement: Any
         if text is None and expected_version == 0:
