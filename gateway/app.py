@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import pluggy
 from grpclib.server import Server as GrpcServer
+from pydantic import ValidationError
 
 from gateway.auth.policy import AuthPolicy
 from gateway.auth.tokens import room_token_issuer
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, unknown_surface
 from gateway.config_loader import api_keys
 from gateway.core.backend import Backend
 from gateway.core.service import RoomService
@@ -76,7 +77,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     dispatcher = Dispatcher(service, policy)
     limiter = _rate_limiter(config)
     dispatcher.room_limit = limiter.check_room if limiter is not None and limiter.by_room else None
-    surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, service, policy, dispatcher))
+    surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, policy, dispatcher))
     http_app = create_http_app(
         dispatcher,
         max_body_bytes=config.http.max_body_bytes,
@@ -110,21 +111,24 @@ def _rate_limiter(config: GatewayConfig) -> RateLimiter | None:
 
 
 def _enabled_surfaces(config: GatewayConfig, plugins: Plugins, context: SurfaceContext) -> list[Surface]:
-    """The compatibility surfaces switched on in ``surfaces:``, each from the plugin that offers it.
+    """The compatibility surfaces switched on in ``surfaces:``, each from the plugin that offers it, with
+    its section as that plugin's settings model validates it.
 
-    :raises ConfigError: a surface is enabled that no installed plugin offers.
+    :raises ConfigError: a surface is enabled that no installed plugin offers, or its section does not
+        validate with the offering plugin's model (a configuration validated against other plugins).
     """
     offered = plugins.surface_classes()
     enabled = []
-    for name, settings in config.surfaces.model_dump().items():
-        if not isinstance(settings, dict) or not settings.get("enabled"):
+    for name, settings in config.surfaces.sections().items():
+        if not settings.enabled:
             continue
         cls = offered.get(name)
         if cls is None:
-            known = ", ".join(sorted(offered)) or "none"
-            raise ConfigError(
-                f"surfaces.{name}.enabled: no installed plugin serves the {name} surface "
-                f"(installed: {known}); set enabled: false"
-            )
+            raise ConfigError(f"surfaces.{name}.enabled: {unknown_surface(name, offered)}; set it false")
+        if not isinstance(settings, cls.settings_model):
+            try:
+                settings = cls.settings_model.model_validate(settings.model_dump())
+            except ValidationError as exc:
+                raise ConfigError(f"surfaces.{name}: {exc}") from None
         enabled.append(cls(settings, context))
     return enabled

@@ -102,3 +102,24 @@ class Dispatcher:
         if method in self._takes_caller:
             return await self._handlers[method](**request, caller=principal)
         return await self._handlers[method](**request)
+
+    @property
+    def implicit_rooms(self) -> bool:
+        """Whether a room comes into being with its first write (``auto_create_rooms``), so that a room not
+        created yet is no error to a surface whose vendor has no room lifecycle (WorkAdventure)."""
+        return self.service.auto_create_rooms
+
+    async def lookup(self, method: str, request: dict[str, Any]) -> Any:
+        """Run a unary read of the native API (GetRoom, ListRooms, GetRoomContents, GetVariable) for a
+        surface's own bookkeeping: for no caller, so neither authorized nor rate-limited, and ListRooms sees
+        every room. What it finds is the surface's to act on, not to show: a caller gets a room only from
+        :meth:`call` (SignalWire finds a room by a name unique across all rooms, WorkAdventure reads the
+        version a stream is to start after).
+
+        :raises ValueError: ``method`` is not a unary read.
+        :raises GatewayError: whatever the service answers.
+        """
+        found = self.methods.get(method)
+        if found is None or found.server_streaming or not found.permission.endswith(":read"):
+            raise ValueError(f"{method} is not a read a surface may look up")
+        return await self._handlers[method](**request)

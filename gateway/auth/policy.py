@@ -86,6 +86,17 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
+def basic_credentials(credentials: str) -> tuple[str, str] | None:
+    """The user and password of a Basic credential (what follows ``Basic``: base64 of UTF-8
+    ``user:password``, RFC 7617), ``None`` when it is not one."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
 class AuthPolicy:
     """Authenticates credentials against the configured keys and authorizes methods.
 
@@ -165,12 +176,9 @@ class AuthPolicy:
                 found.append(credentials)
                 bearer = credentials
             elif scheme == "basic":
-                try:
-                    decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-                except (binascii.Error, UnicodeDecodeError):
-                    decoded = ""
-                if ":" in decoded:
-                    found.append(decoded.partition(":")[2])  # base64(user:key)
+                pair = basic_credentials(credentials)
+                if pair is not None:
+                    found.append(pair[1])  # base64(user:key)
                 found.append(credentials)  # Reflect sends the raw key: "Basic <key>"
             else:
                 raise Unauthenticated(f"unsupported Authorization scheme {scheme!r}")
