@@ -42,10 +42,10 @@ from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
 from gateway.edge.openapi import openapi_document
 from gateway.edge.ratelimit import admit_by_ip, metrics_routes, with_rate_limit_headers
-from gateway.edge.responses import send_error
+from gateway.edge.responses import error_response, send_error
 from gateway.edge.routing import MATCH, PRINCIPAL, TranscodedRoute, raw_route_path, route_order
 from gateway.edge.transcoder import Transcoder
-from gateway.errors import Code, GatewayError, error_body
+from gateway.errors import Code, GatewayError
 from gateway.ratelimit import RateLimiter, begin_call, current_verdict, end_call
 
 
@@ -204,9 +204,4 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     code = {404: Code.NOT_FOUND, 405: Code.UNIMPLEMENTED}.get(status, Code.INVALID_ARGUMENT)
     message = f"no route for {request.method} {request.url.path}" if status in (404, 405) else str(exc)
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
-    return Response(
-        orjson.dumps(error_body(code, message, status)),
-        status_code=status,
-        headers=headers,
-        media_type="application/json",
-    )
+    return error_response(GatewayError(message, code=code, http_status=status), headers)
