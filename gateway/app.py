@@ -1,6 +1,6 @@
 """Assembly: one configuration in, one gateway out — the flow of ``DESIGN.md`` in one function.
 
-    plugins → backend → RoomService → AuthPolicy → Dispatcher → Starlette edge + grpclib server
+    plugins → backend → RoomService → AuthPolicy, RateLimiter → Dispatcher → Starlette edge + grpclib server
 
 Nothing here listens or connects: :func:`create_gateway` only builds. :mod:`gateway.server` opens the
 backend, binds the listeners and drains them on shutdown.
@@ -73,9 +73,8 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         value_limits=ValueLimits(config.input.max_value_bytes, config.input.max_json_depth),
     )
     policy = AuthPolicy(keys, tokens=tokens)
-    dispatcher = Dispatcher(service, policy)
     limiter = _rate_limiter(config)
-    dispatcher.room_limit = limiter.check_room if limiter is not None and limiter.by_room else None
+    dispatcher = Dispatcher(service, policy, limiter=limiter)
     surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, service, policy, dispatcher))
     http_app = create_http_app(
         dispatcher,
