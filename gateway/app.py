@@ -22,6 +22,7 @@ from gateway.core.service import RoomService
 from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
 from gateway.edge.app import Edge, create_http_app
+from gateway.observability.metrics import Metrics
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.ratelimit import RateLimiter
 from gateway.rpc.server import create_grpc_server, keepalive_config
@@ -48,6 +49,7 @@ class Gateway:
     http_app: Edge
     grpc_server: GrpcServer
     limiter: RateLimiter | None = None  # None: rate limiting is off
+    metrics: Metrics | None = None  # what /metrics answers
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -73,7 +75,8 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         value_limits=ValueLimits(config.input.max_value_bytes, config.input.max_json_depth),
     )
     policy = AuthPolicy(keys, tokens=tokens)
-    limiter = _rate_limiter(config)
+    metrics = Metrics()
+    limiter = _rate_limiter(config, metrics)
     dispatcher = Dispatcher(service, policy, limiter=limiter)
     surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, service, policy, dispatcher))
     http_app = create_http_app(
@@ -84,6 +87,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         extra_routes=[route for surface in surfaces for route in surface.http_routes()],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.http_prefixes),
         limiter=limiter,
+        metrics=metrics,
         access_log=config.access_log,
     )
     grpc_server = create_grpc_server(
@@ -95,15 +99,16 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         limiter=limiter,
         access_log=config.access_log,
     )
-    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter)
+    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics)
 
 
-def _rate_limiter(config: GatewayConfig) -> RateLimiter | None:
-    """The rate-limit policy of ``rate_limits`` (``None`` when ``limits: []`` switches it off)."""
+def _rate_limiter(config: GatewayConfig, metrics: Metrics) -> RateLimiter | None:
+    """The rate-limit policy of ``rate_limits`` (``None`` when ``limits: []`` switches it off), counting
+    its refusals in ``metrics``."""
     if not config.rate_limits.limits:
         return None
     try:
-        return RateLimiter.from_config(config.rate_limits)
+        return RateLimiter.from_config(config.rate_limits, metrics=metrics)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
