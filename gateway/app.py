@@ -1,6 +1,6 @@
 """Assembly: one configuration in, one gateway out — the flow of ``DESIGN.md`` in one function.
 
-    plugins → backend → RoomService → AuthPolicy → Dispatcher → Starlette edge + grpclib server
+    plugins → backend → RoomService → AuthPolicy, RateLimiter → Dispatcher → Starlette edge + grpclib server
 
 Nothing here listens or connects: :func:`create_gateway` only builds. :mod:`gateway.server` opens the
 backend, binds the listeners and drains them on shutdown.
@@ -23,6 +23,7 @@ from gateway.core.service import RoomService
 from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
 from gateway.edge.app import Edge, create_http_app
+from gateway.observability.metrics import Metrics
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.ratelimit import RateLimiter
 from gateway.rpc.server import create_grpc_server, keepalive_config
@@ -49,6 +50,7 @@ class Gateway:
     http_app: Edge
     grpc_server: GrpcServer
     limiter: RateLimiter | None = None  # None: rate limiting is off
+    metrics: Metrics | None = None  # what /metrics answers
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -74,9 +76,9 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         value_limits=ValueLimits(config.input.max_value_bytes, config.input.max_json_depth),
     )
     policy = AuthPolicy(keys, tokens=tokens)
-    dispatcher = Dispatcher(service, policy)
-    limiter = _rate_limiter(config)
-    dispatcher.room_limit = limiter.check_room if limiter is not None and limiter.by_room else None
+    metrics = Metrics()
+    limiter = _rate_limiter(config, metrics)
+    dispatcher = Dispatcher(service, policy, limiter=limiter)
     surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, policy, dispatcher))
     http_app = create_http_app(
         dispatcher,
@@ -86,6 +88,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         extra_routes=[route for surface in surfaces for route in surface.http_routes()],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.http_prefixes),
         limiter=limiter,
+        metrics=metrics,
         access_log=config.access_log,
     )
     grpc_server = create_grpc_server(
@@ -97,15 +100,16 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         limiter=limiter,
         access_log=config.access_log,
     )
-    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter)
+    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics)
 
 
-def _rate_limiter(config: GatewayConfig) -> RateLimiter | None:
-    """The rate-limit policy of ``rate_limits`` (``None`` when ``limits: []`` switches it off)."""
+def _rate_limiter(config: GatewayConfig, metrics: Metrics) -> RateLimiter | None:
+    """The rate-limit policy of ``rate_limits`` (``None`` when ``limits: []`` switches it off), counting
+    its refusals in ``metrics``."""
     if not config.rate_limits.limits:
         return None
     try:
-        return RateLimiter.from_config(config.rate_limits)
+        return RateLimiter.from_config(config.rate_limits, metrics=metrics)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

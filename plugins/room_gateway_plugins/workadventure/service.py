@@ -48,7 +48,8 @@ from gateway.core.models import JSON, UNSET, _Unset
 from gateway.dispatch import Dispatcher
 from gateway.errors import NotFound, RoomDeleted, Unauthenticated
 from gateway.rpc import codec
-from gateway.rpc.service import RoomServiceHandler, grpc_errors
+from gateway.rpc.errors import grpc_errors
+from gateway.rpc.service import RoomServiceHandler
 
 #: Method paths of the service: the native auth listener leaves them to this handler.
 ROOM_API_PREFIX = "/roomApi.RoomApi/"
