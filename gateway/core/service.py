@@ -8,7 +8,9 @@ method twice. It knows nothing of HTTP, gRPC or SQL.
 
 The rules: a room goes OPEN → CLOSED → DELETED and never back; an id is never used twice; only a CLOSED
 room can be deleted, which wipes its data and ends its streams; a CLOSED room keeps its data and current
-streams but refuses writes and new streams; a DELETED room answers NOT_FOUND except to GetRoom/ListRooms.
+streams but refuses writes and new streams; a DELETED room answers NOT_FOUND except to GetRoom/ListRooms
+(as :class:`~gateway.errors.RoomDeleted`, so that no caller needs a second read to tell it from a room that
+never existed).
 
 Two methods take the caller (a keyword-only ``caller``, supplied by the dispatcher, never by a request):
 ListRooms answers only the rooms a pattern-limited key may access, and CreateRoomToken never grants more
@@ -58,6 +60,7 @@ from gateway.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RoomDeleted,
     Unauthenticated,
     Unavailable,
 )
@@ -457,7 +460,7 @@ class RoomService:
         if room is None:
             raise _room_not_found(room_id)
         if room.status is RoomStatus.DELETED:
-            raise NotFound(f"room {room_id!r} was deleted")
+            raise RoomDeleted(f"room {room_id!r} was deleted")
         return room
 
     async def _writable_room(self, room_id: str) -> Room:
@@ -493,9 +496,9 @@ class RoomService:
 
 
 def _require_open(room: Room, detail: str = "") -> None:
-    """NOT_FOUND for a deleted room, FAILED_PRECONDITION for a closed one."""
+    """NOT_FOUND (:class:`RoomDeleted`) for a deleted room, FAILED_PRECONDITION for a closed one."""
     if room.status is RoomStatus.DELETED:
-        raise NotFound(f"room {room.room_id!r} was deleted")
+        raise RoomDeleted(f"room {room.room_id!r} was deleted")
     if room.status is not RoomStatus.OPEN:
         raise FailedPrecondition(f"room {room.room_id!r} is closed{detail}")
 
@@ -525,5 +528,5 @@ def _empty_of(path: str) -> Any:
 
 def _stream_end(signal: RoomSignal, room_id: str) -> Exception:
     if signal.kind is SignalKind.DELETED:
-        return NotFound(f"room {room_id!r} was deleted")
+        return RoomDeleted(f"room {room_id!r} was deleted")
     return Unavailable(f"connections to room {room_id!r} were invalidated; reconnect")
