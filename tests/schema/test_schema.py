@@ -7,6 +7,7 @@ from google.api import field_behavior_pb2
 
 from gateway import schema
 from gateway.core import service
+from gateway.edge.routing import raw_route_path, route_path
 from gateway.rpc.server import reflection_pool
 
 ROOM = "roomgateway.v1.Room"
@@ -66,3 +67,20 @@ def test_the_workadventure_proto_carries_no_field_behavior() -> None:
     for message in file.message_type:
         for field in message.field:
             assert not field.options.Extensions[field_behavior_pb2.field_behavior], field.name
+
+
+@pytest.mark.parametrize(
+    ("path", "root", "expected"),
+    [
+        ("/v1/rooms", "", "/v1/rooms"),
+        ("/api/v1/rooms", "/api", "/v1/rooms"),
+        ("/api", "/api", ""),
+        ("/apiv1/rooms", "/api", "/apiv1/rooms"),  # not below the mount point
+        ("/other", "/api", "/other"),
+    ],
+)
+def test_route_path_below_the_mount_point(path: str, root: str, expected: str) -> None:
+    """As Starlette's router computes it (``starlette._utils.get_route_path``, which is private)."""
+    scope = {"type": "http", "path": path, "root_path": root, "raw_path": path.encode() + b"?q=1"}
+    assert route_path(scope) == expected
+    assert raw_route_path(scope) == expected  # the raw path, below the same mount point
