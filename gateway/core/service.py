@@ -33,6 +33,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from gateway import schema
 from gateway.auth.policy import Principal
 from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, micros
 from gateway.core import validation
@@ -76,14 +77,16 @@ INVALIDATIONS_ROOM = "\x1froom-gateway/invalidations"
 #: control character).
 EVERY_ROOM = "\x1f*"
 
-#: Room fields a client may set; the others (status, times) are output only and ignored on input (AIP-203).
+#: Room fields a client may set, each with its rule.
 _WRITABLE = {
     "display_name": validation.display_name,
     "description": validation.description,
     "jurisdiction": validation.jurisdiction,
     "settings": validation.settings,
 }
-_OUTPUT_ONLY = frozenset({"room_id", "status", "create_time", "update_time"})
+#: Room fields an update may name and leaves as they are: the proto marks them OUTPUT_ONLY (status, times)
+#: or IMMUTABLE (the id), and AIP-203 has them ignored on input, not refused.
+_IGNORED_ON_UPDATE = schema.ignored_on_update(schema.message("roomgateway.v1.Room"))
 
 _N = TypeVar("_N", Variable, Event)
 
@@ -214,7 +217,7 @@ class RoomService:
             # AIP-134: no mask means every field that is set.
             paths = [name for name, value in fields.items() if value not in ("", None, {})]
         for path in paths:
-            if path not in _WRITABLE and path not in _OUTPUT_ONLY:
+            if path not in _WRITABLE and path not in _IGNORED_ON_UPDATE:
                 raise InvalidArgument(f"update_mask names an unknown field: {path!r}")
         current = await self._writable_room(room_id)
         for path in paths:

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
-from starlette._utils import get_route_path  # where it is defined; starlette.routing does not re-export it
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -44,7 +43,7 @@ from gateway.edge.metrics import metrics_routes
 from gateway.edge.openapi import openapi_document
 from gateway.edge.ratelimit import admit_by_ip, with_rate_limit_headers
 from gateway.edge.responses import error_response, send_error
-from gateway.edge.routing import MATCH, PRINCIPAL, TranscodedRoute, raw_route_path, route_order
+from gateway.edge.routing import MATCH, PRINCIPAL, TranscodedRoute, raw_route_path, route_order, route_path
 from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code, GatewayError
 from gateway.observability.metrics import Metrics
@@ -153,7 +152,7 @@ class Edge:
         if scope["type"] != "http":  # lifespan
             await self.router(scope, receive, send)
             return
-        path = get_route_path(scope)
+        path = route_path(scope)
         public = path in PUBLIC_PATHS  # probes: neither limited nor authenticated
         # Surfaces authenticate their calls themselves, in their vendor's error shape.
         prefixes = self._self_authenticated

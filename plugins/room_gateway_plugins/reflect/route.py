@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.auth.policy import WWW_AUTHENTICATE, Principal
 from gateway.edge.auth import credentials
 from gateway.edge.responses import RequestHeaders, read_body, send_json
-from gateway.edge.routing import PRINCIPAL
+from gateway.edge.routing import PRINCIPAL, route_path
 from gateway.errors import GatewayError
 from gateway.surfaces import SurfaceContext
 from room_gateway_plugins.reflect.commands import Call, Command
@@ -63,7 +63,7 @@ class ReflectRoute(BaseRoute):
         return f"ReflectRoute({self.path}, apps={sorted(self.apps)})"
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and _route_path(scope).startswith(PREFIX):
+        if scope["type"] == "http" and route_path(scope).startswith(PREFIX):
             return Match.FULL, {}
         return Match.NONE, {}
 
@@ -78,7 +78,7 @@ class ReflectRoute(BaseRoute):
     async def _answer(self, scope: Scope, receive: Receive) -> Answer:
         principal = self._authenticate(scope)
         scope[PRINCIPAL] = principal  # the access log names the key, as for native calls
-        app_id, _, rest = _route_path(scope)[len(PREFIX) :].partition("/")
+        app_id, _, rest = route_path(scope)[len(PREFIX) :].partition("/")
         if app_id not in self.apps:
             raise ReflectError(404, APPS, f"app {app_id!r} not found")
         command = self.commands.get("/" + rest)
@@ -106,9 +106,3 @@ class ReflectRoute(BaseRoute):
         except GatewayError as exc:
             raise ReflectError(401, REQUEST, exc.message, _CHALLENGE) from None
 
-
-def _route_path(scope: Scope) -> str:
-    """The decoded request path below the app's mount point (``root_path``)."""
-    path = str(scope["path"])
-    root = str(scope.get("root_path", ""))
-    return path[len(root) :] if root and path.startswith(root) else path
