@@ -51,8 +51,8 @@ from gateway.core.models import (
     RoomStatus,
     RoomToken,
     SignalKind,
+    Unset,
     Variable,
-    _Unset,
 )
 from gateway.errors import (
     Aborted,
@@ -275,7 +275,7 @@ class RoomService:
         self,
         room_id: str = "",
         name: str = "",
-        value: JSON | _Unset = UNSET,
+        value: JSON | Unset = UNSET,
         expected_version: int | None = None,
     ) -> Variable:
         validation.room_id(room_id)

@@ -44,7 +44,7 @@ from gateway._gen.roomApi import (
     VariableRequest,
 )
 from gateway.auth.policy import AuthPolicy, Principal
-from gateway.core.models import JSON, UNSET, _Unset
+from gateway.core.models import JSON, UNSET, Unset
 from gateway.dispatch import Dispatcher
 from gateway.errors import NotFound, RoomDeleted, Unauthenticated
 from gateway.rpc import codec
@@ -71,12 +71,12 @@ def _principal() -> Principal:
     return principal
 
 
-def _value(json: JSON | _Unset) -> wkt.Value:
+def _value(json: JSON | Unset) -> wkt.Value:
     """A ``Value`` for a JSON value; an empty one for no value (unset or deleted), as WorkAdventure."""
     return wkt.Value() if json is UNSET else wkt.Value.from_dict(json)
 
 
-def _json(value: wkt.Value | None) -> JSON | _Unset:
+def _json(value: wkt.Value | None) -> JSON | Unset:
     """The JSON value a request carries, as the native codec reads it (integral numbers as ints); ``UNSET``
     when absent or when the ``Value`` has no kind set (WorkAdventure's clients unwrap it to ``undefined``)."""
     if value is None or not betterproto2.which_one_of(value, "kind")[0]:
