@@ -1,8 +1,9 @@
 """The one auth policy: who is calling (credentials → :class:`Principal`) and may they (method, room).
 
-The REST edge (ASGI middleware) and the gRPC server (grpclib ``RecvRequest`` event) are thin adapters that
-hand their headers / metadata to :meth:`AuthPolicy.authenticate` and the bound request to
-:meth:`AuthPolicy.authorize`; a difference between the transports would be a bug here, not there.
+The REST edge (the authentication stage of :class:`gateway.edge.app.Edge`) and the gRPC server
+(grpclib ``RecvRequest`` event) are thin adapters that hand their headers / metadata to
+:meth:`AuthPolicy.authenticate` and the bound request to :meth:`AuthPolicy.authorize`; a difference
+between the transports would be a bug here, not there.
 
 Accepted credentials (``API.md``): ``X-API-Key: <key>``, ``Authorization: Bearer <key>``,
 ``Authorization: Basic base64(<user>:<key>)`` and Reflect's raw ``Authorization: Basic <key>``.

@@ -19,7 +19,8 @@ gRPC codec (:mod:`gateway.schema.fields`). A field kind this codec does not serv
 :class:`Codecs` is built, at start-up, naming the field.
 
 This is the REST hot path: per field it costs one dict lookup and one small function call, with no
-reflection at request time (betterproto2's ``to_dict`` costs ~110 µs a message; see NOTES.md).
+reflection at request time (betterproto2's ``to_dict`` costs ~110 µs a message, measured
+when this codec was written).
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def error_bytes(error: GatewayError) -> bytes:
 async def send_error(send: Send, error: GatewayError, headers: Headers = ()) -> None:
     """Send ``error`` in the native REST shape, with its HTTP status. A 401 always carries the
     ``WWW-Authenticate`` challenge (RFC 9110 §15.5.2), also when it comes from a call (an invalidated room
-    token) rather than from the auth middleware."""
+    token) rather than from the edge's authentication stage."""
     headers = list(headers)
     if error.code is Code.UNAUTHENTICATED and not any(name == b"www-authenticate" for name, _ in headers):
         headers.append((b"www-authenticate", WWW_AUTHENTICATE.encode("ascii")))

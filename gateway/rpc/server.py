@@ -2,7 +2,7 @@
 
 .. code-block:: python
 
-    server = create_grpc_server(dispatcher, ready=backend.ready)
+    server = create_grpc_server(dispatcher, ready=backend.check)
     await server.start("127.0.0.1", 50051)
     ...
     server.close()

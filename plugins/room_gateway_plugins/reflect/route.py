@@ -9,7 +9,7 @@
     Dispatcher.call (authorize, by: room limit) → 403 / 404 / 409 / 410 / …
     {"result": …, "error": null}
 
-The route owns its whole prefix (``http_prefixes``), so the native auth middleware lets its calls through
+The route owns its whole prefix (``http_prefixes``), so the edge's authentication stage lets its calls through
 and no error under the prefix is answered in the native shape.
 """
 

@@ -9,10 +9,11 @@
     /api/video/conferences/{id}/conference_tokens GET: the moderator and guest tokens
     /api/video/room_tokens                        POST → {token}
 
-Each call authenticates itself (the native middleware lets ``/api/video/`` through): ``Authorization: Basic
-base64(project_id:api_token)`` where ``project_id`` is ``surfaces.signalwire.project_id`` and ``api_token`` is
-a configured API key. Every answer is in the vendor's shape, errors included; an unexpected exception is
-logged and answered ``500 {"error": "Internal Server Error"}``.
+Each call authenticates itself (the edge's authentication stage lets ``/api/video/`` through):
+``Authorization: Basic base64(project_id:api_token)`` where ``project_id`` is
+``surfaces.signalwire.project_id`` and ``api_token`` is a configured API key. Every answer is in the
+vendor's shape, errors included; an unexpected exception is logged and answered
+``500 {"error": "Internal Server Error"}``.
 """
 
 from __future__ import annotations
