@@ -20,8 +20,9 @@ import base64
 import binascii
 import collections
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -115,18 +116,11 @@ class Directory:
         return None if room.status is RoomStatus.DELETED else room
 
     async def _scan(self) -> AsyncIterator[Room]:
-        """Every live room, in id order, read in pages."""
-        after = ""
-        while True:
-            page = await self.dispatcher.lookup(
-                "ListRooms", {"start_after_key": after, "max_results": SCAN_PAGE}
-            )
-            for room in page.results:
-                if room.status is not RoomStatus.DELETED:
-                    yield room
-            if not page.more or not page.results:
-                return
-            after = page.results[-1].room_id
+        """Every live room, in id order, read in pages (for no caller: the directory's own bookkeeping)."""
+        async for room in _live_rooms(
+            lambda request: self.dispatcher.lookup("ListRooms", request), "", SCAN_PAGE
+        ):
+            yield room
 
     # -- paging -------------------------------------------------------------------------------------------
 
@@ -167,17 +161,27 @@ class Directory:
     async def _visible(self, principal: Principal, after: str, chunk: int) -> AsyncIterator[Room]:
         """Live rooms after ``after`` through the native ListRooms (so its authorization and filtering),
         read ``chunk`` at a time."""
-        while True:
-            request: dict[str, object] = {"max_results": chunk}
-            if after:
-                request["start_after_key"] = after
-            page = await self.dispatcher.call("ListRooms", principal, request)
-            for room in page.results:
-                if room.status is not RoomStatus.DELETED:
-                    yield room
-            if not page.more or not page.results:
-                return
-            after = page.results[-1].room_id
+        async for room in _live_rooms(
+            lambda request: self.dispatcher.call("ListRooms", principal, request), after, chunk
+        ):
+            yield room
+
+
+async def _live_rooms(
+    list_rooms: Callable[[dict[str, object]], Awaitable[Any]], after: str, chunk: int
+) -> AsyncIterator[Room]:
+    """The live rooms after ``after``, in id order, from ListRooms pages of ``chunk`` rooms."""
+    while True:
+        request: dict[str, object] = {"max_results": chunk}
+        if after:
+            request["start_after_key"] = after
+        page = await list_rooms(request)
+        for room in page.results:
+            if room.status is not RoomStatus.DELETED:
+                yield room
+        if not page.more or not page.results:
+            return
+        after = page.results[-1].room_id
 
 
 def _encode(cursor: dict[str, str]) -> str:
