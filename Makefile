@@ -1,7 +1,7 @@
 # room-gateway tasks. Each sets up .venv itself (python3 -m venv, then pip), so a fresh clone needs only
 # python3 >= 3.11 and make:
 #   make run     install, then start a gateway on the embedded default (gateway.yaml, sqlite:///rooms.db)
-#   make test    install with the dev extra, then run the tests (what CI runs: .ci/run)
+#   make test    install with the dev extra, lint (ruff, mypy --strict), then run the tests (what CI runs: .ci/run)
 #   make proto   regenerate gateway/_gen/ from protos/
 #   make lint, make bench, make check
 
@@ -37,10 +37,11 @@ run: $(VENV)/.installed
 	fi; \
 	exec $(BIN)/python -m gateway serve $(ARGS)
 
-test: $(VENV)/.installed-dev
+# The habits are part of the test: a lint or type error fails `make test`, and so CI, before pytest runs.
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-check: lint test
+check: test
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/python -m ruff check gateway plugins tests scripts bench

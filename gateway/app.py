@@ -1,6 +1,6 @@
 """Assembly: one configuration in, one gateway out — the flow of ``DESIGN.md`` in one function.
 
-    plugins → backend → RoomService → AuthPolicy → Dispatcher → Starlette edge + grpclib server
+    plugins → backend → RoomService → AuthPolicy, RateLimiter → Dispatcher → Starlette edge + grpclib server
 
 Nothing here listens or connects: :func:`create_gateway` only builds. :mod:`gateway.server` opens the
 backend, binds the listeners and drains them on shutdown.
@@ -12,16 +12,18 @@ from dataclasses import dataclass
 
 import pluggy
 from grpclib.server import Server as GrpcServer
+from pydantic import ValidationError
 
 from gateway.auth.policy import AuthPolicy
 from gateway.auth.tokens import room_token_issuer
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, unknown_surface
 from gateway.config_loader import api_keys
 from gateway.core.backend import Backend
 from gateway.core.service import RoomService
 from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
 from gateway.edge.app import Edge, create_http_app
+from gateway.observability.metrics import Metrics
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.ratelimit import RateLimiter
 from gateway.rpc.h2limits import Http2Limits
@@ -49,6 +51,7 @@ class Gateway:
     http_app: Edge
     grpc_server: GrpcServer
     limiter: RateLimiter | None = None  # None: rate limiting is off
+    metrics: Metrics | None = None  # what /metrics answers
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -74,10 +77,10 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         value_limits=ValueLimits(config.input.max_value_bytes, config.input.max_json_depth),
     )
     policy = AuthPolicy(keys, tokens=tokens)
-    dispatcher = Dispatcher(service, policy)
-    limiter = _rate_limiter(config)
-    dispatcher.room_limit = limiter.check_room if limiter is not None and limiter.by_room else None
-    surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, service, policy, dispatcher))
+    metrics = Metrics()
+    limiter = _rate_limiter(config, metrics)
+    dispatcher = Dispatcher(service, policy, limiter=limiter)
+    surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, policy, dispatcher))
     http_app = create_http_app(
         dispatcher,
         max_body_bytes=config.http.max_body_bytes,
@@ -86,6 +89,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         extra_routes=[route for surface in surfaces for route in surface.http_routes()],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.http_prefixes),
         limiter=limiter,
+        metrics=metrics,
         access_log=config.access_log,
     )
     grpc_server = create_grpc_server(
@@ -98,35 +102,39 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         access_log=config.access_log,
         limits=Http2Limits.from_config(config),
     )
-    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter)
+    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics)
 
 
-def _rate_limiter(config: GatewayConfig) -> RateLimiter | None:
-    """The rate-limit policy of ``rate_limits`` (``None`` when ``limits: []`` switches it off)."""
+def _rate_limiter(config: GatewayConfig, metrics: Metrics) -> RateLimiter | None:
+    """The rate-limit policy of ``rate_limits`` (``None`` when ``limits: []`` switches it off), counting
+    its refusals in ``metrics``."""
     if not config.rate_limits.limits:
         return None
     try:
-        return RateLimiter.from_config(config.rate_limits)
+        return RateLimiter.from_config(config.rate_limits, metrics=metrics)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
 
 def _enabled_surfaces(config: GatewayConfig, plugins: Plugins, context: SurfaceContext) -> list[Surface]:
-    """The compatibility surfaces switched on in ``surfaces:``, each from the plugin that offers it.
+    """The compatibility surfaces switched on in ``surfaces:``, each from the plugin that offers it, with
+    its section as that plugin's settings model validates it.
 
-    :raises ConfigError: a surface is enabled that no installed plugin offers.
+    :raises ConfigError: a surface is enabled that no installed plugin offers, or its section does not
+        validate with the offering plugin's model (a configuration validated against other plugins).
     """
     offered = plugins.surface_classes()
     enabled = []
-    for name, settings in config.surfaces.model_dump().items():
-        if not isinstance(settings, dict) or not settings.get("enabled"):
+    for name, settings in config.surfaces.sections().items():
+        if not settings.enabled:
             continue
         cls = offered.get(name)
         if cls is None:
-            known = ", ".join(sorted(offered)) or "none"
-            raise ConfigError(
-                f"surfaces.{name}.enabled: no installed plugin serves the {name} surface "
-                f"(installed: {known}); set enabled: false"
-            )
+            raise ConfigError(f"surfaces.{name}.enabled: {unknown_surface(name, offered)}; set it false")
+        if not isinstance(settings, cls.settings_model):
+            try:
+                settings = cls.settings_model.model_validate(settings.model_dump())
+            except ValidationError as exc:
+                raise ConfigError(f"surfaces.{name}: {exc}") from None
         enabled.append(cls(settings, context))
     return enabled

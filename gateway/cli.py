@@ -125,10 +125,7 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 def _summary(config: GatewayConfig) -> str:
     keys = ", ".join(key.name for key in config.auth.keys)
-    surfaces = ["native"] if config.surfaces.native else []
-    surfaces += [
-        name for name in ("workadventure", "reflect", "signalwire") if getattr(config.surfaces, name).enabled
-    ]
+    surfaces = config.surfaces.enabled()
     return (
         f"http {config.listen.http}, grpc {config.listen.grpc}, backend {_scheme(config.backend)}, "
         f"{len(config.auth.keys)} key(s) ({keys}), surfaces: {', '.join(surfaces)}"

@@ -6,9 +6,11 @@ Loading (``${VAR}`` / ``${VAR:-default}`` interpolation, errors naming the key a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from typing import Annotated, Literal
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
 
 import limits
 import limits.storage
@@ -18,7 +20,10 @@ from pydantic import (
     ConfigDict,
     Field,
     FilePath,
+    ModelWrapValidatorHandler,
     SecretStr,
+    ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -216,54 +221,72 @@ class RateLimits(_Strict):
         return value
 
 
-class Surface(_Strict):
+class SurfaceSettings(_Strict):
+    """A compatibility surface's section of ``surfaces:``: ``enabled``, plus the keys its plugin declares by
+    subclassing this model (:attr:`gateway.surfaces.Surface.settings_model`). Unknown keys are errors."""
+
+    #: Serve the surface; a section that says ``false`` asks for nothing (but must still be valid).
     enabled: bool = False
 
 
-class ReflectSurface(Surface):
-    """``surfaces.reflect``: Reflect's REST API under ``/v1/apps/{appId}/…``.
-
-    See docs/migrating-from-reflect.md.
-    """
-
-    #: The app ids served; a call naming any other app is a 404, as on Reflect.
-    apps: list[str] = []
-
-    @field_validator("apps")
-    @classmethod
-    def _app_ids(cls, value: list[str]) -> list[str]:
-        for app in value:
-            if not re.fullmatch(r"[A-Za-z0-9._~-]{1,128}", app):
-                raise ValueError(f"an app id is 1-128 letters, digits or . _ ~ - only, got {app!r}")
-        if len(set(value)) != len(value):
-            raise ValueError("app ids must be unique")
-        return value
-
-    @model_validator(mode="after")
-    def _apps_when_enabled(self) -> ReflectSurface:
-        if self.enabled and not self.apps:
-            raise ValueError("list the app ids to serve in apps: (e.g. apps: [my-app])")
-        return self
-
-
-class SignalWireSurface(Surface):
-    """``surfaces.signalwire``: SignalWire's Video REST API under ``/api/video``."""
-
-    #: The only Basic user accepted (``project_id:api_token``, the token being an API key of ``auth.keys``).
-    project_id: str = Field(default="", max_length=256)
-
-    @model_validator(mode="after")
-    def _project_when_enabled(self) -> SignalWireSurface:
-        if self.enabled and not self.project_id:
-            raise ValueError("project_id is required when enabled: the Basic user clients send")
-        return self
+#: The validation context key under which :func:`gateway.config_loader.load_config` hands the installed
+#: surfaces' settings models (name → model) to :class:`Surfaces`.
+SURFACE_MODELS = "room_gateway.surface_models"
 
 
 class Surfaces(_Strict):
+    """``surfaces``: the native API, and one section per compatibility surface, each validated by the
+    settings model of the plugin that offers it (so a third party's surface gets checked keys and
+    line-numbered errors like the built-in ones). A section no installed plugin offers is an error.
+
+    The installed models come from the validation context (:data:`SURFACE_MODELS`, as the loader passes
+    them), else from the ``room_gateway`` entry points.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    #: The native API (``/v1/…`` and ``roomgateway.v1.RoomService``); it cannot be switched off yet.
     native: bool = True
-    workadventure: Surface = Surface()
-    reflect: ReflectSurface = ReflectSurface()
-    signalwire: SignalWireSurface = SignalWireSurface()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _plugin_sections(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Surfaces], info: ValidationInfo
+    ) -> Surfaces:
+        if not isinstance(data, Mapping) or not set(data) - {"native"}:
+            return handler(data)
+        models = info.context.get(SURFACE_MODELS) if isinstance(info.context, Mapping) else None
+        if models is None:
+            from gateway.plugins import installed_surface_models  # the plugin host imports this module
+
+            models = installed_surface_models()
+        # One model for the whole section, so that pydantic locates every error under its key.
+        checked = _sections_model(tuple(sorted(models.items()))).model_validate(data, context=info.context)
+        return handler({name: getattr(checked, name) for name in data})
+
+    def sections(self) -> dict[str, SurfaceSettings]:
+        """Each compatibility surface's section (validated), by name; absent surfaces are not listed."""
+        return dict(self.model_extra or {})
+
+    def enabled(self) -> list[str]:
+        """The names of the surfaces switched on, ``native`` first."""
+        names = ["native"] if self.native else []
+        return names + [name for name, section in self.sections().items() if section.enabled]
+
+
+@functools.lru_cache(maxsize=8)
+def _sections_model(models: tuple[tuple[str, type[SurfaceSettings]], ...]) -> type[BaseModel]:
+    """The model of a ``surfaces:`` section for these installed surfaces: ``native`` and one optional field
+    per surface, unknown keys forbidden."""
+    # A plugin cannot take over ``native``, the core's own key.
+    fields: dict[str, Any] = {name: (model, None) for name, model in models if name != "native"}
+    return create_model("Surfaces", __base__=_Strict, native=(bool, True), **fields)
+
+
+def unknown_surface(name: str, installed: Iterable[str]) -> str:
+    """Why a section of ``surfaces:`` cannot be served, naming the installed surfaces."""
+    known = ", ".join(sorted(installed)) or "none"
+    return f"no installed plugin offers the {name} surface (installed: {known})"
 
 
 class HttpLimits(_Strict):

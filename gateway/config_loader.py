@@ -2,8 +2,10 @@
 
 Every error names the file, the **line** and the key path (``auth.keys[0].permissions``): the YAML is
 composed into nodes first (``yaml.compose``), so each pydantic error location is mapped back to the mark of
-its node. Interpolation happens on the composed scalars, after parsing, so a value from the environment can
-never change the structure of the file (a ``:`` or ``#`` in a secret stays part of the secret).
+its node; each section of ``surfaces:`` is validated by the settings model of the installed plugin that
+offers it, and located the same way. Interpolation happens on the composed scalars, after parsing, so a
+value from the environment can never change the structure of the file (a ``:`` or ``#`` in a secret stays
+part of the secret).
 
 ``${VAR}`` is required (unset → an error naming the variable and the key); ``${VAR:-default}`` falls back
 to ``default`` when ``VAR`` is unset or empty (as in POSIX shells and Docker Compose); ``$${`` writes a
@@ -25,8 +27,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.auth.policy import ApiKey, digest
-from gateway.config import Auth, GatewayConfig
-from gateway.plugins import ConfigError
+from gateway.config import SURFACE_MODELS, Auth, GatewayConfig, unknown_surface
+from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 
 __all__ = ["CONFIG_ENV", "DEFAULT_CONFIG", "ConfigError", "api_keys", "config_path", "load_config"]
 
@@ -54,13 +56,18 @@ def config_path(cli_path: str | None = None, environ: Mapping[str, str] | None =
     return Path(cli_path or env.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
-def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
+def load_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None, *, plugins: Plugins | None = None
+) -> GatewayConfig:
     """Read, interpolate and validate a configuration file.
 
     :param path: the YAML file.
     :param environ: where ``${VAR}`` is looked up; default :data:`os.environ`.
+    :param plugins: the installed plugins, whose surfaces' settings models validate the sections of
+        ``surfaces:``; default: those of the ``room_gateway`` entry points.
     :raises ConfigError: the file is missing, unreadable, not YAML, not a mapping, refers to an unset
-        variable, or does not validate; the message names the file, line and key path of every problem.
+        variable, or does not validate (a section of ``surfaces:`` included); the message names the file,
+        line and key path of every problem.
     """
     file = Path(path)
     try:
@@ -71,7 +78,9 @@ def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None 
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: cannot read the configuration: {_describe_os_error(exc)}") from None
-    return _Document(file, text, os.environ if environ is None else environ).load()
+    installed = plugins if plugins is not None else Plugins(create_plugin_manager())
+    document = _Document(file, text, os.environ if environ is None else environ, installed.surface_models())
+    return document.load()
 
 
 def api_keys(auth: Auth) -> list[ApiKey]:
@@ -91,10 +100,13 @@ def api_keys(auth: Auth) -> list[ApiKey]:
 class _Document:
     """One configuration file on its way to a :class:`GatewayConfig`."""
 
-    def __init__(self, file: Path, text: str, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, file: Path, text: str, environ: Mapping[str, str], surfaces: Mapping[str, type[BaseModel]]
+    ) -> None:
         self.file = file
         self.text = text
         self.environ = environ
+        self.surfaces = surfaces  # surface name → the settings model of its section
         self.lines: dict[_Loc, int] = {}  # key path → 1-based line of its key (or sequence item)
         self.secrets: set[str] = set()
 
@@ -123,7 +135,7 @@ class _Document:
         finally:
             loader.dispose()
         try:
-            return GatewayConfig.model_validate(data)
+            return GatewayConfig.model_validate(data, context={SURFACE_MODELS: self.surfaces})
         except ValidationError as exc:
             raise ConfigError(self._report([self._problem(error) for error in exc.errors()])) from None
 
@@ -181,8 +193,10 @@ class _Document:
     def _problem(self, error: Mapping[str, Any]) -> tuple[int, _Loc, str]:
         loc: _Loc = tuple(error["loc"])
         message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        if error["type"] == "extra_forbidden":
-            known = _known_keys(loc[:-1])
+        if error["type"] == "extra_forbidden" and loc[:-1] == ("surfaces",):
+            message = unknown_surface(str(loc[-1]), self.surfaces)
+        elif error["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1], self.surfaces)
             message = "unknown key" + (f" (known here: {', '.join(known)})" if known else "")
         elif error["type"] == "missing":
             message = "required key is missing"
@@ -258,9 +272,14 @@ def _describe_os_error(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def _known_keys(loc: _Loc) -> list[str]:
-    """The keys the model accepts at ``loc`` (for "unknown key" messages), ``[]`` if not a model there."""
+def _known_keys(loc: _Loc, surfaces: Mapping[str, type[BaseModel]]) -> list[str]:
+    """The keys the model accepts at ``loc`` (for "unknown key" messages), ``[]`` if not a model there.
+
+    :param surfaces: the settings model of each installed surface, the model of its section.
+    """
     annotation: Any = GatewayConfig
+    if loc[:1] == ("surfaces",) and len(loc) > 1 and loc[1] in surfaces:
+        annotation, loc = surfaces[str(loc[1])], loc[2:]
     for part in loc:
         annotation = _model_in(annotation)
         if annotation is None:

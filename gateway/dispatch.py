@@ -13,7 +13,7 @@ holds across instances); a service method that declares a keyword-only ``caller`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from gateway import schema
 from gateway.auth.permissions import REQUIRED
 from gateway.auth.policy import AuthPolicy, Principal
 from gateway.core.service import RoomService
+from gateway.ratelimit import RateLimiter
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +69,16 @@ class Dispatcher:
 
     :param service: the domain core.
     :param policy: the auth policy (permissions, room patterns).
+    :param limiter: the rate-limit policy, whose ``by: room`` limits apply once a call is authorized
+        (``None``: no room is limited).
     """
 
-    def __init__(self, service: RoomService, policy: AuthPolicy) -> None:
+    def __init__(
+        self, service: RoomService, policy: AuthPolicy, *, limiter: RateLimiter | None = None
+    ) -> None:
         self.service = service
         self.policy = policy
+        self.limiter = limiter
         self.methods = native_methods()
         self._handlers = {name: getattr(service, m.python_name) for name, m in self.methods.items()}
         #: Methods whose service coroutine takes the caller (a keyword-only ``caller``): ListRooms filters by
@@ -83,8 +89,8 @@ class Dispatcher:
             if (p := inspect.signature(handler).parameters.get("caller")) is not None
             and p.kind is inspect.Parameter.KEYWORD_ONLY
         )
-        #: The ``by: room`` rate limits (``RateLimiter.check_room``), applied once the call is authorized.
-        self.room_limit: Callable[[str], Awaitable[None]] | None = None
+        # Resolved once: a call pays for the room limits only when some are configured.
+        self._room_limit = limiter.check_room if limiter is not None and limiter.by_room else None
 
     async def call(self, method: str, principal: Principal, request: dict[str, Any]) -> Any:
         """Run ``method`` for ``principal``; returns the domain result (a stream for server streams).
@@ -97,8 +103,29 @@ class Dispatcher:
         if principal.token is not None:
             # Read from the backend, so an InvalidateConnections on any instance counts here.
             await self.service.check_room_token(principal.token)
-        if self.room_limit is not None and room_id:
-            await self.room_limit(room_id)
+        if self._room_limit is not None and room_id:
+            await self._room_limit(room_id)
         if method in self._takes_caller:
             return await self._handlers[method](**request, caller=principal)
+        return await self._handlers[method](**request)
+
+    @property
+    def implicit_rooms(self) -> bool:
+        """Whether a room comes into being with its first write (``auto_create_rooms``), so that a room not
+        created yet is no error to a surface whose vendor has no room lifecycle (WorkAdventure)."""
+        return self.service.auto_create_rooms
+
+    async def lookup(self, method: str, request: dict[str, Any]) -> Any:
+        """Run a unary read of the native API (GetRoom, ListRooms, GetRoomContents, GetVariable) for a
+        surface's own bookkeeping: for no caller, so neither authorized nor rate-limited, and ListRooms sees
+        every room. What it finds is the surface's to act on, not to show: a caller gets a room only from
+        :meth:`call` (SignalWire finds a room by a name unique across all rooms, WorkAdventure reads the
+        version a stream is to start after).
+
+        :raises ValueError: ``method`` is not a unary read.
+        :raises GatewayError: whatever the service answers.
+        """
+        found = self.methods.get(method)
+        if found is None or found.server_streaming or not found.permission.endswith(":read"):
+            raise ValueError(f"{method} is not a read a surface may look up")
         return await self._handlers[method](**request)

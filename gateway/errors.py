@@ -88,6 +88,11 @@ class NotFound(GatewayError):
     code = Code.NOT_FOUND
 
 
+class RoomDeleted(NotFound):
+    """NOT_FOUND because the room was deleted (its tombstone stays), not because it never existed: a surface
+    whose vendor tells the two apart (Reflect's 410 Gone) needs no second read."""
+
+
 class AlreadyExists(GatewayError):
     code = Code.ALREADY_EXISTS
 

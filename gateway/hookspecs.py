@@ -44,9 +44,16 @@ def gateway_backend_classes() -> list[type[Backend]]:
 def gateway_surfaces() -> list[type[Surface]]:
     """Offer compatibility surfaces (other vendors' room APIs onto the same rooms).
 
-    Each class subclasses :class:`gateway.surfaces.Surface` and names the key under ``surfaces:`` in
-    ``gateway.yaml`` that switches it on (``name``). Called once at start-up on every plugin; the results are
-    concatenated. A surface enabled in the configuration that no plugin offers is a configuration error.
+    Each class subclasses :class:`gateway.surfaces.Surface` and names its section under ``surfaces:`` in
+    ``gateway.yaml`` (``name``) and the pydantic model that validates the section (``settings_model``, a
+    :class:`gateway.surfaces.SurfaceSettings` subclass: ``enabled`` plus the surface's own keys; errors name
+    the file, line and key like every other). When the section says ``enabled: true`` the class is built with
+    the validated settings and a :class:`gateway.surfaces.SurfaceContext`, and adds its HTTP routes and gRPC
+    handlers; it reaches the rooms through the context's :class:`gateway.dispatch.Dispatcher` only.
+
+    Called when a configuration is validated and once at start-up, on every plugin; the results are
+    concatenated (the first class offered under a name wins). A section no installed plugin offers is a
+    configuration error naming those that are.
 
     :return: a list of surface classes (empty or ``None`` when the plugin offers none).
     """

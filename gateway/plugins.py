@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pluggy
 
 from gateway import hookspecs
+from gateway.config import SurfaceSettings
 from gateway.core.backend import Backend
 from gateway.surfaces import Surface
 
@@ -70,6 +71,10 @@ class Plugins:
                 by_name.setdefault(cls.name, cls)
         return by_name
 
+    def surface_models(self) -> dict[str, type[SurfaceSettings]]:
+        """Surface name → the settings model of its section of ``surfaces:``."""
+        return {name: cls.settings_model for name, cls in self.surface_classes().items()}
+
     def create_backend(self, url: str) -> Backend:
         """The backend for ``url``, chosen by its scheme (``limits``' ``storage_from_string`` style).
 
@@ -85,3 +90,9 @@ class Plugins:
                 f"(installed: {known})"
             )
         return cls(url)
+
+
+def installed_surface_models() -> dict[str, type[SurfaceSettings]]:
+    """The settings models of the surfaces the ``room_gateway`` entry points offer (none when autoload is
+    off): what validates ``surfaces:`` when no plugin set is given (:class:`gateway.config.Surfaces`)."""
+    return Plugins(create_plugin_manager()).surface_models()

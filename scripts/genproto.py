@@ -1,6 +1,6 @@
 """Regenerate gateway/_gen/ from protos/: betterproto2 code (async grpclib client and server) and the
-descriptor set the REST transcoder reads its HttpRules from. Run by `make proto`; a test runs it into a
-temporary folder and fails when the checked-in output differs.
+descriptor set gateway.schema loads (HttpRules, field behaviour; what gRPC reflection answers). Run by
+`make proto`; a test runs it into a temporary folder and fails when the checked-in output differs.
 
 Usage: python scripts/genproto.py [OUT_DIR]   (default: gateway/_gen)
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 #: The protos the gateway serves: the native API and the compatibility surfaces' (roomApi: WorkAdventure).
-#: google/api/*.proto are vendored imports, generated as dependencies.
+#: google/api/*.proto (annotations, http, field_behavior) are vendored imports, generated as dependencies.
 SOURCES = sorted(
     str(p.relative_to(PROTOS))
     for package in ("roomgateway", "roomApi")

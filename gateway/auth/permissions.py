@@ -1,8 +1,11 @@
-"""The permission each method needs — declared once, here (a test checks it covers the proto exactly)."""
+"""The permission each method (and each deployment-wide endpoint) needs — declared once, here (a test checks
+:data:`REQUIRED` covers the proto exactly)."""
 
 from __future__ import annotations
 
 ALL = "*"
+#: Reading ``GET /metrics``: deployment-wide counters, so never for a room token or a room-limited key.
+METRICS_READ = "metrics:read"
 
 #: Every permission a key or token can hold (``API.md``).
 PERMISSIONS = frozenset(
@@ -18,6 +21,7 @@ PERMISSIONS = frozenset(
         "events:listen",
         "tokens:create",
         "connections:invalidate",
+        METRICS_READ,
         ALL,
     }
 )

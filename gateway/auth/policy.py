@@ -1,8 +1,9 @@
 """The one auth policy: who is calling (credentials → :class:`Principal`) and may they (method, room).
 
-The REST edge (ASGI middleware) and the gRPC server (grpclib ``RecvRequest`` event) are thin adapters that
-hand their headers / metadata to :meth:`AuthPolicy.authenticate` and the bound request to
-:meth:`AuthPolicy.authorize`; a difference between the transports would be a bug here, not there.
+The REST edge (the authentication stage of :class:`gateway.edge.app.Edge`) and the gRPC server
+(grpclib ``RecvRequest`` event) are thin adapters that hand their headers / metadata to
+:meth:`AuthPolicy.authenticate` and the bound request to :meth:`AuthPolicy.authorize`; a difference
+between the transports would be a bug here, not there.
 
 Accepted credentials (``API.md``): ``X-API-Key: <key>``, ``Authorization: Bearer <key>``,
 ``Authorization: Basic base64(<user>:<key>)`` and Reflect's raw ``Authorization: Basic <key>``.
@@ -18,6 +19,8 @@ Room scope (:meth:`AuthPolicy.authorize`): a call naming a room needs a caller t
 room patterns, ``fnmatch``-style; a token's room, compared exactly). A call naming none acts on every room:
 ListRooms (:data:`~gateway.auth.permissions.FILTERED_BY_ROOM`) is allowed to pattern-limited keys and
 answers only their rooms; anything else, and any roomless call with a room token, is PERMISSION_DENIED.
+What is not a RoomService method but acts on the whole deployment (``GET /metrics``, permission
+``metrics:read``) follows the same rule (:meth:`AuthPolicy.authorize_deployment`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from fnmatch import fnmatchcase
+from typing import NoReturn
 
 from gateway.auth.permissions import ALL, FILTERED_BY_ROOM, REQUIRED
 from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, looks_like_token
@@ -86,6 +90,17 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
+def basic_credentials(credentials: str) -> tuple[str, str] | None:
+    """The user and password of a Basic credential (what follows ``Basic``: base64 of UTF-8
+    ``user:password``, RFC 7617), ``None`` when it is not one."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
 class AuthPolicy:
     """Authenticates credentials against the configured keys and authorizes methods.
 
@@ -132,13 +147,22 @@ class AuthPolicy:
         if room_id:
             if not principal.may_access(room_id):
                 raise PermissionDenied(f"{principal.name!r} may not access room {room_id!r}")
-        elif principal.token is not None:
-            raise PermissionDenied(f"a room token acts on its room only: {method} needs a room")
-        elif principal.rooms and method not in FILTERED_BY_ROOM:
-            raise PermissionDenied(
-                f"{principal.name!r} is limited to some rooms: {method} without a room needs a key "
-                "without room patterns"
-            )
+        elif principal.token is not None or (principal.rooms and method not in FILTERED_BY_ROOM):
+            _deny_roomless(principal, f"{method} needs a room", f"{method} without a room")
+
+    def authorize_deployment(self, principal: Principal, permission: str, action: str) -> None:
+        """Allow ``principal`` an action on the whole deployment rather than on rooms (reading
+        ``/metrics``): it needs ``permission`` and, like a call naming no room, a key limited to no rooms.
+
+        :param permission: e.g. :data:`~gateway.auth.permissions.METRICS_READ`.
+        :param action: what is asked, for the message (``"/metrics"``).
+        :raises PermissionDenied: the principal lacks ``permission``, is a room token, or is limited to
+            some rooms.
+        """
+        if not principal.may(permission):
+            raise PermissionDenied(f"{principal.name!r} lacks the permission {permission!r}")
+        if not principal.unrestricted:
+            _deny_roomless(principal, f"{action} needs an API key", action)
 
     def _match(self, candidate: str) -> ApiKey | None:
         presented = digest(candidate)
@@ -165,13 +189,20 @@ class AuthPolicy:
                 found.append(credentials)
                 bearer = credentials
             elif scheme == "basic":
-                try:
-                    decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
-                except (binascii.Error, UnicodeDecodeError):
-                    decoded = ""
-                if ":" in decoded:
-                    found.append(decoded.partition(":")[2])  # base64(user:key)
+                pair = basic_credentials(credentials)
+                if pair is not None:
+                    found.append(pair[1])  # base64(user:key)
                 found.append(credentials)  # Reflect sends the raw key: "Basic <key>"
             else:
                 raise Unauthenticated(f"unsupported Authorization scheme {scheme!r}")
         return found, bearer
+
+
+def _deny_roomless(principal: Principal, for_token: str, for_key: str) -> NoReturn:
+    """Refuse what acts on every room to a room token (``for_token``: why) or a key limited to some rooms
+    (``for_key``: what it asked)."""
+    if principal.token is not None:
+        raise PermissionDenied(f"a room token acts on its room only: {for_token}")
+    raise PermissionDenied(
+        f"{principal.name!r} is limited to some rooms: {for_key} needs a key without room patterns"
+    )

@@ -8,6 +8,13 @@ A backend is chosen by the scheme of the ``backend`` URL in ``gateway.yaml``: ea
 ``schemes`` and is offered to the gateway through the ``gateway_backend_classes`` hook
 (:mod:`gateway.hookspecs`). Run the shipped conformance suite against it (:mod:`gateway.testing`).
 
+The service calls :meth:`Backend.set_variable`; a backend implements :meth:`Backend.write_variable`, which
+receives the whole write as one :class:`VariableWrite` (with the topic, the result and the conflict error
+it implies). Helpers a backend may use, as the built-in ones do: :mod:`gateway.core.hub` (delivery to this
+process's subscriptions), :mod:`gateway.core.wire` (notifications as bytes on a broker),
+:mod:`gateway.core.times` and :mod:`gateway.core.jsontext` (times and JSON as stored),
+:mod:`gateway.core.reconnect` (keeping a notification connection up).
+
 Driver errors are wrapped automatically: an exception of a class listed in ``base_exceptions`` escaping any
 contract coroutine becomes :class:`~gateway.errors.Unavailable` (503 / UNAVAILABLE), with the original as
 ``__cause__`` — so a backend author cannot forget it (``limits``' ``Storage.__init_subclass__`` does
@@ -20,11 +27,13 @@ import abc
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, final
 
+from gateway.core import times
 from gateway.core.hub import Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, Variable, _Unset
+from gateway.core.models import JSON, Event, Room, RoomSignal, Unset, Variable
 from gateway.errors import Aborted, GatewayError, Unavailable
 
 _T = TypeVar("_T")
@@ -40,7 +49,7 @@ CONTRACT_METHODS = (
     "list_rooms",
     "get_rooms",
     "get_variable",
-    "set_variable",
+    "write_variable",
     "get_contents",
     "delete_room_data",
     "publish_event",
@@ -68,6 +77,43 @@ def _wrap_driver_errors(
 def version_conflict(name: str, expected: int, current: int) -> Aborted:
     """The ABORTED error of a failed compare-and-set, worded the same by every backend."""
     return Aborted(f"variable {name!r} is at version {current}, not the expected {expected}")
+
+
+@dataclass(frozen=True, slots=True)
+class VariableWrite:
+    """One write of a variable — or, with ``value is UNSET``, its deletion — as a backend receives it.
+
+    :param expected_version: write only if the variable is at this version (``0``: unset); ``None``: write
+        whatever the version.
+    :param now: the time of the write: the variable's new ``update_time``.
+    """
+
+    room_id: str
+    name: str
+    value: JSON | Unset
+    expected_version: int | None
+    now: datetime
+
+    @property
+    def deletes(self) -> bool:
+        """Whether this write deletes the variable."""
+        return isinstance(self.value, Unset)
+
+    @property
+    def topic(self) -> Topic:
+        """The topic whose listeners are notified of the write."""
+        return Topic("variable", self.room_id, self.name)
+
+    def written(self, version: int) -> Variable:
+        """The variable as this write leaves it, at ``version`` (what listeners and the caller get).
+
+        :raises ValueError: :attr:`now` is naive (:func:`gateway.core.times.utc`).
+        """
+        return Variable(name=self.name, value=self.value, version=version, update_time=times.utc(self.now))
+
+    def conflict(self, current: int) -> Aborted:
+        """The error to raise when the variable is at ``current``, not at :attr:`expected_version`."""
+        return version_conflict(self.name, self.expected_version or 0, current)
 
 
 class Backend(abc.ABC):
@@ -133,22 +179,29 @@ class Backend(abc.ABC):
     async def get_variable(self, room_id: str, name: str) -> Variable | None:
         """The current version of a variable, or ``None`` when it is unset (never set, or deleted)."""
 
-    @abc.abstractmethod
+    @final
     async def set_variable(
         self,
         room_id: str,
         name: str,
-        value: JSON | _Unset,
+        value: JSON | Unset,
         *,
         expected_version: int | None,
         now: datetime,
     ) -> Variable | None:
-        """Write (or, with ``value is UNSET``, delete) a variable atomically and notify its listeners.
+        """Write (or, with ``value is UNSET``, delete) a variable: :meth:`write_variable`, which a backend
+        implements, with the arguments as one :class:`VariableWrite`."""
+        return await self.write_variable(VariableWrite(room_id, name, value, expected_version, now))
+
+    @abc.abstractmethod
+    async def write_variable(self, write: VariableWrite) -> Variable | None:
+        """Write (or, with ``write.deletes``, delete) a variable atomically and notify its listeners.
 
         The version is one more than the variable's last version, deletions included, so versions never
         repeat. With ``expected_version`` the write happens only if the current version is that one (``0``:
-        the variable is unset); otherwise raise :func:`version_conflict`. Notifications of one variable
-        reach listeners in version order. Deleting an unset variable does nothing and returns ``None``.
+        the variable is unset); otherwise raise :meth:`VariableWrite.conflict`. Notifications of one
+        variable reach listeners in version order. Return :meth:`VariableWrite.written` with the new
+        version; deleting an unset variable does nothing and returns ``None``.
         """
 
     @abc.abstractmethod

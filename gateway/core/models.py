@@ -24,12 +24,13 @@ class RoomStatus(enum.Enum):
     DELETED = "DELETED"
 
 
-class _Unset:
-    """The value of a deleted variable (distinct from JSON ``null``, which is a value)."""
+class Unset:
+    """The type of :data:`UNSET`, the value of a deleted variable (distinct from JSON ``null``, which is a
+    value). A singleton: compare with ``value is UNSET``, or narrow with ``isinstance(value, Unset)``."""
 
-    _instance: _Unset | None = None
+    _instance: Unset | None = None
 
-    def __new__(cls) -> _Unset:
+    def __new__(cls) -> Unset:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -41,7 +42,8 @@ class _Unset:
         return False
 
 
-UNSET = _Unset()
+#: A deleted variable's value, and "no value given" where JSON ``null`` would be one.
+UNSET = Unset()
 
 
 @dataclass(slots=True)
@@ -61,7 +63,7 @@ class Variable:
     """One version of a variable. ``value is UNSET`` marks a deletion (sent to listeners, never stored)."""
 
     name: str
-    value: JSON | _Unset
+    value: JSON | Unset
     version: int
     update_time: datetime | None = None
 

@@ -8,7 +8,9 @@ method twice. It knows nothing of HTTP, gRPC or SQL.
 
 The rules: a room goes OPEN → CLOSED → DELETED and never back; an id is never used twice; only a CLOSED
 room can be deleted, which wipes its data and ends its streams; a CLOSED room keeps its data and current
-streams but refuses writes and new streams; a DELETED room answers NOT_FOUND except to GetRoom/ListRooms.
+streams but refuses writes and new streams; a DELETED room answers NOT_FOUND except to GetRoom/ListRooms
+(as :class:`~gateway.errors.RoomDeleted`, so that no caller needs a second read to tell it from a room that
+never existed).
 
 Two methods take the caller (a keyword-only ``caller``, supplied by the dispatcher, never by a request):
 ListRooms answers only the rooms a pattern-limited key may access, and CreateRoomToken never grants more
@@ -31,6 +33,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from gateway import schema
 from gateway.auth.policy import Principal
 from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, micros
 from gateway.core import validation
@@ -48,8 +51,8 @@ from gateway.core.models import (
     RoomStatus,
     RoomToken,
     SignalKind,
+    Unset,
     Variable,
-    _Unset,
 )
 from gateway.errors import (
     Aborted,
@@ -58,6 +61,7 @@ from gateway.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    RoomDeleted,
     Unauthenticated,
     Unavailable,
 )
@@ -73,14 +77,16 @@ INVALIDATIONS_ROOM = "\x1froom-gateway/invalidations"
 #: control character).
 EVERY_ROOM = "\x1f*"
 
-#: Room fields a client may set; the others (status, times) are output only and ignored on input (AIP-203).
+#: Room fields a client may set, each with its rule.
 _WRITABLE = {
     "display_name": validation.display_name,
     "description": validation.description,
     "jurisdiction": validation.jurisdiction,
     "settings": validation.settings,
 }
-_OUTPUT_ONLY = frozenset({"room_id", "status", "create_time", "update_time"})
+#: Room fields an update may name and leaves as they are: the proto marks them OUTPUT_ONLY (status, times)
+#: or IMMUTABLE (the id), and AIP-203 has them ignored on input, not refused.
+_IGNORED_ON_UPDATE = schema.ignored_on_update(schema.message("roomgateway.v1.Room"))
 
 _N = TypeVar("_N", Variable, Event)
 
@@ -211,7 +217,7 @@ class RoomService:
             # AIP-134: no mask means every field that is set.
             paths = [name for name, value in fields.items() if value not in ("", None, {})]
         for path in paths:
-            if path not in _WRITABLE and path not in _OUTPUT_ONLY:
+            if path not in _WRITABLE and path not in _IGNORED_ON_UPDATE:
                 raise InvalidArgument(f"update_mask names an unknown field: {path!r}")
         current = await self._writable_room(room_id)
         for path in paths:
@@ -269,7 +275,7 @@ class RoomService:
         self,
         room_id: str = "",
         name: str = "",
-        value: JSON | _Unset = UNSET,
+        value: JSON | Unset = UNSET,
         expected_version: int | None = None,
     ) -> Variable:
         validation.room_id(room_id)
@@ -457,7 +463,7 @@ class RoomService:
         if room is None:
             raise _room_not_found(room_id)
         if room.status is RoomStatus.DELETED:
-            raise NotFound(f"room {room_id!r} was deleted")
+            raise RoomDeleted(f"room {room_id!r} was deleted")
         return room
 
     async def _writable_room(self, room_id: str) -> Room:
@@ -493,9 +499,9 @@ class RoomService:
 
 
 def _require_open(room: Room, detail: str = "") -> None:
-    """NOT_FOUND for a deleted room, FAILED_PRECONDITION for a closed one."""
+    """NOT_FOUND (:class:`RoomDeleted`) for a deleted room, FAILED_PRECONDITION for a closed one."""
     if room.status is RoomStatus.DELETED:
-        raise NotFound(f"room {room.room_id!r} was deleted")
+        raise RoomDeleted(f"room {room.room_id!r} was deleted")
     if room.status is not RoomStatus.OPEN:
         raise FailedPrecondition(f"room {room.room_id!r} is closed{detail}")
 
@@ -525,5 +531,5 @@ def _empty_of(path: str) -> Any:
 
 def _stream_end(signal: RoomSignal, room_id: str) -> Exception:
     if signal.kind is SignalKind.DELETED:
-        return NotFound(f"room {room_id!r} was deleted")
+        return RoomDeleted(f"room {room_id!r} was deleted")
     return Unavailable(f"connections to room {room_id!r} were invalidated; reconnect")

@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 import orjson
-from starlette._utils import get_route_path  # where it is defined; starlette.routing does not re-export it
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -40,12 +39,14 @@ from gateway.edge.accesslog import AccessLogMiddleware
 from gateway.edge.auth import PUBLIC_PATHS, authenticate
 from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
+from gateway.edge.metrics import metrics_routes
 from gateway.edge.openapi import openapi_document
-from gateway.edge.ratelimit import admit_by_ip, metrics_routes, with_rate_limit_headers
-from gateway.edge.responses import send_error
-from gateway.edge.routing import MATCH, PRINCIPAL, TranscodedRoute, raw_route_path, route_order
+from gateway.edge.ratelimit import admit_by_ip, with_rate_limit_headers
+from gateway.edge.responses import error_response, send_error
+from gateway.edge.routing import MATCH, PRINCIPAL, TranscodedRoute, raw_route_path, route_order, route_path
 from gateway.edge.transcoder import Transcoder
-from gateway.errors import Code, GatewayError, error_body
+from gateway.errors import Code, GatewayError
+from gateway.observability.metrics import Metrics
 from gateway.ratelimit import RateLimiter, begin_call, current_verdict, end_call
 
 
@@ -58,6 +59,7 @@ def create_http_app(
     extra_routes: Sequence[BaseRoute] = (),
     self_authenticated_prefixes: tuple[str, ...] = (),
     limiter: RateLimiter | None = None,
+    metrics: Metrics | None = None,
     access_log: bool = True,
 ) -> Edge:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
@@ -68,9 +70,12 @@ def create_http_app(
     :param keepalive_seconds: silence after which a stream sends a keep-alive.
     :param extra_routes: routes of compatibility surfaces, tried after the native ones.
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
-    :param limiter: the rate-limit policy (``None``: no limits, no ``/metrics``).
+    :param limiter: the rate-limit policy (``None``: no limits).
+    :param metrics: served at ``/metrics`` (``None``: the limiter's, or, without a limiter, no ``/metrics``).
     :param access_log: log one line per call (config ``access_log``).
     """
+    if metrics is None and limiter is not None:
+        metrics = limiter.metrics  # its counters, where the limiter was built without a gateway's Metrics
     codecs = Codecs()
     routes: list[TranscodedRoute] = []
     for binding in bindings(dispatcher.methods):
@@ -92,7 +97,7 @@ def create_http_app(
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readiness(ready), methods=["GET"]),
         Route("/openapi.json", health.static_json(document), methods=["GET"]),
-        *metrics_routes(limiter),
+        *metrics_routes(metrics, dispatcher.policy),
         *extra_routes,
     ]
     router = Starlette(routes=all_routes, exception_handlers={HTTPException: _http_exception})
@@ -147,7 +152,7 @@ class Edge:
         if scope["type"] != "http":  # lifespan
             await self.router(scope, receive, send)
             return
-        path = get_route_path(scope)
+        path = route_path(scope)
         public = path in PUBLIC_PATHS  # probes: neither limited nor authenticated
         # Surfaces authenticate their calls themselves, in their vendor's error shape.
         prefixes = self._self_authenticated
@@ -204,9 +209,4 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
     code = {404: Code.NOT_FOUND, 405: Code.UNIMPLEMENTED}.get(status, Code.INVALID_ARGUMENT)
     message = f"no route for {request.method} {request.url.path}" if status in (404, 405) else str(exc)
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
-    return Response(
-        orjson.dumps(error_body(code, message, status)),
-        status_code=status,
-        headers=headers,
-        media_type="application/json",
-    )
+    return error_response(GatewayError(message, code=code, http_status=status), headers)

@@ -9,7 +9,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import GatewayError, Unavailable, error_body
+from gateway.edge.responses import error_response
+from gateway.errors import GatewayError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,10 @@ def readiness(ready: Callable[[], Awaitable[None]] | None) -> Endpoint:
             try:
                 await ready()
             except GatewayError as exc:
-                error = exc if exc.http_status == 503 else Unavailable(exc.message)
-                return _json(orjson.dumps(error_body(error.code, error.message, error.http_status)), 503)
+                return error_response(exc if exc.http_status == 503 else Unavailable(exc.message))
             except Exception:
                 log.exception("readiness check failed")
-                return _json(orjson.dumps(error_body(Unavailable.code, "not ready")), 503)
+                return error_response(Unavailable("not ready"))
         return _json(_OK)
 
     return readyz

@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote
 from google.api import annotations_pb2, http_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 
+from gateway import schema
 from gateway.dispatch import Method, native_methods
 
 #: HttpRule ``pattern`` oneof case → HTTP method.
@@ -260,8 +261,6 @@ def bindings(methods: dict[str, Method] | None = None) -> list[Binding]:
 
     :raises TemplateError: a template breaks the grammar or names a field the request does not have.
     """
-    from gateway import schema
-
     methods = native_methods() if methods is None else methods
     found = []
     for descriptor_method in schema.service().methods:
@@ -299,19 +298,11 @@ def _binding(method: Method, rule: http_pb2.HttpRule) -> Binding:
 
 
 def resolve(message: Descriptor, field_path: tuple[str, ...]) -> FieldDescriptor:
-    """The field a dotted path names, walking nested messages.
+    """The field a dotted path names, walking nested messages (:func:`gateway.schema.field_at`).
 
     :raises TemplateError: a name along the path is not a field.
     """
-    field = None
-    for i, name in enumerate(field_path):
-        if field is not None:
-            if field.message_type is None:
-                raise TemplateError(f"{'.'.join(field_path[:i])} is not a message")
-            message = field.message_type
-        field = message.fields_by_name.get(name)
-        if field is None:
-            raise TemplateError(f"{message.full_name} has no field {name!r}")
-    if field is None:
-        raise TemplateError("empty field path")
-    return field
+    try:
+        return schema.field_at(message, field_path)
+    except LookupError as exc:
+        raise TemplateError(str(exc)) from None

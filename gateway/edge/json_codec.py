@@ -13,8 +13,14 @@ integer is an :class:`~gateway.errors.InvalidArgument` naming the field. Encodin
 presence (``""``, ``0``, ``false``, ``[]``), as grpc-gateway does by default, and leaves out unset fields
 with presence (messages, ``optional`` scalars, a ``Value`` that is :data:`~gateway.core.models.UNSET`).
 
+What decides presence, lists and maps, the well-known types, enum names and "not set" is shared with the
+gRPC codec (:mod:`gateway.schema.fields`). A field kind this codec does not serve (``Any``, a group, a
+``NullValue`` enum, a map with bool keys) is an :class:`~gateway.schema.fields.UnsupportedField` when
+:class:`Codecs` is built, at start-up, naming the field.
+
 This is the REST hot path: per field it costs one dict lookup and one small function call, with no
-reflection at request time (betterproto2's ``to_dict`` costs ~110 µs a message; see NOTES.md).
+reflection at request time (betterproto2's ``to_dict`` costs ~110 µs a message, measured
+when this codec was written).
 """
 
 from __future__ import annotations
@@ -24,67 +30,37 @@ import binascii
 import enum
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 
-from gateway.core.models import UNSET
+from gateway import schema
 from gateway.errors import InvalidArgument
+from gateway.schema import fields
+from gateway.schema.fields import (
+    DURATION,
+    EMPTY,
+    FIELD_MASK,
+    INT32_TYPES,
+    INT64_TYPES,
+    LIST_VALUE,
+    NULL_VALUE,
+    STRUCT,
+    TIMESTAMP,
+    VALUE,
+    WRAPPERS,
+    UnsupportedField,
+)
 
 Decoder = Callable[[Any, str], Any]
 Encoder = Callable[[Any], Any]
 
 #: Returned by an encoder for a field that is left out of the JSON object.
 OMIT: Any = object()
-
-_INT_RANGES = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
-}
-_INT64 = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_SFIXED64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_FIXED64,
-}
-#: The wrapper types, whose JSON form is their value.
-WRAPPERS = frozenset(
-    {
-        "google.protobuf.DoubleValue",
-        "google.protobuf.FloatValue",
-        "google.protobuf.Int64Value",
-        "google.protobuf.UInt64Value",
-        "google.protobuf.Int32Value",
-        "google.protobuf.UInt32Value",
-        "google.protobuf.BoolValue",
-        "google.protobuf.StringValue",
-        "google.protobuf.BytesValue",
-    }
-)
-#: Message types whose JSON form is not an object of their fields (the well-known types).
-SPECIAL_MESSAGES = frozenset(
-    {
-        "google.protobuf.Value",
-        "google.protobuf.Struct",
-        "google.protobuf.ListValue",
-        "google.protobuf.Timestamp",
-        "google.protobuf.Duration",
-        "google.protobuf.FieldMask",
-        "google.protobuf.Empty",
-        *WRAPPERS,
-    }
-)
+#: How this codec names itself in an :class:`~gateway.schema.fields.UnsupportedField`.
+_CODEC = "REST JSON codec"
 
 _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _RFC3339 = re.compile(
@@ -92,41 +68,6 @@ _RFC3339 = re.compile(
 )
 _DURATION = re.compile(r"(-)?(\d+)(?:\.(\d{1,9}))?s")
 _MASK_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
-_UPPER = re.compile(r"[A-Z]")
-_SNAKE = re.compile(r"_([a-z0-9])")
-
-
-def snake_case(path: str) -> str:
-    """``displayName`` → ``display_name`` (FieldMask paths, proto3 JSON)."""
-    return _UPPER.sub(lambda m: "_" + m.group().lower(), path)
-
-
-def camel_case(path: str) -> str:
-    """``display_name`` → ``displayName``."""
-    return _SNAKE.sub(lambda m: m.group(1).upper(), path)
-
-
-def is_wkt(field: FieldDescriptor) -> bool:
-    """Whether ``field`` is a message with a special JSON form (a well-known type)."""
-    return field.message_type is not None and field.message_type.full_name in SPECIAL_MESSAGES
-
-
-def is_map(field: FieldDescriptor) -> bool:
-    return field.message_type is not None and field.message_type.GetOptions().map_entry
-
-
-def message_of(field: FieldDescriptor) -> Descriptor:
-    """The message type of a field the caller knows is a message (or map) field."""
-    if field.message_type is None:
-        raise TypeError(f"{field.full_name} is not a message field")
-    return field.message_type
-
-
-def enum_of(field: FieldDescriptor) -> EnumDescriptor:
-    """The enum type of a field the caller knows is an enum field."""
-    if field.enum_type is None:
-        raise TypeError(f"{field.full_name} is not an enum field")
-    return field.enum_type
 
 
 # -- scalar decoders ----------------------------------------------------------------------------------------
@@ -188,10 +129,12 @@ def _bytes(value: Any, where: str) -> bytes:
     raise InvalidArgument(f"{where} must be base64")
 
 
-def _enum_decoder(field: FieldDescriptor) -> Decoder:
-    values = enum_of(field).values
-    by_name = {v.name: v.name for v in values}
-    by_number = {v.number: v.name for v in values}
+def _enum_codec(field: FieldDescriptor) -> tuple[Decoder, Encoder]:
+    if fields.enum_of(field).full_name == NULL_VALUE:
+        # Its JSON form is `null`, which means "not set" everywhere else: nothing here would tell them apart.
+        raise UnsupportedField(field.full_name, f"an enum of type {NULL_VALUE}", _CODEC)
+    by_number = fields.enum_names(field)
+    by_name = {name: name for name in by_number.values()}
 
     def decode(value: Any, where: str) -> str:
         kind = type(value)
@@ -200,7 +143,12 @@ def _enum_decoder(field: FieldDescriptor) -> Decoder:
             raise InvalidArgument(f"{where} must be one of {sorted(by_name)}")
         return name
 
-    return decode
+    def encode(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.name
+        return by_number.get(value, value)  # an unknown number stays a number (proto3 JSON)
+
+    return decode, encode
 
 
 # -- well-known types -------------------------------------------------------------------------------------
@@ -289,89 +237,24 @@ def parse_field_mask(value: Any, where: str) -> list[str]:
         path = path.strip()
         if not _MASK_PATH.fullmatch(path):
             raise InvalidArgument(f"{where} has an invalid path {path!r}")
-        paths.append(snake_case(path))
+        paths.append(schema.snake_case(path))
     return paths
 
 
-def _wrapper_decoder(message: Descriptor) -> Decoder:
-    return _field_value_decoder(message.fields_by_name["value"], None)
+def format_field_mask(paths: Iterable[str]) -> str:
+    """``["display_name", "settings"]`` → ``"displayName,settings"``."""
+    return ",".join(schema.camel_case(path) for path in paths)
 
 
-_WKT_DECODERS: dict[str, Decoder] = {
-    "google.protobuf.Value": _value,
-    "google.protobuf.Struct": _struct,
-    "google.protobuf.ListValue": _list_value,
-    "google.protobuf.Timestamp": parse_timestamp,
-    "google.protobuf.Duration": _duration,
-    "google.protobuf.FieldMask": parse_field_mask,
-    "google.protobuf.Empty": _empty,
-}
-
-
-def _scalar_decoder(field: FieldDescriptor) -> Decoder:
-    kind = field.type
-    if kind == FieldDescriptor.TYPE_STRING:
-        return _string
-    if kind == FieldDescriptor.TYPE_BOOL:
-        return _bool
-    if kind in _INT_RANGES:
-        return _int_decoder(*_INT_RANGES[kind])
-    if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
-        return _float
-    if kind == FieldDescriptor.TYPE_BYTES:
-        return _bytes
-    if kind == FieldDescriptor.TYPE_ENUM:
-        return _enum_decoder(field)
-    raise NotImplementedError(f"{field.full_name}: field type {kind} is not supported")
-
-
-def _field_value_decoder(field: FieldDescriptor, codecs: Codecs | None) -> Decoder:
-    """The decoder of one (non-repeated) value of ``field``."""
-    message = field.message_type
-    if message is None:
-        return _scalar_decoder(field)
-    if message.full_name in _WKT_DECODERS:
-        return _WKT_DECODERS[message.full_name]
-    if message.full_name in WRAPPERS:
-        return _wrapper_decoder(message)
-    if codecs is None or message.full_name.startswith("google.protobuf."):
-        raise NotImplementedError(f"{field.full_name}: {message.full_name} is not supported")
-    codec = codecs.get(message)
-    return lambda value, where: codec.decode(value, where)
-
-
-# -- encoders ---------------------------------------------------------------------------------------------
+# -- one value of a field: its decoder and encoder, chosen together -----------------------------------------
 
 
 def _same(value: Any) -> Any:
     return value
 
 
-def _omit_none(encode: Encoder) -> Encoder:
-    return lambda value: OMIT if value is None else encode(value)
-
-
-def _enum_encoder(field: FieldDescriptor) -> Encoder:
-    by_number = {v.number: v.name for v in enum_of(field).values}
-
-    def encode(value: Any) -> Any:
-        if isinstance(value, enum.Enum):
-            return value.name
-        return by_number.get(value, value)  # an unknown number stays a number (proto3 JSON)
-
-    return encode
-
-
-def _scalar_encoder(field: FieldDescriptor) -> Encoder:
-    if field.type in _INT64:
-        return str  # proto3 JSON: 64-bit integers are strings
-    if field.type == FieldDescriptor.TYPE_ENUM:
-        return _enum_encoder(field)
-    if field.type == FieldDescriptor.TYPE_BYTES:
-        return lambda value: base64.b64encode(value).decode("ascii")
-    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
-        return _float_json
-    return _same
+def _base64(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
 
 
 def _float_json(value: float) -> float | str:
@@ -380,27 +263,58 @@ def _float_json(value: float) -> float | str:
     return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")  # proto3 JSON spellings
 
 
-_WKT_ENCODERS: dict[str, Encoder] = {
-    "google.protobuf.Value": _same,
-    "google.protobuf.Struct": _same,
-    "google.protobuf.ListValue": _same,
-    "google.protobuf.Timestamp": format_timestamp,
-    "google.protobuf.Duration": _format_duration,
-    "google.protobuf.FieldMask": lambda paths: ",".join(camel_case(p) for p in paths),
-    "google.protobuf.Empty": lambda value: {},
+#: Field types no decoder is written for, by name (proto2 groups: no proto3 file has one).
+_TYPE_NAMES = {FieldDescriptor.TYPE_GROUP: "group"}
+#: The well-known types: the decoder and encoder of each one's own JSON form.
+_WKT_CODECS: dict[str, tuple[Decoder, Encoder]] = {
+    VALUE: (_value, _same),
+    STRUCT: (_struct, _same),
+    LIST_VALUE: (_list_value, _same),
+    TIMESTAMP: (parse_timestamp, format_timestamp),
+    DURATION: (_duration, _format_duration),
+    FIELD_MASK: (parse_field_mask, format_field_mask),
+    EMPTY: (_empty, lambda value: {}),
 }
 
 
-def _field_value_encoder(field: FieldDescriptor, codecs: Codecs) -> Encoder:
-    message = field.message_type
-    if message is None:
-        return _scalar_encoder(field)
-    if message.full_name in _WKT_ENCODERS:
-        return _WKT_ENCODERS[message.full_name]
-    if message.full_name in WRAPPERS:
-        return _scalar_encoder(message.fields_by_name["value"])
-    codec = codecs.get(message)
-    return lambda value: codec.encode(value)
+def _scalar_codec(field: FieldDescriptor) -> tuple[Decoder, Encoder]:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_STRING:
+        return _string, _same
+    if kind == FieldDescriptor.TYPE_BOOL:
+        return _bool, _same
+    if kind in INT32_TYPES or kind in INT64_TYPES:
+        # proto3 JSON: 64-bit integers are written as strings
+        return _int_decoder(*fields.int_range(kind)), str if kind in INT64_TYPES else _same
+    if kind in fields.FLOAT_TYPES:
+        return _float, _float_json
+    if kind == FieldDescriptor.TYPE_BYTES:
+        return _bytes, _base64
+    if kind == FieldDescriptor.TYPE_ENUM:
+        return _enum_codec(field)
+    raise UnsupportedField(field.full_name, f"a field of type {_TYPE_NAMES.get(kind, kind)}", _CODEC)
+
+
+def _value_codec(field: FieldDescriptor, codecs: Codecs | None) -> tuple[Decoder, Encoder]:
+    """The decoder and encoder of one (non-repeated) value of ``field``.
+
+    :param codecs: where nested messages' codecs come from; ``None`` where a message cannot stand (a query
+        parameter).
+    :raises UnsupportedField: a kind this codec does not serve.
+    """
+    name = fields.message_name(field)
+    if name is None or field.type == FieldDescriptor.TYPE_GROUP:  # a group has a message type too
+        return _scalar_codec(field)
+    if name in _WKT_CODECS:
+        return _WKT_CODECS[name]
+    if name in WRAPPERS:
+        return _scalar_codec(fields.message_of(field).fields_by_name["value"])
+    if fields.is_well_known(field):  # Any, Type, …: a JSON form this codec does not write
+        raise UnsupportedField(field.full_name, f"a field of type {name}", _CODEC)
+    if codecs is None:
+        raise UnsupportedField(field.full_name, "a message in a query parameter", _CODEC)
+    codec = codecs.get(fields.message_of(field))
+    return codec.decode, codec.encode
 
 
 # -- messages ---------------------------------------------------------------------------------------------
@@ -417,7 +331,6 @@ class MessageCodec:
         self.fields: dict[str, FieldDescriptor] = {}
         self._decoders: dict[str, tuple[str, Decoder, bool]] = {}
         self._encoders: list[tuple[str, str, Encoder]] = []
-        # Real oneofs only; proto3 `optional` fields sit in a synthetic oneof of one field named "_<field>".
         self._oneofs: dict[str, str] = {}
 
     def _compile(self, codecs: Codecs) -> None:
@@ -428,24 +341,24 @@ class MessageCodec:
             self.names[field.json_name] = name
             decode, encode = self._field_codec(field, codecs)
             # `null` means "not set" (proto3 JSON), except for a Value, where it is the JSON null.
-            null_is_value = field.message_type is not None and (
-                field.message_type.full_name == "google.protobuf.Value" and not field.is_repeated
-            )
+            null_is_value = fields.is_value(field)
             self._decoders[name] = (field.json_name, decode, null_is_value)
             self._decoders[field.json_name] = (field.json_name, decode, null_is_value)
             self._encoders.append((field.json_name, name, encode))
-            oneof = field.containing_oneof
-            if oneof is not None and not (len(oneof.fields) == 1 and oneof.name == "_" + name):
-                self._oneofs[name] = oneof.name
+            oneof = fields.oneof_name(field)
+            if oneof is not None:
+                self._oneofs[name] = oneof
 
     @staticmethod
     def _field_codec(field: FieldDescriptor, codecs: Codecs) -> tuple[Decoder, Encoder]:
-        if is_map(field):
-            entry = message_of(field)
-            decode_key = _field_value_decoder(entry.fields_by_name["key"], codecs)
-            decode_val = _field_value_decoder(entry.fields_by_name["value"], codecs)
-            encode_val = _field_value_encoder(entry.fields_by_name["value"], codecs)
-            key_is_string = entry.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING
+        if fields.is_map(field):
+            entry = fields.message_of(field)
+            key_field = entry.fields_by_name["key"]
+            if key_field.type == FieldDescriptor.TYPE_BOOL:  # JSON keys "true"/"false": not written here
+                raise UnsupportedField(field.full_name, "a map with bool keys", _CODEC)
+            decode_key = _scalar_codec(key_field)[0]  # JSON keys are strings, which integer decoders take
+            decode_val, encode_val = _value_codec(entry.fields_by_name["value"], codecs)
+            key_is_string = key_field.type == FieldDescriptor.TYPE_STRING
 
             def decode_map(value: Any, where: str) -> dict[Any, Any]:
                 if type(value) is not dict:
@@ -458,9 +371,8 @@ class MessageCodec:
                 }
 
             return decode_map, lambda value: {str(k): encode_val(v) for k, v in (value or {}).items()}
-        decode_one = _field_value_decoder(field, codecs)
-        encode_one = _field_value_encoder(field, codecs)
-        if field.is_repeated:
+        decode_one, encode_one = _value_codec(field, codecs)
+        if fields.is_list(field):
 
             def decode_list(value: Any, where: str) -> list[Any]:
                 if type(value) is not list:
@@ -468,10 +380,11 @@ class MessageCodec:
                 return [decode_one(item, f"{where}[{i}]") for i, item in enumerate(value)]
 
             return decode_list, lambda value: [encode_one(item) for item in value or ()]
-        if field.message_type is not None and field.message_type.full_name == "google.protobuf.Value":
-            return decode_one, lambda value: OMIT if value is UNSET else value
-        if field.has_presence:  # messages and `optional` scalars
-            return decode_one, _omit_none(encode_one)
+        if fields.has_presence(field):  # messages and `optional` scalars: left out when not set
+            absent = fields.absent_value(field)
+            if encode_one is _same:  # a Value, a Struct, an optional string: no call per value
+                return decode_one, lambda value: OMIT if value is absent else value
+            return decode_one, lambda value: OMIT if value is absent else encode_one(value)
         return decode_one, encode_one
 
     def decode(self, value: Any, where: str = "") -> dict[str, Any]:
@@ -530,16 +443,42 @@ class MessageCodec:
 
 
 class Codecs:
-    """The codecs of every message type reached from the messages asked for, compiled once."""
+    """The codecs of every message type reached from the services served, compiled once.
 
-    def __init__(self) -> None:
+    Building it compiles the request and response codecs of every method of ``services`` (and so of every
+    message they reach): a field kind this codec does not serve fails here, at start-up, not on the first
+    call that meets it.
+
+    :param services: the services whose REST JSON is served; ``None``: the native service.
+    :raises UnsupportedField: a field (or a request or response type) this codec does not serve, named.
+    """
+
+    def __init__(self, services: Iterable[ServiceDescriptor] | None = None) -> None:
         self._by_name: dict[str, MessageCodec] = {}
+        for service in (schema.service(),) if services is None else services:
+            for method in service.methods:
+                for message in (method.input_type, method.output_type):
+                    name = message.full_name
+                    if name.startswith(fields.WELL_KNOWN_PACKAGE) and name != EMPTY:
+                        # A Value or a Timestamp is not a JSON object of fields: no body could carry it.
+                        raise UnsupportedField(
+                            method.full_name, f"a request or response of type {name}", _CODEC
+                        )
+                    self.get(message)
 
     def get(self, descriptor: Descriptor) -> MessageCodec:
+        """The codec of ``descriptor``, compiled on first use.
+
+        :raises UnsupportedField: a field of it (or of a message it reaches) this codec does not serve.
+        """
         codec = self._by_name.get(descriptor.full_name)
         if codec is None:
             codec = self._by_name[descriptor.full_name] = MessageCodec(descriptor)
-            codec._compile(self)  # registered first, so recursive messages terminate
+            try:
+                codec._compile(self)  # registered first, so recursive messages terminate
+            except UnsupportedField:
+                del self._by_name[descriptor.full_name]
+                raise
         return codec
 
     def query_decoder(self, field: FieldDescriptor) -> Decoder:
@@ -557,7 +496,7 @@ class Codecs:
                 raise InvalidArgument(f"{where} must be true or false")
 
             return decode_bool
-        decode = _field_value_decoder(field, None)
+        decode = _value_codec(field, None)[0]
         if field.type == FieldDescriptor.TYPE_ENUM:
             return lambda value, where: decode(int(value) if _INTEGER.fullmatch(value) else value, where)
         return decode

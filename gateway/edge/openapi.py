@@ -6,8 +6,10 @@ about a route is written twice. Every operation shares the error schema and the 
 
 The domain's input rules (:mod:`gateway.core.validation`) are stated where the API enforces them, from one
 table by proto field name (:data:`FIELD_RULES`) applied to every path parameter, query parameter and body
-field of that name. Proto3 JSON shapes are spelled out: ``null`` is "not set" for any field of an object
-(so every optional field also admits ``null``), and integers travel as JSON numbers or decimal strings.
+field of that name. Which fields are required and which are read-only comes from the proto's
+``google.api.field_behavior`` (``REQUIRED``, ``OUTPUT_ONLY``), as the service reads it. Proto3 JSON shapes
+are spelled out: ``null`` is "not set" for any field of an object (so every optional field also admits
+``null``), and integers travel as JSON numbers or decimal strings.
 """
 
 from __future__ import annotations
@@ -19,26 +21,22 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway import schema
 from gateway.core import validation
-from gateway.edge.json_codec import enum_of, is_map, message_of
 from gateway.edge.streams import NDJSON, SSE
 from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code
+from gateway.schema.fields import (
+    FIELD_MASK,
+    FLOAT_TYPES,
+    INT32_TYPES,
+    INT64_TYPES,
+    WRAPPERS,
+    enum_of,
+    int_range,
+    is_map,
+    message_of,
+)
 
 _REF = "#/components/schemas/"
-_INT32 = {
-    FieldDescriptor.TYPE_INT32,
-    FieldDescriptor.TYPE_SINT32,
-    FieldDescriptor.TYPE_SFIXED32,
-    FieldDescriptor.TYPE_UINT32,
-    FieldDescriptor.TYPE_FIXED32,
-}
-_INT64 = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_SFIXED64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_FIXED64,
-}
 _NON_NEGATIVE = {"minimum": 0}
 _NO_CONTROL = f"^[^{validation.CONTROL_CHARACTERS}]*$"
 _ROOM_ID = {"minLength": 1, "maxLength": validation.MAX_ROOM_ID, "pattern": _NO_CONTROL}
@@ -49,8 +47,9 @@ _JSON_VALUE = (
 )
 #: The domain's input rules (gateway.core.validation) as JSON Schema keywords, by proto field name, merged
 #: into the schema of every path parameter, query parameter (each item, for a repeated one) and body field
-#: so named. A rule with ``minLength`` makes a body field required (absent is ``""`` in proto3), except in
-#: :data:`_EMPTY_IS_UNSET`. What JSON Schema cannot say (sizes of JSON values) is said in the description.
+#: so named. A ``minLength`` holds on a field the proto marks REQUIRED, and on each item of a repeated one:
+#: an optional string may be ``""`` (the global InvalidateConnections has no room id). What JSON Schema
+#: cannot say (sizes of JSON values) is said in the description.
 FIELD_RULES: dict[str, dict[str, Any]] = {
     "room_id": _ROOM_ID,
     # ListRooms: where to start, "" for the first room.
@@ -76,18 +75,6 @@ FIELD_RULES: dict[str, dict[str, Any]] = {
     "max_results": _NON_NEGATIVE,
     "expected_version": _NON_NEGATIVE,
     "ttl_seconds": _NON_NEGATIVE,
-}
-#: Fields whose rule has a ``minLength`` but where ``""`` (or absent) means "not given": the global
-#: InvalidateConnections (``POST /v1/connections:invalidate``).
-_EMPTY_IS_UNSET = frozenset({"roomgateway.v1.InvalidateConnectionsRequest.room_id"})
-#: Fields a request must set though their rule has no ``minLength``: SetVariable refuses a missing value
-#: (``null`` is a JSON value there, not "not set").
-_REQUIRED = frozenset({"roomgateway.v1.SetVariableRequest.value"})
-_UNSIGNED = {
-    FieldDescriptor.TYPE_UINT32,
-    FieldDescriptor.TYPE_FIXED32,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_FIXED64,
 }
 _WKT_SCHEMAS: dict[str, dict[str, Any]] = {
     "google.protobuf.Value": {"description": "Any JSON value."},
@@ -133,12 +120,14 @@ class _Schemas:
         return {"$ref": _REF + message.full_name}
 
     def object(self, fields: Sequence[FieldDescriptor]) -> dict[str, Any]:
-        """An object of ``fields``: each field with its domain rule, nullable unless required."""
-        required = [field.json_name for field in fields if _is_required(field)]
+        """An object of ``fields``: each field with its domain rule, nullable unless required, read-only
+        when output only (a request may send it; it is ignored)."""
+        required = [field.json_name for field in fields if schema.is_required(field)]
         properties = {}
         for field in fields:
             one = _with_rule(self.field(field), field)
-            properties[field.json_name] = one if field.json_name in required else _nullable(one)
+            one = one if field.json_name in required else _nullable(one)
+            properties[field.json_name] = {**one, "readOnly": True} if schema.is_output_only(field) else one
         return {
             "type": "object",
             **({"required": required} if required else {}),
@@ -158,23 +147,17 @@ class _Schemas:
     def one(self, field: FieldDescriptor) -> dict[str, Any]:
         if field.message_type is not None:
             message = field.message_type
-            if (
-                message.full_name.startswith("google.protobuf.")
-                and message.full_name.endswith("Value")
-                and (message.full_name not in _WKT_SCHEMAS)
-            ):
+            if message.full_name in WRAPPERS:
                 return self.one(message.fields_by_name["value"])  # wrappers: the wrapped scalar
             return self.message(message)
         kind = field.type
         if kind == FieldDescriptor.TYPE_ENUM:
             return {"type": "string", "enum": [v.name for v in enum_of(field).values]}
-        if kind in _INT32 or kind in _INT64:  # proto3 JSON: a number or a decimal string, either way
-            bits = 32 if kind in _INT32 else 64
-            low, high = (0, 2**bits - 1) if kind in _UNSIGNED else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-            return _integer(low, high, f"int{bits}")
+        if kind in INT32_TYPES or kind in INT64_TYPES:  # proto3 JSON: a number or a decimal string
+            return _integer(*int_range(kind), "int64" if kind in INT64_TYPES else "int32")
         if kind == FieldDescriptor.TYPE_BOOL:
             return {"type": "boolean"}
-        if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        if kind in FLOAT_TYPES:
             return {"type": "number"}
         if kind == FieldDescriptor.TYPE_BYTES:
             return {"type": "string", "contentEncoding": "base64"}
@@ -190,23 +173,25 @@ def openapi_document(transcoders: Sequence[Transcoder], *, title: str = "room-ga
         binding = transcoder.binding
         method = binding.method
         template = binding.template
-        names = {v.field_path: _last_json_name(method.input, v.field_path) for v in template.variables}
+        names = {
+            v.field_path: schema.field_at(method.input, v.field_path).json_name for v in template.variables
+        }
         parameters: list[dict[str, Any]] = [
             {
                 "name": names[v.field_path],
                 "in": "path",
                 "required": True,
                 "description": f"Binds `{'.'.join(v.field_path)}`; percent-encode '/' and ':' in it.",
-                "schema": _with_rule({"type": "string"}, _leaf(method.input, v.field_path)),
+                "schema": _with_rule({"type": "string"}, schema.field_at(method.input, v.field_path)),
             }
             for v in template.variables
         ]
         by_path = {field_path: repeated for field_path, _decode, repeated in transcoder.query.values()}
         for field_path, repeated in by_path.items():
-            leaf = _leaf(method.input, field_path)
+            leaf = schema.field_at(method.input, field_path)
             parameters.append(
                 {
-                    "name": _json_path(method.input, field_path),
+                    "name": schema.json_path(method.input, field_path),
                     "in": "query",
                     "required": False,
                     "schema": _mask_schema(transcoder, leaf)
@@ -310,7 +295,7 @@ def _mask_schema(transcoder: Transcoder, leaf: FieldDescriptor) -> dict[str, Any
     if leaf.name != "update_mask" or body in ("", "*") or leaf.message_type is None:
         return None
     target = transcoder.binding.method.input.fields_by_name[body].message_type
-    if leaf.message_type.full_name != "google.protobuf.FieldMask" or target is None:
+    if leaf.message_type.full_name != FIELD_MASK or target is None:
         return None
     names = "|".join(sorted({name for f in target.fields for name in (f.name, f.json_name)}))
     path = rf"\s*({names})\s*"
@@ -322,19 +307,12 @@ def _mask_schema(transcoder: Transcoder, leaf: FieldDescriptor) -> dict[str, Any
     }
 
 
-def _is_required(field: FieldDescriptor) -> bool:
-    if field.full_name in _REQUIRED:
-        return True
-    rule = FIELD_RULES.get(field.name, {})
-    return rule.get("minLength", 0) > 0 and not field.is_repeated and field.full_name not in _EMPTY_IS_UNSET
-
-
 def _with_rule(field_schema: dict[str, Any], field: FieldDescriptor) -> dict[str, Any]:
     """``field_schema`` with the domain rule of ``field``'s name (on the items of a repeated field)."""
     rule = FIELD_RULES.get(field.name)
     if rule is None:
         return field_schema
-    if field.full_name in _EMPTY_IS_UNSET:
+    if not field.is_repeated and not schema.is_required(field):
         rule = {key: value for key, value in rule.items() if key != "minLength"}
     if field_schema.get("type") == "array":
         return {**field_schema, "items": _merge(field_schema["items"], rule)}
@@ -386,24 +364,3 @@ def _nullable(field_schema: dict[str, Any]) -> dict[str, Any]:
     if "enum" in out:
         out["enum"] = [*out["enum"], None]
     return out
-
-
-def _leaf(message: Descriptor, field_path: tuple[str, ...]) -> FieldDescriptor:
-    for name in field_path[:-1]:
-        message = message_of(message.fields_by_name[name])
-    return message.fields_by_name[field_path[-1]]
-
-
-def _last_json_name(message: Descriptor, field_path: tuple[str, ...]) -> str:
-    return _leaf(message, field_path).json_name
-
-
-def _json_path(message: Descriptor, field_path: tuple[str, ...]) -> str:
-    *parents, leaf = field_path  # never empty: http_rules.resolve checked every path at start-up
-    names = []
-    for name in parents:
-        field = message.fields_by_name[name]
-        names.append(field.json_name)
-        message = message_of(field)
-    names.append(message.fields_by_name[leaf].json_name)
-    return ".".join(names)

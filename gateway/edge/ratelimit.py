@@ -8,26 +8,18 @@
 
 Every response of a call that a limit applied to carries ``RateLimit-Limit``, ``RateLimit-Remaining`` and
 ``RateLimit-Reset`` (seconds) of the tightest limit (draft-ietf-httpapi-ratelimit-headers); a 429 adds
-``Retry-After`` (RFC 9110 §10.2.3, whole seconds) and the native error body (RESOURCE_EXHAUSTED).
-``/healthz`` and ``/readyz`` are not limited (probes, like authentication).
+``Retry-After`` (RFC 9110 §10.2.3, whole seconds) and the native error body (RESOURCE_EXHAUSTED, sent by
+the edge with :func:`gateway.edge.responses.send_error`). ``/healthz`` and ``/readyz`` are not limited
+(probes, like authentication). The refusals are counted in ``/metrics`` (:mod:`gateway.edge.metrics`).
 """
 
 from __future__ import annotations
 
 import math
 
-import orjson
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Scope, Send
 
-from gateway.auth.policy import Principal
-from gateway.edge.routing import PRINCIPAL
-from gateway.errors import PermissionDenied, error_body
 from gateway.ratelimit import RateLimiter, Verdict
-
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
@@ -80,26 +72,3 @@ def client_ip(limiter: RateLimiter, scope: Scope) -> str:
         return peer or ""
     forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
     return limiter.client_ip(peer, forwarded)
-
-
-def metrics_routes(limiter: RateLimiter | None) -> list[BaseRoute]:
-    """``GET /metrics``: the limiter's counters in the Prometheus text format.
-
-    The counters are deployment-wide, so, like the global InvalidateConnections, they need an API key
-    without room patterns: a room token or a key limited to some rooms gets PERMISSION_DENIED.
-    """
-    if limiter is None:
-        return []
-
-    async def metrics(request: Request) -> Response:
-        principal = request.scope.get(PRINCIPAL)
-        if not isinstance(principal, Principal) or principal.token is not None or principal.rooms:
-            denied = PermissionDenied("/metrics needs an API key that is not limited to some rooms")
-            return Response(
-                orjson.dumps(error_body(denied.code, denied.message)),
-                status_code=denied.http_status,
-                media_type="application/json",
-            )
-        return Response(limiter.metrics(), media_type=PROMETHEUS_TYPE)
-
-    return [Route("/metrics", metrics, methods=["GET"])]

@@ -2,14 +2,19 @@
 
 The edge answers with plain ``send`` calls rather than Starlette ``Response`` objects on the hot path: a
 JSON response is two messages, and the body is already bytes (orjson).
+
+The native REST error response is made here and nowhere else: :func:`error_bytes` is its body, which
+:func:`send_error` sends (ASGI), :func:`error_response` wraps for Starlette endpoints, and the stream
+framings and the HTTP protocol's own 408/431 answers (:mod:`gateway.edge.timeouts`) embed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.auth.policy import WWW_AUTHENTICATE
@@ -49,17 +54,27 @@ async def send_json(send: Send, status: int, body: bytes, headers: Headers = ())
 
 
 def error_bytes(error: GatewayError) -> bytes:
+    """The body of the native REST error response to ``error`` (:func:`gateway.errors.error_body`)."""
     return orjson.dumps(error_body(error.code, error.message, error.http_status))
 
 
 async def send_error(send: Send, error: GatewayError, headers: Headers = ()) -> None:
     """Send ``error`` in the native REST shape, with its HTTP status. A 401 always carries the
     ``WWW-Authenticate`` challenge (RFC 9110 §15.5.2), also when it comes from a call (an invalidated room
-    token) rather than from the auth middleware."""
+    token) rather than from the edge's authentication stage."""
     headers = list(headers)
     if error.code is Code.UNAUTHENTICATED and not any(name == b"www-authenticate" for name, _ in headers):
         headers.append((b"www-authenticate", WWW_AUTHENTICATE.encode("ascii")))
     await send_json(send, error.http_status, error_bytes(error), headers)
+
+
+def error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> Response:
+    """:func:`send_error` as a Starlette ``Response``, for endpoints and exception handlers off the hot path
+    (probes, Starlette's own 404 and 405)."""
+    response = Response(error_bytes(error), error.http_status, headers, media_type="application/json")
+    if error.code is Code.UNAUTHENTICATED and "www-authenticate" not in response.headers:
+        response.headers["www-authenticate"] = WWW_AUTHENTICATE
+    return response
 
 
 def internal_error() -> GatewayError:

@@ -42,6 +42,14 @@ MATCH = "room_gateway.match"
 _RAW_PATH = "room_gateway.raw_path"
 
 
+def route_path(scope: Scope) -> str:
+    """The request's (decoded) path below the app's mount point, ``scope["root_path"]``: what a route
+    matches, as Starlette's router computes it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return _below_root(path, root) if root else path  # once per call: no function call when not mounted
+
+
 def raw_route_path(scope: Scope) -> str:
     """The request's path as sent (percent-encoding intact), without the query string and root path.
 
@@ -56,11 +64,21 @@ def raw_route_path(scope: Scope) -> str:
     else:
         # Some clients' raw_path carries the query string (httpx's ASGITransport does).
         path = raw.partition(b"?")[0].decode("latin-1")
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
+    root: str = scope.get("root_path", "")
+    if root:
+        path = _below_root(path, root)
     scope[_RAW_PATH] = path
     return path
+
+
+def _below_root(path: str, root: str) -> str:
+    """``path`` without the mount point ``root`` when it lies below it (``/api/v1`` below ``/api``; not
+    ``/apiv1``), as Starlette's ``get_route_path`` does; ``""`` for the mount point itself."""
+    if not path.startswith(root):
+        return path
+    if len(path) == len(root):
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path
 
 
 class TranscodedRoute(BaseRoute):

@@ -24,14 +24,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.errors import Code, error_body
+from gateway.edge.responses import error_bytes
+from gateway.errors import Code, GatewayError
 
 
 def _raw_response(status: int, reason: bytes, code: Code, message: str) -> bytes:
-    body = orjson.dumps(error_body(code, message, status))
+    body = error_bytes(GatewayError(message, code=code, http_status=status))
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
         b"connection: close\r\n\r\n" % (status, reason, len(body))

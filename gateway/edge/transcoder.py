@@ -21,16 +21,14 @@ from urllib.parse import parse_qsl
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from gateway import schema
 from gateway.edge.http_rules import Binding
-from gateway.edge.json_codec import WRAPPERS, Codecs, Decoder, MessageCodec, is_map, is_wkt, message_of
+from gateway.edge.json_codec import Codecs, Decoder, MessageCodec
 from gateway.errors import InvalidArgument
+from gateway.schema.fields import DURATION, FIELD_MASK, TIMESTAMP, WRAPPERS, is_field_mask, is_map, is_wkt
 
 #: Leaf message types that travel as one string in a query parameter.
-_QUERY_MESSAGES = WRAPPERS | {
-    "google.protobuf.Timestamp",
-    "google.protobuf.Duration",
-    "google.protobuf.FieldMask",
-}
+_QUERY_MESSAGES = WRAPPERS | {TIMESTAMP, DURATION, FIELD_MASK}
 _MAX_QUERY_DEPTH = 8
 _MASK_FIELD = "update_mask"
 
@@ -59,8 +57,8 @@ class Transcoder:
         self._path: list[tuple[tuple[str, ...], str, Decoder]] = [
             (
                 v.field_path,
-                _json_path(method.input, v.field_path),
-                _leaf_decoder(codecs, method.input, v.field_path),
+                schema.json_path(method.input, v.field_path),
+                codecs.query_decoder(schema.field_at(method.input, v.field_path)),
             )
             for v in binding.template.variables
         ]
@@ -84,10 +82,7 @@ class Transcoder:
         #: The body's codec when the update mask is inferred from the body's keys.
         self._mask_codec = (
             self._body_codec
-            if mask is not None
-            and mask.message_type is not None
-            and mask.message_type.full_name == "google.protobuf.FieldMask"
-            and (_MASK_FIELD,) not in bound
+            if mask is not None and is_field_mask(mask) and (_MASK_FIELD,) not in bound
             else None
         )
 
@@ -180,23 +175,6 @@ def _container(kwargs: dict[str, Any], field_path: tuple[str, ...], where: str) 
             raise InvalidArgument(f"{where} conflicts with the body")
         container = inner
     return container
-
-
-def _json_path(message: Descriptor, field_path: tuple[str, ...]) -> str:
-    *parents, leaf = field_path  # never empty: http_rules.resolve checked every path at start-up
-    names = []
-    for name in parents:
-        field = message.fields_by_name[name]
-        names.append(field.json_name)
-        message = message_of(field)
-    names.append(message.fields_by_name[leaf].json_name)
-    return ".".join(names)
-
-
-def _leaf_decoder(codecs: Codecs, message: Descriptor, field_path: tuple[str, ...]) -> Decoder:
-    for name in field_path[:-1]:
-        message = message_of(message.fields_by_name[name])
-    return codecs.query_decoder(message.fields_by_name[field_path[-1]])
 
 
 def _query_fields(

@@ -4,6 +4,8 @@
 - :mod:`gateway.rpc.service` — the handler, its methods made from the proto descriptor.
 - :mod:`gateway.rpc.codec` — betterproto2 messages ↔ RoomService arguments and results.
 - :mod:`gateway.rpc.auth` — the auth policy's gRPC adapter (a ``RecvRequest`` listener).
+- :mod:`gateway.rpc.ratelimit` — the rate-limit policy's gRPC adapter (server events).
+- :mod:`gateway.rpc.errors` — a :class:`~gateway.errors.GatewayError` as a gRPC status, made in one place.
 """
 
 from gateway.rpc.server import build_handlers, create_grpc_server

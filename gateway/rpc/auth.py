@@ -22,6 +22,7 @@ from grpclib.server import Server
 
 from gateway.auth.policy import AuthPolicy, Principal
 from gateway.errors import GatewayError
+from gateway.rpc.errors import grpc_error
 
 #: Method paths answered without credentials.
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -61,7 +62,7 @@ def install_auth(server: Server, policy: AuthPolicy, *, skip_prefixes: tuple[str
                 api_key=_text(event.metadata.get("x-api-key")),
             )
         except GatewayError as err:
-            raise GRPCError(Status(err.code.value), err.message) from None
+            raise grpc_error(err) from None
         _principal.set(principal)
 
     listen(server, RecvRequest, authenticate)

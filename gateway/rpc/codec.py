@@ -7,9 +7,11 @@ JSON; a ``FieldMask`` as its list of paths; a field with presence that is absent
 result (the dataclasses of ``gateway.core.models``, which mirror the messages field by field) becomes the
 response message the same way back; ``None`` becomes ``google.protobuf.Empty``.
 
-Field kinds come from the ``google.protobuf`` descriptors (``gateway.schema``); the betterproto2 classes come
-from the generated message pool (messages) and from the generated class's field table (enums). Each message
-type's plan is built once and cached, so a call walks a short list of precomputed converters.
+Field kinds come from the ``google.protobuf`` descriptors, by the per-field rules the REST JSON codec follows
+too (:mod:`gateway.schema.fields`: presence, lists and maps, the JSON well-known types, FieldMask, enum
+names, "not set"); the betterproto2 classes come from the generated message pool (messages) and from the
+generated class's field table (enums). Each message type's plan is built once and cached, so a call walks a
+short list of precomputed converters.
 """
 
 from __future__ import annotations
@@ -25,12 +27,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from gateway._gen.google import protobuf as wkt
 from gateway._gen.message_pool import default_message_pool
 from gateway.core.models import UNSET
+from gateway.schema import fields
 
 _Convert = Callable[[Any], Any]
-
-#: Well-known types with a JSON mapping that betterproto2 implements as ``to_dict``/``from_dict``.
-_JSON_TYPES = frozenset({"google.protobuf.Value", "google.protobuf.Struct", "google.protobuf.ListValue"})
-_FIELD_MASK = "google.protobuf.FieldMask"
 
 
 def message_class(descriptor: Descriptor) -> type[betterproto2.Message]:
@@ -52,7 +51,7 @@ def to_kwargs(message: betterproto2.Message, descriptor: Descriptor) -> dict[str
 
 @functools.cache
 def _decoder(descriptor: Descriptor) -> Callable[[betterproto2.Message], dict[str, Any]]:
-    plan = [(f.name, _has_presence(f), _field_decoder(f)) for f in descriptor.fields]
+    plan = [(f.name, fields.has_presence(f), _field_decoder(f)) for f in descriptor.fields]
 
     def decode(message: betterproto2.Message) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
@@ -66,28 +65,26 @@ def _decoder(descriptor: Descriptor) -> Callable[[betterproto2.Message], dict[st
     return decode
 
 
-def _has_presence(field: FieldDescriptor) -> bool:
-    return field.message_type is not None or field.has_presence
-
-
 def _field_decoder(field: FieldDescriptor) -> _Convert:
+    _refuse_map(field)
     one = _single_decoder(field)
-    if _is_repeated(field):
+    if fields.is_list(field):
         return lambda values: [one(v) for v in values]
     return one
 
 
 def _single_decoder(field: FieldDescriptor) -> _Convert:
     if field.enum_type is not None:
-        return lambda value: value.name
+        names = fields.enum_names(field)
+        return lambda value: names.get(value, value)  # an unknown number stays a number
     message = field.message_type
     if message is None:
         return _identity
-    if message.full_name in _JSON_TYPES:
+    if fields.is_json_value(field):
         return lambda value: _integral_numbers(value.to_dict())
-    if message.full_name == _FIELD_MASK:
+    if fields.is_field_mask(field):
         return lambda value: list(value.paths)
-    if message.full_name.startswith("google.protobuf."):
+    if fields.is_well_known(field):
         return _identity  # betterproto2 unwraps Timestamp, Duration and the wrappers into Python values
     return _decoder(message)
 
@@ -107,10 +104,10 @@ def to_message(result: Any, descriptor: Descriptor) -> betterproto2.Message:
 @functools.cache
 def _encoder(descriptor: Descriptor) -> Callable[[Any], betterproto2.Message]:
     cls = message_class(descriptor)
-    plan = [(f.name, _absent(f), _field_encoder(f, cls)) for f in descriptor.fields]
+    plan = [(f.name, fields.absent_value(f), _field_encoder(f, cls)) for f in descriptor.fields]
 
     def encode(result: Any) -> betterproto2.Message:
-        fields: dict[str, Any] = {}
+        values: dict[str, Any] = {}
         if result is not None:
             for name, absent, convert in plan:
                 value = (
@@ -118,25 +115,16 @@ def _encoder(descriptor: Descriptor) -> Callable[[Any], betterproto2.Message]:
                 )
                 if value is UNSET or value is absent:
                     continue
-                fields[name] = convert(value)
-        return cls(**fields)
+                values[name] = convert(value)
+        return cls(**values)
 
     return encode
 
 
-def _absent(field: FieldDescriptor) -> object:
-    """The domain value meaning "not set": ``None``, except in a ``Value`` where ``None`` is JSON null.
-
-    ``UNSET`` (a deleted variable's value, or a missing attribute) is always absent.
-    """
-    if field.message_type is not None and field.message_type.full_name == "google.protobuf.Value":
-        return UNSET
-    return None
-
-
 def _field_encoder(field: FieldDescriptor, cls: type[betterproto2.Message]) -> _Convert:
+    _refuse_map(field)
     one = _single_encoder(field, cls)
-    if _is_repeated(field):
+    if fields.is_list(field):
         return lambda values: [one(v) for v in values]
     return one
 
@@ -147,26 +135,30 @@ def _single_encoder(field: FieldDescriptor, cls: type[betterproto2.Message]) -> 
         # bind on a class (betterproto2 ignores the same error where it defines it): ProtoClassMetadata.
         meta = cls._betterproto  # type: ignore[arg-type]
         enum_cls: Any = meta.cls_by_field[field.name]
+        # By proto name, whatever betterproto2 calls its members; a domain enum is named as the proto's.
+        members = {name: enum_cls(number) for number, name in fields.enum_names(field).items()}
 
         def encode_enum(value: Any) -> Any:
-            return enum_cls[value.name if isinstance(value, enum.Enum) else value]
+            return members[value.name if isinstance(value, enum.Enum) else value]
 
         return encode_enum
     message = field.message_type
     if message is None:
         return _identity
-    if message.full_name in _JSON_TYPES:
+    if fields.is_json_value(field):
         json_cls: Any = message_class(message)
         return lambda value: json_cls.from_dict(value)
-    if message.full_name == _FIELD_MASK:
+    if fields.is_field_mask(field):
         return lambda value: wkt.FieldMask(paths=list(value))
-    if message.full_name.startswith("google.protobuf."):
+    if fields.is_well_known(field):
         return _identity  # unwrapped well-known types: a datetime stays a datetime
     return _encoder(message)
 
 
-def _is_repeated(field: FieldDescriptor) -> bool:
-    return bool(field.is_repeated)  # protobuf 7 removed ``FieldDescriptor.label``
+def _refuse_map(field: FieldDescriptor) -> None:
+    """No proto served over gRPC has a map yet: refuse one clearly rather than convert it as a list."""
+    if fields.is_map(field):
+        raise fields.UnsupportedField(field.full_name, "a map", "gRPC message codec")
 
 
 #: Doubles up to this magnitude hold every integer exactly (2**53).

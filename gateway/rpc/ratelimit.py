@@ -24,10 +24,7 @@ from grpclib.server import Server
 from gateway.errors import GatewayError
 from gateway.ratelimit import RateLimiter, begin_call, current_verdict
 from gateway.rpc.auth import UNAUTHENTICATED_PREFIXES, current_principal
-
-
-def _grpc_error(err: GatewayError) -> GRPCError:
-    return GRPCError(Status(err.code.value), err.message)
+from gateway.rpc.errors import grpc_error
 
 
 def install_ip_limits(server: Server, limiter: RateLimiter) -> None:
@@ -50,7 +47,7 @@ def install_ip_limits(server: Server, limiter: RateLimiter) -> None:
         try:
             await limiter.check(limiter.by_ip, limiter.client_ip(peer, forwarded), verdict)
         except GatewayError as err:
-            raise _grpc_error(err) from None
+            raise grpc_error(err) from None
 
     async def add_retry_after(event: SendTrailingMetadata) -> None:
         verdict = current_verdict()
@@ -76,6 +73,6 @@ def install_key_limits(server: Server, limiter: RateLimiter) -> None:
         try:
             await limiter.check(limiter.by_key, principal.name, current_verdict())
         except GatewayError as err:
-            raise _grpc_error(err) from None
+            raise grpc_error(err) from None
 
     listen(server, RecvRequest, limit_key)

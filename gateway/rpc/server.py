@@ -2,7 +2,7 @@
 
 .. code-block:: python
 
-    server = create_grpc_server(dispatcher, ready=backend.ready)
+    server = create_grpc_server(dispatcher, ready=backend.check)
     await server.start("127.0.0.1", 50051)
     ...
     server.close()
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from importlib import resources
 from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -143,10 +142,7 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     A pool of its own rather than ``descriptor_pool.Default()``: adding our files to the process-wide pool
     would clash with any ``*_pb2`` module of the same file imported later (a client in the same process).
     """
-    pool = descriptor_pool.DescriptorPool()
-    data = resources.files("gateway._gen").joinpath(schema.DESCRIPTOR_SET).read_bytes()
-    for file in descriptor_pb2.FileDescriptorSet.FromString(data).file:
-        pool.Add(file)
+    pool = schema.new_pool()
     for module in (health_pb2, reflection_pb2, reflection_v1alpha_pb2):
         _add_file(pool, module.DESCRIPTOR)
     return pool

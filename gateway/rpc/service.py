@@ -6,54 +6,31 @@ the handler gets a coroutine (or, for a server stream, an async generator) under
 :class:`~gateway.dispatch.Dispatcher` with the caller's principal, and converts the result back
 (:mod:`gateway.rpc.codec`). A method added to the proto is served here without a line changing.
 
-Errors follow grpclib's split (``grpclib.exceptions``): a :class:`~gateway.errors.GatewayError` is an
-expected outcome and becomes a ``GRPCError`` with its status and message; anything else is a bug, logged with
-its traceback and answered INTERNAL with a generic message. Streams end the same way (NOT_FOUND when the room
-is deleted, UNAVAILABLE when its connections are invalidated).
+Errors follow grpclib's split (:func:`gateway.rpc.errors.grpc_errors`): a
+:class:`~gateway.errors.GatewayError` is an expected outcome and becomes a ``GRPCError`` with its status and
+message; anything else is a bug, logged with its traceback and answered INTERNAL with a generic message.
+Streams end the same way (NOT_FOUND when the room is deleted, UNAVAILABLE when its connections are
+invalidated).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any
 
 import betterproto2
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
 from gateway._gen.roomgateway.v1 import RoomServiceBase
 from gateway.dispatch import Dispatcher, Method
-from gateway.errors import GatewayError
 from gateway.rpc import codec
 from gateway.rpc.auth import current_principal
+from gateway.rpc.errors import grpc_errors
 from gateway.rpc.wire import LastConversion
-
-log = logging.getLogger(__name__)
-
-INTERNAL_MESSAGE = "internal error"
 
 _Unary = Callable[[betterproto2.Message], Coroutine[Any, Any, betterproto2.Message]]
 _ServerStream = Callable[[betterproto2.Message], AsyncGenerator[betterproto2.Message, None]]
-
-
-@contextlib.contextmanager
-def grpc_errors(method: str) -> Iterator[None]:
-    """Answer a :class:`GatewayError` with its status and message, and a bug with INTERNAL.
-
-    :param method: named in the log line of an unexpected error.
-    """
-    try:
-        yield
-    except GRPCError:
-        raise
-    except GatewayError as err:
-        raise GRPCError(Status(err.code.value), err.message) from err
-    except Exception:
-        log.exception("unexpected error in %s", method)
-        raise GRPCError(Status.INTERNAL, INTERNAL_MESSAGE) from None
 
 
 class RoomServiceHandler(RoomServiceBase):

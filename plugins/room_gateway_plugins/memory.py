@@ -9,11 +9,11 @@ from __future__ import annotations
 import bisect
 import copy
 from collections.abc import Sequence
-from datetime import datetime
 
-from gateway.core.backend import Backend, version_conflict
+from gateway.core import times
+from gateway.core.backend import Backend, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import JSON, UNSET, Event, Room, RoomSignal, Variable, _Unset
+from gateway.core.models import JSON, Event, Room, RoomSignal, Unset, Variable
 from gateway.errors import AlreadyExists, Unavailable
 from gateway.hookspecs import hookimpl
 
@@ -29,7 +29,8 @@ class MemoryBackend(Backend):
         self._rooms: dict[str, Room] = {}
         self._room_ids: list[str] = []  # sorted, for listing in code-point order
         # Rooms are copied in and out (shallow: the service replaces a room's settings, never edits them in
-        # place), so a caller's changes reach the store only through save_room.
+        # place), so a caller's changes reach the store only through save_room; their times in UTC, as
+        # every store keeps them (gateway.core.times).
         # room -> name -> current version (value UNSET once deleted: its version stays, so none repeats)
         self._variables: dict[str, dict[str, Variable]] = {}
         self._closed = False
@@ -45,7 +46,7 @@ class MemoryBackend(Backend):
     async def create_room(self, room: Room) -> None:
         if room.room_id in self._rooms:
             raise AlreadyExists(f"room {room.room_id!r} already exists (ids are never reused)")
-        self._rooms[room.room_id] = copy.copy(room)
+        self._rooms[room.room_id] = _stored(room)
         bisect.insort(self._room_ids, room.room_id)
 
     async def get_room(self, room_id: str) -> Room | None:
@@ -53,7 +54,7 @@ class MemoryBackend(Backend):
         return copy.copy(room) if room is not None else None
 
     async def save_room(self, room: Room) -> None:
-        self._rooms[room.room_id] = copy.copy(room)
+        self._rooms[room.room_id] = _stored(room)
 
     async def list_rooms(self, *, start: str, inclusive: bool, limit: int) -> list[Room]:
         ids = self._room_ids
@@ -69,35 +70,27 @@ class MemoryBackend(Backend):
             return None
         return variable
 
-    async def set_variable(
-        self,
-        room_id: str,
-        name: str,
-        value: JSON | _Unset,
-        *,
-        expected_version: int | None,
-        now: datetime,
-    ) -> Variable | None:
-        variables = self._variables.setdefault(room_id, {})
-        previous = variables.get(name)
+    async def write_variable(self, write: VariableWrite) -> Variable | None:
+        variables = self._variables.setdefault(write.room_id, {})
+        previous = variables.get(write.name)
         last_version = previous.version if previous is not None else 0
         current = 0 if previous is None or previous.deleted else previous.version
-        if expected_version is not None and expected_version != current:
-            raise version_conflict(name, expected_version, current)
-        if value is UNSET and current == 0:
+        if write.expected_version is not None and write.expected_version != current:
+            raise write.conflict(current)
+        if write.deletes and current == 0:
             return None
         # Values are stored as given: they come from a JSON parser or a protobuf message, and are never
         # mutated afterwards (Variable is frozen; readers get JSON out of it, not references to keep).
-        variable = Variable(name=name, value=value, version=last_version + 1, update_time=now)
-        variables[name] = variable
-        self.hub.deliver(Topic("variable", room_id, name), variable)
+        variable = write.written(last_version + 1)
+        variables[write.name] = variable
+        self.hub.deliver(write.topic, variable)
         return variable
 
     async def get_contents(self, room_id: str) -> dict[str, JSON]:
         return {
             name: variable.value
             for name, variable in self._variables.get(room_id, {}).items()
-            if not isinstance(variable.value, _Unset)
+            if not isinstance(variable.value, Unset)
         }
 
     async def delete_room_data(self, room_id: str) -> None:
@@ -111,6 +104,16 @@ class MemoryBackend(Backend):
 
     async def subscribe(self, topic: Topic) -> Subscription:
         return self.hub.subscribe(topic)
+
+
+def _stored(room: Room) -> Room:
+    """A copy of ``room`` to keep, its times in UTC."""
+    kept = copy.copy(room)
+    if kept.create_time is not None:
+        kept.create_time = times.utc(kept.create_time)
+    if kept.update_time is not None:
+        kept.update_time = times.utc(kept.update_time)
+    return kept
 
 
 @hookimpl

@@ -20,12 +20,13 @@ import redis
 import redis.asyncio
 import redis.exceptions
 from room_gateway_plugins import redis as redis_plugin
-from room_gateway_plugins.redis import RedisBackend
+from room_gateway_plugins.redis import RedisBackend, scripts
 from room_gateway_plugins.redis.keys import DEFAULT_PREFIX
 
+from gateway.core import wire
 from gateway.core.backend import Backend
 from gateway.core.hub import Topic
-from gateway.core.models import Event, Room
+from gateway.core.models import Event, Room, Variable
 from gateway.errors import Aborted, Unavailable
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.testing.conformance import SharedBackendContract
@@ -124,6 +125,38 @@ def test_lua_compare_and_set_loses_no_update_across_two_instances(
         finally:
             await one.close()
             await two.close()
+
+    run(main)
+
+
+# -- the wire format ---------------------------------------------------------------------------------------
+
+
+def test_the_write_script_completes_the_wire_message_as_the_gateway_would() -> None:
+    # The Lua script appends the version itself: with the same tail as gateway.core.wire.encode.
+    assert "string.format('" + wire.VERSION_TAIL + "', version)" in scripts.SET_VARIABLE
+
+
+def test_records_and_notifications_are_exact_wire_messages(redis_server: str, session_prefix: str) -> None:
+    async def main() -> None:
+        backend = RedisBackend(backend_url(redis_server, session_prefix))
+        await backend.open()
+        admin = redis.asyncio.Redis.from_url(redis_server)
+        try:
+            room = fresh_room()
+            value = {"big": 2**70, "f": 1.0, "s": "é☃"}  # beyond 64 bits, and a float that looks whole
+            sub = await backend.subscribe(Topic("variable", room.room_id, "x"))
+            written = await backend.set_variable(room.room_id, "x", value, expected_version=0, now=NOW)
+            assert written == Variable("x", value, 1, NOW)
+            assert await asyncio.wait_for(sub.__anext__(), 5) == written
+            assert await backend.get_variable(room.room_id, "x") == written
+            assert await backend.get_contents(room.room_id) == {"x": value}
+            record = await admin.hget(backend.keys.variables(room.room_id), "x")
+            assert wire.decode(record) == wire.Message(Topic("variable", room.room_id, "x"), written)
+            sub.close()
+        finally:
+            await admin.aclose()
+            await backend.close()
 
     run(main)
 

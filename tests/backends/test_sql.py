@@ -26,6 +26,7 @@ from room_gateway_plugins.sql import PostgresBackend, SQLiteBackend, tables
 from room_gateway_plugins.sql.migrations import LATEST
 from room_gateway_plugins.sql.postgresql import MAX_PAYLOAD
 
+from gateway.core import wire
 from gateway.core.backend import Backend
 from gateway.core.hub import Topic
 from gateway.core.models import Event, Room, Variable
@@ -219,6 +220,23 @@ async def test_big_notifications_reach_another_instance(postgres: str) -> None:
         assert await receive(events) == Event("e", big, T0)
         variable.close()
         events.close()
+
+
+async def test_payloads_are_wire_messages(postgres: str) -> None:
+    """PostgreSQL sends what the Redis backend publishes: the messages of gateway.core.wire."""
+    room_id = fresh()
+    topic = Topic("variable", room_id, "x")
+    payloads: asyncio.Queue[str] = asyncio.Queue()
+    async with opened(PostgresBackend(postgres)) as backend:
+        assert isinstance(backend, PostgresBackend)
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.add_listener(backend._topic_channel(topic), lambda *args: payloads.put_nowait(args[3]))
+            written = await backend.set_variable(room_id, "x", {"big": 2**70}, expected_version=None, now=T0)
+            payload = await asyncio.wait_for(payloads.get(), 5)
+        finally:
+            await conn.close()
+    assert wire.decode(payload) == wire.Message(topic, written)
 
 
 async def test_concurrent_writers_on_two_instances_get_distinct_versions(postgres: str) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from google.protobuf import json_format
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, json_format, struct_pb2
+from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -13,6 +16,7 @@ from gateway import schema
 from gateway.core.models import UNSET, Room, RoomStatus, Variable
 from gateway.edge.json_codec import Codecs, format_timestamp, parse_field_mask, parse_timestamp
 from gateway.errors import InvalidArgument
+from gateway.schema.fields import UnsupportedField
 
 
 def codec(name: str):  # type: ignore[no-untyped-def]
@@ -116,3 +120,111 @@ def test_timestamps_and_masks() -> None:
     assert parse_field_mask("", "m") == []
     with pytest.raises(InvalidArgument):
         parse_field_mask("a,,b", "m")
+
+
+# -- the start-up guard: every field kind the served services use is one the codec serves ------------------
+
+
+def test_the_native_service_is_served_whole() -> None:
+    codecs = Codecs()  # compiles every message the native service reaches; raises if one is not served
+    for method in schema.service().methods:
+        assert codecs.get(method.input_type) is codecs.get(method.input_type)  # compiled once, then cached
+
+
+def _synthetic_service(
+    field: descriptor_pb2.FieldDescriptorProto,
+    *,
+    nested: Sequence[descriptor_pb2.DescriptorProto] = (),
+    output: str = ".synthetic.Thing",
+    syntax: str = "proto3",
+) -> ServiceDescriptor:
+    """``service Things { rpc Get(Thing) returns (<output>); }`` with ``field`` in ``message Thing``."""
+    pool = descriptor_pool.DescriptorPool()
+    for dependency in (any_pb2, struct_pb2):
+        proto = descriptor_pb2.FileDescriptorProto()
+        dependency.DESCRIPTOR.CopyToProto(proto)
+        pool.Add(proto)
+    file = descriptor_pb2.FileDescriptorProto(
+        name="synthetic.proto",
+        package="synthetic",
+        syntax=syntax,
+        dependency=["google/protobuf/any.proto", "google/protobuf/struct.proto"],
+    )
+    file.message_type.add(name="Thing", field=[field], nested_type=list(nested))
+    file.service.add(name="Things").method.add(name="Get", input_type=".synthetic.Thing", output_type=output)
+    pool.Add(file)
+    return pool.FindServiceByName("synthetic.Things")
+
+
+_F = descriptor_pb2.FieldDescriptorProto
+_ENTRY = descriptor_pb2.DescriptorProto(
+    name="FlagsEntry",
+    field=[
+        _F(name="key", number=1, type=_F.TYPE_BOOL, label=_F.LABEL_OPTIONAL, json_name="key"),
+        _F(name="value", number=2, type=_F.TYPE_STRING, label=_F.LABEL_OPTIONAL, json_name="value"),
+    ],
+    options=descriptor_pb2.MessageOptions(map_entry=True),
+)
+
+
+@pytest.mark.parametrize(
+    ("service", "where", "kind"),
+    [
+        (
+            _synthetic_service(
+                _F(name="extra", number=1, type=_F.TYPE_MESSAGE, type_name=".google.protobuf.Any")
+            ),
+            "synthetic.Thing.extra",
+            "google.protobuf.Any",
+        ),
+        (
+            _synthetic_service(
+                _F(name="nothing", number=1, type=_F.TYPE_ENUM, type_name=".google.protobuf.NullValue")
+            ),
+            "synthetic.Thing.nothing",
+            "google.protobuf.NullValue",
+        ),
+        (
+            _synthetic_service(
+                _F(name="flags", number=1, type=_F.TYPE_MESSAGE, type_name=".synthetic.Thing.FlagsEntry",
+                   label=_F.LABEL_REPEATED),
+                nested=[_ENTRY],
+            ),
+            "synthetic.Thing.flags",
+            "a map with bool keys",
+        ),
+        (
+            _synthetic_service(
+                _F(name="grp", number=1, type=_F.TYPE_GROUP, type_name=".synthetic.Thing.Grp",
+                   label=_F.LABEL_OPTIONAL),
+                nested=[descriptor_pb2.DescriptorProto(name="Grp")],
+                syntax="proto2",
+            ),
+            "synthetic.Thing.grp",
+            "group",
+        ),
+        (
+            _synthetic_service(
+                _F(name="name", number=1, type=_F.TYPE_STRING), output=".google.protobuf.Value"
+            ),
+            "synthetic.Things.Get",
+            "google.protobuf.Value",
+        ),
+    ],
+    ids=["any", "null-value-enum", "bool-map-keys", "group", "value-response"],
+)  # fmt: skip
+def test_the_guard_names_what_is_not_served(service: ServiceDescriptor, where: str, kind: str) -> None:
+    with pytest.raises(UnsupportedField, match=re.escape(where)) as raised:
+        Codecs([service])
+    assert raised.value.where == where
+    assert kind in raised.value.kind
+    assert "REST JSON codec" in str(raised.value)
+
+
+def test_the_guard_passes_a_synthetic_service_it_serves() -> None:
+    service = _synthetic_service(
+        _F(name="data", number=1, type=_F.TYPE_MESSAGE, type_name=".google.protobuf.Struct")
+    )
+    assert Codecs([service]).get(service.methods[0].input_type).decode({"data": {"a": 1}}) == {
+        "data": {"a": 1}
+    }

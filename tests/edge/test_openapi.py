@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from gateway import schema
 from gateway.core.validation import MAX_ROOM_ID
 from gateway.edge.http_rules import bindings
 
@@ -39,7 +40,13 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     assert room_schema["required"] == ["roomId"]
     # proto3 JSON: `null` is "not set" for every optional field.
     assert room["status"]["enum"] == ["STATUS_UNSPECIFIED", "OPEN", "CLOSED", "DELETED", None]
-    assert room["createTime"] == {"type": ["string", "null"], "format": "date-time"}
+    # OUTPUT_ONLY in the proto (google.api.field_behavior): read-only; a request may send it, it is ignored.
+    assert room["createTime"] == {"type": ["string", "null"], "format": "date-time", "readOnly": True}
+    assert [name for name, prop in room.items() if prop.get("readOnly")] == [
+        "status",
+        "createTime",
+        "updateTime",
+    ]
     assert room["jurisdiction"]["enum"] == ["", "eu", None]
     listen = doc["paths"]["/v1/rooms/{roomId}/variables/{name}:listen"]["get"]["responses"]["200"]["content"]
     assert set(listen) == {"text/event-stream", "application/x-ndjson"}
@@ -47,3 +54,22 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     assert doc["paths"]["/healthz"]["get"]["security"] == []
     ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))
+
+
+async def test_required_and_read_only_come_from_field_behavior(client: httpx.AsyncClient) -> None:
+    """Every message schema's `required` and `readOnly` are the proto's REQUIRED and OUTPUT_ONLY fields."""
+    components = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    for name, component in components.items():
+        if name == "Error":
+            continue
+        message = schema.message(name)
+        assert component.get("required", []) == [f.json_name for f in message.fields if schema.is_required(f)]
+        read_only = [json_name for json_name, prop in component["properties"].items() if prop.get("readOnly")]
+        assert read_only == [f.json_name for f in message.fields if schema.is_output_only(f)], name
+    token = components["roomgateway.v1.RoomToken"]["properties"]["token"]
+    assert token["readOnly"] is True
+    invalidate = (await client.get("/openapi.json")).json()["paths"][
+        "/v1/rooms/{roomId}:invalidateConnections"
+    ]
+    # Not REQUIRED (the global form has none): the rule's minLength does not hold there.
+    assert "minLength" not in invalidate["post"]["parameters"][0]["schema"]

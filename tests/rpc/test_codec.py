@@ -7,6 +7,7 @@ from typing import Any
 
 import betterproto2
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool
 
 from gateway._gen.google.protobuf import Empty, FieldMask, Struct, Value
 from gateway._gen.roomgateway.v1 import (
@@ -21,6 +22,7 @@ from gateway._gen.roomgateway.v1 import (
 from gateway.core import models
 from gateway.dispatch import native_methods
 from gateway.rpc import codec
+from gateway.schema.fields import UnsupportedField
 
 METHODS = native_methods()
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -92,3 +94,29 @@ def test_variable_values(value: Any, expected: Value | None) -> None:
 
 def test_none_is_empty() -> None:
     assert isinstance(codec.to_message(None, METHODS["DeleteVariable"].output), Empty)
+
+
+def test_a_map_is_refused_clearly() -> None:
+    """No served proto has a map yet: the codec names the field rather than convert it as a list."""
+    f = descriptor_pb2.FieldDescriptorProto
+    entry = descriptor_pb2.DescriptorProto(
+        name="LabelsEntry",
+        field=[
+            f(name="key", number=1, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL),
+            f(name="value", number=2, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL),
+        ],
+        options=descriptor_pb2.MessageOptions(map_entry=True),
+    )
+    labels = f(
+        name="labels",
+        number=1,
+        type=f.TYPE_MESSAGE,
+        label=f.LABEL_REPEATED,
+        type_name=".synthetic.Thing.LabelsEntry",
+    )
+    file = descriptor_pb2.FileDescriptorProto(name="synthetic.proto", package="synthetic", syntax="proto3")
+    file.message_type.add(name="Thing", field=[labels], nested_type=[entry])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    with pytest.raises(UnsupportedField, match=r"synthetic\.Thing\.labels: a map"):
+        codec.to_kwargs(Empty(), pool.FindMessageTypeByName("synthetic.Thing"))

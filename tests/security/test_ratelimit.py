@@ -40,6 +40,11 @@ def limiter_of(**rate_limits: Any) -> RateLimiter:
     return RateLimiter.from_config(RateLimits.model_validate(rate_limits))
 
 
+def limited_by(dispatcher: Dispatcher, limiter: RateLimiter | None) -> Dispatcher:
+    """``dispatcher``'s service and policy, with ``limiter``'s room limits (given when it is built)."""
+    return Dispatcher(dispatcher.service, dispatcher.policy, limiter=limiter)
+
+
 def rest(
     dispatcher: Dispatcher,
     limiter: RateLimiter | None,
@@ -47,9 +52,7 @@ def rest(
     ip: str = "203.0.113.7",
     key: str | None = ADMIN_KEY,
 ) -> httpx.AsyncClient:
-    app = create_http_app(dispatcher, limiter=limiter)
-    if limiter is not None:
-        dispatcher.room_limit = limiter.check_room if limiter.by_room else None
+    app = create_http_app(limited_by(dispatcher, limiter), limiter=limiter)
     headers = {"X-API-Key": key} if key else {}
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app, client=(ip, 40000)), base_url=BASE_URL, headers=headers
@@ -202,8 +205,7 @@ async def grpc_with() -> AsyncIterator[Callable[[Dispatcher, RateLimiter], Any]]
     channels: list[Channel] = []
 
     async def start(dispatcher: Dispatcher, limiter: RateLimiter) -> Channel:
-        dispatcher.room_limit = limiter.check_room if limiter.by_room else None
-        server = create_grpc_server(dispatcher, limiter=limiter)
+        server = create_grpc_server(limited_by(dispatcher, limiter), limiter=limiter)
         sock = socket.create_server(("127.0.0.1", 0))
         await server.start(sock=sock)
         servers.append(server)

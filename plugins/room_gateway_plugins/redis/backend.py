@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 import logging
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 # Absolute imports: ``redis`` is redis-py here, never this package (room_gateway_plugins.redis).
@@ -30,9 +29,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.core.backend import Backend, version_conflict
+from gateway.core import wire
+from gateway.core.backend import Backend, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, Variable, _Unset
+from gateway.core.models import JSON, Event, Room, RoomSignal, Variable
 from gateway.errors import AlreadyExists, NotFound, Unavailable
 from gateway.plugins import ConfigError
 from room_gateway_plugins.redis import codec, scripts
@@ -79,7 +79,7 @@ class RedisBackend(Backend):
         self.hub = LocalHub(on_topic_open=self._topic_opened, on_topic_close=self._topic_closed)
         self._client: redis.asyncio.Redis | None = None
         self._listener: ChannelListener | None = None
-        self._topics: dict[bytes, Topic] = {}  # channel -> topic, for the topics open on this instance
+        self._open_topics = 0  # topics with a listener on this instance
         self._room_listeners: collections.Counter[str] = collections.Counter()
         self._closed = False
 
@@ -164,33 +164,25 @@ class RedisBackend(Backend):
 
     async def get_variable(self, room_id: str, name: str) -> Variable | None:
         record = await self._redis.hget(self.keys.variables(room_id), name)
-        return codec.loads_variable(name, record) if record is not None else None
+        return codec.loads_variable(record) if record is not None else None
 
-    async def set_variable(
-        self,
-        room_id: str,
-        name: str,
-        value: JSON | _Unset,
-        *,
-        expected_version: int | None,
-        now: datetime,
-    ) -> Variable | None:
-        delete = isinstance(value, _Unset)
+    async def write_variable(self, write: VariableWrite) -> Variable | None:
+        expected = write.expected_version
         written, version = await self._set_variable(
-            keys=[self.keys.variables(room_id), self.keys.versions(room_id)],
+            keys=[self.keys.variables(write.room_id), self.keys.versions(write.room_id)],
             args=[
-                name,
-                "" if expected_version is None else str(expected_version),
-                "1" if delete else "0",
-                codec.variable_tail(value, now),
-                self.keys.topic_channel(Topic("variable", room_id, name)),
+                write.name,
+                "" if expected is None else str(expected),
+                "1" if write.deletes else "0",
+                wire.variable_head(write.room_id, write.name, write.value, write.now),
+                self.keys.topic_channel(write.topic),
             ],
         )
         if not written:
-            raise version_conflict(name, expected_version or 0, int(version))
+            raise write.conflict(int(version))
         if not version:  # deleting an unset variable
             return None
-        return Variable(name=name, value=value, version=int(version), update_time=now)
+        return write.written(int(version))
 
     async def get_contents(self, room_id: str) -> dict[str, JSON]:
         records = await self._redis.hgetall(self.keys.variables(room_id))
@@ -202,11 +194,12 @@ class RedisBackend(Backend):
     # -- realtime -----------------------------------------------------------------------------------------
 
     async def publish_event(self, room_id: str, event: Event) -> None:
-        channel = self.keys.topic_channel(Topic("event", room_id, event.name))
-        await self._redis.publish(channel, codec.dumps_event(event))
+        topic = Topic("event", room_id, event.name)
+        await self._redis.publish(self.keys.topic_channel(topic), wire.encode(wire.Message(topic, event)))
 
     async def publish_signal(self, signal: RoomSignal) -> None:
-        await self._redis.publish(self.keys.signal_channel(signal.room_id), codec.dumps_signal(signal))
+        channel = self.keys.signal_channel(signal.room_id)
+        await self._redis.publish(channel, wire.encode(wire.Message(None, signal)))
 
     async def subscribe(self, topic: Topic) -> Subscription:
         listener = self._listener
@@ -233,41 +226,33 @@ class RedisBackend(Backend):
         listener = self._listener
         if listener is None:  # subscribe() refuses before the hub gets here
             return
-        channel = self.keys.topic_channel(topic)
-        self._topics[channel] = topic
-        listener.subscribe(channel)
+        listener.subscribe(self.keys.topic_channel(topic))
         if topic.room_id and not self._room_listeners[topic.room_id]:
             listener.subscribe(self.keys.signal_channel(topic.room_id))
         self._room_listeners[topic.room_id] += 1
-        if len(self._topics) == 1:
+        self._open_topics += 1
+        if self._open_topics == 1:
             listener.subscribe(self.keys.all_signals)
 
     def _topic_closed(self, topic: Topic) -> None:
         if self._listener is None:
             return
-        channel = self.keys.topic_channel(topic)
-        self._topics.pop(channel, None)
-        self._listener.unsubscribe(channel)
+        self._listener.unsubscribe(self.keys.topic_channel(topic))
         self._room_listeners[topic.room_id] -= 1
         if self._room_listeners[topic.room_id] <= 0:
             del self._room_listeners[topic.room_id]
             if topic.room_id:
                 self._listener.unsubscribe(self.keys.signal_channel(topic.room_id))
-        if not self._topics:
+        self._open_topics -= 1
+        if not self._open_topics:
             self._listener.unsubscribe(self.keys.all_signals)
 
     # The listener calls these from its task.
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
-        topic = self._topics.get(channel)
-        if topic is not None:
-            if topic.kind == "variable":
-                self.hub.deliver(topic, codec.loads_variable(topic.name, data))
-            else:
-                self.hub.deliver(topic, codec.loads_event(data))
-        elif channel.startswith(self.keys.prefix.encode() + b"signal:"):
-            self.hub.deliver_signal(codec.loads_signal(data))
-        # Otherwise a message published before our UNSUBSCRIBE took effect: nobody listens any more.
+        # A message names its topic (gateway.core.wire). One published before our UNSUBSCRIBE took effect
+        # finds nobody listening to it in the hub, which drops it.
+        wire.decode(data).deliver(self.hub)
 
     def _on_lost(self, error: Unavailable) -> None:
         self.hub.close_all(error)

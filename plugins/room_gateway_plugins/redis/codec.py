@@ -1,34 +1,21 @@
-"""Rooms, variables, events and signals as the JSON bytes stored in Redis and published on its channels.
+"""Rooms and variables as the JSON strings stored in Redis.
 
-orjson writes and reads every JSON value as the gateway holds it: ``null`` stays ``None``, ``1`` an int and
-``1.0`` a float, strings as UTF-8. A deleted variable's record has no ``value`` member, which keeps "unset"
-apart from ``null``. Times are ISO-8601 in UTC with microseconds (``2026-01-02T03:04:05.000000+00:00``).
+A room is one JSON object of its fields (:mod:`gateway.core.jsontext`, so values read back exactly; times
+by :mod:`gateway.core.times`). A variable's record is the notification of its last write
+(:mod:`gateway.core.wire`): the write script stores and publishes the same bytes, so it encodes nothing
+itself, and a deleted variable simply has no record. Events and signals are wire messages only.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from gateway.core.models import JSON, UNSET, Event, Room, RoomSignal, RoomStatus, SignalKind, Variable, _Unset
-
-
-def format_time(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:  # the gateway's clocks are UTC; a naive time is read as one
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
+from gateway.core import jsontext, times, wire
+from gateway.core.models import JSON, Room, RoomStatus, Variable
 
 
 def dumps_room(room: Room) -> bytes:
-    return orjson.dumps(
+    return jsontext.dumps(
         {
             "room_id": room.room_id,
             "display_name": room.display_name,
@@ -36,14 +23,14 @@ def dumps_room(room: Room) -> bytes:
             "status": room.status.value,
             "jurisdiction": room.jurisdiction,
             "settings": room.settings,
-            "create_time": format_time(room.create_time),
-            "update_time": format_time(room.update_time),
+            "create_time": times.to_text(room.create_time),
+            "update_time": times.to_text(room.update_time),
         }
     )
 
 
 def loads_room(data: bytes | str) -> Room:
-    fields: dict[str, Any] = orjson.loads(data)
+    fields: dict[str, Any] = jsontext.loads(data)
     return Room(
         room_id=fields["room_id"],
         display_name=fields["display_name"],
@@ -51,57 +38,20 @@ def loads_room(data: bytes | str) -> Room:
         status=RoomStatus(fields["status"]),
         jurisdiction=fields["jurisdiction"],
         settings=fields["settings"],
-        create_time=parse_time(fields["create_time"]),
-        update_time=parse_time(fields["update_time"]),
+        create_time=times.from_text(fields["create_time"]),
+        update_time=times.from_text(fields["update_time"]),
     )
 
 
-def variable_tail(value: JSON | _Unset, now: datetime) -> bytes:
-    """A variable record without its version: ``"update_time":…,"value":…}``.
-
-    The write script prepends ``{"version":N,`` once it knows N, so Lua never parses (nor re-encodes) the
-    value: Redis' cjson would turn integers into doubles and empty objects into arrays.
-    """
-    fields: dict[str, Any] = {"update_time": format_time(now)}
-    if not isinstance(value, _Unset):
-        fields["value"] = value
-    return orjson.dumps(fields)[1:]
-
-
-def loads_variable(name: str, record: bytes | str) -> Variable:
-    fields: dict[str, Any] = orjson.loads(record)
-    return Variable(
-        name=name,
-        value=fields.get("value", UNSET),
-        version=fields["version"],
-        update_time=parse_time(fields["update_time"]),
-    )
+def loads_variable(record: bytes | str) -> Variable:
+    """The variable of a stored record."""
+    note = wire.decode(record).note
+    if not isinstance(note, Variable):
+        raise ValueError(f"a variable's record holds a {type(note).__name__}")
+    return note
 
 
 def loads_value(record: bytes | str) -> JSON:
-    """The value of a stored record (only a set variable has one in Redis)."""
-    fields: dict[str, Any] = orjson.loads(record)
-    return fields["value"]  # type: ignore[no-any-return]
-
-
-def dumps_event(event: Event) -> bytes:
-    return orjson.dumps({"name": event.name, "data": event.data, "time": format_time(event.time)})
-
-
-def loads_event(data: bytes | str) -> Event:
-    fields: dict[str, Any] = orjson.loads(data)
-    return Event(name=fields["name"], data=fields["data"], time=parse_time(fields["time"]))
-
-
-def dumps_signal(signal: RoomSignal) -> bytes:
-    return orjson.dumps(
-        {"room_id": signal.room_id, "kind": signal.kind.value, "time": format_time(signal.time)}
-    )
-
-
-def loads_signal(data: bytes | str) -> RoomSignal:
-    fields: dict[str, Any] = orjson.loads(data)
-    time = parse_time(fields["time"])
-    if time is None:
-        raise ValueError("a room signal needs a time")
-    return RoomSignal(room_id=fields["room_id"], kind=SignalKind(fields["kind"]), time=time)
+    """Only the value of a stored record (cheaper than :func:`loads_variable`, for whole rooms)."""
+    fields: dict[str, Any] = jsontext.loads(record)
+    return fields["value"]  # type: ignore[no-any-return]  # a stored record is a set variable's

@@ -5,12 +5,12 @@ called from :class:`~gateway.core.hub.LocalHub` callbacks) and waits with :meth:
 the server has confirmed a SUBSCRIBE — Redis delivers a message to a connection only once it has processed
 that connection's SUBSCRIBE, so "confirmed" is what makes "active on return" true.
 
-One task owns the connection: it connects (the first time when a channel is first wanted), sends the
-SUBSCRIBE/UNSUBSCRIBE commands in the order they were asked for, reads every reply and message, and PINGs
-when the line has been quiet for a while so that a dead peer is noticed. When the connection drops, every
-subscription is ended with UNAVAILABLE through ``on_lost`` (clients reconnect and read the current value
-again: whatever was published meanwhile is lost to this connection), and the task reconnects by itself with
-exponential backoff and jitter.
+One task owns the connection, a :class:`~gateway.core.reconnect.Reconnector` started when a channel is
+first wanted. Its session connects, sends the SUBSCRIBE/UNSUBSCRIBE commands in the order they were asked
+for, reads every reply and message, and PINGs when the line has been quiet for a while so that a dead peer
+is noticed. When the connection drops, every subscription is ended with UNAVAILABLE through ``on_lost``
+(clients reconnect and read the current value again: whatever was published meanwhile is lost to this
+connection), and the reconnector tries again with its backoff — at once when a subscriber is waiting.
 
 redis-py's ``PubSub`` is not used: it resubscribes by itself after a reconnect and retries commands, which
 would hide a gap in delivery from the listeners; here a gap always ends them.
@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
-import random
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,6 +29,7 @@ from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.core.reconnect import Reconnector
 from gateway.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,6 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 #: Seconds of silence on the connection before a PING; no answer within as long again: the peer is dead.
 HEALTH_INTERVAL = 10.0
-#: Reconnection backoff: first delay, cap (seconds); each delay is jittered by ±25 %.
-BACKOFF_FIRST = 0.1
-BACKOFF_CAP = 5.0
 
 
 def _new_future() -> asyncio.Future[None]:
@@ -127,8 +123,9 @@ class ChannelListener:
         #: The channels wanted now → resolved once subscribed on the current connection.
         self._channels: dict[bytes, asyncio.Future[None]] = {}
         self._session: _Session | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
+        self._reconnector = Reconnector(
+            self._connect_and_serve, name="redis pub/sub", logger=log, expected=CONNECTION_ERRORS
+        )
         self._closed = False
 
     @property
@@ -145,9 +142,8 @@ class ChannelListener:
         if self._session is not None:
             self._session.subscribe(channel, ready)
             return
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="redis pub/sub listener")
-        self._wake.set()  # cut a reconnection backoff short: someone is waiting
+        self._reconnector.start()
+        self._reconnector.wake()  # cut a reconnection backoff short: someone is waiting
 
     def unsubscribe(self, channel: bytes) -> None:
         """Stop wanting ``channel`` (UNSUBSCRIBE when connected). Unknown channels are ignored."""
@@ -171,75 +167,46 @@ class ChannelListener:
     async def close(self) -> None:
         """Stop the task and drop the connection; waiters get UNAVAILABLE. Idempotent."""
         self._closed = True
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._reconnector.close()
         self._fail_waiting(Unavailable("backend is closed"))
         self._channels.clear()
 
     # -- the task -----------------------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        delay = BACKOFF_FIRST
-        failures = 0
-        while True:
-            # RESP2 on this connection whatever the pool speaks: messages then arrive as plain replies
-            # (RESP3 sends them as out-of-band pushes, which redis-py routes to a push handler instead).
-            settings = {**self._pool.connection_kwargs, "protocol": 2}
-            if "maint_notifications_config" in settings:
-                # redis-py 8 turns maintenance notifications on for RESP3 pools; they need a RESP3 (or
-                # hiredis) parser, which this RESP2 connection does not have without hiredis installed.
-                settings["maint_notifications_config"] = None
-            if self._name:
-                settings["client_name"] = self._name
-            connection = self._pool.connection_class(**settings)
-            try:
-                await connection.connect()  # type: ignore[no-untyped-call]
-            except Exception as exc:
-                await connection.disconnect(nowait=True)
-                failures += 1
-                if not isinstance(exc, CONNECTION_ERRORS):
-                    log.exception("redis pub/sub: cannot connect; retrying")
-                else:  # the first failure of an outage is worth a warning; the retries that follow are not
-                    log.log(
-                        logging.WARNING if failures == 1 else logging.DEBUG,
-                        "redis pub/sub: cannot connect (%s); retrying",
-                        exc,
-                    )
+    async def _connect_and_serve(self, connected: Callable[[], None]) -> None:
+        """The reconnector's session: one connection, from connecting until it fails (raises)."""
+        # RESP2 on this connection whatever the pool speaks: messages then arrive as plain replies (RESP3
+        # sends them as out-of-band pushes, which redis-py routes to a push handler instead).
+        settings = {**self._pool.connection_kwargs, "protocol": 2}
+        if "maint_notifications_config" in settings:
+            # redis-py 8 turns maintenance notifications on for RESP3 pools; they need a RESP3 (or hiredis)
+            # parser, which this RESP2 connection does not have without hiredis installed.
+            settings["maint_notifications_config"] = None
+        if self._name:
+            settings["client_name"] = self._name
+        connection = self._pool.connection_class(**settings)
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]
+        except BaseException as exc:
+            await connection.disconnect(nowait=True)
+            if isinstance(exc, Exception):
                 self._fail_waiting(Unavailable(f"backend unavailable ({type(exc).__name__})"))
-                await self._sleep(delay)
-                delay = min(delay * 2, BACKOFF_CAP)
-                continue
-            if failures:
-                log.info("redis pub/sub: connected again")
-            failures, delay = 0, BACKOFF_FIRST
-            session = self._session = _Session(connection)
-            for channel, ready in list(self._channels.items()):
-                if ready.done():  # failed with an earlier connection; still wanted, so ask again
-                    ready = self._channels[channel] = _new_future()
-                session.subscribe(channel, ready)
-            try:
-                await self._serve(session)
-            except CONNECTION_ERRORS as exc:
-                log.warning("redis pub/sub: connection lost (%s); reconnecting", exc)
-            except Exception:
-                log.exception("redis pub/sub: unexpected error; reconnecting")
-            finally:
-                self._session = None
-                await connection.disconnect(nowait=True)
-            lost = Unavailable("lost the connection to Redis; reconnect")
-            session.fail(lost)
-            self._on_lost(lost)  # ends the subscriptions, which unsubscribe their channels
-            await self._sleep(delay)
-
-    async def _sleep(self, delay: float) -> None:
-        """Back off for about ``delay`` seconds, or less if a subscriber starts waiting."""
-        self._wake.clear()
-        if self._channels and not all(ready.done() for ready in self._channels.values()):
-            return  # someone arrived while we were failing: try again at once
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay * random.uniform(0.75, 1.25))
+            raise
+        connected()
+        session = self._session = _Session(connection)
+        for channel, ready in list(self._channels.items()):
+            if ready.done():  # failed with an earlier connection; still wanted, so ask again
+                ready = self._channels[channel] = _new_future()
+            session.subscribe(channel, ready)
+        try:
+            await self._serve(session)
+        finally:
+            self._session = None
+            await connection.disconnect(nowait=True)
+            if not self._closed:  # closing: close() fails the waiters, the backend ends the subscriptions
+                lost = Unavailable("lost the connection to Redis; reconnect")
+                session.fail(lost)
+                self._on_lost(lost)  # ends the subscriptions, which unsubscribe their channels
 
     def _fail_waiting(self, error: Unavailable) -> None:
         for ready in self._channels.values():

@@ -22,12 +22,12 @@ return 0
 #: receive the changes of a variable in version order.
 #:
 #: The version comes from the ``versions`` hash, which keeps a deleted variable's last version so that
-#: versions never repeat; the variable is *set* while it has a record in ``vars``. The record is the
-#: version followed by the JSON tail made by the gateway (``codec.variable_tail``): Lua never decodes the
-#: value.
+#: versions never repeat; the variable is *set* while it has a record in ``vars``. The record, stored and
+#: published, is the wire message of the write (:mod:`gateway.core.wire`): the head made by the gateway
+#: (``wire.variable_head``) completed with ``wire.VERSION_TAIL`` — Lua never decodes the value.
 #:
 #: KEYS: vars, versions. ARGV: name, expected version ('' for none; '0' means "unset"), '1' to delete,
-#: record tail, channel. Returns {1, version}; {1, 0} when deleting an unset variable (nothing done);
+#: message head, channel. Returns {1, version}; {1, 0} when deleting an unset variable (nothing done);
 #: {0, current version} when the expected version does not match.
 SET_VARIABLE = """
 local name = ARGV[1]
@@ -44,7 +44,7 @@ if delete and current == 0 then
   return {1, 0}
 end
 local version = redis.call('HINCRBY', KEYS[2], name, 1)
-local record = '{"version":' .. string.format('%d', version) .. ',' .. ARGV[4]
+local record = ARGV[4] .. string.format('"version":%d}', version)
 if delete then
   redis.call('HDEL', KEYS[1], name)
 else

@@ -24,8 +24,8 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from gateway.auth.policy import Principal
-from gateway.core.models import ListRoomsResponse, Room, RoomContents, RoomStatus
-from gateway.errors import Code, GatewayError
+from gateway.core.models import ListRoomsResponse, Room, RoomContents
+from gateway.errors import GatewayError, RoomDeleted
 from gateway.surfaces import SurfaceContext
 from room_gateway_plugins.reflect import parsing
 from room_gateway_plugins.reflect.errors import (
@@ -65,23 +65,14 @@ def room_result(room: Room) -> Result:
     return {"roomID": room.room_id, "jurisdiction": room.jurisdiction, "status": room.status.value.lower()}
 
 
-async def _native(call: Call, method: str, request: dict[str, Any], room_id: str = "") -> Any:
+async def _native(call: Call, method: str, request: dict[str, Any]) -> Any:
     """Run a native method; a room error becomes Reflect's (a deleted room: 410 Gone)."""
     try:
         return await call.context.dispatcher.call(method, call.principal, request)
+    except RoomDeleted as exc:
+        raise ReflectError(410, ROOMS, exc.message) from None
     except GatewayError as exc:
-        if exc.code is Code.NOT_FOUND and room_id and await _is_deleted(call, room_id):
-            raise ReflectError(410, ROOMS, f"room {room_id!r} was deleted") from None
         raise from_gateway_error(exc, ROOMS) from None
-
-
-async def _is_deleted(call: Call, room_id: str) -> bool:
-    """Whether ``room_id`` is a tombstone (GetRoom shows deleted rooms; the caller is already authorized)."""
-    try:
-        room = await call.context.service.get_room(room_id)
-    except GatewayError:
-        return False
-    return room.status is RoomStatus.DELETED
 
 
 async def list_rooms(call: Call) -> Result:
@@ -117,7 +108,7 @@ async def list_rooms(call: Call) -> Result:
 async def room_contents(call: Call) -> Result:
     room_id = parsing.room_id(call.params)
     parsing.no_body(call.body)
-    contents: RoomContents = await _native(call, "GetRoomContents", {"room_id": room_id}, room_id)
+    contents: RoomContents = await _native(call, "GetRoomContents", {"room_id": room_id})
     return {"contents": contents.contents}
 
 
@@ -132,14 +123,14 @@ async def create_room(call: Call) -> Result:
 async def close_room(call: Call) -> Result:
     room_id = parsing.room_id(call.params)
     parsing.no_body(call.body)
-    await _native(call, "CloseRoom", {"room_id": room_id}, room_id)
+    await _native(call, "CloseRoom", {"room_id": room_id})
     return {}
 
 
 async def delete_room(call: Call) -> Result:
     room_id = parsing.room_id(call.params)
     parsing.no_body(call.body)
-    await _native(call, "DeleteRoom", {"room_id": room_id}, room_id)
+    await _native(call, "DeleteRoom", {"room_id": room_id})
     return {}
 
 
@@ -157,7 +148,7 @@ async def invalidate_all(call: Call) -> Result:
 async def invalidate_room(call: Call) -> Result:
     room_id = parsing.room_id(call.params)
     parsing.no_body(call.body)
-    await _native(call, "InvalidateConnections", {"room_id": room_id}, room_id)
+    await _native(call, "InvalidateConnections", {"room_id": room_id})
     return {}
 
 

@@ -12,6 +12,11 @@ from typing import Any
 import orjson
 
 from gateway.errors import HTTP_STATUS, Code, GatewayError
+from gateway.surfaces import ErrorFrame
+
+Headers = list[tuple[bytes, bytes]]
+#: What the route sends: status, JSON body, extra headers.
+Answer = tuple[int, bytes, Headers]
 
 #: Reflect's ``resource`` values used here: the request itself, rooms, apps, connections.
 REQUEST = "request"
@@ -49,9 +54,7 @@ class ReflectError(Exception):
     :param headers: extra response headers (``Allow`` on a 405, ``WWW-Authenticate`` on a 401).
     """
 
-    def __init__(
-        self, status: int, resource: str, message: str, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
+    def __init__(self, status: int, resource: str, message: str, headers: Headers | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.resource = resource
@@ -65,6 +68,9 @@ class ReflectError(Exception):
                 "error": {"code": self.status, "resource": self.resource, "message": self.message},
             }
         )
+
+    def answer(self) -> Answer:
+        return self.status, self.body(), self.headers
 
 
 def from_gateway_error(error: GatewayError, resource: str = ROOMS) -> ReflectError:
@@ -85,3 +91,18 @@ def bad_request(message: str) -> ReflectError:
 
 def success_body(result: Any) -> bytes:
     return orjson.dumps({"result": result, "error": None})
+
+
+def success(result: Any) -> Answer:
+    return 200, success_body(result), []
+
+
+#: Every Reflect call's frame: a GatewayError raised outside a command (reading the body: 413) is about the
+#: request; a bug is Reflect's 500.
+FRAME: ErrorFrame[ReflectError, Answer] = ErrorFrame(
+    "reflect",
+    ReflectError,
+    expected=lambda error: from_gateway_error(error, REQUEST),
+    unexpected=lambda: ReflectError(500, REQUEST, "internal error"),
+    render=ReflectError.answer,
+)

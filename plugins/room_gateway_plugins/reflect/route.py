@@ -9,13 +9,12 @@
     Dispatcher.call (authorize, by: room limit) → 403 / 404 / 409 / 410 / …
     {"result": …, "error": null}
 
-The route owns its whole prefix (``http_prefixes``), so the native auth middleware lets its calls through
+The route owns its whole prefix (``http_prefixes``), so the edge's authentication stage lets its calls through
 and no error under the prefix is answered in the native shape.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -24,15 +23,13 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.auth.policy import WWW_AUTHENTICATE, Principal
 from gateway.edge.auth import credentials
-from gateway.edge.responses import ClientDisconnected, RequestHeaders, read_body, send_json
-from gateway.edge.routing import PRINCIPAL
+from gateway.edge.responses import RequestHeaders, read_body, send_json
+from gateway.edge.routing import PRINCIPAL, route_path
 from gateway.errors import GatewayError
 from gateway.surfaces import SurfaceContext
 from room_gateway_plugins.reflect.commands import Call, Command
-from room_gateway_plugins.reflect.errors import APPS, REQUEST, ReflectError, from_gateway_error, success_body
+from room_gateway_plugins.reflect.errors import APPS, FRAME, REQUEST, Answer, ReflectError, success
 from room_gateway_plugins.reflect.parsing import parse_query
-
-log = logging.getLogger(__name__)
 
 PREFIX = "/v1/apps/"
 _CHALLENGE = [(b"www-authenticate", WWW_AUTHENTICATE.encode("ascii"))]
@@ -66,7 +63,7 @@ class ReflectRoute(BaseRoute):
         return f"ReflectRoute({self.path}, apps={sorted(self.apps)})"
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and _route_path(scope).startswith(PREFIX):
+        if scope["type"] == "http" and route_path(scope).startswith(PREFIX):
             return Match.FULL, {}
         return Match.NONE, {}
 
@@ -74,28 +71,14 @@ class ReflectRoute(BaseRoute):
         raise NoMatchFound(name, path_params)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            body = await self._answer(scope, receive)
-        except ClientDisconnected:
-            return
-        except ReflectError as exc:
-            await send_json(send, exc.status, exc.body(), exc.headers)
-            return
-        except GatewayError as exc:  # raised outside a command (reading the body: 413)
-            error = from_gateway_error(exc, REQUEST)
-            await send_json(send, error.status, error.body())
-            return
-        except Exception:
-            log.exception("Reflect %s %s failed", scope["method"], _route_path(scope))
-            error = ReflectError(500, REQUEST, "internal error")
-            await send_json(send, error.status, error.body())
-            return
-        await send_json(send, 200, body)
+        answer = await FRAME.answer(self._answer(scope, receive), scope)
+        if answer is not None:  # None: the client left
+            await send_json(send, *answer)
 
-    async def _answer(self, scope: Scope, receive: Receive) -> bytes:
+    async def _answer(self, scope: Scope, receive: Receive) -> Answer:
         principal = self._authenticate(scope)
         scope[PRINCIPAL] = principal  # the access log names the key, as for native calls
-        app_id, _, rest = _route_path(scope)[len(PREFIX) :].partition("/")
+        app_id, _, rest = route_path(scope)[len(PREFIX) :].partition("/")
         if app_id not in self.apps:
             raise ReflectError(404, APPS, f"app {app_id!r} not found")
         command = self.commands.get("/" + rest)
@@ -110,8 +93,7 @@ class ReflectRoute(BaseRoute):
             )
         params = parse_query(scope["query_string"], command.params, command.repeatable)
         body = await read_body(receive, RequestHeaders(scope), self.max_body_bytes)
-        result = await command.run(Call(self.context, principal, params, body))
-        return success_body(result)
+        return success(await command.run(Call(self.context, principal, params, body)))
 
     def _authenticate(self, scope: Scope) -> Principal:
         authorization, api_key = credentials(scope)
@@ -124,9 +106,3 @@ class ReflectRoute(BaseRoute):
         except GatewayError as exc:
             raise ReflectError(401, REQUEST, exc.message, _CHALLENGE) from None
 
-
-def _route_path(scope: Scope) -> str:
-    """The decoded request path below the app's mount point (``root_path``)."""
-    path = str(scope["path"])
-    root = str(scope.get("root_path", ""))
-    return path[len(root) :] if root and path.startswith(root) else path

@@ -3,7 +3,7 @@
 **Ids.** The vendor gives each room a UUID; here a room's SignalWire ``id`` is ``uuid5(NAMESPACE, room_id)``:
 stable, the same on every gateway instance and after a restart, stored nowhere, and defined for rooms made
 through any surface. The reverse (UUID → room id) is a per-process cache filled by every answer that shows
-a room; a miss reads the room list once (one backend page per 1,000 rooms) and fills it.
+a room; a miss reads the room list once (one ListRooms page per 1,000 rooms) and fills it.
 
 **Names.** A room's vendor ``name`` is its id until a ``PUT`` renames it; the new name is kept in the
 room's settings (:data:`~room_gateway_plugins.signalwire.fields.NAME_SETTING`) and the id stays. So finding
@@ -20,14 +20,16 @@ import base64
 import binascii
 import collections
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from gateway.auth.policy import Principal
 from gateway.core.models import Room, RoomStatus
 from gateway.dispatch import Dispatcher
+from gateway.errors import InvalidArgument, NotFound
 from room_gateway_plugins.signalwire.fields import vendor_name
 from room_gateway_plugins.signalwire.responses import VendorError, VendorInvalid
 
@@ -64,7 +66,6 @@ class Directory:
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
-        self.service = dispatcher.service
         self._ids: dict[str, str] = {}
 
     def uuid_of(self, room_id: str) -> str:
@@ -86,8 +87,8 @@ class Directory:
             raise VendorError(404) from None
         room_id = self._ids.get(key)
         if room_id is not None:
-            room = await self.service.backend.get_room(room_id)
-            if room is not None and room.status is not RoomStatus.DELETED:
+            room = await self._live(room_id)
+            if room is not None:
                 return room
             raise VendorError(404)
         async for room in self._scan():
@@ -97,25 +98,29 @@ class Directory:
 
     async def by_name(self, name: str) -> Room | None:
         """The live room whose SignalWire name is ``name``, if any."""
-        room = await self.service.backend.get_room(name)
-        if room is not None and room.status is not RoomStatus.DELETED and vendor_name(room) == name:
+        room = await self._live(name)
+        if room is not None and vendor_name(room) == name:
             return room
         async for room in self._scan():
             if room.room_id != name and vendor_name(room) == name:
                 return room
         return None
 
+    async def _live(self, room_id: str) -> Room | None:
+        """The room ``room_id`` unless it is missing or deleted. A look-up across every room (names are
+        unique across them all): the endpoints then act on it through calls authorized for the caller."""
+        try:
+            room: Room = await self.dispatcher.lookup("GetRoom", {"room_id": room_id})
+        except (NotFound, InvalidArgument):  # an id no room can have is no room
+            return None
+        return None if room.status is RoomStatus.DELETED else room
+
     async def _scan(self) -> AsyncIterator[Room]:
-        """Every live room, in id order, read from the backend in pages."""
-        after = ""
-        while True:
-            page = await self.service.list_rooms(start_after_key=after, max_results=SCAN_PAGE)
-            for room in page.results:
-                if room.status is not RoomStatus.DELETED:
-                    yield room
-            if not page.more or not page.results:
-                return
-            after = page.results[-1].room_id
+        """Every live room, in id order, read in pages (for no caller: the directory's own bookkeeping)."""
+        async for room in _live_rooms(
+            lambda request: self.dispatcher.lookup("ListRooms", request), "", SCAN_PAGE
+        ):
+            yield room
 
     # -- paging -------------------------------------------------------------------------------------------
 
@@ -156,17 +161,27 @@ class Directory:
     async def _visible(self, principal: Principal, after: str, chunk: int) -> AsyncIterator[Room]:
         """Live rooms after ``after`` through the native ListRooms (so its authorization and filtering),
         read ``chunk`` at a time."""
-        while True:
-            request: dict[str, object] = {"max_results": chunk}
-            if after:
-                request["start_after_key"] = after
-            page = await self.dispatcher.call("ListRooms", principal, request)
-            for room in page.results:
-                if room.status is not RoomStatus.DELETED:
-                    yield room
-            if not page.more or not page.results:
-                return
-            after = page.results[-1].room_id
+        async for room in _live_rooms(
+            lambda request: self.dispatcher.call("ListRooms", principal, request), after, chunk
+        ):
+            yield room
+
+
+async def _live_rooms(
+    list_rooms: Callable[[dict[str, object]], Awaitable[Any]], after: str, chunk: int
+) -> AsyncIterator[Room]:
+    """The live rooms after ``after``, in id order, from ListRooms pages of ``chunk`` rooms."""
+    while True:
+        request: dict[str, object] = {"max_results": chunk}
+        if after:
+            request["start_after_key"] = after
+        page = await list_rooms(request)
+        for room in page.results:
+            if room.status is not RoomStatus.DELETED:
+                yield room
+        if not page.more or not page.results:
+            return
+        after = page.results[-1].room_id
 
 
 def _encode(cursor: dict[str, str]) -> str:

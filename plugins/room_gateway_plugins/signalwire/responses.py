@@ -15,6 +15,7 @@ import orjson
 from starlette.responses import Response
 
 from gateway.errors import Code, GatewayError
+from gateway.surfaces import ErrorFrame
 
 #: Sent with a 401: the vendor's scheme (RFC 9110 §11.6.1).
 WWW_AUTHENTICATE = 'Basic realm="room-gateway (SignalWire)"'
@@ -25,7 +26,14 @@ def phrase(status: int) -> str:
     return "Payload Too Large" if status == 413 else HTTPStatus(status).phrase
 
 
-class VendorError(Exception):
+class SignalWireError(Exception):
+    """An answer in one of the vendor's error shapes, raised from anywhere in a call."""
+
+    def response(self) -> Response:
+        raise NotImplementedError
+
+
+class VendorError(SignalWireError):
     """An answer in the ``{"error": "<reason>"}`` shape.
 
     :param status: the HTTP status; the body is its reason phrase.
@@ -41,7 +49,7 @@ class VendorError(Exception):
         return json_response({"error": phrase(self.status)}, self.status, self.headers)
 
 
-class VendorInvalid(Exception):
+class VendorInvalid(SignalWireError):
     """A 422 in the ``{"errors": [...]}`` shape, naming the attribute at fault (``None``: the request)."""
 
     def __init__(self, attribute: str | None, message: str, *, code: str = "invalid_parameter") -> None:
@@ -84,3 +92,13 @@ def from_gateway(exc: GatewayError, attribute: str | None = None) -> VendorError
 
 
 _PHRASED = frozenset({400, 401, 403, 404, 405, 409, 413, 415, 429, 500, 501, 503, 504})
+
+
+#: Every SignalWire call's frame: a native outcome in the vendor's shape, a bug a bare 500.
+FRAME: ErrorFrame[SignalWireError, Response] = ErrorFrame(
+    "signalwire",
+    SignalWireError,
+    expected=from_gateway,
+    unexpected=lambda: VendorError(500),
+    render=lambda error: error.response(),  # each shape renders itself
+)

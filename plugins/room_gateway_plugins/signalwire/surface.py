@@ -9,18 +9,17 @@
     /api/video/conferences/{id}/conference_tokens GET: the moderator and guest tokens
     /api/video/room_tokens                        POST → {token}
 
-Each call authenticates itself (the native middleware lets ``/api/video/`` through): ``Authorization: Basic
-base64(project_id:api_token)`` where ``project_id`` is ``surfaces.signalwire.project_id`` and ``api_token`` is
-a configured API key. Every answer is in the vendor's shape, errors included; an unexpected exception is
-logged and answered ``500 {"error": "Internal Server Error"}``.
+Each call authenticates itself (the edge's authentication stage lets ``/api/video/`` through):
+``Authorization: Basic base64(project_id:api_token)`` where ``project_id`` is
+``surfaces.signalwire.project_id`` and ``api_token`` is a configured API key. Every answer is in the
+vendor's shape, errors included; an unexpected exception is logged and answered
+``500 {"error": "Internal Server Error"}``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import functools
 import hmac
-import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -29,23 +28,23 @@ from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
-from gateway.auth.policy import Principal
+from gateway.auth.policy import Principal, basic_credentials
+from gateway.edge.responses import RequestHeaders, read_body
 from gateway.errors import GatewayError
-from gateway.plugins import ConfigError
 from gateway.surfaces import Surface, SurfaceContext
 from room_gateway_plugins.signalwire import endpoints
 from room_gateway_plugins.signalwire.directory import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Directory
 from room_gateway_plugins.signalwire.fields import Kind
 from room_gateway_plugins.signalwire.responses import (
+    FRAME,
     WWW_AUTHENTICATE,
     VendorError,
     VendorInvalid,
-    from_gateway,
     json_response,
 )
-
-log = logging.getLogger(__name__)
+from room_gateway_plugins.signalwire.settings import SignalWireSettings
 
 BASE = "/api/video"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -57,18 +56,16 @@ class SignalWireSurface(Surface):
 
     :param settings: ``surfaces.signalwire``: ``enabled`` and ``project_id`` (the Basic user accepted).
     :param context: the gateway's core.
-    :raises ConfigError: ``project_id`` is empty.
     """
 
     name = "signalwire"
+    settings_model = SignalWireSettings
     http_prefixes = (f"{BASE}/",)
+    settings: SignalWireSettings
 
-    def __init__(self, settings: Mapping[str, Any], context: SurfaceContext) -> None:
+    def __init__(self, settings: SignalWireSettings, context: SurfaceContext) -> None:
         super().__init__(settings, context)
-        project_id = settings.get("project_id")
-        if not isinstance(project_id, str) or not project_id:
-            raise ConfigError("surfaces.signalwire.project_id: set the project id clients send as Basic user")
-        self._project_id = project_id.encode("utf-8")
+        self._project_id = settings.project_id.encode("utf-8")
         self._directory = Directory(context.dispatcher)
         self._max_body_bytes = context.config.http.max_body_bytes
 
@@ -94,23 +91,15 @@ class SignalWireSurface(Surface):
     # -- the frame of every call -----------------------------------------------------------------------------
 
     def _route(self, path: str, **handlers: Handler) -> Route:
-        async def endpoint(request: Request) -> Response:
-            try:
-                principal = self._authenticate(request.headers.get("authorization"))
-                handler = handlers.get(request.method)
-                if handler is None:
-                    raise VendorError(405 if handlers else 404)
-                return await handler(request, principal)
-            except (VendorError, VendorInvalid) as exc:
-                return exc.response()
-            except GatewayError as exc:
-                return from_gateway(exc).response()
-            except Exception:
-                log.exception("signalwire: %s %s failed", request.method, request.url.path)
-                return VendorError(500).response()
-
         # Every method reaches the endpoint, so a wrong one is a 405 in the vendor's shape, not Starlette's.
-        return Route(path, endpoint, methods=_METHODS)
+        return Route(path, _Endpoint(functools.partial(self._serve, handlers=handlers)), methods=_METHODS)
+
+    async def _serve(self, request: Request, handlers: Mapping[str, Handler]) -> Response:
+        principal = self._authenticate(request.headers.get("authorization"))
+        handler = handlers.get(request.method)
+        if handler is None:
+            raise VendorError(405 if handlers else 404)
+        return await handler(request, principal)
 
     def _authenticate(self, authorization: str | None) -> Principal:
         """The caller of ``Basic base64(project_id:api_token)``.
@@ -118,37 +107,26 @@ class SignalWireSurface(Surface):
         :raises VendorError: 401 — no or malformed credentials, another project, or an unknown token.
         """
         challenge = VendorError(401, {"WWW-Authenticate": WWW_AUTHENTICATE})
-        scheme, _, encoded = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "basic":
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        pair = basic_credentials(credentials.strip()) if scheme.lower() == "basic" else None
+        if pair is None or not hmac.compare_digest(pair[0].encode("utf-8"), self._project_id):
             raise challenge
         try:
-            user, sep, _ = base64.b64decode(encoded.strip(), validate=True).partition(b":")
-        except (binascii.Error, ValueError):
-            raise challenge from None
-        if not sep or not hmac.compare_digest(user, self._project_id):
-            raise challenge
-        try:
-            return self.context.policy.authenticate(authorization=authorization)
+            return self.context.policy.authenticate(api_key=pair[1])
         except GatewayError:
             raise challenge from None
 
     async def _body(self, request: Request) -> Mapping[str, Any]:
         """The request's JSON object.
 
-        :raises VendorError: 413 too large, 415 not JSON, 400 malformed.
+        :raises VendorError: 415 not JSON, 400 malformed.
         :raises VendorInvalid: JSON, but not an object.
+        :raises RequestTooLarge: over ``http.max_body_bytes`` (the vendor's 413).
         """
         content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if content_type and content_type != "application/json" and not content_type.endswith("+json"):
             raise VendorError(415)
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self._max_body_bytes:
-            raise VendorError(413)
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > self._max_body_bytes:
-                raise VendorError(413)
+        raw = await read_body(request.receive, RequestHeaders(request.scope), self._max_body_bytes)
         if not raw.strip():
             return {}
         try:
@@ -221,3 +199,19 @@ def _page_size(text: str | None) -> int:
 
 def _without_token(url: URL) -> URL:
     return url.remove_query_params(["page_token", "page_number"])
+
+
+class _Endpoint:
+    """A path's calls served as a plain ASGI app, in the surface's frame. Not a Starlette endpoint, which
+    must return a response: a client that left while sending its body is sent nothing.
+
+    :param serve: answers one request of the path.
+    """
+
+    def __init__(self, serve: Callable[[Request], Awaitable[Response]]) -> None:
+        self._serve = serve
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await FRAME.answer(self._serve(Request(scope, receive)), scope)
+        if response is not None:
+            await response(scope, receive, send)

@@ -4,7 +4,8 @@ Each write is one statement that the database makes atomic — an upsert or a gu
 — so that concurrent writers (other tasks, other gateway processes) never lose an update, and a
 compare-and-set is decided by the database, not by a read in Python. The notification of a write is
 emitted inside its transaction (:meth:`SqlBackend._emit`), so listeners see writes in commit order, which
-for one variable is version order (its row lock orders its writers).
+for one variable is version order (its row lock orders its writers). Values and settings are JSON text
+(:mod:`gateway.core.jsontext`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -22,11 +22,13 @@ import sqlalchemy.exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.core.backend import Backend, version_conflict
+from gateway.core import jsontext
+from gateway.core.backend import Backend, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, RoomStatus, Variable, _Unset
+from gateway.core.models import JSON, Event, Room, RoomSignal, RoomStatus, Variable
+from gateway.core.wire import Message
 from gateway.errors import AlreadyExists, Unavailable
-from room_gateway_plugins.sql import codec, migrations
+from room_gateway_plugins.sql import migrations
 from room_gateway_plugins.sql.tables import rooms, variables
 
 try:
@@ -80,7 +82,9 @@ class StoreUnreachable(ConnectionError):
 
 
 @dataclass
-class _Tx:
+class Transaction:
+    """The connection of one write transaction, and what to do once it has committed."""
+
     conn: AsyncConnection
     #: Run after commit (SQLite delivers to its in-process hub only once the write is durable).
     after_commit: list[Callable[[], None]] = field(default_factory=list)
@@ -123,8 +127,8 @@ class SqlBackend(Backend):
         return contextlib.nullcontext()
 
     @abc.abstractmethod
-    async def _emit(self, tx: _Tx, topic: Topic | None, note: Variable | Event | RoomSignal) -> None:
-        """Send ``note`` to the listeners of ``topic`` (``None`` for a room signal) when ``tx`` commits."""
+    async def _emit(self, tx: Transaction, message: Message) -> None:
+        """Send ``message`` to its listeners, on every instance, when ``tx`` commits."""
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -151,10 +155,10 @@ class SqlBackend(Backend):
             await conn.execute(sa.text("SELECT 1"))
 
     @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[_Tx]:
+    async def _tx(self) -> AsyncIterator[Transaction]:
         async with self._serial():
             async with self.engine.begin() as conn:
-                tx = _Tx(conn)
+                tx = Transaction(conn)
                 yield tx
             for deliver in tx.after_commit:
                 deliver()
@@ -217,19 +221,12 @@ class SqlBackend(Backend):
             return None
         row = found[0]
         return Variable(
-            name=name, value=codec.loads(row.value), version=row.version, update_time=row.update_time
+            name=name, value=jsontext.loads(row.value), version=row.version, update_time=row.update_time
         )
 
-    async def set_variable(
-        self,
-        room_id: str,
-        name: str,
-        value: JSON | _Unset,
-        *,
-        expected_version: int | None,
-        now: datetime,
-    ) -> Variable | None:
-        text = None if isinstance(value, _Unset) else codec.dumps(value)
+    async def write_variable(self, write: VariableWrite) -> Variable | None:
+        room_id, name, expected_version, now = write.room_id, write.name, write.expected_version, write.now
+        text = None if write.deletes else jsontext.dumps(write.value).decode()
         this = (variables.c.room_id == room_id) & (variables.c.name == name)
         statement: Any
         if text is None and expected_version == 0:
@@ -267,13 +264,13 @@ class SqlBackend(Backend):
             if written is None:
                 current = await self._current_version(tx, room_id, name)
                 if expected_version is not None and expected_version != current:
-                    raise version_conflict(name, expected_version, current)
+                    raise write.conflict(current)
                 return None  # deleting an unset variable
-            variable = Variable(name=name, value=value, version=written.version, update_time=now)
-            await self._emit(tx, Topic("variable", room_id, name), variable)
+            variable = write.written(written.version)
+            await self._emit(tx, Message(write.topic, variable))
         return variable
 
-    async def _current_version(self, tx: _Tx, room_id: str, name: str) -> int:
+    async def _current_version(self, tx: Transaction, room_id: str, name: str) -> int:
         """The version a compare-and-set is compared with: ``0`` when unset."""
         query = sa.select(variables.c.version).where(
             variables.c.room_id == room_id, variables.c.name == name, variables.c.value.is_not(None)
@@ -281,7 +278,7 @@ class SqlBackend(Backend):
         return (await tx.conn.execute(query)).scalar() or 0
 
     async def get_contents(self, room_id: str) -> dict[str, JSON]:
-        return {row.name: codec.loads(row.value) for row in await self._fetch(_CONTENTS, room_id=room_id)}
+        return {row.name: jsontext.loads(row.value) for row in await self._fetch(_CONTENTS, room_id=room_id)}
 
     async def delete_room_data(self, room_id: str) -> None:
         # Rows go with the data: a deleted room's id never comes back, so its versions cannot repeat.
@@ -292,11 +289,11 @@ class SqlBackend(Backend):
 
     async def publish_event(self, room_id: str, event: Event) -> None:
         async with self._tx() as tx:
-            await self._emit(tx, Topic("event", room_id, event.name), event)
+            await self._emit(tx, Message(Topic("event", room_id, event.name), event))
 
     async def publish_signal(self, signal: RoomSignal) -> None:
         async with self._tx() as tx:
-            await self._emit(tx, None, signal)
+            await self._emit(tx, Message(None, signal))
 
     async def subscribe(self, topic: Topic) -> Subscription:
         if self._engine is None:
@@ -311,7 +308,7 @@ def _room_row(room: Room) -> dict[str, Any]:
         "description": room.description,
         "status": room.status.value,
         "jurisdiction": room.jurisdiction,
-        "settings": codec.dumps(room.settings),
+        "settings": jsontext.dumps(room.settings).decode(),
         "create_time": room.create_time,
         "update_time": room.update_time,
     }
@@ -324,7 +321,7 @@ def _room(row: Any) -> Room:
         description=row.description,
         status=RoomStatus(row.status),
         jurisdiction=row.jurisdiction,
-        settings=codec.loads(row.settings),
+        settings=jsontext.loads(row.settings),
         create_time=row.create_time,
         update_time=row.update_time,
     )

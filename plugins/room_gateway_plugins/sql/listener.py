@@ -2,9 +2,10 @@
 
 The backend says which channels it wants (:meth:`Listener.want` / :meth:`Listener.unwant`, from the hub's
 first-subscriber / last-subscriber callbacks); :meth:`Listener.sync` makes the connection listen to exactly
-those, connecting first if needed. A supervisor task pings the connection and, when it drops, tells the
-backend (which ends its subscriptions with UNAVAILABLE so that clients reconnect) and reconnects with
-exponential backoff until the server is back.
+those, connecting first if needed. A :class:`~gateway.core.reconnect.Reconnector` keeps it up: its session
+pings the connection when idle and, when it drops, tells the backend (which ends its subscriptions with
+UNAVAILABLE so that clients reconnect); the reconnector then tries again, with its backoff, until the
+server is back.
 
 asyncpg allows one operation at a time on a connection: every command on it takes :attr:`_lock`.
 """
@@ -14,18 +15,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 
+from gateway.core.reconnect import Reconnector
+
 log = logging.getLogger(__name__)
 
-#: Backoff between reconnection attempts, in seconds (doubling, with jitter).
-RECONNECT_MIN, RECONNECT_MAX = 0.1, 5.0
 #: How often an idle connection is pinged, and how long a ping may take.
 KEEPALIVE, PING_TIMEOUT = 10.0, 5.0
+#: Errors that mean the server cannot be reached or the connection dropped (no traceback in the log).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 class Listener:
@@ -51,7 +53,10 @@ class Listener:
         self._listening: set[str] = set()
         self._lock = asyncio.Lock()
         self._lost = asyncio.Event()
-        self._supervisor: asyncio.Task[None] | None = None
+        self._lost_error: Exception | None = None
+        self._reconnector = Reconnector(
+            self._session, name="PostgreSQL LISTEN connection", logger=log, expected=CONNECTION_ERRORS
+        )
         self._syncs: set[asyncio.Task[None]] = set()
         self._closing = False
 
@@ -62,7 +67,7 @@ class Listener:
     async def start(self) -> None:
         """Connect and listen (raises if the server is unreachable), then supervise."""
         await self.sync()
-        self._supervisor = asyncio.create_task(self._supervise(), name="room-gateway pg listener")
+        self._reconnector.start()
 
     def want(self, channel: str) -> None:
         self._wanted[channel] = self._wanted.get(channel, 0) + 1
@@ -115,26 +120,20 @@ class Listener:
             current.terminate()
         if self._closing:
             return
-        log.warning("lost the PostgreSQL LISTEN connection (%s); reconnecting", error)
+        self._lost_error = error
         self._lost.set()
         self._on_lost(error)
 
-    async def _supervise(self) -> None:
-        delay = RECONNECT_MIN
-        while not self._closing:
-            if not self.connected:
-                try:
-                    await self.sync()
-                except Exception as exc:
-                    log.info("PostgreSQL LISTEN connection: retrying in %.1fs (%r)", delay, exc)
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, RECONNECT_MAX)
-                    continue
-                log.info("PostgreSQL LISTEN connection restored")
-                delay = RECONNECT_MIN
+    async def _session(self, connected: Callable[[], None]) -> None:
+        """The reconnector's session: connect (unless a :meth:`sync` did) and ping the connection until it
+        drops; raise what ended it."""
+        await self.sync()
+        connected()
+        while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), KEEPALIVE)
-                continue  # dropped: reconnect now
+            if self._lost.is_set():  # dropped (and the backend told): reconnect
+                raise self._lost_error or ConnectionError("the PostgreSQL LISTEN connection closed")
             conn = self._conn
             try:
                 async with self._lock:
@@ -142,13 +141,14 @@ class Listener:
                         await conn.fetchval("SELECT 1", timeout=PING_TIMEOUT)
             except Exception as exc:
                 self._drop(conn, exc)
+                raise
 
     async def close(self) -> None:
         self._closing = True
-        tasks = [t for t in (self._supervisor, *self._syncs) if t is not None]
-        for task in tasks:
+        await self._reconnector.close()
+        for task in self._syncs:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._syncs, return_exceptions=True)
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
             try:

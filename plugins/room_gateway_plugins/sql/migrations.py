@@ -13,8 +13,11 @@ directory shipped in the wheel, its synchronous API run through ``run_sync`` —
 lock. Three tables do not pay for that; if the schema ever grows branches, moving to Alembic is one
 migration that stamps ``alembic_version`` from ``schema_version``.
 
-A migration is frozen once released: it declares the tables as they were at its version (its own
-``MetaData``), never the current ones of :mod:`.tables`.
+A migration is frozen once released. It *declares* what its version changes (tables, columns, indexes)
+on a ``MetaData`` holding the schema of the version before, and *applies* that change to a database at the
+version before. The current tables are the declarations of every migration in turn (:func:`metadata`): what
+:mod:`.tables` gives the queries, so nothing is declared twice, and nothing a migration made is missing
+from what the queries see.
 """
 
 from __future__ import annotations
@@ -25,21 +28,23 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from room_gateway_plugins.sql.tables import CodePointText, UTCDateTime, schema_version
+from room_gateway_plugins.sql.columns import CodePointText, UTCDateTime
 
 
 class Migration(NamedTuple):
     version: int
     summary: str
-    apply: Callable[[sa.Connection], None]
+    #: Adds this version's changes to a ``MetaData`` at the version before.
+    declare: Callable[[sa.MetaData], None]
+    #: Changes a database at the version before, given the ``MetaData`` after :attr:`declare`.
+    apply: Callable[[sa.Connection, sa.MetaData], None]
 
 
 class SchemaTooNew(RuntimeError):
     """The database was upgraded by a newer gateway: this one must not write to it."""
 
 
-def _v1(conn: sa.Connection) -> None:
-    md = sa.MetaData()
+def _declare_v1(md: sa.MetaData) -> None:
     sa.Table(
         "rooms",
         md,
@@ -48,7 +53,7 @@ def _v1(conn: sa.Connection) -> None:
         sa.Column("description", sa.Text, nullable=False),
         sa.Column("status", sa.Text, nullable=False),
         sa.Column("jurisdiction", sa.Text, nullable=False),
-        sa.Column("settings", sa.Text, nullable=False),
+        sa.Column("settings", sa.Text, nullable=False),  # JSON text (gateway.core.jsontext)
         sa.Column("create_time", UTCDateTime),
         sa.Column("update_time", UTCDateTime),
     )
@@ -57,27 +62,46 @@ def _v1(conn: sa.Connection) -> None:
         md,
         sa.Column("room_id", CodePointText, primary_key=True),
         sa.Column("name", CodePointText, primary_key=True),
-        sa.Column("value", sa.Text),
+        sa.Column("value", sa.Text),  # JSON text; NULL: unset (deleted)
         sa.Column("version", sa.BigInteger, nullable=False),
         sa.Column("update_time", UTCDateTime),
     )
-    if conn.dialect.name == "postgresql":
-        sa.Table(
-            "notification_bodies",
-            md,
-            sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-            sa.Column("body", sa.Text, nullable=False),
-            sa.Column(
-                "create_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-            ),
-            sa.Index("notification_bodies_create_time", "create_time"),
-        )
-    md.create_all(conn)
+    sa.Table(
+        "notification_bodies",
+        md,
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Index("notification_bodies_create_time", "create_time"),
+    )
+
+
+def _apply_v1(conn: sa.Connection, md: sa.MetaData) -> None:
+    created = [md.tables["rooms"], md.tables["variables"]]
+    if conn.dialect.name == "postgresql":  # only its notifications need bodies
+        created.append(md.tables["notification_bodies"])
+    md.create_all(conn, tables=created)
 
 
 #: Every migration, in order; ``MIGRATIONS[i].version == i + 1``.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "rooms, variables, notification bodies", _v1),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "rooms, variables, notification bodies", _declare_v1, _apply_v1),
+)
 LATEST = MIGRATIONS[-1].version
+
+
+def _bookkeeping(md: sa.MetaData) -> sa.Table:
+    """The ``schema_version`` table (one row: the version the database is at), in ``md``."""
+    return sa.Table("schema_version", md, sa.Column("version", sa.Integer, nullable=False))
+
+
+def metadata(version: int = LATEST) -> sa.MetaData:
+    """The tables as the migrations up to ``version`` leave them, ``schema_version`` included."""
+    md = sa.MetaData()
+    _bookkeeping(md)
+    for migration in MIGRATIONS[:version]:
+        migration.declare(md)
+    return md
 
 
 def _lock_key(schema: str) -> int:
@@ -97,6 +121,8 @@ def upgrade(conn: sa.Connection, schema: str | None = None) -> int:
             conn.execute(
                 sa.text(f"CREATE SCHEMA IF NOT EXISTS {conn.dialect.identifier_preparer.quote(schema)}")
             )
+    md = sa.MetaData()
+    schema_version = _bookkeeping(md)
     schema_version.create(conn, checkfirst=True)
     found = conn.execute(sa.select(schema_version.c.version)).scalar()
     if found is None:
@@ -107,8 +133,11 @@ def upgrade(conn: sa.Connection, schema: str | None = None) -> int:
             f"the database schema is at version {found}, newer than this room-gateway knows ({LATEST}): "
             "upgrade room-gateway"
         )
+    for migration in MIGRATIONS[:found]:
+        migration.declare(md)
     for migration in MIGRATIONS[found:]:
-        migration.apply(conn)
+        migration.declare(md)
+        migration.apply(conn, md)
     if found != LATEST:
         conn.execute(schema_version.update().values(version=LATEST))
     return found

@@ -22,9 +22,10 @@ order, and writers of one variable commit in version order (its row lock orders 
 writes come back through its LISTEN connection like everyone else's: delivering them directly as well
 could put a local write ahead of an earlier remote one.
 
-**Size.** A payload must be shorter than 8000 bytes. A larger one is stored in ``notification_bodies`` (in
-the same transaction) and its id is sent instead; receivers read it back in arrival order. Bodies older
-than :data:`BODY_TTL` are deleted now and then by writers.
+**Payloads** are the messages of :mod:`gateway.core.wire`, the format the Redis backend publishes too. A
+payload must be shorter than 8000 bytes. A larger message is stored in ``notification_bodies`` (in the same
+transaction) and ``#`` followed by its id is sent instead (no message starts with ``#``); receivers read it
+back in arrival order. Bodies older than :data:`BODY_TTL_SQL` are deleted now and then by writers.
 """
 
 from __future__ import annotations
@@ -33,18 +34,16 @@ import asyncio
 import hashlib
 import logging
 import random
-from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from gateway.core import wire
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import UNSET, Event, RoomSignal, SignalKind, Variable
 from gateway.errors import Unavailable
-from room_gateway_plugins.sql import codec
-from room_gateway_plugins.sql.base import SqlBackend, _Tx
+from room_gateway_plugins.sql.base import SqlBackend, Transaction
 from room_gateway_plugins.sql.listener import Listener
 from room_gateway_plugins.sql.tables import notification_bodies
 
@@ -52,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Largest payload sent as is (PostgreSQL's limit is 8000 bytes, exclusive, in the server encoding).
 MAX_PAYLOAD = 7900
+#: Starts a payload that stands for a message stored in ``notification_bodies``: the id follows.
+BODY_REFERENCE = "#"
 BODY_TTL_SQL = "interval '10 minutes'"
 #: Share of large writes that also clean up expired bodies.
 BODY_CLEANUP_RATE = 1 / 32
@@ -180,10 +181,11 @@ class PostgresBackend(SqlBackend):
 
     # -- notifications out -----------------------------------------------------------------------------------
 
-    async def _emit(self, tx: _Tx, topic: Topic | None, note: Variable | Event | RoomSignal) -> None:
-        channel = self._signal_channel if topic is None else self._topic_channel(topic)
-        payload = codec.dumps(_encode(topic, note))
-        if len(payload.encode()) > MAX_PAYLOAD:
+    async def _emit(self, tx: Transaction, message: wire.Message) -> None:
+        channel = self._signal_channel if message.topic is None else self._topic_channel(message.topic)
+        data = wire.encode(message)
+        payload = data.decode()
+        if len(data) > MAX_PAYLOAD:
             if random.random() < BODY_CLEANUP_RATE:
                 await tx.conn.execute(
                     notification_bodies.delete().where(
@@ -191,8 +193,7 @@ class PostgresBackend(SqlBackend):
                     )
                 )
             stored = notification_bodies.insert().values(body=payload).returning(notification_bodies.c.id)
-            body_id = (await tx.conn.execute(stored)).scalar_one()
-            payload = codec.dumps({"k": "ref", "id": body_id})
+            payload = BODY_REFERENCE + str((await tx.conn.execute(stored)).scalar_one())
         await tx.conn.execute(sa.select(sa.func.pg_notify(channel, payload)))
 
     # -- notifications in ------------------------------------------------------------------------------------
@@ -202,10 +203,9 @@ class PostgresBackend(SqlBackend):
         while True:
             payload = await self._incoming.get()
             try:
-                message = codec.loads(payload)
-                if message.get("k") == "ref":
-                    message = codec.loads(await self._fetch_body(message["id"]))
-                self._deliver(message)
+                if payload.startswith(BODY_REFERENCE):
+                    payload = await self._fetch_body(int(payload[len(BODY_REFERENCE) :]))
+                wire.decode(payload).deliver(self.hub)
             except Exception:
                 log.exception("dropped a PostgreSQL notification that could not be read: %.200s", payload)
 
@@ -214,34 +214,6 @@ class PostgresBackend(SqlBackend):
         async with self.engine.connect() as conn:
             body: str = (await conn.execute(query)).scalar_one()
         return body
-
-    def _deliver(self, message: dict[str, Any]) -> None:
-        kind, time = message["k"], codec.time_in(message["t"])
-        if kind == "s":
-            self.hub.deliver_signal(RoomSignal(message["r"], SignalKind(message["s"]), time))  # type: ignore[arg-type]
-        elif kind == "v":
-            value = message["x"] if "x" in message else UNSET
-            variable = Variable(message["n"], value, message["ver"], time)
-            self.hub.deliver(Topic("variable", message["r"], message["n"]), variable)
-        elif kind == "e":
-            self.hub.deliver(
-                Topic("event", message["r"], message["n"]), Event(message["n"], message["d"], time)
-            )
-
-
-def _encode(topic: Topic | None, note: Variable | Event | RoomSignal) -> dict[str, Any]:
-    if isinstance(note, RoomSignal):
-        return {"k": "s", "r": note.room_id, "s": note.kind.value, "t": codec.time_out(note.time)}
-    if topic is None:
-        raise TypeError("a variable or event notification needs its topic")
-    if isinstance(note, Variable):
-        message: dict[str, Any] = {"k": "v", "r": topic.room_id, "n": note.name, "ver": note.version}
-        if note.value is not UNSET:
-            message["x"] = note.value
-    else:
-        message = {"k": "e", "r": topic.room_id, "n": note.name, "d": note.data}
-    message["t"] = codec.time_out(note.time if isinstance(note, Event) else note.update_time)
-    return message
 
 
 def _channel(namespace: str, *parts: str) -> str:

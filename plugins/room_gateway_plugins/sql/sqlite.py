@@ -27,9 +27,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from gateway.core.hub import Topic
-from gateway.core.models import Event, RoomSignal, Variable
-from room_gateway_plugins.sql.base import SqlBackend, _Tx
+from gateway.core.wire import Message
+from room_gateway_plugins.sql.base import SqlBackend, Transaction
 from room_gateway_plugins.sql.readers import CompiledRead, ReaderPool
 
 #: Seconds to wait for a lock held by another process (a backup tool, a stray second gateway).
@@ -92,11 +91,8 @@ class SQLiteBackend(SqlBackend):
     def _serial(self) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock
 
-    async def _emit(self, tx: _Tx, topic: Topic | None, note: Variable | Event | RoomSignal) -> None:
-        if isinstance(note, RoomSignal):
-            tx.after_commit.append(lambda: self.hub.deliver_signal(note))
-        elif topic is not None:
-            tx.after_commit.append(lambda: self.hub.deliver(topic, note))
+    async def _emit(self, tx: Transaction, message: Message) -> None:
+        tx.after_commit.append(lambda: message.deliver(self.hub))
 
 
 def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:

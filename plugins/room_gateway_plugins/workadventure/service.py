@@ -44,11 +44,12 @@ from gateway._gen.roomApi import (
     VariableRequest,
 )
 from gateway.auth.policy import AuthPolicy, Principal
-from gateway.core.models import JSON, UNSET, RoomStatus, _Unset
+from gateway.core.models import JSON, UNSET, Unset
 from gateway.dispatch import Dispatcher
-from gateway.errors import NotFound, Unauthenticated
+from gateway.errors import NotFound, RoomDeleted, Unauthenticated
 from gateway.rpc import codec
-from gateway.rpc.service import RoomServiceHandler, grpc_errors
+from gateway.rpc.errors import grpc_errors
+from gateway.rpc.service import RoomServiceHandler
 
 #: Method paths of the service: the native auth listener leaves them to this handler.
 ROOM_API_PREFIX = "/roomApi.RoomApi/"
@@ -70,12 +71,12 @@ def _principal() -> Principal:
     return principal
 
 
-def _value(json: JSON | _Unset) -> wkt.Value:
+def _value(json: JSON | Unset) -> wkt.Value:
     """A ``Value`` for a JSON value; an empty one for no value (unset or deleted), as WorkAdventure."""
     return wkt.Value() if json is UNSET else wkt.Value.from_dict(json)
 
 
-def _json(value: wkt.Value | None) -> JSON | _Unset:
+def _json(value: wkt.Value | None) -> JSON | Unset:
     """The JSON value a request carries, as the native codec reads it (integral numbers as ints); ``UNSET``
     when absent or when the ``Value`` has no kind set (WorkAdventure's clients unwrap it to ``undefined``)."""
     if value is None or not betterproto2.which_one_of(value, "kind")[0]:
@@ -117,8 +118,10 @@ class RoomApiHandler(RoomApiBase):
         with grpc_errors("readVariable"):
             try:
                 variable = await self.dispatcher.call("GetVariable", principal, request)
-            except NotFound:
-                await self._unless_room_is_gone(message.room)
+            except RoomDeleted:  # its writes are refused too: not an empty room
+                raise
+            except NotFound:  # the variable is unset, or the room not created yet
+                await self._unless_rooms_are_explicit(message.room)
                 return wkt.Value()
             return _value(variable.value)
 
@@ -177,25 +180,18 @@ class RoomApiHandler(RoomApiBase):
 
     # -- rules ----------------------------------------------------------------------------------------------
 
-    async def _unless_room_is_gone(self, room_id: str) -> None:
+    async def _unless_rooms_are_explicit(self, room_id: str) -> None:
         """After a NOT_FOUND read: WorkAdventure's rooms are implicit, so a room not created yet reads as
-        empty. A deleted room stays NOT_FOUND (its writes are refused too), and so does an unknown room when
-        ``auto_create_rooms`` is off."""
-        service = self.dispatcher.service
-        try:
-            room = await service.get_room(room_id)
-        except NotFound:
-            if service.auto_create_rooms:
-                return
-            raise
-        if room.status is RoomStatus.DELETED:
-            raise NotFound(f"room {room_id!r} was deleted")
+        empty. With ``auto_create_rooms`` off an unknown room stays NOT_FOUND."""
+        if not self.dispatcher.implicit_rooms:
+            await self.dispatcher.lookup("GetRoom", {"room_id": room_id})
 
     async def _current_version(self, room_id: str, name: str) -> int:
         try:
-            return int((await self.dispatcher.service.get_variable(room_id, name)).version)
+            variable = await self.dispatcher.lookup("GetVariable", {"room_id": room_id, "name": name})
         except NotFound:
             return 0
+        return int(variable.version)
 
 
 def _authenticate(policy: AuthPolicy, metadata: Mapping[str, str | bytes] | None) -> Principal:
