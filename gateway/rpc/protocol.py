@@ -28,10 +28,11 @@ in :mod:`gateway.rpc.h2limits`):
   closed before any stream is read. A connection closed for abuse (or a protocol error) uses up its
   address's allowance, so an abuser's reconnections are refused until the window lets it in again.
 
-Input is also handed to h2 at most :data:`FEED_BYTES` at a time, with the budgets checked in between: one
-read of 256 KiB of tiny frames would otherwise be parsed in one go (tens of milliseconds of a blocked event
-loop) before any limit could act. A protocol error's GOAWAY, which h2 prepares and grpclib drops by closing
-the transport first, is sent; and every final GOAWAY is followed by a lingering close
+Input is also handed to h2 :data:`FEED_BYTES` at a time, one slice per turn of the event loop with the
+budgets checked in between: one read of 256 KiB of tiny frames would otherwise be parsed in one go (tens
+of milliseconds of a blocked event loop, h2 takes some 50 µs a frame) before any limit could act, and
+before any other connection is served. A protocol error's GOAWAY, which h2 prepares and grpclib drops by
+closing the transport first, is sent; and every final GOAWAY is followed by a lingering close
 (:class:`LingeringTransport`), so that it reaches the client.
 """
 
@@ -59,8 +60,8 @@ from gateway.rpc.wire import MessageStream
 
 log = logging.getLogger(__name__)
 
-#: Bytes handed to h2 at once; the budgets are checked between two feeds.
-FEED_BYTES = 16 * 1024
+#: Bytes handed to h2 at once, one slice per turn of the event loop; the budgets are checked in between.
+FEED_BYTES = 8 * 1024
 _FRAMES_PER_FEED = FEED_BYTES // FRAME_HEADER_BYTES + 1
 #: Seconds a connection closed after a final GOAWAY stays half-open, its input dropped (LingeringTransport).
 LINGER_SECONDS = 1.0
@@ -137,6 +138,8 @@ class GuardedProtocol(H2Protocol):
         self.limits = limits
         self.admission = admission
         self.refused = False
+        self._backlog: list[bytes] = []  # input read but not yet handed to h2 (see _feed)
+        self._paused = False
 
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")
@@ -191,22 +194,40 @@ class GuardedProtocol(H2Protocol):
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
-        for start in range(0, len(data), FEED_BYTES):
-            if self.connection.is_closing():
-                return  # closed (for abuse): the rest is not even parsed
-            chunk = data[start : start + FEED_BYTES]
-            if not self.scanner.scan(chunk):
-                self.processor.calm_down("header bytes in one block")
-                return
-            try:
-                events = self.connection.feed(chunk)
-            except (ProtocolError, UnicodeDecodeError) as exc:  # UnicodeDecodeError: a header not ASCII
-                self.processor.protocol_error(exc)
-                return
-            self.connection.flush()
-            for event in events:
-                self.processor.process(event)
-            self.connection.flush()
+        if self._backlog:  # the transport was paused, but a read can be under way (TLS)
+            self._backlog.append(data)
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Hand ``data`` to h2 a :data:`FEED_BYTES` slice per turn of the event loop, reading paused
+        until the last slice: a flood of small frames shares the loop with every other connection."""
+        if self.connection.is_closing():
+            return  # closed (for abuse): the rest is not even parsed
+        chunk, rest = data[:FEED_BYTES], data[FEED_BYTES:]
+        if not self.scanner.scan(chunk):
+            self.processor.calm_down("header bytes in one block")
+            return
+        try:
+            events = self.connection.feed(chunk)
+        except (ProtocolError, UnicodeDecodeError) as exc:  # UnicodeDecodeError: a header not ASCII
+            self.processor.protocol_error(exc)
+            return
+        self.connection.flush()
+        for event in events:
+            self.processor.process(event)
+        self.connection.flush()
+        if rest:
+            self._backlog.insert(0, rest)
+        if not self._backlog:
+            if self._paused:
+                self._paused = False
+                self.transport.resume_reading()
+            return
+        if not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        asyncio.get_running_loop().call_soon(self._feed, self._backlog.pop(0))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.refused:
@@ -312,7 +333,7 @@ class GuardedEvents(EventsProcessor):
             "grpc: too many %s from %s: GOAWAY ENHANCE_YOUR_CALM, connection closed", what, self.peer_name
         )
         self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, f"too many {what}".encode())
-        self._end(f"too many {what}")
+        self._end()
 
     def protocol_error(self, exc: Exception) -> None:
         """Close the connection after the GOAWAY h2 prepared for ``exc`` (grpclib would drop it)."""
@@ -320,13 +341,19 @@ class GuardedEvents(EventsProcessor):
             with contextlib.suppress(ProtocolError):
                 self.h2.close_connection(ErrorCodes.PROTOCOL_ERROR, b"headers must be ASCII")
         log.info("grpc: HTTP/2 protocol error from %s: %s; connection closed", self.peer_name, exc)
-        self._end("Protocol error")
+        self._end()
 
-    def _end(self, reason: str) -> None:
+    def _end(self) -> None:
         self.connection.flush()
         self.transport.linger = True
         self.admission.penalize(self.peer)
-        self.close(reason)
+        # grpclib's close(), but for the reason it gives each stream: a call ended with a reason is logged by
+        # grpclib ("Request was cancelled: …"), a hundred lines for one abusive connection; cancelled as a
+        # task, it is not (the access log still writes its line, CANCELLED).
+        self.connection.close()
+        self.handler.close()
+        if hasattr(self, "processors"):
+            del self.processors  # grpclib's mark of a closed processor: later events are dropped
 
 
 class _Release:

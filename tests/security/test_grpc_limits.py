@@ -333,6 +333,20 @@ async def connect(gateway: GatewayProcess, source: str) -> H2Client:
     return client
 
 
+async def test_a_large_message_is_read_a_slice_per_turn_of_the_loop(capped: GatewayProcess) -> None:
+    client = await connect(capped, "127.0.0.7")
+    try:
+        value = "x" * 60_000  # under input.max_value_bytes; some eight feeds of h2, reading paused between
+        stream = client.request("/roomgateway.v1.RoomService/SetVariable", AUTH)
+        message = bytes(SetVariableRequest(room_id="big", name="v", value=Value(string_value=value)))
+        client.send(stream, grpc_message(message), end=True)
+        reply = await client.reply(stream)
+        assert reply.status == OK, reply
+        assert value.encode() in reply.data
+    finally:
+        await client.close()
+
+
 async def test_new_connections_per_ip_are_capped(capped: GatewayProcess) -> None:
     clients = [await connect(capped, "127.0.0.3") for _ in range(4)]
     try:
