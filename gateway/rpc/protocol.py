@@ -9,9 +9,10 @@ connection, so this module is the smallest wrapper around grpclib's protocol tha
 (:class:`GuardedServer` → :class:`GuardedProtocol` → :class:`GuardedEvents`; the values and counters are
 in :mod:`gateway.rpc.h2limits`):
 
-- **concurrent streams** (``grpc.max_concurrent_streams``): advertised in the first SETTINGS frame and
-  enforced by h2 on open streams (more is a connection error, GOAWAY PROTOCOL_ERROR); a stream is refused
-  (RST_STREAM REFUSED_STREAM) while that many handlers still run, reset streams included, as Go counts them;
+- **concurrent streams** (``grpc.max_concurrent_streams``): advertised in the first SETTINGS frame; a
+  stream beyond it, or opened while that many handlers still run (reset streams included, as Go counts
+  them), is refused with RST_STREAM REFUSED_STREAM, the stream error RFC 9113 §5.1.2 asks for (h2 would end
+  the whole connection);
 - **reset streams** (``grpc.reset_streams_per_connection``): every stream the client resets before it was
   answered, and every refused stream, costs one from the connection's budget; every answered stream gives
   one back (so a busy connection that cancels some calls never runs dry, as Envoy's ratio of premature
@@ -192,8 +193,8 @@ class GuardedProtocol(H2Protocol):
         self.handler.close()  # grpclib's server forgets a closed handler with no calls
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
-            return
+        if self.refused or self.connection.is_closing():
+            return  # after a final GOAWAY: read (lingering) and dropped unparsed
         if self._backlog:  # the transport was paused, but a read can be under way (TLS)
             self._backlog.append(data)
             return
@@ -202,9 +203,23 @@ class GuardedProtocol(H2Protocol):
     def _feed(self, data: bytes) -> None:
         """Hand ``data`` to h2 a :data:`FEED_BYTES` slice per turn of the event loop, reading paused
         until the last slice: a flood of small frames shares the loop with every other connection."""
-        if self.connection.is_closing():
-            return  # closed (for abuse): the rest is not even parsed
         chunk, rest = data[:FEED_BYTES], data[FEED_BYTES:]
+        if rest:
+            self._backlog.insert(0, rest)
+        if not self.connection.is_closing():
+            self._parse(chunk)
+        if self.connection.is_closing():
+            self._backlog.clear()  # closed for abuse: the rest is not even parsed
+        if self._backlog:
+            if not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self._feed, self._backlog.pop(0))
+        elif self._paused:
+            self._paused = False
+            self.transport.resume_reading()  # closing too: what a lingering close reads is dropped
+
+    def _parse(self, chunk: bytes) -> None:
         if not self.scanner.scan(chunk):
             self.processor.calm_down("header bytes in one block")
             return
@@ -217,17 +232,6 @@ class GuardedProtocol(H2Protocol):
         for event in events:
             self.processor.process(event)
         self.connection.flush()
-        if rest:
-            self._backlog.insert(0, rest)
-        if not self._backlog:
-            if self._paused:
-                self._paused = False
-                self.transport.resume_reading()
-            return
-        if not self._paused:
-            self._paused = True
-            self.transport.pause_reading()
-        asyncio.get_running_loop().call_soon(self._feed, self._backlog.pop(0))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self.refused:

@@ -33,22 +33,23 @@ from typing import Any
 
 import betterproto2
 from google.protobuf import message_factory
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
-from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 from grpclib.protocol import Stream
 
 from gateway import schema
 from gateway._gen.message_pool import default_message_pool
+from gateway.errors import GatewayError, InvalidArgument, ResourceExhausted, Unimplemented
+from gateway.rpc.errors import grpc_error
+from gateway.schema import fields
 
 log = logging.getLogger(__name__)
 
 #: The only message encoding served (``grpc-encoding``); grpclib implements no compression.
 IDENTITY = "identity"
 _PREFIX_BYTES = 5  # gRPC's length prefix: a compressed flag, then the length as 4 bytes big-endian
-_VALUE = "google.protobuf.Value"
 _MAX_REASON = 200
 
 
@@ -90,39 +91,34 @@ class MessageStream(Stream):
         try:
             data = await super().recv_data(size)
         except AssertionError:  # grpclib's Buffer: the stream ended with fewer bytes than asked for
-            raise self._refuse(Status.INVALID_ARGUMENT, "the request stream ended inside a message") from None
+            raise _refused(InvalidArgument("the request stream ended inside a message")) from None
         if not reading_prefix:
             self._in_message = False
             self._messages += 1
             return data
         if not data:
             if self.unary and not self._messages:
-                raise self._refuse(Status.INVALID_ARGUMENT, "the call carries no request message")
+                raise _refused(InvalidArgument("the call carries no request message"))
             return data
         flag, length = data[0], int.from_bytes(data[1:_PREFIX_BYTES], "big")
         if flag:
             self._check_compressed(flag)
         if length > self.max_message_bytes:
-            raise self._refuse(
-                Status.RESOURCE_EXHAUSTED,
-                f"request message of {length} bytes is larger than the limit of {self.max_message_bytes}",
+            raise _refused(
+                ResourceExhausted(
+                    f"request message of {length} bytes is larger than the limit of {self.max_message_bytes}"
+                )
             )
         self._in_message = True
         return data
 
     def _check_compressed(self, flag: int) -> None:
         if flag != 1:
-            raise self._refuse(Status.INVALID_ARGUMENT, f"invalid compressed flag {flag} in a message prefix")
+            raise _refused(InvalidArgument(f"invalid compressed flag {flag} in a message prefix"))
         if self.encoding in (None, IDENTITY):
-            raise self._refuse(Status.INVALID_ARGUMENT, "a compressed message without a grpc-encoding")
+            raise _refused(InvalidArgument("a compressed message without a grpc-encoding"))
         self._accept_encoding = True
-        raise self._refuse(
-            Status.UNIMPLEMENTED, f"grpc-encoding {self.encoding!r} is not supported (only identity is)"
-        )
-
-    def _refuse(self, status: Status, message: str) -> GRPCError:
-        log.info("grpc: request refused (%s): %s", status.name, message)
-        return GRPCError(status, message)
+        raise _refused(Unimplemented(f"grpc-encoding {self.encoding!r} is not supported (only identity is)"))
 
     async def send_headers(self, headers: list[tuple[str, str]], end_stream: bool = False) -> None:
         if not self.answered:
@@ -154,8 +150,14 @@ class LastMessageCodec(ProtoCodec):
         except Exception as exc:  # any failure to read the client's bytes is the client's error
             name = getattr(message_type, "__name__", str(message_type))
             reason = f"{type(exc).__name__}: {exc}"[:_MAX_REASON]
-            log.info("grpc: request refused (INVALID_ARGUMENT): not a valid %s message (%s)", name, reason)
-            raise GRPCError(Status.INVALID_ARGUMENT, f"the request is not a valid {name} message") from None
+            error = InvalidArgument(f"the request is not a valid {name} message")
+            raise _refused(error, f"{error.message} ({reason})") from None
+
+
+def _refused(error: GatewayError, detail: str | None = None) -> GRPCError:
+    """The answer to a request refused here, logged as one line (``detail``: what the log says)."""
+    log.info("grpc: request refused (%s): %s", error.code.name, detail or error.message)
+    return grpc_error(error)
 
 
 @functools.cache
@@ -195,20 +197,20 @@ def check_values(message: Message) -> None:
     gateway's codecs: it is a malformed request, not a null.
     """
     descriptor = message.DESCRIPTOR
-    if descriptor.full_name == _VALUE:
+    if descriptor.full_name == fields.VALUE:
         kind = message.WhichOneof("kind")
         if kind is None:
             raise ValueError("a google.protobuf.Value that holds no value")
         if kind in ("struct_value", "list_value"):
             check_values(getattr(message, kind))
         return
-    fields = _value_fields(descriptor)
-    if not fields:
+    names = _value_fields(descriptor)
+    if not names:
         return
     for field, value in message.ListFields():
-        if field.name not in fields:
+        if field.name not in names:
             continue
-        if _is_map(field):
+        if fields.is_map(field):
             items: Any = value.values()
         elif field.is_repeated:
             items = value
@@ -228,15 +230,10 @@ def _value_fields(descriptor: Descriptor) -> frozenset[str]:
 def _may_hold_value(descriptor: Descriptor | None, seen: frozenset[str]) -> bool:
     if descriptor is None or descriptor.full_name in seen:
         return False
-    if descriptor.full_name == _VALUE:
+    if descriptor.full_name == fields.VALUE:
         return True
     seen = seen | {descriptor.full_name}
     return any(_may_hold_value(f.message_type, seen) for f in descriptor.fields)
-
-
-def _is_map(field: FieldDescriptor) -> bool:
-    message = field.message_type
-    return message is not None and field.is_repeated and message.GetOptions().map_entry
 
 
 class LastConversion:
