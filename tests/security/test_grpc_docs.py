@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from gateway.config import GrpcLimits
+from gateway.config_loader import ConfigError, load_config
 from tests.security.test_docs import DOC, check_output
 from tests.security.test_docs import doc_gateway as doc_gateway  # the fixture: the same gateway
 from tests.server.conftest import KEY, ROOT, GatewayProcess
@@ -55,6 +56,17 @@ def test_every_grpc_key_is_listed_with_its_default_and_documented() -> None:
     assert listed == GrpcLimits().model_dump()
     doc = DOC.read_text(encoding="utf-8")
     assert [key for key in listed if f"`grpc.{key}`" not in doc] == []
+
+
+def test_a_bad_grpc_limit_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(
+        'auth: {keys: [{name: a, key: "0123456789abcdef0123", permissions: ["*"]}]}\n'
+        "grpc:\n  max_concurrent_streams: 100\n  reset_streams_per_connection: lots\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match=r"line 4: grpc\.reset_streams_per_connection: .*expected a rate"):
+        load_config(path, {})
 
 
 def test_the_grpc_section_is_well_formed() -> None:
