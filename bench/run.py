@@ -81,6 +81,8 @@ def start_gateway(config: Path, http: int, grpc: int, args: argparse.Namespace) 
             # The full edge, rate limiting included: counted on every call, never refusing one under load.
             rate_limits:
               limits: [{{by: ip, limit: "1000000/second"}}]
+            grpc:
+              new_connections_per_ip: "1000000/second"   # h2load opens all its connections at once
             # The bare peers log nothing either (uvicorn access_log=False); its cost is measured apart.
             access_log: {str(args.access_log).lower()}
             auth:

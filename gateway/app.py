@@ -26,6 +26,7 @@ from gateway.edge.app import Edge, create_http_app
 from gateway.observability.metrics import Metrics
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.ratelimit import RateLimiter
+from gateway.rpc.h2limits import Http2Limits
 from gateway.rpc.server import create_grpc_server, keepalive_config
 from gateway.surfaces import Surface, SurfaceContext
 
@@ -99,6 +100,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         config=keepalive_config(config.grpc.keepalive_seconds, config.grpc.keepalive_timeout_seconds),
         limiter=limiter,
         access_log=config.access_log,
+        limits=Http2Limits.from_config(config),
     )
     return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics)
 

@@ -10,11 +10,12 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import limits
 import limits.storage
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -304,13 +305,36 @@ class HttpLimits(_Strict):
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
 
 
+def _rate(value: str) -> str:
+    try:
+        limits.parse(value)
+    except ValueError:
+        raise ValueError(f"expected a rate such as '100/10 seconds' or '20/second', got {value!r}") from None
+    return value
+
+
+Rate = Annotated[str, AfterValidator(_rate)]
+
+
 class GrpcLimits(_Strict):
-    """Connection liveness of the gRPC listener (HTTP/2 PING, grpclib's ``Configuration``)."""
+    """Connection liveness and input limits of the gRPC listener (:mod:`gateway.rpc.h2limits`)."""
 
     #: Seconds of silence on a connection after which the server sends a PING.
     keepalive_seconds: float = Field(default=60.0, gt=0)
     #: Seconds the client has to answer a PING; no answer closes the connection (half-open, dead peers).
     keepalive_timeout_seconds: float = Field(default=20.0, gt=0)
+    #: Bytes of one request message (RESOURCE_EXHAUSTED beyond); ``None``: ``http.max_body_bytes``.
+    max_message_bytes: int | None = Field(default=None, gt=0)
+    #: Streams open at once on a connection (HTTP/2 ``SETTINGS_MAX_CONCURRENT_STREAMS``).
+    max_concurrent_streams: int = Field(default=100, ge=1, le=2**31 - 1)
+    #: Bytes of a request's headers as HTTP/2 counts them (``SETTINGS_MAX_HEADER_LIST_SIZE``).
+    max_header_list_bytes: int = Field(default=8 * 1024, ge=1024, le=2**31 - 1)
+    #: Streams a connection may reset before they are answered, or have refused, beyond those it completes.
+    reset_streams_per_connection: Rate = "100/10 seconds"
+    #: PING and SETTINGS frames a connection may send.
+    control_frames_per_connection: Rate = "100/10 seconds"
+    #: New connections per client IP, while rate limiting is on; ``None``: not limited.
+    new_connections_per_ip: Rate | None = "20/second"
 
 
 class InputLimits(_Strict):

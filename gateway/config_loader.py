@@ -111,7 +111,13 @@ class _Document:
         self.secrets: set[str] = set()
 
     def load(self) -> GatewayConfig:
-        loader = yaml.SafeLoader(self.text)
+        try:
+            loader = yaml.SafeLoader(self.text)
+        except yaml.reader.ReaderError as exc:  # the reader checks every character before parsing
+            line = self.text.count("\n", 0, exc.position) + 1
+            raise ConfigError(
+                f"{self.file}: line {line}: character #x{exc.character:04x} is not allowed in YAML"
+            ) from None
         try:
             root = loader.get_single_node()
             if root is None:

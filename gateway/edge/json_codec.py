@@ -182,11 +182,11 @@ def parse_timestamp(value: Any, where: str) -> datetime:
     if match is None:
         raise InvalidArgument(f"{where} must be an RFC 3339 timestamp such as 2026-01-02T03:04:05Z")
     year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = match.groups()
-    tz = UTC
-    if not zulu:
-        offset = timedelta(hours=int(off_h), minutes=int(off_m))
-        tz = timezone(-offset if sign == "-" else offset)
     try:
+        tz = UTC
+        if not zulu:  # an offset of 24 hours or more is a ValueError too
+            offset = timedelta(hours=int(off_h), minutes=int(off_m))
+            tz = timezone(-offset if sign == "-" else offset)
         moment = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second),
             int((fraction or "0").ljust(6, "0")[:6]), tzinfo=tz,

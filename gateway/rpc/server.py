@@ -31,10 +31,14 @@ from gateway.dispatch import Dispatcher
 from gateway.ratelimit import RateLimiter
 from gateway.rpc.accesslog import install_access_log
 from gateway.rpc.auth import install_auth
+from gateway.rpc.h2limits import Http2Limits
+from gateway.rpc.protocol import GuardedServer
 from gateway.rpc.ratelimit import install_ip_limits, install_key_limits
 from gateway.rpc.service import RoomServiceHandler
 from gateway.rpc.wire import LastMessageCodec
 
+#: The limits of a server made without a configuration (tests, embedding): ``grpc:``'s defaults.
+DEFAULT_LIMITS = Http2Limits()
 #: How long a readiness result is reused by health checks (seconds): probes stay cheap for the backend.
 READY_CHECK_TTL = 1.0
 #: How long one readiness probe may take before it counts as not ready (seconds).
@@ -74,6 +78,7 @@ def create_grpc_server(
     config: Configuration | None = None,
     limiter: RateLimiter | None = None,
     access_log: bool = True,
+    limits: Http2Limits | None = DEFAULT_LIMITS,
 ) -> Server:
     """The gRPC server of the gateway, not yet listening.
 
@@ -87,12 +92,16 @@ def create_grpc_server(
     :param config: grpclib's connection settings (HTTP/2 keep-alive: :func:`keepalive_config`).
     :param limiter: the rate-limit policy (``by: ip`` before authentication, ``by: key`` after).
     :param access_log: log one line per call (config ``access_log``).
+    :param limits: the HTTP/2 abuse limits and the message size (:mod:`gateway.rpc.protocol`, built from
+        ``grpc:`` by :meth:`Http2Limits.from_config`); ``None``: grpclib's own protocol, without them (to
+        measure what they cost: ``bench/grpc_limits.py``).
     """
-    server = Server(
-        build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers),
-        codec=LastMessageCodec(),  # one write to many listeners is encoded once
-        config=config,
-    )
+    handlers = build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers)
+    # The codec refuses undecodable requests (INVALID_ARGUMENT) and encodes one write to many listeners once.
+    if limits is None:
+        server = Server(handlers, codec=LastMessageCodec(), config=config)
+    else:
+        server = GuardedServer(handlers, codec=LastMessageCodec(), config=config, limits=limits)
     if access_log:
         install_access_log(server)  # before auth: refused calls are logged too
     if limiter is not None and limiter.quotas:
