@@ -68,11 +68,15 @@ class Listen(_Strict):
     grpc: str = "127.0.0.1:50051"
     #: TLS on the gRPC listener; absent: plaintext HTTP/2 (h2c), for loopback or behind a TLS proxy.
     grpc_tls: GrpcTls | None = None
+    #: A listener serving only ``GET /metrics``, without a key (for a scraper on a private network); off
+    #: when absent.
+    metrics: str | None = None
 
-    @field_validator("http", "grpc")
+    @field_validator("http", "grpc", "metrics")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        split_host_port(value)
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
         return value
 
 

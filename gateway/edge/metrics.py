@@ -5,6 +5,9 @@ that is not limited to some rooms, as the global InvalidateConnections does: the
 (:meth:`AuthPolicy.authorize_deployment <gateway.auth.policy.AuthPolicy.authorize_deployment>`). A room
 token or a key without the permission gets 403 PERMISSION_DENIED in the native error shape. The format
 follows the scraper's ``Accept`` (OpenMetrics or the Prometheus text format 0.0.4).
+
+``listen.metrics`` (off by default) serves the same without a key, on a listener of its own that serves
+nothing else (:class:`MetricsListenerApp`): for a scraper on a network the operator trusts.
 """
 
 from __future__ import annotations
@@ -42,18 +45,40 @@ class MetricsEndpoint:
         except GatewayError as exc:
             await send_error(send, exc)
             return
-        accept = next((value for name, value in scope["headers"] if name == b"accept"), b"")
-        body, content_type = self.metrics.exposition(accept.decode("latin-1"))
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", content_type.encode("latin-1")),
-                    (b"content-length", b"%d" % len(body)),
-                ],
-            }
-        )
+        await _send_metrics(self.metrics, scope, send)
+
+
+async def _send_metrics(metrics: Metrics, scope: Scope, send: Send) -> None:
+    accept = next((value for name, value in scope["headers"] if name == b"accept"), b"")
+    body, content_type = metrics.exposition(accept.decode("latin-1"))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", content_type.encode("latin-1")),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class MetricsListenerApp:
+    """The ASGI app of ``listen.metrics``: ``GET /metrics`` without a key, and nothing else (404)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan: nothing to start
+            return
+        if scope["path"] == PATH and scope["method"] in ("GET", "HEAD"):
+            await _send_metrics(self.metrics, scope, send)
+            return
+        body = b"only GET /metrics is served here\n"
+        start = {"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]}
+        await send(start)
         await send({"type": "http.response.body", "body": body})
 
 
@@ -61,4 +86,4 @@ def metrics_routes(metrics: Metrics | None, policy: AuthPolicy) -> list[BaseRout
     """``GET /metrics`` answering ``metrics`` (none when ``metrics`` is ``None``)."""
     if metrics is None:
         return []
-    return [Route(PATH, MetricsEndpoint(metrics, policy), methods=["GET"])]
+    return [Route(PATH, MetricsEndpoint(metrics, policy), methods=["GET"], name="metrics")]

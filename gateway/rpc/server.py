@@ -28,9 +28,11 @@ from grpclib.server import Server
 
 from gateway import schema
 from gateway.dispatch import Dispatcher
+from gateway.observability.metrics import Metrics
+from gateway.observability.observer import Observer
 from gateway.ratelimit import RateLimiter
-from gateway.rpc.accesslog import install_access_log
 from gateway.rpc.auth import install_auth
+from gateway.rpc.observe import install_observer
 from gateway.rpc.ratelimit import install_ip_limits, install_key_limits
 from gateway.rpc.service import RoomServiceHandler
 from gateway.rpc.wire import LastMessageCodec
@@ -74,6 +76,7 @@ def create_grpc_server(
     config: Configuration | None = None,
     limiter: RateLimiter | None = None,
     access_log: bool = True,
+    observer: Observer | None = None,
 ) -> Server:
     """The gRPC server of the gateway, not yet listening.
 
@@ -86,15 +89,18 @@ def create_grpc_server(
     :param extra_handlers: see :func:`build_handlers`.
     :param config: grpclib's connection settings (HTTP/2 keep-alive: :func:`keepalive_config`).
     :param limiter: the rate-limit policy (``by: ip`` before authentication, ``by: key`` after).
-    :param access_log: log one line per call (config ``access_log``).
+    :param access_log: log one line per call (config ``access_log``), when no ``observer`` is given.
+    :param observer: what every call is recorded into (metrics, request ids, access lines, spans); default:
+        one of its own, counting into metrics nobody reads.
     """
+    if observer is None:
+        observer = Observer(limiter.metrics if limiter is not None else Metrics(), access_log=access_log)
     server = Server(
         build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers),
         codec=LastMessageCodec(),  # one write to many listeners is encoded once
         config=config,
     )
-    if access_log:
-        install_access_log(server)  # before auth: refused calls are logged too
+    install_observer(server, observer)  # before auth: refused calls are counted and logged too
     if limiter is not None and limiter.quotas:
         install_ip_limits(server, limiter)  # before auth: an unauthenticated flood is refused first
     install_auth(server, dispatcher.policy, skip_prefixes=self_authenticated_prefixes)
