@@ -55,7 +55,10 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[config], help="start the HTTP and gRPC listeners")
     serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="default: the configuration's logging.level (info)",
     )
     serve.set_defaults(command=_serve)
 
@@ -77,9 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_gateway
     from gateway.server import StartupError, serve
 
-    writer = configure_logging(args.log_level)
+    config = load_config(config_path(args.config))
+    writer = configure_logging(args.log_level or config.logging.level, config.logging.format)
     try:
-        config = load_config(config_path(args.config))
 
         async def run() -> None:
             await serve(create_gateway(config))

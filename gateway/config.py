@@ -324,6 +324,22 @@ class InputLimits(_Strict):
     max_json_depth: int = Field(default=32, gt=0, le=100)
 
 
+class LoggingConfig(_Strict):
+    """``logging``: how the process writes its log (stderr). ``room-gateway serve --log-level`` overrides
+    ``level``."""
+
+    #: ``text``: ``<time> <logger>: <message>`` lines; ``json``: one object a line (docs/operations.md).
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TracingConfig(_Strict):
+    """``tracing``: OpenTelemetry spans, exported over OTLP/HTTP as the ``OTEL_EXPORTER_OTLP_*`` variables
+    say; needs the ``room-gateway[otel]`` extra."""
+
+    enabled: bool = False
+
+
 class GatewayConfig(_Strict):
     """The whole of ``gateway.yaml``."""
 
@@ -341,6 +357,8 @@ class GatewayConfig(_Strict):
     #: One line per call on logger ``room_gateway.access`` (both transports). Each line costs the event loop
     #: a log record: at thousands of calls a second, ~10-20% of a cheap call (bench/RESULTS.md).
     access_log: bool = True
+    logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("backend")
     @classmethod
