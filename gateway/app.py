@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pluggy
 from grpclib.server import Server as GrpcServer
@@ -26,12 +27,16 @@ from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
 from gateway.edge.app import Edge, create_http_app
 from gateway.observability.backends import instrument
+from gateway.observability.info import info_source
 from gateway.observability.metrics import Metrics
 from gateway.observability.observer import Observer
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.ratelimit import RateLimiter
 from gateway.rpc.server import create_grpc_server, keepalive_config
 from gateway.surfaces import Surface, SurfaceContext
+
+if TYPE_CHECKING:
+    from gateway.observability.tracing import Tracing
 
 #: What to do when no key is configured: the gateway fails closed (as WorkAdventure's Room API does).
 NO_KEY_HINT = (
@@ -76,10 +81,14 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     plugins = Plugins(plugin_manager or create_plugin_manager())
     backend = plugins.create_backend(config.backend)
     metrics = Metrics()
+    tracing = _tracing(config)
     observer = Observer(
-        metrics, trusted_proxies=config.rate_limits.trusted_proxies, access_log=config.access_log
+        metrics,
+        trusted_proxies=config.rate_limits.trusted_proxies,
+        access_log=config.access_log,
+        tracing=tracing,
     )
-    instrument(backend, metrics)  # before anything holds its bound methods
+    instrument(backend, metrics, tracing)  # before anything holds its bound methods
     tokens = room_token_issuer(config.auth.room_tokens)  # None: no secret, no room tokens
     service = RoomService(
         backend,
@@ -94,6 +103,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     http_routes = [(surface.name, surface.http_routes()) for surface in surfaces]
     grpc_handlers = [(surface.name, surface.grpc_handlers()) for surface in surfaces]
     _label_surfaces(observer, http_routes, grpc_handlers)
+    listeners: dict[str, str] = {}  # filled by the runner
     http_app = create_http_app(
         dispatcher,
         max_body_bytes=config.http.max_body_bytes,
@@ -104,6 +114,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         limiter=limiter,
         metrics=metrics,
         observer=observer,
+        info=info_source(config, listeners, backend.check),
     )
     grpc_server = create_grpc_server(
         dispatcher,
@@ -114,7 +125,26 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         limiter=limiter,
         observer=observer,
     )
-    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics, observer)
+    return Gateway(
+        config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics, observer, listeners
+    )
+
+
+def _tracing(config: GatewayConfig) -> Tracing | None:
+    """The gateway's tracing when ``tracing.enabled`` (OpenTelemetry is imported only then).
+
+    :raises ConfigError: tracing is on but the ``otel`` extra is not installed.
+    """
+    if not config.tracing.enabled:
+        return None
+    try:
+        from gateway.observability.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            f"tracing.enabled: OpenTelemetry is not installed ({exc.name}); "
+            "pip install 'room-gateway[otel]', or set enabled: false"
+        ) from None
+    return Tracing()
 
 
 def _label_surfaces(

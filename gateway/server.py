@@ -75,6 +75,9 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, handle_s
             if gateway.limiter is not None:
                 await gateway.limiter.close()
             await gateway.backend.close()
+            tracing = gateway.observer.tracing if gateway.observer is not None else None
+            if tracing is not None:  # export the last spans (blocking, once, at exit)
+                await asyncio.to_thread(tracing.shutdown)
     log.info("stopped")
 
 

@@ -23,6 +23,7 @@ about a tenth of its time (bench/RESULTS.md).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -39,7 +40,7 @@ from gateway.edge import health
 from gateway.edge.auth import PUBLIC_PATHS, authenticate
 from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
-from gateway.edge.metrics import metrics_routes
+from gateway.edge.metrics import INFO_PATH, InfoEndpoint, metrics_routes
 from gateway.edge.observe import ObservedCalls
 from gateway.edge.openapi import openapi_document
 from gateway.edge.ratelimit import admit_by_ip, with_rate_limit_headers
@@ -72,6 +73,7 @@ def create_http_app(
     metrics: Metrics | None = None,
     access_log: bool = True,
     observer: Observer | None = None,
+    info: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> Edge:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
 
@@ -85,6 +87,7 @@ def create_http_app(
     :param metrics: served at ``/metrics`` (``None``: the limiter's, or, without a limiter, no ``/metrics``).
     :param access_log: log one line per call (config ``access_log``), when no ``observer`` is given.
     :param observer: what every call is recorded into; default: one counting into ``metrics``.
+    :param info: answers ``GET /v1/info`` (``None``: no such route).
     """
     if metrics is None and limiter is not None:
         metrics = limiter.metrics  # its counters, where the limiter was built without a gateway's Metrics
@@ -113,6 +116,11 @@ def create_http_app(
         Route("/readyz", health.readiness(ready), methods=["GET"], name="readyz"),
         Route("/openapi.json", health.static_json(document), methods=["GET"], name="openapi"),
         *metrics_routes(metrics, dispatcher.policy),
+        *(
+            [Route(INFO_PATH, InfoEndpoint(info, dispatcher.policy), methods=["GET"], name="info")]
+            if info
+            else []
+        ),
         *extra_routes,
     ]
     router = Starlette(routes=all_routes, exception_handlers={HTTPException: _http_exception})

@@ -1,4 +1,4 @@
-"""``GET /metrics``: the gateway's metrics (:mod:`gateway.observability.metrics`) for a Prometheus scraper.
+"""``GET /metrics`` (:mod:`gateway.observability.metrics`, for a Prometheus scraper) and ``GET /v1/info``.
 
 The counters are deployment-wide, so reading them needs the ``metrics:read`` permission (or ``*``) on a key
 that is not limited to some rooms, as the global InvalidateConnections does: the auth policy decides it
@@ -12,17 +12,22 @@ nothing else (:class:`MetricsListenerApp`): for a scraper on a network the opera
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.auth.permissions import METRICS_READ
 from gateway.auth.policy import AuthPolicy, Principal
-from gateway.edge.responses import send_error
+from gateway.edge.responses import send_error, send_json
 from gateway.edge.routing import PRINCIPAL
 from gateway.errors import GatewayError, Unauthenticated
 from gateway.observability.metrics import Metrics
 
 PATH = "/metrics"
+INFO_PATH = "/v1/info"
 
 
 class MetricsEndpoint:
@@ -80,6 +85,29 @@ class MetricsListenerApp:
         start = {"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"text/plain")]}
         await send(start)
         await send({"type": "http.response.body", "body": body})
+
+
+class InfoEndpoint:
+    """``GET /v1/info`` (:mod:`gateway.observability.info`), readable as ``/metrics`` is (``metrics:read``).
+
+    :param info: makes the answer.
+    :param policy: decides who may read it.
+    """
+
+    def __init__(self, info: Callable[[], Awaitable[dict[str, Any]]], policy: AuthPolicy) -> None:
+        self.info = info
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            principal = scope.get(PRINCIPAL)
+            if not isinstance(principal, Principal):
+                raise Unauthenticated("missing credentials")
+            self.policy.authorize_deployment(principal, METRICS_READ, INFO_PATH)
+        except GatewayError as exc:
+            await send_error(send, exc)
+            return
+        await send_json(send, 200, orjson.dumps(await self.info()))
 
 
 def metrics_routes(metrics: Metrics | None, policy: AuthPolicy) -> list[BaseRoute]:
