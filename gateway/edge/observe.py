@@ -95,11 +95,11 @@ class ObservedCalls:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = message.get("headers")
-                extra = [echoed] if span is None else [echoed, *tracing.response_headers(span)]  # type: ignore[union-attr]
-                if isinstance(headers, list):  # ours to extend, as Starlette's own middlewares do
-                    headers.extend(extra)
-                else:
-                    message["headers"] = [*(headers or ()), *extra]
+                if not isinstance(headers, list):  # a list is ours to extend, as Starlette's middlewares do
+                    headers = message["headers"] = list(headers or ())
+                headers.append(echoed)
+                if span is not None:
+                    headers.extend(tracing.response_headers(span))  # type: ignore[union-attr]
             await send(message)
 
         try:
@@ -108,7 +108,8 @@ class ObservedCalls:
             seconds = time.perf_counter() - start
             status = status or 500  # an exception escaping the app becomes a 500 from the server
             code = call.code or code_of_status(status)
-            recorder, streaming = self._recorder(scope.get(_ROUTE))
+            found = self._routes.get(id(scope.get(_ROUTE)))
+            recorder, streaming = found if found is not None else self._recorder(scope.get(_ROUTE))
             recorder.finish(code, seconds, streaming)
             if span is not None:
                 tracing.end_server_span(span, recorder, scope, status, code)  # type: ignore[union-attr]

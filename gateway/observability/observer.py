@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
+import random
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -22,9 +24,14 @@ _VALID_REQUEST_ID = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID}}}")
 _TRUST_CACHE_SIZE = 4096
 
 
+_PREFIX = os.urandom(4).hex()
+_SEQUENCE = itertools.count(random.getrandbits(31))
+
+
 def new_request_id() -> str:
-    """A fresh request id: 16 random hex digits (unique enough to find one call among an instance's)."""
-    return os.urandom(8).hex()
+    """A fresh request id: 16 hex digits, a random prefix per process then a counter — unique across
+    instances in practice, and no system call per call (``os.urandom`` was the costlier half)."""
+    return f"{_PREFIX}{next(_SEQUENCE) & 0xFFFFFFFF:08x}"
 
 
 class Observer:
