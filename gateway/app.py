@@ -8,11 +8,14 @@ backend, binds the listeners and drains them on shutdown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pluggy
 from grpclib.server import Server as GrpcServer
 from pydantic import ValidationError
+from starlette.routing import BaseRoute
 
 from gateway.auth.policy import AuthPolicy
 from gateway.auth.tokens import room_token_issuer
@@ -23,12 +26,18 @@ from gateway.core.service import RoomService
 from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
 from gateway.edge.app import Edge, create_http_app
+from gateway.observability.backends import instrument
+from gateway.observability.info import info_source
 from gateway.observability.metrics import Metrics
+from gateway.observability.observer import Observer
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.ratelimit import RateLimiter
 from gateway.rpc.h2limits import Http2Limits
 from gateway.rpc.server import create_grpc_server, keepalive_config
 from gateway.surfaces import Surface, SurfaceContext
+
+if TYPE_CHECKING:
+    from gateway.observability.tracing import Tracing
 
 #: What to do when no key is configured: the gateway fails closed (as WorkAdventure's Room API does).
 NO_KEY_HINT = (
@@ -52,6 +61,9 @@ class Gateway:
     grpc_server: GrpcServer
     limiter: RateLimiter | None = None  # None: rate limiting is off
     metrics: Metrics | None = None  # what /metrics answers
+    observer: Observer | None = None  # what both transports record calls into
+    #: The addresses the runner bound (``http``, ``grpc``, ``metrics``: ``host:port``), once it serves.
+    listeners: dict[str, str] = field(default_factory=dict)
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -69,6 +81,15 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         raise ConfigError("surfaces.native: the native API cannot be switched off yet; set native: true")
     plugins = Plugins(plugin_manager or create_plugin_manager())
     backend = plugins.create_backend(config.backend)
+    metrics = Metrics()
+    tracing = _tracing(config)
+    observer = Observer(
+        metrics,
+        trusted_proxies=config.rate_limits.trusted_proxies,
+        access_log=config.access_log,
+        tracing=tracing,
+    )
+    instrument(backend, metrics, tracing)  # before anything holds its bound methods
     tokens = room_token_issuer(config.auth.room_tokens)  # None: no secret, no room tokens
     service = RoomService(
         backend,
@@ -77,32 +98,74 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         value_limits=ValueLimits(config.input.max_value_bytes, config.input.max_json_depth),
     )
     policy = AuthPolicy(keys, tokens=tokens)
-    metrics = Metrics()
     limiter = _rate_limiter(config, metrics)
     dispatcher = Dispatcher(service, policy, limiter=limiter)
     surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, policy, dispatcher))
+    http_routes = [(surface.name, surface.http_routes()) for surface in surfaces]
+    grpc_handlers = [(surface.name, surface.grpc_handlers()) for surface in surfaces]
+    _label_surfaces(observer, http_routes, grpc_handlers)
+    listeners: dict[str, str] = {}  # filled by the runner
     http_app = create_http_app(
         dispatcher,
         max_body_bytes=config.http.max_body_bytes,
         ready=backend.check,
         keepalive_seconds=config.http.keepalive_seconds,
-        extra_routes=[route for surface in surfaces for route in surface.http_routes()],
+        extra_routes=[route for _, routes in http_routes for route in routes],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.http_prefixes),
         limiter=limiter,
         metrics=metrics,
-        access_log=config.access_log,
+        observer=observer,
+        info=info_source(config, listeners, backend.check),
     )
     grpc_server = create_grpc_server(
         dispatcher,
         ready=backend.check,
-        extra_handlers=[handler for surface in surfaces for handler in surface.grpc_handlers()],
+        extra_handlers=[handler for _, handlers in grpc_handlers for handler in handlers],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.grpc_prefixes),
         config=keepalive_config(config.grpc.keepalive_seconds, config.grpc.keepalive_timeout_seconds),
         limiter=limiter,
         access_log=config.access_log,
         limits=Http2Limits.from_config(config),
+        observer=observer,
     )
-    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics)
+    return Gateway(
+        config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics, observer, listeners
+    )
+
+
+def _tracing(config: GatewayConfig) -> Tracing | None:
+    """The gateway's tracing when ``tracing.enabled`` (OpenTelemetry is imported only then).
+
+    :raises ConfigError: tracing is on but the ``otel`` extra is not installed.
+    """
+    if not config.tracing.enabled:
+        return None
+    try:
+        from gateway.observability.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(
+            f"tracing.enabled: OpenTelemetry is not installed ({exc.name}); "
+            "pip install 'room-gateway[otel]', or set enabled: false"
+        ) from None
+    return Tracing()
+
+
+def _label_surfaces(
+    observer: Observer,
+    http_routes: Sequence[tuple[str, Sequence[BaseRoute]]],
+    grpc_handlers: Sequence[tuple[str, Sequence[object]]],
+) -> None:
+    """Tell ``observer`` which surface serves each route and gRPC method (the ``surface`` label)."""
+    for name, routes in http_routes:
+        pending = list(routes)
+        while pending:
+            route = pending.pop()
+            observer.route_surfaces[id(route)] = name
+            pending.extend(getattr(route, "routes", ()))  # a Mount's own routes
+    for name, handlers in grpc_handlers:
+        for handler in handlers:
+            for path in handler.__mapping__():  # type: ignore[attr-defined]  # grpclib's service protocol
+                observer.grpc_surfaces[path] = name
 
 
 def _rate_limiter(config: GatewayConfig, metrics: Metrics) -> RateLimiter | None:

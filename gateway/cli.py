@@ -2,6 +2,7 @@
 
     room-gateway serve [--config PATH]          start both listeners; SIGTERM drains
     room-gateway check-config [--config PATH]   validate, print a one-line summary
+    room-gateway status [--config PATH]         ask the running gateway of that configuration (/v1/info)
     room-gateway keys new [--raw]               a fresh API key and its key_sha256 line
 
 The configuration is ``--config PATH``, else ``$GATEWAY_CONFIG``, else ``gateway.yaml``. Exit status: 0 on
@@ -55,12 +56,20 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[config], help="start the HTTP and gRPC listeners")
     serve.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="default: the configuration's logging.level (info)",
     )
     serve.set_defaults(command=_serve)
 
     check = commands.add_parser("check-config", parents=[config], help="validate the configuration and exit")
     check.set_defaults(command=_check_config)
+
+    status = commands.add_parser(
+        "status", parents=[config], help="ask a running gateway for its version, instance, backend, listeners"
+    )
+    status.set_defaults(command=_status)
 
     keys = commands.add_parser("keys", help="API keys").add_subparsers(
         title="commands", required=True, metavar="COMMAND"
@@ -77,9 +86,9 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_gateway
     from gateway.server import StartupError, serve
 
-    writer = configure_logging(args.log_level)
+    config = load_config(config_path(args.config))
+    writer = configure_logging(args.log_level or config.logging.level, config.logging.format)
     try:
-        config = load_config(config_path(args.config))
 
         async def run() -> None:
             await serve(create_gateway(config))
@@ -105,6 +114,47 @@ def _check_config(args: argparse.Namespace) -> int:
 
     _run(build)
     print(f"{path}: OK — {_summary(config)}")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    """``GET /v1/info`` of the gateway ``--config`` describes, with its first key allowed to read it."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from gateway.auth.permissions import ALL, METRICS_READ
+    from gateway.config import split_host_port
+
+    config = load_config(config_path(args.config))
+    key = next(
+        (
+            k.key.get_secret_value()
+            for k in config.auth.keys
+            if k.key is not None and not k.rooms and ({ALL, METRICS_READ} & set(k.permissions))
+        ),
+        None,
+    )
+    if key is None:
+        raise ConfigError(
+            "status: no key in auth.keys has metrics:read (or *), every room, and its secret in the "
+            "configuration (a key_sha256 cannot be sent)"
+        )
+    host, port = split_host_port(config.listen.http)
+    if host in ("0.0.0.0", "::", ""):  # listening everywhere: ask on loopback
+        host = "127.0.0.1" if host != "::" else "::1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/v1/info"
+    request = urllib.request.Request(url, headers={"X-API-Key": key, "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            info = json.load(answer)
+    except urllib.error.HTTPError as exc:
+        print(f"room-gateway: {url}: HTTP {exc.code}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"room-gateway: no gateway answers at {url} ({exc})", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(info, indent=2))
     return EXIT_OK
 
 

@@ -69,11 +69,15 @@ class Listen(_Strict):
     grpc: str = "127.0.0.1:50051"
     #: TLS on the gRPC listener; absent: plaintext HTTP/2 (h2c), for loopback or behind a TLS proxy.
     grpc_tls: GrpcTls | None = None
+    #: A listener serving only ``GET /metrics``, without a key (for a scraper on a private network); off
+    #: when absent.
+    metrics: str | None = None
 
-    @field_validator("http", "grpc")
+    @field_validator("http", "grpc", "metrics")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        split_host_port(value)
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
         return value
 
 
@@ -344,6 +348,22 @@ class InputLimits(_Strict):
     max_json_depth: int = Field(default=32, gt=0, le=100)
 
 
+class LoggingConfig(_Strict):
+    """``logging``: how the process writes its log (stderr). ``room-gateway serve --log-level`` overrides
+    ``level``."""
+
+    #: ``text``: ``<time> <logger>: <message>`` lines; ``json``: one object a line (docs/operations.md).
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TracingConfig(_Strict):
+    """``tracing``: OpenTelemetry spans, exported over OTLP/HTTP as the ``OTEL_EXPORTER_OTLP_*`` variables
+    say; needs the ``room-gateway[otel]`` extra."""
+
+    enabled: bool = False
+
+
 class GatewayConfig(_Strict):
     """The whole of ``gateway.yaml``."""
 
@@ -361,6 +381,8 @@ class GatewayConfig(_Strict):
     #: One line per call on logger ``room_gateway.access`` (both transports). Each line costs the event loop
     #: a log record: at thousands of calls a second, ~10-20% of a cheap call (bench/RESULTS.md).
     access_log: bool = True
+    logging: LoggingConfig = LoggingConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @field_validator("backend")
     @classmethod

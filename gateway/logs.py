@@ -6,6 +6,10 @@ Formatting and the write to stderr (which blocks when the reader is slow) happen
 writer writes all it was handed since it last looked with one ``write`` and one ``flush``: one record per
 call under load (the access log) would otherwise cost a wake-up of the writer and a system call per call,
 each fighting the event loop for the GIL.
+
+Formats (``logging.format``): ``text`` (:class:`TextFormatter`, the time first) or ``json``
+(:class:`JsonFormatter`, one object a line). Every record made during a call carries the call's request id
+(:class:`RequestIdFilter`): error lines name the call they belong to.
 """
 
 from __future__ import annotations
@@ -15,8 +19,13 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, Literal, TextIO
+
+import orjson
+
+from gateway.observability.calls import current_request_id
 
 #: Most batches (each the records of one turn of the event loop) written with one flush.
 MAX_BATCHES = 64
@@ -32,6 +41,62 @@ class Formatter(logging.Formatter):
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+def _timestamp(created: float) -> str:
+    """``2026-12-01T10:00:00.123Z`` (UTC, milliseconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+
+
+class TextFormatter(Formatter):
+    """:class:`Formatter`'s line after its time; a warning or error made during a call ends with the
+    call's ``request_id=`` (an access line has it already)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        request_id = getattr(record, "request_id", None)
+        if request_id and record.levelno >= logging.WARNING:
+            first, newline, rest = text.partition("\n")
+            text = f"{first} request_id={request_id}{newline}{rest}"
+        return f"{_timestamp(record.created)} {text}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: ``time``, ``level``, ``logger``, ``message``, the call's ``request_id``,
+    ``exception`` (a traceback's text), and an access line's fields
+    (:func:`gateway.edge.accesslog.write_access_line`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": _timestamp(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            line.update(access)
+        else:
+            request_id = getattr(record, "request_id", None)
+            if request_id:
+                line["request_id"] = request_id
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted by the handler, while the traceback was alive
+            line["exception"] = record.exc_text
+            record.exc_text = None  # written here, not appended by the writer
+        return orjson.dumps(line, default=str).decode()
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the running call's request id on every record (``record.request_id``; ``None`` outside calls).
+
+    It runs where the record is made, in the call's task, so it reads the call's context."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = current_request_id()
+        return True
 
 
 class _BatchingHandler(logging.Handler):
@@ -133,15 +198,16 @@ class LogWriter:
             pass
 
 
-def configure_logging(level: str) -> LogWriter:
-    """Log at ``level`` through a :class:`LogWriter` on stderr; the caller stops it at exit (which writes
-    what is queued)."""
+def configure_logging(level: str, format: Literal["text", "json"] = "text") -> LogWriter:
+    """Log at ``level`` in ``format`` through a :class:`LogWriter` on stderr; the caller stops it at exit
+    (which writes what is queued)."""
     # The formatter names neither caller, thread nor process: don't collect them per record (logging
     # HOWTO, "Optimization"; finding the caller walks the stack).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    writer = LogWriter(sys.stderr, Formatter())
+    writer = LogWriter(sys.stderr, JsonFormatter() if format == "json" else TextFormatter())
     handler = _BatchingHandler(writer.batches)
+    handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     writer.before_stop = handler.hand_over
     writer.start()

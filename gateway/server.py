@@ -26,7 +26,7 @@ import signal
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 from grpclib.const import Status
@@ -38,6 +38,7 @@ from gateway.app import Gateway
 from gateway.config import GrpcTls, split_host_port
 from gateway.core.backend import Backend
 from gateway.core.hub import LocalHub
+from gateway.edge.metrics import MetricsListenerApp
 from gateway.edge.timeouts import guarded_protocol
 from gateway.errors import Unavailable
 from gateway.rpc.tls import TlsError, server_context
@@ -74,64 +75,114 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, handle_s
             if gateway.limiter is not None:
                 await gateway.limiter.close()
             await gateway.backend.close()
+            tracing = gateway.observer.tracing if gateway.observer is not None else None
+            if tracing is not None:  # export the last spans (blocking, once, at exit)
+                await asyncio.to_thread(tracing.shutdown)
     log.info("stopped")
 
 
 async def _serve_listeners(gateway: Gateway, stop: asyncio.Event, force: asyncio.Event) -> None:
     config = gateway.config
-    grace = config.shutdown_grace_seconds
-    with _bound(config.listen.http, "http") as http_sock, _bound(config.listen.grpc, "grpc") as grpc_sock:
-        grpc_calls = _GrpcCalls(gateway.grpc_server)
-        await gateway.grpc_server.start(sock=grpc_sock, ssl=_grpc_tls(config.listen.grpc_tls))
-        http = _HttpServer(
-            uvicorn.Config(
-                gateway.http_app,
-                log_config=None,  # the process's logging is set up once, by the CLI
-                access_log=False,
-                # The edge decides whom to believe about the client address (rate_limits.trusted_proxies);
-                # uvicorn's default would rewrite it from X-Forwarded-For of any loopback peer.
-                proxy_headers=False,
-                server_header=False,
-                ws="none",
-                timeout_graceful_shutdown=math.ceil(grace),
-                # Slow and half-open clients (gateway.edge.timeouts): header and body deadlines and a header
-                # size limit on httptools, idle keep-alive connections closed, h11's own limit if ever chosen.
-                http=guarded_protocol(
-                    header_timeout=config.http.header_timeout_seconds,
-                    max_header_bytes=config.http.max_header_bytes,
-                    body_timeout=config.http.body_timeout_seconds,
-                ),
-                timeout_keep_alive=config.http.idle_timeout_seconds,  # type: ignore[arg-type]  # uvicorn says int, a float works
-                h11_max_incomplete_event_size=config.http.max_header_bytes,
-            )
-        )
-        http_task = asyncio.create_task(http.serve(sockets=[http_sock]), name="room-gateway http")
-        try:
-            await _started(http, http_task)
-            log.info("http listening on %s", _address(http_sock))
-            log.info("grpc listening on %s", _address(grpc_sock))
-            if config.listen.grpc_tls is not None:
-                log.info("grpc: TLS with %s", config.listen.grpc_tls.cert_file)
-            await _until_stopped(stop, http_task)
+    with contextlib.ExitStack() as bound:
+        http_sock = bound.enter_context(_bound(config.listen.http, "http"))
+        grpc_sock = bound.enter_context(_bound(config.listen.grpc, "grpc"))
+        metrics_address = config.listen.metrics
+        metrics_sock = bound.enter_context(_bound(metrics_address, "metrics")) if metrics_address else None
+        gateway.listeners.update(http=_address(http_sock), grpc=_address(grpc_sock))
+        if metrics_sock is not None:
+            gateway.listeners["metrics"] = _address(metrics_sock)
+        async with _metrics_listener(gateway, metrics_sock):
+            await _serve_main_listeners(gateway, http_sock, grpc_sock, stop, force)
 
-            log.info("shutting down: draining for up to %gs", grace)
-            grpc_calls.draining = True
-            http.should_exit = True
-            _end_streams(gateway.backend)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await grpc_calls.finish(force)
-            if force.is_set():
-                http.force_exit = True
-            await http_task
-        finally:
-            gateway.grpc_server.close()  # cancels the gRPC calls still running
-            await gateway.grpc_server.wait_closed()
-            if not http_task.done():  # startup failed, or we are being cancelled
-                http.force_exit = http.should_exit = True
-                http_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, SystemExit):
-                    await http_task
+
+@contextlib.asynccontextmanager
+async def _metrics_listener(gateway: Gateway, sock: socket.socket | None) -> AsyncIterator[None]:
+    """Serve ``listen.metrics`` on ``sock`` (nothing when ``None``) while the block runs."""
+    if sock is None or gateway.metrics is None:
+        yield
+        return
+    server = _HttpServer(
+        uvicorn.Config(
+            MetricsListenerApp(gateway.metrics),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
+            server_header=False,
+            ws="none",
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="room-gateway metrics")
+    try:
+        await _started(server, task)
+        log.info("metrics listening on %s", _address(sock))
+        yield
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError, SystemExit):
+            await task
+
+
+async def _serve_main_listeners(
+    gateway: Gateway,
+    http_sock: socket.socket,
+    grpc_sock: socket.socket,
+    stop: asyncio.Event,
+    force: asyncio.Event,
+) -> None:
+    config = gateway.config
+    grace = config.shutdown_grace_seconds
+    grpc_calls = _GrpcCalls(gateway.grpc_server)
+    await gateway.grpc_server.start(sock=grpc_sock, ssl=_grpc_tls(config.listen.grpc_tls))
+    http = _HttpServer(
+        uvicorn.Config(
+            gateway.http_app,
+            log_config=None,  # the process's logging is set up once, by the CLI
+            access_log=False,
+            # The edge decides whom to believe about the client address (rate_limits.trusted_proxies);
+            # uvicorn's default would rewrite it from X-Forwarded-For of any loopback peer.
+            proxy_headers=False,
+            server_header=False,
+            ws="none",
+            timeout_graceful_shutdown=math.ceil(grace),
+            # Slow and half-open clients (gateway.edge.timeouts): header and body deadlines and a header
+            # size limit on httptools, idle keep-alive connections closed, h11's own limit if ever chosen.
+            http=guarded_protocol(
+                header_timeout=config.http.header_timeout_seconds,
+                max_header_bytes=config.http.max_header_bytes,
+                body_timeout=config.http.body_timeout_seconds,
+            ),
+            timeout_keep_alive=config.http.idle_timeout_seconds,  # type: ignore[arg-type]  # uvicorn says int, a float works
+            h11_max_incomplete_event_size=config.http.max_header_bytes,
+        )
+    )
+    http_task = asyncio.create_task(http.serve(sockets=[http_sock]), name="room-gateway http")
+    try:
+        await _started(http, http_task)
+        log.info("http listening on %s", _address(http_sock))
+        log.info("grpc listening on %s", _address(grpc_sock))
+        if config.listen.grpc_tls is not None:
+            log.info("grpc: TLS with %s", config.listen.grpc_tls.cert_file)
+        await _until_stopped(stop, http_task)
+
+        log.info("shutting down: draining for up to %gs", grace)
+        grpc_calls.draining = True
+        http.should_exit = True
+        _end_streams(gateway.backend)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await grpc_calls.finish(force)
+        if force.is_set():
+            http.force_exit = True
+        await http_task
+    finally:
+        gateway.grpc_server.close()  # cancels the gRPC calls still running
+        await gateway.grpc_server.wait_closed()
+        if not http_task.done():  # startup failed, or we are being cancelled
+            http.force_exit = http.should_exit = True
+            http_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                await http_task
 
 
 class _HttpServer(uvicorn.Server):

@@ -1,27 +1,28 @@
-"""One access-log line per REST call: a pure ASGI middleware, outermost, so it sees 401s and 429s too.
+"""Access lines: their fields made safe to write, and the line itself (REST: :mod:`gateway.edge.observe`;
+gRPC: :mod:`gateway.rpc.observe`).
 
 The line (logger ``room_gateway.access``, level INFO) holds the method, the path, the status, the *name* of
-the key that made the call (``-`` when none was accepted), the latency and the client address::
+the key that made the call (``-`` when none was accepted), the latency, the client address, the request id
+and, when tracing is on, the trace id::
 
-    GET /v1/rooms/lobby 200 key=admin 1.3ms client=127.0.0.1
+    GET /v1/rooms/lobby 200 key=admin 1.3ms client=127.0.0.1 request_id=4f1c0a9e2b7d3c58
 
 It never holds a credential, a room token, a query string (values could carry anything) or a body. The
 path is the one sent on the wire (percent-encoded), with any byte that is not printable ASCII escaped, so a
 hostile path cannot forge log lines. The same fields are attached to the record as ``record.access`` (a
-dict) for structured formatters. A stream's line is written when the stream ends: its latency is its length.
+dict) for structured formatters (``logging.format: json``). A stream's line is written when the stream
+ends: its latency is its length.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from gateway.auth.policy import Principal
-from gateway.edge.routing import PRINCIPAL
 
 LOGGER_NAME = "room_gateway.access"
 log = logging.getLogger(LOGGER_NAME)
@@ -61,53 +62,23 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "-"
 
 
-class AccessLogMiddleware:
-    """Log one line per HTTP request once its response is over (see the module docstring).
+def write_access_line(logger: logging.Logger, fields: dict[str, Any]) -> None:
+    """Write one access line of either transport from its fields (also attached as ``record.access``)::
 
-    :param app: the wrapped ASGI app.
-    :param logger: where lines go (``room_gateway.access``).
+    GET /v1/rooms/lobby 200 key=admin 1.3ms client=127.0.0.1 request_id=4f1c0a9e2b7d3c58
+    grpc /roomgateway.v1.RoomService/GetRoom OK key=admin 0.8ms client=127.0.0.1 request_id=…
     """
-
-    def __init__(self, app: ASGIApp, logger: logging.Logger = log) -> None:
-        self.app = app
-        self.logger = logger
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.logger.isEnabledFor(logging.INFO):
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 0
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            # An exception escaping the app becomes a 500 from the server (if nothing was sent yet).
-            self._write(scope, status or 500, time.perf_counter() - start)
-
-    def _write(self, scope: Scope, status: int, seconds: float) -> None:
-        fields: dict[str, Any] = {
-            "transport": "http",
-            "method": scope.get("method", "-"),
-            "path": logged_path(scope),
-            "status": status,
-            "key": key_name(scope.get(PRINCIPAL)),
-            "latency_ms": round(seconds * 1000, 3),
-            "client": client_address(scope),
-        }
-        self.logger.info(
-            "%s %s %d key=%s %.1fms client=%s",
-            fields["method"],
-            fields["path"],
-            status,
-            fields["key"],
-            fields["latency_ms"],
-            fields["client"],
-            extra={"access": fields},
-        )
+    trace = fields.get("trace_id")
+    http = fields["transport"] == "http"
+    logger.info(
+        "%s %s %s key=%s %.1fms client=%s request_id=%s%s",
+        fields["method"] if http else "grpc",
+        fields["path"] if http else fields["method"],  # gRPC: the method's path
+        fields["status"],
+        fields["key"],
+        fields["latency_ms"],
+        fields["client"],
+        fields["request_id"],
+        f" trace_id={trace}" if trace else "",
+        extra={"access": fields},
+    )

@@ -2,12 +2,13 @@
 
 ::
 
-    AccessLogMiddleware (one line per call: method, path, status, key name, latency; when access_log is on)
+    ObservedCalls (request id, metrics, span; one access line per call when access_log is on)
       └─ Edge
            1. rate limits by: ip, before authentication (the RateLimit-* headers go on every answer)
            2. authentication (credentials → Principal)
            3. rate limits by: key (by: room is applied in Dispatcher.call)
-           4. the route: a native TranscodedRoute found by HTTP method and raw path
+           4. the route: a native TranscodedRoute found by HTTP method and raw path (matched before stage 1,
+              so that refused calls count by their method too)
               → Transcoder.bind (path, body, query → kwargs) → Dispatcher.call → MessageCodec.encode;
               anything else through the Starlette router: /healthz, /readyz, /openapi.json, /metrics,
               the compatibility surfaces, and the 404/405 answers
@@ -22,6 +23,7 @@ about a tenth of its time (bench/RESULTS.md).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
 from starlette.applications import Starlette
@@ -35,18 +37,27 @@ from gateway.auth.policy import AuthPolicy
 from gateway.config import DEFAULT_MAX_BODY_BYTES
 from gateway.dispatch import Dispatcher
 from gateway.edge import health
-from gateway.edge.accesslog import AccessLogMiddleware
 from gateway.edge.auth import PUBLIC_PATHS, authenticate
 from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
-from gateway.edge.metrics import metrics_routes
+from gateway.edge.metrics import INFO_PATH, InfoEndpoint, metrics_routes
+from gateway.edge.observe import ObservedCalls
 from gateway.edge.openapi import openapi_document
 from gateway.edge.ratelimit import admit_by_ip, with_rate_limit_headers
 from gateway.edge.responses import error_response, send_error
-from gateway.edge.routing import MATCH, PRINCIPAL, TranscodedRoute, raw_route_path, route_order, route_path
+from gateway.edge.routing import (
+    MATCH,
+    PRINCIPAL,
+    ROUTE,
+    TranscodedRoute,
+    raw_route_path,
+    route_order,
+    route_path,
+)
 from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code, GatewayError
 from gateway.observability.metrics import Metrics
+from gateway.observability.observer import Observer
 from gateway.ratelimit import RateLimiter, begin_call, current_verdict, end_call
 
 
@@ -61,6 +72,8 @@ def create_http_app(
     limiter: RateLimiter | None = None,
     metrics: Metrics | None = None,
     access_log: bool = True,
+    observer: Observer | None = None,
+    info: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> Edge:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
 
@@ -72,10 +85,14 @@ def create_http_app(
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
     :param limiter: the rate-limit policy (``None``: no limits).
     :param metrics: served at ``/metrics`` (``None``: the limiter's, or, without a limiter, no ``/metrics``).
-    :param access_log: log one line per call (config ``access_log``).
+    :param access_log: log one line per call (config ``access_log``), when no ``observer`` is given.
+    :param observer: what every call is recorded into; default: one counting into ``metrics``.
+    :param info: answers ``GET /v1/info`` (``None``: no such route).
     """
     if metrics is None and limiter is not None:
         metrics = limiter.metrics  # its counters, where the limiter was built without a gateway's Metrics
+    if observer is None:
+        observer = Observer(metrics if metrics is not None else Metrics(), access_log=access_log)
     codecs = Codecs()
     routes: list[TranscodedRoute] = []
     for binding in bindings(dispatcher.methods):
@@ -88,16 +105,22 @@ def create_http_app(
                 routes,
                 max_body_bytes=max_body_bytes,
                 keepalive_seconds=keepalive_seconds,
+                recorder=observer.recorder("rest", "native", binding.method.name),
             )
         )
     routes.sort(key=route_order)
     document = orjson.dumps(openapi_document([route.transcoder for route in routes]))
     all_routes: list[BaseRoute] = [
         *routes,
-        Route("/healthz", health.healthz, methods=["GET"]),
-        Route("/readyz", health.readiness(ready), methods=["GET"]),
-        Route("/openapi.json", health.static_json(document), methods=["GET"]),
+        Route("/healthz", health.healthz, methods=["GET"], name="healthz"),
+        Route("/readyz", health.readiness(ready), methods=["GET"], name="readyz"),
+        Route("/openapi.json", health.static_json(document), methods=["GET"], name="openapi"),
         *metrics_routes(metrics, dispatcher.policy),
+        *(
+            [Route(INFO_PATH, InfoEndpoint(info, dispatcher.policy), methods=["GET"], name="info")]
+            if info
+            else []
+        ),
         *extra_routes,
     ]
     router = Starlette(routes=all_routes, exception_handlers={HTTPException: _http_exception})
@@ -109,7 +132,7 @@ def create_http_app(
         dispatcher.policy,
         limiter=limiter,
         self_authenticated_prefixes=self_authenticated_prefixes,
-        access_log=access_log,
+        observer=observer,
     )
 
 
@@ -121,7 +144,7 @@ class Edge:
     :param policy: authenticates callers.
     :param limiter: the rate-limit policy (``None``: nothing is limited).
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
-    :param access_log: log one line per call, around everything else (it sees 401s and 429s too).
+    :param observer: observes every call, around everything else (it sees 401s and 429s too).
     """
 
     def __init__(
@@ -132,7 +155,7 @@ class Edge:
         *,
         limiter: RateLimiter | None,
         self_authenticated_prefixes: tuple[str, ...],
-        access_log: bool,
+        observer: Observer,
     ) -> None:
         self.router = router
         self.routes: list[BaseRoute] = router.routes  # every route, for introspection
@@ -143,7 +166,8 @@ class Edge:
         self._limiter = limiter if limiter is not None and limiter.quotas else None
         self._key_limiter = limiter if limiter is not None and limiter.by_key else None
         self._self_authenticated = self_authenticated_prefixes
-        self._entry: ASGIApp = AccessLogMiddleware(self._call) if access_log else self._call
+        self.observer = observer
+        self._entry: ASGIApp = ObservedCalls(self._call, observer, routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._entry(scope, receive, send)
@@ -157,9 +181,11 @@ class Edge:
         # Surfaces authenticate their calls themselves, in their vendor's error shape.
         prefixes = self._self_authenticated
         authenticated = not public and not (prefixes and path.startswith(prefixes))
+        # Matched first, so that a call refused by a limit or by authentication is counted by its method.
+        route = self._native_route(scope)
         limiter = self._limiter
         if limiter is None or public:
-            await self._serve(scope, receive, send, authenticated)
+            await self._serve(scope, receive, send, authenticated, route)
             return
         verdict, token = begin_call()
         send = with_rate_limit_headers(send, verdict)
@@ -170,11 +196,13 @@ class Edge:
                 except GatewayError as exc:
                     await send_error(send, exc)
                     return
-            await self._serve(scope, receive, send, authenticated)
+            await self._serve(scope, receive, send, authenticated, route)
         finally:
             end_call(token)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, authenticated: bool) -> None:
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, authenticated: bool, route: TranscodedRoute | None
+    ) -> None:
         if authenticated:
             try:
                 principal = authenticate(self.policy, scope)
@@ -184,7 +212,6 @@ class Edge:
                 await send_error(send, exc)
                 return
             scope[PRINCIPAL] = principal
-        route = self._native_route(scope)
         if route is not None:
             await route.handle(scope, receive, send)
         else:
@@ -199,6 +226,7 @@ class Edge:
                 match = route.match_path(path)
                 if match is not None:
                     scope[MATCH] = match
+                    scope[ROUTE] = route  # where Starlette's router leaves its routes: observed by route
                     return route
         return None
 

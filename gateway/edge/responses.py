@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.auth.policy import WWW_AUTHENTICATE
 from gateway.errors import Code, GatewayError, InvalidArgument, error_body
+from gateway.observability.calls import note_code
 
 JSON_TYPE = b"application/json"
 _INTERNAL_MESSAGE = "internal error"
@@ -62,6 +63,7 @@ async def send_error(send: Send, error: GatewayError, headers: Headers = ()) -> 
     """Send ``error`` in the native REST shape, with its HTTP status. A 401 always carries the
     ``WWW-Authenticate`` challenge (RFC 9110 §15.5.2), also when it comes from a call (an invalidated room
     token) rather than from the edge's authentication stage."""
+    note_code(error.code)  # what the call counts as in the metrics and its access line
     headers = list(headers)
     if error.code is Code.UNAUTHENTICATED and not any(name == b"www-authenticate" for name, _ in headers):
         headers.append((b"www-authenticate", WWW_AUTHENTICATE.encode("ascii")))
@@ -71,6 +73,7 @@ async def send_error(send: Send, error: GatewayError, headers: Headers = ()) -> 
 def error_response(error: GatewayError, headers: Mapping[str, str] | None = None) -> Response:
     """:func:`send_error` as a Starlette ``Response``, for endpoints and exception handlers off the hot path
     (probes, Starlette's own 404 and 405)."""
+    note_code(error.code)
     response = Response(error_bytes(error), error.http_status, headers, media_type="application/json")
     if error.code is Code.UNAUTHENTICATED and "www-authenticate" not in response.headers:
         response.headers["www-authenticate"] = WWW_AUTHENTICATE

@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from prometheus_client import Counter
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from gateway.auth.policy import Principal
+from gateway.core.service import ListenStream
 from gateway.dispatch import Dispatcher
 from gateway.edge.http_rules import Binding
 from gateway.edge.responses import (
@@ -33,6 +35,7 @@ from gateway.edge.responses import (
 from gateway.edge.streams import StreamFormat, negotiate, pump
 from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code, GatewayError, Unauthenticated
+from gateway.observability.calls import MethodRecorder
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ PRINCIPAL = "room_gateway.principal"
 #: The template's ``re.Match`` of the path, put in the scope by whoever matched the route.
 MATCH = "room_gateway.match"
 _RAW_PATH = "room_gateway.raw_path"
+#: The route serving the call (Starlette's own key, which its router sets for its routes).
+ROUTE = "route"
 
 
 def route_path(scope: Scope) -> str:
@@ -90,6 +95,7 @@ class TranscodedRoute(BaseRoute):
     :param routes: every transcoded route (to list the allowed methods of a path in a 405).
     :param max_body_bytes: the request body limit (413 beyond).
     :param keepalive_seconds: SSE/NDJSON keep-alive interval.
+    :param recorder: counts a server stream's time open and its messages (``None``: not counted).
     """
 
     def __init__(
@@ -101,8 +107,10 @@ class TranscodedRoute(BaseRoute):
         *,
         max_body_bytes: int,
         keepalive_seconds: float,
+        recorder: MethodRecorder | None = None,
     ) -> None:
         self.binding = binding
+        self._recorder = recorder
         self.name = binding.method.name
         self.methods = {binding.http_method}
         self.path = binding.template.template
@@ -168,9 +176,25 @@ class TranscodedRoute(BaseRoute):
             return
         if self._streaming:
             fmt = StreamFormat(negotiate(headers.accept), self._id_field)
-            await pump(
-                result, self.transcoder.output.encode, fmt, receive, send, self._keepalive, self._method
-            )
+            recorder = self._recorder
+            if recorder is None:
+                await pump(
+                    result, self.transcoder.output.encode, fmt, receive, send, self._keepalive, self._method
+                )
+                return
+            recorder.streams.inc()
+            try:
+                await pump(
+                    CountedStream(result, recorder.messages),
+                    self.transcoder.output.encode,
+                    fmt,
+                    receive,
+                    send,
+                    self._keepalive,
+                    self._method,
+                )
+            finally:
+                recorder.streams.dec()
             return
         try:
             payload = orjson.dumps(self.transcoder.output.encode(result))
@@ -192,6 +216,26 @@ class TranscodedRoute(BaseRoute):
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
         raise NoMatchFound(name, path_params)  # transcoded routes are not reversed by name
+
+
+class CountedStream(ListenStream[Any]):
+    """A :class:`~gateway.core.service.ListenStream` counting the notifications read from it (each is sent
+    as one message); anything else is the wrapped stream's."""
+
+    def __init__(self, stream: ListenStream[Any], counter: Counter) -> None:  # wraps one: no state of its own
+        self._stream = stream
+        self._counter = counter
+
+    async def __anext__(self) -> Any:
+        item = await self._stream.__anext__()
+        self._counter.inc()
+        return item
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def route_order(route: TranscodedRoute) -> tuple[int, int]:

@@ -5,46 +5,111 @@ default one: several gateways in one process (tests, an embedding application) e
 and nothing else in the process adds to, or clashes with, what ``/metrics`` answers.
 
 Recording stays off the hot path's bill: a recorder binds the label children it will increment once, when it
-is built (``metrics.rate_limited.labels(by="ip")``), so an update is one ``inc()`` on an object it already
-holds — no label lookup, no allocation.
+is built (``metrics.rate_limited.labels(by="ip")``, :class:`gateway.observability.calls.MethodRecorder`), so
+an update is one ``inc()`` on an object it already holds — no label lookup, no allocation.
 
-Metrics (``API.md``, Operability; more join as the gateway records more):
-
-- ``room_gateway_rate_limited_total{by="ip|key|room"}`` — calls refused by a rate limit
-  (:class:`gateway.ratelimit.RateLimiter`);
-- ``room_gateway_rate_limit_storage_failures_total`` — rate-limit checks that could not reach the storage.
+Label values are bounded: ``transport`` is ``rest`` or ``grpc``; ``surface`` is ``native`` or a surface's
+name; ``method`` is the proto method's name (a surface's route template on REST surfaces; ``-`` for a path
+no route serves); ``code`` is a gRPC status name; ``backend`` a URL scheme; ``operation`` a method of the
+backend contract. Never a room id, a variable name or a key.
 
 Counters also expose prometheus-client's ``*_created`` series (when each started counting).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
+
+#: Request latency buckets (seconds): a cheap call takes well under a millisecond on the memory backend.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_CALL_LABELS = ("transport", "surface", "method")
+_BACKEND_LABELS = ("backend", "operation")
 
 
 class Metrics:
     """Every metric of one gateway, on a registry of its own.
 
     :ivar registry: what ``/metrics`` exposes (:meth:`exposition`).
+    :ivar requests: ``room_gateway_requests_total{transport,surface,method,code}`` — finished calls, by the
+        gRPC status they ended with (a REST answer by the code its HTTP status maps from).
+    :ivar request_duration: ``room_gateway_request_duration_seconds{transport,surface,method}`` — the
+        latency of unary calls (a stream's length is not a latency: streams are left out).
+    :ivar streams_open: ``room_gateway_streams_open{transport,surface,method}`` — server streams open now.
+    :ivar stream_messages: ``room_gateway_stream_messages_total{transport,surface,method}`` — messages sent
+        on server streams (a write heard by 1,000 listeners counts 1,000: the fan-out).
+    :ivar backend_duration: ``room_gateway_backend_operation_duration_seconds{backend,operation}``.
+    :ivar backend_errors: ``room_gateway_backend_errors_total{backend,operation}`` — operations that failed
+        for the backend's reasons (UNAVAILABLE or an unexpected exception; a missing room is no error).
+    :ivar backend_up: ``room_gateway_backend_up`` — 1 while the backend answers, 0 from its last failure
+        (an UNAVAILABLE operation or readiness check) until it answers again.
+    :ivar presence_connections: ``room_gateway_presence_connections`` — open room-token streams on this
+        instance, as the presence registry counts them (set by presence; 0 until it does).
     :ivar rate_limited: calls refused with 429 / RESOURCE_EXHAUSTED, label ``by`` (``ip``, ``key``, ``room``).
     :ivar rate_limit_storage_failures: checks that could not reach the rate-limit storage (served anyway
         unless ``fail_closed``).
+
+    The process collector (``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
+    ``process_open_fds``, …) is registered too.
     """
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "room_gateway_requests",
+            "Finished calls, by transport, surface, method and gRPC status code.",
+            [*_CALL_LABELS, "code"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "room_gateway_request_duration_seconds",
+            "Latency of unary calls, from the first byte of the request to the end of the answer.",
+            _CALL_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.streams_open = Gauge(
+            "room_gateway_streams_open", "Server streams open now.", _CALL_LABELS, registry=registry
+        )
+        self.stream_messages = Counter(
+            "room_gateway_stream_messages",
+            "Messages sent on server streams (the fan-out of writes to listeners).",
+            _CALL_LABELS,
+            registry=registry,
+        )
+        self.backend_duration = Histogram(
+            "room_gateway_backend_operation_duration_seconds",
+            "Duration of backend operations.",
+            _BACKEND_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.backend_errors = Counter(
+            "room_gateway_backend_errors",
+            "Backend operations that failed (unavailable store or unexpected error).",
+            _BACKEND_LABELS,
+            registry=registry,
+        )
+        self.backend_up = Gauge(
+            "room_gateway_backend_up", "1 while the backend answers, 0 after it failed.", registry=registry
+        )
+        self.presence_connections = Gauge(
+            "room_gateway_presence_connections",
+            "Open room-token streams on this instance (presence).",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "room_gateway_rate_limited",
             "Calls refused by a rate limit.",
             ["by"],
-            registry=self.registry,
+            registry=registry,
         )
         self.rate_limit_storage_failures = Counter(
             "room_gateway_rate_limit_storage_failures",
             "Rate-limit checks that could not reach the storage.",
-            registry=self.registry,
+            registry=registry,
         )
+        ProcessCollector(registry=registry)
 
     def sample(self, name: str, **labels: str) -> float:
         """The current value of one sample (``0.0`` when it does not exist yet), e.g.

@@ -28,10 +28,12 @@ from grpclib.server import Server
 
 from gateway import schema
 from gateway.dispatch import Dispatcher
+from gateway.observability.metrics import Metrics
+from gateway.observability.observer import Observer
 from gateway.ratelimit import RateLimiter
-from gateway.rpc.accesslog import install_access_log
 from gateway.rpc.auth import install_auth
 from gateway.rpc.h2limits import Http2Limits
+from gateway.rpc.observe import install_observer
 from gateway.rpc.protocol import GuardedServer
 from gateway.rpc.ratelimit import install_ip_limits, install_key_limits
 from gateway.rpc.service import RoomServiceHandler
@@ -79,6 +81,7 @@ def create_grpc_server(
     limiter: RateLimiter | None = None,
     access_log: bool = True,
     limits: Http2Limits | None = DEFAULT_LIMITS,
+    observer: Observer | None = None,
 ) -> Server:
     """The gRPC server of the gateway, not yet listening.
 
@@ -91,19 +94,22 @@ def create_grpc_server(
     :param extra_handlers: see :func:`build_handlers`.
     :param config: grpclib's connection settings (HTTP/2 keep-alive: :func:`keepalive_config`).
     :param limiter: the rate-limit policy (``by: ip`` before authentication, ``by: key`` after).
-    :param access_log: log one line per call (config ``access_log``).
+    :param access_log: log one line per call (config ``access_log``), when no ``observer`` is given.
     :param limits: the HTTP/2 abuse limits and the message size (:mod:`gateway.rpc.protocol`, built from
         ``grpc:`` by :meth:`Http2Limits.from_config`); ``None``: grpclib's own protocol, without them (to
         measure what they cost: ``bench/grpc_limits.py``).
+    :param observer: what every call is recorded into (metrics, request ids, access lines, spans); default:
+        one of its own, counting into metrics nobody reads.
     """
+    if observer is None:
+        observer = Observer(limiter.metrics if limiter is not None else Metrics(), access_log=access_log)
     handlers = build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers)
     # The codec refuses undecodable requests (INVALID_ARGUMENT) and encodes one write to many listeners once.
     if limits is None:
         server = Server(handlers, codec=LastMessageCodec(), config=config)
     else:
         server = GuardedServer(handlers, codec=LastMessageCodec(), config=config, limits=limits)
-    if access_log:
-        install_access_log(server)  # before auth: refused calls are logged too
+    install_observer(server, observer)  # before auth: refused calls are counted and logged too
     if limiter is not None and limiter.quotas:
         install_ip_limits(server, limiter)  # before auth: an unauthenticated flood is refused first
     install_auth(server, dispatcher.policy, skip_prefixes=self_authenticated_prefixes)

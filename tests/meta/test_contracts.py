@@ -77,9 +77,7 @@ def test_service_methods_take_the_request_fields() -> None:
 
 
 def _hookspecs() -> dict[str, object]:
-    return {
-        name: fn for name, fn in vars(hookspecs).items() if name.startswith("gateway_") and callable(fn)
-    }
+    return {name: fn for name, fn in vars(hookspecs).items() if name.startswith("gateway_") and callable(fn)}
 
 
 def test_hooks_are_documented() -> None:

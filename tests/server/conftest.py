@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KEY = "server-test-key-0123456789abcdef"
 STARTUP_TIMEOUT = 30.0
 LISTENING = re.compile(r"^room-gateway: (http|grpc) listening on (\S+):(\d+)$")
+#: The time every text line starts with (``logging.format: text``), left out of ``lines``.
+TIME_PREFIX = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
 
 
 def gateway_env(**extra: str) -> dict[str, str]:
@@ -91,8 +93,9 @@ class GatewayProcess:
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            found = LISTENING.match(line.rstrip("\n"))
+            line = TIME_PREFIX.sub("", line.rstrip("\n"), count=1)
+            self.lines.append(line)
+            found = LISTENING.match(line)
             if found:
                 self.addresses[found.group(1)] = (found.group(2), int(found.group(3)))
                 if len(self.addresses) == 2:

@@ -167,9 +167,7 @@ def test_the_readme_section_is_well_formed(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", SECTIONS)
-def test_every_readme_command_runs_as_written(
-    name: str, start_gateway: StartGateway, tmp_path: Path
-) -> None:
+def test_every_readme_command_runs_as_written(name: str, start_gateway: StartGateway, tmp_path: Path) -> None:
     tool = "grpcurl" if name == "grpc" else "curl"
     venv_bin = Path(sys.executable).parent
     if shutil.which(tool, path=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}") is None:

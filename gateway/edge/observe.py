@@ -1,0 +1,152 @@
+"""Every REST call observed: a pure ASGI middleware, outermost, so it sees 401s and 429s too.
+
+Per call it
+
+- takes the request id from ``X-Request-Id`` when a trusted proxy sent one, else makes one, and echoes it
+  on the response (``x-request-id``); it is :data:`gateway.observability.calls.CURRENT`'s while the call
+  runs, so error logs carry it too;
+- counts the call in ``room_gateway_requests_total`` (and its latency) under the method of the route that
+  served it — the native method's proto name, a surface's route template, the name of a built-in route
+  (``healthz``, ``metrics``, …), or ``-`` for a path no route serves — and the gRPC status name it
+  answered with (noted by :func:`gateway.edge.responses.send_error`, else mapped from the HTTP status);
+- with tracing on, runs the call in a server span continuing the request's ``traceparent``;
+- writes the access line (:func:`gateway.edge.accesslog.write_access_line`) when ``access_log`` is on.
+
+The route's recorder is found by the route object (which the router leaves in ``scope["route"]``), bound
+once per route: a call costs a dict lookup, an ``inc()`` and an ``observe()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.edge.accesslog import client_address, key_name, log, logged_path, write_access_line
+from gateway.edge.routing import PRINCIPAL, TranscodedRoute
+from gateway.observability.calls import CURRENT, Call, MethodRecorder, code_of_status
+from gateway.observability.observer import Observer
+
+_REQUEST_ID = b"x-request-id"
+_TRACEPARENT = b"traceparent"
+_ROUTE = "route"  # where Starlette's router (and the edge, for native routes) leaves the route served
+TRANSPORT = "rest"
+
+
+class ObservedCalls:
+    """Observe every HTTP call of ``app`` (see the module docstring).
+
+    :param app: the wrapped ASGI app.
+    :param observer: what calls are recorded into.
+    :param native_routes: the native routes (counted by their proto method).
+    :param logger: where access lines go (``room_gateway.access``).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        observer: Observer,
+        native_routes: Sequence[TranscodedRoute] = (),
+        logger: logging.Logger = log,
+    ) -> None:
+        self.app = app
+        self.observer = observer
+        self.logger = logger
+        self._read_headers = observer.takes_request_ids or observer.tracing is not None
+        self._unrouted = observer.recorder(TRANSPORT, "native", "-")
+        #: id(route) → (its recorder, whether it streams)
+        self._routes: dict[int, tuple[MethodRecorder, bool]] = {
+            id(route): (
+                observer.recorder(TRANSPORT, "native", route.name),
+                route.binding.method.server_streaming,
+            )
+            for route in native_routes
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        observer = self.observer
+        given = traceparent = None
+        if self._read_headers:
+            for name, value in scope["headers"]:
+                if name == _REQUEST_ID:
+                    given = value.decode("latin-1")
+                elif name == _TRACEPARENT:
+                    traceparent = value
+        client = scope.get("client")
+        call = Call(observer.request_id(client[0] if client else None, given))
+        token = CURRENT.set(call)
+        echoed = (_REQUEST_ID, call.request_id.encode("ascii"))
+        status = 0
+        tracing = observer.tracing
+        span = None
+        if tracing is not None:
+            span = tracing.server_span(scope["method"], traceparent, call)
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = message.get("headers")
+                if not isinstance(headers, list):  # a list is ours to extend, as Starlette's middlewares do
+                    headers = message["headers"] = list(headers or ())
+                headers.append(echoed)
+                if span is not None:
+                    headers.extend(tracing.response_headers(span))  # type: ignore[union-attr]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            seconds = time.perf_counter() - start
+            status = status or 500  # an exception escaping the app becomes a 500 from the server
+            code = call.code or code_of_status(status)
+            found = self._routes.get(id(scope.get(_ROUTE)))
+            recorder, streaming = found if found is not None else self._recorder(scope.get(_ROUTE))
+            recorder.finish(code, seconds, streaming)
+            if span is not None:
+                tracing.end_server_span(span, recorder, scope, status, code)  # type: ignore[union-attr]
+            if observer.access_log and self.logger.isEnabledFor(logging.INFO):
+                self._write(scope, status, code, seconds, call, recorder)
+            CURRENT.reset(token)
+
+    def _recorder(self, route: Any) -> tuple[MethodRecorder, bool]:
+        if route is None:
+            return self._unrouted, False
+        found = self._routes.get(id(route))
+        if found is None:  # a built-in or surface route, seen for the first time
+            found = self._routes[id(route)] = (self._route_recorder(route), False)
+        return found
+
+    def _route_recorder(self, route: BaseRoute) -> MethodRecorder:
+        surface = self.observer.route_surfaces.get(id(route))
+        if surface is None:  # a built-in route: named by its name (healthz, readyz, openapi, metrics, info)
+            return self.observer.recorder(TRANSPORT, "native", str(getattr(route, "name", None) or "-"))
+        return self.observer.recorder(TRANSPORT, surface, str(getattr(route, "path", None) or "-"))
+
+    def _write(
+        self, scope: Scope, status: int, code: str, seconds: float, call: Call, recorder: MethodRecorder
+    ) -> None:
+        fields: dict[str, Any] = {
+            "transport": "http",
+            "method": scope.get("method", "-"),
+            "path": logged_path(scope),
+            "route": recorder.method,
+            "surface": recorder.surface,
+            "status": status,
+            "code": code,
+            "key": key_name(scope.get(PRINCIPAL)),
+            "latency_ms": round(seconds * 1000, 3),
+            "client": client_address(scope),
+            "request_id": call.request_id,
+        }
+        if call.trace_id:
+            fields["trace_id"] = call.trace_id
+        write_access_line(self.logger, fields)

@@ -1,0 +1,88 @@
+"""Backend operations timed and counted: every contract method of the backend, wrapped once at start-up.
+
+:func:`instrument` replaces each coroutine of :data:`gateway.core.backend.CONTRACT_METHODS` on the backend
+*instance* with one that records ``room_gateway_backend_operation_duration_seconds{backend,operation}``,
+counts ``room_gateway_backend_errors_total`` for failures that are the backend's (UNAVAILABLE, or an
+unexpected exception — a missing room or a version conflict is an answer, not a failure), and keeps
+``room_gateway_backend_up`` (0 from a failure until the next operation that succeeds). With tracing on, each
+operation also runs in a client span. The label children are bound here, once per operation, as the
+driver-error wrapping of :class:`~gateway.core.backend.Backend` is done once per class.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from gateway.core.backend import CONTRACT_METHODS, Backend
+from gateway.errors import GatewayError, Unavailable
+from gateway.observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.observability.tracing import Tracing
+
+
+def backend_label(backend: Backend) -> str:
+    """The ``backend`` label: the URL's scheme (``memory``, ``sqlite``, ``postgresql``, ``redis``, …)."""
+    return backend.url.partition("://")[0].partition("+")[0] or type(backend).__name__
+
+
+def instrument(backend: Backend, metrics: Metrics, tracing: Tracing | None = None) -> None:
+    """Record every contract operation of ``backend`` into ``metrics`` (and spans into ``tracing``)."""
+    label = backend_label(backend)
+    up = _Up(metrics)
+    for name in CONTRACT_METHODS:
+        method = getattr(backend, name, None)
+        if method is None:
+            continue
+        timed = _timed(method, name, up, metrics.backend_duration.labels(label, name),
+                       metrics.backend_errors.labels(label, name))  # fmt: skip
+        if tracing is not None:
+            timed = tracing.client_spans(timed, label, name)
+        setattr(backend, name, timed)
+
+
+class _Up:
+    """``room_gateway_backend_up``, written only when it changes (a bool test per operation otherwise)."""
+
+    __slots__ = ("gauge", "up")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.gauge = metrics.backend_up
+        self.up = False
+
+    def set(self, up: bool) -> None:
+        if up is not self.up:
+            self.up = up
+            self.gauge.set(1 if up else 0)
+
+
+def _timed(
+    method: Callable[..., Awaitable[Any]], operation: str, up: _Up, duration: Any, errors: Any
+) -> Callable[..., Awaitable[Any]]:
+    closing = operation == "close"
+
+    @functools.wraps(method)
+    async def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            result = await method(*args, **kwargs)
+        except Unavailable:
+            errors.inc()
+            up.set(False)
+            raise
+        except GatewayError:  # an answer (NOT_FOUND, ABORTED, …): the backend works
+            up.set(True)
+            raise
+        except BaseException as exc:
+            if isinstance(exc, Exception):  # a bug or a driver error; cancellation is neither
+                errors.inc()
+            raise
+        finally:
+            duration.observe(time.perf_counter() - start)
+        up.set(not closing)
+        return result
+
+    return timed

@@ -1,0 +1,134 @@
+"""Tracing (``tracing: {enabled: true}``, the ``otel`` extra): spans exported over OTLP/HTTP to a receiver on
+loopback, which decodes the protobuf payload: a server span per call continuing the caller's
+``traceparent``, a client span per backend operation as its child, the trace id in the access line and the
+response's ``traceparent`` — over REST and gRPC."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from grpclib.client import Channel
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from gateway._gen.google import protobuf as wkt
+from gateway._gen.roomgateway.v1 import RoomServiceStub, SetVariableRequest
+from gateway.edge.accesslog import LOGGER_NAME
+from tests.security.live import ADMIN_KEY, live_config, live_gateway
+
+REST_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+GRPC_TRACE = "0af7651916cd43dd8448eb211c80319c"
+PARENT_SPAN = "00f067aa0ba902b7"
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    spans: list[Span]
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                self.server.spans.extend(scope.spans)  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Span]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    server.spans = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}/v1/traces")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")
+    try:
+        yield server.spans  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _children(spans: list[Span], parent: Span) -> list[Span]:
+    return [
+        span for span in spans if span.parent_span_id == parent.span_id and span.trace_id == parent.trace_id
+    ]
+
+
+def _attributes(span: Span) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for attribute in span.attributes:
+        which = attribute.value.WhichOneof("value")
+        values[attribute.key] = getattr(attribute.value, which) if which else None
+    return values
+
+
+async def test_spans_over_rest_and_grpc(receiver: list[Span], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, LOGGER_NAME)
+    async with live_gateway(live_config(tracing={"enabled": True})) as gw:
+        async with httpx.AsyncClient(base_url=gw.http_url) as client:
+            answer = await client.put(
+                "/v1/rooms/t/variables/v",
+                json={"value": 1},
+                headers={"X-API-Key": ADMIN_KEY, "traceparent": f"00-{REST_TRACE}-{PARENT_SPAN}-01"},
+            )
+            assert answer.status_code == 200
+            assert answer.headers["traceparent"].split("-")[1] == REST_TRACE
+        channel = Channel(*gw.grpc)
+        try:
+            stub = RoomServiceStub(
+                channel, metadata={"x-api-key": ADMIN_KEY, "traceparent": f"00-{GRPC_TRACE}-{PARENT_SPAN}-01"}
+            )
+            await stub.set_variable(
+                SetVariableRequest(room_id="t", name="w", value=wkt.Value(number_value=2))
+            )
+        finally:
+            channel.close()
+    # The gateway's stop exported what was pending.
+    servers = {span.trace_id.hex(): span for span in receiver if span.kind == Span.SPAN_KIND_SERVER}
+    rest, grpc = servers[REST_TRACE], servers[GRPC_TRACE]
+    for server in (rest, grpc):
+        assert server.parent_span_id.hex() == PARENT_SPAN
+        operations = {_attributes(span)["db.operation.name"] for span in _children(receiver, server)}
+        assert "write_variable" in operations
+        assert all(span.kind == Span.SPAN_KIND_CLIENT for span in _children(receiver, server))
+    assert rest.name == "PUT SetVariable"
+    assert _attributes(rest)["http.route"] == "SetVariable"
+    assert _attributes(rest)["http.response.status_code"] == 200
+    assert grpc.name == "roomgateway.v1.RoomService/SetVariable"
+    assert _attributes(grpc)["rpc.system"] == "grpc" and _attributes(grpc)["rpc.grpc.status_code"] == 0
+    access = {
+        record.access["transport"]: record.access for record in caplog.records if hasattr(record, "access")
+    }  # type: ignore[attr-defined]
+    assert access["http"]["trace_id"] == REST_TRACE
+    assert access["grpc"]["trace_id"] == GRPC_TRACE
+
+
+def test_off_means_no_import() -> None:
+    """Off, the gateway's tracing module (the one importing the SDK and exporter) is never imported. (redis-py
+    imports OpenTelemetry's SDK on its own when it is installed: that is not the gateway's doing.)"""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, asyncio\n"
+        "from gateway.app import create_gateway\n"
+        "from tests.security.live import live_config\n"
+        "async def main():\n"
+        "    create_gateway(live_config())\n"
+        "asyncio.run(main())\n"
+        "assert 'gateway.observability.tracing' not in sys.modules, 'imported'\n"
+        "assert 'opentelemetry.exporter.otlp.proto.http.trace_exporter' not in sys.modules, 'exporter'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
