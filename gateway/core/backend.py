@@ -334,8 +334,8 @@ class Backend(abc.ABC):
         in the same step."""
 
     @abc.abstractmethod
-    async def presence_heartbeat(self, instance: str, *, now: datetime, timeout: float) -> None:
-        """Keep ``instance``'s connections counted for ``timeout`` seconds more (one write per instance, not
+    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
+        """Keep ``instance``'s connections counted for ``ttl_seconds`` more (one write per instance, not
         per connection), and drop those of instances silent for longer, logging ``MEMBER_LEFT`` for each
         user whose last connection they held."""
 
