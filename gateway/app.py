@@ -67,7 +67,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     if not config.surfaces.native:
         raise ConfigError("surfaces.native: the native API cannot be switched off yet; set native: true")
     plugins = Plugins(plugin_manager or create_plugin_manager())
-    backend = plugins.create_backend(config.backend)
+    backend = plugins.create_backend(config.backend, config.history.to_history())
     tokens = room_token_issuer(config.auth.room_tokens)  # None: no secret, no room tokens
     service = RoomService(
         backend,

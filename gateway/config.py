@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from gateway.auth.permissions import PERMISSIONS, is_extra
+from gateway.core.backend import History
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
@@ -320,11 +321,27 @@ class InputLimits(_Strict):
     max_json_depth: int = Field(default=32, gt=0, le=100)
 
 
+class HistoryConfig(_Strict):
+    """How much of each room's change log the backend keeps (``API.md``, "The room change log")."""
+
+    #: A room's last changes kept for resuming and ListChanges; older ones are dropped.
+    max_changes: int = Field(default=1000, gt=0)
+    #: Seconds a change is kept, whatever their number.
+    max_age_seconds: float = Field(default=86400.0, gt=0)
+    #: Whether events are logged (resumable); false: live only, with ``seq`` 0.
+    events: bool = True
+
+    def to_history(self) -> History:
+        """What the backend takes."""
+        return History(self.max_changes, self.max_age_seconds, self.events)
+
+
 class GatewayConfig(_Strict):
     """The whole of ``gateway.yaml``."""
 
     listen: Listen = Listen()
     backend: str = "memory://"
+    history: HistoryConfig = HistoryConfig()
     auto_create_rooms: bool = True
     auth: Auth = Auth()
     rate_limits: RateLimits = RateLimits()
