@@ -390,7 +390,7 @@ class RoomService:
         validation.room_id(room_id)
         if self.tokens is None:
             raise FailedPrecondition("room tokens are not configured (auth.room_tokens.secret)")
-        checked_info = token_info(dict(info) if info is not None else None)
+        checked_info = token_info(info)
         grant = self.tokens.grant(role, permissions)
         beyond = [name for name in grant.permissions if not caller.may(name)]
         if beyond:
