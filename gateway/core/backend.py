@@ -147,6 +147,10 @@ class History:
     events: bool = True
 
 
+#: The retention of a backend made without ``history`` (``API.md``'s defaults).
+DEFAULT_HISTORY = History()
+
+
 @dataclass(frozen=True, slots=True)
 class LogPage:
     """A slice of a room's change log (:meth:`Backend.read_changes`).
@@ -201,7 +205,7 @@ class Backend(abc.ABC):
             if method is not None and inspect.iscoroutinefunction(method):
                 setattr(cls, name, _wrap_driver_errors(method, cls.base_exceptions))
 
-    def __init__(self, url: str, *, history: History = History()) -> None:
+    def __init__(self, url: str, *, history: History = DEFAULT_HISTORY) -> None:
         self.url = url
         self.history = history
         #: The log's incarnation; a backend sets it in :meth:`open` at the latest (durable stores read it

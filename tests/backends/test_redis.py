@@ -69,9 +69,11 @@ def backend_url(server: str, prefix: str) -> str:
 
 
 class TestRedisBackend(SharedBackendContract):
+    durable = True  # the server outlives the backend (its data, not necessarily a restart: see the epoch test)
+
     @pytest.fixture
-    def backend_factory(self, redis_server: str, session_prefix: str) -> Callable[[], Backend]:
-        return lambda: RedisBackend(backend_url(redis_server, session_prefix))
+    def backend_factory(self, redis_server: str, session_prefix: str) -> Callable[..., Backend]:
+        return lambda **kwargs: RedisBackend(backend_url(redis_server, session_prefix), **kwargs)
 
 
 def run(scenario: Callable[[], Awaitable[None]]) -> None:

@@ -49,7 +49,7 @@ from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.core import wire
-from gateway.core.backend import Backend, History, LogPage, Snapshot, VariableWrite
+from gateway.core.backend import DEFAULT_HISTORY, Backend, History, LogPage, Snapshot, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
 from gateway.core.models import Change, ChangeKind, Event, Member, Presence, Room, RoomSignal, Variable
 from gateway.errors import AlreadyExists, NotFound, Unavailable
@@ -63,8 +63,6 @@ log = logging.getLogger(__name__)
 #: What the store assigns in a Change's message (:func:`gateway.core.wire.head`), for a variable's and others.
 ASSIGNED_VARIABLE = ("epoch", "version", "seq")
 ASSIGNED = ("epoch", "seq")
-#: The contract's default retention (a frozen value: one instance serves every backend).
-DEFAULT_HISTORY = History()
 #: Seconds a joining instance's connections count before its first presence heartbeat says otherwise.
 DEFAULT_PRESENCE_TTL = 30.0
 
