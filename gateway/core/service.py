@@ -587,12 +587,6 @@ class RoomService:
         """The stream's RESET: the position asked for cannot be served; go on from the head."""
         return Change(head, epoch, ChangeKind.RESET, self._now())
 
-    # -- presence -----------------------------------------------------------------------------------------
-
-    async def get_presence(self, room_id: str = "") -> Presence:
-        await self._live_room(validation.room_id(room_id))
-        return await self.backend.get_presence(room_id)
-
     # -- room tokens --------------------------------------------------------------------------------------
 
     async def create_room_token(

@@ -69,7 +69,7 @@ def backend_url(server: str, prefix: str) -> str:
 
 
 class TestRedisBackend(SharedBackendContract):
-    durable = True  # the server outlives the backend (its data, not necessarily a restart: see the epoch test)
+    durable = True  # the server outlives the backend (a restart without persistence: a new epoch)
 
     @pytest.fixture
     def backend_factory(self, redis_server: str, session_prefix: str) -> Callable[..., Backend]:
