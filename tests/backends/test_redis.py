@@ -29,6 +29,7 @@ from gateway.core import wire
 from gateway.core.backend import Backend, History, LogPage
 from gateway.core.hub import Topic
 from gateway.core.models import UNSET, Change, ChangeKind, Event, Member, Room, RoomStatus, Variable
+from gateway.core.service import RoomService
 from gateway.errors import Aborted, NotFound, Unavailable
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 from gateway.testing.conformance import SharedBackendContract
@@ -429,6 +430,60 @@ def test_delete_room_wipes_the_log_and_ends_with_room_deleted(redis_server: str,
             await admin.aclose()
             await backend.close()
             await other.close()
+
+    run(main)
+
+
+def test_a_room_stream_resumes_on_another_instance_with_nothing_lost_or_repeated(
+    redis_server: str, session_prefix: str
+) -> None:
+    # The service-level half of tests/multi/test_resume_redis.py: one instance's stream stops mid-load (its
+    # reader vanishes with its backend), and the client resumes on another instance by its last position.
+    async def main() -> None:
+        a, b = await open_backends(backend_url(redis_server, session_prefix), 2)
+        on_a, on_b = RoomService(a), RoomService(b)
+        room = fresh_room()
+        await a.create_room(room)
+        snapshot = await b.get_contents(room.room_id)
+        acknowledged: list[tuple[str, int]] = []
+        received: list[Change] = []
+        positions: list[str] = []
+
+        async def write(backend: RedisBackend, worker: str, count: int) -> None:
+            for n in range(count):
+                await backend.set_variable(room.room_id, worker, n, expected_version=None, now=NOW)
+                acknowledged.append((worker, n))
+                await asyncio.sleep(0)
+
+        async def listen(service: RoomService, after: str) -> None:
+            epoch, seq = after.rsplit(":", 1)
+            stream = await service.listen_room(room.room_id, after_seq=int(seq), epoch=epoch)
+            async for change in stream:
+                received.append(change)
+                assert stream.position is not None
+                positions.append(stream.position)
+
+        reader = asyncio.create_task(listen(on_a, f"{snapshot.epoch}:{snapshot.seq}"))
+        await write(a, "a", 50)
+        writers = [asyncio.create_task(write(a, "a2", 100)), asyncio.create_task(write(b, "b", 200))]
+        await asyncio.sleep(0.05)
+        reader.cancel()  # instance A is gone: its stream stops wherever it was
+        writers[0].cancel()
+        await asyncio.gather(reader, writers[0], return_exceptions=True)
+        await a.close()
+        assert positions, "nothing arrived on A"
+        resumed = asyncio.create_task(listen(on_b, positions[-1]))
+        await writers[1]
+        head = (await b.read_changes(room.room_id, after_seq=0, limit=0)).head_seq
+        async with asyncio.timeout(10):
+            while not received or received[-1].seq < head:
+                await asyncio.sleep(0.01)
+        resumed.cancel()
+        await asyncio.gather(resumed, return_exceptions=True)
+        await b.close()
+        assert [c.seq for c in received] == list(range(snapshot.seq + 1, head + 1))
+        seen = [(c.name, c.variable.value) for c in received if c.variable is not None]
+        assert set(acknowledged) <= set(seen) and len(seen) == len(set(seen))
 
     run(main)
 
