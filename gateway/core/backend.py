@@ -139,6 +139,9 @@ class History:
 
     A backend keeps at least a room's last ``max_changes`` changes that are younger than ``max_age_seconds``
     and drops the rest; it may drop lazily (on append), so a read may return somewhat more, never less.
+    Ages are measured by the changes' own times (the ``now`` of each write: the service's clock) against
+    the latest write's, not by the store's clock, so the conformance suite's fixed clock works on every
+    store.
     With ``events`` false, events are live only: not logged, and delivered with ``seq == 0``.
     """
 
