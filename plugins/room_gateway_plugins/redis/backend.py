@@ -61,8 +61,11 @@ from room_gateway_plugins.redis.listener import ChannelListener
 log = logging.getLogger(__name__)
 
 #: What the store assigns in a Change's message (:func:`gateway.core.wire.head`), for a variable's and others.
-ASSIGNED_VARIABLE = ("epoch", "version", "seq")
-ASSIGNED = ("epoch", "seq")
+ASSIGNED_VARIABLE: tuple[str, ...] = ("epoch", "version", "seq")
+ASSIGNED: tuple[str, ...] = ("epoch", "seq")
+TAILS: dict[tuple[str, ...], str] = {
+    assigned: wire.tail_format(assigned) for assigned in (ASSIGNED_VARIABLE, ASSIGNED)
+}
 #: Seconds a joining instance's connections count before its first presence heartbeat says otherwise.
 DEFAULT_PRESENCE_TTL = 30.0
 
@@ -109,6 +112,10 @@ class RedisBackend(Backend):
         self._closed = False
         #: The epoch this instance would create if the store has none (the first script to run wins).
         self._new_epoch = secrets.token_hex(8)
+        # Retention as the scripts take it, computed once (a write is on the hot path).
+        self._max_age_ms = max(1, math.ceil(history.max_age_seconds * 1000))
+        self._log_ttl = str(self._max_age_ms)
+        self._max_changes = str(max(0, history.max_changes))
         #: How long a joining instance counts before its first heartbeat (the last heartbeat's ttl).
         self._presence_ttl = DEFAULT_PRESENCE_TTL
 
@@ -200,18 +207,16 @@ class RedisBackend(Backend):
         return reply
 
     def _log_args(self, room_id: str, change: Change, assigned: tuple[str, ...]) -> list[str | bytes]:
-        history = self.history
         now = codec.milliseconds(change.time)
-        max_age = max(1, math.ceil(history.max_age_seconds * 1000))
         return [
             self._new_epoch,
             self.keys.room_channel(room_id),
-            str(max(0, history.max_changes)),
-            f"{max(0, now - max_age):013d}",
-            str(max_age),
+            self._max_changes,
+            f"{max(0, now - self._max_age_ms):013d}",
+            self._log_ttl,
             codec.entry_prefix(change),
             wire.head(room_id, change, assigned),
-            wire.tail_format(assigned),
+            TAILS[assigned],
         ]
 
     def _logged(self, change: Change, seq: int | bytes) -> Change:
