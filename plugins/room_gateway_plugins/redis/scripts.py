@@ -80,6 +80,13 @@ end
 """
 )
 
+#: Overwrite the room at KEYS[4] with ARGV[9], or answer {0, epoch} if there is no such room.
+_SAVE_EXISTING = """
+if not redis.call('SET', KEYS[4], ARGV[9], 'XX') then
+  return {0, epoch}
+end
+"""
+
 #: Create a room unless its id was ever used (a deleted room stays as a tombstone, so its id stays taken),
 #: list it, and log ROOM_CREATED. KEYS[4] room, KEYS[5] rooms. ARGV[9] room JSON, ARGV[10] room id.
 #: Returns {1, epoch, seq}, or {0, epoch} if the id was taken.
@@ -96,15 +103,7 @@ return {1, epoch, (append())}
 
 #: Overwrite an existing room and log its change (ROOM_UPDATED, ROOM_CLOSED). KEYS[4] room. ARGV[9] room
 #: JSON. Returns {1, epoch, seq}, or {0, epoch} if there is no such room.
-SAVE_ROOM = (
-    PRELUDE
-    + """
-if not redis.call('SET', KEYS[4], ARGV[9], 'XX') then
-  return {0, epoch}
-end
-return {1, epoch, (append())}
-"""
-)
+SAVE_ROOM = PRELUDE + _SAVE_EXISTING + "return {1, epoch, (append())}\n"
 
 #: Write or delete one variable: compare-and-set, version bump, log entry and notification in one step, so
 #: listeners receive the changes of a variable in version order.
@@ -145,12 +144,7 @@ return {1, epoch, seq, version}
 
 #: Log a Change that changes nothing else (EVENT, CONNECTIONS_INVALIDATED) and publish it.
 #: Returns {1, epoch, seq}.
-APPEND = (
-    PRELUDE
-    + """
-return {1, epoch, (append())}
-"""
-)
+APPEND = PRELUDE + "return {1, epoch, (append())}\n"
 
 #: Delete a room: store its tombstone, wipe its variables, log, head and presence, and publish ROOM_DELETED
 #: at the old head's seq + 1 without logging it (the log is gone: it is the room's last change). KEYS[4]
@@ -158,10 +152,8 @@ return {1, epoch, (append())}
 #: Returns {1, epoch, seq}, or {0, epoch} if there is no such room.
 DELETE_ROOM = (
     PRELUDE
+    + _SAVE_EXISTING
     + """
-if not redis.call('SET', KEYS[4], ARGV[9], 'XX') then
-  return {0, epoch}
-end
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 redis.call('PUBLISH', ARGV[2], complete(ARGV[7], seq))
