@@ -31,7 +31,7 @@ def start_present_gateway(tmp_path: Path) -> Iterator[Any]:
     def start(backend: str) -> GatewayProcess:
         config = tmp_path / f"gateway-{len(started)}.yaml"
         text = gateway_config(backend).replace(
-            "auth:\n", f'auth:\n  room_tokens: {{secret: "{SECRET}", roles: {{guest: [events:listen]}}}}\n'
+            "auth:\n", f'auth:\n  room_tokens: {{secret: "{SECRET}", roles: {{guest: ["events:listen"]}}}}\n'
         )
         config.write_text(text + f"presence: {{timeout_seconds: {TIMEOUT}}}\n", encoding="utf-8")
         process = GatewayProcess(config, gateway_env(ROOM_API_SECRET_KEY=KEY))
