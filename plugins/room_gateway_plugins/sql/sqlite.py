@@ -2,8 +2,8 @@
 
 ``sqlite:///rooms.db`` (relative path), ``sqlite:////var/lib/rooms.db`` (absolute), ``sqlite:///:memory:``.
 One connection writes, used by one task at a time: SQLite serializes writers anyway, and a single writer
-rules out ``database is locked`` between our own tasks. Notifications are delivered to the in-process hub
-right after their write commits, under the same lock, so in commit (= version) order.
+rules out ``database is locked`` between our own tasks. Notifications — the logged changes — are delivered
+to the in-process hub right after their write commits, under the same lock, so in commit (= seq) order.
 
 Reads of a file database go through a small pool of read-only connections instead, without that lock: in
 WAL mode readers never wait for the writer, and each read sees every commit made before it began (so a
@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from gateway.core.backend import History
 from gateway.core.wire import Message
 from room_gateway_plugins.sql.base import SqlBackend, Transaction
 from room_gateway_plugins.sql.readers import CompiledRead, ReaderPool
@@ -44,8 +45,8 @@ class SQLiteBackend(SqlBackend):
 
     schemes = ("sqlite", "sqlite+aiosqlite")
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, *, history: History = History()) -> None:  # noqa: B008 - frozen
+        super().__init__(url, history=history)
         self._lock = asyncio.Lock()
         self._readers: ReaderPool | None = None
         self._compiled: dict[sa.Select[*tuple[Any, ...]], CompiledRead] = {}
@@ -91,7 +92,7 @@ class SQLiteBackend(SqlBackend):
     def _serial(self) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock
 
-    async def _emit(self, tx: Transaction, message: Message) -> None:
+    async def _emit(self, tx: Transaction, message: Message, text: str) -> None:
         tx.after_commit.append(lambda: message.deliver(self.hub))
 
 
