@@ -99,6 +99,15 @@ def row(room_id: str, change: Change, payload: str) -> dict[str, Any]:
     }
 
 
+_BEFORE_SEQ, _AFTER_SEQ = wire.tail_format(("seq",)).split("%d")
+
+
+def around_seq(room_id: str, change: Change) -> tuple[str, str]:
+    """The change's wire message before and after its seq, for an append that splices in the seq the store
+    assigns (``change.seq`` is ignored)."""
+    return wire.head(room_id, change, ("seq",)).decode() + _BEFORE_SEQ, _AFTER_SEQ
+
+
 def trim(room_id: str, seq: int, change: Change, history: History) -> sa.Delete:
     """Drop what retention no longer keeps once ``change`` (at ``seq``) is in."""
     return changes.delete().where(

@@ -141,6 +141,29 @@ def _apply_v2(conn: sa.Connection, md: sa.MetaData) -> None:
     written = sa.union(sa.select(rooms.c.room_id), sa.select(variables.c.room_id)).subquery()
     conn.execute(heads.insert().from_select(["room_id", "head"], sa.select(written.c.room_id, sa.literal(0))))
     conn.execute(md.tables["log_meta"].insert().values(name="epoch", value=uuid.uuid4().hex[:16]))
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(_SQLITE_APPENDED)
+
+
+# SQLite's append is one INSERT (room_gateway_plugins.sql.sqlite): this trigger moves the head to the new
+# row's seq and trims retention, as the backend last set it in log_meta (a SQLite file has one owner).
+# Times are SQLAlchemy's text, "YYYY-MM-DD HH:MM:SS.ffffff"; the cutoff has milliseconds, so a change within
+# the same millisecond as it stays (retention keeps at least what it must).
+_SQLITE_APPENDED = """
+CREATE TRIGGER changes_appended AFTER INSERT ON changes BEGIN
+    INSERT OR IGNORE INTO room_heads (room_id, head) VALUES (NEW.room_id, NEW.seq);
+    UPDATE room_heads SET head = NEW.seq WHERE room_id = NEW.room_id;
+    DELETE FROM changes
+    WHERE room_id = NEW.room_id AND (
+        seq <= NEW.seq - (SELECT CAST(value AS INTEGER) FROM log_meta WHERE name = 'max_changes')
+        OR time < strftime(
+            '%Y-%m-%d %H:%M:%f',
+            NEW.time,
+            (SELECT '-' || value || ' seconds' FROM log_meta WHERE name = 'max_age_seconds')
+        )
+    );
+END
+"""
 
 
 #: Every migration, in order; ``MIGRATIONS[i].version == i + 1``.

@@ -85,7 +85,7 @@ _APPEND = sa.text(
     ), c AS (
         INSERT INTO changes (room_id, seq, kind, time, payload)
         SELECT CAST(:room_id AS text), h.head, CAST(:kind AS text), CAST(:time AS timestamptz),
-               CAST(:head_text AS text) || h.head || CAST(:tail AS text)
+               CAST(:before AS text) || h.head || CAST(:after AS text)
         FROM h
         RETURNING seq, payload
     ), t AS (
@@ -96,8 +96,6 @@ _APPEND = sa.text(
     SELECT c.seq, pg_notify(CAST(:channel AS text), c.payload) FROM c
     """
 ).bindparams(sa.bindparam("time", type_=UTCDateTime()), sa.bindparam("cutoff", type_=UTCDateTime()))
-#: What comes before and after the seq at the end of :data:`_APPEND`'s messages (``"seq":`` and ``}``).
-_BEFORE_SEQ, _AFTER_SEQ = wire.tail_format(("seq",)).split("%d")
 
 
 class PostgresBackend(SqlBackend):
@@ -219,16 +217,15 @@ class PostgresBackend(SqlBackend):
 
     async def _log(self, tx: Transaction, room_id: str, change: Change) -> Change:
         change = dataclasses.replace(change, epoch=self.epoch)
-        head_text = wire.head(room_id, change, ("seq",))
-        head_text += _BEFORE_SEQ.encode()
-        if len(head_text) + len(_AFTER_SEQ) + 20 > MAX_PAYLOAD:  # 20 digits: any int64 seq
+        before, after = changelog.around_seq(room_id, change)
+        if len(before.encode()) + len(after) + 20 > MAX_PAYLOAD:  # 20 digits: any int64 seq
             return await super()._log(tx, room_id, change)  # sent by reference (:meth:`_emit`)
         params = {
             "room_id": room_id,
             "kind": change.kind.value,
             "time": change.time,
-            "head_text": head_text.decode(),
-            "tail": _AFTER_SEQ,
+            "before": before,
+            "after": after,
             "keep": self.history.max_changes,
             "cutoff": changelog.cutoff(change, self.history),
             "channel": self._room_channel(room_id),
