@@ -139,12 +139,19 @@ class History:
 
     A backend keeps at least a room's last ``max_changes`` changes that are younger than ``max_age_seconds``
     and drops the rest; it may drop lazily (on append), so a read may return somewhat more, never less.
+    Ages are measured by the changes' own times (the ``now`` of each write: the service's clock) against
+    the latest write's, not by the store's clock, so the conformance suite's fixed clock works on every
+    store.
     With ``events`` false, events are live only: not logged, and delivered with ``seq == 0``.
     """
 
     max_changes: int = 1000
     max_age_seconds: float = 86400.0
     events: bool = True
+
+
+#: The retention of a backend made without ``history`` (``API.md``'s defaults).
+DEFAULT_HISTORY = History()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +208,7 @@ class Backend(abc.ABC):
             if method is not None and inspect.iscoroutinefunction(method):
                 setattr(cls, name, _wrap_driver_errors(method, cls.base_exceptions))
 
-    def __init__(self, url: str, *, history: History = History()) -> None:
+    def __init__(self, url: str, *, history: History = DEFAULT_HISTORY) -> None:
         self.url = url
         self.history = history
         #: The log's incarnation; a backend sets it in :meth:`open` at the latest (durable stores read it
