@@ -70,7 +70,6 @@ from gateway.errors import (
     RoomDeleted,
     Unauthenticated,
     Unavailable,
-    Unimplemented,
 )
 
 log = logging.getLogger(__name__)
@@ -237,8 +236,6 @@ class RoomService:
         patterns, only the rooms it may access; with ``min_users``, only rooms with at least that many
         present users: the others are skipped as if absent, and ``more`` says whether another *listed* room
         follows, so paging with ``startAfterKey`` (the last id returned) works unchanged."""
-        if min_users:
-            raise Unimplemented("minUsers is not served yet (presence)")
         if sum(1 for given in (start_key, start_after_key, room_id) if given) > 1:
             raise InvalidArgument("startKey, startAfterKey and roomId are mutually exclusive")
         if max_results < 0:
@@ -608,8 +605,6 @@ class RoomService:
         :raises InvalidArgument: ``info`` is not a JSON object of at most 1 KiB.
         """
         validation.room_id(room_id)
-        if info:
-            raise Unimplemented("info is not served yet (presence)")
         if self.tokens is None:
             raise FailedPrecondition("room tokens are not configured (auth.room_tokens.secret)")
         checked_info = token_info(info)
