@@ -1,9 +1,10 @@
 """Assembly: one configuration in, one gateway out — the flow of ``DESIGN.md`` in one function.
 
-    plugins → backend → RoomService → AuthPolicy, RateLimiter → Dispatcher → Starlette edge + grpclib server
+    plugins → backend → RoomService → AuthPolicy, RateLimiter, PresenceRegistry → Dispatcher
+            → Starlette edge + grpclib server
 
 Nothing here listens or connects: :func:`create_gateway` only builds. :mod:`gateway.server` opens the
-backend, binds the listeners and drains them on shutdown.
+backend, starts the presence heartbeat, binds the listeners and drains them on shutdown.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.auth.tokens import room_token_issuer
 from gateway.config import GatewayConfig, unknown_surface
 from gateway.config_loader import api_keys
 from gateway.core.backend import Backend
+from gateway.core.presence import PresenceRegistry
 from gateway.core.service import RoomService
 from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
@@ -51,6 +53,7 @@ class Gateway:
     grpc_server: GrpcServer
     limiter: RateLimiter | None = None  # None: rate limiting is off
     metrics: Metrics | None = None  # what /metrics answers
+    presence: PresenceRegistry | None = None  # this instance's room-token streams and heartbeat
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -78,7 +81,8 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     policy = AuthPolicy(keys, tokens=tokens)
     metrics = Metrics()
     limiter = _rate_limiter(config, metrics)
-    dispatcher = Dispatcher(service, policy, limiter=limiter)
+    presence = PresenceRegistry(backend, timeout_seconds=config.presence.timeout_seconds)
+    dispatcher = Dispatcher(service, policy, limiter=limiter, presence=presence)
     surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, policy, dispatcher))
     http_app = create_http_app(
         dispatcher,
@@ -100,7 +104,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         limiter=limiter,
         access_log=config.access_log,
     )
-    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics)
+    return Gateway(config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics, presence)
 
 
 def _rate_limiter(config: GatewayConfig, metrics: Metrics) -> RateLimiter | None:

@@ -336,6 +336,14 @@ class HistoryConfig(_Strict):
         return History(self.max_changes, self.max_age_seconds, self.events)
 
 
+class PresenceSettings(_Strict):
+    """``presence``: who is in a room (the users of open room-token streams, ``API.md``)."""
+
+    #: Seconds an instance's connections stay counted after its last heartbeat (heartbeats come every
+    #: third of it): a dead instance's users leave within this plus one heartbeat interval.
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
 class GatewayConfig(_Strict):
     """The whole of ``gateway.yaml``."""
 
@@ -349,6 +357,7 @@ class GatewayConfig(_Strict):
     http: HttpLimits = HttpLimits()
     grpc: GrpcLimits = GrpcLimits()
     input: InputLimits = InputLimits()
+    presence: PresenceSettings = PresenceSettings()
     #: Seconds that in-flight calls get to finish on SIGTERM before streams are cut.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     #: One line per call on logger ``room_gateway.access`` (both transports). Each line costs the event loop

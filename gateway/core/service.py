@@ -35,7 +35,7 @@ from typing import Any, Generic, TypeVar
 
 from gateway import schema
 from gateway.auth.policy import Principal
-from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, micros
+from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, micros, token_info
 from gateway.core import validation
 from gateway.core.backend import Backend, LogPage
 from gateway.core.hub import Subscription, Topic
@@ -70,7 +70,6 @@ from gateway.errors import (
     RoomDeleted,
     Unauthenticated,
     Unavailable,
-    Unimplemented,
 )
 
 log = logging.getLogger(__name__)
@@ -219,6 +218,8 @@ class RoomService:
         room = await self.backend.get_room(room_id)
         if room is None:
             raise _room_not_found(room_id)
+        if room.status is not RoomStatus.DELETED:
+            (room,) = await self._with_users([room])
         return room
 
     async def list_rooms(
@@ -231,34 +232,37 @@ class RoomService:
         *,
         caller: Principal | None = None,
     ) -> ListRoomsResponse:
-        """Rooms in code-point order of id. For a ``caller`` limited to room patterns, only the rooms it may
-        access: the others are skipped as if absent, and ``more`` says whether another *visible* room
+        """Rooms in code-point order of id, each with its ``num_users``. For a ``caller`` limited to room
+        patterns, only the rooms it may access; with ``min_users``, only rooms with at least that many
+        present users: the others are skipped as if absent, and ``more`` says whether another *listed* room
         follows, so paging with ``startAfterKey`` (the last id returned) works unchanged."""
-        if min_users:
-            raise Unimplemented("minUsers is not served yet (presence)")
         if sum(1 for given in (start_key, start_after_key, room_id) if given) > 1:
             raise InvalidArgument("startKey, startAfterKey and roomId are mutually exclusive")
         if max_results < 0:
             raise InvalidArgument("maxResults must not be negative")
+        if min_users < 0:
+            raise InvalidArgument("minUsers must not be negative")
         limit = min(max_results or DEFAULT_MAX_RESULTS, MAX_RESULTS_CAP)
         limited = caller is not None and not caller.unrestricted
         if room_id:
             ids = sorted({validation.room_id(one, "roomId") for one in room_id})
             if caller is not None and limited:
                 ids = [one for one in ids if caller.may_access(one)]
-            found = await self.backend.get_rooms(ids)
+            found = await self._with_users(await self.backend.get_rooms(ids), min_users)
             rooms, more = found[:limit], len(found) > limit
         else:
             start = start_after_key or start_key
             if start:
                 validation.room_id(start, "startAfterKey" if start_after_key else "startKey")
-            if caller is not None and limited:
-                rooms, more = await self._visible_rooms(caller, start, not start_after_key, limit)
+            if limited or min_users:
+                rooms, more = await self._visible_rooms(
+                    caller if limited else None, start, not start_after_key, limit, min_users
+                )
             else:
                 found = await self.backend.list_rooms(
                     start=start, inclusive=not start_after_key, limit=limit + 1
                 )
-                rooms, more = found[:limit], len(found) > limit
+                rooms, more = await self._with_users(found[:limit]), len(found) > limit
         return ListRoomsResponse(results=rooms, num_results=len(rooms), more=more)
 
     async def update_room(
@@ -580,12 +584,6 @@ class RoomService:
         """The stream's RESET: the position asked for cannot be served; go on from the head."""
         return Change(head, epoch, ChangeKind.RESET, self._now())
 
-    # -- presence -----------------------------------------------------------------------------------------
-
-    async def get_presence(self, room_id: str = "") -> Presence:
-        await self._live_room(validation.room_id(room_id))
-        return await self.backend.get_presence(room_id)
-
     # -- room tokens --------------------------------------------------------------------------------------
 
     async def create_room_token(
@@ -599,16 +597,17 @@ class RoomService:
         *,
         caller: Principal,
     ) -> RoomToken:
-        """Mint a token for ``room_id`` carrying ``role``'s permissions and the listed ones (or extras).
+        """Mint a token for ``room_id`` carrying ``role``'s permissions and the listed ones (or extras), and
+        ``info`` (shown in presence).
 
         :raises FailedPrecondition: room tokens are not configured, or the room is CLOSED.
         :raises PermissionDenied: the token would carry a permission ``caller`` does not hold.
+        :raises InvalidArgument: ``info`` is not a JSON object of at most 1 KiB.
         """
         validation.room_id(room_id)
-        if info:
-            raise Unimplemented("info is not served yet (presence)")
         if self.tokens is None:
             raise FailedPrecondition("room tokens are not configured (auth.room_tokens.secret)")
+        checked_info = token_info(info)
         grant = self.tokens.grant(role, permissions)
         beyond = [name for name in grant.permissions if not caller.may(name)]
         if beyond:
@@ -617,7 +616,13 @@ class RoomService:
         now = self._now()
         expire_time = self.tokens.expiry(now, ttl_seconds, caller.expire_time)
         token = self.tokens.issue(
-            room_id=room_id, user_name=user_name, role=role, grant=grant, now=now, expire_time=expire_time
+            room_id=room_id,
+            user_name=user_name,
+            role=role,
+            grant=grant,
+            now=now,
+            expire_time=expire_time,
+            info=checked_info,
         )
         return RoomToken(
             token=token, permissions=[*grant.permissions, *grant.extras], expire_time=expire_time
@@ -659,32 +664,64 @@ class RoomService:
                 continue
 
     async def _visible_rooms(
-        self, caller: Principal, start: str, inclusive: bool, limit: int
+        self, caller: Principal | None, start: str, inclusive: bool, limit: int, min_users: int = 0
     ) -> tuple[list[Room], bool]:
-        """Up to ``limit`` rooms from ``start`` that ``caller`` may access, and whether another follows.
+        """Up to ``limit`` rooms from ``start`` that ``caller`` may access (any, for ``None``) with at least
+        ``min_users`` present users, and whether another follows.
 
         Reads pages from the backend and skips what the patterns exclude. When every pattern begins with a
         literal prefix (``public-*``), the scan starts at the lowest prefix and stops past the highest, so a
-        key limited to a prefix reads only its own range.
+        key limited to a prefix reads only its own range. Users are counted once per page, for the rooms
+        the patterns let through.
         """
-        prefixes = [_literal_prefix(pattern) for pattern in caller.rooms]
-        bounded = all(prefixes)
+        prefixes = [_literal_prefix(pattern) for pattern in caller.rooms] if caller is not None else []
+        bounded = bool(prefixes) and all(prefixes)
         if bounded and min(prefixes) > start:
             start, inclusive = min(prefixes), True
         page_size = limit + 1
         visible: list[Room] = []
         while True:
             page = await self.backend.list_rooms(start=start, inclusive=inclusive, limit=page_size)
+            past_range = False
+            candidates = []
             for room in page:
                 if bounded and all(room.room_id > p and not room.room_id.startswith(p) for p in prefixes):
-                    return visible, False  # every later id is past every prefix's range
-                if caller.may_access(room.room_id):
-                    if len(visible) == limit:
-                        return visible, True
-                    visible.append(room)
-            if len(page) < page_size:
+                    past_range = True  # every later id is past every prefix's range
+                    break
+                if caller is None or caller.may_access(room.room_id):
+                    candidates.append(room)
+            for room in await self._with_users(candidates, min_users):
+                if len(visible) == limit:
+                    return visible, True
+                visible.append(room)
+            if past_range or len(page) < page_size:
                 return visible, False
             start, inclusive = page[-1].room_id, False
+
+    async def _with_users(self, rooms: list[Room], min_users: int = 0) -> list[Room]:
+        """``rooms`` with their ``num_users`` filled in from presence (one backend read), those with fewer
+        than ``min_users`` left out."""
+        if not rooms:
+            return rooms
+        counts = await self.backend.count_users([room.room_id for room in rooms])
+        for room in rooms:
+            room.num_users = counts.get(room.room_id, 0)
+        return [room for room in rooms if room.num_users >= min_users]
+
+    # -- presence -----------------------------------------------------------------------------------------
+
+    async def get_presence(self, room_id: str = "") -> Presence:
+        """Who is in the room: one member per user with open room-token streams, over every instance.
+
+        A room not created yet has its presence too when rooms are implicit (a stream may wait for it).
+        """
+        validation.room_id(room_id)
+        room = await self.backend.get_room(room_id)
+        if room is None and not self.auto_create_rooms:
+            raise _room_not_found(room_id)
+        if room is not None and room.status is RoomStatus.DELETED:
+            raise RoomDeleted(f"room {room_id!r} was deleted")
+        return await self.backend.get_presence(room_id)
 
     # -- rules shared by the methods ----------------------------------------------------------------------
 

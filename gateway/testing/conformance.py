@@ -43,6 +43,8 @@ from gateway.core.models import (
     Change,
     ChangeKind,
     Event,
+    Member,
+    Presence,
     Room,
     RoomSignal,
     RoomStatus,
@@ -53,7 +55,7 @@ from gateway.core.service import RoomService
 from gateway.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, OutOfRange, Unavailable
 
 BackendFactory = Callable[..., Backend]
-_C = TypeVar("_C", bound="BackendContract")
+_C = TypeVar("_C")  # a contract class: BackendContract or one of its mixins (PresenceContract)
 
 #: How long a notification may take to arrive (shared stores deliver through a server).
 DELIVERY_TIMEOUT = 5.0
@@ -131,7 +133,219 @@ async def nothing_more(sub: Subscription, wait: float = 0.2) -> None:
     raise AssertionError(f"unexpected notification {note!r}")
 
 
-class BackendContract:
+_MEMBER_KINDS = frozenset({ChangeKind.MEMBER_JOINED, ChangeKind.MEMBER_LEFT})
+#: The presence timeout the presence scenarios heartbeat with.
+TTL = 30.0
+
+
+class PresenceContract:
+    """The presence operations of the contract (``presence_*``, ``get_presence``, ``count_users``).
+
+    Mixed into :class:`BackendContract`. Two gateway instances are two instance ids: over one backend for a
+    store of one process, over two backends of the factory for a shared store
+    (:class:`SharedBackendContract`), so that counts, joins and leaves are summed across processes. Every
+    scenario heartbeats an instance before it joins (as the gateway does) and passes explicit times: expiry
+    is judged by the ``now`` of the heartbeats, never by the wall clock.
+    """
+
+    async def _two_instances(self, ctx: Ctx) -> tuple[tuple[Backend, str], tuple[Backend, str]]:
+        """(backend, instance id) of two gateway instances, both heartbeaten at ``ctx.now``."""
+        one = await ctx.backend()
+        two = await ctx.backend() if isinstance(self, SharedBackendContract) else one
+        pair = ((one, ctx.prefix + "instance-a"), (two, ctx.prefix + "instance-b"))
+        for backend, instance in pair:
+            await backend.presence_heartbeat(instance, now=ctx.now, ttl_seconds=TTL)
+        return pair
+
+    @staticmethod
+    async def _member_log(backend: Backend, room_id: str) -> list[tuple[ChangeKind, str]]:
+        """The room's MEMBER_JOINED / MEMBER_LEFT changes as (kind, user id), in log order."""
+        page = await backend.read_changes(room_id, after_seq=0, limit=1000, kinds=_MEMBER_KINDS)
+        return [(c.kind, c.member.user_id if c.member is not None else "") for c in page.changes]
+
+    @staticmethod
+    async def _connections(backend: Backend, room_id: str) -> dict[str, int]:
+        presence = await backend.get_presence(room_id)
+        return {member.user_id: member.connections for member in presence.members}
+
+    @scenario
+    async def test_presence_counts_connections_per_user_across_instances(self, ctx: Ctx) -> None:
+        (a, ia), (b, ib) = await self._two_instances(ctx)
+        room_id, empty = ctx.room_id(), ctx.room_id("empty")
+        await a.create_room(ctx.room())
+        await a.create_room(ctx.room("empty"))
+        first = ctx.tick()
+        await a.presence_join(room_id, Member("alice", info={"name": "Alice"}), instance=ia, now=first)
+        await a.presence_join(room_id, Member("alice", info={"name": "Alice"}), instance=ia, now=ctx.tick())
+        await b.presence_join(room_id, Member("alice", info={"name": "Alice"}), instance=ib, now=ctx.tick())
+        await a.presence_join(room_id, Member("bob"), instance=ia, now=ctx.tick())
+        for backend in (a, b):  # either instance reads the sum
+            presence = await backend.get_presence(room_id)
+            assert (presence.num_users, presence.num_connections) == (2, 4)
+            assert [(m.user_id, m.connections) for m in presence.members] == [("alice", 3), ("bob", 1)]
+            alice = presence.members[0]
+            assert alice.info == {"name": "Alice"} and alice.join_time == first
+            assert presence.members[1].info == {}
+            assert (await backend.count_users([room_id, empty])).get(room_id) == 2
+            assert (await backend.count_users([room_id, empty])).get(empty, 0) == 0
+            assert await backend.get_presence(empty) == Presence(members=[], num_users=0, num_connections=0)
+        # One MEMBER_JOINED per user, however many connections and instances.
+        joined = ChangeKind.MEMBER_JOINED
+        assert await self._member_log(b, room_id) == [(joined, "alice"), (joined, "bob")]
+
+    @scenario
+    async def test_member_joined_and_left_carry_the_member(self, ctx: Ctx) -> None:
+        (a, ia), _ = await self._two_instances(ctx)
+        room_id = ctx.room_id()
+        await a.create_room(ctx.room())
+        joined_at = ctx.tick()
+        await a.presence_join(room_id, Member("alice", info={"avatar": "a.png"}), instance=ia, now=joined_at)
+        left_at = ctx.tick()
+        await a.presence_leave(room_id, "alice", instance=ia, now=left_at)
+        page = await a.read_changes(room_id, after_seq=0, limit=100, kinds=_MEMBER_KINDS)
+        join, leave = page.changes
+        assert (join.kind, join.time, join.epoch) == (ChangeKind.MEMBER_JOINED, joined_at, a.epoch)
+        assert join.member == Member("alice", connections=1, info={"avatar": "a.png"}, join_time=joined_at)
+        assert (leave.kind, leave.time, leave.seq) == (ChangeKind.MEMBER_LEFT, left_at, join.seq + 1)
+        assert leave.member is not None
+        assert (leave.member.user_id, leave.member.connections) == ("alice", 0)
+
+    @scenario
+    async def test_member_left_once_when_the_last_connection_closes(self, ctx: Ctx) -> None:
+        (a, ia), (b, ib) = await self._two_instances(ctx)
+        room_id = ctx.room_id()
+        await a.create_room(ctx.room())
+        for backend, instance in ((a, ia), (a, ia), (b, ib)):
+            await backend.presence_join(room_id, Member("alice"), instance=instance, now=ctx.tick())
+        await a.presence_join(room_id, Member("bob"), instance=ia, now=ctx.tick())
+        await a.presence_leave(room_id, "alice", instance=ia, now=ctx.tick())
+        await a.presence_leave(room_id, "alice", instance=ia, now=ctx.tick())
+        assert await self._connections(b, room_id) == {"alice": 1, "bob": 1}
+        await b.presence_leave(room_id, "alice", instance=ib, now=ctx.tick())
+        assert await self._connections(a, room_id) == {"bob": 1}
+        await a.presence_leave(room_id, "bob", instance=ia, now=ctx.tick())
+        assert await a.get_presence(room_id) == Presence(members=[], num_users=0, num_connections=0)
+        assert (await b.count_users([room_id])).get(room_id, 0) == 0
+        joined, left = ChangeKind.MEMBER_JOINED, ChangeKind.MEMBER_LEFT
+        assert await self._member_log(a, room_id) == [
+            (joined, "alice"),
+            (joined, "bob"),
+            (left, "alice"),
+            (left, "bob"),
+        ]
+        # A user who comes back joins again.
+        await b.presence_join(room_id, Member("alice"), instance=ib, now=ctx.tick())
+        assert (await self._member_log(a, room_id))[-1] == (joined, "alice")
+
+    @scenario
+    async def test_a_leave_without_a_join_does_nothing(self, ctx: Ctx) -> None:
+        (a, ia), (b, ib) = await self._two_instances(ctx)
+        room_id = ctx.room_id()
+        await a.create_room(ctx.room())
+        await a.presence_leave(room_id, "nobody", instance=ia, now=ctx.tick())
+        await a.presence_join(room_id, Member("alice"), instance=ia, now=ctx.tick())
+        # Instance B holds no connection of alice: its leave neither lowers A's count nor logs MEMBER_LEFT.
+        await b.presence_leave(room_id, "alice", instance=ib, now=ctx.tick())
+        await a.presence_leave(room_id, "alice", instance=ia, now=ctx.tick())
+        await a.presence_leave(room_id, "alice", instance=ia, now=ctx.tick())  # one more than it had
+        await a.presence_join(room_id, Member("alice"), instance=ia, now=ctx.tick())
+        assert await self._connections(a, room_id) == {"alice": 1}
+        joined, left = ChangeKind.MEMBER_JOINED, ChangeKind.MEMBER_LEFT
+        assert await self._member_log(a, room_id) == [(joined, "alice"), (left, "alice"), (joined, "alice")]
+
+    @scenario
+    async def test_member_changes_reach_room_listeners(self, ctx: Ctx) -> None:
+        (a, ia), (b, _) = await self._two_instances(ctx)
+        room_id = ctx.room_id()
+        await a.create_room(ctx.room())
+        sub = await b.subscribe(Topic.room(room_id))
+        try:
+            await a.presence_join(room_id, Member("alice"), instance=ia, now=ctx.tick())
+            got = await receive(sub)
+            assert isinstance(got, Change) and got.kind is ChangeKind.MEMBER_JOINED
+            assert got.member is not None and got.member.user_id == "alice"
+            await a.presence_leave(room_id, "alice", instance=ia, now=ctx.tick())
+            left = await receive(sub)
+            assert isinstance(left, Change) and left.kind is ChangeKind.MEMBER_LEFT
+            assert left.seq == got.seq + 1
+        finally:
+            sub.close()
+
+    @scenario
+    async def test_concurrent_joins_and_leaves_log_each_member_change_once(self, ctx: Ctx) -> None:
+        (a, ia), (b, ib) = await self._two_instances(ctx)
+        room_id = ctx.room_id()
+        await a.create_room(ctx.room())
+        sides = [(a, ia), (b, ib)] * 10
+        now = ctx.tick()
+        await asyncio.gather(
+            *(backend.presence_join(room_id, Member("alice"), instance=i, now=now) for backend, i in sides)
+        )
+        assert await self._connections(a, room_id) == {"alice": 20}
+        await asyncio.gather(
+            *(backend.presence_leave(room_id, "alice", instance=i, now=now) for backend, i in sides)
+        )
+        assert await self._connections(b, room_id) == {}
+        joined, left = ChangeKind.MEMBER_JOINED, ChangeKind.MEMBER_LEFT
+        assert await self._member_log(a, room_id) == [(joined, "alice"), (left, "alice")]
+
+    @scenario
+    async def test_a_silent_instance_expires_within_the_ttl(self, ctx: Ctx) -> None:
+        (a, ia), (b, ib) = await self._two_instances(ctx)  # both heartbeat at T0 with TTL
+        room_id = ctx.room_id()
+        await a.create_room(ctx.room())
+        start = ctx.now
+        await a.presence_join(room_id, Member("alice"), instance=ia, now=ctx.tick())
+        await a.presence_join(room_id, Member("bob"), instance=ia, now=ctx.tick())
+        await b.presence_join(room_id, Member("bob"), instance=ib, now=ctx.tick())
+        # A beats at T0+10: counted until T0+40, whatever B's heartbeats say before then.
+        await a.presence_heartbeat(ia, now=start + timedelta(seconds=10), ttl_seconds=TTL)
+        await b.presence_heartbeat(ib, now=start + timedelta(seconds=35), ttl_seconds=TTL)
+        assert await self._connections(b, room_id) == {"alice": 1, "bob": 2}
+        assert len(await self._member_log(b, room_id)) == 2
+        # A falls silent; B's next beat after T0+40 drops A's connections and logs the users they were
+        # the last of (alice), not the others (bob is still on B).
+        await b.presence_heartbeat(ib, now=start + timedelta(seconds=41), ttl_seconds=TTL)
+        assert await self._connections(b, room_id) == {"bob": 1}
+        assert (await b.count_users([room_id])).get(room_id) == 1
+        await b.presence_heartbeat(ib, now=start + timedelta(seconds=42), ttl_seconds=TTL)
+        joined, left = ChangeKind.MEMBER_JOINED, ChangeKind.MEMBER_LEFT
+        assert await self._member_log(b, room_id) == [(joined, "alice"), (joined, "bob"), (left, "alice")]
+        expired = (await b.read_changes(room_id, after_seq=0, limit=100, kinds=_MEMBER_KINDS)).changes[-1]
+        assert expired.member is not None and expired.member.connections == 0
+
+    @scenario
+    async def test_presence_is_per_room_and_ordered_by_user_id(self, ctx: Ctx) -> None:
+        (a, ia), (b, ib) = await self._two_instances(ctx)
+        one, two = ctx.room_id("one"), ctx.room_id("two")
+        await a.create_room(ctx.room("one"))
+        await a.create_room(ctx.room("two"))
+        for user in ("carol", "alice", "Zed", "bob", "émile"):
+            await a.presence_join(one, Member(user), instance=ia, now=ctx.tick())
+        await b.presence_join(two, Member("alice"), instance=ib, now=ctx.tick())
+        presence = await b.get_presence(one)
+        # Code-point order of user id, as rooms are listed.
+        assert [m.user_id for m in presence.members] == ["Zed", "alice", "bob", "carol", "émile"]
+        assert (presence.num_users, presence.num_connections) == (5, 5)
+        assert await self._connections(a, two) == {"alice": 1}
+        assert await a.count_users([two, one]) == {one: 5, two: 1}
+
+    @scenario
+    async def test_a_deleted_room_has_no_presence(self, ctx: Ctx) -> None:
+        (a, ia), (b, _) = await self._two_instances(ctx)
+        room = ctx.room()
+        await a.create_room(room)
+        await a.presence_join(room.room_id, Member("alice"), instance=ia, now=ctx.tick())
+        room.status, room.update_time = RoomStatus.DELETED, ctx.tick()
+        await a.delete_room(room)
+        assert await b.get_presence(room.room_id) == Presence(members=[], num_users=0, num_connections=0)
+        assert (await b.count_users([room.room_id])).get(room.room_id, 0) == 0
+        # The stream's leave comes after the deletion: the log the deletion dropped stays empty.
+        await a.presence_leave(room.room_id, "alice", instance=ia, now=ctx.tick())
+        assert await self._member_log(b, room.room_id) == []
+
+
+class BackendContract(PresenceContract):
     """The contract of :class:`gateway.core.backend.Backend`. Subclass it and define ``backend_factory``."""
 
     #: Whether a new instance over the same store finds the same log and epoch (the store outlives it).

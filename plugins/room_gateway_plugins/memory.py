@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from gateway.core import times
 from gateway.core.backend import DEFAULT_HISTORY, Backend, History, LogPage, Snapshot, VariableWrite
@@ -29,6 +30,7 @@ from gateway.core.models import (
     Presence,
     Room,
     RoomSignal,
+    RoomStatus,
     Unset,
     Variable,
 )
@@ -65,6 +67,9 @@ class MemoryBackend(Backend):
         # every store keeps them (gateway.core.times).
         # room -> name -> current version (value UNSET once deleted: its version stays, so none repeats)
         self._variables: dict[str, dict[str, Variable]] = {}
+        # room -> user -> seat; instance -> the time its connections stop counting (presence_heartbeat).
+        self._seats: dict[str, dict[str, _Seat]] = {}
+        self._alive_until: dict[str, datetime] = {}
         self._logs: dict[str, _Log] = {}
         self._closed = False
 
@@ -220,22 +225,100 @@ class MemoryBackend(Backend):
     async def subscribe(self, topic: Topic) -> Subscription:
         return self.hub.subscribe(topic)
 
-    # -- presence (rt-presence provides these) --------------------------------------------------------------
+    # -- presence -----------------------------------------------------------------------------------------
+
+    def _seats_of(self, room_id: str) -> dict[str, _Seat] | None:
+        """The room's present users, ``None`` when it has none; a deleted room's are dropped (its streams'
+        leaves arrive after the deletion, and must not log into the log it dropped)."""
+        room = self._rooms.get(room_id)
+        if room is not None and room.status is RoomStatus.DELETED:
+            self._seats.pop(room_id, None)
+            return None
+        return self._seats.get(room_id)
 
     async def presence_join(self, room_id: str, member: Member, *, instance: str, now: datetime) -> None:
-        raise NotImplementedError("presence is not implemented in the memory backend yet")
+        room = self._rooms.get(room_id)
+        if room is not None and room.status is RoomStatus.DELETED:
+            return
+        seats = self._seats.setdefault(room_id, {})
+        seat = seats.get(member.user_id)
+        if seat is None:
+            seat = seats[member.user_id] = _Seat(info=member.info, join_time=times.utc(now))
+            joined = Member(member.user_id, connections=1, info=seat.info, join_time=seat.join_time)
+            self._log(room_id, ChangeKind.MEMBER_JOINED, now, member=joined)
+        seat.connections[instance] = seat.connections.get(instance, 0) + 1
 
     async def presence_leave(self, room_id: str, user_id: str, *, instance: str, now: datetime) -> None:
-        raise NotImplementedError("presence is not implemented in the memory backend yet")
+        seats = self._seats_of(room_id)
+        seat = seats.get(user_id) if seats is not None else None
+        if seats is None or seat is None or instance not in seat.connections:
+            return
+        seat.connections[instance] -= 1
+        if not seat.connections[instance]:
+            del seat.connections[instance]
+        self._vacate(room_id, seats, user_id, now)
 
     async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
-        raise NotImplementedError("presence is not implemented in the memory backend yet")
+        now = times.utc(now)
+        self._alive_until[instance] = now + timedelta(seconds=ttl_seconds)
+        silent = {other for other, until in self._alive_until.items() if until < now}
+        if not silent:
+            return
+        for other in silent:
+            del self._alive_until[other]
+        for room_id in list(self._seats):
+            seats = self._seats_of(room_id)
+            if seats is None:
+                continue
+            for user_id, seat in list(seats.items()):
+                if not silent.isdisjoint(seat.connections):
+                    for other in silent:
+                        seat.connections.pop(other, None)
+                    self._vacate(room_id, seats, user_id, now)
+
+    def _vacate(self, room_id: str, seats: dict[str, _Seat], user_id: str, now: datetime) -> None:
+        """Log ``MEMBER_LEFT`` and forget the user when their last connection is gone."""
+        seat = seats[user_id]
+        if seat.connections:
+            return
+        del seats[user_id]
+        if not seats:
+            del self._seats[room_id]
+        left = Member(user_id, connections=0, info=seat.info, join_time=seat.join_time)
+        self._log(room_id, ChangeKind.MEMBER_LEFT, now, member=left)
 
     async def get_presence(self, room_id: str) -> Presence:
-        raise NotImplementedError("presence is not implemented in the memory backend yet")
+        seats = self._seats_of(room_id) or {}
+        members = [
+            Member(user_id, connections=seat.total, info=seat.info, join_time=seat.join_time)
+            for user_id, seat in sorted(seats.items())
+        ]
+        return Presence(
+            members=members,
+            num_users=len(members),
+            num_connections=sum(member.connections for member in members),
+        )
 
     async def count_users(self, room_ids: Sequence[str]) -> dict[str, int]:
-        raise NotImplementedError("presence is not implemented in the memory backend yet")
+        counts = {}
+        for room_id in room_ids:
+            seats = self._seats_of(room_id)
+            if seats:
+                counts[room_id] = len(seats)
+        return counts
+
+
+@dataclass(slots=True)
+class _Seat:
+    """One present user of a room: what their first connection brought, and connections per instance."""
+
+    info: dict[str, Any]
+    join_time: datetime
+    connections: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.connections.values())
 
 
 def _stored(room: Room) -> Room:
