@@ -105,21 +105,25 @@ async def receive(sub: AsyncIterator[object]) -> object:
 
 
 class TestSQLiteFile(BackendContract):
+    durable = True
+
     @pytest.fixture
-    def backend_factory(self, tmp_path: Path) -> Callable[[], Backend]:
-        return lambda: SQLiteBackend(f"sqlite:///{tmp_path / 'rooms.db'}")
+    def backend_factory(self, tmp_path: Path) -> Callable[..., Backend]:
+        return functools.partial(SQLiteBackend, f"sqlite:///{tmp_path / 'rooms.db'}")
 
 
 class TestSQLiteMemory(BackendContract):
     @pytest.fixture
-    def backend_factory(self) -> Callable[[], Backend]:
-        return lambda: SQLiteBackend("sqlite:///:memory:")
+    def backend_factory(self) -> Callable[..., Backend]:
+        return functools.partial(SQLiteBackend, "sqlite:///:memory:")
 
 
 class TestPostgreSQL(SharedBackendContract):
+    durable = True
+
     @pytest.fixture
-    def backend_factory(self, postgres: str) -> Callable[[], Backend]:
-        return lambda: PostgresBackend(postgres)
+    def backend_factory(self, postgres: str) -> Callable[..., Backend]:
+        return functools.partial(PostgresBackend, postgres)
 
 
 # -- registration -------------------------------------------------------------------------------------------
