@@ -15,7 +15,7 @@ import itertools
 import uuid
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -83,30 +83,6 @@ class MemoryBackend(Backend):
 
     # -- the log ------------------------------------------------------------------------------------------
 
-    def _append(self, room_id: str, change: Change) -> Change:
-        """Give ``change`` the room's next seq, keep it (trimming what retention drops) and deliver it.
-
-        Presence and any other writer of this backend log through here.
-        """
-        log = self._logs.get(room_id)
-        if log is None:
-            log = self._logs[room_id] = _Log()
-        log.head += 1
-        logged = replace(change, seq=log.head, epoch=self.epoch)
-        log.changes.append(logged)
-        self._trim(log, logged.time)
-        self.hub.deliver(room_id, logged)
-        return logged
-
-    def _trim(self, log: _Log, now: datetime | None) -> None:
-        changes = log.changes
-        while len(changes) > self.history.max_changes:
-            changes.popleft()
-        if now is not None:
-            oldest = times.utc(now) - timedelta(seconds=self.history.max_age_seconds)
-            while changes and (changes[0].time or oldest) < oldest:
-                changes.popleft()
-
     def _log(
         self,
         room_id: str,
@@ -118,9 +94,30 @@ class MemoryBackend(Backend):
         room: Room | None = None,
         member: Member | None = None,
     ) -> Change:
-        """Log a change of ``kind`` with its payload at ``now``."""
-        change = Change(0, self.epoch, kind, now, variable=variable, event=event, room=room, member=member)
-        return self._append(room_id, change)
+        """Log a change of ``kind`` with its payload at ``now``: the room's next seq, kept (trimming what
+        retention drops) and delivered. Every writer of this backend, presence included, logs through here.
+        """
+        log = self._logs.get(room_id)
+        if log is None:
+            log = self._logs[room_id] = _Log()
+        log.head += 1
+        # Positional: this runs on every write, and keywords or dataclasses.replace cost it measurably.
+        change = Change(log.head, self.epoch, kind, now, variable, event, room, member)
+        changes = log.changes
+        changes.append(change)
+        if len(changes) > self.history.max_changes:
+            changes.popleft()
+        oldest = changes[0].time
+        if (
+            now is not None
+            and oldest is not None
+            and (now - oldest).total_seconds() > self.history.max_age_seconds
+        ):
+            cutoff = times.utc(now) - timedelta(seconds=self.history.max_age_seconds)
+            while changes and (changes[0].time or cutoff) < cutoff:
+                changes.popleft()
+        self.hub.deliver(room_id, change)
+        return change
 
     async def read_changes(
         self,
