@@ -71,7 +71,9 @@ class Message(NamedTuple):
 # -- encoding -----------------------------------------------------------------------------------------------
 
 
-def _room_fields(room: Room) -> dict[str, Any]:
+def room_fields(room: Room) -> dict[str, Any]:
+    """A room's stored fields by proto name, as JSON values (times as text): the ``room`` of a message, and
+    what a store may keep as a room's record (:func:`room_of` reads it back)."""
     return {
         "room_id": room.room_id,
         "display_name": room.display_name,
@@ -99,7 +101,7 @@ def _fields(change: Change) -> dict[str, Any]:
         event = change.event
         fields["event"] = {"name": event.name, "data": event.data, "time": times.to_text(event.time)}
     if change.room is not None:
-        fields["room"] = _room_fields(change.room)
+        fields["room"] = room_fields(change.room)
     if change.member is not None:
         member = change.member
         fields["member"] = {
@@ -156,7 +158,11 @@ def tail_format(assigned: Sequence[str] = ("seq",)) -> str:
 # -- decoding -----------------------------------------------------------------------------------------------
 
 
-def _room_of(fields: dict[str, Any]) -> Room:
+def room_of(fields: dict[str, Any]) -> Room:
+    """The room of :func:`room_fields`' dict.
+
+    :raises KeyError: a field is missing.
+    """
     return Room(
         room_id=fields["room_id"],
         display_name=fields["display_name"],
@@ -177,7 +183,7 @@ def _change_of(fields: dict[str, Any]) -> Change:
     if (e := fields.get("event")) is not None:
         event = Event(e["name"], e["data"], times.from_text(e["time"]))
     if (r := fields.get("room")) is not None:
-        room = _room_of(r)
+        room = room_of(r)
     if (m := fields.get("member")) is not None:
         join_time = times.from_text(m["join_time"])
         member = Member(m["user_id"], m["connections"], m["info"], join_time)

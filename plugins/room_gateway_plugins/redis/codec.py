@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.core import jsontext, times, wire
-from gateway.core.models import JSON, Change, ChangeKind, Member, Room, RoomStatus, Variable
+from gateway.core.models import JSON, Change, ChangeKind, Member, Room, Variable
 
 #: Each kind's two-digit code in a log entry's prefix (append-only: stored entries keep their codes).
 KIND_CODES: dict[ChangeKind, str] = {kind: f"{number:02d}" for number, kind in enumerate(ChangeKind)}
@@ -23,32 +23,11 @@ PREFIX_LENGTH = 15
 
 
 def dumps_room(room: Room) -> bytes:
-    return jsontext.dumps(
-        {
-            "room_id": room.room_id,
-            "display_name": room.display_name,
-            "description": room.description,
-            "status": room.status.value,
-            "jurisdiction": room.jurisdiction,
-            "settings": room.settings,
-            "create_time": times.to_text(room.create_time),
-            "update_time": times.to_text(room.update_time),
-        }
-    )
+    return jsontext.dumps(wire.room_fields(room))
 
 
 def loads_room(data: bytes | str) -> Room:
-    fields: dict[str, Any] = jsontext.loads(data)
-    return Room(
-        room_id=fields["room_id"],
-        display_name=fields["display_name"],
-        description=fields["description"],
-        status=RoomStatus(fields["status"]),
-        jurisdiction=fields["jurisdiction"],
-        settings=fields["settings"],
-        create_time=times.from_text(fields["create_time"]),
-        update_time=times.from_text(fields["update_time"]),
-    )
+    return wire.room_of(jsontext.loads(data))
 
 
 def loads_variable(record: bytes | str) -> Variable:
