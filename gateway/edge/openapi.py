@@ -75,6 +75,7 @@ FIELD_RULES: dict[str, dict[str, Any]] = {
     "max_results": _NON_NEGATIVE,
     "expected_version": _NON_NEGATIVE,
     "ttl_seconds": _NON_NEGATIVE,
+    "min_users": _NON_NEGATIVE,
 }
 _WKT_SCHEMAS: dict[str, dict[str, Any]] = {
     "google.protobuf.Value": {"description": "Any JSON value."},
