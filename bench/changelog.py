@@ -47,10 +47,14 @@ from backends import (
     wait_up,
     write_config,
 )
-from run import ROOM, ROOT, VAR_PATH, Proc, free_port
+from run import ROOT, VAR_PATH, Proc, free_port
 
 OUT = ROOT / "bench" / "out"
 RESUME_RUNS = 5
+#: The resume's own room: wrk's last PUTs, still in flight when it exits, land in the PUT room afterwards.
+RESUME_ROOM = "resume-room"
+#: Seconds a resume may take before the run gives up (keep-alives would otherwise keep a stalled one open).
+RESUME_TIMEOUT = 30.0
 
 
 @dataclass
@@ -85,13 +89,15 @@ def start(tree: Path | None, backend: Backend, tmp: Path, tag: str) -> tuple[Pro
 
 async def resume_once(http: int, after_seq: int, epoch: str, missed: int) -> tuple[float, float]:
     """Milliseconds until the first and the last of ``missed`` replayed frames arrive."""
-    url = f"http://127.0.0.1:{http}/v1/rooms/{ROOM}:listen?afterSeq={after_seq}&epoch={epoch}"
+    url = f"http://127.0.0.1:{http}/v1/rooms/{RESUME_ROOM}:listen?afterSeq={after_seq}&epoch={epoch}"
     got, first = 0, 0.0
     async with httpx.AsyncClient(timeout=30, headers=AUTH) as client:
         began = time.perf_counter()
         async with client.stream("GET", url) as response:
             async for line in response.aiter_lines():
                 if line.startswith("data: "):
+                    if '"kind":"RESET"' in line:
+                        raise RuntimeError(f"the position {epoch}:{after_seq} was not served: {line}")
                     got += 1
                     if got == 1:
                         first = (time.perf_counter() - began) * 1000
@@ -102,8 +108,9 @@ async def resume_once(http: int, after_seq: int, epoch: str, missed: int) -> tup
 
 async def write_missed(http: int, missed: int) -> tuple[int, str]:
     """Write ``missed`` changes; the position just before them."""
-    base = f"http://127.0.0.1:{http}/v1/rooms/{ROOM}"
+    base = f"http://127.0.0.1:{http}/v1/rooms/{RESUME_ROOM}"
     async with httpx.AsyncClient(timeout=30, headers=AUTH) as client:
+        await client.put(f"{base}/variables/v0", json={"value": 0})  # the room exists: contents answer
         snapshot = (await client.get(f"{base}/contents")).json()
         for n in range(missed):
             response = await client.put(
@@ -135,7 +142,9 @@ def measure(name: str, args: argparse.Namespace, tmp: Path) -> Figures:
                 into.append(result.rps)
         after_seq, epoch = asyncio.run(write_missed(after_http, args.missed))
         for _ in range(RESUME_RUNS):
-            first, last = asyncio.run(resume_once(after_http, after_seq, epoch, args.missed))
+            first, last = asyncio.run(
+                asyncio.wait_for(resume_once(after_http, after_seq, epoch, args.missed), RESUME_TIMEOUT)
+            )
             figures.first_ms.append(first)
             figures.resume_ms.append(last)
     finally:
