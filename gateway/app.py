@@ -1,9 +1,10 @@
 """Assembly: one configuration in, one gateway out — the flow of ``DESIGN.md`` in one function.
 
-    plugins → backend → RoomService → AuthPolicy, RateLimiter → Dispatcher → Starlette edge + grpclib server
+    plugins → backend → RoomService → AuthPolicy, RateLimiter, PresenceRegistry → Dispatcher
+            → Starlette edge + grpclib server
 
 Nothing here listens or connects: :func:`create_gateway` only builds. :mod:`gateway.server` opens the
-backend, binds the listeners and drains them on shutdown.
+backend, starts the presence heartbeat, binds the listeners and drains them on shutdown.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.auth.tokens import room_token_issuer
 from gateway.config import GatewayConfig, unknown_surface
 from gateway.config_loader import api_keys
 from gateway.core.backend import Backend
+from gateway.core.presence import PresenceRegistry
 from gateway.core.service import RoomService
 from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
@@ -62,6 +64,7 @@ class Gateway:
     limiter: RateLimiter | None = None  # None: rate limiting is off
     metrics: Metrics | None = None  # what /metrics answers
     observer: Observer | None = None  # what both transports record calls into
+    presence: PresenceRegistry | None = None  # this instance's room-token streams and heartbeat
     #: The addresses the runner bound (``http``, ``grpc``, ``metrics``: ``host:port``), once it serves.
     listeners: dict[str, str] = field(default_factory=dict)
 
@@ -80,7 +83,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     if not config.surfaces.native:
         raise ConfigError("surfaces.native: the native API cannot be switched off yet; set native: true")
     plugins = Plugins(plugin_manager or create_plugin_manager())
-    backend = plugins.create_backend(config.backend)
+    backend = plugins.create_backend(config.backend, config.history.to_history())
     metrics = Metrics()
     tracing = _tracing(config)
     observer = Observer(
@@ -99,7 +102,9 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     )
     policy = AuthPolicy(keys, tokens=tokens)
     limiter = _rate_limiter(config, metrics)
-    dispatcher = Dispatcher(service, policy, limiter=limiter)
+    presence = PresenceRegistry(backend, timeout_seconds=config.presence.timeout_seconds)
+    metrics.count_presence(lambda: presence.connections)
+    dispatcher = Dispatcher(service, policy, limiter=limiter, presence=presence)
     surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, policy, dispatcher))
     http_routes = [(surface.name, surface.http_routes()) for surface in surfaces]
     grpc_handlers = [(surface.name, surface.grpc_handlers()) for surface in surfaces]
@@ -129,7 +134,17 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         observer=observer,
     )
     return Gateway(
-        config, backend, service, dispatcher, http_app, grpc_server, limiter, metrics, observer, listeners
+        config,
+        backend,
+        service,
+        dispatcher,
+        http_app,
+        grpc_server,
+        limiter,
+        metrics,
+        observer,
+        presence,
+        listeners,
     )
 
 

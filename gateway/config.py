@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from gateway.auth.permissions import PERMISSIONS, is_extra
+from gateway.core.backend import History
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
@@ -364,11 +365,35 @@ class TracingConfig(_Strict):
     enabled: bool = False
 
 
+class HistoryConfig(_Strict):
+    """How much of each room's change log the backend keeps (``API.md``, "The room change log")."""
+
+    #: A room's last changes kept for resuming and ListChanges; older ones are dropped.
+    max_changes: int = Field(default=1000, gt=0)
+    #: Seconds a change is kept, whatever their number.
+    max_age_seconds: float = Field(default=86400.0, gt=0)
+    #: Whether events are logged (resumable); false: live only, with ``seq`` 0.
+    events: bool = True
+
+    def to_history(self) -> History:
+        """What the backend takes."""
+        return History(self.max_changes, self.max_age_seconds, self.events)
+
+
+class PresenceSettings(_Strict):
+    """``presence``: who is in a room (the users of open room-token streams, ``API.md``)."""
+
+    #: Seconds an instance's connections stay counted after its last heartbeat (heartbeats come every
+    #: third of it): a dead instance's users leave within this plus one heartbeat interval.
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
 class GatewayConfig(_Strict):
     """The whole of ``gateway.yaml``."""
 
     listen: Listen = Listen()
     backend: str = "memory://"
+    history: HistoryConfig = HistoryConfig()
     auto_create_rooms: bool = True
     auth: Auth = Auth()
     rate_limits: RateLimits = RateLimits()
@@ -376,6 +401,7 @@ class GatewayConfig(_Strict):
     http: HttpLimits = HttpLimits()
     grpc: GrpcLimits = GrpcLimits()
     input: InputLimits = InputLimits()
+    presence: PresenceSettings = PresenceSettings()
     #: Seconds that in-flight calls get to finish on SIGTERM before streams are cut.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     #: One line per call on logger ``room_gateway.access`` (both transports). Each line costs the event loop

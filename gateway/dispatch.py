@@ -8,6 +8,9 @@ so a method added to the proto is served by both transports or by neither.
 Per call: the policy authorizes the method's one permission (``gateway.auth.permissions.REQUIRED``) and the
 room; a room token is then checked against its room's last InvalidateConnections (a backend read, so it
 holds across instances); a service method that declares a keyword-only ``caller`` receives the principal.
+A server stream opened with a room token makes its user present in the room until it is closed
+(:meth:`PresenceRegistry.track <gateway.core.presence.PresenceRegistry.track>`): here, so that REST and
+gRPC streams count alike.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from google.protobuf.descriptor import Descriptor
 from gateway import schema
 from gateway.auth.permissions import REQUIRED
 from gateway.auth.policy import AuthPolicy, Principal
+from gateway.core.presence import PresenceRegistry
 from gateway.core.service import RoomService
 from gateway.ratelimit import RateLimiter
 
@@ -71,14 +75,21 @@ class Dispatcher:
     :param policy: the auth policy (permissions, room patterns).
     :param limiter: the rate-limit policy, whose ``by: room`` limits apply once a call is authorized
         (``None``: no room is limited).
+    :param presence: this instance's presence registry (``None``: streams make no one present).
     """
 
     def __init__(
-        self, service: RoomService, policy: AuthPolicy, *, limiter: RateLimiter | None = None
+        self,
+        service: RoomService,
+        policy: AuthPolicy,
+        *,
+        limiter: RateLimiter | None = None,
+        presence: PresenceRegistry | None = None,
     ) -> None:
         self.service = service
         self.policy = policy
         self.limiter = limiter
+        self.presence = presence
         self.methods = native_methods()
         self._handlers = {name: getattr(service, m.python_name) for name, m in self.methods.items()}
         #: Methods whose service coroutine takes the caller (a keyword-only ``caller``): ListRooms filters by
@@ -91,6 +102,7 @@ class Dispatcher:
         )
         # Resolved once: a call pays for the room limits only when some are configured.
         self._room_limit = limiter.check_room if limiter is not None and limiter.by_room else None
+        self._streams = frozenset(name for name, m in self.methods.items() if m.server_streaming)
 
     async def call(self, method: str, principal: Principal, request: dict[str, Any]) -> Any:
         """Run ``method`` for ``principal``; returns the domain result (a stream for server streams).
@@ -107,7 +119,11 @@ class Dispatcher:
             await self._room_limit(room_id)
         if method in self._takes_caller:
             return await self._handlers[method](**request, caller=principal)
-        return await self._handlers[method](**request)
+        result = await self._handlers[method](**request)
+        if principal.token is not None and self.presence is not None and method in self._streams:
+            # The policy has checked that the token's room is the request's.
+            return await self.presence.track(result, room_id, principal.token)
+        return result
 
     @property
     def implicit_rooms(self) -> bool:

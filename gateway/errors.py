@@ -113,6 +113,12 @@ class Aborted(GatewayError):
     code = Code.ABORTED
 
 
+class OutOfRange(GatewayError):
+    """A position past what exists or is retained (ListChanges' ``afterSeq``): 400 on REST."""
+
+    code = Code.OUT_OF_RANGE
+
+
 class ResourceExhausted(GatewayError):
     code = Code.RESOURCE_EXHAUSTED
 

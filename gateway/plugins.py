@@ -16,7 +16,7 @@ import pluggy
 
 from gateway import hookspecs
 from gateway.config import SurfaceSettings
-from gateway.core.backend import Backend
+from gateway.core.backend import DEFAULT_HISTORY, Backend, History
 from gateway.surfaces import Surface
 
 AUTOLOAD_ENV = "ROOM_GATEWAY_DISABLE_PLUGIN_AUTOLOAD"
@@ -75,8 +75,9 @@ class Plugins:
         """Surface name → the settings model of its section of ``surfaces:``."""
         return {name: cls.settings_model for name, cls in self.surface_classes().items()}
 
-    def create_backend(self, url: str) -> Backend:
-        """The backend for ``url``, chosen by its scheme (``limits``' ``storage_from_string`` style).
+    def create_backend(self, url: str, history: History = DEFAULT_HISTORY) -> Backend:
+        """The backend for ``url``, chosen by its scheme (``limits``' ``storage_from_string`` style), keeping
+        ``history`` of each room's log.
 
         :raises ConfigError: no installed plugin serves the scheme; the message lists those that are.
         """
@@ -89,7 +90,7 @@ class Plugins:
                 f"backend: no installed plugin serves {scheme + '://' if scheme else repr(url)} "
                 f"(installed: {known})"
             )
-        return cls(url)
+        return cls(url, history=history)
 
 
 def installed_surface_models() -> dict[str, type[SurfaceSettings]]:

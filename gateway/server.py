@@ -1,7 +1,8 @@
 """The runner: uvicorn (HTTP) and grpclib (gRPC) in one process and one event loop, drained on SIGTERM.
 
-Order of life: open the backend → bind both listeners → serve → on ``SIGTERM``/``SIGINT`` drain → close
-the backend last. Draining (bounded by ``shutdown_grace_seconds``):
+Order of life: open the backend → start the presence heartbeat → bind both listeners → serve → on
+``SIGTERM``/``SIGINT`` drain → stop the heartbeat (after the streams' leaves are written) → close the
+backend last. Draining (bounded by ``shutdown_grace_seconds``):
 
 1. stop taking work: uvicorn closes its listener and idle keep-alive connections; new gRPC calls are
    refused with UNAVAILABLE (clients retry elsewhere);
@@ -70,8 +71,12 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, handle_s
         # requests (py-spy put ~10% of a cheap call in collections, and they made its p99 spikes).
         gc.freeze()
         try:
+            if gateway.presence is not None:
+                await gateway.presence.start()
             await _serve_listeners(gateway, stop, force)
         finally:
+            if gateway.presence is not None:
+                await gateway.presence.stop()
             if gateway.limiter is not None:
                 await gateway.limiter.close()
             await gateway.backend.close()

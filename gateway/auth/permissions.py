@@ -21,6 +21,7 @@ PERMISSIONS = frozenset(
         "events:listen",
         "tokens:create",
         "connections:invalidate",
+        "presence:read",
         METRICS_READ,
         ALL,
     }
@@ -48,6 +49,9 @@ REQUIRED: dict[str, str] = {
     "PublishEvent": "events:publish",
     "ListenEvents": "events:listen",
     "CreateRoomToken": "tokens:create",
+    "ListenRoom": "variables:read",
+    "ListChanges": "variables:read",
+    "GetPresence": "presence:read",
 }
 
 #: Methods that name no room and whose *results* are limited to the rooms a caller may access (its key's

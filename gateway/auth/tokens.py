@@ -11,6 +11,8 @@ A room token is a JWT (RFC 7519) signed with HS256 under ``auth.room_tokens.secr
 ``extras``  opaque strings the minter asked for (SignalWire's ``room.self.audio_mute``): returned, never
             enforced
 ``role``    the role it was made from, or ``""`` (informational)
+``info``    a JSON object of at most :data:`MAX_INFO_BYTES` (CreateRoomToken's ``info``), shown in presence;
+            absent when empty (and in tokens minted before it existed)
 ``iat``     issue time, whole seconds; ``iat_us``: the same in microseconds, because the comparison with the
             room's last ``InvalidateConnections`` needs sub-second precision
 ``exp``     expiry, whole seconds; ``jti``: a random id
@@ -28,10 +30,11 @@ messages never contain the token.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +57,8 @@ MAX_USER_NAME = 256
 MAX_ENTRIES = 64
 MAX_ENTRY_LENGTH = 128
 DEFAULT_TTL_SECONDS = 600
+#: The largest ``info`` object, as compact UTF-8 JSON (``API.md``: "a JSON object ≤ 1 KiB").
+MAX_INFO_BYTES = 1024
 
 _CLAIMS = ("iss", "aud", "sub", "room", "perms", "extras", "iat", "iat_us", "exp", "jti")
 #: Three base64url segments: the shape of a JWS compact serialization (RFC 7515 §7.1).
@@ -89,6 +94,23 @@ class TokenClaims:
     issued_at_us: int
     expire_time: datetime
     token_id: str
+    #: The minter's ``info`` object (``{}`` when none); not part of the claims' hash (a dict is unhashable).
+    info: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+def token_info(value: object) -> dict[str, Any]:
+    """CreateRoomToken's ``info``, checked: a JSON object of at most :data:`MAX_INFO_BYTES`.
+
+    :raises InvalidArgument: not an object, or too large.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument("info must be a JSON object")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    if size > MAX_INFO_BYTES:
+        raise InvalidArgument(f"info is {size} bytes as JSON; at most {MAX_INFO_BYTES} are allowed")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +217,12 @@ class RoomTokenIssuer:
         grant: Grant,
         now: datetime,
         expire_time: datetime,
+        info: dict[str, Any] | None = None,
     ) -> str:
-        """Sign a token; the caller has checked the room, the grant and the expiry."""
+        """Sign a token; the caller has checked the room, the grant and the expiry.
+
+        :raises InvalidArgument: a bad ``user_name`` or ``info`` (:func:`token_info`).
+        """
         if not isinstance(user_name, str) or not user_name or len(user_name) > MAX_USER_NAME:
             raise InvalidArgument(f"userName is required (1-{MAX_USER_NAME} characters)")
         if _CONTROL.search(user_name):
@@ -214,6 +240,9 @@ class RoomTokenIssuer:
             "exp": int(expire_time.timestamp()),
             "jti": self._new_id(),
         }
+        checked = token_info(info)
+        if checked:
+            claims["info"] = checked
         return jwt.encode(claims, self._key, algorithm=ALGORITHM)
 
     # -- verifying ------------------------------------------------------------------------------------------
@@ -283,6 +312,9 @@ def _parse(claims: Mapping[str, Any]) -> TokenClaims | None:
         return None
     if not isinstance(extras, list) or not all(isinstance(e, str) for e in extras):
         return None
+    info = claims.get("info", {})
+    if not isinstance(info, dict):
+        return None
     try:
         expire_time = datetime.fromtimestamp(claims["exp"], UTC)
     except (OverflowError, OSError, ValueError):
@@ -296,4 +328,5 @@ def _parse(claims: Mapping[str, Any]) -> TokenClaims | None:
         issued_at_us=claims["iat_us"],
         expire_time=expire_time,
         token_id=claims["jti"],
+        info=info,
     )

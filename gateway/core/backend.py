@@ -33,7 +33,18 @@ from typing import Any, ClassVar, TypeVar, final
 
 from gateway.core import times
 from gateway.core.hub import Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, Unset, Variable
+from gateway.core.models import (
+    JSON,
+    Change,
+    ChangeKind,
+    Event,
+    Member,
+    Presence,
+    Room,
+    RoomSignal,
+    Unset,
+    Variable,
+)
 from gateway.errors import Aborted, GatewayError, Unavailable
 
 _T = TypeVar("_T")
@@ -51,10 +62,16 @@ CONTRACT_METHODS = (
     "get_variable",
     "write_variable",
     "get_contents",
-    "delete_room_data",
+    "delete_room",
     "publish_event",
     "publish_signal",
+    "read_changes",
     "subscribe",
+    "presence_join",
+    "presence_leave",
+    "presence_heartbeat",
+    "get_presence",
+    "count_users",
 )
 
 
@@ -116,10 +133,67 @@ class VariableWrite:
         return version_conflict(self.name, self.expected_version or 0, current)
 
 
+@dataclass(frozen=True, slots=True)
+class History:
+    """How much of each room's change log a backend keeps (``history:`` in gateway.yaml).
+
+    A backend keeps at least a room's last ``max_changes`` changes that are younger than ``max_age_seconds``
+    and drops the rest; it may drop lazily (on append), so a read may return somewhat more, never less.
+    Ages are measured by the changes' own times (the ``now`` of each write: the service's clock) against
+    the latest write's, not by the store's clock, so the conformance suite's fixed clock works on every
+    store.
+    With ``events`` false, events are live only: not logged, and delivered with ``seq == 0``.
+    """
+
+    max_changes: int = 1000
+    max_age_seconds: float = 86400.0
+    events: bool = True
+
+
+#: The retention of a backend made without ``history`` (``API.md``'s defaults).
+DEFAULT_HISTORY = History()
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """A slice of a room's change log (:meth:`Backend.read_changes`).
+
+    :param changes: in seq order.
+    :param head_seq: the room's last seq (``0`` before its first change).
+    :param epoch: the log's incarnation (:attr:`Backend.epoch`).
+    :param first_seq: the oldest seq still retained (``head_seq + 1`` when none is): a reader at position
+        ``p`` misses nothing iff ``first_seq - 1 <= p <= head_seq``.
+    """
+
+    changes: list[Change]
+    head_seq: int
+    epoch: str
+    first_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every set variable of a room, and the log position it was read at (:meth:`Backend.get_contents`)."""
+
+    contents: dict[str, JSON]
+    seq: int
+    epoch: str
+
+
 class Backend(abc.ABC):
     """Base class of storage backends.
 
+    **The change log** (``API.md``, "The room change log"). Every write below that changes a room appends
+    one :class:`~gateway.core.models.Change` to the room's log *in the same atomic step* as the change
+    itself (transaction, Lua script): a change is never visible without its log entry. ``seq`` is gap-free
+    per room (1, 2, 3, …), assigned by the store. The log is delivered to subscriptions as it is appended —
+    every notification is a Change (or the every-room :class:`~gateway.core.models.RoomSignal`), delivered
+    through a :class:`~gateway.core.hub.LocalHub` on every instance sharing the store, in seq order per room.
+    :attr:`epoch` names the log's incarnation: a durable store keeps it across restarts and instances, and
+    makes a new one only when its history is lost (the memory backend: one per process).
+
     :param url: the ``backend`` URL from the configuration; its scheme is one of :attr:`schemes`.
+    :param history: how much of each room's log to keep.
     """
 
     #: URL schemes this class serves, e.g. ``("memory",)`` or ``("postgresql", "postgresql+asyncpg")``.
@@ -134,8 +208,12 @@ class Backend(abc.ABC):
             if method is not None and inspect.iscoroutinefunction(method):
                 setattr(cls, name, _wrap_driver_errors(method, cls.base_exceptions))
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, history: History = DEFAULT_HISTORY) -> None:
         self.url = url
+        self.history = history
+        #: The log's incarnation; a backend sets it in :meth:`open` at the latest (durable stores read it
+        #: from the store, creating it once).
+        self.epoch = ""
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
@@ -152,15 +230,17 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def create_room(self, room: Room) -> None:
-        """Store a new room. Raise :class:`~gateway.errors.AlreadyExists` if its id was *ever* stored."""
+        """Store a new room and log ``ROOM_CREATED`` (with the room). Raise
+        :class:`~gateway.errors.AlreadyExists` if its id was *ever* stored."""
 
     @abc.abstractmethod
     async def get_room(self, room_id: str) -> Room | None:
         """Return the room (DELETED rooms included: they are tombstones), or ``None`` if never stored."""
 
     @abc.abstractmethod
-    async def save_room(self, room: Room) -> None:
-        """Overwrite an existing room's fields (metadata, status, ``update_time``)."""
+    async def save_room(self, room: Room, kind: ChangeKind = ChangeKind.ROOM_UPDATED) -> None:
+        """Overwrite an existing room's fields (metadata, status, ``update_time``) and log ``kind``
+        (``ROOM_UPDATED`` or ``ROOM_CLOSED``) with the room."""
 
     @abc.abstractmethod
     async def list_rooms(self, *, start: str, inclusive: bool, limit: int) -> list[Room]:
@@ -195,7 +275,8 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def write_variable(self, write: VariableWrite) -> Variable | None:
-        """Write (or, with ``write.deletes``, delete) a variable atomically and notify its listeners.
+        """Write (or, with ``write.deletes``, delete) a variable atomically, log ``VARIABLE_SET`` (or
+        ``VARIABLE_DELETED``) with the variable, and notify its listeners.
 
         The version is one more than the variable's last version, deletions included, so versions never
         repeat. With ``expected_version`` the write happens only if the current version is that one (``0``:
@@ -205,25 +286,70 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def get_contents(self, room_id: str) -> dict[str, JSON]:
-        """Every set variable of the room: ``{name: value}``."""
+    async def get_contents(self, room_id: str) -> Snapshot:
+        """Every set variable of the room, and the log position (head seq, epoch) they were read at, in one
+        consistent read: a ListenRoom resumed from that position misses no change the snapshot lacks."""
 
     @abc.abstractmethod
-    async def delete_room_data(self, room_id: str) -> None:
-        """Wipe every variable of the room (the room itself stays, as a tombstone)."""
+    async def delete_room(self, room: Room) -> None:
+        """Delete a room (``room.status`` is DELETED) in one atomic step: store it as its tombstone, wipe its
+        variables and its change log; then deliver ``ROOM_DELETED`` (with the room, at the old head's seq
+        + 1, the room's last change), which ends every stream of the room."""
 
     # -- realtime -----------------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def publish_event(self, room_id: str, event: Event) -> None:
-        """Deliver ``event`` to the listeners of ``(room_id, event.name)`` on every instance."""
+    async def publish_event(self, room_id: str, event: Event) -> Change:
+        """Log ``EVENT`` (unless ``history.events`` is false: then ``seq == 0``) and deliver it to every
+        instance. Return the Change."""
 
     @abc.abstractmethod
     async def publish_signal(self, signal: RoomSignal) -> None:
-        """Deliver ``signal`` to every subscription of its room (of every room if ``room_id == ""``) on every
-        instance."""
+        """End streams (``signal.kind`` is INVALIDATED). For one room: log ``CONNECTIONS_INVALIDATED`` and
+        deliver it, which ends every stream of the room; for every room (``room_id == ""``): deliver the
+        signal to every subscription on every instance (no room's log records it)."""
+
+    @abc.abstractmethod
+    async def read_changes(
+        self,
+        room_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        kinds: frozenset[ChangeKind] | None = None,
+    ) -> LogPage:
+        """The retained changes of a room with ``seq > after_seq``, in order, at most ``limit`` of them,
+        only of ``kinds`` when given (``limit`` counts the changes returned), with the log's head and
+        retention bounds read in the same step. A room never written has an empty log (``head_seq == 0``)."""
 
     @abc.abstractmethod
     async def subscribe(self, topic: Topic) -> Subscription:
-        """Start listening to a topic on this instance. Notifications published after this call returns
-        are delivered (the subscription is active on return)."""
+        """Start listening to a topic on this instance: a room's every change (``Topic.room``), or those of
+        one variable or one event name. Notifications published after this call returns are delivered (the
+        subscription is active on return)."""
+
+    # -- presence -----------------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def presence_join(self, room_id: str, member: Member, *, instance: str, now: datetime) -> None:
+        """Count one more connection of ``member.user_id`` in the room on ``instance``; when it is the user's
+        first connection on any instance, log ``MEMBER_JOINED`` (with the member) in the same step."""
+
+    @abc.abstractmethod
+    async def presence_leave(self, room_id: str, user_id: str, *, instance: str, now: datetime) -> None:
+        """Count one connection fewer; when it was the user's last one on any instance, log ``MEMBER_LEFT``
+        in the same step."""
+
+    @abc.abstractmethod
+    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
+        """Keep ``instance``'s connections counted for ``ttl_seconds`` more (one write per instance, not
+        per connection), and drop those of instances silent for longer, logging ``MEMBER_LEFT`` for each
+        user whose last connection they held."""
+
+    @abc.abstractmethod
+    async def get_presence(self, room_id: str) -> Presence:
+        """The room's members (one per user, connections summed over live instances), by user id."""
+
+    @abc.abstractmethod
+    async def count_users(self, room_ids: Sequence[str]) -> dict[str, int]:
+        """How many users are present in each of ``room_ids`` (rooms with none may be left out)."""

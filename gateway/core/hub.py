@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import NamedTuple
 
-from gateway.core.models import Notification, RoomSignal
+from gateway.core.models import ENDING_KINDS, Change, Notification, RoomSignal
 from gateway.errors import Unavailable
 
 #: How many undelivered notifications one listener may hold before it is ended as too slow (it reconnects
@@ -21,11 +21,27 @@ DEFAULT_QUEUE_SIZE = 1024
 
 
 class Topic(NamedTuple):
-    """What a subscription listens to: ``kind`` is ``"variable"`` or ``"event"``."""
+    """What a subscription listens to: ``kind`` is ``"room"`` (every change of the room; ``name`` is
+    ``""``), ``"variable"`` (the changes of one variable) or ``"event"`` (the events of one name)."""
 
     kind: str
     room_id: str
-    name: str
+    name: str = ""
+
+    @classmethod
+    def room(cls, room_id: str) -> Topic:
+        """The topic of every change of a room (ListenRoom)."""
+        return cls("room", room_id, "")
+
+    @classmethod
+    def of(cls, room_id: str, change: Change) -> Topic | None:
+        """The variable or event topic a change belongs to besides its room's, ``None`` for room-level
+        kinds."""
+        if change.variable is not None:
+            return cls("variable", room_id, change.variable.name)
+        if change.event is not None:
+            return cls("event", room_id, change.event.name)
+        return None
 
 
 class _Closed:
@@ -137,10 +153,23 @@ class LocalHub:
             if not room_subs:
                 del self._by_room[sub.topic.room_id]
 
-    def deliver(self, topic: Topic, note: Notification) -> None:
-        """Queue ``note`` for every subscriber of ``topic`` (never blocks)."""
-        for sub in tuple(self._by_topic.get(topic, ())):
-            sub._put(note)
+    def deliver(self, room_id: str, change: Change) -> None:
+        """Queue a change of a room for its subscribers (never blocks): the room's own topic, and the
+        variable's or event's; an ending kind (``ROOM_DELETED``, ``CONNECTIONS_INVALIDATED``) for every
+        subscription of the room, whose streams it ends."""
+        if change.kind in ENDING_KINDS:
+            targets = tuple(self._by_room.get(room_id, ()))
+        else:
+            by_topic = self._by_topic
+            room_subs = by_topic.get(Topic("room", room_id, ""))
+            topic = Topic.of(room_id, change)
+            named = by_topic.get(topic) if topic is not None else None
+            if room_subs and named:
+                targets = (*room_subs, *named)
+            else:
+                targets = tuple(room_subs or named or ())
+        for sub in targets:
+            sub._put(change)
 
     def deliver_signal(self, signal: RoomSignal) -> None:
         """Queue a room signal for every subscription of its room (of every room when ``room_id == ""``)."""

@@ -56,6 +56,8 @@ class Room:
     settings: dict[str, Any] = field(default_factory=dict)
     create_time: datetime | None = None
     update_time: datetime | None = None
+    #: Output only, never stored: how many users are present (filled in from presence when read).
+    num_users: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -88,7 +90,11 @@ class ListRoomsResponse:
 
 @dataclass(slots=True, frozen=True)
 class RoomContents:
+    """Every variable of a room, and the position of that snapshot in the room's change log."""
+
     contents: dict[str, Any]
+    seq: int = 0
+    epoch: str = ""
 
 
 @dataclass(slots=True, frozen=True)
@@ -124,5 +130,82 @@ class RoomSignal:
     time: datetime
 
 
-#: What a subscription delivers.
-Notification: TypeAlias = Variable | Event | RoomSignal
+class ChangeKind(enum.Enum):
+    """What one :class:`Change` of a room's log records (the proto's ``Change.Kind``, by name)."""
+
+    VARIABLE_SET = "VARIABLE_SET"
+    VARIABLE_DELETED = "VARIABLE_DELETED"
+    EVENT = "EVENT"
+    ROOM_CREATED = "ROOM_CREATED"
+    ROOM_UPDATED = "ROOM_UPDATED"
+    ROOM_CLOSED = "ROOM_CLOSED"
+    ROOM_DELETED = "ROOM_DELETED"
+    CONNECTIONS_INVALIDATED = "CONNECTIONS_INVALIDATED"
+    MEMBER_JOINED = "MEMBER_JOINED"
+    MEMBER_LEFT = "MEMBER_LEFT"
+    RESET = "RESET"
+
+
+#: The kinds after which every stream of the room ends (NOT_FOUND, UNAVAILABLE): they are delivered to every
+#: subscription of the room, whatever its topic.
+ENDING_KINDS = frozenset({ChangeKind.ROOM_DELETED, ChangeKind.CONNECTIONS_INVALIDATED})
+
+
+@dataclass(slots=True, frozen=True)
+class Member:
+    """One user present in a room: the ``user_name`` of a room token with open streams there."""
+
+    user_id: str
+    connections: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    join_time: datetime | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Change:
+    """One entry of a room's change log (``API.md``, "The room change log").
+
+    ``seq`` increases by exactly 1 per change of the room within one ``epoch``; a live-only event
+    (``history.events: false``) has ``seq == 0``. Which of ``variable``, ``event``, ``room`` and ``member`` is
+    set follows ``kind``: ``VARIABLE_SET``/``VARIABLE_DELETED`` the variable (a deletion's value is
+    :data:`UNSET`, its version the one the deletion took), ``EVENT`` the event, ``ROOM_*`` the room,
+    ``MEMBER_*`` the member; ``CONNECTIONS_INVALIDATED`` and ``RESET`` none.
+    """
+
+    seq: int
+    epoch: str
+    kind: ChangeKind
+    time: datetime | None = None
+    variable: Variable | None = None
+    event: Event | None = None
+    room: Room | None = None
+    member: Member | None = None
+
+    @property
+    def name(self) -> str:
+        """The variable's or the event's name; ``""`` for the other kinds."""
+        if self.variable is not None:
+            return self.variable.name
+        if self.event is not None:
+            return self.event.name
+        return ""
+
+
+@dataclass(slots=True, frozen=True)
+class ListChangesResponse:
+    changes: list[Change]
+    more: bool
+    head_seq: int
+    epoch: str
+
+
+@dataclass(slots=True, frozen=True)
+class Presence:
+    members: list[Member]
+    num_users: int
+    num_connections: int
+
+
+#: What a subscription delivers: the room's changes, and the signal that ends every stream of every room
+#: (InvalidateConnections without a room, which no room's log records).
+Notification: TypeAlias = Change | RoomSignal

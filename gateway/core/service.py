@@ -35,16 +35,21 @@ from typing import Any, Generic, TypeVar
 
 from gateway import schema
 from gateway.auth.policy import Principal
-from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, micros
+from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, micros, token_info
 from gateway.core import validation
-from gateway.core.backend import Backend
+from gateway.core.backend import Backend, LogPage
 from gateway.core.hub import Subscription, Topic
 from gateway.core.models import (
+    ENDING_KINDS,
     JSON,
     UNSET,
+    Change,
+    ChangeKind,
     Event,
     InvalidateConnectionsResponse,
+    ListChangesResponse,
     ListRoomsResponse,
+    Presence,
     Room,
     RoomContents,
     RoomSignal,
@@ -60,6 +65,7 @@ from gateway.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     RoomDeleted,
     Unauthenticated,
@@ -88,31 +94,54 @@ _WRITABLE = {
 #: or IMMUTABLE (the id), and AIP-203 has them ignored on input, not refused.
 _IGNORED_ON_UPDATE = schema.ignored_on_update(schema.message("roomgateway.v1.Room"))
 
-_N = TypeVar("_N", Variable, Event)
+_N = TypeVar("_N", Variable, Event, Change)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class ListenStream(Generic[_N], AsyncIterator[_N]):
-    """A server stream of a room's variable or events, already subscribed when returned.
+#: How many changes a replay reads from the log at a time.
+REPLAY_PAGE = 500
 
-    Iterating it yields notifications; it ends with NOT_FOUND when the room is deleted and UNAVAILABLE when
-    its connections are invalidated or the server shuts down. :meth:`aclose` must be called (transports do
-    it in ``finally``): it unsubscribes even if iteration never started.
+
+class ListenStream(Generic[_N], AsyncIterator[_N]):
+    """A server stream of a room's changes, events or variable, already subscribed when returned.
+
+    Iterating it yields items; it ends with NOT_FOUND when the room is deleted and UNAVAILABLE when its
+    connections are invalidated or the server shuts down. :meth:`aclose` must be called (transports do it in
+    ``finally``): it unsubscribes even if iteration never started.
+
+    :param items: what the stream sends, or the Changes it is made of when ``convert`` is given.
+    :param convert: the item a Change becomes (ListenEvents sends the Change's Event).
     """
 
-    def __init__(self, subscription: Subscription, items: AsyncGenerator[_N, None]) -> None:
+    def __init__(
+        self,
+        subscription: Subscription,
+        items: AsyncGenerator[Any, None],
+        convert: Callable[[Change], _N] | None = None,
+    ) -> None:
         self._subscription = subscription
-        # Annotated: with a constrained TypeVar mypy cannot infer the attribute's type from ``items``.
-        self._items: AsyncGenerator[_N, None] = items
+        self._items = items
+        # Annotated: with a constrained TypeVar mypy cannot infer the attribute's type from ``convert``.
+        self._convert: Callable[[Change], _N] | None = convert
+        #: The log position of the item last returned, ``"<epoch>:<seq>"`` (an SSE ``id``), or ``None`` when
+        #: it has none (a variable, a live-only event).
+        self.position: str | None = None
 
     def __aiter__(self) -> ListenStream[_N]:
         return self
 
     async def __anext__(self) -> _N:
-        return await self._items.__anext__()
+        item: _N = await self._items.__anext__()
+        if isinstance(item, Change):
+            self.position = (
+                f"{item.epoch}:{item.seq}" if item.seq > 0 or item.kind is ChangeKind.RESET else None
+            )
+            if self._convert is not None:
+                return self._convert(item)
+        return item
 
     async def aclose(self) -> None:
         self._subscription.close()
@@ -120,6 +149,28 @@ class ListenStream(Generic[_N], AsyncIterator[_N]):
         if isinstance(self._items, types.AsyncGeneratorType) and self._items.ag_running:
             return  # being read in another task: the closed subscription ends that read
         await self._items.aclose()
+
+
+class _Filter:
+    """Which changes a stream sends: of ``kinds`` (all when ``None``; RESET always), and variables and
+    events whose name starts with ``prefix`` (or is exactly ``name``)."""
+
+    __slots__ = ("kinds", "name", "prefix")
+
+    def __init__(
+        self, kinds: frozenset[ChangeKind] | None, prefix: str = "", name: str | None = None
+    ) -> None:
+        self.kinds = kinds
+        self.prefix = prefix
+        self.name = name
+
+    def __call__(self, change: Change) -> bool:
+        if self.kinds is not None and change.kind not in self.kinds and change.kind is not ChangeKind.RESET:
+            return False
+        if change.variable is None and change.event is None:
+            return True
+        named = change.name
+        return named == self.name if self.name is not None else named.startswith(self.prefix)
 
 
 class RoomService:
@@ -167,6 +218,8 @@ class RoomService:
         room = await self.backend.get_room(room_id)
         if room is None:
             raise _room_not_found(room_id)
+        if room.status is not RoomStatus.DELETED:
+            (room,) = await self._with_users([room])
         return room
 
     async def list_rooms(
@@ -175,35 +228,41 @@ class RoomService:
         start_after_key: str = "",
         room_id: Sequence[str] = (),
         max_results: int = 0,
+        min_users: int = 0,
         *,
         caller: Principal | None = None,
     ) -> ListRoomsResponse:
-        """Rooms in code-point order of id. For a ``caller`` limited to room patterns, only the rooms it may
-        access: the others are skipped as if absent, and ``more`` says whether another *visible* room
+        """Rooms in code-point order of id, each with its ``num_users``. For a ``caller`` limited to room
+        patterns, only the rooms it may access; with ``min_users``, only rooms with at least that many
+        present users: the others are skipped as if absent, and ``more`` says whether another *listed* room
         follows, so paging with ``startAfterKey`` (the last id returned) works unchanged."""
         if sum(1 for given in (start_key, start_after_key, room_id) if given) > 1:
             raise InvalidArgument("startKey, startAfterKey and roomId are mutually exclusive")
         if max_results < 0:
             raise InvalidArgument("maxResults must not be negative")
+        if min_users < 0:
+            raise InvalidArgument("minUsers must not be negative")
         limit = min(max_results or DEFAULT_MAX_RESULTS, MAX_RESULTS_CAP)
         limited = caller is not None and not caller.unrestricted
         if room_id:
             ids = sorted({validation.room_id(one, "roomId") for one in room_id})
             if caller is not None and limited:
                 ids = [one for one in ids if caller.may_access(one)]
-            found = await self.backend.get_rooms(ids)
+            found = await self._with_users(await self.backend.get_rooms(ids), min_users)
             rooms, more = found[:limit], len(found) > limit
         else:
             start = start_after_key or start_key
             if start:
                 validation.room_id(start, "startAfterKey" if start_after_key else "startKey")
-            if caller is not None and limited:
-                rooms, more = await self._visible_rooms(caller, start, not start_after_key, limit)
+            if limited or min_users:
+                rooms, more = await self._visible_rooms(
+                    caller if limited else None, start, not start_after_key, limit, min_users
+                )
             else:
                 found = await self.backend.list_rooms(
                     start=start, inclusive=not start_after_key, limit=limit + 1
                 )
-                rooms, more = found[:limit], len(found) > limit
+                rooms, more = await self._with_users(found[:limit]), len(found) > limit
         return ListRoomsResponse(results=rooms, num_results=len(rooms), more=more)
 
     async def update_room(
@@ -231,24 +290,23 @@ class RoomService:
         room = await self._writable_room(validation.room_id(room_id))
         room.status = RoomStatus.CLOSED
         room.update_time = self._now()
-        await self.backend.save_room(room)
+        await self.backend.save_room(room, ChangeKind.ROOM_CLOSED)
         return room
 
     async def delete_room(self, room_id: str = "") -> Room:
         room = await self._live_room(validation.room_id(room_id))
         if room.status is not RoomStatus.CLOSED:
             raise FailedPrecondition(f"room {room_id!r} is open: close it before deleting it")
-        now = self._now()
         room.status = RoomStatus.DELETED
-        room.update_time = now
-        await self.backend.save_room(room)
-        await self.backend.delete_room_data(room_id)
-        await self.backend.publish_signal(RoomSignal(room_id, SignalKind.DELETED, now))
+        room.update_time = self._now()
+        # One atomic step: the tombstone, the data and the log go together; ROOM_DELETED ends the streams.
+        await self.backend.delete_room(room)
         return room
 
     async def get_room_contents(self, room_id: str = "") -> RoomContents:
         await self._live_room(validation.room_id(room_id))
-        return RoomContents(contents=await self.backend.get_contents(room_id))
+        snapshot = await self.backend.get_contents(room_id)
+        return RoomContents(contents=snapshot.contents, seq=snapshot.seq, epoch=snapshot.epoch)
 
     async def invalidate_connections(self, room_id: str = "") -> InvalidateConnectionsResponse:
         if room_id:
@@ -323,9 +381,12 @@ class RoomService:
             async for note in sub:
                 if isinstance(note, RoomSignal):
                     raise _stream_end(note, sub.topic.room_id)
-                if isinstance(note, Variable) and note.version > last:
-                    last = note.version
-                    yield note
+                if note.kind in ENDING_KINDS:
+                    raise _change_end(note, sub.topic.room_id)
+                variable = note.variable
+                if variable is not None and variable.version > last:
+                    last = variable.version
+                    yield variable
         finally:
             sub.close()
 
@@ -340,23 +401,188 @@ class RoomService:
         await self.backend.publish_event(room_id, event)
         return event
 
-    async def listen_events(self, room_id: str = "", name: str = "") -> ListenStream[Event]:
+    async def listen_events(
+        self, room_id: str = "", name: str = "", after_seq: int | None = None, epoch: str = ""
+    ) -> ListenStream[Event]:
+        """Events of one name: live, or with ``after_seq`` those logged after that position first (as
+        :meth:`listen_room` resumes)."""
         validation.room_id(room_id)
         validation.variable_name(name)
+        _check_position(after_seq)
         await self._room_for_new(room_id, "streams")
-        sub = await self.backend.subscribe(Topic("event", room_id, name))
-        return ListenStream(sub, self._events(sub))
+        keep = _Filter(frozenset({ChangeKind.EVENT}), name=name)
+        if after_seq is None:
+            # Live only: the event's own topic, so other changes of the room wake no event listener.
+            sub = await self.backend.subscribe(Topic("event", room_id, name))
+            return ListenStream(sub, self._changes(sub, room_id, None, None, keep), _event_of)
+        sub = await self.backend.subscribe(Topic.room(room_id))
+        return await self._log_stream(sub, room_id, (after_seq, epoch), keep, _event_of)
 
-    @staticmethod
-    async def _events(sub: Subscription) -> AsyncGenerator[Event, None]:
+    # -- the change log -----------------------------------------------------------------------------------
+
+    async def listen_room(
+        self,
+        room_id: str = "",
+        after_seq: int | None = None,
+        epoch: str = "",
+        kinds: Sequence[Any] = (),
+        name_prefix: str = "",
+    ) -> ListenStream[Change]:
+        """Every change of a room: with ``after_seq`` (and ``epoch``) the retained ones after that position
+        first, then live, with no gap and no duplicate; a position that cannot be served starts the stream
+        with a RESET at the head. Without ``after_seq``: live from now."""
+        validation.room_id(room_id)
+        _check_position(after_seq)
+        keep = _Filter(_kinds(kinds), prefix=name_prefix)
+        await self._room_for_new(room_id, "streams")
+        sub = await self.backend.subscribe(Topic.room(room_id))
+        after = (after_seq, epoch) if after_seq is not None else None
+        return await self._log_stream(sub, room_id, after, keep, None)
+
+    async def list_changes(
+        self,
+        room_id: str = "",
+        after_seq: int = 0,
+        epoch: str = "",
+        max_results: int = 0,
+        kinds: Sequence[Any] = (),
+    ) -> ListChangesResponse:
+        """The retained changes after a position, oldest first.
+
+        :raises OutOfRange: ``after_seq`` is older than what is retained, beyond the head, or of another
+            epoch.
+        """
+        validation.room_id(room_id)
+        _check_position(after_seq)
+        if max_results < 0:
+            raise InvalidArgument("maxResults must not be negative")
+        limit = min(max_results or DEFAULT_MAX_RESULTS, MAX_RESULTS_CAP)
+        wanted = _kinds(kinds)
+        await self._live_room(room_id)
+        page = await self.backend.read_changes(room_id, after_seq=after_seq, limit=limit + 1, kinds=wanted)
+        if not _serves(page, after_seq, epoch):
+            raise OutOfRange(
+                f"position {epoch or page.epoch}:{after_seq} is not in the retained log "
+                f"({page.epoch}:{page.first_seq - 1}..{page.head_seq}); "
+                "re-read the room and list from its seq"
+            )
+        changes = page.changes[:limit]
+        return ListChangesResponse(
+            changes=changes, more=len(page.changes) > limit, head_seq=page.head_seq, epoch=page.epoch
+        )
+
+    async def _log_stream(
+        self,
+        sub: Subscription,
+        room_id: str,
+        after: tuple[int, str] | None,
+        keep: _Filter,
+        convert: Callable[[Change], _N] | None,
+    ) -> ListenStream[_N]:
+        """The stream of a subscription to a whole room: the log's first page (or head) is read now, so the
+        position is fixed when the call returns (and a store that cannot serve fails the call, not the
+        stream)."""
         try:
+            if after is None:
+                first = await self.backend.read_changes(room_id, after_seq=0, limit=0)
+            else:
+                first = await self.backend.read_changes(
+                    room_id, after_seq=after[0], limit=REPLAY_PAGE, kinds=keep.kinds
+                )
+        except BaseException:
+            sub.close()
+            raise
+        return ListenStream(sub, self._changes(sub, room_id, first, after, keep), convert)
+
+    async def _changes(
+        self,
+        sub: Subscription,
+        room_id: str,
+        first: LogPage | None,
+        after: tuple[int, str] | None,
+        keep: _Filter,
+    ) -> AsyncGenerator[Change, None]:
+        """A room's changes that ``keep`` accepts, from a subscription already active: first the log after
+        ``after`` (``(seq, epoch)``), then live.
+
+        The handover has no gap and no duplicate: the subscription was active before the log was read, so a
+        change is either in what was read (up to the head read with it) or arrives live; live changes at or
+        below the position reached are dropped. With ``first`` (the log's first page, read when the stream
+        was opened; given for a subscription to the whole room, whose seqs are consecutive), a live change
+        beyond the next seq means some were lost on the way (a broker reconnecting): they are read from the
+        log. Without ``first``: live only, as the subscription delivers.
+        """
+        gaps = first is not None
+        try:
+            position: int | None = None  # the last seq seen, sent or filtered out
+            epoch = ""
+            if first is not None and after is not None:
+                position, expected = after
+                page = first
+                while True:
+                    if not _serves(page, position, expected):
+                        position, epoch = page.head_seq, page.epoch
+                        yield self._reset(position, epoch)
+                        break
+                    expected = epoch = page.epoch
+                    for change in page.changes:
+                        if keep(change):
+                            yield change
+                    if len(page.changes) < REPLAY_PAGE:
+                        position = page.head_seq  # every change up to the head read with the page was seen
+                        break
+                    position = page.changes[-1].seq
+                    page = await self.backend.read_changes(
+                        room_id, after_seq=position, limit=REPLAY_PAGE, kinds=keep.kinds
+                    )
+            elif first is not None:
+                position, epoch = first.head_seq, first.epoch
             async for note in sub:
                 if isinstance(note, RoomSignal):
-                    raise _stream_end(note, sub.topic.room_id)
-                if isinstance(note, Event):
+                    raise _stream_end(note, room_id)
+                if note.seq > 0 and position is not None:
+                    if note.epoch != epoch:  # the store lost its history: what came before is gone
+                        epoch, position = note.epoch, note.seq - 1
+                        yield self._reset(position, epoch)
+                    elif note.seq <= position:
+                        if note.kind in ENDING_KINDS:  # sent with the replay; it still ends the stream
+                            raise _change_end(note, room_id)
+                        continue  # replayed already
+                    elif gaps and note.seq > position + 1:
+                        async for missed in self._fill(room_id, position, note.seq, epoch, keep):
+                            yield missed
+                    position = note.seq
+                if keep(note):
                     yield note
+                if note.kind in ENDING_KINDS:
+                    raise _change_end(note, room_id)
         finally:
             sub.close()
+
+    async def _fill(
+        self, room_id: str, position: int, upto: int, epoch: str, keep: _Filter
+    ) -> AsyncGenerator[Change, None]:
+        """The changes after ``position`` and before ``upto`` that a live stream missed, from the log; a
+        RESET at ``upto - 1`` when the log no longer has them."""
+        while position < upto - 1:
+            page = await self.backend.read_changes(
+                room_id, after_seq=position, limit=min(REPLAY_PAGE, upto - 1 - position)
+            )
+            if not page.changes or not _serves(page, position, epoch):
+                yield self._reset(upto - 1, epoch)
+                return
+            for change in page.changes:
+                if change.seq >= upto:
+                    return
+                position = change.seq
+                if keep(change):
+                    yield change
+                if change.kind in ENDING_KINDS:
+                    raise _change_end(change, room_id)
+
+    def _reset(self, head: int, epoch: str) -> Change:
+        """The stream's RESET: the position asked for cannot be served; go on from the head."""
+        return Change(head, epoch, ChangeKind.RESET, self._now())
 
     # -- room tokens --------------------------------------------------------------------------------------
 
@@ -367,17 +593,21 @@ class RoomService:
         role: str = "",
         permissions: Sequence[str] = (),
         ttl_seconds: int = 0,
+        info: Mapping[str, Any] | None = None,
         *,
         caller: Principal,
     ) -> RoomToken:
-        """Mint a token for ``room_id`` carrying ``role``'s permissions and the listed ones (or extras).
+        """Mint a token for ``room_id`` carrying ``role``'s permissions and the listed ones (or extras), and
+        ``info`` (shown in presence).
 
         :raises FailedPrecondition: room tokens are not configured, or the room is CLOSED.
         :raises PermissionDenied: the token would carry a permission ``caller`` does not hold.
+        :raises InvalidArgument: ``info`` is not a JSON object of at most 1 KiB.
         """
         validation.room_id(room_id)
         if self.tokens is None:
             raise FailedPrecondition("room tokens are not configured (auth.room_tokens.secret)")
+        checked_info = token_info(info)
         grant = self.tokens.grant(role, permissions)
         beyond = [name for name in grant.permissions if not caller.may(name)]
         if beyond:
@@ -386,7 +616,13 @@ class RoomService:
         now = self._now()
         expire_time = self.tokens.expiry(now, ttl_seconds, caller.expire_time)
         token = self.tokens.issue(
-            room_id=room_id, user_name=user_name, role=role, grant=grant, now=now, expire_time=expire_time
+            room_id=room_id,
+            user_name=user_name,
+            role=role,
+            grant=grant,
+            now=now,
+            expire_time=expire_time,
+            info=checked_info,
         )
         return RoomToken(
             token=token, permissions=[*grant.permissions, *grant.extras], expire_time=expire_time
@@ -428,32 +664,64 @@ class RoomService:
                 continue
 
     async def _visible_rooms(
-        self, caller: Principal, start: str, inclusive: bool, limit: int
+        self, caller: Principal | None, start: str, inclusive: bool, limit: int, min_users: int = 0
     ) -> tuple[list[Room], bool]:
-        """Up to ``limit`` rooms from ``start`` that ``caller`` may access, and whether another follows.
+        """Up to ``limit`` rooms from ``start`` that ``caller`` may access (any, for ``None``) with at least
+        ``min_users`` present users, and whether another follows.
 
         Reads pages from the backend and skips what the patterns exclude. When every pattern begins with a
         literal prefix (``public-*``), the scan starts at the lowest prefix and stops past the highest, so a
-        key limited to a prefix reads only its own range.
+        key limited to a prefix reads only its own range. Users are counted once per page, for the rooms
+        the patterns let through.
         """
-        prefixes = [_literal_prefix(pattern) for pattern in caller.rooms]
-        bounded = all(prefixes)
+        prefixes = [_literal_prefix(pattern) for pattern in caller.rooms] if caller is not None else []
+        bounded = bool(prefixes) and all(prefixes)
         if bounded and min(prefixes) > start:
             start, inclusive = min(prefixes), True
         page_size = limit + 1
         visible: list[Room] = []
         while True:
             page = await self.backend.list_rooms(start=start, inclusive=inclusive, limit=page_size)
+            past_range = False
+            candidates = []
             for room in page:
                 if bounded and all(room.room_id > p and not room.room_id.startswith(p) for p in prefixes):
-                    return visible, False  # every later id is past every prefix's range
-                if caller.may_access(room.room_id):
-                    if len(visible) == limit:
-                        return visible, True
-                    visible.append(room)
-            if len(page) < page_size:
+                    past_range = True  # every later id is past every prefix's range
+                    break
+                if caller is None or caller.may_access(room.room_id):
+                    candidates.append(room)
+            for room in await self._with_users(candidates, min_users):
+                if len(visible) == limit:
+                    return visible, True
+                visible.append(room)
+            if past_range or len(page) < page_size:
                 return visible, False
             start, inclusive = page[-1].room_id, False
+
+    async def _with_users(self, rooms: list[Room], min_users: int = 0) -> list[Room]:
+        """``rooms`` with their ``num_users`` filled in from presence (one backend read), those with fewer
+        than ``min_users`` left out."""
+        if not rooms:
+            return rooms
+        counts = await self.backend.count_users([room.room_id for room in rooms])
+        for room in rooms:
+            room.num_users = counts.get(room.room_id, 0)
+        return [room for room in rooms if room.num_users >= min_users]
+
+    # -- presence -----------------------------------------------------------------------------------------
+
+    async def get_presence(self, room_id: str = "") -> Presence:
+        """Who is in the room: one member per user with open room-token streams, over every instance.
+
+        A room not created yet has its presence too when rooms are implicit (a stream may wait for it).
+        """
+        validation.room_id(room_id)
+        room = await self.backend.get_room(room_id)
+        if room is None and not self.auto_create_rooms:
+            raise _room_not_found(room_id)
+        if room is not None and room.status is RoomStatus.DELETED:
+            raise RoomDeleted(f"room {room_id!r} was deleted")
+        return await self.backend.get_presence(room_id)
 
     # -- rules shared by the methods ----------------------------------------------------------------------
 
@@ -527,6 +795,46 @@ def _literal_prefix(pattern: str) -> str:
 
 def _empty_of(path: str) -> Any:
     return {} if path == "settings" else ""
+
+
+def _check_position(after_seq: int | None) -> None:
+    if after_seq is not None and after_seq < 0:
+        raise InvalidArgument("afterSeq must not be negative")
+
+
+def _kinds(kinds: Sequence[Any]) -> frozenset[ChangeKind] | None:
+    """The kinds a request names (proto enum names; an unknown number stays a number), ``None`` for all.
+
+    :raises InvalidArgument: an unknown or unspecified kind.
+    """
+    if not kinds:
+        return None
+    wanted = set()
+    for kind in kinds:
+        try:
+            wanted.add(ChangeKind(kind))
+        except ValueError:
+            raise InvalidArgument(f"kinds: unknown change kind {kind!r}") from None
+    return frozenset(wanted)
+
+
+def _serves(page: LogPage, after_seq: int, epoch: str) -> bool:
+    """Whether the log read in ``page`` has every change after ``after_seq`` of ``epoch`` ("": the current
+    one)."""
+    return (not epoch or epoch == page.epoch) and page.first_seq - 1 <= after_seq <= page.head_seq
+
+
+def _event_of(change: Change) -> Event:
+    if change.event is None:  # the filter lets only events through
+        raise TypeError(f"not an event: {change.kind}")
+    return change.event
+
+
+def _change_end(change: Change, room_id: str) -> Exception:
+    """How a stream ends after a change of an ending kind."""
+    if change.kind is ChangeKind.ROOM_DELETED:
+        return RoomDeleted(f"room {room_id!r} was deleted")
+    return Unavailable(f"connections to room {room_id!r} were invalidated; reconnect")
 
 
 def _stream_end(signal: RoomSignal, room_id: str) -> Exception:

@@ -21,6 +21,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway import schema
 from gateway.core import validation
+from gateway.core.models import ChangeKind
 from gateway.edge.streams import NDJSON, SSE
 from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code
@@ -75,6 +76,10 @@ FIELD_RULES: dict[str, dict[str, Any]] = {
     "max_results": _NON_NEGATIVE,
     "expected_version": _NON_NEGATIVE,
     "ttl_seconds": _NON_NEGATIVE,
+    "after_seq": _NON_NEGATIVE,
+    "min_users": _NON_NEGATIVE,
+    # KIND_UNSPECIFIED (proto3's zero) names no kind: a filter naming it is refused.
+    "kinds": {"enum": [kind.value for kind in ChangeKind]},
 }
 _WKT_SCHEMAS: dict[str, dict[str, Any]] = {
     "google.protobuf.Value": {"description": "Any JSON value."},

@@ -88,12 +88,14 @@ def internal_error() -> GatewayError:
 class RequestHeaders:
     """The request headers the edge reads, found in one pass over ``scope["headers"]``."""
 
-    __slots__ = ("accept", "chunked", "content_length", "content_type")
+    __slots__ = ("accept", "chunked", "content_length", "content_type", "last_event_id")
 
     def __init__(self, scope: Scope) -> None:
         self.accept = self.content_type = ""
         self.content_length: int | None = None
         self.chunked = False
+        #: A reconnecting ``EventSource``'s position (``None``: not sent).
+        self.last_event_id: str | None = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 self.content_type = value.decode("latin-1")
@@ -106,6 +108,8 @@ class RequestHeaders:
                 self.accept = value.decode("latin-1")
             elif name == b"transfer-encoding":
                 self.chunked = True
+            elif name == b"last-event-id":
+                self.last_event_id = value.decode("latin-1")
 
     @property
     def may_have_body(self) -> bool:

@@ -32,7 +32,7 @@ from gateway.edge.responses import (
     send_error,
     send_json,
 )
-from gateway.edge.streams import StreamFormat, negotiate, pump
+from gateway.edge.streams import StreamFormat, negotiate, pump, resume_position
 from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code, GatewayError, Unauthenticated
 from gateway.observability.calls import MethodRecorder
@@ -121,6 +121,9 @@ class TranscodedRoute(BaseRoute):
         self._call = dispatcher.call
         self._method = binding.method.name
         self._streaming = binding.method.server_streaming
+        fields = binding.method.input.fields_by_name
+        #: Whether ``Last-Event-ID`` resumes the stream (its request has the log position's fields).
+        self._resumable = self._streaming and "after_seq" in fields and "epoch" in fields
         self._routes = routes
         self._max_body = max_body_bytes
         self._keepalive = keepalive_seconds
@@ -164,6 +167,9 @@ class TranscodedRoute(BaseRoute):
             except UnicodeDecodeError:
                 raise GatewayError("the URL path is not valid UTF-8", code=Code.INVALID_ARGUMENT) from None
             request = self.transcoder.bind(path_values, scope["query_string"], body, headers.content_type)
+            if self._resumable and headers.last_event_id:
+                # A reconnecting EventSource: its last id wins over the URL's afterSeq, which it repeats.
+                request.update(resume_position(headers.last_event_id))
             result = await self._call(self._method, principal, request)
         except ClientDisconnected:
             return
@@ -175,7 +181,7 @@ class TranscodedRoute(BaseRoute):
             await send_error(send, internal_error())
             return
         if self._streaming:
-            fmt = StreamFormat(negotiate(headers.accept), self._id_field)
+            fmt = StreamFormat(negotiate(headers.accept), self._id_field, resumable=self._resumable)
             recorder = self._recorder
             if recorder is None:
                 await pump(

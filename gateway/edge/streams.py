@@ -1,9 +1,14 @@
 """Server streams over HTTP/1.1: Server-Sent Events by default, NDJSON on ``Accept: application/x-ndjson``.
 
-SSE (https://html.spec.whatwg.org/multipage/server-sent-events.html): each message is ``data: <json>``
-(with ``id: <version>`` for a Variable, so a client sees where it is), a comment line ``: keep-alive``
-every ``keepalive`` seconds of silence, and an ``event: error`` whose data is the native error body when
-the stream ends with an error (a deleted room, invalidated connections, a shutdown).
+SSE (https://html.spec.whatwg.org/multipage/server-sent-events.html): a resumable stream (ListenRoom,
+ListenEvents) opens with a ``retry:`` hint (how long a disconnected ``EventSource`` waits before
+reconnecting: soon, since it loses nothing); each message is ``data: <json>``
+with an ``id:`` saying where the client is — ``<epoch>:<seq>`` for a Change or a logged Event
+(ListenRoom, ListenEvents), which a reconnecting ``EventSource`` sends back as ``Last-Event-ID`` to resume
+(:func:`resume_position`), ``<version>`` for a Variable; a message without a position (a live-only
+event) has no ``id:``, so the last one stays the client's. A comment line ``: keep-alive`` comes every
+``keepalive`` seconds of silence, and an ``event: error`` whose data is the native error body when the
+stream ends with an error (a deleted room, invalidated connections, a shutdown).
 
 NDJSON follows grpc-gateway's server-streaming shape: one ``{"result": <message>}`` per line and a last
 ``{"error": {...}}`` line on error; an empty line is the keep-alive (ndjson-spec: parsers may ignore
@@ -25,12 +30,27 @@ from starlette.types import Receive, Send
 
 from gateway.core.service import ListenStream
 from gateway.edge.responses import dumps, error_bytes, internal_error
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, InvalidArgument
 
 log = logging.getLogger(__name__)
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
+#: The SSE ``retry:`` hint (milliseconds): reconnect soon, the position makes it lossless.
+RETRY_MS = 1000
+
+
+def resume_position(last_event_id: str) -> dict[str, Any]:
+    """The request fields (``after_seq``, ``epoch``) of a ``Last-Event-ID`` header: ``<epoch>:<seq>``.
+
+    :raises InvalidArgument: not such a position.
+    """
+    epoch, colon, seq = last_event_id.strip().rpartition(":")
+    if not colon or not epoch or not seq.isascii() or not seq.isdigit() or len(seq) > 19:
+        raise InvalidArgument(
+            f"Last-Event-ID must be <epoch>:<seq> as the stream sent it, not {last_event_id!r}"
+        )
+    return {"after_seq": int(seq), "epoch": epoch}
 
 
 class StreamFormat:
@@ -40,31 +60,42 @@ class StreamFormat:
     of the last item are kept per format: thousands of listeners encode it once, not once each.
     """
 
-    _last: ClassVar[dict[tuple[str, str | None], tuple[object, bytes]]] = {}
+    _last: ClassVar[dict[tuple[str, str | None], tuple[object, str | None, bytes]]] = {}
 
-    def __init__(self, media_type: str, id_field: str | None) -> None:
+    def __init__(self, media_type: str, id_field: str | None, *, resumable: bool = False) -> None:
         self.media_type = media_type
         self.sse = media_type == SSE
         self.id_field = id_field
+        self.resumable = resumable
         self._key = (media_type, id_field)
 
-    def frame(self, item: object, encode: Callable[[Any], dict[str, Any]]) -> bytes:
-        """The framed bytes of ``item``, reusing the last framing when it is the same object."""
+    def frame(
+        self, item: object, encode: Callable[[Any], dict[str, Any]], position: str | None = None
+    ) -> bytes:
+        """The framed bytes of ``item`` (at log ``position``, its SSE id), reusing the last framing when it
+        is the same object at the same position."""
         last = self._last.get(self._key)
-        if last is not None and last[0] is item:
-            return last[1]
-        framed = self.message(encode(item))
+        if last is not None and last[0] is item and last[1] == position:
+            return last[2]
+        framed = self.message(encode(item), position)
         # Holding the item keeps its id from being reused by another object while it is the key.
-        self._last[self._key] = (item, framed)
+        self._last[self._key] = (item, position, framed)
         return framed
 
-    def message(self, encoded: dict[str, Any]) -> bytes:
+    def message(self, encoded: dict[str, Any], position: str | None = None) -> bytes:
         if not self.sse:
             return dumps({"result": encoded}) + b"\n"
         data = b"data: " + dumps(encoded) + b"\n\n"
+        if position is not None:
+            return b"id: " + position.encode() + b"\n" + data
         if self.id_field is not None and self.id_field in encoded:
             return b"id: " + str(encoded[self.id_field]).encode("ascii") + b"\n" + data
         return data
+
+    @property
+    def opening(self) -> bytes:
+        """What the body starts with: the ``retry:`` hint on a resumable SSE stream, else nothing."""
+        return b"retry: %d\n\n" % RETRY_MS if self.sse and self.resumable else b""
 
     def error(self, error: GatewayError) -> bytes:
         if self.sse:
@@ -132,6 +163,8 @@ async def pump(
                 ],
             }
         )
+        if fmt.opening:
+            await _body(send, fmt.opening)
         helpers.append(asyncio.create_task(_watch_disconnect(receive, stream, left)))
         helpers.append(asyncio.create_task(_keep_alive(send, fmt, keepalive, last_sent)))
         while True:
@@ -150,7 +183,7 @@ async def pump(
             if left.is_set():
                 return
             last_sent[0] = loop.time()
-            await _body(send, fmt.frame(item, encode))
+            await _body(send, fmt.frame(item, encode, stream.position))
         if not left.is_set():
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     except OSError:  # the connection broke under a send

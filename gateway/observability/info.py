@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.observability.instance import INSTANCE_ID, START_TIME
+from gateway.instance import INSTANCE_ID, START_TIME
 
 #: Seconds the backend's readiness check gets before ``up`` is false.
 CHECK_TIMEOUT = 2.0

@@ -18,6 +18,8 @@ Counters also expose prometheus-client's ``*_created`` series (when each started
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
@@ -44,7 +46,7 @@ class Metrics:
     :ivar backend_up: ``room_gateway_backend_up`` — 1 while the backend answers, 0 from its last failure
         (an UNAVAILABLE operation or readiness check) until it answers again.
     :ivar presence_connections: ``room_gateway_presence_connections`` — open room-token streams on this
-        instance, as the presence registry counts them (set by presence; 0 until it does).
+        instance, as the presence registry counts them (read when scraped: :meth:`count_presence`).
     :ivar rate_limited: calls refused with 429 / RESOURCE_EXHAUSTED, label ``by`` (``ip``, ``key``, ``room``).
     :ivar rate_limit_storage_failures: checks that could not reach the rate-limit storage (served anyway
         unless ``fail_closed``).
@@ -110,6 +112,11 @@ class Metrics:
             registry=registry,
         )
         ProcessCollector(registry=registry)
+
+    def count_presence(self, connections: Callable[[], float]) -> None:
+        """Answer ``room_gateway_presence_connections`` with ``connections()`` at each scrape: the registry
+        counts its streams anyway, so the gauge costs the hot path nothing."""
+        self.presence_connections.set_function(connections)
 
     def sample(self, name: str, **labels: str) -> float:
         """The current value of one sample (``0.0`` when it does not exist yet), e.g.

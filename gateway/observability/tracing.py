@@ -34,8 +34,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import Scope
 
+from gateway.instance import INSTANCE_ID
 from gateway.observability.calls import Call, MethodRecorder
-from gateway.observability.instance import INSTANCE_ID
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 #: ``db.system.name`` of each backend label (semantic conventions' well-known values; others as they are).

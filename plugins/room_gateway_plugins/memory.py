@@ -2,29 +2,63 @@
 
 For tests, demos and single-process deployments that need no persistence. Registered through the same hook
 and entry point (``room_gateway`` group, name ``memory``) that a third-party backend uses.
+
+Every operation runs without awaiting between its read and its write, so each is atomic on the event loop:
+a change and its log entry appear together, and seqs are gap-free whatever the number of writers.
 """
 
 from __future__ import annotations
 
 import bisect
 import copy
+import itertools
+import uuid
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 from gateway.core import times
-from gateway.core.backend import Backend, VariableWrite
+from gateway.core.backend import DEFAULT_HISTORY, Backend, History, LogPage, Snapshot, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, Unset, Variable
+from gateway.core.models import (
+    Change,
+    ChangeKind,
+    Event,
+    Member,
+    Presence,
+    Room,
+    RoomSignal,
+    RoomStatus,
+    Unset,
+    Variable,
+)
 from gateway.errors import AlreadyExists, Unavailable
 from gateway.hookspecs import hookimpl
 
 
+@dataclass(slots=True)
+class _Log:
+    """One room's retained changes (contiguous seqs, oldest first) and its head."""
+
+    head: int = 0
+    changes: deque[Change] = field(default_factory=deque)
+
+    @property
+    def first_seq(self) -> int:
+        return self.changes[0].seq if self.changes else self.head + 1
+
+
 class MemoryBackend(Backend):
-    """Rooms and variables in dicts; notifications through a :class:`LocalHub`. URL: ``memory://``."""
+    """Rooms, variables and change logs in dicts; notifications through a :class:`LocalHub`.
+    URL: ``memory://``. Its epoch is new in every process: a restart loses the history."""
 
     schemes = ("memory",)
 
-    def __init__(self, url: str = "memory://") -> None:
-        super().__init__(url)
+    def __init__(self, url: str = "memory://", *, history: History = DEFAULT_HISTORY) -> None:
+        super().__init__(url, history=history)
+        self.epoch = uuid.uuid4().hex
         self.hub = LocalHub()
         self._rooms: dict[str, Room] = {}
         self._room_ids: list[str] = []  # sorted, for listing in code-point order
@@ -33,6 +67,10 @@ class MemoryBackend(Backend):
         # every store keeps them (gateway.core.times).
         # room -> name -> current version (value UNSET once deleted: its version stays, so none repeats)
         self._variables: dict[str, dict[str, Variable]] = {}
+        # room -> user -> seat; instance -> the time its connections stop counting (presence_heartbeat).
+        self._seats: dict[str, dict[str, _Seat]] = {}
+        self._alive_until: dict[str, datetime] = {}
+        self._logs: dict[str, _Log] = {}
         self._closed = False
 
     async def close(self) -> None:
@@ -43,18 +81,73 @@ class MemoryBackend(Backend):
         if self._closed:
             raise Unavailable("backend is closed")
 
+    # -- the log ------------------------------------------------------------------------------------------
+
+    def _log(
+        self,
+        room_id: str,
+        kind: ChangeKind,
+        now: datetime | None,
+        *,
+        variable: Variable | None = None,
+        event: Event | None = None,
+        room: Room | None = None,
+        member: Member | None = None,
+    ) -> Change:
+        """Log a change of ``kind`` with its payload at ``now``: the room's next seq, kept (trimming what
+        retention drops) and delivered. Every writer of this backend, presence included, logs through here.
+        """
+        log = self._logs.get(room_id)
+        if log is None:
+            log = self._logs[room_id] = _Log()
+        log.head += 1
+        # Positional: this runs on every write, and keywords or dataclasses.replace cost it measurably.
+        change = Change(log.head, self.epoch, kind, now, variable, event, room, member)
+        changes = log.changes
+        changes.append(change)
+        if len(changes) > self.history.max_changes:
+            changes.popleft()
+        oldest = changes[0].time
+        if (
+            now is not None
+            and oldest is not None
+            and (now - oldest).total_seconds() > self.history.max_age_seconds
+        ):
+            cutoff = times.utc(now) - timedelta(seconds=self.history.max_age_seconds)
+            while changes and (changes[0].time or cutoff) < cutoff:
+                changes.popleft()
+        self.hub.deliver(room_id, change)
+        return change
+
+    async def read_changes(
+        self,
+        room_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        kinds: frozenset[ChangeKind] | None = None,
+    ) -> LogPage:
+        log = self._logs.get(room_id) or _Log()
+        start = max(0, after_seq + 1 - log.first_seq)
+        found = (c for c in itertools.islice(log.changes, start, None) if kinds is None or c.kind in kinds)
+        return LogPage(list(itertools.islice(found, limit)), log.head, self.epoch, log.first_seq)
+
+    # -- rooms --------------------------------------------------------------------------------------------
+
     async def create_room(self, room: Room) -> None:
         if room.room_id in self._rooms:
             raise AlreadyExists(f"room {room.room_id!r} already exists (ids are never reused)")
-        self._rooms[room.room_id] = _stored(room)
+        stored = self._rooms[room.room_id] = _stored(room)
         bisect.insort(self._room_ids, room.room_id)
+        self._log(room.room_id, ChangeKind.ROOM_CREATED, stored.update_time, room=copy.copy(stored))
 
     async def get_room(self, room_id: str) -> Room | None:
         room = self._rooms.get(room_id)
         return copy.copy(room) if room is not None else None
 
-    async def save_room(self, room: Room) -> None:
-        self._rooms[room.room_id] = _stored(room)
+    async def save_room(self, room: Room, kind: ChangeKind = ChangeKind.ROOM_UPDATED) -> None:
+        stored = self._rooms[room.room_id] = _stored(room)
+        self._log(room.room_id, kind, stored.update_time, room=copy.copy(stored))
 
     async def list_rooms(self, *, start: str, inclusive: bool, limit: int) -> list[Room]:
         ids = self._room_ids
@@ -63,6 +156,21 @@ class MemoryBackend(Backend):
 
     async def get_rooms(self, room_ids: Sequence[str]) -> list[Room]:
         return [copy.copy(self._rooms[one]) for one in sorted(set(room_ids)) if one in self._rooms]
+
+    async def delete_room(self, room: Room) -> None:
+        stored = self._rooms[room.room_id] = _stored(room)
+        self._variables.pop(room.room_id, None)
+        log = self._logs.pop(room.room_id, None)
+        last = Change(
+            (log.head if log is not None else 0) + 1,
+            self.epoch,
+            ChangeKind.ROOM_DELETED,
+            stored.update_time,
+            room=copy.copy(stored),
+        )
+        self.hub.deliver(room.room_id, last)
+
+    # -- variables ----------------------------------------------------------------------------------------
 
     async def get_variable(self, room_id: str, name: str) -> Variable | None:
         variable = self._variables.get(room_id, {}).get(name)
@@ -83,27 +191,131 @@ class MemoryBackend(Backend):
         # mutated afterwards (Variable is frozen; readers get JSON out of it, not references to keep).
         variable = write.written(last_version + 1)
         variables[write.name] = variable
-        self.hub.deliver(write.topic, variable)
+        kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
+        self._log(write.room_id, kind, variable.update_time, variable=variable)
         return variable
 
-    async def get_contents(self, room_id: str) -> dict[str, JSON]:
-        return {
+    async def get_contents(self, room_id: str) -> Snapshot:
+        contents = {
             name: variable.value
             for name, variable in self._variables.get(room_id, {}).items()
             if not isinstance(variable.value, Unset)
         }
+        log = self._logs.get(room_id)
+        return Snapshot(contents, log.head if log is not None else 0, self.epoch)
 
-    async def delete_room_data(self, room_id: str) -> None:
-        self._variables.pop(room_id, None)
+    # -- realtime -----------------------------------------------------------------------------------------
 
-    async def publish_event(self, room_id: str, event: Event) -> None:
-        self.hub.deliver(Topic("event", room_id, event.name), event)
+    async def publish_event(self, room_id: str, event: Event) -> Change:
+        if self.history.events:
+            return self._log(room_id, ChangeKind.EVENT, event.time, event=event)
+        live = Change(0, self.epoch, ChangeKind.EVENT, event.time, event=event)
+        self.hub.deliver(room_id, live)
+        return live
 
     async def publish_signal(self, signal: RoomSignal) -> None:
-        self.hub.deliver_signal(signal)
+        if signal.room_id:
+            self._log(signal.room_id, ChangeKind.CONNECTIONS_INVALIDATED, signal.time)
+        else:
+            self.hub.deliver_signal(signal)
 
     async def subscribe(self, topic: Topic) -> Subscription:
         return self.hub.subscribe(topic)
+
+    # -- presence -----------------------------------------------------------------------------------------
+
+    def _seats_of(self, room_id: str) -> dict[str, _Seat] | None:
+        """The room's present users, ``None`` when it has none; a deleted room's are dropped (its streams'
+        leaves arrive after the deletion, and must not log into the log it dropped)."""
+        room = self._rooms.get(room_id)
+        if room is not None and room.status is RoomStatus.DELETED:
+            self._seats.pop(room_id, None)
+            return None
+        return self._seats.get(room_id)
+
+    async def presence_join(self, room_id: str, member: Member, *, instance: str, now: datetime) -> None:
+        room = self._rooms.get(room_id)
+        if room is not None and room.status is RoomStatus.DELETED:
+            return
+        seats = self._seats.setdefault(room_id, {})
+        seat = seats.get(member.user_id)
+        if seat is None:
+            seat = seats[member.user_id] = _Seat(info=member.info, join_time=times.utc(now))
+            joined = Member(member.user_id, connections=1, info=seat.info, join_time=seat.join_time)
+            self._log(room_id, ChangeKind.MEMBER_JOINED, now, member=joined)
+        seat.connections[instance] = seat.connections.get(instance, 0) + 1
+
+    async def presence_leave(self, room_id: str, user_id: str, *, instance: str, now: datetime) -> None:
+        seats = self._seats_of(room_id)
+        seat = seats.get(user_id) if seats is not None else None
+        if seats is None or seat is None or instance not in seat.connections:
+            return
+        seat.connections[instance] -= 1
+        if not seat.connections[instance]:
+            del seat.connections[instance]
+        self._vacate(room_id, seats, user_id, now)
+
+    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
+        now = times.utc(now)
+        self._alive_until[instance] = now + timedelta(seconds=ttl_seconds)
+        silent = {other for other, until in self._alive_until.items() if until < now}
+        if not silent:
+            return
+        for other in silent:
+            del self._alive_until[other]
+        for room_id in list(self._seats):
+            seats = self._seats_of(room_id)
+            if seats is None:
+                continue
+            for user_id, seat in list(seats.items()):
+                if not silent.isdisjoint(seat.connections):
+                    for other in silent:
+                        seat.connections.pop(other, None)
+                    self._vacate(room_id, seats, user_id, now)
+
+    def _vacate(self, room_id: str, seats: dict[str, _Seat], user_id: str, now: datetime) -> None:
+        """Log ``MEMBER_LEFT`` and forget the user when their last connection is gone."""
+        seat = seats[user_id]
+        if seat.connections:
+            return
+        del seats[user_id]
+        if not seats:
+            del self._seats[room_id]
+        left = Member(user_id, connections=0, info=seat.info, join_time=seat.join_time)
+        self._log(room_id, ChangeKind.MEMBER_LEFT, now, member=left)
+
+    async def get_presence(self, room_id: str) -> Presence:
+        seats = self._seats_of(room_id) or {}
+        members = [
+            Member(user_id, connections=seat.total, info=seat.info, join_time=seat.join_time)
+            for user_id, seat in sorted(seats.items())
+        ]
+        return Presence(
+            members=members,
+            num_users=len(members),
+            num_connections=sum(member.connections for member in members),
+        )
+
+    async def count_users(self, room_ids: Sequence[str]) -> dict[str, int]:
+        counts = {}
+        for room_id in room_ids:
+            seats = self._seats_of(room_id)
+            if seats:
+                counts[room_id] = len(seats)
+        return counts
+
+
+@dataclass(slots=True)
+class _Seat:
+    """One present user of a room: what their first connection brought, and connections per instance."""
+
+    info: dict[str, Any]
+    join_time: datetime
+    connections: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.connections.values())
 
 
 def _stored(room: Room) -> Room:

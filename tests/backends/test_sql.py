@@ -9,27 +9,28 @@ naming it — except under ``CI=true``, where they fail: CI must never pass by s
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 import room_gateway_plugins.sql
 import sqlalchemy as sa
-from room_gateway_plugins.sql import PostgresBackend, SQLiteBackend, tables
+from room_gateway_plugins.sql import PostgresBackend, SQLiteBackend, migrations, tables
 from room_gateway_plugins.sql.migrations import LATEST
 from room_gateway_plugins.sql.postgresql import MAX_PAYLOAD
 
 from gateway.core import wire
-from gateway.core.backend import Backend
+from gateway.core.backend import Backend, History, Snapshot
 from gateway.core.hub import Topic
-from gateway.core.models import Event, Room, Variable
+from gateway.core.models import Change, ChangeKind, Event, Member, Presence, Room, RoomStatus, Variable
 from gateway.errors import Unavailable
 from gateway.plugins import Plugins, create_plugin_manager
 from gateway.testing.conformance import BackendContract, SharedBackendContract
@@ -61,7 +62,9 @@ def _postgres_error() -> str | None:
         await conn.close()
 
     try:
-        asyncio.run(probe())
+        # In a thread of its own: the first test to need the server may be running in an event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, probe()).result()
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -102,21 +105,25 @@ async def receive(sub: AsyncIterator[object]) -> object:
 
 
 class TestSQLiteFile(BackendContract):
+    durable = True
+
     @pytest.fixture
-    def backend_factory(self, tmp_path: Path) -> Callable[[], Backend]:
-        return lambda: SQLiteBackend(f"sqlite:///{tmp_path / 'rooms.db'}")
+    def backend_factory(self, tmp_path: Path) -> Callable[..., Backend]:
+        return functools.partial(SQLiteBackend, f"sqlite:///{tmp_path / 'rooms.db'}")
 
 
 class TestSQLiteMemory(BackendContract):
     @pytest.fixture
-    def backend_factory(self) -> Callable[[], Backend]:
-        return lambda: SQLiteBackend("sqlite:///:memory:")
+    def backend_factory(self) -> Callable[..., Backend]:
+        return functools.partial(SQLiteBackend, "sqlite:///:memory:")
 
 
 class TestPostgreSQL(SharedBackendContract):
+    durable = True
+
     @pytest.fixture
-    def backend_factory(self, postgres: str) -> Callable[[], Backend]:
-        return lambda: PostgresBackend(postgres)
+    def backend_factory(self, postgres: str) -> Callable[..., Backend]:
+        return functools.partial(PostgresBackend, postgres)
 
 
 # -- registration -------------------------------------------------------------------------------------------
@@ -216,27 +223,41 @@ async def test_big_notifications_reach_another_instance(postgres: str) -> None:
         await one.set_variable(room_id, "x", "small again", expected_version=None, now=T0)
         await one.publish_event(room_id, Event("e", big, T0))
         got = [await receive(variable) for _ in range(3)]
-        assert [(v.version, v.value) for v in got] == [(1, "small"), (2, big), (3, "small again")]  # type: ignore[attr-defined]
-        assert await receive(events) == Event("e", big, T0)
+        assert [(c.variable.version, c.variable.value) for c in got] == [  # type: ignore[attr-defined]
+            (1, "small"),
+            (2, big),
+            (3, "small again"),
+        ]
+        assert [c.seq for c in got] == [1, 2, 3]  # type: ignore[attr-defined]
+        event = await receive(events)
+        assert event.event == Event("e", big, T0) and event.seq == 4  # type: ignore[attr-defined]
         variable.close()
         events.close()
+        # Sent by reference or not, the log holds the same changes.
+        page = await two.read_changes(room_id, after_seq=0, limit=10)
+        assert page.changes == [*got, event] and page.head_seq == 4
 
 
 async def test_payloads_are_wire_messages(postgres: str) -> None:
-    """PostgreSQL sends what the Redis backend publishes: the messages of gateway.core.wire."""
+    """PostgreSQL sends what the Redis backend publishes: the messages of gateway.core.wire (the seq spliced
+    in by the server), and keeps the same text in its log."""
     room_id = fresh()
-    topic = Topic("variable", room_id, "x")
     payloads: asyncio.Queue[str] = asyncio.Queue()
     async with opened(PostgresBackend(postgres)) as backend:
         assert isinstance(backend, PostgresBackend)
         conn = await asyncpg.connect(POSTGRES_URL)
         try:
-            await conn.add_listener(backend._topic_channel(topic), lambda *args: payloads.put_nowait(args[3]))
+            await conn.add_listener(
+                backend._room_channel(room_id), lambda *args: payloads.put_nowait(args[3])
+            )
             written = await backend.set_variable(room_id, "x", {"big": 2**70}, expected_version=None, now=T0)
             payload = await asyncio.wait_for(payloads.get(), 5)
         finally:
             await conn.close()
-    assert wire.decode(payload) == wire.Message(topic, written)
+        page = await backend.read_changes(room_id, after_seq=0, limit=10)
+    change = Change(1, backend.epoch, ChangeKind.VARIABLE_SET, T0, variable=written)
+    assert page.changes == [change]
+    assert payload.encode() == wire.encode(wire.Message(room_id, change))
 
 
 async def test_concurrent_writers_on_two_instances_get_distinct_versions(postgres: str) -> None:
@@ -251,7 +272,7 @@ async def test_concurrent_writers_on_two_instances_get_distinct_versions(postgre
         results = await asyncio.gather(*writes)
         assert sorted(v.version for v in results if v is not None) == list(range(1, 41))
         seen = [await receive(sub) for _ in range(40)]
-        assert [v.version for v in seen] == list(range(1, 41))  # type: ignore[attr-defined]
+        assert [c.variable.version for c in seen] == list(range(1, 41))  # type: ignore[attr-defined]
         sub.close()
 
 
@@ -276,7 +297,7 @@ async def test_listener_reconnects_after_its_connection_is_killed(postgres: str)
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
         await writer.set_variable(room_id, "x", 1, expected_version=None, now=T0)
-        assert (await receive(sub)).value == 1  # type: ignore[attr-defined]
+        assert (await receive(sub)).variable.value == 1  # type: ignore[attr-defined]
         sub.close()
 
 
@@ -348,7 +369,7 @@ async def test_server_going_away_and_coming_back(postgres: str) -> None:
         await backend.check()
         sub = await backend.subscribe(Topic("variable", room_id, "x"))
         await writer.set_variable(room_id, "x", "back", expected_version=None, now=T0)
-        assert (await receive(sub)).value == "back"  # type: ignore[attr-defined]
+        assert (await receive(sub)).variable.value == "back"  # type: ignore[attr-defined]
         sub.close()
     await proxy.cut()
 
@@ -393,3 +414,211 @@ async def test_a_cancelled_call_stays_cancelled(tmp_path: Path) -> None:
         # The backend still serves; and since aiosqlite runs a connection's calls in order on its thread,
         # this also waits for the cancelled calls' work to finish while this test's loop is still open.
         await backend.check()
+
+
+# -- the change log -----------------------------------------------------------------------------------------
+
+
+def sql_backends(tmp_path: Path, request: pytest.FixtureRequest, where: str) -> Callable[..., Backend]:
+    """A factory of backends on one store: a SQLite file, or this session's PostgreSQL schema."""
+    if where == "sqlite":
+        url = f"sqlite:///{tmp_path / 'log.db'}"
+        return lambda **kw: SQLiteBackend(url, **kw)
+    postgres = request.getfixturevalue("postgres")  # a server, or skip
+    return lambda **kw: PostgresBackend(postgres, **kw)
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+async def test_epoch_and_seq_survive_a_restart(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    make = sql_backends(tmp_path, request, where)
+    room_id = fresh()
+    async with opened(make()) as backend:
+        epoch = backend.epoch
+        assert epoch and ":" not in epoch  # it goes into SSE ids, "<epoch>:<seq>"
+        await backend.create_room(Room(room_id, create_time=T0, update_time=T0))
+        await backend.set_variable(room_id, "x", 1, expected_version=None, now=T0)
+    async with opened(make()) as backend:
+        assert backend.epoch == epoch
+        assert await backend.get_contents(room_id) == Snapshot({"x": 1}, 2, epoch)
+        change = await backend.publish_event(room_id, Event("e", None, T0))
+        assert (change.seq, change.epoch) == (3, epoch)
+        page = await backend.read_changes(room_id, after_seq=0, limit=10)
+        assert [c.kind for c in page.changes] == [
+            ChangeKind.ROOM_CREATED,
+            ChangeKind.VARIABLE_SET,
+            ChangeKind.EVENT,
+        ]
+
+
+async def test_an_upgraded_database_starts_each_room_at_seq_zero(tmp_path: Path) -> None:
+    """A database of schema 1 (before the log): its rooms and variables stay, their log starts empty."""
+    path = tmp_path / "v1.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        v1 = migrations.metadata(1)
+        v1.create_all(conn, tables=[v1.tables[name] for name in ("schema_version", "rooms", "variables")])
+        conn.execute(v1.tables["schema_version"].insert().values(version=1))
+        conn.execute(
+            v1.tables["variables"]
+            .insert()
+            .values(room_id="old", name="x", value="7", version=3, update_time=T0)
+        )
+    engine.dispose()
+    async with opened(SQLiteBackend(f"sqlite:///{path}")) as backend:
+        assert backend._schema_found == 1  # type: ignore[attr-defined]
+        assert await backend.get_contents("old") == Snapshot({"x": 7}, 0, backend.epoch)
+        assert (await backend.read_changes("old", after_seq=0, limit=10)).head_seq == 0
+        written = await backend.set_variable("old", "x", 8, expected_version=3, now=T0)
+        assert written == Variable("x", 8, 4, T0)
+        page = await backend.read_changes("old", after_seq=0, limit=10)
+        assert [(c.seq, c.variable) for c in page.changes] == [(1, written)]
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+async def test_retention_is_trimmed_in_the_table(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Trimming happens on append, in the store: the table never holds more than retention keeps."""
+    make = sql_backends(tmp_path, request, where)
+    room_id = fresh()
+    async with opened(make(history=History(max_changes=3, max_age_seconds=60))) as backend:
+        assert isinstance(backend, SQLiteBackend | PostgresBackend)
+        for i in range(10):
+            await backend.set_variable(room_id, "x", i, expected_version=None, now=T0)
+        count = (
+            sa.select(sa.func.count()).select_from(tables.changes).where(tables.changes.c.room_id == room_id)
+        )
+        async with backend.engine.connect() as conn:
+            assert (await conn.execute(count)).scalar_one() == 3
+        page = await backend.read_changes(room_id, after_seq=0, limit=10)
+        assert ([c.seq for c in page.changes], page.first_seq, page.head_seq) == ([8, 9, 10], 8, 10)
+        # A change a minute and a second later drops the rest by age.
+        later = T0 + timedelta(seconds=61)
+        await backend.set_variable(room_id, "x", "later", expected_version=None, now=later)
+        page = await backend.read_changes(room_id, after_seq=0, limit=10)
+        assert ([c.seq for c in page.changes], page.first_seq, page.head_seq) == ([11], 11, 11)
+        async with backend.engine.connect() as conn:
+            assert (await conn.execute(count)).scalar_one() == 1
+
+
+async def test_a_postgresql_write_is_two_statements(postgres: str) -> None:
+    """Logging adds no round trip: the variable's statement, then one that appends, trims and notifies
+    (BEGIN and COMMIT as before)."""
+    room_id = fresh()
+    async with opened(PostgresBackend(postgres)) as backend:
+        assert isinstance(backend, PostgresBackend)
+        await backend.set_variable(room_id, "x", 0, expected_version=None, now=T0)  # warm the pool
+        statements: list[str] = []
+        engine = backend.engine.sync_engine
+        listener = lambda *args: statements.append(args[2])  # noqa: E731
+        sa.event.listen(engine, "before_cursor_execute", listener)
+        try:
+            await backend.set_variable(room_id, "x", 1, expected_version=None, now=T0)
+            await backend.set_variable(room_id, "x", 2, expected_version=2, now=T0)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", listener)
+        assert len(statements) == 4, statements
+        assert all("pg_notify" in statement for statement in statements[1::2]), statements
+
+
+async def test_concurrent_writers_on_two_instances_log_gap_free(postgres: str) -> None:
+    """Writes of every kind through two instances at once: seqs 1..N with none lost or repeated, in the
+    log and on a room listener of each instance, in the same order."""
+    room_id = fresh()
+    async with opened(PostgresBackend(postgres)) as one, opened(PostgresBackend(postgres)) as two:
+        listeners = [await one.subscribe(Topic.room(room_id)), await two.subscribe(Topic.room(room_id))]
+        await one.create_room(Room(room_id, create_time=T0, update_time=T0))
+        writes = []
+        for i in range(15):
+            for backend, name in ((one, "a"), (two, "b")):
+                writes.append(backend.set_variable(room_id, name, i, expected_version=None, now=T0))
+                writes.append(backend.publish_event(room_id, Event(name, i, T0)))
+                writes.append(backend.presence_join(room_id, Member(f"{name}{i}"), instance=name, now=T0))
+        await asyncio.gather(*writes)
+        total = 1 + len(writes)
+        page = await two.read_changes(room_id, after_seq=0, limit=1000)
+        assert [c.seq for c in page.changes] == list(range(1, total + 1))
+        assert page.head_seq == total
+        for sub in listeners:
+            assert [await receive(sub) for _ in range(total)] == page.changes
+            sub.close()
+        assert (await one.get_presence(room_id)).num_users == 30
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+async def test_delete_room_drops_its_log_and_presence(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    make = sql_backends(tmp_path, request, where)
+    room_id = fresh()
+    async with opened(make()) as backend:
+        room = Room(room_id, create_time=T0, update_time=T0)
+        await backend.create_room(room)
+        await backend.set_variable(room_id, "x", 1, expected_version=None, now=T0)
+        await backend.presence_join(room_id, Member("u"), instance="i", now=T0)
+        sub = await backend.subscribe(Topic("variable", room_id, "x"))
+        deleted = Room(room_id, status=RoomStatus.DELETED, create_time=T0, update_time=T0)
+        await backend.delete_room(deleted)
+        ending = await receive(sub)
+        assert ending == Change(4, backend.epoch, ChangeKind.ROOM_DELETED, T0, room=deleted)
+        assert await backend.get_room(room_id) == deleted
+        assert await backend.get_contents(room_id) == Snapshot({}, 4, backend.epoch)
+        page = await backend.read_changes(room_id, after_seq=0, limit=10)
+        assert (page.changes, page.head_seq, page.first_seq) == ([], 4, 5)
+        assert await backend.get_presence(room_id) == Presence([], 0, 0)
+
+
+# -- presence -----------------------------------------------------------------------------------------------
+
+
+async def test_presence_is_one_member_per_user_across_instances(postgres: str) -> None:
+    room_id = fresh()
+    later = T0 + timedelta(seconds=60)
+    async with opened(PostgresBackend(postgres)) as one, opened(PostgresBackend(postgres)) as two:
+        a, b = f"a-{room_id}", f"b-{room_id}"  # instance ids of this test alone
+        await asyncio.gather(
+            one.presence_join(room_id, Member("u", info={"n": 1}), instance=a, now=T0),
+            two.presence_join(room_id, Member("u", info={"n": 1}), instance=b, now=T0),
+            two.presence_join(room_id, Member("u", info={"n": 1}), instance=b, now=T0),
+        )
+        got = await one.get_presence(room_id)
+        assert got == Presence([Member("u", 3, {"n": 1}, T0)], 1, 3)
+        assert await two.count_users([room_id, fresh()]) == {room_id: 1}
+        # Instance a goes silent; b's heartbeat sweeps it: u is still there through b, so no one leaves.
+        await two.presence_heartbeat(b, now=later, ttl_seconds=30)
+        assert await one.get_presence(room_id) == Presence([Member("u", 2, {"n": 1}, T0)], 1, 2)
+        await one.presence_leave(room_id, "u", instance=a, now=later)  # swept already: nothing to do
+        await two.presence_leave(room_id, "u", instance=b, now=later)
+        await two.presence_leave(room_id, "u", instance=b, now=later)
+        page = await one.read_changes(room_id, after_seq=0, limit=10)
+        assert [(c.kind, c.member) for c in page.changes] == [
+            (ChangeKind.MEMBER_JOINED, Member("u", 1, {"n": 1}, T0)),
+            (ChangeKind.MEMBER_LEFT, Member("u", 0, {"n": 1}, T0)),
+        ]
+        assert await one.count_users([room_id]) == {}
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+async def test_a_silent_instance_s_users_leave(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    make = sql_backends(tmp_path, request, where)
+    rooms = [fresh("one"), fresh("two")]
+    dead, alive = f"dead-{rooms[0]}", f"alive-{rooms[0]}"
+    async with opened(make()) as backend:
+        for room_id in rooms:
+            await backend.presence_join(room_id, Member("gone"), instance=dead, now=T0)
+            await backend.presence_join(room_id, Member("here"), instance=alive, now=T0)
+        await backend.presence_heartbeat(alive, now=T0 + timedelta(seconds=20), ttl_seconds=30)
+        assert (await backend.get_presence(rooms[0])).num_users == 2  # not silent for long enough yet
+        await backend.presence_heartbeat(alive, now=T0 + timedelta(seconds=40), ttl_seconds=30)
+        for room_id in rooms:
+            assert [m.user_id for m in (await backend.get_presence(room_id)).members] == ["here"]
+            page = await backend.read_changes(room_id, after_seq=0, limit=10)
+            assert [(c.kind, c.member.user_id) for c in page.changes if c.member] == [
+                (ChangeKind.MEMBER_JOINED, "gone"),
+                (ChangeKind.MEMBER_JOINED, "here"),
+                (ChangeKind.MEMBER_LEFT, "gone"),
+            ]

@@ -15,9 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from room_gateway_plugins.sql import SQLiteBackend, base, sqlite
+from room_gateway_plugins.sql import SQLiteBackend, base, changelog, presence, sqlite
 
-from gateway.core.models import UNSET, Room, Variable
+from gateway.core.backend import Snapshot
+from gateway.core.models import UNSET, Member, Room, Variable
 from gateway.errors import Unavailable
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -63,13 +64,14 @@ async def test_a_read_sees_the_write_acknowledged_before_it(tmp_path: Path) -> N
                 now = T0 + timedelta(microseconds=i)
                 written = await backend.set_variable("r", "x", {"i": i}, expected_version=None, now=now)
                 assert await backend.get_variable("r", "x") == written == Variable("x", {"i": i}, i + 1, now)
-                assert await backend.get_contents("r") == {"x": {"i": i}}
+                # The snapshot's position is the write's: create_room was seq 1, each write one more.
+                assert await backend.get_contents("r") == Snapshot({"x": {"i": i}}, i + 2, backend.epoch)
         finally:
             stop.set()
             await asyncio.gather(*others)
         await backend.set_variable("r", "x", UNSET, expected_version=None, now=T0)
         assert await backend.get_variable("r", "x") is None
-        assert await backend.get_contents("r") == {}
+        assert await backend.get_contents("r") == Snapshot({}, 202, backend.epoch)
 
 
 async def test_concurrent_reads_share_a_few_connections(tmp_path: Path) -> None:
@@ -179,8 +181,16 @@ async def test_rows_come_back_as_sqlalchemy_returns_them(tmp_path: Path) -> None
             (base._ROOMS_AFTER, {"start": "r1", "limit": 1}),
             (base._ROOMS_AMONG, {"room_ids": ["r0", "r2", "nope"]}),
             (base._VARIABLE, {"room_id": "r2", "name": "x"}),
-            (base._CONTENTS, {"room_id": "r0"}),
+            (base._SNAPSHOT, {"room_id": "r0"}),
+            (changelog.PAGE, {"room_id": "r1", "after_seq": 0, "limit": 10}),
+            (
+                changelog.PAGE_OF_KINDS,
+                {"room_id": "r1", "after_seq": 1, "limit": 10, "kinds": ["VARIABLE_SET"]},
+            ),
+            (presence.ROOM, {"room_id": "r1"}),
+            (presence.USERS, {"room_ids": ["r0", "r1"]}),
         ]
+        await backend.presence_join("r1", Member("u", info={"a": 1}), instance="i", now=T0)
         for statement, params in reads:
             ours = await backend._fetch(statement, **params)
             async with backend.engine.connect() as conn:

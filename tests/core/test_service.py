@@ -8,7 +8,7 @@ import pytest
 from room_gateway_plugins.memory import MemoryBackend
 
 from gateway.core.hub import LocalHub, Topic
-from gateway.core.models import RoomStatus
+from gateway.core.models import Change, ChangeKind, Event, RoomStatus
 from gateway.core.service import RoomService
 from gateway.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
@@ -198,10 +198,8 @@ async def test_shutdown_ends_streams_with_unavailable(backend: MemoryBackend) ->
 async def test_slow_listener_is_ended_not_buffered_forever() -> None:
     hub = LocalHub(queue_size=3)
     sub = hub.subscribe(Topic("event", "r", "e"))
-    from gateway.core.models import Event
-
     for i in range(10):
-        hub.deliver(Topic("event", "r", "e"), Event("e", i))
+        hub.deliver("r", Change(i + 1, "epoch", ChangeKind.EVENT, event=Event("e", i)))
     with pytest.raises(Unavailable, match="fell behind"):
         async for _ in sub:
             pass

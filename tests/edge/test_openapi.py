@@ -24,6 +24,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     list_rooms = doc["paths"]["/v1/rooms"]["get"]
     assert [(p["name"], p["in"]) for p in list_rooms["parameters"]] == [
         ("startKey", "query"), ("startAfterKey", "query"), ("roomId", "query"), ("maxResults", "query"),
+        ("minUsers", "query"),
     ]  # fmt: skip
     room_id = list_rooms["parameters"][2]["schema"]
     assert room_id["type"] == "array" and room_id["items"]["minLength"] == 1
@@ -46,6 +47,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
         "status",
         "createTime",
         "updateTime",
+        "numUsers",
     ]
     assert room["jurisdiction"]["enum"] == ["", "eu", None]
     listen = doc["paths"]["/v1/rooms/{roomId}/variables/{name}:listen"]["get"]["responses"]["200"]["content"]

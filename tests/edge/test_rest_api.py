@@ -32,6 +32,13 @@ def error(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, body["error"]["status"]
 
 
+def snapshot(response: httpx.Response) -> tuple[dict[str, object], int]:
+    """A room's contents and the log position they were read at (its epoch checked, not returned)."""
+    body = response.json()
+    assert set(body) == {"contents", "seq", "epoch"} and body["epoch"], body
+    return body["contents"], int(body["seq"])
+
+
 async def test_create_room_returns_it(client: httpx.AsyncClient) -> None:
     room = await create(client, "lobby", displayName="Lobby", settings={"size": "large", "enable_chat": True})
     assert room == {
@@ -43,6 +50,7 @@ async def test_create_room_returns_it(client: httpx.AsyncClient) -> None:
         "settings": {"size": "large", "enable_chat": True},
         "createTime": T0,
         "updateTime": T0,
+        "numUsers": 0,
     }
 
 
@@ -66,7 +74,7 @@ async def test_lifecycle_close_delete_and_ids_never_reused(
     assert closed.json()["updateTime"] == "2026-01-02T03:04:06Z"
     assert error(await client.post("/v1/rooms/r:close")) == (400, "FAILED_PRECONDITION")
     # A closed room keeps its data and refuses writes.
-    assert (await client.get("/v1/rooms/r/contents")).json() == {"contents": {"v": 1}}
+    assert snapshot(await client.get("/v1/rooms/r/contents")) == ({"v": 1}, 3)
     assert error(await client.put("/v1/rooms/r/variables/v", json={"value": 2})) == (
         400,
         "FAILED_PRECONDITION",
@@ -125,7 +133,7 @@ async def test_update_room_path_body_conflict(client: httpx.AsyncClient) -> None
 async def test_room_contents(client: httpx.AsyncClient) -> None:
     await client.put("/v1/rooms/r/variables/a", json={"value": {"x": [1, 2]}})
     await client.put("/v1/rooms/r/variables/b", json={"value": None})
-    assert (await client.get("/v1/rooms/r/contents")).json() == {"contents": {"a": {"x": [1, 2]}, "b": None}}
+    assert snapshot(await client.get("/v1/rooms/r/contents")) == ({"a": {"x": [1, 2]}, "b": None}, 3)
 
 
 async def test_variables_versions_and_expected_version(client: httpx.AsyncClient) -> None:
@@ -187,7 +195,7 @@ async def test_percent_encoded_room_ids(client: httpx.AsyncClient, room_id: str)
     assert (await client.get(path)).json()["roomId"] == room_id
     put = await client.put(f"{path}/variables/v", json={"value": 1})
     assert put.status_code == 200, put.text
-    assert (await client.get(f"{path}/contents")).json() == {"contents": {"v": 1}}
+    assert snapshot(await client.get(f"{path}/contents")) == ({"v": 1}, 2)
     closed = await client.post(f"{path}:close")
     assert closed.json()["roomId"] == room_id and closed.json()["status"] == "CLOSED"
 

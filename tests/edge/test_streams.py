@@ -21,7 +21,8 @@ NDJSON = {"accept": "application/x-ndjson"}
 
 
 async def sse_events(call: AsgiCall, count: int) -> list[dict[str, Any]]:
-    """The next ``count`` SSE messages (keep-alive comments skipped), as {field: value} dicts."""
+    """The next ``count`` SSE messages (keep-alive comments skipped), as {field: value} dicts; a block
+    without ``data`` (the ``retry:`` hint) dispatches no message, as in an ``EventSource``."""
     events: list[dict[str, Any]] = []
     buffer = b""
     while len(events) < count:
@@ -29,7 +30,7 @@ async def sse_events(call: AsgiCall, count: int) -> list[dict[str, Any]]:
         while b"\n\n" in buffer:
             block, buffer = buffer.split(b"\n\n", 1)
             fields = dict(line.split(b": ", 1) for line in block.split(b"\n") if not line.startswith(b":"))
-            if fields:
+            if b"data" in fields:
                 events.append(
                     {k.decode(): orjson.loads(v) if k == b"data" else v.decode() for k, v in fields.items()}
                 )

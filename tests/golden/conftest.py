@@ -31,6 +31,13 @@ def token_issuer(clock: FrozenClock) -> RoomTokenIssuer:
 
 
 @pytest.fixture
+def backend(backend: MemoryBackend) -> MemoryBackend:
+    """The memory backend with a fixed epoch (a new one per process otherwise), so a case can show it."""
+    backend.epoch = "golden-epoch"
+    return backend
+
+
+@pytest.fixture
 def service(backend: MemoryBackend, clock: FrozenClock, token_issuer: RoomTokenIssuer) -> RoomService:
     return RoomService(backend, clock=clock, tokens=token_issuer)
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from gateway.cli import main
-from gateway.observability.instance import INSTANCE_ID
+from gateway.instance import INSTANCE_ID
 from tests.security.live import ADMIN_KEY, READER_KEY, live_config, live_gateway
 
 

@@ -201,3 +201,30 @@ async def test_metrics_listener_serves_only_metrics_without_a_key() -> None:
                      method="healthz", code="OK") == 1  # fmt: skip
         assert (await client.get(f"http://127.0.0.1:{port}/v1/rooms")).status_code == 404
         assert (await client.get(f"{gw.http_url}/metrics")).status_code == 401  # the main one wants a key
+
+
+async def test_presence_connections_counts_room_token_streams() -> None:
+    """``room_gateway_presence_connections`` is this instance's open room-token streams, read at scrape."""
+    config = live_config(
+        auth={
+            "room_tokens": {"secret": "metrics-presence-secret-0123456789abcdef", "roles": {"guest": ["*"]}}
+        }
+    )
+    async with live_gateway(config) as gw, httpx.AsyncClient(base_url=gw.http_url) as client:
+        admin = {"X-API-Key": ADMIN_KEY}
+        assert (await client.post("/v1/rooms", json={"roomId": "p"}, headers=admin)).status_code == 200
+        minted = await client.post(
+            "/v1/rooms/p/tokens", json={"userName": "ana", "role": "guest"}, headers=admin
+        )
+        token = minted.json()["token"]
+        assert value(await scrape(client), "room_gateway_presence_connections") == 0
+        path, bearer = "/v1/rooms/p/events/e:listen", {"Authorization": f"Bearer {token}"}
+        async with (
+            client.stream("GET", path, headers=bearer) as one,
+            client.stream("GET", path, headers=bearer),
+        ):
+            assert one.status_code == 200  # headers go out once the join is written
+            assert value(await scrape(client), "room_gateway_presence_connections") == 2
+        async with asyncio.timeout(5):
+            while value(await scrape(client), "room_gateway_presence_connections") != 0:
+                await asyncio.sleep(0.05)

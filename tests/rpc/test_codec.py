@@ -64,6 +64,7 @@ def test_nested_message_mask_and_repeated() -> None:
             "status": "STATUS_UNSPECIFIED",
             "jurisdiction": "",
             "settings": {"size": 2},
+            "num_users": 0,
         },
         "update_mask": ["settings"],
     }

@@ -14,9 +14,12 @@ from room_gateway_plugins.memory import MemoryBackend
 
 from gateway._gen.google.protobuf import Empty, FieldMask, Struct, Value
 from gateway._gen.roomgateway.v1 import (
+    ChangeKind,
     CreateRoomRequest,
     DeleteVariableRequest,
     GetVariableRequest,
+    ListChangesRequest,
+    ListenRoomRequest,
     ListenVariableRequest,
     Room,
     RoomServiceStub,
@@ -119,3 +122,42 @@ async def test_handler_fails_closed_without_the_auth_listener(dispatcher: Dispat
         with pytest.raises(GRPCError) as info:
             await stub.get_variable(GetVariableRequest(room_id="r", name="v"))
     assert info.value.status is Status.UNAUTHENTICATED
+
+
+async def test_listen_room_resumes_and_list_changes(stub: RoomServiceStub, backend: MemoryBackend) -> None:
+    for n in range(3):
+        await stub.set_variable(SetVariableRequest(room_id="r", name="x", value=Value(number_value=n)))
+    listed = await stub.list_changes(ListChangesRequest(room_id="r", after_seq=1, max_results=1))
+    assert [c.seq for c in listed.changes] == [2] and listed.more and listed.head_seq == 4
+    assert listed.changes[0].kind is ChangeKind.VARIABLE_SET and listed.epoch == backend.epoch
+    seen = []
+    request = ListenRoomRequest(
+        room_id="r", after_seq=2, epoch=backend.epoch, kinds=[ChangeKind.VARIABLE_SET]
+    )
+    async for change in stub.listen_room(request):
+        seen.append((change.seq, change.variable.value))
+        if len(seen) == 2:
+            await stub.set_variable(
+                SetVariableRequest(room_id="r", name="x", value=Value(string_value="live"))
+            )
+        if len(seen) == 3:
+            break
+    assert seen == [
+        (3, Value(number_value=1)),
+        (4, Value(number_value=2)),
+        (5, Value(string_value="live")),
+    ]
+    with pytest.raises(GRPCError) as info:
+        await stub.list_changes(ListChangesRequest(room_id="r", after_seq=9))
+    assert info.value.status is Status.OUT_OF_RANGE
+    with pytest.raises(GRPCError) as info:
+        async for _ in stub.listen_room(ListenRoomRequest(room_id="r", kinds=[ChangeKind.KIND_UNSPECIFIED])):
+            pass
+    assert info.value.status is Status.INVALID_ARGUMENT
+
+
+async def test_listen_room_resets_an_unknown_epoch(stub: RoomServiceStub, backend: MemoryBackend) -> None:
+    await stub.set_variable(SetVariableRequest(room_id="r", name="x", value=Value(number_value=1)))
+    async for change in stub.listen_room(ListenRoomRequest(room_id="r", after_seq=1, epoch="lost")):
+        assert (change.kind, change.seq, change.epoch) == (ChangeKind.RESET, 2, backend.epoch)
+        break

@@ -45,6 +45,7 @@ def test_field_behavior_comes_from_the_proto() -> None:
         "status",
         "create_time",
         "update_time",
+        "num_users",
     ]
     assert [f.name for f in room.fields if schema.is_required(f)] == ["room_id"]
     assert not schema.is_required(schema.message("roomgateway.v1.InvalidateConnectionsRequest").fields[0])
@@ -55,7 +56,7 @@ def test_the_service_ignores_on_update_what_the_proto_marks() -> None:
     """UpdateRoom accepts, and ignores, a mask naming an OUTPUT_ONLY or IMMUTABLE field (AIP-203)."""
     room = schema.message(ROOM)
     ignored = schema.ignored_on_update(room)
-    assert ignored == {"room_id", "status", "create_time", "update_time"}
+    assert ignored == {"room_id", "status", "create_time", "update_time", "num_users"}
     # Every Room field is either writable (with its rule) or ignored, never both, never neither.
     assert set(service._WRITABLE) | ignored == {f.name for f in room.fields}
     assert not set(service._WRITABLE) & ignored

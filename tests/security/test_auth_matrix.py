@@ -46,11 +46,14 @@ from gateway._gen.roomgateway.v1 import (
     CreateRoomTokenRequest,
     DeleteRoomRequest,
     DeleteVariableRequest,
+    GetPresenceRequest,
     GetRoomContentsRequest,
     GetRoomRequest,
     GetVariableRequest,
     InvalidateConnectionsRequest,
+    ListChangesRequest,
     ListenEventsRequest,
+    ListenRoomRequest,
     ListenVariableRequest,
     ListRoomsRequest,
     PublishEventRequest,
@@ -142,6 +145,12 @@ OPS = [
     Op("CreateRoomToken", "CreateRoomToken", "private-1",
        ("POST", "/v1/rooms/private-1/tokens", {"userName": "bob", "role": "guest"}),
        CreateRoomTokenRequest(room_id="private-1", user_name="bob", role="guest")),
+    Op("ListenRoom", "ListenRoom", "private-1", ("GET", "/v1/rooms/private-1:listen", None),
+       ListenRoomRequest(room_id="private-1"), streaming=True),
+    Op("ListChanges", "ListChanges", "private-1", ("GET", "/v1/rooms/private-1/changes", None),
+       ListChangesRequest(room_id="private-1")),
+    Op("GetPresence", "GetPresence", "private-1", ("GET", "/v1/rooms/private-1/presence", None),
+       GetPresenceRequest(room_id="private-1")),
 ]  # fmt: skip
 
 # -- the credential cases and the expected statuses ----------------------------------------------------------
@@ -180,6 +189,9 @@ EXPECTED: dict[str, tuple[int, ...]] = {
     "PublishEvent":                 (401, 401, 401, 403,  403,  401, 401, 403,  401,  200,  403, 200),
     "ListenEvents":                 (401, 401, 401, 403,  403,  401, 401, 403,  401,  200,  200, 200),
     "CreateRoomToken":              (401, 401, 401, 403,  403,  401, 401, 403,  401,  200,  403, 200),
+    "ListenRoom":                   (401, 401, 401, 403,  403,  401, 401, 403,  401,  200,  200, 200),
+    "ListChanges":                  (401, 401, 401, 403,  403,  401, 401, 403,  401,  200,  200, 200),
+    "GetPresence":                  (401, 401, 401, 403,  403,  401, 401, 403,  401,  200,  403, 200),
 }
 # fmt: on
 

@@ -69,11 +69,15 @@ def _state_dependent(response: Any, case: Any) -> bool:
     - ListRooms' ``startKey``, ``startAfterKey`` and ``roomId`` exclude each other (INVALID_ARGUMENT when more
       than one is non-empty): a rule across parameters, which OpenAPI parameters cannot express; only that
       exact combination is excused.
+    - ``OUT_OF_RANGE`` (400): a ListChanges position (``afterSeq``, ``epoch``) the room's log does not hold —
+      which it holds depends on the writes before.
     """
     if response.status_code != 400:
         return False
     status = response.json()["error"]["status"]
     if status == "FAILED_PRECONDITION":
+        return True
+    if status == "OUT_OF_RANGE" and case.operation.definition.raw.get("operationId") == "ListChanges":
         return True
     if status == "INVALID_ARGUMENT" and case.operation.definition.raw.get("operationId") == "ListRooms":
         query = case.query or {}

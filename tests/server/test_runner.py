@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -12,7 +13,7 @@ from room_gateway_plugins.memory import MemoryBackend
 
 from gateway.app import create_gateway
 from gateway.config_loader import load_config
-from gateway.core.backend import Backend
+from gateway.core.backend import Backend, History
 from gateway.hookspecs import hookimpl
 from gateway.plugins import ConfigError, create_plugin_manager
 from gateway.server import serve
@@ -26,8 +27,8 @@ class RecordingBackend(MemoryBackend):
 
     schemes = ("recording",)
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
         self.opened = asyncio.Event()
 
     async def open(self) -> None:
@@ -84,6 +85,14 @@ async def test_a_surface_this_build_cannot_serve_is_refused(tmp_path: Path, surf
     plugins = create_plugin_manager(autoload=False, extra=[room_gateway_plugins.memory])
     with pytest.raises(ConfigError, match=f"surfaces.{surface}.enabled"):
         create_gateway(load_config(config_file, {"ROOM_API_SECRET_KEY": KEY}), plugin_manager=plugins)
+
+
+async def test_the_history_section_reaches_the_backend(tmp_path: Path) -> None:
+    extra = "history:\n  max_changes: 7\n  max_age_seconds: 60\n  events: false\n"
+    gateway = create_gateway(load_config(write_config(tmp_path, extra=extra), {"ROOM_API_SECRET_KEY": KEY}))
+    assert gateway.backend.history == History(max_changes=7, max_age_seconds=60.0, events=False)
+    default = create_gateway(load_config(write_config(tmp_path), {"ROOM_API_SECRET_KEY": KEY}))
+    assert default.backend.history == History()
 
 
 async def test_the_http_app_is_served_with_the_configured_limits(tmp_path: Path) -> None:

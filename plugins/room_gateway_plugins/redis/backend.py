@@ -1,15 +1,29 @@
-"""The Redis backend: rooms and variables in Redis, notifications through Redis pub/sub.
+"""The Redis backend: rooms, variables, change logs and presence in Redis, notifications through pub/sub.
 
 Several gateway processes on one Redis server (and one key prefix) behave as one gateway: each write is one
-atomic command or Lua script, and each process holds one pub/sub connection that feeds its
-:class:`~gateway.core.hub.LocalHub`.
+Lua script (:mod:`room_gateway_plugins.redis.scripts`) that makes the change, appends its Change to the
+room's log with the next seq, trims the log and publishes the Change — one round trip — and each process
+holds one pub/sub connection that feeds its :class:`~gateway.core.hub.LocalHub`.
 
-Channels are per topic (one per listened variable or event name), plus one per room for its signals and one
-for signals to every room, each subscribed only while this process has a listener for it. So the server
-filters: a process receives only what its listeners want, whereas one channel per room would carry every
-write of a busy room to every process with one listener there. Patterns (PSUBSCRIBE) are not used: the
-server matches every PUBLISH against every pattern of every client (Redis docs, PUBLISH: "O(N+M) … M the
-total number of subscribed patterns"), a cost paid by all writes of all deployments on the server.
+**The log** of a room is a list (``RPUSH``, trimmed from the left by count and age) next to a head counter
+(``INCR``). A list rather than a stream or a sorted set: seqs are contiguous, so the first retained seq is
+``head - LLEN + 1`` and a read from any position is one ``LRANGE`` by index; a stream's IDs would have to
+encode the seq (then ``MINID`` cannot trim by age) and a sorted set pays a skip list for an order the list
+already has. Each entry starts with its time and kind (:func:`~room_gateway_plugins.redis.codec.entry_prefix`)
+so that Lua trims by age and filters by kind without decoding JSON.
+
+**Channels**: one per room carries every Change of the room, in seq order, subscribed while this process
+has any listener in the room (ListenRoom needs all of them, and one channel keeps them in order with the
+ending kinds); one more carries the every-room signal. The hub filters by topic on this side. Patterns
+(PSUBSCRIBE) are not used: the server matches every PUBLISH against every pattern of every client (Redis
+docs, PUBLISH: "O(N+M) … M the total number of subscribed patterns").
+
+**The epoch** is one key, created by the first script that finds it missing: a flushed or restarted
+(non-persistent) Redis loses it with the logs, and the next write starts a new one.
+
+**Presence** counts connections per (instance, room, user) and per (room, user); an instance's heartbeat
+pushes its deadline in one sorted set (one write per instance, whatever its connections), and sweeps the
+instances past their deadline, logging MEMBER_LEFT for the users whose last connections they held.
 
 Redis need not be up when the gateway starts: calls answer UNAVAILABLE (and ``/readyz`` says so) until it is.
 """
@@ -17,22 +31,27 @@ Redis need not be up when the gateway starts: calls answer UNAVAILABLE (and ``/r
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
+import math
+import secrets
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 # Absolute imports: ``redis`` is redis-py here, never this package (room_gateway_plugins.redis).
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.core import wire
-from gateway.core.backend import Backend, VariableWrite
+from gateway.core.backend import DEFAULT_HISTORY, Backend, History, LogPage, Snapshot, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, Variable
+from gateway.core.models import Change, ChangeKind, Event, Member, Presence, Room, RoomSignal, Variable
 from gateway.errors import AlreadyExists, NotFound, Unavailable
 from gateway.plugins import ConfigError
 from room_gateway_plugins.redis import codec, scripts
@@ -40,6 +59,15 @@ from room_gateway_plugins.redis.keys import Keyspace, split_url
 from room_gateway_plugins.redis.listener import ChannelListener
 
 log = logging.getLogger(__name__)
+
+#: What the store assigns in a Change's message (:func:`gateway.core.wire.head`), for a variable's and others.
+ASSIGNED_VARIABLE: tuple[str, ...] = ("epoch", "version", "seq")
+ASSIGNED: tuple[str, ...] = ("epoch", "seq")
+TAILS: dict[tuple[str, ...], str] = {
+    assigned: wire.tail_format(assigned) for assigned in (ASSIGNED_VARIABLE, ASSIGNED)
+}
+#: Seconds a joining instance's connections count before its first presence heartbeat says otherwise.
+DEFAULT_PRESENCE_TTL = 30.0
 
 #: Connection settings unless the URL's query sets them (``?socket_connect_timeout=5``): fail fast when the
 #: server is away, PING a pooled connection idle for 30 s before using it, and never retry a command — a
@@ -54,7 +82,7 @@ CLIENT_DEFAULTS: dict[str, Any] = {
 
 
 class RedisBackend(Backend):
-    """Rooms, variables and notifications on a Redis server (tested with Redis 7).
+    """Rooms, variables, change logs, presence and notifications on a Redis server (tested with Redis 7).
 
     URL: ``redis://[[user]:password@]host[:port][/db][?prefix=rg:&…]``, or ``rediss://…`` for TLS. ``prefix``
     (default ``rg:``) starts every key and channel name, so several deployments share one server; the other
@@ -71,8 +99,8 @@ class RedisBackend(Backend):
         OSError,
     )
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, *, history: History = DEFAULT_HISTORY) -> None:
+        super().__init__(url, history=history)
         self._redis_url, prefix = split_url(url)
         _check_url(self._redis_url)
         self.keys = Keyspace(prefix)
@@ -82,13 +110,33 @@ class RedisBackend(Backend):
         self._open_topics = 0  # topics with a listener on this instance
         self._room_listeners: collections.Counter[str] = collections.Counter()
         self._closed = False
+        #: The epoch this instance would create if the store has none (the first script to run wins).
+        self._new_epoch = secrets.token_hex(8)
+        # Retention as the scripts take it, computed once (a write is on the hot path).
+        self._max_age_ms = max(1, math.ceil(history.max_age_seconds * 1000))
+        self._log_ttl = str(self._max_age_ms)
+        self._max_changes = str(max(0, history.max_changes))
+        #: How long a joining instance counts before its first heartbeat (the last heartbeat's ttl).
+        self._presence_ttl = DEFAULT_PRESENCE_TTL
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
     async def open(self) -> None:
         client = self._client = redis.asyncio.Redis.from_url(self._redis_url, **CLIENT_DEFAULTS)
-        self._create_room = client.register_script(scripts.CREATE_ROOM)
-        self._set_variable = client.register_script(scripts.SET_VARIABLE)
+        register = client.register_script
+        self._create_room = register(scripts.CREATE_ROOM)
+        self._save_room = register(scripts.SAVE_ROOM)
+        self._set_variable = register(scripts.SET_VARIABLE)
+        self._append = register(scripts.APPEND)
+        self._delete_room = register(scripts.DELETE_ROOM)
+        self._join = register(scripts.PRESENCE_JOIN)
+        self._leave = register(scripts.PRESENCE_LEAVE)
+        self._sweep = register(scripts.PRESENCE_SWEEP)
+        self._heartbeat = register(scripts.HEARTBEAT)
+        self._forget_instance = register(scripts.FORGET_INSTANCE)
+        self._read_changes = register(scripts.READ_CHANGES)
+        self._get_contents = register(scripts.GET_CONTENTS)
+        self._get_epoch = register(scripts.EPOCH)
         kwargs = client.connection_pool.connection_kwargs
         self._listener = ChannelListener(
             client.connection_pool,
@@ -97,6 +145,11 @@ class RedisBackend(Backend):
             timeout=(kwargs.get("socket_connect_timeout") or 2.0) + (kwargs.get("socket_timeout") or 5.0),
             name=self.listener_name,
         )
+        try:
+            self._learn(await self._get_epoch(keys=[self.keys.epoch], args=[self._new_epoch]))
+        except self.base_exceptions as exc:
+            # Not up yet: every script answers the epoch, so the first call that reaches Redis learns it.
+            log.warning("redis: cannot read the epoch yet (%s); will on the first call", type(exc).__name__)
 
     @property
     def listener_name(self) -> str:
@@ -126,21 +179,77 @@ class RedisBackend(Backend):
             raise Unavailable("backend is not open")
         return self._client
 
+    def _learn(self, epoch: bytes | str) -> str:
+        """Keep the store's epoch as a script answered it, and return it."""
+        self.epoch = _text(epoch)
+        return self.epoch
+
+    # -- writing the log ----------------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        script: AsyncScript,
+        room_id: str,
+        change: Change,
+        keys: Sequence[str | bytes] = (),
+        args: Sequence[str | bytes] = (),
+    ) -> list[Any]:
+        """Run a logging script (:data:`~room_gateway_plugins.redis.scripts.PRELUDE`) for ``change``.
+
+        Answers the script's reply, whose second item (the store's epoch) is learnt.
+        """
+        assigned = ASSIGNED_VARIABLE if change.variable is not None else ASSIGNED
+        reply: list[Any] = await script(
+            keys=[self.keys.epoch, self.keys.head(room_id), self.keys.log(room_id), *keys],
+            args=[*self._log_args(room_id, change, assigned), *args],
+        )
+        self._learn(reply[1])
+        return reply
+
+    def _log_args(self, room_id: str, change: Change, assigned: tuple[str, ...]) -> list[str | bytes]:
+        now = codec.milliseconds(change.time)
+        return [
+            self._new_epoch,
+            self.keys.room_channel(room_id),
+            self._max_changes,
+            f"{max(0, now - self._max_age_ms):013d}",
+            self._log_ttl,
+            codec.entry_prefix(change),
+            wire.head(room_id, change, assigned),
+            TAILS[assigned],
+        ]
+
+    def _logged(self, change: Change, seq: int | bytes) -> Change:
+        return dataclasses.replace(change, seq=int(seq), epoch=self.epoch)
+
     # -- rooms --------------------------------------------------------------------------------------------
 
     async def create_room(self, room: Room) -> None:
-        created = await self._create_room(
-            keys=[self.keys.room(room.room_id), self.keys.rooms], args=[codec.dumps_room(room), room.room_id]
+        change = Change(0, "", ChangeKind.ROOM_CREATED, room.update_time, room=room)
+        reply = await self._write(
+            self._create_room,
+            room.room_id,
+            change,
+            keys=[self.keys.room(room.room_id), self.keys.rooms],
+            args=[codec.dumps_room(room), room.room_id],
         )
-        if not created:
+        if not reply[0]:
             raise AlreadyExists(f"room {room.room_id!r} already exists (ids are never reused)")
 
     async def get_room(self, room_id: str) -> Room | None:
         data = await self._redis.get(self.keys.room(room_id))
         return codec.loads_room(data) if data is not None else None
 
-    async def save_room(self, room: Room) -> None:
-        if not await self._redis.set(self.keys.room(room.room_id), codec.dumps_room(room), xx=True):
+    async def save_room(self, room: Room, kind: ChangeKind = ChangeKind.ROOM_UPDATED) -> None:
+        change = Change(0, "", kind, room.update_time, room=room)
+        reply = await self._write(
+            self._save_room,
+            room.room_id,
+            change,
+            keys=[self.keys.room(room.room_id)],
+            args=[codec.dumps_room(room)],
+        )
+        if not reply[0]:
             raise NotFound(f"room {room.room_id!r} does not exist")
 
     async def list_rooms(self, *, start: str, inclusive: bool, limit: int) -> list[Room]:
@@ -160,6 +269,26 @@ class RedisBackend(Backend):
         found = await self._redis.mget([self.keys.room(one) for one in room_ids])
         return [codec.loads_room(data) for data in found if data is not None]
 
+    async def delete_room(self, room: Room) -> None:
+        room_id = room.room_id
+        change = Change(0, "", ChangeKind.ROOM_DELETED, room.update_time, room=room)
+        keys = self.keys
+        reply = await self._write(
+            self._delete_room,
+            room_id,
+            change,
+            keys=[
+                keys.room(room_id),
+                keys.variables(room_id),
+                keys.versions(room_id),
+                keys.users(room_id),
+                keys.members(room_id),
+            ],
+            args=[codec.dumps_room(room)],
+        )
+        if not reply[0]:
+            raise NotFound(f"room {room_id!r} does not exist")
+
     # -- variables ----------------------------------------------------------------------------------------
 
     async def get_variable(self, room_id: str, name: str) -> Variable | None:
@@ -168,15 +297,14 @@ class RedisBackend(Backend):
 
     async def write_variable(self, write: VariableWrite) -> Variable | None:
         expected = write.expected_version
-        written, version = await self._set_variable(
+        kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
+        change = Change(0, "", kind, write.now, variable=write.written(0))
+        written, _, _, version = await self._write(
+            self._set_variable,
+            write.room_id,
+            change,
             keys=[self.keys.variables(write.room_id), self.keys.versions(write.room_id)],
-            args=[
-                write.name,
-                "" if expected is None else str(expected),
-                "1" if write.deletes else "0",
-                wire.variable_head(write.room_id, write.name, write.value, write.now),
-                self.keys.topic_channel(write.topic),
-            ],
+            args=[write.name, "" if expected is None else str(expected), "1" if write.deletes else "0"],
         )
         if not written:
             raise write.conflict(int(version))
@@ -184,22 +312,53 @@ class RedisBackend(Backend):
             return None
         return write.written(int(version))
 
-    async def get_contents(self, room_id: str) -> dict[str, JSON]:
-        records = await self._redis.hgetall(self.keys.variables(room_id))
-        return {_text(name): codec.loads_value(record) for name, record in records.items()}
+    async def get_contents(self, room_id: str) -> Snapshot:
+        keys = self.keys
+        epoch, head, *records = await self._get_contents(
+            keys=[keys.epoch, keys.head(room_id), keys.variables(room_id)], args=[self._new_epoch]
+        )
+        pairs = zip(records[::2], records[1::2], strict=True)
+        contents = {_text(name): codec.loads_value(record) for name, record in pairs}
+        return Snapshot(contents, int(head), self._learn(epoch))
 
-    async def delete_room_data(self, room_id: str) -> None:
-        await self._redis.delete(self.keys.variables(room_id), self.keys.versions(room_id))
+    # -- the log ------------------------------------------------------------------------------------------
+
+    async def read_changes(
+        self,
+        room_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        kinds: frozenset[ChangeKind] | None = None,
+    ) -> LogPage:
+        keys = self.keys
+        codes = "" if kinds is None else ",".join(["", *sorted(codec.KIND_CODES[k] for k in kinds), ""])
+        if kinds is not None and not kinds:
+            limit = 0  # no kind wanted: only the bounds
+        head, first, epoch, *entries = await self._read_changes(
+            keys=[keys.epoch, keys.head(room_id), keys.log(room_id)],
+            args=[self._new_epoch, str(after_seq), str(max(0, limit)), codes],
+        )
+        changes = [codec.loads_entry(entry) for entry in entries]
+        return LogPage(changes, int(head), self._learn(epoch), int(first))
 
     # -- realtime -----------------------------------------------------------------------------------------
 
-    async def publish_event(self, room_id: str, event: Event) -> None:
-        topic = Topic("event", room_id, event.name)
-        await self._redis.publish(self.keys.topic_channel(topic), wire.encode(wire.Message(topic, event)))
+    async def publish_event(self, room_id: str, event: Event) -> Change:
+        change = Change(0, self.epoch, ChangeKind.EVENT, event.time, event=event)
+        if not self.history.events:  # live only: no seq, nothing stored
+            message = wire.encode(wire.Message(room_id, change))
+            await self._redis.publish(self.keys.room_channel(room_id), message)
+            return change
+        _, _, seq = await self._write(self._append, room_id, change)
+        return self._logged(change, seq)
 
     async def publish_signal(self, signal: RoomSignal) -> None:
-        channel = self.keys.signal_channel(signal.room_id)
-        await self._redis.publish(channel, wire.encode(wire.Message(None, signal)))
+        if signal.room_id:
+            change = Change(0, "", ChangeKind.CONNECTIONS_INVALIDATED, signal.time)
+            await self._write(self._append, signal.room_id, change)
+            return
+        await self._redis.publish(self.keys.all_signals, wire.encode(wire.Message("", signal)))
 
     async def subscribe(self, topic: Topic) -> Subscription:
         listener = self._listener
@@ -207,18 +366,11 @@ class RedisBackend(Backend):
             raise Unavailable("backend is closed" if self._closed else "backend is not open")
         sub = self.hub.subscribe(topic)
         try:
-            await listener.ready(self._channels(topic))
+            await listener.ready((self.keys.room_channel(topic.room_id), self.keys.all_signals))
         except BaseException:
             sub.close()
             raise
         return sub
-
-    def _channels(self, topic: Topic) -> tuple[bytes, ...]:
-        return (
-            self.keys.topic_channel(topic),
-            self.keys.signal_channel(topic.room_id),
-            self.keys.all_signals,
-        )
 
     # The hub calls these when a topic gains its first or loses its last listener on this instance.
 
@@ -226,9 +378,8 @@ class RedisBackend(Backend):
         listener = self._listener
         if listener is None:  # subscribe() refuses before the hub gets here
             return
-        listener.subscribe(self.keys.topic_channel(topic))
-        if topic.room_id and not self._room_listeners[topic.room_id]:
-            listener.subscribe(self.keys.signal_channel(topic.room_id))
+        if not self._room_listeners[topic.room_id]:
+            listener.subscribe(self.keys.room_channel(topic.room_id))
         self._room_listeners[topic.room_id] += 1
         self._open_topics += 1
         if self._open_topics == 1:
@@ -237,12 +388,10 @@ class RedisBackend(Backend):
     def _topic_closed(self, topic: Topic) -> None:
         if self._listener is None:
             return
-        self._listener.unsubscribe(self.keys.topic_channel(topic))
         self._room_listeners[topic.room_id] -= 1
         if self._room_listeners[topic.room_id] <= 0:
             del self._room_listeners[topic.room_id]
-            if topic.room_id:
-                self._listener.unsubscribe(self.keys.signal_channel(topic.room_id))
+            self._listener.unsubscribe(self.keys.room_channel(topic.room_id))
         self._open_topics -= 1
         if not self._open_topics:
             self._listener.unsubscribe(self.keys.all_signals)
@@ -250,12 +399,96 @@ class RedisBackend(Backend):
     # The listener calls these from its task.
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
-        # A message names its topic (gateway.core.wire). One published before our UNSUBSCRIBE took effect
+        # A message names its room (gateway.core.wire). One published before our UNSUBSCRIBE took effect
         # finds nobody listening to it in the hub, which drops it.
         wire.decode(data).deliver(self.hub)
 
     def _on_lost(self, error: Unavailable) -> None:
         self.hub.close_all(error)
+
+    # -- presence -----------------------------------------------------------------------------------------
+
+    def _presence_keys(self, room_id: str, instance: str) -> list[str | bytes]:
+        keys = self.keys
+        return [
+            keys.held(instance, room_id),
+            keys.holds(instance),
+            keys.users(room_id),
+            keys.members(room_id),
+        ]
+
+    async def presence_join(self, room_id: str, member: Member, *, instance: str, now: datetime) -> None:
+        joined = dataclasses.replace(member, connections=1, join_time=now)
+        change = Change(0, "", ChangeKind.MEMBER_JOINED, now, member=joined)
+        deadline = codec.milliseconds(now) + math.ceil(self._presence_ttl * 1000)
+        await self._write(
+            self._join,
+            room_id,
+            change,
+            keys=[*self._presence_keys(room_id, instance), self.keys.instances],
+            args=[member.user_id, codec.dumps_member(joined), room_id, instance, str(deadline)],
+        )
+
+    async def presence_leave(self, room_id: str, user_id: str, *, instance: str, now: datetime) -> None:
+        change = Change(0, "", ChangeKind.MEMBER_LEFT, now, member=Member(user_id))
+        await self._write(
+            self._leave, room_id, change, keys=self._presence_keys(room_id, instance), args=[user_id, room_id]
+        )
+
+    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
+        self._presence_ttl = ttl_seconds
+        now_ms = codec.milliseconds(now)
+        dead = await self._heartbeat(
+            keys=[self.keys.instances],
+            args=[instance, str(now_ms + math.ceil(ttl_seconds * 1000)), str(now_ms)],
+        )
+        for one in dead:
+            await self._sweep_instance(_text(one), now)
+
+    async def _sweep_instance(self, instance: str, now: datetime) -> None:
+        """Drop the connections of an instance past its deadline, room by room, then forget it."""
+        keys = self.keys
+        for room in await self._redis.smembers(keys.holds(instance)):
+            room_id = _text(room)
+            users = [_text(user) for user in await self._redis.hkeys(keys.held(instance, room_id))]
+            groups: list[str | bytes] = []
+            for user_id in users:
+                change = Change(0, "", ChangeKind.MEMBER_LEFT, now, member=Member(user_id))
+                groups += [user_id, codec.entry_prefix(change), wire.head(room_id, change, ASSIGNED)]
+            if not groups:  # an empty hash is no key: the room is only left in the set
+                change = Change(0, "", ChangeKind.MEMBER_LEFT, now)
+            await self._write(
+                self._sweep,
+                room_id,
+                change,
+                keys=self._presence_keys(room_id, instance),
+                args=[room_id, *groups],
+            )
+        await self._forget_instance(
+            keys=[keys.instances, keys.holds(instance)], args=[instance, str(codec.milliseconds(now))]
+        )
+
+    async def get_presence(self, room_id: str) -> Presence:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.keys.users(room_id))
+            pipe.hgetall(self.keys.members(room_id))
+            counts, stored = await pipe.execute()
+        members = [
+            codec.loads_member(_text(user), int(count), stored.get(user))
+            for user, count in sorted(counts.items())
+            if int(count) > 0
+        ]
+        return Presence(members, len(members), sum(member.connections for member in members))
+
+    async def count_users(self, room_ids: Sequence[str]) -> dict[str, int]:
+        unique = sorted(set(room_ids))
+        if not unique:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room_id in unique:
+                pipe.hlen(self.keys.users(room_id))
+            counts = await pipe.execute()
+        return {room_id: int(count) for room_id, count in zip(unique, counts, strict=True) if count}
 
 
 def _check_url(url: str) -> None:

@@ -6,20 +6,28 @@ or test runs share one server. Pub/sub channels are prefixed too: unlike keys, c
 
 Keys::
 
+    {prefix}epoch                 the change log's incarnation (SET NX once; gone with the data, then renewed)
     {prefix}rooms                 sorted set of room ids, every score 0: listed with ZRANGEBYLEX
     {prefix}room:{room_id}        the room, one JSON string (tombstones stay: ids are never reused)
-    {prefix}vars:{room_id}        hash: variable name -> JSON record {version, update_time, value}
+    {prefix}vars:{room_id}        hash: variable name -> the wire bytes of the Change that last set it
     {prefix}versions:{room_id}    hash: variable name -> last version, deletions included
+    {prefix}head:{room_id}        the room's last seq (INCR; never expires; deleted with the room's log)
+    {prefix}log:{room_id}         list: the retained Changes, oldest first, each as
+                                  ``{13-digit ms}{2-digit kind}{wire bytes}`` (the prefix serves retention
+                                  by age and the kinds filter without Lua decoding anything)
+    {prefix}users:{room_id}       hash: user id -> connections on every instance (presence)
+    {prefix}members:{room_id}     hash: user id -> the Member as JSON (info, join time)
+    {prefix}instances             sorted set: instance -> deadline (ms) of its last presence heartbeat
+    {prefix}holds:{instance}      set: the rooms where the instance counts connections
+    {prefix}held:["{instance}","{room_id}"]   hash: user id -> connections on that instance in that room
 
 Channels::
 
-    {prefix}variable:["{room_id}","{name}"]   changes of one variable (the Lua write script publishes)
-    {prefix}event:["{room_id}","{name}"]      events of one name in one room
-    {prefix}signal:room:{room_id}             signals of one room
-    {prefix}signal:all                        signals of every room
+    {prefix}changes:{room_id}     every Change of one room, in seq order (the Lua scripts publish)
+    {prefix}signal:all            signals of every room
 
-A topic's room id and name are written as a JSON array so that no two topics share a channel whatever
-characters they hold.
+A name made of two free strings is written as a JSON array so that no two share a key whatever characters
+they hold; one free string at the end of a name cannot collide.
 """
 
 from __future__ import annotations
@@ -27,8 +35,6 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
-
-from gateway.core.hub import Topic
 
 DEFAULT_PREFIX = "rg:"
 PREFIX_PARAMETER = "prefix"
@@ -57,9 +63,11 @@ class Keyspace:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+        self.epoch = prefix + "epoch"
         self.rooms = prefix + "rooms"
+        self.instances = prefix + "instances"
         self.all_signals = (prefix + "signal:all").encode()
-        self._room_signals = prefix + "signal:room:"
+        self._changes = prefix + "changes:"
 
     def room(self, room_id: str) -> str:
         return f"{self.prefix}room:{room_id}"
@@ -70,10 +78,24 @@ class Keyspace:
     def versions(self, room_id: str) -> str:
         return f"{self.prefix}versions:{room_id}"
 
-    def topic_channel(self, topic: Topic) -> bytes:
-        """The channel of a variable's changes or of an event name's events."""
-        return self.prefix.encode() + topic.kind.encode() + b":" + orjson.dumps([topic.room_id, topic.name])
+    def head(self, room_id: str) -> str:
+        return f"{self.prefix}head:{room_id}"
 
-    def signal_channel(self, room_id: str) -> bytes:
-        """The channel of a room's signals, or of every room's when ``room_id == ""``."""
-        return (self._room_signals + room_id).encode() if room_id else self.all_signals
+    def log(self, room_id: str) -> str:
+        return f"{self.prefix}log:{room_id}"
+
+    def users(self, room_id: str) -> str:
+        return f"{self.prefix}users:{room_id}"
+
+    def members(self, room_id: str) -> str:
+        return f"{self.prefix}members:{room_id}"
+
+    def holds(self, instance: str) -> str:
+        return f"{self.prefix}holds:{instance}"
+
+    def held(self, instance: str, room_id: str) -> bytes:
+        return self.prefix.encode() + b"held:" + orjson.dumps([instance, room_id])
+
+    def room_channel(self, room_id: str) -> bytes:
+        """The channel of every change of a room."""
+        return (self._changes + room_id).encode()

@@ -1,55 +1,331 @@
-"""The Lua scripts that make the backend's writes atomic.
+"""The Lua scripts that make the backend's writes atomic, each with its change-log entry.
 
 Redis runs a script as one command: nothing else runs in between ("Scripting with Lua", atomicity). Each
 script is registered with ``register_script`` and called by EVALSHA (redis-py loads it again after a
-NOSCRIPT reply, e.g. once the server restarted). Every key a script touches is passed in ``KEYS``.
+NOSCRIPT reply, e.g. once the server restarted), so a write is one round trip whatever it does: the change,
+its seq, its log entry, the retention trim and the PUBLISH to the room's channel.
+
+**Writes that log** start with :data:`PRELUDE` and share its calling convention::
+
+    KEYS[1] epoch   KEYS[2] head   KEYS[3] log   KEYS[4…] the script's own
+    ARGV[1] a new epoch, used if the store has none   ARGV[2] the room's channel   ARGV[3] max changes kept
+    ARGV[4] the cutoff time (13-digit ms: older entries are dropped)   ARGV[5] how long the log outlives
+    its last append (ms)   ARGV[6] the entry's prefix (13-digit ms, 2-digit kind)   ARGV[7] the Change's
+    head   ARGV[8] its tail format   ARGV[9…] the script's own
+
+The gateway encodes the Change without what the store assigns (:func:`gateway.core.wire.head`: epoch, a
+variable's version, seq); the script completes it with :func:`gateway.core.wire.tail_format` filled in.
+Lua never decodes nor re-encodes a value — Redis' cjson would turn integers into doubles and empty objects
+into arrays. The epoch is the store's, created here when it has none (the first write, or Redis lost its
+data), so a flushed Redis starts a new epoch with no round trip to learn it; every script answers it.
+
+Every key a script touches is passed in ``KEYS``.
 """
 
 from __future__ import annotations
 
-#: Create a room unless its id was ever used: the room's key is set only if absent (a deleted room stays
-#: as a tombstone, so its id stays taken), and its id joins the sorted set used for listing in the same
-#: step. KEYS: room, rooms. ARGV: room JSON, room id. Returns 1 if created, 0 if the id was taken.
-CREATE_ROOM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+
+def _epoch(argv: int) -> str:
+    """Lua setting ``epoch`` to the store's epoch, created from ``ARGV[argv]`` if it has none (KEYS[1])."""
+    return f"""
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[{argv}]
+  redis.call('SET', KEYS[1], epoch)
+end
+"""
+
+
+#: The common head of every logging script: the store's epoch, and ``append(version)``, which assigns the
+#: next seq, completes the record, logs it (trimmed by count and age) and publishes it; it returns the seq
+#: and the record.
+PRELUDE = (
+    _epoch(1)
+    + """
+local function keep(entry)
+  local max = tonumber(ARGV[3])
+  if max <= 0 then
+    return
+  end
+  local n = redis.call('RPUSH', KEYS[3], entry)
+  if n > max then
+    redis.call('LTRIM', KEYS[3], n - max, -1)
+  end
+  -- Fixed-width times compare as strings. Bounded per append: retention may lag, a write may not stall.
+  for _ = 1, 100 do
+    local oldest = redis.call('LINDEX', KEYS[3], 0)
+    if not oldest or string.sub(oldest, 1, 13) >= ARGV[4] then
+      break
+    end
+    redis.call('LPOP', KEYS[3])
+  end
+  -- An idle room's log expires whole once its newest entry is too old to keep.
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+end
+
+local function complete(head, seq, version)
+  if version then
+    return head .. string.format(ARGV[8], epoch, version, seq)
+  end
+  return head .. string.format(ARGV[8], epoch, seq)
+end
+
+local function append(version)
+  local seq = redis.call('INCR', KEYS[2])
+  local record = complete(ARGV[7], seq, version)
+  keep(ARGV[6] .. record)
+  redis.call('PUBLISH', ARGV[2], record)
+  return seq, record
+end
+"""
+)
+
+#: Overwrite the room at KEYS[4] with ARGV[9], or answer {0, epoch} if there is no such room.
+_SAVE_EXISTING = """
+if not redis.call('SET', KEYS[4], ARGV[9], 'XX') then
+  return {0, epoch}
+end
+"""
+
+#: Create a room unless its id was ever used (a deleted room stays as a tombstone, so its id stays taken),
+#: list it, and log ROOM_CREATED. KEYS[4] room, KEYS[5] rooms. ARGV[9] room JSON, ARGV[10] room id.
+#: Returns {1, epoch, seq}, or {0, epoch} if the id was taken.
+CREATE_ROOM = (
+    PRELUDE
+    + """
+if not redis.call('SET', KEYS[4], ARGV[9], 'NX') then
+  return {0, epoch}
+end
+redis.call('ZADD', KEYS[5], 0, ARGV[10])
+return {1, epoch, (append())}
+"""
+)
+
+#: Overwrite an existing room and log its change (ROOM_UPDATED, ROOM_CLOSED). KEYS[4] room. ARGV[9] room
+#: JSON. Returns {1, epoch, seq}, or {0, epoch} if there is no such room.
+SAVE_ROOM = PRELUDE + _SAVE_EXISTING + "return {1, epoch, (append())}\n"
+
+#: Write or delete one variable: compare-and-set, version bump, log entry and notification in one step, so
+#: listeners receive the changes of a variable in version order.
+#:
+#: The version comes from the ``versions`` hash, which keeps a deleted variable's last version so that
+#: versions never repeat; the variable is *set* while it has a record in ``vars``. The record, stored,
+#: logged and published, is the wire bytes of the Change (VARIABLE_SET).
+#:
+#: KEYS[4] vars, KEYS[5] versions. ARGV[9] name, ARGV[10] expected version ('' for none; '0' means
+#: "unset"), ARGV[11] '1' to delete. Returns {1, epoch, seq, version}; {1, epoch, 0, 0} when deleting an
+#: unset variable (nothing done); {0, epoch, 0, current version} when the expected version does not match.
+SET_VARIABLE = (
+    PRELUDE
+    + """
+local name = ARGV[9]
+local last = tonumber(redis.call('HGET', KEYS[5], name) or '0')
+local current = 0
+if redis.call('HEXISTS', KEYS[4], name) == 1 then
+  current = last
+end
+if ARGV[10] ~= '' and tonumber(ARGV[10]) ~= current then
+  return {0, epoch, 0, current}
+end
+local delete = ARGV[11] == '1'
+if delete and current == 0 then
+  return {1, epoch, 0, 0}
+end
+local version = redis.call('HINCRBY', KEYS[5], name, 1)
+local seq, record = append(version)
+if delete then
+  redis.call('HDEL', KEYS[4], name)
+else
+  redis.call('HSET', KEYS[4], name, record)
+end
+return {1, epoch, seq, version}
+"""
+)
+
+#: Log a Change that changes nothing else (EVENT, CONNECTIONS_INVALIDATED) and publish it.
+#: Returns {1, epoch, seq}.
+APPEND = PRELUDE + "return {1, epoch, (append())}\n"
+
+#: Delete a room: store its tombstone, wipe its variables, log, head and presence, and publish ROOM_DELETED
+#: at the old head's seq + 1 without logging it (the log is gone: it is the room's last change). KEYS[4]
+#: room, KEYS[5] vars, KEYS[6] versions, KEYS[7] users, KEYS[8] members. ARGV[9] the tombstone's JSON.
+#: Returns {1, epoch, seq}, or {0, epoch} if there is no such room.
+DELETE_ROOM = (
+    PRELUDE
+    + _SAVE_EXISTING
+    + """
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+redis.call('PUBLISH', ARGV[2], complete(ARGV[7], seq))
+return {1, epoch, seq}
+"""
+)
+
+#: One more connection of a user in a room on an instance; the user's first on any instance logs
+#: MEMBER_JOINED. The instance joins the heartbeat set if it is not there yet (its first heartbeat may come
+#: later), so that its connections expire even if it dies before that.
+#:
+#: KEYS[4] held (this instance, this room), KEYS[5] holds (this instance), KEYS[6] users, KEYS[7] members,
+#: KEYS[8] instances. ARGV[9] user id, ARGV[10] member JSON, ARGV[11] room id, ARGV[12] instance,
+#: ARGV[13] its deadline (ms) if it has none. Returns {1, epoch, seq} when logged, else {0, epoch}.
+PRESENCE_JOIN = (
+    PRELUDE
+    + """
+local user = ARGV[9]
+redis.call('HINCRBY', KEYS[4], user, 1)
+redis.call('SADD', KEYS[5], ARGV[11])
+redis.call('ZADD', KEYS[8], 'NX', ARGV[13], ARGV[12])
+if redis.call('HINCRBY', KEYS[6], user, 1) == 1 then
+  redis.call('HSET', KEYS[7], user, ARGV[10])
+  return {1, epoch, (append())}
+end
+return {0, epoch}
+"""
+)
+
+#: One connection fewer; the user's last on any instance logs MEMBER_LEFT. A leave the instance never
+#: counted, or of a room deleted (or an instance swept) meanwhile, changes nothing shared.
+#:
+#: KEYS[4] held, KEYS[5] holds, KEYS[6] users, KEYS[7] members. ARGV[9] user id, ARGV[10] room id.
+#: Returns {1, epoch, seq} when logged, else {0, epoch}.
+PRESENCE_LEAVE = (
+    PRELUDE
+    + """
+local user = ARGV[9]
+local mine = tonumber(redis.call('HGET', KEYS[4], user) or '0')
+if mine <= 0 then
+  return {0, epoch}
+end
+if mine == 1 then
+  redis.call('HDEL', KEYS[4], user)
+  if redis.call('HLEN', KEYS[4]) == 0 then
+    redis.call('SREM', KEYS[5], ARGV[10])
+  end
+else
+  redis.call('HINCRBY', KEYS[4], user, -1)
+end
+local total = tonumber(redis.call('HGET', KEYS[6], user) or '0')
+if total <= 0 then
+  return {0, epoch}
+end
+if total == 1 then
+  redis.call('HDEL', KEYS[6], user)
+  redis.call('HDEL', KEYS[7], user)
+  return {1, epoch, (append())}
+end
+redis.call('HINCRBY', KEYS[6], user, -1)
+return {0, epoch}
+"""
+)
+
+#: Drop a dead instance's connections in one room, logging MEMBER_LEFT for each user whose last connections
+#: they were, each with its own Change head (ARGV[7] is unused). Safe to run twice, or on two instances at
+#: once: the second finds nothing left to drop.
+#:
+#: KEYS[4] held (dead instance, room), KEYS[5] holds (dead instance), KEYS[6] users, KEYS[7] members.
+#: ARGV[9] room id, then per user: user id, entry prefix, Change head. Returns {1, epoch, seqs logged}.
+PRESENCE_SWEEP = (
+    PRELUDE
+    + """
+local seqs = {}
+for i = 10, #ARGV, 3 do
+  local user = ARGV[i]
+  local mine = tonumber(redis.call('HGET', KEYS[4], user) or '0')
+  if mine > 0 then
+    redis.call('HDEL', KEYS[4], user)
+    local total = tonumber(redis.call('HGET', KEYS[6], user) or '0')
+    if total > mine then
+      redis.call('HINCRBY', KEYS[6], user, -mine)
+    elseif total > 0 then
+      redis.call('HDEL', KEYS[6], user)
+      redis.call('HDEL', KEYS[7], user)
+      local seq = redis.call('INCR', KEYS[2])
+      local record = complete(ARGV[i + 2], seq)
+      keep(ARGV[i + 1] .. record)
+      redis.call('PUBLISH', ARGV[2], record)
+      seqs[#seqs + 1] = seq
+    end
+  end
+end
+if redis.call('HLEN', KEYS[4]) == 0 then
+  redis.call('SREM', KEYS[5], ARGV[9])
+end
+return {1, epoch, seqs}
+"""
+)
+
+#: A presence heartbeat: push this instance's deadline, and name the instances whose deadline has passed.
+#: KEYS[1] instances. ARGV[1] instance, ARGV[2] its new deadline (ms), ARGV[3] now (ms). Returns the dead.
+HEARTBEAT = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+"""
+
+#: Forget a swept instance unless it came back meanwhile or still holds connections somewhere.
+#: KEYS[1] instances, KEYS[2] holds. ARGV[1] instance, ARGV[2] now (ms). Returns 1 if forgotten.
+FORGET_INSTANCE = """
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if deadline and tonumber(deadline) < tonumber(ARGV[2]) and redis.call('SCARD', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
   return 1
 end
 return 0
 """
 
-#: Write or delete one variable: compare-and-set, version bump and notification in one step, so listeners
-#: receive the changes of a variable in version order.
-#:
-#: The version comes from the ``versions`` hash, which keeps a deleted variable's last version so that
-#: versions never repeat; the variable is *set* while it has a record in ``vars``. The record, stored and
-#: published, is the wire message of the write (:mod:`gateway.core.wire`): the head made by the gateway
-#: (``wire.variable_head``) completed with ``wire.VERSION_TAIL`` — Lua never decodes the value.
-#:
-#: KEYS: vars, versions. ARGV: name, expected version ('' for none; '0' means "unset"), '1' to delete,
-#: message head, channel. Returns {1, version}; {1, 0} when deleting an unset variable (nothing done);
-#: {0, current version} when the expected version does not match.
-SET_VARIABLE = """
-local name = ARGV[1]
-local last = tonumber(redis.call('HGET', KEYS[2], name) or '0')
-local current = 0
-if redis.call('HEXISTS', KEYS[1], name) == 1 then
-  current = last
+#: A slice of a room's log with its bounds and the epoch, in one step.
+#: KEYS[1] epoch, KEYS[2] head, KEYS[3] log. ARGV[1] a new epoch if the store has none, ARGV[2] after seq,
+#: ARGV[3] limit, ARGV[4] kinds to keep as ``,01,07,`` ('' for all). Returns {head, first seq, epoch,
+#: entries…}, each entry with its 15-byte prefix.
+READ_CHANGES = (
+    _epoch(1)
+    + """
+local head = tonumber(redis.call('GET', KEYS[2]) or '0')
+local n = redis.call('LLEN', KEYS[3])
+local first = head - n + 1
+local start = tonumber(ARGV[2]) - first + 1
+if start < 0 then
+  start = 0
 end
-if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= current then
-  return {0, current}
+local limit = tonumber(ARGV[3])
+local out = {head, first, epoch}
+if limit <= 0 or start >= n then
+  return out
 end
-local delete = ARGV[3] == '1'
-if delete and current == 0 then
-  return {1, 0}
+if ARGV[4] == '' then
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[3], start, start + limit - 1)) do
+    out[#out + 1] = entry
+  end
+  return out
 end
-local version = redis.call('HINCRBY', KEYS[2], name, 1)
-local record = ARGV[4] .. string.format('"version":%d}', version)
-if delete then
-  redis.call('HDEL', KEYS[1], name)
-else
-  redis.call('HSET', KEYS[1], name, record)
+local taken = 0
+while taken < limit and start < n do
+  for _, entry in ipairs(redis.call('LRANGE', KEYS[3], start, start + 99)) do
+    if string.find(ARGV[4], ',' .. string.sub(entry, 14, 15) .. ',', 1, true) then
+      out[#out + 1] = entry
+      taken = taken + 1
+      if taken == limit then
+        return out
+      end
+    end
+  end
+  start = start + 100
 end
-redis.call('PUBLISH', ARGV[5], record)
-return {1, version}
+return out
 """
+)
+
+#: Every set variable of a room with the log position, in one step. KEYS[1] epoch, KEYS[2] head, KEYS[3]
+#: vars. ARGV[1] a new epoch if the store has none. Returns {epoch, head, name, record, name, record, …}.
+GET_CONTENTS = (
+    _epoch(1)
+    + """
+local out = {epoch, tonumber(redis.call('GET', KEYS[2]) or '0')}
+for _, item in ipairs(redis.call('HGETALL', KEYS[3])) do
+  out[#out + 1] = item
+end
+return out
+"""
+)
+
+#: The store's epoch, created if it has none. KEYS[1] epoch. ARGV[1] a new epoch.
+EPOCH = _epoch(1) + "return epoch\n"

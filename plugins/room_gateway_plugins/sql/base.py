@@ -2,19 +2,24 @@
 
 Each write is one statement that the database makes atomic — an upsert or a guarded ``UPDATE … RETURNING``
 — so that concurrent writers (other tasks, other gateway processes) never lose an update, and a
-compare-and-set is decided by the database, not by a read in Python. The notification of a write is
-emitted inside its transaction (:meth:`SqlBackend._emit`), so listeners see writes in commit order, which
-for one variable is version order (its row lock orders its writers). Values and settings are JSON text
-(:mod:`gateway.core.jsontext`).
+compare-and-set is decided by the database, not by a read in Python. In the same transaction the write
+appends its change to the room's log (:mod:`.changelog`), whose head row lock orders the room's writers,
+and emits its notification (:meth:`SqlBackend._emit`), so listeners see a room's changes in seq order.
+Values and settings are JSON text (:mod:`gateway.core.jsontext`).
+
+Every transaction takes its locks in one order — a room's own rows (room, variable), then its head row,
+then its log and presence rows — so that concurrent writers wait for each other rather than deadlock.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -22,14 +27,33 @@ import sqlalchemy.exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.core import jsontext
-from gateway.core.backend import Backend, VariableWrite
+from gateway.core import jsontext, wire
+from gateway.core.backend import Backend, History, LogPage, Snapshot, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import JSON, Event, Room, RoomSignal, RoomStatus, Variable
+from gateway.core.models import (
+    Change,
+    ChangeKind,
+    Event,
+    Member,
+    Presence,
+    Room,
+    RoomSignal,
+    RoomStatus,
+    Variable,
+)
 from gateway.core.wire import Message
 from gateway.errors import AlreadyExists, Unavailable
-from room_gateway_plugins.sql import migrations
-from room_gateway_plugins.sql.tables import rooms, variables
+from room_gateway_plugins.sql import changelog, migrations
+from room_gateway_plugins.sql import presence as presence_ops
+from room_gateway_plugins.sql.tables import (
+    changes,
+    log_meta,
+    presence,
+    presence_instances,
+    room_heads,
+    rooms,
+    variables,
+)
 
 try:
     import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
@@ -70,9 +94,16 @@ _VARIABLE = sa.select(variables.c.value, variables.c.version, variables.c.update
     variables.c.name == sa.bindparam("name"),
     variables.c.value.is_not(None),
 )
-_CONTENTS = (
-    sa.select(variables.c.name, variables.c.value)
-    .where(variables.c.room_id == sa.bindparam("room_id"), variables.c.value.is_not(None))
+#: The set variables and the head, in one statement (one snapshot): one row per variable, or one row with
+#: ``name`` NULL when none is set; no row for a room never written.
+_SNAPSHOT = (
+    sa.select(room_heads.c.head, variables.c.name, variables.c.value)
+    .select_from(
+        room_heads.outerjoin(
+            variables, (variables.c.room_id == room_heads.c.room_id) & variables.c.value.is_not(None)
+        )
+    )
+    .where(room_heads.c.room_id == sa.bindparam("room_id"))
     .order_by(variables.c.name)
 )
 
@@ -91,7 +122,8 @@ class Transaction:
 
 
 class SqlBackend(Backend):
-    """Rooms and variables in SQL tables (:mod:`.tables`), schema by :mod:`.migrations`."""
+    """Rooms and variables in SQL tables (:mod:`.tables`), schema by :mod:`.migrations`, each write logged in
+    its own transaction (:mod:`.changelog`), presence by :mod:`.presence`."""
 
     #: Driver errors meaning "cannot reach the store". One tuple for both dialects: the contract methods are
     #: defined (and wrapped by :class:`Backend`) here, with this class's tuple.
@@ -104,8 +136,8 @@ class SqlBackend(Backend):
         *_ASYNCPG_ERRORS,
     )
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, *, history: History = History()) -> None:  # noqa: B008 - frozen
+        super().__init__(url, history=history)
         self.hub = self._make_hub()
         self._engine: AsyncEngine | None = None
         self._schema_found: int | None = None
@@ -127,8 +159,9 @@ class SqlBackend(Backend):
         return contextlib.nullcontext()
 
     @abc.abstractmethod
-    async def _emit(self, tx: Transaction, message: Message) -> None:
-        """Send ``message`` to its listeners, on every instance, when ``tx`` commits."""
+    async def _emit(self, tx: Transaction, message: Message, text: str) -> None:
+        """Send ``message`` (whose wire text is ``text``) to its listeners, on every instance, when ``tx``
+        commits."""
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -143,6 +176,8 @@ class SqlBackend(Backend):
         sa.event.listen(self._engine.sync_engine, "handle_error", _classify_error)
         async with self._tx() as tx:
             self._schema_found = await tx.conn.run_sync(migrations.upgrade, self._schema())
+            epoch = sa.select(log_meta.c.value).where(log_meta.c.name == "epoch")
+            self.epoch = (await tx.conn.execute(epoch)).scalar_one()
 
     async def close(self) -> None:
         self.hub.close_all(Unavailable("server shutting down; reconnect"))
@@ -167,6 +202,7 @@ class SqlBackend(Backend):
         """The rows of one read, with attributes named as the statement's columns (``row.version``).
 
         Runs in autocommit: no BEGIN/COMMIT round trips, and the read sees every commit made before it.
+        One statement is one snapshot, so a read that joins the head row is consistent with it.
         """
         async with self._serial(), self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -176,6 +212,47 @@ class SqlBackend(Backend):
         """The dialect's INSERT, which knows ``ON CONFLICT``."""
         dialect = postgresql if self.engine.dialect.name == "postgresql" else sqlite
         return dialect.insert(table)
+
+    # -- the log ---------------------------------------------------------------------------------------------
+
+    def _bump_head(self, room_id: str, by: int = 1) -> Any:
+        """The upsert that adds ``by`` to the room's head (``0``: only locks the row) and returns it."""
+        return (
+            self._insert(room_heads)
+            .values(room_id=room_id, head=by)
+            .on_conflict_do_update(
+                index_elements=[room_heads.c.room_id], set_={"head": room_heads.c.head + by}
+            )
+            .returning(room_heads.c.head)
+        )
+
+    async def _lock_room(self, tx: Transaction, room_id: str) -> int:
+        """Take the room's head row lock (the writers' order) without a change; return the head."""
+        head: int = (await tx.conn.execute(self._bump_head(room_id, 0))).scalar_one()
+        return head
+
+    async def _log(self, tx: Transaction, room_id: str, change: Change) -> Change:
+        """Append ``change`` to the room's log in ``tx`` (its ``seq`` and ``epoch`` assigned here), trim what
+        retention drops, and have it delivered when ``tx`` commits. Return the change as logged."""
+        seq = (await tx.conn.execute(self._bump_head(room_id))).scalar_one()
+        change = dataclasses.replace(change, seq=seq, epoch=self.epoch)
+        message = Message(room_id, change)
+        text = wire.encode(message).decode()
+        await tx.conn.execute(changes.insert().values(changelog.row(room_id, change, text)))
+        await tx.conn.execute(changelog.trim(room_id, seq, change, self.history))
+        await self._emit(tx, message, text)
+        return change
+
+    async def read_changes(
+        self,
+        room_id: str,
+        *,
+        after_seq: int,
+        limit: int,
+        kinds: frozenset[ChangeKind] | None = None,
+    ) -> LogPage:
+        statement, params = changelog.page_params(room_id, after_seq, limit, kinds)
+        return changelog.log_page(await self._fetch(statement, **params), self.epoch, limit)
 
     # -- rooms -----------------------------------------------------------------------------------------------
 
@@ -188,18 +265,20 @@ class SqlBackend(Backend):
         )
         async with self._tx() as tx:
             created = (await tx.conn.execute(statement)).first()
-        if created is None:
-            raise AlreadyExists(f"room {room.room_id!r} already exists (ids are never reused)")
+            if created is None:
+                raise AlreadyExists(f"room {room.room_id!r} already exists (ids are never reused)")
+            await self._log(tx, room.room_id, _room_change(ChangeKind.ROOM_CREATED, room))
 
     async def get_room(self, room_id: str) -> Room | None:
         found = await self._fetch(_ROOM, room_id=room_id)
         return _room(found[0]) if found else None
 
-    async def save_room(self, room: Room) -> None:
+    async def save_room(self, room: Room, kind: ChangeKind = ChangeKind.ROOM_UPDATED) -> None:
         row = _room_row(room)
         del row["room_id"]
         async with self._tx() as tx:
             await tx.conn.execute(rooms.update().where(rooms.c.room_id == room.room_id).values(row))
+            await self._log(tx, room.room_id, _room_change(kind, room))
 
     async def list_rooms(self, *, start: str, inclusive: bool, limit: int) -> list[Room]:
         query = _ROOMS_FROM if inclusive else _ROOMS_AFTER
@@ -212,6 +291,26 @@ class SqlBackend(Backend):
             chunk = wanted[first : first + _IN_CHUNK]
             found.extend(_room(row) for row in await self._fetch(_ROOMS_AMONG, room_ids=chunk))
         return found
+
+    async def delete_room(self, room: Room) -> None:
+        room_id = room.room_id
+        row = _room_row(room)
+        del row["room_id"]
+        # Locks in the order every writer takes them (the room's rows, then its head, then its log and
+        # presence), so a concurrent write or join waits instead of deadlocking.
+        async with self._tx() as tx:
+            await tx.conn.execute(rooms.update().where(rooms.c.room_id == room_id).values(row))
+            # Variable rows go with the data: a deleted room's id never comes back, so versions cannot repeat.
+            await tx.conn.execute(variables.delete().where(variables.c.room_id == room_id))
+            # The head stays, one past the log's last seq: ROOM_DELETED is the room's last change.
+            seq = (await tx.conn.execute(self._bump_head(room_id))).scalar_one()
+            await tx.conn.execute(changes.delete().where(changes.c.room_id == room_id))
+            await tx.conn.execute(presence.delete().where(presence.c.room_id == room_id))
+            change = dataclasses.replace(
+                _room_change(ChangeKind.ROOM_DELETED, room), seq=seq, epoch=self.epoch
+            )
+            message = Message(room_id, change)
+            await self._emit(tx, message, wire.encode(message).decode())
 
     # -- variables -------------------------------------------------------------------------------------------
 
@@ -267,7 +366,8 @@ class SqlBackend(Backend):
                     raise write.conflict(current)
                 return None  # deleting an unset variable
             variable = write.written(written.version)
-            await self._emit(tx, Message(write.topic, variable))
+            kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
+            await self._log(tx, room_id, Change(0, "", kind, variable.update_time, variable=variable))
         return variable
 
     async def _current_version(self, tx: Transaction, room_id: str, name: str) -> int:
@@ -277,28 +377,81 @@ class SqlBackend(Backend):
         )
         return (await tx.conn.execute(query)).scalar() or 0
 
-    async def get_contents(self, room_id: str) -> dict[str, JSON]:
-        return {row.name: jsontext.loads(row.value) for row in await self._fetch(_CONTENTS, room_id=room_id)}
-
-    async def delete_room_data(self, room_id: str) -> None:
-        # Rows go with the data: a deleted room's id never comes back, so its versions cannot repeat.
-        async with self._tx() as tx:
-            await tx.conn.execute(variables.delete().where(variables.c.room_id == room_id))
+    async def get_contents(self, room_id: str) -> Snapshot:
+        rows = await self._fetch(_SNAPSHOT, room_id=room_id)
+        contents = {row.name: jsontext.loads(row.value) for row in rows if row.name is not None}
+        return Snapshot(contents=contents, seq=rows[0].head if rows else 0, epoch=self.epoch)
 
     # -- realtime --------------------------------------------------------------------------------------------
 
-    async def publish_event(self, room_id: str, event: Event) -> None:
+    async def publish_event(self, room_id: str, event: Event) -> Change:
+        change = Change(0, self.epoch, ChangeKind.EVENT, event.time, event=event)
         async with self._tx() as tx:
-            await self._emit(tx, Message(Topic("event", room_id, event.name), event))
+            if self.history.events:
+                return await self._log(tx, room_id, change)
+            message = Message(room_id, change)  # live only: seq 0, no head moved
+            await self._emit(tx, message, wire.encode(message).decode())
+        return change
 
     async def publish_signal(self, signal: RoomSignal) -> None:
         async with self._tx() as tx:
-            await self._emit(tx, Message(None, signal))
+            if signal.room_id:
+                change = Change(0, "", ChangeKind.CONNECTIONS_INVALIDATED, signal.time)
+                await self._log(tx, signal.room_id, change)
+            else:
+                message = Message("", signal)
+                await self._emit(tx, message, wire.encode(message).decode())
 
     async def subscribe(self, topic: Topic) -> Subscription:
         if self._engine is None:
             raise Unavailable("backend is closed")
         return self.hub.subscribe(topic)
+
+    # -- presence --------------------------------------------------------------------------------------------
+
+    async def presence_join(self, room_id: str, member: Member, *, instance: str, now: datetime) -> None:
+        async with self._tx() as tx:
+            await self._lock_room(tx, room_id)  # one user's joins on two instances: one MEMBER_JOINED
+            joined = await presence_ops.join(tx.conn, self._insert, room_id, member, instance, now)
+            if joined is not None:
+                await self._log(tx, room_id, Change(0, "", ChangeKind.MEMBER_JOINED, now, member=joined))
+
+    async def presence_leave(self, room_id: str, user_id: str, *, instance: str, now: datetime) -> None:
+        async with self._tx() as tx:
+            await self._lock_room(tx, room_id)
+            left = await presence_ops.leave(tx.conn, room_id, user_id, instance)
+            if left is not None:
+                await self._log(tx, room_id, Change(0, "", ChangeKind.MEMBER_LEFT, now, member=left))
+
+    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
+        async with self._tx() as tx:
+            await tx.conn.execute(
+                self._insert(presence_instances)
+                .values(instance=instance, last_seen=now)
+                .on_conflict_do_update(
+                    index_elements=[presence_instances.c.instance], set_={"last_seen": now}
+                )
+            )
+            dead = await presence_ops.silent_rooms(tx.conn, now - timedelta(seconds=ttl_seconds))
+            for room_id in dead.rooms:  # in id order, the order every sweeper locks them in
+                await self._lock_room(tx, room_id)
+            for room_id, left in await presence_ops.sweep(tx.conn, dead.instances):
+                await self._log(tx, room_id, Change(0, "", ChangeKind.MEMBER_LEFT, now, member=left))
+
+    async def get_presence(self, room_id: str) -> Presence:
+        return presence_ops.of_rows(await self._fetch(presence_ops.ROOM, room_id=room_id))
+
+    async def count_users(self, room_ids: Sequence[str]) -> dict[str, int]:
+        wanted = sorted(set(room_ids))
+        counts: dict[str, int] = {}
+        for first in range(0, len(wanted), _IN_CHUNK):
+            rows = await self._fetch(presence_ops.USERS, room_ids=wanted[first : first + _IN_CHUNK])
+            counts.update((row.room_id, row.users) for row in rows)
+        return counts
+
+
+def _room_change(kind: ChangeKind, room: Room) -> Change:
+    return Change(0, "", kind, room.update_time or datetime.now(UTC), room=room)
 
 
 def _room_row(room: Room) -> dict[str, Any]:

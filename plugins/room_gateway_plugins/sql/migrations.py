@@ -10,7 +10,7 @@ operators run migrations by hand. Here the schema belongs to a plugin and must u
 from inside the running event loop, on whichever database the URL names (schema chosen at run time), with
 concurrent starters serialized. With Alembic that means a programmatic ``Config``, an ``env.py`` and a script
 directory shipped in the wheel, its synchronous API run through ``run_sync`` — and still our own advisory
-lock. Three tables do not pay for that; if the schema ever grows branches, moving to Alembic is one
+lock. A handful of tables do not pay for that; if the schema ever grows branches, moving to Alembic is one
 migration that stamps ``alembic_version`` from ``schema_version``.
 
 A migration is frozen once released. It *declares* what its version changes (tables, columns, indexes)
@@ -23,6 +23,7 @@ from what the queries see.
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -83,9 +84,92 @@ def _apply_v1(conn: sa.Connection, md: sa.MetaData) -> None:
     md.create_all(conn, tables=created)
 
 
+def _declare_v2(md: sa.MetaData) -> None:
+    # The change log (issue 11). ``head`` is each room's last seq, kept apart from the log so that it
+    # survives trimming and room deletion: seq never goes back, so it stays gap-free. Every write locks its
+    # room's head row (an upsert that increments it), which orders a room's writers across processes.
+    sa.Table(
+        "room_heads",
+        md,
+        sa.Column("room_id", CodePointText, primary_key=True),
+        sa.Column("head", sa.BigInteger, nullable=False),
+    )
+    sa.Table(
+        "changes",
+        md,
+        sa.Column("room_id", CodePointText, primary_key=True),
+        sa.Column("seq", sa.BigInteger, primary_key=True),
+        sa.Column("kind", sa.Text, nullable=False),
+        sa.Column("time", UTCDateTime, nullable=False),
+        # The change's gateway.core.wire message: what PostgreSQL's NOTIFY sends too, made once.
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Index("changes_room_time", "room_id", "time"),  # trimming by age probes it
+    )
+    # Store-wide values: the log's epoch, made once with the tables, kept for as long as they are.
+    sa.Table(
+        "log_meta",
+        md,
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("value", sa.Text, nullable=False),
+    )
+    # Presence: connections per (room, user, instance), and when each instance last said it was alive.
+    sa.Table(
+        "presence",
+        md,
+        sa.Column("room_id", CodePointText, primary_key=True),
+        sa.Column("user_id", CodePointText, primary_key=True),
+        sa.Column("instance", sa.Text, primary_key=True),
+        sa.Column("connections", sa.Integer, nullable=False),
+        sa.Column("info", sa.Text, nullable=False),  # JSON object text
+        sa.Column("join_time", UTCDateTime, nullable=False),
+        sa.Index("presence_instance", "instance"),
+    )
+    sa.Table(
+        "presence_instances",
+        md,
+        sa.Column("instance", sa.Text, primary_key=True),
+        sa.Column("last_seen", UTCDateTime, nullable=False),
+    )
+
+
+def _apply_v2(conn: sa.Connection, md: sa.MetaData) -> None:
+    names = ("room_heads", "changes", "log_meta", "presence", "presence_instances")
+    md.create_all(conn, tables=[md.tables[name] for name in names])
+    rooms, variables, heads = md.tables["rooms"], md.tables["variables"], md.tables["room_heads"]
+    # Rooms written before the log start at seq 0 (their first logged change is seq 1): a snapshot reads
+    # the variables together with the head row, so every room with variables needs one.
+    written = sa.union(sa.select(rooms.c.room_id), sa.select(variables.c.room_id)).subquery()
+    conn.execute(heads.insert().from_select(["room_id", "head"], sa.select(written.c.room_id, sa.literal(0))))
+    conn.execute(md.tables["log_meta"].insert().values(name="epoch", value=uuid.uuid4().hex[:16]))
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(_SQLITE_APPENDED)
+
+
+# SQLite's append is one INSERT (room_gateway_plugins.sql.sqlite): this trigger moves the head to the new
+# row's seq and trims retention, as the backend last set it in log_meta (a SQLite file has one owner).
+# Times are SQLAlchemy's text, "YYYY-MM-DD HH:MM:SS.ffffff"; the cutoff has milliseconds, so a change within
+# the same millisecond as it stays (retention keeps at least what it must).
+_SQLITE_APPENDED = """
+CREATE TRIGGER changes_appended AFTER INSERT ON changes BEGIN
+    INSERT OR IGNORE INTO room_heads (room_id, head) VALUES (NEW.room_id, NEW.seq);
+    UPDATE room_heads SET head = NEW.seq WHERE room_id = NEW.room_id;
+    DELETE FROM changes
+    WHERE room_id = NEW.room_id AND (
+        seq <= NEW.seq - (SELECT CAST(value AS INTEGER) FROM log_meta WHERE name = 'max_changes')
+        OR time < strftime(
+            '%Y-%m-%d %H:%M:%f',
+            NEW.time,
+            (SELECT '-' || value || ' seconds' FROM log_meta WHERE name = 'max_age_seconds')
+        )
+    );
+END
+"""
+
+
 #: Every migration, in order; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "rooms, variables, notification bodies", _declare_v1, _apply_v1),
+    Migration(2, "change log, room heads, epoch, presence", _declare_v2, _apply_v2),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -10,17 +10,22 @@ the whole pool, that one call answers UNAVAILABLE and the next ones connect afre
 without a restart either way. The pool is sized so that a busy process does not open and close overflow
 connections per request (the default 5 + 10 overflow did, under 32 concurrent calls).
 
-**Channels.** A topic (variable or event name of a room) has its own channel, ``LISTEN``ed while this
-process has a subscriber to it (the hub's ``on_topic_open`` / ``on_topic_close``); room signals, rare, share
-one channel. One channel for everything would be simpler, but every process would then receive, decode and
-drop every write of the whole deployment; with a channel per topic the server sends a process only what it
-listens to. Channel names are a hash of (database, schema, topic): identifiers are limited to 63 bytes and
-room ids are not; payloads carry the full topic, so a hash collision only costs a dropped message.
+**Channels.** A room has its own channel, ``LISTEN``ed while this process has a subscriber to any topic of
+the room (the hub's ``on_topic_open`` / ``on_topic_close``; the hub routes a change to its topics); the
+every-room signal, rare, has one channel. One channel for everything would be simpler, but every process
+would then receive, decode and drop every write of the whole deployment; with a channel per room the server
+sends a process only the rooms it listens to, and one channel per room keeps the room's changes in seq
+order. Channel names are a hash of (database, schema, room): identifiers are limited to 63 bytes and room
+ids are not; payloads carry the room id, so a hash collision only costs a dropped message.
 
 **Order.** ``pg_notify`` runs inside the write's transaction: PostgreSQL delivers notifications in commit
-order, and writers of one variable commit in version order (its row lock orders them). This process's own
+order, and a room's writers commit in seq order (its head row lock orders them). This process's own
 writes come back through its LISTEN connection like everyone else's: delivering them directly as well
 could put a local write ahead of an earlier remote one.
+
+**The log's append is one statement** (:data:`_APPEND`): the head's increment, the log row, the trim and
+the ``pg_notify`` in data-modifying CTEs, the seq spliced into the message by the server (the wire format's
+:func:`~gateway.core.wire.head`) — so logging costs a write no round trip over its notification.
 
 **Payloads** are the messages of :mod:`gateway.core.wire`, the format the Redis backend publishes too. A
 payload must be shorter than 8000 bytes. A larger message is stored in ``notification_bodies`` (in the same
@@ -31,6 +36,7 @@ back in arrival order. Bodies older than :data:`BODY_TTL_SQL` are deleted now an
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import random
@@ -41,9 +47,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.core import wire
+from gateway.core.backend import History
 from gateway.core.hub import LocalHub, Subscription, Topic
+from gateway.core.models import Change, RoomSignal
 from gateway.errors import Unavailable
+from room_gateway_plugins.sql import changelog
 from room_gateway_plugins.sql.base import SqlBackend, Transaction
+from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.listener import Listener
 from room_gateway_plugins.sql.tables import notification_bodies
 
@@ -64,13 +74,37 @@ DEFAULT_POOL_SIZE = 20
 _SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_creator_fn")
 
 
+#: The log's append (:meth:`PostgresBackend._log`): head + 1, the row, the trim, the NOTIFY. The CTEs share
+#: one snapshot, so the trim never sees (nor drops) the row being added.
+_APPEND = sa.text(
+    """
+    WITH h AS (
+        INSERT INTO room_heads (room_id, head) VALUES (CAST(:room_id AS text), 1)
+        ON CONFLICT (room_id) DO UPDATE SET head = room_heads.head + 1
+        RETURNING head
+    ), c AS (
+        INSERT INTO changes (room_id, seq, kind, time, payload)
+        SELECT CAST(:room_id AS text), h.head, CAST(:kind AS text), CAST(:time AS timestamptz),
+               CAST(:before AS text) || h.head || CAST(:after AS text)
+        FROM h
+        RETURNING seq, payload
+    ), t AS (
+        DELETE FROM changes
+        WHERE room_id = CAST(:room_id AS text)
+          AND (seq <= (SELECT head FROM h) - CAST(:keep AS bigint) OR time < CAST(:cutoff AS timestamptz))
+    )
+    SELECT c.seq, pg_notify(CAST(:channel AS text), c.payload) FROM c
+    """
+).bindparams(sa.bindparam("time", type_=UTCDateTime()), sa.bindparam("cutoff", type_=UTCDateTime()))
+
+
 class PostgresBackend(SqlBackend):
     """Rooms in PostgreSQL; notifications reach every gateway process that shares the database."""
 
     schemes = ("postgresql", "postgresql+asyncpg", "postgres")
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, *, history: History = History()) -> None:  # noqa: B008 - frozen
+        super().__init__(url, history=history)
         parsed = make_url(url)
         self._db_schema: str | None = parsed.query.get("schema")  # type: ignore[assignment]
         timeout = parsed.query.get("connect_timeout")
@@ -156,16 +190,16 @@ class PostgresBackend(SqlBackend):
 
     # -- subscriptions ---------------------------------------------------------------------------------------
 
-    def _topic_channel(self, topic: Topic) -> str:
-        return _channel(self._namespace, topic.kind, topic.room_id, topic.name)
+    def _room_channel(self, room_id: str) -> str:
+        return _channel(self._namespace, "room", room_id)
 
     def _topic_opened(self, topic: Topic) -> None:
         if self._listener is not None:
-            self._listener.want(self._topic_channel(topic))
+            self._listener.want(self._room_channel(topic.room_id))
 
     def _topic_closed(self, topic: Topic) -> None:
         if self._listener is not None:
-            self._listener.unwant(self._topic_channel(topic))
+            self._listener.unwant(self._room_channel(topic.room_id))
 
     async def subscribe(self, topic: Topic) -> Subscription:
         listener = self._listener
@@ -181,11 +215,29 @@ class PostgresBackend(SqlBackend):
 
     # -- notifications out -----------------------------------------------------------------------------------
 
-    async def _emit(self, tx: Transaction, message: wire.Message) -> None:
-        channel = self._signal_channel if message.topic is None else self._topic_channel(message.topic)
-        data = wire.encode(message)
-        payload = data.decode()
-        if len(data) > MAX_PAYLOAD:
+    async def _log(self, tx: Transaction, room_id: str, change: Change) -> Change:
+        change = dataclasses.replace(change, epoch=self.epoch)
+        before, after = changelog.around_seq(room_id, change)
+        if len(before.encode()) + len(after) + 20 > MAX_PAYLOAD:  # 20 digits: any int64 seq
+            return await super()._log(tx, room_id, change)  # sent by reference (:meth:`_emit`)
+        params = {
+            "room_id": room_id,
+            "kind": change.kind.value,
+            "time": change.time,
+            "before": before,
+            "after": after,
+            "keep": self.history.max_changes,
+            "cutoff": changelog.cutoff(change, self.history),
+            "channel": self._room_channel(room_id),
+        }
+        seq = (await tx.conn.execute(_APPEND, params)).scalar_one()
+        return dataclasses.replace(change, seq=seq)
+
+    async def _emit(self, tx: Transaction, message: wire.Message, text: str) -> None:
+        everyone = isinstance(message.note, RoomSignal) and not message.room_id
+        channel = self._signal_channel if everyone else self._room_channel(message.room_id)
+        payload = text
+        if len(text.encode()) > MAX_PAYLOAD:
             if random.random() < BODY_CLEANUP_RATE:
                 await tx.conn.execute(
                     notification_bodies.delete().where(

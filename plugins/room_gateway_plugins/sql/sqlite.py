@@ -2,8 +2,8 @@
 
 ``sqlite:///rooms.db`` (relative path), ``sqlite:////var/lib/rooms.db`` (absolute), ``sqlite:///:memory:``.
 One connection writes, used by one task at a time: SQLite serializes writers anyway, and a single writer
-rules out ``database is locked`` between our own tasks. Notifications are delivered to the in-process hub
-right after their write commits, under the same lock, so in commit (= version) order.
+rules out ``database is locked`` between our own tasks. Notifications — the logged changes — are delivered
+to the in-process hub right after their write commits, under the same lock, so in commit (= seq) order.
 
 Reads of a file database go through a small pool of read-only connections instead, without that lock: in
 WAL mode readers never wait for the writer, and each read sees every commit made before it began (so a
@@ -18,18 +18,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from gateway.core.backend import History
+from gateway.core.models import Change
 from gateway.core.wire import Message
+from room_gateway_plugins.sql import changelog
 from room_gateway_plugins.sql.base import SqlBackend, Transaction
+from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.readers import CompiledRead, ReaderPool
+from room_gateway_plugins.sql.tables import log_meta
+
+#: The log's append, one statement: the seq after the head, spliced into the wire message; the trigger
+#: ``changes_appended`` (:mod:`.migrations`) then moves the head and trims retention.
+_APPEND = sa.text(
+    """
+    WITH s(seq) AS (SELECT coalesce((SELECT head FROM room_heads WHERE room_id = :room_id), 0) + 1)
+    INSERT INTO changes (room_id, seq, kind, time, payload)
+    SELECT :room_id, seq, :kind, :time, :before || seq || :after FROM s
+    RETURNING seq
+    """
+).bindparams(sa.bindparam("time", type_=UTCDateTime()))
 
 #: Seconds to wait for a lock held by another process (a backup tool, a stray second gateway).
 BUSY_TIMEOUT = 5.0
@@ -44,14 +62,25 @@ class SQLiteBackend(SqlBackend):
 
     schemes = ("sqlite", "sqlite+aiosqlite")
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, *, history: History = History()) -> None:  # noqa: B008 - frozen
+        super().__init__(url, history=history)
         self._lock = asyncio.Lock()
         self._readers: ReaderPool | None = None
         self._compiled: dict[sa.Select[*tuple[Any, ...]], CompiledRead] = {}
 
     async def open(self) -> None:
         await super().open()  # creates and migrates the schema first: readers find it in place
+        async with self._tx() as tx:  # what the append's trigger trims to (migrations._SQLITE_APPENDED)
+            settings = {
+                "max_changes": self.history.max_changes,
+                "max_age_seconds": self.history.max_age_seconds,
+            }
+            for name, value in settings.items():
+                await tx.conn.execute(
+                    sqlite_insert(log_meta)
+                    .values(name=name, value=str(value))
+                    .on_conflict_do_update(index_elements=[log_meta.c.name], set_={"value": str(value)})
+                )
         url = make_url(self.url).set(drivername="sqlite+aiosqlite")
         if url.database not in (None, "", ":memory:"):
             # The writer's file and options, as its dialect passes them to sqlite3.connect.
@@ -91,7 +120,16 @@ class SQLiteBackend(SqlBackend):
     def _serial(self) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock
 
-    async def _emit(self, tx: Transaction, message: Message) -> None:
+    async def _log(self, tx: Transaction, room_id: str, change: Change) -> Change:
+        change = dataclasses.replace(change, epoch=self.epoch)
+        before, after = changelog.around_seq(room_id, change)
+        params = {"room_id": room_id, "kind": change.kind.value, "time": change.time}
+        seq = (await tx.conn.execute(_APPEND, {**params, "before": before, "after": after})).scalar_one()
+        change = dataclasses.replace(change, seq=seq)
+        tx.after_commit.append(lambda: self.hub.deliver(room_id, change))
+        return change
+
+    async def _emit(self, tx: Transaction, message: Message, text: str) -> None:
         tx.after_commit.append(lambda: message.deliver(self.hub))
 
 

@@ -14,3 +14,12 @@ variables = metadata.tables["variables"]
 #: PostgreSQL only: notification bodies too big for a NOTIFY payload, read by id by the receivers.
 notification_bodies = metadata.tables["notification_bodies"]
 schema_version = metadata.tables["schema_version"]
+#: Each room's last seq (its change log's head); a write's upsert of it locks the room's writers in order.
+room_heads = metadata.tables["room_heads"]
+#: The change log: one row per retained change, its payload the wire format's JSON text.
+changes = metadata.tables["changes"]
+#: ``epoch``: the log's incarnation.
+log_meta = metadata.tables["log_meta"]
+#: Connections per (room, user, instance), and each instance's last heartbeat.
+presence = metadata.tables["presence"]
+presence_instances = metadata.tables["presence_instances"]

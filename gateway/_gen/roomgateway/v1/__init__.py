@@ -4,21 +4,29 @@
 # This file has been @generated
 
 __all__ = (
+    "Change",
+    "ChangeKind",
     "CloseRoomRequest",
     "CreateRoomRequest",
     "CreateRoomTokenRequest",
     "DeleteRoomRequest",
     "DeleteVariableRequest",
     "Event",
+    "GetPresenceRequest",
     "GetRoomContentsRequest",
     "GetRoomRequest",
     "GetVariableRequest",
     "InvalidateConnectionsRequest",
     "InvalidateConnectionsResponse",
+    "ListChangesRequest",
+    "ListChangesResponse",
     "ListRoomsRequest",
     "ListRoomsResponse",
     "ListenEventsRequest",
+    "ListenRoomRequest",
     "ListenVariableRequest",
+    "Member",
+    "Presence",
     "PublishEventRequest",
     "Room",
     "RoomContents",
@@ -51,6 +59,54 @@ _COMPILER_VERSION = "0.10.1"
 betterproto2.check_compiler_version(_COMPILER_VERSION)
 
 
+class ChangeKind(betterproto2.Enum):
+    KIND_UNSPECIFIED = 0
+
+    VARIABLE_SET = 1
+    """
+    variable: the new Variable.
+    """
+
+    VARIABLE_DELETED = 2
+    """
+    variable: its name, and the version the deletion took (versions never repeat); no value.
+    """
+
+    EVENT = 3
+    """
+    event: the Event.
+    """
+
+    ROOM_CREATED = 4
+    """
+    room: the Room.
+    """
+
+    ROOM_UPDATED = 5
+
+    ROOM_CLOSED = 6
+
+    ROOM_DELETED = 7
+    """
+    The room's last change: its log goes with its data.
+    """
+
+    CONNECTIONS_INVALIDATED = 8
+
+    MEMBER_JOINED = 9
+    """
+    member: the Member (a user's first connection opened; their last one closed).
+    """
+
+    MEMBER_LEFT = 10
+
+    RESET = 11
+    """
+    Stream only: the requested position could not be served; seq and epoch are the head. Re-read the
+    state (GetRoomContents), then go on.
+    """
+
+
 class RoomStatus(betterproto2.Enum):
     STATUS_UNSPECIFIED = 0
 
@@ -59,6 +115,40 @@ class RoomStatus(betterproto2.Enum):
     CLOSED = 2
 
     DELETED = 3
+
+
+@dataclass(eq=False, repr=False)
+class Change(betterproto2.Message):
+    """
+    One change of a room, as its change log records it.
+    """
+
+    seq: "int" = betterproto2.field(1, betterproto2.TYPE_INT64)
+    """
+    Increases by exactly 1 per change of the room, within one epoch. 0 for a live-only event.
+    """
+
+    epoch: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    The log's incarnation: changes only when the backend's history is lost.
+    """
+
+    kind: "ChangeKind" = betterproto2.field(3, betterproto2.TYPE_ENUM, default_factory=lambda: ChangeKind(0))
+
+    time: "datetime.datetime | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+    variable: "Variable | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+
+    event: "Event | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+
+    room: "Room | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+
+    member: "Member | None" = betterproto2.field(8, betterproto2.TYPE_MESSAGE, optional=True)
+
+
+default_message_pool.register_message("roomgateway.v1", "Change", Change)
 
 
 @dataclass(eq=False, repr=False)
@@ -104,6 +194,13 @@ class CreateRoomTokenRequest(betterproto2.Message):
     Lifetime; 0 means the configured default. Capped at auth.room_tokens.max_ttl_seconds.
     """
 
+    info: "__google__protobuf__.Struct | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    A JSON object of at most 1 KiB, shown in presence (e.g. a display name or an avatar).
+    """
+
 
 default_message_pool.register_message("roomgateway.v1", "CreateRoomTokenRequest", CreateRoomTokenRequest)
 
@@ -140,6 +237,14 @@ class Event(betterproto2.Message):
 
 
 default_message_pool.register_message("roomgateway.v1", "Event", Event)
+
+
+@dataclass(eq=False, repr=False)
+class GetPresenceRequest(betterproto2.Message):
+    room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("roomgateway.v1", "GetPresenceRequest", GetPresenceRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -194,13 +299,87 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class ListChangesRequest(betterproto2.Message):
+    room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    after_seq: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+
+    epoch: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Of the position after_seq belongs to; empty: the current epoch.
+    """
+
+    max_results: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    """
+    Default 100; the server caps it at 1000.
+    """
+
+    kinds: "list[ChangeKind]" = betterproto2.field(5, betterproto2.TYPE_ENUM, repeated=True)
+
+
+default_message_pool.register_message("roomgateway.v1", "ListChangesRequest", ListChangesRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListChangesResponse(betterproto2.Message):
+    changes: "list[Change]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    more: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True when more changes follow the last one returned.
+    """
+
+    head_seq: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    """
+    The room's last seq.
+    """
+
+    epoch: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("roomgateway.v1", "ListChangesResponse", ListChangesResponse)
+
+
+@dataclass(eq=False, repr=False)
 class ListenEventsRequest(betterproto2.Message):
     room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
     name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
+    after_seq: "int | None" = betterproto2.field(3, betterproto2.TYPE_INT64, optional=True)
+    """
+    Resume: the events of this name logged after this position first, then live (see ListenRoom).
+    """
+
+    epoch: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
 
 default_message_pool.register_message("roomgateway.v1", "ListenEventsRequest", ListenEventsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListenRoomRequest(betterproto2.Message):
+    room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    after_seq: "int | None" = betterproto2.field(2, betterproto2.TYPE_INT64, optional=True)
+    """
+    Resume after this position (with epoch); absent: live from now.
+    """
+
+    epoch: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    kinds: "list[ChangeKind]" = betterproto2.field(4, betterproto2.TYPE_ENUM, repeated=True)
+    """
+    Only these kinds (RESET always comes through); empty: every kind.
+    """
+
+    name_prefix: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Only variables and events whose name starts with this.
+    """
+
+
+default_message_pool.register_message("roomgateway.v1", "ListenRoomRequest", ListenRoomRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -235,6 +414,11 @@ class ListRoomsRequest(betterproto2.Message):
     Default 100; the server caps it at 1000.
     """
 
+    min_users: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    Only rooms with at least this many present users (0: every room).
+    """
+
 
 default_message_pool.register_message("roomgateway.v1", "ListRoomsRequest", ListRoomsRequest)
 
@@ -252,6 +436,45 @@ class ListRoomsResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("roomgateway.v1", "ListRoomsResponse", ListRoomsResponse)
+
+
+@dataclass(eq=False, repr=False)
+class Member(betterproto2.Message):
+    user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The room token's user_name.
+    """
+
+    connections: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    Open streams of this user in the room, over every gateway instance.
+    """
+
+    info: "__google__protobuf__.Struct | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    From the room token (CreateRoomToken's info).
+    """
+
+    join_time: "datetime.datetime | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+
+default_message_pool.register_message("roomgateway.v1", "Member", Member)
+
+
+@dataclass(eq=False, repr=False)
+class Presence(betterproto2.Message):
+    members: "list[Member]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    num_users: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+
+    num_connections: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+
+
+default_message_pool.register_message("roomgateway.v1", "Presence", Presence)
 
 
 @dataclass(eq=False, repr=False)
@@ -312,6 +535,11 @@ class Room(betterproto2.Message):
     Output only.
     """
 
+    num_users: "int" = betterproto2.field(9, betterproto2.TYPE_INT32)
+    """
+    How many users are present (GetPresence's num_users).
+    """
+
 
 default_message_pool.register_message("roomgateway.v1", "Room", Room)
 
@@ -321,6 +549,13 @@ class RoomContents(betterproto2.Message):
     contents: "__google__protobuf__.Struct | None" = betterproto2.field(
         1, betterproto2.TYPE_MESSAGE, optional=True
     )
+
+    seq: "int" = betterproto2.field(2, betterproto2.TYPE_INT64)
+    """
+    The position of this snapshot in the room's change log: ListenRoom from it misses nothing.
+    """
+
+    epoch: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
 
 default_message_pool.register_message("roomgateway.v1", "RoomContents", RoomContents)
@@ -701,6 +936,75 @@ class RoomServiceStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def listen_room(
+        self,
+        message: "ListenRoomRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[Change]":
+        """
+        Streams every change of a room (its change log): with after_seq and epoch, every retained change after
+        that position first, in order, then live, with no gap and no duplicate; without after_seq, live from
+        now. A position that cannot be served (older than retention, or of another epoch) starts the stream
+        with one Change of kind RESET at the head, then continues live.
+        """
+
+        async for response in self._unary_stream(
+            "/roomgateway.v1.RoomService/ListenRoom",
+            message,
+            Change,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def list_changes(
+        self,
+        message: "ListChangesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListChangesResponse":
+        """
+        Lists the retained changes of a room after a position. OUT_OF_RANGE when after_seq is older than what
+        is retained (or of another epoch).
+        """
+
+        return await self._unary_unary(
+            "/roomgateway.v1.RoomService/ListChanges",
+            message,
+            ListChangesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_presence(
+        self,
+        message: "GetPresenceRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "Presence":
+        """
+        Who is in a room: one member per user with an open room-token stream, whatever their number of
+        connections or gateway instances.
+        """
+
+        return await self._unary_unary(
+            "/roomgateway.v1.RoomService/GetPresence",
+            message,
+            Presence,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def create_room_token(
         self,
         message: "CreateRoomTokenRequest",
@@ -839,6 +1143,33 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield Event()
 
+    async def listen_room(self, message: "ListenRoomRequest") -> "AsyncIterator[Change]":
+        """
+        Streams every change of a room (its change log): with after_seq and epoch, every retained change after
+        that position first, in order, then live, with no gap and no duplicate; without after_seq, live from
+        now. A position that cannot be served (older than retention, or of another epoch) starts the stream
+        with one Change of kind RESET at the head, then continues live.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield Change()
+
+    async def list_changes(self, message: "ListChangesRequest") -> "ListChangesResponse":
+        """
+        Lists the retained changes of a room after a position. OUT_OF_RANGE when after_seq is older than what
+        is retained (or of another epoch).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_presence(self, message: "GetPresenceRequest") -> "Presence":
+        """
+        Who is in a room: one member per user with an open room-token stream, whatever their number of
+        connections or gateway instances.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def create_room_token(self, message: "CreateRoomTokenRequest") -> "RoomToken":
         """
         Mints a room token: a short-lived signed credential (a JWT) bound to one room, for a browser or another
@@ -950,6 +1281,29 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
             request,
         )
 
+    async def __rpc_listen_room(self, stream: "grpclib.server.Stream[ListenRoomRequest, Change]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.listen_room,
+            stream,
+            request,
+        )
+
+    async def __rpc_list_changes(
+        self, stream: "grpclib.server.Stream[ListChangesRequest, ListChangesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_changes(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_presence(self, stream: "grpclib.server.Stream[GetPresenceRequest, Presence]") -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.get_presence(request)
+        await stream.send_message(response)
+
     async def __rpc_create_room_token(
         self, stream: "grpclib.server.Stream[CreateRoomTokenRequest, RoomToken]"
     ) -> None:
@@ -1043,6 +1397,24 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 ListenEventsRequest,
                 Event,
+            ),
+            "/roomgateway.v1.RoomService/ListenRoom": grpclib.const.Handler(
+                self.__rpc_listen_room,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                ListenRoomRequest,
+                Change,
+            ),
+            "/roomgateway.v1.RoomService/ListChanges": grpclib.const.Handler(
+                self.__rpc_list_changes,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListChangesRequest,
+                ListChangesResponse,
+            ),
+            "/roomgateway.v1.RoomService/GetPresence": grpclib.const.Handler(
+                self.__rpc_get_presence,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetPresenceRequest,
+                Presence,
             ),
             "/roomgateway.v1.RoomService/CreateRoomToken": grpclib.const.Handler(
                 self.__rpc_create_room_token,
