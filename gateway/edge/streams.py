@@ -38,6 +38,8 @@ NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
 #: The SSE ``retry:`` hint (milliseconds): reconnect soon, the position makes it lossless.
 RETRY_MS = 1000
+#: The largest seq (``after_seq`` is an int64): a larger one would reach the store, which cannot take it.
+MAX_SEQ = 2**63 - 1
 
 
 def resume_position(last_event_id: str) -> dict[str, Any]:
@@ -46,7 +48,8 @@ def resume_position(last_event_id: str) -> dict[str, Any]:
     :raises InvalidArgument: not such a position.
     """
     epoch, colon, seq = last_event_id.strip().rpartition(":")
-    if not colon or not epoch or not seq.isascii() or not seq.isdigit() or len(seq) > 19:
+    digits = seq.isascii() and seq.isdigit() and len(seq) <= 19  # the length before int(): no long number
+    if not colon or not epoch or not digits or int(seq) > MAX_SEQ:
         raise InvalidArgument(
             f"Last-Event-ID must be <epoch>:<seq> as the stream sent it, not {last_event_id!r}"
         )

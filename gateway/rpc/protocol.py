@@ -35,6 +35,9 @@ of milliseconds of a blocked event loop, h2 takes some 50 µs a frame) before an
 before any other connection is served. A protocol error's GOAWAY, which h2 prepares and grpclib drops by
 closing the transport first, is sent; and every final GOAWAY is followed by a lingering close
 (:class:`LingeringTransport`), so that it reaches the client.
+
+A request whose ``grpc-timeout`` is not one (:func:`gateway.rpc.wire.bad_timeout`) is answered here too,
+INVALID_ARGUMENT, trailers-only, before a handler task is made: grpclib would answer it UNKNOWN.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from collections.abc import Callable, Collection
 from typing import Any, cast
 
 from grpclib.config import Configuration
+from grpclib.encoding.base import GRPC_CONTENT_TYPE
+from grpclib.metadata import encode_grpc_message
 from grpclib.protocol import AbstractHandler, Connection, EventsProcessor, H2Protocol
 from grpclib.server import Server
 from h2.config import H2Configuration
@@ -56,8 +61,9 @@ from h2.events import PingReceived, RemoteSettingsChanged, RequestReceived, Stre
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 
+from gateway.errors import GatewayError
 from gateway.rpc.h2limits import FRAME_HEADER_BYTES, Admission, Budget, HeaderBlockScanner, Http2Limits
-from gateway.rpc.wire import MessageStream
+from gateway.rpc.wire import MessageStream, bad_timeout
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +282,10 @@ class GuardedEvents(EventsProcessor):
             self._spend_reset()
             return
         headers = event.headers
+        refusal = bad_timeout(headers)  # type: ignore[arg-type]  # h2 types headers loosely
+        if refusal is not None:
+            self._answer(event.stream_id, refusal)
+            return
         stream = MessageStream(
             self.connection,
             self.h2,
@@ -295,6 +305,24 @@ class GuardedEvents(EventsProcessor):
         task = getattr(self.handler, "_tasks", {}).get(stream)
         if task is not None:
             task.add_done_callback(release.on_done)
+
+    def _answer(self, stream_id: int, error: GatewayError) -> None:
+        """Answer a stream at once with ``error`` (trailers-only, no handler run), then reset it NO_ERROR if
+        the client may still send on it, as grpclib answers the requests it refuses before any call."""
+        with contextlib.suppress(StreamClosedError):  # the client reset it already
+            self.h2.send_headers(
+                stream_id,
+                [
+                    (":status", "200"),
+                    ("content-type", GRPC_CONTENT_TYPE),
+                    ("grpc-status", str(error.code.value)),
+                    ("grpc-message", encode_grpc_message(error.message)),
+                ],
+                end_stream=True,
+            )
+            stream = self.h2.streams.get(stream_id)
+            if stream is not None and not stream.closed:
+                self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
 
     def _released(self) -> None:
         self.running -= 1

@@ -1,8 +1,11 @@
 """The gRPC wire: requests read within limits, bad ones refused as the client's error; replies encoded once.
 
-Reading. Every request message of every service on the port (native, compatibility surfaces, health,
-reflection) is read by :class:`MessageStream` and decoded by :class:`LastMessageCodec`, so a bad message is
-answered in one place, as an expected outcome (a status, one log line, no traceback):
+Reading. A request whose ``grpc-timeout`` is not one (:func:`bad_timeout`: gRPC's grammar, at most 8
+digits and a unit) is answered INVALID_ARGUMENT before any handler runs, where grpclib answered UNKNOWN (or
+took a deadline of any number of digits). Every request message of every service on the port (native,
+compatibility surfaces, health, reflection) is read by :class:`MessageStream` and decoded by
+:class:`LastMessageCodec`, so a bad message is answered in one place, as an expected outcome (a status, one
+log line, no traceback):
 
 - its length prefix announces more than ``grpc.max_message_bytes``: RESOURCE_EXHAUSTED, before the message
   is read (the rest of it never leaves HTTP/2 flow control);
@@ -28,7 +31,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import betterproto2
@@ -51,6 +55,24 @@ log = logging.getLogger(__name__)
 IDENTITY = "identity"
 _PREFIX_BYTES = 5  # gRPC's length prefix: a compressed flag, then the length as 4 bytes big-endian
 _MAX_REASON = 200
+#: ``grpc-timeout`` (gRPC's PROTOCOL-HTTP2.md, "Requests"): at most 8 digits, then Hours, Minutes, Seconds,
+#: milliseconds, microseconds or nanoseconds. grpclib takes any number of digits.
+_TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
+_MAX_SHOWN = 40  # characters of a bad header value shown back
+
+
+def bad_timeout(headers: Iterable[tuple[str, str]]) -> GatewayError | None:
+    """The refusal (logged as one line) of a request with a ``grpc-timeout`` that is not one, or ``None``
+    when each of its ``grpc-timeout`` headers is valid (grpclib keeps the shortest) or it has none."""
+    for name, value in headers:
+        if name == "grpc-timeout" and _TIMEOUT.fullmatch(value) is None:
+            shown = repr(value[:_MAX_SHOWN]) + ("…" if len(value) > _MAX_SHOWN else "")
+            error = InvalidArgument(
+                f"grpc-timeout {shown} is not a timeout: at most 8 digits and a unit (H, M, S, m, u, n)"
+            )
+            _log_refusal(error)
+            return error
+    return None
 
 
 class MessageStream(Stream):
@@ -156,8 +178,12 @@ class LastMessageCodec(ProtoCodec):
 
 def _refused(error: GatewayError, detail: str | None = None) -> GRPCError:
     """The answer to a request refused here, logged as one line (``detail``: what the log says)."""
-    log.info("grpc: request refused (%s): %s", error.code.name, detail or error.message)
+    _log_refusal(error, detail)
     return grpc_error(error)
+
+
+def _log_refusal(error: GatewayError, detail: str | None = None) -> None:
+    log.info("grpc: request refused (%s): %s", error.code.name, detail or error.message)
 
 
 @functools.cache

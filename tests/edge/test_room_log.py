@@ -129,6 +129,7 @@ def error(response: httpx.Response) -> tuple[int, str]:
         ("/v1/rooms/r:listen", {"last-event-id": ":5"}, "INVALID_ARGUMENT"),
         ("/v1/rooms/r:listen", {"last-event-id": "epoch:-1"}, "INVALID_ARGUMENT"),
         ("/v1/rooms/r/events/e:listen", {"last-event-id": "epoch:99999999999999999999"}, "INVALID_ARGUMENT"),
+        ("/v1/rooms/r:listen", {"last-event-id": "epoch:9223372036854775808"}, "INVALID_ARGUMENT"),  # > int64
         ("/v1/rooms/r:listen?afterSeq=abc", {}, "INVALID_ARGUMENT"),
         ("/v1/rooms/r:listen?afterSeq=-1", {}, "INVALID_ARGUMENT"),
         ("/v1/rooms/r/events/e:listen?afterSeq=1.5", {}, "INVALID_ARGUMENT"),

@@ -11,8 +11,12 @@ target's own, so the seed corpus (``tests/fuzz/corpus/<target>/``) is readable a
   native service's binding number ``<binding>`` (a decimal), as the edge's transcoder binds it (JSON codec,
   query and path decoders).
 - ``config_loader``: a ``gateway.yaml``, loaded with a fixed environment.
-
-Stream positions (``Last-Event-ID``) have no parser yet (issue 11): they get a target when they do.
+- ``stream_positions``: ``<Last-Event-ID>\n<query string>``: the position a resumable stream (ListenRoom,
+  ListenEvents) is asked to resume from, as the edge takes it: the query's ``afterSeq``/``epoch`` bound by the
+  stream's transcoder, then the header (decoded as Latin-1, as the edge reads it) parsed by
+  :func:`~gateway.edge.streams.resume_position`, which wins. What comes out must fit the request message
+  (``after_seq`` an int64, ``epoch`` a string): the stores take it as it is (a larger seq was a 500 on
+  SQLite).
 """
 
 from __future__ import annotations
@@ -88,16 +92,53 @@ def config_loader(data: bytes) -> None:
         return
 
 
+@functools.cache
+def _resumable() -> list[Any]:
+    """The transcoders of the resumable streams: those whose request has the log position's fields (as
+    :class:`gateway.edge.routing.TranscodedRoute` decides)."""
+    return [
+        t
+        for t in _transcoders()
+        if t.binding.method.server_streaming
+        and {"after_seq", "epoch"} <= set(t.binding.method.input.fields_by_name)
+    ]
+
+
+INT64_MAX = 2**63 - 1
+
+
+def stream_positions(data: bytes) -> None:
+    from gateway.edge.streams import resume_position
+    from gateway.errors import InvalidArgument
+
+    header, _, query = data.partition(b"\n")
+    last_event_id = header.decode("latin-1")
+    for transcoder in _resumable():
+        path_values = {v.field_path: "r" for v in transcoder.binding.template.variables}
+        try:
+            request = transcoder.bind(path_values, query, b"", None)
+            if last_event_id:
+                request.update(resume_position(last_event_id))
+        except InvalidArgument:
+            continue
+        seq, epoch = request.get("after_seq"), request.get("epoch", "")
+        # Comparisons, not a range lookup: atheris sees their operands (-use_value_profile) and can aim.
+        assert seq is None or (type(seq) is int and -INT64_MAX - 1 <= seq <= INT64_MAX), f"after_seq {seq!r}"
+        assert type(epoch) is str, f"epoch {epoch!r} is not a string"
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "http_rules": http_rules,
     "json_codec": json_codec,
     "config_loader": config_loader,
+    "stream_positions": stream_positions,
 }
 #: The modules each target exercises: atheris instruments them (coverage-guided) when they are imported.
 MODULES = {
     "http_rules": ["gateway.edge.http_rules"],
     "json_codec": ["gateway.edge.json_codec", "gateway.edge.transcoder"],
     "config_loader": ["gateway.config_loader", "gateway.config"],
+    "stream_positions": ["gateway.edge.streams", "gateway.edge.transcoder", "gateway.edge.json_codec"],
 }
 CORPUS = Path(__file__).parent / "corpus"
 

@@ -12,6 +12,7 @@ import pytest
 
 from gateway.config_loader import ConfigError, load_config
 from gateway.edge.json_codec import parse_timestamp
+from gateway.edge.streams import resume_position
 from gateway.errors import InvalidArgument
 from tests.fuzz.targets import ENVIRONMENT, TARGETS
 
@@ -32,3 +33,13 @@ def test_a_control_character_in_the_config_is_a_config_error(tmp_path: Path) -> 
     path.write_bytes(b"listen: {http: '127.0.0.1:0'}\nauth:\n  keys: [] # see\x0ffull.yaml\n")
     with pytest.raises(ConfigError, match=r"line 3: character #x000f is not allowed in YAML"):
         load_config(path, ENVIRONMENT)
+
+
+@pytest.mark.parametrize("seq", ["9223372036854775808", "9999999999999999999"])
+def test_a_last_event_id_beyond_int64_is_invalid(seq: str) -> None:
+    # stream_positions: a 19-digit seq over int64 reached the store (SQLite: OverflowError, a 500 on
+    # ListenRoom and ListenEvents); the URL's afterSeq was refused as out of range already.
+    with pytest.raises(InvalidArgument, match="Last-Event-ID must be <epoch>:<seq>"):
+        resume_position(f"epoch:{seq}")
+    TARGETS["stream_positions"](f"epoch:{seq}\n".encode())
+    assert resume_position("epoch:9223372036854775807") == {"after_seq": 2**63 - 1, "epoch": "epoch"}

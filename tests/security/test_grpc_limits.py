@@ -15,11 +15,13 @@ import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
 from gateway._gen.google.protobuf import Value
 from gateway._gen.roomgateway.v1 import GetVariableRequest, ListenVariableRequest, SetVariableRequest
+from tests.multi.conftest import eventually
 from tests.security.h2raw import (
     CONTINUATION,
     ENHANCE_YOUR_CALM,
@@ -27,8 +29,10 @@ from tests.security.h2raw import (
     PROTOCOL_ERROR,
     REFUSED_STREAM,
     H2Client,
+    Reply,
     frame,
     grpc_message,
+    request_headers,
 )
 from tests.server.conftest import KEY, GatewayProcess, gateway_env, write_config
 
@@ -184,6 +188,50 @@ async def test_the_deadline_a_client_sends_is_kept_by_the_server(client: H2Clien
     reply = await client.reply(stream, timeout=5)
     assert reply.status == DEADLINE_EXCEEDED, reply  # the server ended the stream: the client did nothing
     assert 0.25 <= time.monotonic() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    "timeout",
+    [
+        "abc",
+        "99999999999S",  # more than the 8 digits gRPC allows (grpclib took it: a deadline in 3170 years)
+        "1X",  # not a unit
+        "",
+        "1s",  # units are case-sensitive: s is not S
+        "S",
+        "-1S",
+        "1.5S",
+        "1S1S",
+    ],
+)
+async def test_a_malformed_grpc_timeout_is_an_invalid_argument(
+    gateway: GatewayProcess, client: H2Client, timeout: str
+) -> None:
+    before = len(gateway.lines)
+    stream = client.request(GET, {**AUTH, "grpc-timeout": timeout})
+    client.send(stream, get_request(), end=True)
+    reply = await client.reply(stream)
+    assert reply.status == INVALID_ARGUMENT, reply  # grpclib's own answer was UNKNOWN
+    assert "is not a timeout: at most 8 digits and a unit" in unquote(reply.headers["grpc-message"])
+    await still_serving(gateway)
+
+    def refusals() -> list[str]:  # the log is read from the process's output, a little later
+        return [line for line in new_lines(gateway, before) if "(INVALID_ARGUMENT): grpc-timeout" in line]
+
+    await eventually(refusals, within=5, what="the refusal's log line")
+    assert len(refusals()) == 1
+    assert_no_traceback(gateway, before)
+
+
+@pytest.mark.parametrize("timeouts", [["99999999S"], ["1H"], ["20S", "5000m"]])
+async def test_a_valid_grpc_timeout_is_served(client: H2Client, timeouts: list[str]) -> None:
+    stream = client.h2.get_next_available_stream_id()
+    headers = request_headers(GET, AUTH) + [("grpc-timeout", t) for t in timeouts]
+    client.h2.send_headers(stream, headers)
+    client.replies[stream] = Reply()
+    client.send(stream, get_request(), end=True)
+    reply = await client.reply(stream)
+    assert reply.status in (OK, 5), reply  # 5: NOT_FOUND, the variable was never set
 
 
 # -- streams ---------------------------------------------------------------------------------------------
