@@ -7,6 +7,12 @@ writer writes all it was handed since it last looked with one ``write`` and one 
 call under load (the access log) would otherwise cost a wake-up of the writer and a system call per call,
 each fighting the event loop for the GIL.
 
+Access lines take a shorter way (:func:`line_sink`) when the process logs through the gateway's own writer
+and nothing else listens: the line is formatted on the loop (a ``%``-format and, per second, one
+``strftime``) and handed to the writer as a string, with no :class:`logging.LogRecord` and no trip through
+the logging machinery; the writer only joins and writes. Whenever a handler or filter is attached anywhere
+between the access logger and the root (tests, embedders), records go the usual way.
+
 Formats (``logging.format``): ``text`` (:class:`TextFormatter`, the time first) or ``json``
 (:class:`JsonFormatter`, one object a line). Every record made during a call carries the call's request id
 (:class:`RequestIdFilter`): error lines name the call they belong to.
@@ -28,7 +34,9 @@ import orjson
 from gateway.observability.calls import current_request_id
 
 #: Most batches (each the records of one turn of the event loop) written with one flush.
-MAX_BATCHES = 64
+MAX_BATCHES = 256
+#: How long the writer waits, once woken, for more batches to write with the same ``write``.
+LINGER_SECONDS = 0.005
 _STOP = object()
 
 
@@ -43,9 +51,19 @@ class Formatter(logging.Formatter):
         return text
 
 
+#: The last second formatted by :func:`_timestamp` and its text (one ``strftime`` per second, not per line).
+_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(created: float) -> str:
     """``2026-12-01T10:00:00.123Z`` (UTC, milliseconds)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    global _second
+    whole = int(created)
+    second, text = _second  # one tuple: read whole, whichever thread wrote it last
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second = (whole, text)
+    return f"{text}.{int(created % 1 * 1000):03d}Z"
 
 
 class TextFormatter(Formatter):
@@ -109,7 +127,7 @@ class _BatchingHandler(logging.Handler):
     def __init__(self, batches: queue.SimpleQueue[object]) -> None:
         super().__init__()
         self.batches = batches
-        self._pending: list[logging.LogRecord] = []
+        self._pending: list[logging.LogRecord | str] = []
 
     def emit(self, record: logging.LogRecord) -> None:  # called under self.lock
         if record.exc_info or record.stack_info:
@@ -119,7 +137,18 @@ class _BatchingHandler(logging.Handler):
                 parts.append(formatter.formatStack(record.stack_info))
             record.exc_text = "\n".join(parts)
             record.exc_info = record.stack_info = None
-        self._pending.append(record)
+        self._hold(record)
+
+    def emit_line(self, line: str) -> None:
+        """Hand the writer a line formatted already, in order with the records (:func:`line_sink`)."""
+        self.acquire()
+        try:
+            self._hold(line)
+        finally:
+            self.release()
+
+    def _hold(self, item: logging.LogRecord | str) -> None:  # called under self.lock
+        self._pending.append(item)
         if len(self._pending) > 1:
             return  # a hand-over is already scheduled
         try:
@@ -165,6 +194,9 @@ class LogWriter:
     def _run(self) -> None:
         while True:
             batches = [self.batches.get()]
+            # Linger a little before taking the rest: under load the loop hands over a batch per turn, and
+            # a wake-up per batch is a fight for the GIL per turn; this is one per LINGER_SECONDS at most.
+            time.sleep(LINGER_SECONDS)
             while len(batches) < MAX_BATCHES:
                 try:
                     batches.append(self.batches.get_nowait())
@@ -176,7 +208,7 @@ class LogWriter:
                     self._write(lines)
                     return
                 assert isinstance(batch, list)
-                lines.extend(self._format(record) for record in batch)
+                lines.extend(item if isinstance(item, str) else self._format(item) for item in batch)
             self._write(lines)
 
     def _format(self, record: logging.LogRecord) -> str:
@@ -210,5 +242,52 @@ def configure_logging(level: str, format: Literal["text", "json"] = "text") -> L
     handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     writer.before_stop = handler.hand_over
+    global _sink
+    _sink = _Sink(handler, "json" if format == "json" else "text")
     writer.start()
     return writer
+
+
+class _Sink:
+    """Where :func:`line_sink` hands lines: the gateway's handler, and how its writer formats."""
+
+    __slots__ = ("format", "handler")
+
+    def __init__(self, handler: _BatchingHandler, format: Literal["text", "json"]) -> None:
+        self.handler = handler
+        self.format = format
+
+    def write(self, logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+        """Write what ``logger.info(message, extra={"access": fields})`` would, formatted here."""
+        now = time.time()
+        if self.format == "text":  # TextFormatter's line of an INFO record
+            self.handler.emit_line(f"{_timestamp(now)} {logger.name}: {message}")
+        else:  # JsonFormatter's line of a record with ``access`` fields
+            line = {"time": _timestamp(now), "level": "info", "logger": logger.name, "message": message}
+            line.update(fields)
+            self.handler.emit_line(orjson.dumps(line, default=str).decode())
+
+
+_sink: _Sink | None = None
+
+
+def line_sink(logger: logging.Logger) -> _Sink | None:
+    """The gateway's own writer when it alone would handle ``logger``'s INFO records, else ``None``.
+
+    That is: :func:`configure_logging` made it, its handler is the root's only one, and neither ``logger``
+    nor any logger between it and the root has a handler or a filter of its own or stops propagation
+    (the caller has checked ``logger.isEnabledFor(INFO)``). Checked per line: a handler attached later
+    (a test's, an embedder's) gets its records again from the next line on.
+    """
+    sink = _sink
+    if sink is None:
+        return None
+    current: logging.Logger | None = logger
+    while current is not None and current.parent is not None:  # up to the root, which has none
+        if current.handlers or current.filters or current.disabled or not current.propagate:
+            return None
+        current = current.parent
+    root = logging.root
+    if root.filters or len(root.handlers) != 1 or root.handlers[0] is not sink.handler:
+        return None
+    return sink

@@ -87,7 +87,9 @@ def _wrap_driver_errors(
         except errors as exc:
             raise Unavailable(f"backend unavailable ({type(exc).__name__})") from exc
 
-    wrapper.__wrapped_driver_errors__ = True  # type: ignore[attr-defined]  # a marker on the function
+    # A marker on the function, holding what it turns into UNAVAILABLE: the metrics wrapper
+    # (gateway.observability.backends) does the same turning itself and calls the method unwrapped.
+    wrapper.__wrapped_driver_errors__ = errors  # type: ignore[attr-defined]
     return wrapper
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from starlette.types import Scope
 
 from gateway.auth.policy import Principal
+from gateway.logs import line_sink
 
 LOGGER_NAME = "room_gateway.access"
 log = logging.getLogger(LOGGER_NAME)
@@ -62,6 +63,9 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else "-"
 
 
+_LINE = "%s %s %s key=%s %.1fms client=%s request_id=%s%s"
+
+
 def write_access_line(logger: logging.Logger, fields: dict[str, Any]) -> None:
     """Write one access line of either transport from its fields (also attached as ``record.access``)::
 
@@ -70,8 +74,7 @@ def write_access_line(logger: logging.Logger, fields: dict[str, Any]) -> None:
     """
     trace = fields.get("trace_id")
     http = fields["transport"] == "http"
-    logger.info(
-        "%s %s %s key=%s %.1fms client=%s request_id=%s%s",
+    args = (
         fields["method"] if http else "grpc",
         fields["path"] if http else fields["method"],  # gRPC: the method's path
         fields["status"],
@@ -80,5 +83,9 @@ def write_access_line(logger: logging.Logger, fields: dict[str, Any]) -> None:
         fields["client"],
         fields["request_id"],
         f" trace_id={trace}" if trace else "",
-        extra={"access": fields},
     )
+    sink = line_sink(logger)
+    if sink is not None:  # only the gateway's writer listens: the line itself, no record (gateway.logs)
+        sink.write(logger, _LINE % args, fields)
+    else:
+        logger.info(_LINE, *args, extra={"access": fields})

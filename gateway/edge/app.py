@@ -41,7 +41,7 @@ from gateway.edge.auth import PUBLIC_PATHS, authenticate
 from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
 from gateway.edge.metrics import INFO_PATH, InfoEndpoint, metrics_routes
-from gateway.edge.observe import ObservedCalls
+from gateway.edge.observe import ObservedCalls, ObservedSend
 from gateway.edge.openapi import openapi_document
 from gateway.edge.ratelimit import admit_by_ip, with_rate_limit_headers
 from gateway.edge.responses import error_response, send_error
@@ -188,7 +188,10 @@ class Edge:
             await self._serve(scope, receive, send, authenticated, route)
             return
         verdict, token = begin_call()
-        send = with_rate_limit_headers(send, verdict)
+        if isinstance(send, ObservedSend):  # always, through self._entry: one send wrapper, not two
+            send.verdict = verdict
+        else:
+            send = with_rate_limit_headers(send, verdict)
         try:
             if limiter.by_ip:
                 try:

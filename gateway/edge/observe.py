@@ -21,20 +21,58 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.edge.accesslog import client_address, key_name, log, logged_path, write_access_line
+from gateway.edge.ratelimit import rate_limit_headers
 from gateway.edge.routing import PRINCIPAL, TranscodedRoute
 from gateway.observability.calls import CURRENT, Call, MethodRecorder, code_of_status
 from gateway.observability.observer import Observer
+from gateway.ratelimit import Verdict
+
+if TYPE_CHECKING:  # tracing is an optional extra
+    from gateway.observability.tracing import Tracing
 
 _REQUEST_ID = b"x-request-id"
 _TRACEPARENT = b"traceparent"
 _ROUTE = "route"  # where Starlette's router (and the edge, for native routes) leaves the route served
 TRANSPORT = "rest"
+
+
+class ObservedSend:
+    """The ``send`` of an observed call: notes the status and adds the call's headers as the response
+    starts — the request id, the span's (tracing on), and the ``RateLimit-*`` headers of :attr:`verdict`
+    when a limit applied (the edge sets it). One object per call instead of a closure per concern: each
+    ``send`` wrapper was a coroutine frame per message (bench/RESULTS.md).
+    """
+
+    __slots__ = ("echoed", "send", "span", "status", "tracing", "verdict")
+
+    def __init__(self, send: Send, echoed: tuple[bytes, bytes], span: Any, tracing: Tracing | None) -> None:
+        self.send = send
+        self.echoed = echoed
+        self.span = span
+        self.tracing = tracing
+        self.status = 0
+        #: The call's rate-limit verdict, read as the response starts (``None``: no limit applied).
+        self.verdict: Verdict | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            headers = message.get("headers")
+            if not isinstance(headers, list):  # a list is ours to extend, as Starlette's middlewares do
+                headers = message["headers"] = list(headers or ())
+            verdict = self.verdict
+            if verdict is not None and verdict.usage is not None:
+                headers.extend(rate_limit_headers(verdict))
+            headers.append(self.echoed)
+            if self.span is not None:
+                headers.extend(self.tracing.response_headers(self.span))  # type: ignore[union-attr]
+        await self.send(message)
 
 
 class ObservedCalls:
@@ -83,30 +121,16 @@ class ObservedCalls:
         client = scope.get("client")
         call = Call(observer.request_id(client[0] if client else None, given))
         token = CURRENT.set(call)
-        echoed = (_REQUEST_ID, call.request_id.encode("ascii"))
-        status = 0
         tracing = observer.tracing
         span = None
         if tracing is not None:
             span = tracing.server_span(scope["method"], traceparent, call)
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = message.get("headers")
-                if not isinstance(headers, list):  # a list is ours to extend, as Starlette's middlewares do
-                    headers = message["headers"] = list(headers or ())
-                headers.append(echoed)
-                if span is not None:
-                    headers.extend(tracing.response_headers(span))  # type: ignore[union-attr]
-            await send(message)
-
+        observed = ObservedSend(send, (_REQUEST_ID, call.request_id.encode("ascii")), span, tracing)
         try:
-            await self.app(scope, receive, send_observed)
+            await self.app(scope, receive, observed)
         finally:
             seconds = time.perf_counter() - start
-            status = status or 500  # an exception escaping the app becomes a 500 from the server
+            status = observed.status or 500  # an exception escaping the app becomes a 500 from the server
             code = call.code or code_of_status(status)
             found = self._routes.get(id(scope.get(_ROUTE)))
             recorder, streaming = found if found is not None else self._recorder(scope.get(_ROUTE))

@@ -21,6 +21,22 @@ from starlette.types import Message, Scope, Send
 
 from gateway.ratelimit import RateLimiter, Verdict
 
+#: ``RateLimit-Limit`` and ``RateLimit-Reset`` headers by value: a window's limit and reset repeat call
+#: after call, so their bytes are made once (a closed set: configured limits, resets in whole seconds up
+#: to the longest period; cleared if ever this big). ``RateLimit-Remaining`` changes per call.
+_LIMIT_HEADERS: dict[int, tuple[bytes, bytes]] = {}
+_RESET_HEADERS: dict[int, tuple[bytes, bytes]] = {}
+_CACHE_SIZE = 4096
+
+
+def _cached(cache: dict[int, tuple[bytes, bytes]], name: bytes, value: int) -> tuple[bytes, bytes]:
+    header = cache.get(value)
+    if header is None:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        header = cache[value] = (name, b"%d" % value)
+    return header
+
 
 def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """The ``RateLimit-*`` (and, when refused, ``Retry-After``) headers of ``verdict``."""
@@ -28,9 +44,9 @@ def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     if usage is None:
         return []
     headers = [
-        (b"ratelimit-limit", b"%d" % usage.limit),
+        _cached(_LIMIT_HEADERS, b"ratelimit-limit", usage.limit),
         (b"ratelimit-remaining", b"%d" % usage.remaining),
-        (b"ratelimit-reset", b"%d" % math.ceil(usage.reset)),
+        _cached(_RESET_HEADERS, b"ratelimit-reset", math.ceil(usage.reset)),
     ]
     if verdict.limited is not None:
         headers.append((b"retry-after", b"%d" % verdict.limited.retry_after))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
+import types
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +38,9 @@ def instrument(backend: Backend, metrics: Metrics, tracing: Tracing | None = Non
         method = getattr(backend, name, None)
         if method is None:
             continue
+        method, driver_errors = _unwrapped(backend, name, method)
         timed = _timed(method, name, up, metrics.backend_duration.labels(label, name),
-                       metrics.backend_errors.labels(label, name))  # fmt: skip
+                       metrics.backend_errors.labels(label, name), driver_errors)  # fmt: skip
         if tracing is not None:
             timed = tracing.client_spans(timed, label, name)
         setattr(backend, name, timed)
@@ -59,16 +61,42 @@ class _Up:
             self.gauge.set(1 if up else 0)
 
 
+def _unwrapped(
+    backend: Backend, name: str, method: Callable[..., Awaitable[Any]]
+) -> tuple[Callable[..., Awaitable[Any]], tuple[type[BaseException], ...]]:
+    """``method`` without the class's driver-error wrapper, bound to ``backend``, and the driver errors
+    that wrapper turns into UNAVAILABLE — so that an operation pays one wrapper frame, not two.
+    ``(method, ())`` when it is not the class's wrapped method (an instance's own, say)."""
+    function = getattr(type(backend), name, None)
+    errors = getattr(function, "__wrapped_driver_errors__", None)
+    inner = getattr(function, "__wrapped__", None)
+    if name in vars(backend) or not isinstance(errors, tuple) or inner is None:
+        return method, ()
+    return types.MethodType(inner, backend), errors
+
+
 def _timed(
-    method: Callable[..., Awaitable[Any]], operation: str, up: _Up, duration: Any, errors: Any
+    method: Callable[..., Awaitable[Any]],
+    operation: str,
+    up: _Up,
+    duration: Any,
+    errors: Any,
+    driver_errors: tuple[type[BaseException], ...] = (),
 ) -> Callable[..., Awaitable[Any]]:
+    """``method`` timed and counted; driver errors (of an unwrapped method) turned into UNAVAILABLE as
+    :func:`gateway.core.backend._wrap_driver_errors` does."""
     closing = operation == "close"
 
     @functools.wraps(method)
     async def timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
-            result = await method(*args, **kwargs)
+            try:
+                result = await method(*args, **kwargs)
+            except GatewayError:
+                raise
+            except driver_errors as exc:
+                raise Unavailable(f"backend unavailable ({type(exc).__name__})") from exc
         except Unavailable:
             errors.inc()
             up.set(False)

@@ -28,11 +28,14 @@ class Call:
     :ivar request_id: taken from a trusted proxy or generated (:class:`~.observer.Observer`).
     :ivar code: the gRPC status name it ended with, when something said so (``None``: from the HTTP status).
     :ivar trace_id: the 32-hex-digit trace id when tracing is on, else ``""``.
+    :ivar principal: who the call was authenticated as, when the transport notes it (gRPC: the auth
+        listener, :func:`note_principal`); its name goes in the access line.
     """
 
     request_id: str
     code: str | None = None
     trace_id: str = ""
+    principal: object = None
 
 
 #: The call running in this task, if any.
@@ -50,6 +53,13 @@ def note_code(code: Code) -> None:
     call = CURRENT.get()
     if call is not None:
         call.code = code.name
+
+
+def note_principal(principal: object) -> None:
+    """Note who the running call is authenticated as (the gRPC auth listener calls it)."""
+    call = CURRENT.get()
+    if call is not None:
+        call.principal = principal
 
 
 #: The status a REST answer counts with when no code was noted: the usual source of each HTTP status.

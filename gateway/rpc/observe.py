@@ -5,9 +5,9 @@ so that calls it refuses are counted, timed and logged too:
 
 - its ``RecvRequest`` listener makes the call's :class:`~gateway.observability.calls.Call` (the request id:
   ``x-request-id`` from a trusted proxy, else a new one), notes the start, the method and the peer, wraps the
-  call's ``method_func`` (which runs after every ``RecvRequest`` listener, auth included) to note the
-  principal's *name* and, for a server stream, to count it open and its messages; the call is finished
-  (counted, logged) when its task ends;
+  ``method_func`` of a server stream to count it open and its messages (the auth listener notes the
+  principal on the call: its *name* goes in the line); the call is finished (counted, logged) when its
+  task ends;
 - a ``SendInitialMetadata`` listener echoes the request id (``x-request-id``) — in the trailers of a
   trailers-only answer (an error before any message);
 - a ``SendTrailingMetadata`` listener notes the status; a call that ends without trailers (the client
@@ -30,13 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata, listen
-from grpclib.exceptions import GRPCError
 from grpclib.server import Server
 
 from gateway.edge.accesslog import LOGGER_NAME, key_name, write_access_line
 from gateway.observability.calls import CURRENT, Call, MethodRecorder
 from gateway.observability.observer import Observer
-from gateway.rpc.auth import current_principal
 
 log = logging.getLogger(LOGGER_NAME)
 TRANSPORT = "grpc"
@@ -62,7 +60,6 @@ class _GrpcCall(Call):
     client: str = "-"
     streaming: bool = False
     start: float = field(default_factory=time.perf_counter)
-    key: str = "-"
     headers_sent: bool = False
     span: Any = None
 
@@ -99,31 +96,8 @@ def install_observer(server: Server, observer: Observer, logger: logging.Logger 
         CURRENT.set(call)  # the call's own task: the handler and its logs see it
         if tracing is not None:
             call.span = tracing.grpc_server_span(event.method_name, event.metadata, call)
-        handler = event.method_func
-
-        async def observed(stream: Any) -> None:
-            try:
-                call.key = key_name(current_principal())
-            except GRPCError:
-                pass  # health checks: no credentials
-            if not streaming:
-                await handler(stream)
-                return
-            recorder.streams.inc()
-            messages = recorder.messages
-            send = stream.send_message
-
-            async def send_counted(message: Any) -> None:
-                await send(message)
-                messages.inc()
-
-            stream.send_message = send_counted
-            try:
-                await handler(stream)
-            finally:
-                recorder.streams.dec()
-
-        event.method_func = observed
+        if streaming:  # a unary call runs unwrapped: its principal is noted by the auth listener
+            event.method_func = _counted_stream(event.method_func, recorder)
         task.add_done_callback(lambda _: _finish(observer, logger, call, recorder))
 
     async def on_headers(event: SendInitialMetadata) -> None:
@@ -146,6 +120,27 @@ def install_observer(server: Server, observer: Observer, logger: logging.Logger 
     listen(server, SendTrailingMetadata, on_trailers)
 
 
+def _counted_stream(handler: Any, recorder: MethodRecorder) -> Any:
+    """``handler`` of a server stream, counted open while it runs and per message sent."""
+
+    async def observed(stream: Any) -> None:
+        recorder.streams.inc()
+        messages = recorder.messages
+        send = stream.send_message
+
+        async def send_counted(message: Any) -> None:
+            await send(message)
+            messages.inc()
+
+        stream.send_message = send_counted
+        try:
+            await handler(stream)
+        finally:
+            recorder.streams.dec()
+
+    return observed
+
+
 def _finish(observer: Observer, logger: logging.Logger, call: _GrpcCall, recorder: MethodRecorder) -> None:
     seconds = time.perf_counter() - call.start
     code = call.code or "CANCELLED"
@@ -159,7 +154,7 @@ def _finish(observer: Observer, logger: logging.Logger, call: _GrpcCall, recorde
             "route": recorder.method,
             "surface": recorder.surface,
             "status": code,
-            "key": call.key,
+            "key": key_name(call.principal),
             "latency_ms": round(seconds * 1000, 3),
             "client": call.client,
             "request_id": call.request_id,

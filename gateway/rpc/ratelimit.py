@@ -45,7 +45,10 @@ def install_ip_limits(server: Server, limiter: RateLimiter) -> None:
                 v for k, v in event.metadata.items() if k == "x-forwarded-for" and isinstance(v, str)
             ]
         try:
-            await limiter.check(limiter.by_ip, limiter.client_ip(peer, forwarded), verdict)
+            if limiter.local:  # counted here, no await (as the REST edge does)
+                limiter.check_now(limiter.by_ip, limiter.client_ip(peer, forwarded), verdict)
+            else:
+                await limiter.check(limiter.by_ip, limiter.client_ip(peer, forwarded), verdict)
         except GatewayError as err:
             raise grpc_error(err) from None
 

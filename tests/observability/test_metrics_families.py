@@ -159,6 +159,8 @@ async def test_failing_backend() -> None:
     backend: Backend = FlakyBackend()
     metrics = Metrics()
     instrument(backend, metrics)
+    # One wrapper frame per operation: the timing wrapper calls the driver-error wrapper's inner method.
+    assert backend.get_variable.__wrapped__.__func__ is FlakyBackend.get_variable.__wrapped__  # type: ignore[attr-defined]
     await backend.open()
     try:
         policy = AuthPolicy([ApiKey("admin", digest(ADMIN_KEY), frozenset({"*"}))])

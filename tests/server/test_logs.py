@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -88,3 +89,58 @@ def test_records_from_other_threads_and_tracebacks(
     assert "room_gateway.test_logs: ERROR: failed\nTraceback (most recent call last):" in text
     assert "ValueError: boom" in text
     assert text.endswith("room_gateway.test_logs: after\n")
+
+
+@pytest.mark.parametrize("format", ["text", "json"])
+def test_access_lines_without_records_write_what_records_would(
+    format: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only the gateway's writer listening, an access line is handed over as text (no LogRecord);
+    it is the line the record would have made, and a handler attached later gets records again."""
+    import gateway.logs as logs
+    from gateway.edge.accesslog import log, write_access_line
+
+    fields = {"transport": "http", "method": "GET", "path": "/v1/rooms/x", "route": "GetRoom",
+              "surface": "native", "status": 200, "code": "OK", "key": "admin", "latency_ms": 1.25,
+              "client": "127.0.0.1", "request_id": "00ff00ff00ff00ff"}  # fmt: skip
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logs._sink
+    stream = io.StringIO()
+    monkeypatch.setattr(logs.sys, "stderr", stream)
+    monkeypatch.setattr(logs.time, "time", lambda: 1_800_000_000.5)
+    monkeypatch.setattr(logging, "_srcfile", logging._srcfile)  # configure_logging changes these
+    monkeypatch.setattr(logging, "logThreads", logging.logThreads)
+    monkeypatch.setattr(logging, "logProcesses", logging.logProcesses)
+    monkeypatch.setattr(logging, "logMultiprocessing", logging.logMultiprocessing)
+    writer = logs.configure_logging("info", format)  # type: ignore[arg-type]
+    try:
+        assert logs.line_sink(log) is not None
+        records: list[logging.LogRecord] = []
+        original = writer.formatter.format
+        monkeypatch.setattr(writer.formatter, "format", lambda r: records.append(r) or original(r))
+        write_access_line(log, fields)  # the fast way
+        extra = logging.NullHandler()
+        log.addHandler(extra)
+        try:
+            assert logs.line_sink(log) is None
+            write_access_line(log, fields)  # the usual way: a record, formatted by the writer
+        finally:
+            log.removeHandler(extra)
+    finally:
+        writer.stop()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logs._sink = saved[2]
+    assert len(records) == 1  # the second line only
+    first, second = stream.getvalue().splitlines()
+    if format == "json":
+        first_fields, second_fields = json.loads(first), json.loads(second)
+        second_fields["time"] = first_fields["time"]  # the record's own clock is not the patched one
+        assert first_fields == second_fields
+        assert first_fields["time"] == "2027-01-15T08:00:00.500Z"
+    else:
+        assert first.split(" ", 1)[1] == second.split(" ", 1)[1]
+        assert first == (
+            "2027-01-15T08:00:00.500Z room_gateway.access: "
+            "GET /v1/rooms/x 200 key=admin 1.2ms client=127.0.0.1 request_id=00ff00ff00ff00ff"
+        )
