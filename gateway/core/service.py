@@ -278,6 +278,11 @@ class RoomService:
         for path in paths:
             if path not in _WRITABLE and path not in _IGNORED_ON_UPDATE:
                 raise InvalidArgument(f"update_mask names an unknown field: {path!r}")
+        # A value sent outside the mask is not applied (AIP-134), but it is still input: a bad one is refused
+        # rather than silently accepted.
+        for name, check in _WRITABLE.items():
+            if name in fields and name not in paths:
+                check(fields[name])
         current = await self._writable_room(room_id)
         for path in paths:
             if path in _WRITABLE:

@@ -118,6 +118,16 @@ async def test_update_room_put_binding_and_explicit_mask(client: httpx.AsyncClie
     assert (response.json()["displayName"], response.json()["description"]) == ("Old", "x")
 
 
+async def test_update_room_refuses_a_bad_value_outside_the_mask(client: httpx.AsyncClient) -> None:
+    """Not applied, but still input: an invalid jurisdiction outside ``updateMask`` is a 400, not a 200."""
+    await create(client, "r", description="d")
+    response = await client.patch(
+        "/v1/rooms/r", params={"updateMask": "description"}, json={"description": "x", "jurisdiction": "mars"}
+    )
+    assert error(response) == (400, "INVALID_ARGUMENT")
+    assert (await client.get("/v1/rooms/r")).json()["description"] == "d"
+
+
 async def test_update_room_output_only_fields_are_ignored(client: httpx.AsyncClient) -> None:
     await create(client, "r")
     response = await client.patch("/v1/rooms/r", json={"status": "CLOSED", "displayName": "n"})
