@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from room_gateway_plugins.sql import SQLiteBackend, base, changelog, presence, sqlite
+from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from gateway.core.backend import Snapshot
 from gateway.core.models import UNSET, Member, Room, Variable
@@ -197,3 +199,19 @@ async def test_rows_come_back_as_sqlalchemy_returns_them(tmp_path: Path) -> None
                 theirs = (await conn.execute(statement, params)).all()
             assert [row._asdict() for row in ours] == [row._asdict() for row in theirs], statement
             assert ours, statement
+
+
+def test_a_compiled_statement_binds_as_sqlalchemy_would() -> None:
+    """Typed parameters go through their bind processors (a time becomes SQLite's text), defaults are
+    filled in, an ``IN`` list is expanded, and a missing parameter is an error, not a NULL."""
+    dialect = sqlite_dialect.dialect(paramstyle="qmark")
+    append = CompiledStatement(sqlite._APPEND, dialect)
+    at = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    params = {"room_id": "r", "kind": "VARIABLE_SET", "time": at, "before": "{", "after": "}"}
+    assert append.bind(params)[1] == ("r", "r", "VARIABLE_SET", "2024-05-06 07:08:09.123456", "{", "}")
+    with pytest.raises(KeyError):
+        append.bind({"room_id": "r"})
+    listing = CompiledRead(base._ROOMS_FROM, dialect)
+    assert listing.bind({"start": "a", "limit": 5})[1] == ("a", 5, 0)  # OFFSET's default
+    among = CompiledRead(base._ROOMS_AMONG, dialect)
+    assert among.bind({"room_ids": ["a", "b"]})[1] == ("a", "b")

@@ -141,6 +141,8 @@ class SqlBackend(Backend):
         self.hub = self._make_hub()
         self._engine: AsyncEngine | None = None
         self._schema_found: int | None = None
+        #: :meth:`_variable_write`'s statements by shape.
+        self._variable_writes: dict[tuple[bool, bool, bool], Any] = {}
 
     # -- what a dialect provides ----------------------------------------------------------------------------
 
@@ -324,42 +326,22 @@ class SqlBackend(Backend):
         )
 
     async def write_variable(self, write: VariableWrite) -> Variable | None:
-        room_id, name, expected_version, now = write.room_id, write.name, write.expected_version, write.now
+        room_id, name, expected_version = write.room_id, write.name, write.expected_version
         text = None if write.deletes else jsontext.dumps(write.value).decode()
-        this = (variables.c.room_id == room_id) & (variables.c.name == name)
         statement: Any
         if text is None and expected_version == 0:
             statement = None  # delete only if unset: nothing to write either way
-        elif text is None or expected_version:
-            # Deletion, or compare-and-set against a set variable: only an existing, set row can change.
-            guard = this & variables.c.value.is_not(None)
-            if expected_version:
-                guard &= variables.c.version == expected_version
-            statement = (
-                variables.update()
-                .where(guard)
-                .values(value=text, version=variables.c.version + 1, update_time=now)
-                .returning(variables.c.version)
-            )
         else:
-            # Plain write, or compare-and-set against "unset" (expected_version == 0): an upsert whose update
-            # keeps counting from the row's last version (deletions included), so versions never repeat.
-            statement = (
-                self._insert(variables)
-                .values(room_id=room_id, name=name, value=text, version=1, update_time=now)
-                .on_conflict_do_update(
-                    index_elements=[variables.c.room_id, variables.c.name],
-                    set_={
-                        "value": sa.literal_column("excluded.value"),
-                        "version": variables.c.version + 1,
-                        "update_time": sa.literal_column("excluded.update_time"),
-                    },
-                    where=variables.c.value.is_(None) if expected_version == 0 else None,
-                )
-                .returning(variables.c.version)
-            )
+            statement = self._variable_write(text is None, expected_version)
+        params = {
+            "w_room_id": room_id,
+            "w_name": name,
+            "w_value": text,
+            "w_now": write.now,
+            "w_expected": expected_version,
+        }
         async with self._tx() as tx:
-            written = (await tx.conn.execute(statement)).first() if statement is not None else None
+            written = (await tx.conn.execute(statement, params)).first() if statement is not None else None
             if written is None:
                 current = await self._current_version(tx, room_id, name)
                 if expected_version is not None and expected_version != current:
@@ -376,6 +358,60 @@ class SqlBackend(Backend):
             variables.c.room_id == room_id, variables.c.name == name, variables.c.value.is_not(None)
         )
         return (await tx.conn.execute(query)).scalar() or 0
+
+    def _variable_write(self, deletes: bool, expected_version: int | None) -> Any:
+        """The statement of a variable write of this shape, with its values as bound parameters
+        (``w_room_id``, ``w_name``, ``w_value``, ``w_now``, ``w_expected``: not the columns' names, which
+        SQLAlchemy keeps for its own VALUES parameters): built once per shape, since building it
+        took about as long as the rest of the write's Python (issue 11's PUT benchmark)."""
+        shape = (deletes, expected_version is None, expected_version == 0)
+        statement = self._variable_writes.get(shape)
+        if statement is not None:
+            return statement
+        value, now = (
+            sa.bindparam("w_value", type_=sa.Text),
+            sa.bindparam("w_now", type_=variables.c.update_time.type),
+        )
+        if deletes or expected_version:
+            # Deletion, or compare-and-set against a set variable: only an existing, set row can change.
+            guard = (
+                (variables.c.room_id == sa.bindparam("w_room_id"))
+                & (variables.c.name == sa.bindparam("w_name"))
+                & variables.c.value.is_not(None)
+            )
+            if expected_version:
+                guard &= variables.c.version == sa.bindparam("w_expected", type_=sa.BigInteger)
+            statement = (
+                variables.update()
+                .where(guard)
+                .values(value=value, version=variables.c.version + 1, update_time=now)
+                .returning(variables.c.version)
+            )
+        else:
+            # Plain write, or compare-and-set against "unset" (expected_version == 0): an upsert whose update
+            # keeps counting from the row's last version (deletions included), so versions never repeat.
+            statement = (
+                self._insert(variables)
+                .values(
+                    room_id=sa.bindparam("w_room_id"),
+                    name=sa.bindparam("w_name"),
+                    value=value,
+                    version=1,
+                    update_time=now,
+                )
+                .on_conflict_do_update(
+                    index_elements=[variables.c.room_id, variables.c.name],
+                    set_={
+                        "value": sa.literal_column("excluded.value"),
+                        "version": variables.c.version + 1,
+                        "update_time": sa.literal_column("excluded.update_time"),
+                    },
+                    where=variables.c.value.is_(None) if expected_version == 0 else None,
+                )
+                .returning(variables.c.version)
+            )
+        self._variable_writes[shape] = statement
+        return statement
 
     async def get_contents(self, room_id: str) -> Snapshot:
         rows = await self._fetch(_SNAPSHOT, room_id=room_id)
