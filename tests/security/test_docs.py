@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.server.conftest import KEY, ROOT, GatewayProcess, gateway_env
-from tests.server.test_readme import STEP_TIMEOUT, Step, holds, json_outputs, parse_expected
+from tests.server.test_readme import STEP_TIMEOUT, Step, holds, json_outputs, parse_expected, parse_steps
 
 DOC = ROOT / "docs" / "security.md"
 MARKER = "<!-- security-test: "
@@ -54,23 +54,8 @@ def doc_config() -> str:
 
 
 def parse_block(body: str) -> tuple[list[str], list[Step]]:
-    """The setup lines and the steps of one ``sh`` block."""
-    setup: list[str] = []
-    steps: list[Step] = []
-    pending = ""
-    for raw in body.splitlines():
-        line = pending + raw
-        if line.endswith("\\"):
-            pending = line + "\n"
-            continue
-        pending = ""
-        if line.startswith("# → "):
-            steps[-1].expected.append(line.removeprefix("# → "))
-        elif line.startswith("curl "):
-            steps.append(Step(line))
-        elif line.strip() and not line.startswith("#"):
-            setup.append(line)
-    return setup, steps
+    """The setup lines and the steps of one ``sh`` block: a step is a ``curl`` line."""
+    return parse_steps(body, lambda line: line.startswith("curl "))
 
 
 def doc_sections() -> list[tuple[str, list[str], list[Step]]]:

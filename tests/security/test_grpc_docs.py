@@ -23,7 +23,7 @@ from gateway.config_loader import ConfigError, load_config
 from tests.security.test_docs import DOC, check_output
 from tests.security.test_docs import doc_gateway as doc_gateway  # the fixture: the same gateway
 from tests.server.conftest import KEY, ROOT, GatewayProcess
-from tests.server.test_readme import STEP_TIMEOUT, Step
+from tests.server.test_readme import STEP_TIMEOUT, Step, parse_steps
 
 MARKER = "<!-- grpc-test: limits "
 DOCUMENTED_ADDRESS = "localhost:50051"
@@ -33,22 +33,7 @@ def grpc_section() -> tuple[list[str], list[Step]]:
     text = DOC.read_text(encoding="utf-8")
     block = re.search(r"```sh\n(.*?)```", text[text.index(MARKER) :], re.DOTALL)
     assert block is not None, f"no ```sh block after {MARKER}"
-    setup: list[str] = []
-    steps: list[Step] = []
-    pending = ""
-    for raw in block.group(1).splitlines():
-        line = pending + raw
-        if line.endswith("\\"):
-            pending = line + "\n"
-            continue
-        pending = ""
-        if line.startswith("# → "):
-            steps[-1].expected.append(line.removeprefix("# → "))
-        elif DOCUMENTED_ADDRESS in line:
-            steps.append(Step(line))
-        elif line.strip() and not line.startswith("#"):
-            setup.append(line)
-    return setup, steps
+    return parse_steps(block.group(1), lambda line: DOCUMENTED_ADDRESS in line)
 
 
 def test_every_grpc_key_is_listed_with_its_default_and_documented() -> None:

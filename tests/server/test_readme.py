@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,17 +49,13 @@ class Step:
         return bool(re.search(r"\s-\w*N\b", self.command))
 
 
-def readme_section(name: str) -> tuple[list[str], list[Step]]:
-    """The setup lines and the steps of the block marked ``readme-test: NAME``."""
-    text = README.read_text(encoding="utf-8")
-    marker = f"<!-- readme-test: {name} "
-    start = text.index(marker)
-    block = re.search(r"```sh\n(.*?)```", text[start:], re.DOTALL)
-    assert block is not None, f"no ```sh block after {marker}"
+def parse_steps(body: str, is_step: Callable[[str], bool]) -> tuple[list[str], list[Step]]:
+    """The setup lines and the steps of one ``sh`` block: a line ``is_step`` picks (with its ``\\``
+    continuations) is a step, the ``# → …`` lines after it its output, any other line but comments setup."""
     setup: list[str] = []
     steps: list[Step] = []
     pending = ""
-    for raw in block.group(1).splitlines():
+    for raw in body.splitlines():
         line = pending + raw
         if line.endswith("\\"):
             pending = line + "\n"
@@ -66,11 +63,21 @@ def readme_section(name: str) -> tuple[list[str], list[Step]]:
         pending = ""
         if line.startswith("# → "):
             steps[-1].expected.append(line.removeprefix("# → "))
-        elif line.startswith(("curl ", "grpcurl ")):
+        elif is_step(line):
             steps.append(Step(line))
         elif line.strip() and not line.startswith("#"):
             setup.append(line)
     return setup, steps
+
+
+def readme_section(name: str) -> tuple[list[str], list[Step]]:
+    """The setup lines and the steps of the block marked ``readme-test: NAME``."""
+    text = README.read_text(encoding="utf-8")
+    marker = f"<!-- readme-test: {name} "
+    start = text.index(marker)
+    block = re.search(r"```sh\n(.*?)```", text[start:], re.DOTALL)
+    assert block is not None, f"no ```sh block after {marker}"
+    return parse_steps(block.group(1), lambda line: line.startswith(("curl ", "grpcurl ")))
 
 
 def parse_expected(text: str) -> Any:
