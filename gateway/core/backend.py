@@ -85,12 +85,18 @@ def _wrap_driver_errors(
         except GatewayError:
             raise
         except errors as exc:
-            raise Unavailable(f"backend unavailable ({type(exc).__name__})") from exc
+            raise driver_unavailable(exc) from exc
 
     # A marker on the function, holding what it turns into UNAVAILABLE: the metrics wrapper
     # (gateway.observability.backends) does the same turning itself and calls the method unwrapped.
     wrapper.__wrapped_driver_errors__ = errors  # type: ignore[attr-defined]
     return wrapper
+
+
+def driver_unavailable(exc: BaseException) -> Unavailable:
+    """The UNAVAILABLE a driver error becomes, worded the same wherever it is turned (it names the error's
+    class, never its message, which may hold a URL or a password)."""
+    return Unavailable(f"backend unavailable ({type(exc).__name__})")
 
 
 def version_conflict(name: str, expected: int, current: int) -> Aborted:

@@ -17,7 +17,7 @@ import types
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.backend import CONTRACT_METHODS, Backend
+from gateway.core.backend import CONTRACT_METHODS, Backend, driver_unavailable
 from gateway.errors import GatewayError, Unavailable
 from gateway.observability.metrics import Metrics
 
@@ -96,7 +96,7 @@ def _timed(
             except GatewayError:
                 raise
             except driver_errors as exc:
-                raise Unavailable(f"backend unavailable ({type(exc).__name__})") from exc
+                raise driver_unavailable(exc) from exc
         except Unavailable:
             errors.inc()
             up.set(False)

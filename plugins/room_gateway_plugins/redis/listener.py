@@ -29,6 +29,7 @@ from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.core.backend import driver_unavailable
 from gateway.core.reconnect import Reconnector
 from gateway.errors import Unavailable
 
@@ -190,7 +191,7 @@ class ChannelListener:
         except BaseException as exc:
             await connection.disconnect(nowait=True)
             if isinstance(exc, Exception):
-                self._fail_waiting(Unavailable(f"backend unavailable ({type(exc).__name__})"))
+                self._fail_waiting(driver_unavailable(exc))
             raise
         connected()
         session = self._session = _Session(connection)
