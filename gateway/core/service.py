@@ -807,6 +807,10 @@ def _check_position(after_seq: int | None) -> None:
         raise InvalidArgument("afterSeq must not be negative")
 
 
+#: The kinds a filter may name, as the messages of a bad one list them (KIND_UNSPECIFIED is none of them).
+_KIND_NAMES = sorted(kind.value for kind in ChangeKind)
+
+
 def _kinds(kinds: Sequence[Any]) -> frozenset[ChangeKind] | None:
     """The kinds a request names (proto enum names; an unknown number stays a number), ``None`` for all.
 
@@ -819,7 +823,7 @@ def _kinds(kinds: Sequence[Any]) -> frozenset[ChangeKind] | None:
         try:
             wanted.add(ChangeKind(kind))
         except ValueError:
-            raise InvalidArgument(f"kinds: unknown change kind {kind!r}") from None
+            raise InvalidArgument(f"kinds must be one of {_KIND_NAMES}, not {kind!r}") from None
     return frozenset(wanted)
 
 

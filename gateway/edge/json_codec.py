@@ -135,12 +135,14 @@ def _enum_codec(field: FieldDescriptor) -> tuple[Decoder, Encoder]:
         raise UnsupportedField(field.full_name, f"an enum of type {NULL_VALUE}", _CODEC)
     by_number = fields.enum_names(field)
     by_name = {name: name for name in by_number.values()}
+    # The zero value named *_UNSPECIFIED means "not set" (AIP-126): decoded, but never offered as a choice.
+    offered = sorted(name for n, name in by_number.items() if n or not name.endswith("_UNSPECIFIED"))
 
     def decode(value: Any, where: str) -> str:
         kind = type(value)
         name = by_name.get(value) if kind is str else by_number.get(value) if kind is int else None
         if name is None:
-            raise InvalidArgument(f"{where} must be one of {sorted(by_name)}")
+            raise InvalidArgument(f"{where} must be one of {offered}")
         return name
 
     def encode(value: Any) -> Any:

@@ -149,6 +149,28 @@ async def test_bad_positions_and_kinds_are_400s(
     assert error(await client.get(path, headers=headers)) == (400, status)
 
 
+KIND_NAMES = [
+    "CONNECTIONS_INVALIDATED", "EVENT", "MEMBER_JOINED", "MEMBER_LEFT", "RESET", "ROOM_CLOSED",
+    "ROOM_CREATED", "ROOM_DELETED", "ROOM_UPDATED", "VARIABLE_DELETED", "VARIABLE_SET",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/rooms/r:listen?kinds=NOPE",  # refused by the JSON codec (not a name of the enum)
+        "/v1/rooms/r/changes?kinds=EVENT&kinds=nope",
+        "/v1/rooms/r:listen?kinds=KIND_UNSPECIFIED",  # a name of the enum, refused by the service
+    ],
+)
+async def test_a_bad_kind_s_message_lists_the_kinds_to_filter(client: httpx.AsyncClient, path: str) -> None:
+    """KIND_UNSPECIFIED is the proto's "not set", never a kind to filter by: the message does not offer it."""
+    await client.post("/v1/rooms", json={"roomId": "r"})
+    message = (await client.get(path)).json()["error"]["message"]
+    assert message.startswith(f"kinds must be one of {KIND_NAMES}"), message
+    assert "KIND_UNSPECIFIED" not in message.removesuffix(", not 'KIND_UNSPECIFIED'")
+
+
 async def test_list_changes_refuses_a_trimmed_position(
     client: httpx.AsyncClient, backend: MemoryBackend
 ) -> None:
