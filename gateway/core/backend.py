@@ -70,6 +70,8 @@ CONTRACT_METHODS = (
     "presence_join",
     "presence_leave",
     "presence_heartbeat",
+    "presence_expire",
+    "presence_rejoin",
     "get_presence",
     "count_users",
 )
@@ -338,10 +340,16 @@ class Backend(abc.ABC):
 
     # -- presence -----------------------------------------------------------------------------------------
 
+    # An instance is *alive* in the store from a heartbeat until the store expires it (its deadline, the last
+    # heartbeat's ``now`` plus ``ttl_seconds``, passed when a survivor calls presence_expire). Only an alive
+    # instance's connections count: an expired one learns it from its next heartbeat, and rejoins.
+
     @abc.abstractmethod
     async def presence_join(self, room_id: str, member: Member, *, instance: str, now: datetime) -> None:
-        """Count one more connection of ``member.user_id`` in the room on ``instance``; when it is the user's
-        first connection on any instance, log ``MEMBER_JOINED`` (with the member) in the same step."""
+        """Count one more connection of ``member.user_id`` in the room on ``instance``; when it is the
+        user's first connection on any instance, log ``MEMBER_JOINED`` (with the member) in the same step.
+        Nothing when ``instance`` is not alive (never heartbeaten, or expired): it rejoins after its next
+        heartbeat."""
 
     @abc.abstractmethod
     async def presence_leave(self, room_id: str, user_id: str, *, instance: str, now: datetime) -> None:
@@ -349,10 +357,32 @@ class Backend(abc.ABC):
         in the same step."""
 
     @abc.abstractmethod
-    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
-        """Keep ``instance``'s connections counted for ``ttl_seconds`` more (one write per instance, not
-        per connection), and drop those of instances silent for longer, logging ``MEMBER_LEFT`` for each
-        user whose last connection they held."""
+    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> bool:
+        """Keep ``instance`` alive until ``now + ttl_seconds`` (one write per instance, not per connection).
+
+        :returns: whether it was alive already. ``False`` (its first heartbeat, or the store expired it —
+            e.g. it was paused for longer than the timeout): the store counts none of its connections, and
+            the caller rejoins them (:meth:`presence_rejoin`). An instance whose expiry is still under way
+            stays expired (``False`` again) until that is done."""
+
+    @abc.abstractmethod
+    async def presence_expire(self, *, now: datetime, ttl_seconds: float) -> datetime | None:
+        """Expire the instances whose deadline has passed at ``now``: drop their connections, logging
+        ``MEMBER_LEFT`` for each user whose last connection they held (once, however many instances expire
+        them at the same time). ``ttl_seconds`` is the timeout, for a store that keeps heartbeat times
+        rather than deadlines.
+
+        :returns: the earliest deadline of the instances still alive (when the next one expires if it stays
+            silent), ``None`` when there are none: the caller's next expiry is due then."""
+
+    @abc.abstractmethod
+    async def presence_rejoin(
+        self, room_id: str, member: Member, *, instance: str, connections: int, now: datetime
+    ) -> None:
+        """Count exactly ``connections`` (≥ 1) connections of ``member.user_id`` in the room on ``instance``,
+        whatever was counted there before: how an instance whose heartbeat answered ``False`` makes its live
+        connections count again. Logs ``MEMBER_JOINED`` when the user had no connection on any instance.
+        Nothing when ``instance`` is not alive."""
 
     @abc.abstractmethod
     async def get_presence(self, room_id: str) -> Presence:

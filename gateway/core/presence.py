@@ -10,8 +10,19 @@ The shared store (the backend) sums connections over instances and logs ``MEMBER
 ``MEMBER_LEFT``. What the store costs stays per *instance*, not per connection, while nothing changes: each
 open and each close is one write (``numConnections`` counts connections over every instance, so the store
 has to see them), and an idle instance writes once per heartbeat — every ``timeout/3`` seconds — whatever
-its number of connections. An instance that dies stops heartbeating, and the survivors' heartbeats drop its
-connections once ``timeout`` has passed (so within ``timeout`` plus one heartbeat interval).
+its number of connections.
+
+**Expiry** does not wait for a heartbeat: each instance's reaper asks the store to expire the instances past
+their deadline (their last heartbeat plus ``timeout``), and the store answers the earliest deadline left, so
+the reaper wakes up right then (or after a heartbeat interval, whichever comes first). An instance that dies
+is gone from presence within ``timeout`` of its last heartbeat plus the sweep's own time — not a heartbeat
+interval later. A reaper that finds nothing to expire only reads: at most one read per interval per instance.
+
+**Rejoin**: an instance the store expired while it was alive (paused, or cut from the store, for longer than
+the timeout) learns it from its next heartbeat, which answers ``False``; it then counts each of its live
+(room, user) connections again (``Backend.presence_rejoin``: an absolute count, so a write in flight across
+the expiry cannot count twice), and the users that had left join again. Until then the store refuses the
+expired instance's joins, so nothing it counts is forgotten.
 
 Writes of one (room, user) reach the store in the order they happened (a leave never overtakes its join),
 and a leave is written by the registry, not by the stream's task: a stream cancelled under its transport
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -35,6 +47,8 @@ from gateway.instance import INSTANCE_ID
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
+#: How long after a deadline the reaper expires it (deadlines are exclusive), and its shortest sleep.
+EXPIRY_SLACK_SECONDS = 0.01
 
 _T_co = TypeVar("_T_co", covariant=True)
 _Key = tuple[str, str]  # (room id, user id)
@@ -102,12 +116,16 @@ class PresenceRegistry:
         self.timeout_seconds = timeout_seconds
         self.instance = instance
         self._clock = clock
-        #: Open connections of this instance per (room, user).
+        #: Open connections of this instance per (room, user), and the member each first joined as.
         self._local: dict[_Key, int] = {}
+        self._members: dict[_Key, Member] = {}
         #: The last store write queued per (room, user): the next one waits for it (order per user).
         self._writes: dict[_Key, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._beaten = False
+        #: A rejoin write failed: the next heartbeat rejoins again, whatever it answers.
+        self._must_rejoin = False
 
     @property
     def interval_seconds(self) -> float:
@@ -134,6 +152,7 @@ class PresenceRegistry:
         key = (room_id, claims.user_name)
         member = Member(user_id=claims.user_name, info=claims.info)
         self._local[key] = self._local.get(key, 0) + 1
+        self._members.setdefault(key, member)
         joined = self._queue(key, lambda now: self._join(room_id, member, now))
         left = False
 
@@ -147,6 +166,7 @@ class PresenceRegistry:
                 self._local[key] = remaining
             else:
                 self._local.pop(key, None)
+                self._members.pop(key, None)
             self._queue(
                 key,
                 lambda now: self.backend.presence_leave(room_id, key[1], instance=self.instance, now=now),
@@ -196,23 +216,56 @@ class PresenceRegistry:
         while self._writes:
             await asyncio.gather(*self._writes.values(), return_exceptions=True)
 
-    # -- heartbeat ----------------------------------------------------------------------------------------
+    # -- heartbeat, expiry, rejoin -------------------------------------------------------------------------
 
     async def beat(self) -> None:
-        """One heartbeat: keep this instance's connections counted for ``timeout`` more, and let the store
-        drop those of instances silent for longer."""
-        await self.backend.presence_heartbeat(
+        """One heartbeat: keep this instance's connections counted for ``timeout`` more; if the store had
+        expired this instance, rejoin its live connections."""
+        alive = await self.backend.presence_heartbeat(
             self.instance, now=self._clock(), ttl_seconds=self.timeout_seconds
         )
+        rejoin, self._must_rejoin = self._must_rejoin or not alive, False
+        if rejoin and self._local:
+            if self._beaten:
+                log.warning(
+                    "presence: the store had expired this instance (silent for over %ss); rejoining %d "
+                    "connections",
+                    self.timeout_seconds,
+                    self.connections,
+                )
+            self._rejoin()
         self._beaten = True
 
-    async def start(self) -> None:
-        """Beat once (so the store knows this instance before any join), then every interval, in a task."""
-        await self.beat()
-        if self._heartbeat is None:
-            self._heartbeat = asyncio.get_running_loop().create_task(
-                self._beat_forever(), name="room-gateway presence heartbeat"
+    def _rejoin(self) -> None:
+        """Count every live (room, user) of this instance again, each after its writes already queued."""
+        for key, member in list(self._members.items()):
+            self._queue(key, functools.partial(self._rejoin_one, key, member))
+
+    async def _rejoin_one(self, key: _Key, member: Member, now: datetime) -> None:
+        connections = self._local.get(key, 0)  # as of now: the writes queued before this one have run
+        if not connections:
+            return  # all closed meanwhile: their leaves were queued after this, and find nothing to drop
+        try:
+            await self.backend.presence_rejoin(
+                key[0], member, instance=self.instance, connections=connections, now=now
             )
+        except BaseException:
+            self._must_rejoin = True
+            raise
+
+    async def expire(self) -> datetime | None:
+        """Expire the instances past their deadline; return the next deadline (``None``: no instance)."""
+        return await self.backend.presence_expire(now=self._clock(), ttl_seconds=self.timeout_seconds)
+
+    async def start(self) -> None:
+        """Beat once (so the store knows this instance before any join), then every interval; and expire
+        silent instances when they are due. Both in tasks of their own."""
+        await self.beat()
+        loop = asyncio.get_running_loop()
+        if self._heartbeat is None:
+            self._heartbeat = loop.create_task(self._beat_forever(), name="room-gateway presence heartbeat")
+        if self._reaper is None:
+            self._reaper = loop.create_task(self._expire_forever(), name="room-gateway presence expiry")
 
     async def _beat_forever(self) -> None:
         while True:
@@ -222,11 +275,28 @@ class PresenceRegistry:
             except Exception as exc:  # the store is down: keep trying, the next beat may reach it
                 log.warning("presence heartbeat failed: %s", exc)
 
+    async def _expire_forever(self) -> None:
+        while True:
+            delay = self.interval_seconds
+            try:
+                due = await self.expire()
+            except Exception as exc:  # the store is down: try again an interval later
+                log.warning("presence expiry failed: %s", exc)
+            else:
+                if due is not None:
+                    # Just past the deadline (it is exclusive). No later than an interval: a deadline from a
+                    # skewed clock, or an instance's first heartbeat, cannot leave the reaper asleep for long.
+                    wait = (due - self._clock()).total_seconds() + EXPIRY_SLACK_SECONDS
+                    delay = min(delay, max(EXPIRY_SLACK_SECONDS, wait))
+            await asyncio.sleep(delay)
+
     async def stop(self) -> None:
-        """Stop the heartbeat and wait for the queued writes (the leaves of the streams just ended)."""
-        task, self._heartbeat = self._heartbeat, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop the heartbeat and the reaper, and wait for the queued writes (the leaves of the streams just
+        ended)."""
+        for task in (self._heartbeat, self._reaper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._heartbeat = self._reaper = None
         await self.drain()

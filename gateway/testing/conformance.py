@@ -290,7 +290,7 @@ class PresenceContract:
         assert await self._member_log(a, room_id) == [(joined, "alice"), (left, "alice")]
 
     @scenario
-    async def test_a_silent_instance_expires_within_the_ttl(self, ctx: Ctx) -> None:
+    async def test_a_silent_instance_expires_at_its_deadline(self, ctx: Ctx) -> None:
         (a, ia), (b, ib) = await self._two_instances(ctx)  # both heartbeat at T0 with TTL
         room_id = ctx.room_id()
         await a.create_room(ctx.room())
@@ -298,21 +298,87 @@ class PresenceContract:
         await a.presence_join(room_id, Member("alice"), instance=ia, now=ctx.tick())
         await a.presence_join(room_id, Member("bob"), instance=ia, now=ctx.tick())
         await b.presence_join(room_id, Member("bob"), instance=ib, now=ctx.tick())
-        # A beats at T0+10: counted until T0+40, whatever B's heartbeats say before then.
-        await a.presence_heartbeat(ia, now=start + timedelta(seconds=10), ttl_seconds=TTL)
-        await b.presence_heartbeat(ib, now=start + timedelta(seconds=35), ttl_seconds=TTL)
+        # Expiry answers the earliest deadline: when the next instance expires if it stays silent.
+        at = start + timedelta(seconds=1)
+        assert await b.presence_expire(now=at, ttl_seconds=TTL) == start + timedelta(seconds=TTL)
+        # A beats at T0+10: counted until T0+40, whatever expiry says before then.
+        assert await a.presence_heartbeat(ia, now=start + timedelta(seconds=10), ttl_seconds=TTL)
+        assert await b.presence_heartbeat(ib, now=start + timedelta(seconds=35), ttl_seconds=TTL)
+        a_deadline = start + timedelta(seconds=40)
+        for now in (start + timedelta(seconds=35), a_deadline):  # the deadline itself still counts
+            assert await b.presence_expire(now=now, ttl_seconds=TTL) == a_deadline
         assert await self._connections(b, room_id) == {"alice": 1, "bob": 2}
         assert len(await self._member_log(b, room_id)) == 2
-        # A falls silent; B's next beat after T0+40 drops A's connections and logs the users they were
-        # the last of (alice), not the others (bob is still on B).
-        await b.presence_heartbeat(ib, now=start + timedelta(seconds=41), ttl_seconds=TTL)
+        # Just past A's deadline, any instance's expiry drops A's connections (two at once: once) and logs
+        # the users they were the last of (alice), not the others (bob is still on B).
+        past = a_deadline + timedelta(milliseconds=1)
+        due = await asyncio.gather(*(one.presence_expire(now=past, ttl_seconds=TTL) for one in (a, b)))
+        assert due == [start + timedelta(seconds=35 + TTL)] * 2  # B's is the earliest left
         assert await self._connections(b, room_id) == {"bob": 1}
         assert (await b.count_users([room_id])).get(room_id) == 1
-        await b.presence_heartbeat(ib, now=start + timedelta(seconds=42), ttl_seconds=TTL)
+        await b.presence_expire(now=past + timedelta(seconds=1), ttl_seconds=TTL)
         joined, left = ChangeKind.MEMBER_JOINED, ChangeKind.MEMBER_LEFT
         assert await self._member_log(b, room_id) == [(joined, "alice"), (joined, "bob"), (left, "alice")]
         expired = (await b.read_changes(room_id, after_seq=0, limit=100, kinds=_MEMBER_KINDS)).changes[-1]
         assert expired.member is not None and expired.member.connections == 0
+
+    @scenario
+    async def test_an_expired_instance_learns_it_and_rejoins(self, ctx: Ctx) -> None:
+        """An instance expired while it lived (paused past the timeout) is told by its next heartbeat; its
+        joins count nothing until it rejoins, and a rejoin counts exactly what it says."""
+        (a, ia), (b, ib) = await self._two_instances(ctx)
+        room_id = ctx.room_id()
+        await a.create_room(ctx.room())
+        start = ctx.now
+        for user in ("alice", "alice", "bob"):
+            await a.presence_join(room_id, Member(user, info={"n": user}), instance=ia, now=ctx.tick())
+        await b.presence_join(room_id, Member("bob"), instance=ib, now=ctx.tick())
+        await b.presence_heartbeat(ib, now=start + timedelta(seconds=35), ttl_seconds=TTL)
+        await b.presence_expire(now=start + timedelta(seconds=35), ttl_seconds=TTL)  # A is past T0+30
+        assert await self._connections(b, room_id) == {"bob": 1}
+        # A, unaware, goes on: a join and a leave of an expired instance count nothing.
+        later = start + timedelta(seconds=36)
+        await a.presence_join(room_id, Member("carol"), instance=ia, now=later)
+        await a.presence_leave(room_id, "alice", instance=ia, now=later)
+        assert await self._connections(b, room_id) == {"bob": 1}
+        # Its heartbeat says so (once: it is alive again afterwards), and it rejoins what is still open.
+        assert not await a.presence_heartbeat(ia, now=later, ttl_seconds=TTL)
+        assert await a.presence_heartbeat(ia, now=later, ttl_seconds=TTL)
+        rejoined = later + timedelta(milliseconds=1)
+        for user, connections in (("alice", 1), ("bob", 1), ("carol", 1)):
+            member = Member(user, info={"n": user})
+            await a.presence_rejoin(room_id, member, instance=ia, connections=connections, now=rejoined)
+        assert await self._connections(b, room_id) == {"alice": 1, "bob": 2, "carol": 1}
+        await a.presence_rejoin(room_id, Member("alice"), instance=ia, connections=3, now=ctx.tick())
+        await a.presence_rejoin(room_id, Member("alice"), instance=ia, connections=2, now=ctx.tick())
+        assert await self._connections(b, room_id) == {"alice": 2, "bob": 2, "carol": 1}  # exactly, not more
+        await a.presence_rejoin(room_id, Member("dan"), instance="never-alive", connections=1, now=ctx.tick())
+        joined, left = ChangeKind.MEMBER_JOINED, ChangeKind.MEMBER_LEFT
+        assert await self._member_log(b, room_id) == [
+            (joined, "alice"),
+            (joined, "bob"),
+            (left, "alice"),
+            (joined, "alice"),
+            (joined, "carol"),
+        ]
+        page = await b.read_changes(room_id, after_seq=0, limit=100, kinds=_MEMBER_KINDS)
+        assert page.changes[-2].member == Member("alice", 1, {"n": "alice"}, rejoined)
+        # Its connections count as any others: they leave one by one, and expire with the instance.
+        await a.presence_leave(room_id, "alice", instance=ia, now=ctx.tick())
+        assert await self._connections(b, room_id) == {"alice": 1, "bob": 2, "carol": 1}
+        await b.presence_heartbeat(ib, now=later + timedelta(seconds=TTL), ttl_seconds=TTL)
+        await b.presence_expire(now=later + timedelta(seconds=TTL + 1), ttl_seconds=TTL)
+        assert await self._connections(b, room_id) == {"bob": 1}
+
+    @scenario
+    async def test_a_heartbeat_says_whether_the_instance_was_alive(self, ctx: Ctx) -> None:
+        backend = await ctx.backend()
+        instance = ctx.prefix + "instance"
+        assert not await backend.presence_heartbeat(instance, now=ctx.now, ttl_seconds=TTL)  # its first
+        assert await backend.presence_heartbeat(instance, now=ctx.tick(), ttl_seconds=TTL)
+        # Never heartbeaten: its joins count nothing (it would never expire).
+        await backend.presence_join(ctx.room_id(), Member("x"), instance=ctx.prefix + "other", now=ctx.now)
+        assert await self._connections(backend, ctx.room_id()) == {}
 
     @scenario
     async def test_presence_is_per_room_and_ordered_by_user_id(self, ctx: Ctx) -> None:

@@ -67,7 +67,7 @@ class MemoryBackend(Backend):
         # every store keeps them (gateway.core.times).
         # room -> name -> current version (value UNSET once deleted: its version stays, so none repeats)
         self._variables: dict[str, dict[str, Variable]] = {}
-        # room -> user -> seat; instance -> the time its connections stop counting (presence_heartbeat).
+        # room -> user -> seat; alive instance -> the time its connections stop counting (presence_heartbeat).
         self._seats: dict[str, dict[str, _Seat]] = {}
         self._alive_until: dict[str, datetime] = {}
         self._logs: dict[str, _Log] = {}
@@ -233,17 +233,32 @@ class MemoryBackend(Backend):
             return None
         return self._seats.get(room_id)
 
-    async def presence_join(self, room_id: str, member: Member, *, instance: str, now: datetime) -> None:
+    def _counts(self, room_id: str, instance: str) -> bool:
+        """Whether a join of ``instance`` in the room counts: the instance is alive, the room not deleted."""
         room = self._rooms.get(room_id)
-        if room is not None and room.status is RoomStatus.DELETED:
+        return instance in self._alive_until and (room is None or room.status is not RoomStatus.DELETED)
+
+    async def presence_join(self, room_id: str, member: Member, *, instance: str, now: datetime) -> None:
+        if not self._counts(room_id, instance):
             return
+        seat = self._seat(room_id, member, now, connections=1)
+        seat.connections[instance] = seat.connections.get(instance, 0) + 1
+
+    async def presence_rejoin(
+        self, room_id: str, member: Member, *, instance: str, connections: int, now: datetime
+    ) -> None:
+        if self._counts(room_id, instance):
+            self._seat(room_id, member, now, connections=connections).connections[instance] = connections
+
+    def _seat(self, room_id: str, member: Member, now: datetime, *, connections: int) -> _Seat:
+        """The user's seat in the room, taken now (logging ``MEMBER_JOINED``) if they had none."""
         seats = self._seats.setdefault(room_id, {})
         seat = seats.get(member.user_id)
         if seat is None:
             seat = seats[member.user_id] = _Seat(info=member.info, join_time=times.utc(now))
-            joined = Member(member.user_id, connections=1, info=seat.info, join_time=seat.join_time)
+            joined = Member(member.user_id, connections=connections, info=seat.info, join_time=seat.join_time)
             self._log(room_id, ChangeKind.MEMBER_JOINED, now, member=joined)
-        seat.connections[instance] = seat.connections.get(instance, 0) + 1
+        return seat
 
     async def presence_leave(self, room_id: str, user_id: str, *, instance: str, now: datetime) -> None:
         seats = self._seats_of(room_id)
@@ -255,12 +270,19 @@ class MemoryBackend(Backend):
             del seat.connections[instance]
         self._vacate(room_id, seats, user_id, now)
 
-    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
+    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> bool:
+        alive = instance in self._alive_until
+        self._alive_until[instance] = times.utc(now) + timedelta(seconds=ttl_seconds)
+        return alive
+
+    async def presence_expire(self, *, now: datetime, ttl_seconds: float) -> datetime | None:
         now = times.utc(now)
-        self._alive_until[instance] = now + timedelta(seconds=ttl_seconds)
         silent = {other for other, until in self._alive_until.items() if until < now}
-        if not silent:
-            return
+        if silent:
+            self._expire(silent, now)
+        return min(self._alive_until.values(), default=None)
+
+    def _expire(self, silent: set[str], now: datetime) -> None:
         for other in silent:
             del self._alive_until[other]
         for room_id in list(self._seats):

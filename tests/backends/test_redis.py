@@ -408,6 +408,7 @@ def test_delete_room_wipes_the_log_and_ends_with_room_deleted(redis_server: str,
             room = fresh_room()
             await backend.create_room(room)
             await backend.set_variable(room.room_id, "x", 1, expected_version=None, now=NOW)
+            await backend.presence_heartbeat("i1", now=NOW, ttl_seconds=30)
             await backend.presence_join(room.room_id, Member("u"), instance="i1", now=NOW)
             sub = await other.subscribe(Topic("variable", room.room_id, "y"))  # not the room's topic
             tombstone = dataclasses.replace(room, status=RoomStatus.DELETED, update_time=NOW)
@@ -501,6 +502,8 @@ def test_presence_is_one_member_per_user_across_instances(redis_server: str, ses
         try:
             room = fresh_room()
             rid = room.room_id
+            for backend, instance in ((a, "A"), (b, "B")):
+                await backend.presence_heartbeat(instance, now=NOW, ttl_seconds=30)
             await a.presence_join(rid, Member("ann", info={"name": "Ann"}), instance="A", now=NOW)
             await b.presence_join(rid, Member("ann", info={"name": "Ann"}), instance="B", now=NOW)
             await b.presence_join(rid, Member("bob"), instance="B", now=NOW)
@@ -529,7 +532,7 @@ def test_presence_is_one_member_per_user_across_instances(redis_server: str, ses
     run(main)
 
 
-def test_a_dead_instance_is_swept_by_a_live_ones_heartbeat(redis_server: str, session_prefix: str) -> None:
+def test_a_dead_instance_is_swept_by_a_live_ones_expiry(redis_server: str, session_prefix: str) -> None:
     async def main() -> None:
         a, b = await open_backends(backend_url(redis_server, session_prefix), 2)
         dead, alive = f"dead-{uuid.uuid4().hex[:6]}", f"alive-{uuid.uuid4().hex[:6]}"
@@ -540,12 +543,14 @@ def test_a_dead_instance_is_swept_by_a_live_ones_heartbeat(redis_server: str, se
                 await a.presence_join(room.room_id, Member("ann"), instance=dead, now=NOW)
                 await a.presence_join(room.room_id, Member("ann"), instance=dead, now=NOW)
                 await a.presence_join(room.room_id, Member("bob"), instance=dead, now=NOW)
+            await b.presence_heartbeat(alive, now=NOW, ttl_seconds=5)
             await b.presence_join(rooms[0].room_id, Member("bob"), instance=alive, now=NOW)
             await b.presence_heartbeat(alive, now=NOW + timedelta(seconds=4), ttl_seconds=5)
+            await b.presence_expire(now=NOW + timedelta(seconds=4), ttl_seconds=5)
             assert (await b.get_presence(rooms[0].room_id)).num_connections == 4  # not yet past the deadline
             later = NOW + timedelta(seconds=6)
-            await b.presence_heartbeat(alive, now=later, ttl_seconds=5)
-            await b.presence_heartbeat(alive, now=later, ttl_seconds=5)  # a second sweep finds nothing
+            await b.presence_expire(now=later, ttl_seconds=5)
+            await b.presence_expire(now=later, ttl_seconds=5)  # a second sweep finds nothing
             first, second = [await b.read_changes(r.room_id, after_seq=0, limit=10) for r in rooms]
             joined = [(ChangeKind.MEMBER_JOINED, "ann"), (ChangeKind.MEMBER_JOINED, "bob")]
             assert member_changes(first) == [*joined, (ChangeKind.MEMBER_LEFT, "ann")]  # bob is on alive
@@ -559,12 +564,45 @@ def test_a_dead_instance_is_swept_by_a_live_ones_heartbeat(redis_server: str, se
             admin = redis.asyncio.Redis.from_url(redis_server)
             try:
                 assert await admin.zscore(b.keys.instances, dead) is None  # forgotten
+                assert not await admin.sismember(b.keys.expiring, dead)
                 assert not await admin.exists(b.keys.holds(dead))
             finally:
                 await admin.aclose()
         finally:
             await a.close()
             await b.close()
+
+    run(main)
+
+
+def test_an_expiry_cut_short_is_finished_by_the_next(redis_server: str, session_prefix: str) -> None:
+    """A sweeper that dies between marking an instance expiring and sweeping it leaves the mark: the
+    instance stays expired (its heartbeat answers not alive and does not revive it) until the next expiry
+    has swept it; then its heartbeat makes it alive again, to rejoin."""
+
+    async def main() -> None:
+        (backend,) = await open_backends(backend_url(redis_server, session_prefix), 1)
+        paused = f"paused-{uuid.uuid4().hex[:6]}"
+        room = fresh_room()
+        admin = redis.asyncio.Redis.from_url(redis_server)
+        try:
+            await backend.presence_heartbeat(paused, now=NOW, ttl_seconds=5)
+            await backend.presence_join(room.room_id, Member("ann"), instance=paused, now=NOW)
+            # What EXPIRE does before the sweep, as if its caller died right after.
+            await admin.zrem(backend.keys.instances, paused)
+            await admin.sadd(backend.keys.expiring, paused)
+            assert not await backend.presence_heartbeat(paused, now=NOW, ttl_seconds=5)
+            assert await admin.zscore(backend.keys.instances, paused) is None  # not revived mid-expiry
+            await backend.presence_join(room.room_id, Member("bob"), instance=paused, now=NOW)  # not counted
+            assert (await backend.get_presence(room.room_id)).num_connections == 1
+            await backend.presence_expire(now=NOW, ttl_seconds=5)  # finds the mark, finishes the sweep
+            assert (await backend.get_presence(room.room_id)).members == []
+            assert not await admin.sismember(backend.keys.expiring, paused)
+            assert not await backend.presence_heartbeat(paused, now=NOW, ttl_seconds=5)  # alive again
+            assert await backend.presence_heartbeat(paused, now=NOW, ttl_seconds=5)
+        finally:
+            await admin.aclose()
+            await backend.close()
 
     run(main)
 

@@ -24,8 +24,10 @@ import pytest
 import room_gateway_plugins.sql
 import sqlalchemy as sa
 from room_gateway_plugins.sql import PostgresBackend, SQLiteBackend, migrations, tables
+from room_gateway_plugins.sql.base import SqlBackend
 from room_gateway_plugins.sql.migrations import LATEST
 from room_gateway_plugins.sql.postgresql import MAX_PAYLOAD
+from room_gateway_plugins.sql.presence import EXPIRING
 
 from gateway.core import wire
 from gateway.core.backend import Backend, History, Snapshot
@@ -530,6 +532,8 @@ async def test_concurrent_writers_on_two_instances_log_gap_free(postgres: str) -
     async with opened(PostgresBackend(postgres)) as one, opened(PostgresBackend(postgres)) as two:
         listeners = [await one.subscribe(Topic.room(room_id)), await two.subscribe(Topic.room(room_id))]
         await one.create_room(Room(room_id, create_time=T0, update_time=T0))
+        for backend, instance in ((one, "a"), (two, "b")):  # only alive instances' joins count
+            await backend.presence_heartbeat(instance, now=T0, ttl_seconds=30)
         writes = []
         for i in range(15):
             for backend, name in ((one, "a"), (two, "b")):
@@ -557,6 +561,7 @@ async def test_delete_room_drops_its_log_and_presence(
         room = Room(room_id, create_time=T0, update_time=T0)
         await backend.create_room(room)
         await backend.set_variable(room_id, "x", 1, expected_version=None, now=T0)
+        await backend.presence_heartbeat("i", now=T0, ttl_seconds=30)
         await backend.presence_join(room_id, Member("u"), instance="i", now=T0)
         sub = await backend.subscribe(Topic("variable", room_id, "x"))
         deleted = Room(room_id, status=RoomStatus.DELETED, create_time=T0, update_time=T0)
@@ -578,6 +583,8 @@ async def test_presence_is_one_member_per_user_across_instances(postgres: str) -
     later = T0 + timedelta(seconds=60)
     async with opened(PostgresBackend(postgres)) as one, opened(PostgresBackend(postgres)) as two:
         a, b = f"a-{room_id}", f"b-{room_id}"  # instance ids of this test alone
+        await one.presence_heartbeat(a, now=T0, ttl_seconds=30)
+        await two.presence_heartbeat(b, now=T0, ttl_seconds=30)
         await asyncio.gather(
             one.presence_join(room_id, Member("u", info={"n": 1}), instance=a, now=T0),
             two.presence_join(room_id, Member("u", info={"n": 1}), instance=b, now=T0),
@@ -586,8 +593,9 @@ async def test_presence_is_one_member_per_user_across_instances(postgres: str) -
         got = await one.get_presence(room_id)
         assert got == Presence([Member("u", 3, {"n": 1}, T0)], 1, 3)
         assert await two.count_users([room_id, fresh()]) == {room_id: 1}
-        # Instance a goes silent; b's heartbeat sweeps it: u is still there through b, so no one leaves.
+        # Instance a goes silent; b's expiry sweeps it: u is still there through b, so no one leaves.
         await two.presence_heartbeat(b, now=later, ttl_seconds=30)
+        await two.presence_expire(now=later, ttl_seconds=30)
         assert await one.get_presence(room_id) == Presence([Member("u", 2, {"n": 1}, T0)], 1, 2)
         await one.presence_leave(room_id, "u", instance=a, now=later)  # swept already: nothing to do
         await two.presence_leave(room_id, "u", instance=b, now=later)
@@ -608,12 +616,16 @@ async def test_a_silent_instance_s_users_leave(
     rooms = [fresh("one"), fresh("two")]
     dead, alive = f"dead-{rooms[0]}", f"alive-{rooms[0]}"
     async with opened(make()) as backend:
+        for instance in (dead, alive):
+            await backend.presence_heartbeat(instance, now=T0, ttl_seconds=30)
         for room_id in rooms:
             await backend.presence_join(room_id, Member("gone"), instance=dead, now=T0)
             await backend.presence_join(room_id, Member("here"), instance=alive, now=T0)
         await backend.presence_heartbeat(alive, now=T0 + timedelta(seconds=20), ttl_seconds=30)
+        await backend.presence_expire(now=T0 + timedelta(seconds=20), ttl_seconds=30)
         assert (await backend.get_presence(rooms[0])).num_users == 2  # not silent for long enough yet
         await backend.presence_heartbeat(alive, now=T0 + timedelta(seconds=40), ttl_seconds=30)
+        await backend.presence_expire(now=T0 + timedelta(seconds=40), ttl_seconds=30)
         for room_id in rooms:
             assert [m.user_id for m in (await backend.get_presence(room_id)).members] == ["here"]
             page = await backend.read_changes(room_id, after_seq=0, limit=10)
@@ -622,3 +634,35 @@ async def test_a_silent_instance_s_users_leave(
                 (ChangeKind.MEMBER_JOINED, "here"),
                 (ChangeKind.MEMBER_LEFT, "gone"),
             ]
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+async def test_an_expiry_cut_short_is_finished_by_the_next(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A sweeper that dies between its two transactions leaves the instance marked expiring: it stays
+    expired (its heartbeat answers not alive, its joins count nothing) until the next expiry has swept it;
+    then its heartbeat makes it alive again, to rejoin."""
+    make = sql_backends(tmp_path, request, where)
+    room_id = fresh()
+    paused = f"paused-{room_id}"
+    instances = tables.presence_instances
+    async with opened(make()) as backend:
+        assert isinstance(backend, SqlBackend)
+        await backend.presence_heartbeat(paused, now=T0, ttl_seconds=30)
+        await backend.presence_join(room_id, Member("ann"), instance=paused, now=T0)
+        async with backend.engine.begin() as conn:  # the first transaction of an expiry, alone
+            mark = instances.update().where(instances.c.instance == paused)
+            await conn.execute(mark.values(last_seen=EXPIRING))
+        assert not await backend.presence_heartbeat(paused, now=T0, ttl_seconds=30)
+        await backend.presence_join(room_id, Member("bob"), instance=paused, now=T0)  # not counted
+        assert (await backend.get_presence(room_id)).num_connections == 1
+        await backend.presence_expire(now=T0, ttl_seconds=30)  # finds the mark, finishes the sweep
+        assert (await backend.get_presence(room_id)).members == []
+        page = await backend.read_changes(room_id, after_seq=0, limit=10)
+        assert [(c.kind, c.member.user_id) for c in page.changes if c.member] == [
+            (ChangeKind.MEMBER_JOINED, "ann"),
+            (ChangeKind.MEMBER_LEFT, "ann"),
+        ]
+        assert not await backend.presence_heartbeat(paused, now=T0, ttl_seconds=30)  # alive again
+        assert await backend.presence_heartbeat(paused, now=T0, ttl_seconds=30)

@@ -192,6 +192,7 @@ async def test_rows_come_back_as_sqlalchemy_returns_them(tmp_path: Path) -> None
             (presence.ROOM, {"room_id": "r1"}),
             (presence.USERS, {"room_ids": ["r0", "r1"]}),
         ]
+        await backend.presence_heartbeat("i", now=T0, ttl_seconds=30)
         await backend.presence_join("r1", Member("u", info={"a": 1}), instance="i", now=T0)
         for statement, params in reads:
             ours = await backend._fetch(statement, **params)

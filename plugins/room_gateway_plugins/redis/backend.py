@@ -22,8 +22,10 @@ docs, PUBLISH: "O(N+M) … M the total number of subscribed patterns").
 (non-persistent) Redis loses it with the logs, and the next write starts a new one.
 
 **Presence** counts connections per (instance, room, user) and per (room, user); an instance's heartbeat
-pushes its deadline in one sorted set (one write per instance, whatever its connections), and sweeps the
-instances past their deadline, logging MEMBER_LEFT for the users whose last connections they held.
+pushes its deadline in one sorted set (one write per instance, whatever its connections). Expiry moves the
+instances past their deadline to an ``expiring`` set in one script — from then on their joins count nothing
+and their heartbeat answers "not alive" — then sweeps them room by room, logging MEMBER_LEFT for the users
+whose last connections they held, and forgets them; an expired instance that heartbeats again rejoins.
 
 Redis need not be up when the gateway starts: calls answer UNAVAILABLE (and ``/readyz`` says so) until it is.
 """
@@ -66,9 +68,6 @@ ASSIGNED: tuple[str, ...] = ("epoch", "seq")
 TAILS: dict[tuple[str, ...], str] = {
     assigned: wire.tail_format(assigned) for assigned in (ASSIGNED_VARIABLE, ASSIGNED)
 }
-#: Seconds a joining instance's connections count before its first presence heartbeat says otherwise.
-DEFAULT_PRESENCE_TTL = 30.0
-
 #: Connection settings unless the URL's query sets them (``?socket_connect_timeout=5``): fail fast when the
 #: server is away, PING a pooled connection idle for 30 s before using it, and never retry a command — a
 #: write retried after a lost reply could apply twice (a created room would then answer ALREADY_EXISTS);
@@ -116,8 +115,6 @@ class RedisBackend(Backend):
         self._max_age_ms = max(1, math.ceil(history.max_age_seconds * 1000))
         self._log_ttl = str(self._max_age_ms)
         self._max_changes = str(max(0, history.max_changes))
-        #: How long a joining instance counts before its first heartbeat (the last heartbeat's ttl).
-        self._presence_ttl = DEFAULT_PRESENCE_TTL
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
@@ -130,6 +127,8 @@ class RedisBackend(Backend):
         self._append = register(scripts.APPEND)
         self._delete_room = register(scripts.DELETE_ROOM)
         self._join = register(scripts.PRESENCE_JOIN)
+        self._rejoin = register(scripts.PRESENCE_REJOIN)
+        self._expire = register(scripts.EXPIRE)
         self._leave = register(scripts.PRESENCE_LEAVE)
         self._sweep = register(scripts.PRESENCE_SWEEP)
         self._heartbeat = register(scripts.HEARTBEAT)
@@ -418,15 +417,32 @@ class RedisBackend(Backend):
         ]
 
     async def presence_join(self, room_id: str, member: Member, *, instance: str, now: datetime) -> None:
-        joined = dataclasses.replace(member, connections=1, join_time=now)
+        await self._count(self._join, room_id, member, instance, now, connections=1)
+
+    async def presence_rejoin(
+        self, room_id: str, member: Member, *, instance: str, connections: int, now: datetime
+    ) -> None:
+        await self._count(self._rejoin, room_id, member, instance, now, connections=connections)
+
+    async def _count(
+        self,
+        script: AsyncScript,
+        room_id: str,
+        member: Member,
+        instance: str,
+        now: datetime,
+        *,
+        connections: int,
+    ) -> None:
+        """Run PRESENCE_JOIN or PRESENCE_REJOIN (their MEMBER_JOINED carries ``connections``)."""
+        joined = dataclasses.replace(member, connections=connections, join_time=now)
         change = Change(0, "", ChangeKind.MEMBER_JOINED, now, member=joined)
-        deadline = codec.milliseconds(now) + math.ceil(self._presence_ttl * 1000)
         await self._write(
-            self._join,
+            script,
             room_id,
             change,
             keys=[*self._presence_keys(room_id, instance), self.keys.instances],
-            args=[member.user_id, codec.dumps_member(joined), room_id, instance, str(deadline)],
+            args=[member.user_id, codec.dumps_member(joined), room_id, instance, str(connections)],
         )
 
     async def presence_leave(self, room_id: str, user_id: str, *, instance: str, now: datetime) -> None:
@@ -435,18 +451,24 @@ class RedisBackend(Backend):
             self._leave, room_id, change, keys=self._presence_keys(room_id, instance), args=[user_id, room_id]
         )
 
-    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
-        self._presence_ttl = ttl_seconds
-        now_ms = codec.milliseconds(now)
-        dead = await self._heartbeat(
-            keys=[self.keys.instances],
-            args=[instance, str(now_ms + math.ceil(ttl_seconds * 1000)), str(now_ms)],
+    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> bool:
+        deadline = codec.milliseconds(now) + math.ceil(ttl_seconds * 1000)
+        alive = await self._heartbeat(
+            keys=[self.keys.instances, self.keys.expiring], args=[instance, str(deadline)]
         )
-        for one in dead:
+        return bool(alive)
+
+    async def presence_expire(self, *, now: datetime, ttl_seconds: float) -> datetime | None:
+        first, *expiring = await self._expire(
+            keys=[self.keys.instances, self.keys.expiring], args=[str(codec.milliseconds(now))]
+        )
+        for one in expiring:
             await self._sweep_instance(_text(one), now)
+        return codec.from_milliseconds(int(float(first))) if first else None
 
     async def _sweep_instance(self, instance: str, now: datetime) -> None:
-        """Drop the connections of an instance past its deadline, room by room, then forget it."""
+        """Drop the connections of an expiring instance, room by room, then forget it (none of its joins
+        counts meanwhile, so what is read here is all it holds)."""
         keys = self.keys
         for room in await self._redis.smembers(keys.holds(instance)):
             room_id = _text(room)
@@ -464,9 +486,7 @@ class RedisBackend(Backend):
                 keys=self._presence_keys(room_id, instance),
                 args=[room_id, *groups],
             )
-        await self._forget_instance(
-            keys=[keys.instances, keys.holds(instance)], args=[instance, str(codec.milliseconds(now))]
-        )
+        await self._forget_instance(keys=[keys.expiring, keys.holds(instance)], args=[instance])
 
     async def get_presence(self, room_id: str) -> Presence:
         async with self._redis.pipeline(transaction=True) as pipe:

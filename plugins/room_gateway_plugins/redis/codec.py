@@ -10,7 +10,7 @@ nothing itself, and a deleted variable simply has no record. A log entry is that
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.core import jsontext, times, wire
@@ -47,6 +47,11 @@ def loads_value(record: bytes | str) -> JSON:
 def milliseconds(moment: datetime | None) -> int:
     """Milliseconds since 1970 of ``moment`` (now when ``None``)."""
     return int(time.time() * 1000) if moment is None else int(times.utc(moment).timestamp() * 1000)
+
+
+def from_milliseconds(ms: int) -> datetime:
+    """The UTC time ``ms`` milliseconds after 1970 (the inverse of :func:`milliseconds`)."""
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def entry_prefix(change: Change) -> str:

@@ -17,7 +17,8 @@ Keys::
                                   by age and the kinds filter without Lua decoding anything)
     {prefix}users:{room_id}       hash: user id -> connections on every instance (presence)
     {prefix}members:{room_id}     hash: user id -> the Member as JSON (info, join time)
-    {prefix}instances             sorted set: instance -> deadline (ms) of its last presence heartbeat
+    {prefix}instances             sorted set: alive instance -> deadline (ms) of its last presence heartbeat
+    {prefix}expiring              set: instances past their deadline whose connections are being dropped
     {prefix}holds:{instance}      set: the rooms where the instance counts connections
     {prefix}held:["{instance}","{room_id}"]   hash: user id -> connections on that instance in that room
 
@@ -66,6 +67,7 @@ class Keyspace:
         self.epoch = prefix + "epoch"
         self.rooms = prefix + "rooms"
         self.instances = prefix + "instances"
+        self.expiring = prefix + "expiring"
         self.all_signals = (prefix + "signal:all").encode()
         self._changes = prefix + "changes:"
 

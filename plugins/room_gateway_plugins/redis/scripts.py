@@ -161,21 +161,50 @@ return {1, epoch, seq}
 """
 )
 
+#: Lua answering {0, epoch} unless the instance ARGV[12] is alive (in the heartbeat set KEYS[8]).
+_ALIVE_ONLY = """
+if not redis.call('ZSCORE', KEYS[8], ARGV[12]) then
+  return {0, epoch}
+end
+"""
+
 #: One more connection of a user in a room on an instance; the user's first on any instance logs
-#: MEMBER_JOINED. The instance joins the heartbeat set if it is not there yet (its first heartbeat may come
-#: later), so that its connections expire even if it dies before that.
+#: MEMBER_JOINED. Nothing when the instance is not alive (in the heartbeat set): it rejoins after its next
+#: heartbeat.
 #:
 #: KEYS[4] held (this instance, this room), KEYS[5] holds (this instance), KEYS[6] users, KEYS[7] members,
-#: KEYS[8] instances. ARGV[9] user id, ARGV[10] member JSON, ARGV[11] room id, ARGV[12] instance,
-#: ARGV[13] its deadline (ms) if it has none. Returns {1, epoch, seq} when logged, else {0, epoch}.
+#: KEYS[8] instances. ARGV[9] user id, ARGV[10] member JSON, ARGV[11] room id, ARGV[12] instance (ARGV[13]
+#: is PRESENCE_REJOIN's).
+#: Returns {1, epoch, seq} when logged, else {0, epoch}.
 PRESENCE_JOIN = (
     PRELUDE
+    + _ALIVE_ONLY
     + """
 local user = ARGV[9]
 redis.call('HINCRBY', KEYS[4], user, 1)
 redis.call('SADD', KEYS[5], ARGV[11])
-redis.call('ZADD', KEYS[8], 'NX', ARGV[13], ARGV[12])
 if redis.call('HINCRBY', KEYS[6], user, 1) == 1 then
+  redis.call('HSET', KEYS[7], user, ARGV[10])
+  return {1, epoch, (append())}
+end
+return {0, epoch}
+"""
+)
+
+#: Count exactly ARGV[13] connections of a user in a room on an alive instance, whatever it counted there
+#: before (an expired instance rejoining); MEMBER_JOINED when the user had none on any instance. The keys
+#: and other arguments are PRESENCE_JOIN's. Returns {1, epoch, seq} when logged, else {0, epoch}.
+PRESENCE_REJOIN = (
+    PRELUDE
+    + _ALIVE_ONLY
+    + """
+local user, wanted = ARGV[9], tonumber(ARGV[13])
+local mine = tonumber(redis.call('HGET', KEYS[4], user) or '0')
+local before = tonumber(redis.call('HGET', KEYS[6], user) or '0')
+redis.call('HSET', KEYS[4], user, wanted)
+redis.call('SADD', KEYS[5], ARGV[11])
+redis.call('HINCRBY', KEYS[6], user, wanted - mine)
+if before <= 0 then
   redis.call('HSET', KEYS[7], user, ARGV[10])
   return {1, epoch, (append())}
 end
@@ -254,20 +283,38 @@ return {1, epoch, seqs}
 """
 )
 
-#: A presence heartbeat: push this instance's deadline, and name the instances whose deadline has passed.
-#: KEYS[1] instances. ARGV[1] instance, ARGV[2] its new deadline (ms), ARGV[3] now (ms). Returns the dead.
+#: A presence heartbeat: push this instance's deadline. KEYS[1] instances, KEYS[2] expiring. ARGV[1]
+#: instance, ARGV[2] its new deadline (ms). Returns 1 if it was alive; 0 if it was not (first heartbeat, or
+#: expired: it is added now) or is still being expired (it is not added until that is done).
 HEARTBEAT = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then
+  return 0
+end
+return 1 - redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 """
 
-#: Forget a swept instance unless it came back meanwhile or still holds connections somewhere.
-#: KEYS[1] instances, KEYS[2] holds. ARGV[1] instance, ARGV[2] now (ms). Returns 1 if forgotten.
+#: Move the instances past their deadline from the heartbeat set to the expiring set: from then on none of
+#: their joins counts, and each is swept room by room (PRESENCE_SWEEP), then forgotten (FORGET_INSTANCE).
+#: KEYS[1] instances, KEYS[2] expiring. ARGV[1] now (ms). Returns {the earliest deadline left ('' if none),
+#: every expiring instance…} — an expiry that did not finish is finished by the next.
+EXPIRE = """
+for _, instance in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])) do
+  redis.call('ZREM', KEYS[1], instance)
+  redis.call('SADD', KEYS[2], instance)
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local out = {first[2] or ''}
+for _, instance in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  out[#out + 1] = instance
+end
+return out
+"""
+
+#: Forget a swept instance once it holds connections nowhere. KEYS[1] expiring, KEYS[2] holds. ARGV[1]
+#: instance. Returns 1 if forgotten.
 FORGET_INSTANCE = """
-local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if deadline and tonumber(deadline) < tonumber(ARGV[2]) and redis.call('SCARD', KEYS[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 1
+if redis.call('SCARD', KEYS[2]) == 0 then
+  return redis.call('SREM', KEYS[1], ARGV[1])
 end
 return 0
 """

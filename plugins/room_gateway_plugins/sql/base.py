@@ -49,7 +49,6 @@ from room_gateway_plugins.sql.tables import (
     changes,
     log_meta,
     presence,
-    presence_instances,
     room_heads,
     rooms,
     variables,
@@ -459,20 +458,33 @@ class SqlBackend(Backend):
             if left is not None:
                 await self._log(tx, room_id, Change(0, "", ChangeKind.MEMBER_LEFT, now, member=left))
 
-    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> None:
+    async def presence_rejoin(
+        self, room_id: str, member: Member, *, instance: str, connections: int, now: datetime
+    ) -> None:
         async with self._tx() as tx:
-            await tx.conn.execute(
-                self._insert(presence_instances)
-                .values(instance=instance, last_seen=now)
-                .on_conflict_do_update(
-                    index_elements=[presence_instances.c.instance], set_={"last_seen": now}
-                )
+            await self._lock_room(tx, room_id)
+            joined = await presence_ops.rejoin(
+                tx.conn, self._insert, room_id, member, instance, connections, now
             )
-            dead = await presence_ops.silent_rooms(tx.conn, now - timedelta(seconds=ttl_seconds))
-            for room_id in dead.rooms:  # in id order, the order every sweeper locks them in
-                await self._lock_room(tx, room_id)
-            for room_id, left in await presence_ops.sweep(tx.conn, dead.instances):
-                await self._log(tx, room_id, Change(0, "", ChangeKind.MEMBER_LEFT, now, member=left))
+            if joined is not None:
+                await self._log(tx, room_id, Change(0, "", ChangeKind.MEMBER_JOINED, now, member=joined))
+
+    async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> bool:
+        async with self._tx() as tx:
+            return await presence_ops.heartbeat(tx.conn, self._insert, instance, now)
+
+    async def presence_expire(self, *, now: datetime, ttl_seconds: float) -> datetime | None:
+        ttl = timedelta(seconds=ttl_seconds)
+        async with self._tx() as tx:
+            expiring = await presence_ops.mark_silent(tx.conn, now - ttl)
+            deadline = await presence_ops.next_deadline(tx.conn, ttl)
+        if expiring:
+            async with self._tx() as tx:
+                for room_id in await presence_ops.rooms_of(tx.conn, expiring):
+                    await self._lock_room(tx, room_id)
+                for room_id, left in await presence_ops.sweep(tx.conn, expiring):
+                    await self._log(tx, room_id, Change(0, "", ChangeKind.MEMBER_LEFT, now, member=left))
+        return deadline
 
     async def get_presence(self, room_id: str) -> Presence:
         return presence_ops.of_rows(await self._fetch(presence_ops.ROOM, room_id=room_id))

@@ -3,21 +3,28 @@
 A row of ``presence`` counts one instance's connections of one user in one room; a user is present while
 any of their rows is. Joining and leaving touch only their own row and then sum the user's rows, under the
 room's head row lock (:meth:`.base.SqlBackend._lock_room`, taken by the caller), so two instances never both
-log the user's first join or last leave. An instance's heartbeat is one upsert of its ``presence_instances``
-row; it also sweeps instances silent for longer than the timeout: their rows are deleted (``DELETE …
-RETURNING``, so of two sweepers only one gets them) and each user whose last connection they held leaves.
+log the user's first join or last leave.
+
+An instance is alive while its ``presence_instances`` row holds a real ``last_seen`` (each heartbeat is one
+update of it). Expiry takes two transactions, so that no lock is ever taken out of the writers' order
+(room heads first): :func:`mark_silent` sets the silent instances' ``last_seen`` to :data:`EXPIRING`
+(waiting for their joins in flight, which hold the row ``FOR SHARE``; a later join finds it expiring and
+counts nothing), then :func:`sweep`, under the heads of the rooms they hold, deletes their rows and logs
+each user whose last connection they held as left, and deletes their instance rows. A sweeper that dies in
+between leaves the mark, and the next expiry finishes the sweep; the expiring instance's heartbeat answers
+``False`` until then, and afterwards recreates its row (it rejoins).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any, NamedTuple
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.core import jsontext
+from gateway.core import jsontext, times
 from gateway.core.models import Member, Presence
 from room_gateway_plugins.sql.tables import presence, presence_instances
 
@@ -50,6 +57,8 @@ async def join(
     now: datetime,
 ) -> Member | None:
     """Count one more connection; return the member to log as joined when it is the user's first."""
+    if not await _alive(conn, instance):
+        return None
     this = presence.c
     await conn.execute(
         insert(presence)
@@ -66,16 +75,90 @@ async def join(
             set_={"connections": this.connections + 1},
         )
     )
-    # An instance that joins before its first heartbeat is swept too if it dies; an existing row is left
-    # alone (and unlocked: DO NOTHING), so joins in many rooms do not queue on it.
-    await conn.execute(
-        insert(presence_instances)
-        .values(instance=instance, last_seen=now)
-        .on_conflict_do_nothing(index_elements=[presence_instances.c.instance])
-    )
     if (await conn.execute(_user_connections(room_id, member.user_id))).scalar_one() != 1:
         return None
     return Member(user_id=member.user_id, connections=1, info=member.info, join_time=now)
+
+
+async def rejoin(
+    conn: AsyncConnection,
+    insert: Callable[[sa.Table], Any],
+    room_id: str,
+    member: Member,
+    instance: str,
+    connections: int,
+    now: datetime,
+) -> Member | None:
+    """Count exactly ``connections``; return the member to log as joined when the user had none."""
+    if not await _alive(conn, instance):
+        return None
+    before = (await conn.execute(_user_connections(room_id, member.user_id))).scalar_one()
+    this = presence.c
+    await conn.execute(
+        insert(presence)
+        .values(
+            room_id=room_id,
+            user_id=member.user_id,
+            instance=instance,
+            connections=connections,
+            info=jsontext.dumps(member.info).decode(),
+            join_time=now,
+        )
+        .on_conflict_do_update(
+            index_elements=[this.room_id, this.user_id, this.instance], set_={"connections": connections}
+        )
+    )
+    if before:
+        return None
+    return Member(user_id=member.user_id, connections=connections, info=member.info, join_time=now)
+
+
+#: The ``last_seen`` of an instance being expired (a heartbeat never writes a time this old).
+EXPIRING = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+async def _alive(conn: AsyncConnection, instance: str) -> bool:
+    """Whether the instance is alive, its row held ``FOR SHARE`` until the caller commits (so that
+    :func:`mark_silent` waits for the join, and the sweep after it sees what the join counted)."""
+    this = presence_instances.c
+    found = sa.select(this.instance).where(this.instance == instance, this.last_seen > EXPIRING)
+    return (await conn.execute(found.with_for_update(read=True))).first() is not None
+
+
+async def heartbeat(
+    conn: AsyncConnection, insert: Callable[[sa.Table], Any], instance: str, now: datetime
+) -> bool:
+    """Push the instance's ``last_seen`` to ``now``; ``False`` when it was not alive (then its row is created,
+    unless its expiry is still under way)."""
+    this = presence_instances.c
+    beat = presence_instances.update().where(this.instance == instance, this.last_seen > EXPIRING)
+    if (await conn.execute(beat.values(last_seen=now))).rowcount:
+        return True
+    await conn.execute(
+        insert(presence_instances).values(instance=instance, last_seen=now).on_conflict_do_nothing()
+    )
+    return False
+
+
+async def mark_silent(conn: AsyncConnection, cutoff: datetime) -> list[str]:
+    """Mark the instances last seen before ``cutoff`` as expiring; return every expiring instance (those of
+    a sweep that did not finish too)."""
+    this = presence_instances.c
+    await conn.execute(
+        presence_instances.update()
+        .where(this.last_seen < cutoff, this.last_seen > EXPIRING)
+        .values(last_seen=EXPIRING)
+    )
+    return list((await conn.execute(sa.select(this.instance).where(this.last_seen == EXPIRING))).scalars())
+
+
+async def next_deadline(conn: AsyncConnection, ttl: timedelta) -> datetime | None:
+    """When the alive instance seen least recently expires if it stays silent."""
+    this = presence_instances.c
+    oldest = (
+        await conn.execute(sa.select(sa.func.min(this.last_seen)).where(this.last_seen > EXPIRING))
+    ).scalar()
+    return None if oldest is None else times.assume_utc(oldest) + ttl
 
 
 async def leave(conn: AsyncConnection, room_id: str, user_id: str, instance: str) -> Member | None:
@@ -100,33 +183,15 @@ async def leave(conn: AsyncConnection, room_id: str, user_id: str, instance: str
     return Member(user_id=user_id, connections=0, info=jsontext.loads(row.info), join_time=row.join_time)
 
 
-class Silent(NamedTuple):
-    """Instances silent since before a cutoff, and the rooms they hold connections in (in id order)."""
-
-    instances: list[str]
-    rooms: list[str]
-
-
-async def silent_rooms(conn: AsyncConnection, cutoff: datetime) -> Silent:
-    """The instances last seen before ``cutoff`` and their rooms (read without locks: the caller then locks
-    the rooms' heads in this order, and :func:`sweep` deletes what is still there)."""
-    silent = sa.select(presence_instances.c.instance).where(presence_instances.c.last_seen < cutoff)
-    instances = list((await conn.execute(silent)).scalars())
-    if not instances:
-        return Silent([], [])
-    rooms = (
-        sa.select(presence.c.room_id)
-        .where(presence.c.instance.in_(instances))
-        .distinct()
-        .order_by(presence.c.room_id)
-    )
-    return Silent(instances, list((await conn.execute(rooms)).scalars()))
+async def rooms_of(conn: AsyncConnection, instances: Sequence[str]) -> list[str]:
+    """The rooms where ``instances`` hold connections, in id order (the order every writer locks heads in)."""
+    rooms = sa.select(presence.c.room_id).where(presence.c.instance.in_(instances)).distinct()
+    return list((await conn.execute(rooms.order_by(presence.c.room_id))).scalars())
 
 
 async def sweep(conn: AsyncConnection, instances: Sequence[str]) -> list[tuple[str, Member]]:
-    """Delete the connections of silent ``instances``; return (room id, member) for each user who left."""
-    if not instances:
-        return []
+    """Delete the connections of expiring ``instances`` and their instance rows; return (room id, member)
+    for each user who left. Of two sweepers at once, the second finds nothing left."""
     this = presence.c
     deleted = (
         await conn.execute(
@@ -135,7 +200,8 @@ async def sweep(conn: AsyncConnection, instances: Sequence[str]) -> list[tuple[s
             .returning(this.room_id, this.user_id, this.info, this.join_time)
         )
     ).all()
-    await conn.execute(presence_instances.delete().where(presence_instances.c.instance.in_(instances)))
+    done = presence_instances.c.instance.in_(instances) & (presence_instances.c.last_seen == EXPIRING)
+    await conn.execute(presence_instances.delete().where(done))
     left: list[tuple[str, Member]] = []
     for row in sorted(deleted, key=lambda row: (row.room_id, row.user_id)):
         if left and left[-1][0] == row.room_id and left[-1][1].user_id == row.user_id:
