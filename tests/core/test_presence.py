@@ -182,24 +182,47 @@ async def test_a_leave_right_after_the_join_is_written_after_it(
 # -- the heartbeat -------------------------------------------------------------------------------------------
 
 
-async def test_a_dead_instance_leaves_within_the_timeout(backend: MemoryBackend) -> None:
-    """Real time, a short timeout: the survivor's heartbeats drop the silent instance's members."""
+async def test_a_dead_instance_leaves_at_its_deadline_not_a_heartbeat_later(backend: MemoryBackend) -> None:
+    """Real time: the survivor's reaper expires the silent instance just after its deadline (the dead
+    instance's last heartbeat plus the timeout), not at the survivor's next heartbeat after it.
+
+    Timeout 3 s, heartbeats every 1 s; the dead instance beat 0.5 s before the survivor started, so the
+    survivor's heartbeats fall at 0.5, 1.5, 2.5, 3.5 s: expiry by heartbeat would come 0.5 s late."""
     await backend.create_room(_room("r"))
-    alive = PresenceRegistry(backend, timeout_seconds=0.3, instance="alive")
-    now = datetime.now(UTC)
-    await backend.presence_heartbeat("dead", now=now, ttl_seconds=0.3)
-    await backend.presence_join("r", Member("ghost"), instance="dead", now=now)
+    timeout = 3.0
+    alive = PresenceRegistry(backend, timeout_seconds=timeout, instance="alive")
+    loop = asyncio.get_running_loop()
+    beat_at = loop.time()
+    await backend.presence_heartbeat("dead", now=datetime.now(UTC), ttl_seconds=timeout)
+    await backend.presence_join("r", Member("ghost"), instance="dead", now=datetime.now(UTC))
+    await asyncio.sleep(0.5)
     await alive.start()
     try:
-        assert (await backend.get_presence("r")).num_users == 1
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         while (await backend.get_presence("r")).num_users:
-            assert loop.time() - started < 0.3 + alive.interval_seconds + 0.2
-            await asyncio.sleep(0.02)
+            assert loop.time() - beat_at < timeout + 0.3, "not expired at its deadline"
+            await asyncio.sleep(0.01)
+        assert loop.time() - beat_at >= timeout  # and not before
         assert await member_log(backend) == [(JOINED, "ghost"), (LEFT, "ghost")]
     finally:
         await alive.stop()
+
+
+async def test_the_reaper_sleeps_until_the_earliest_deadline(backend: MemoryBackend) -> None:
+    """Idle, expiry costs one store call per heartbeat interval, whatever the connections."""
+    registry = PresenceRegistry(backend, timeout_seconds=0.3, instance="x")
+    calls = 0
+    real = backend.presence_expire
+
+    async def counting(*, now: datetime, ttl_seconds: float) -> datetime | None:
+        nonlocal calls
+        calls += 1
+        return await real(now=now, ttl_seconds=ttl_seconds)
+
+    backend.presence_expire = counting  # type: ignore[method-assign]
+    await registry.start()
+    await asyncio.sleep(1.0)  # 10 intervals
+    await registry.stop()
+    assert 3 <= calls <= 12, calls  # one per interval (fewer on a loaded machine), never a busy loop
 
 
 async def test_heartbeats_keep_a_living_instance_counted(backend: MemoryBackend) -> None:
@@ -235,6 +258,76 @@ async def test_stop_ends_the_heartbeat(backend: MemoryBackend, clock: FrozenCloc
     after_stop = beats
     await asyncio.sleep(0.05)
     assert after_stop >= 3 and beats == after_stop
+
+
+# -- rejoin after a wrong expiry --------------------------------------------------------------------------
+
+
+async def test_an_instance_the_store_expired_rejoins_its_live_connections(
+    token_dispatcher: Dispatcher,
+    backend: MemoryBackend,
+    presence: PresenceRegistry,
+    room: str,
+    clock: FrozenClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """This instance was paused past the timeout and a survivor expired it: its next heartbeat learns it,
+    and what is open then is counted again — not what closed meanwhile, and what opened meanwhile too."""
+    alice, bob, carol = [await token_of(token_dispatcher, user) for user in ("alice", "bob", "carol")]
+    listen = {"room_id": room, "name": "e"}
+    tabs = [await token_dispatcher.call("ListenEvents", alice, dict(listen)) for _ in range(2)]
+    other = await token_dispatcher.call("ListenEvents", bob, dict(listen))
+    clock.advance(presence.timeout_seconds + 1)
+    await backend.presence_expire(now=clock.now, ttl_seconds=presence.timeout_seconds)  # a survivor's
+    assert (await backend.get_presence(room)).num_users == 0
+    await tabs[0].aclose()  # while expired: the leave finds nothing to drop, the join counts nothing
+    late = await token_dispatcher.call("ListenEvents", carol, dict(listen))
+    await presence.drain()
+    assert (await backend.get_presence(room)).num_users == 0
+
+    await presence.beat()
+    await presence.drain()
+    got = await backend.get_presence(room)
+    assert [(m.user_id, m.connections) for m in got.members] == [("alice", 1), ("bob", 1), ("carol", 1)]
+    log = await member_log(backend)
+    assert log[:4] == [(JOINED, "alice"), (JOINED, "bob"), (LEFT, "alice"), (LEFT, "bob")]
+    assert sorted(log[4:]) == sorted([(JOINED, "alice"), (JOINED, "bob"), (JOINED, "carol")])
+    assert "rejoining 3 connections" in caplog.text
+    await presence.beat()  # alive now: nothing more
+    await presence.drain()
+    assert len(await member_log(backend)) == 7
+    for stream in (tabs[1], other, late):
+        await stream.aclose()
+    await presence.drain()
+    assert (await backend.get_presence(room)).num_users == 0
+    assert len(await member_log(backend)) == 10
+
+
+async def test_a_failed_rejoin_is_tried_again_on_the_next_heartbeat(
+    token_dispatcher: Dispatcher,
+    backend: MemoryBackend,
+    presence: PresenceRegistry,
+    room: str,
+    clock: FrozenClock,
+) -> None:
+    alice = await token_of(token_dispatcher, "alice")
+    stream = await token_dispatcher.call("ListenEvents", alice, {"room_id": room, "name": "e"})
+    clock.advance(presence.timeout_seconds + 1)
+    await backend.presence_expire(now=clock.now, ttl_seconds=presence.timeout_seconds)
+    real = backend.presence_rejoin
+
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise Unavailable("backend unavailable (ConnectionError)")
+
+    backend.presence_rejoin = refuse  # type: ignore[method-assign]
+    await presence.beat()  # expired: rejoins, and the rejoin fails
+    await presence.drain()
+    assert (await backend.get_presence(room)).num_users == 0
+    backend.presence_rejoin = real  # type: ignore[method-assign]
+    await presence.beat()  # the store says alive (that beat made it so); the rejoin is still owed
+    await presence.drain()
+    assert (await backend.get_presence(room)).num_users == 1
+    await stream.aclose()
 
 
 def test_the_instance_id_is_one_uuid_per_process() -> None:
