@@ -384,7 +384,7 @@ class PresenceSettings(_Strict):
     """``presence``: who is in a room (the users of open room-token streams, ``API.md``)."""
 
     #: Seconds an instance's connections stay counted after its last heartbeat (heartbeats come every
-    #: third of it): a dead instance's users leave within this plus one heartbeat interval.
+    #: third of it): a dead instance's users leave within this of its death (plus the sweep's time).
     timeout_seconds: float = Field(default=30.0, gt=0)
 
 
