@@ -47,6 +47,8 @@ from gateway.instance import INSTANCE_ID
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
+#: How many presence writes an instance has in flight at most.
+WRITES_IN_FLIGHT = 32
 #: How long after a deadline the reaper expires it (deadlines are exclusive), and its shortest sleep.
 EXPIRY_SLACK_SECONDS = 0.01
 
@@ -121,6 +123,9 @@ class PresenceRegistry:
         self._members: dict[_Key, Member] = {}
         #: The last store write queued per (room, user): the next one waits for it (order per user).
         self._writes: dict[_Key, asyncio.Task[None]] = {}
+        #: Writes in flight at once: thousands of streams closing together (a shutdown, a network cut) queue
+        #: here rather than exhaust the backend's connection pool (redis-py's refuses past 100).
+        self._slots = asyncio.Semaphore(WRITES_IN_FLIGHT)
         self._heartbeat: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._beaten = False
@@ -196,7 +201,8 @@ class PresenceRegistry:
             if previous is not None:
                 with contextlib.suppress(BaseException):
                     await previous
-            await write(self._clock())
+            async with self._slots:
+                await write(self._clock())
 
         task = asyncio.get_running_loop().create_task(run(), name=f"presence {key[0]!r} {key[1]!r}")
         self._writes[key] = task

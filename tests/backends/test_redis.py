@@ -25,10 +25,12 @@ from room_gateway_plugins import redis as redis_plugin
 from room_gateway_plugins.redis import RedisBackend, codec, scripts
 from room_gateway_plugins.redis.keys import DEFAULT_PREFIX
 
+from gateway.auth.tokens import TokenClaims
 from gateway.core import wire
 from gateway.core.backend import Backend, History, LogPage
 from gateway.core.hub import Topic
 from gateway.core.models import UNSET, Change, ChangeKind, Event, Member, Room, RoomStatus, Variable
+from gateway.core.presence import PresenceRegistry
 from gateway.core.service import RoomService
 from gateway.errors import Aborted, NotFound, Unavailable
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
@@ -605,6 +607,51 @@ def test_an_expiry_cut_short_is_finished_by_the_next(redis_server: str, session_
             await backend.close()
 
     run(main)
+
+
+class _Idle:
+    """A stream that yields nothing until closed (what the registry tracks, without a transport)."""
+
+    def __aiter__(self) -> _Idle:
+        return self
+
+    async def __anext__(self) -> None:
+        await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_thousands_of_streams_closing_at_once_all_leave(redis_server: str, session_prefix: str) -> None:
+    """A shutdown or a network cut closes every stream at once: the registry bounds its writes in flight, so
+    they queue instead of exhausting redis-py's pool (100 connections), and every leave is written."""
+
+    async def main() -> None:
+        (backend,) = await open_backends(backend_url(redis_server, session_prefix), 1)
+        registry = PresenceRegistry(backend, instance=f"many-{uuid.uuid4().hex[:6]}")
+        room = fresh_room()
+        now = datetime.now(UTC)
+        try:
+            await registry.start()
+            streams = [
+                await registry.track(_Idle(), room.room_id, _claims(f"u{n}", room.room_id, now))
+                for n in range(600)
+            ]
+            assert (await backend.get_presence(room.room_id)).num_users == 600
+            await asyncio.gather(*(stream.aclose() for stream in streams))
+            await registry.drain()
+            assert (await backend.get_presence(room.room_id)).num_users == 0
+            page = await backend.read_changes(room.room_id, after_seq=0, limit=2000)
+            assert [c.kind for c in page.changes].count(ChangeKind.MEMBER_LEFT) == 600
+        finally:
+            await registry.stop()
+            await backend.close()
+
+    run(main)
+
+
+def _claims(user: str, room_id: str, now: datetime) -> TokenClaims:
+    return TokenClaims(user, room_id, frozenset(), (), "guest", 0, now + timedelta(hours=1), user)
 
 
 # -- faults -----------------------------------------------------------------------------------------------
