@@ -17,6 +17,8 @@ their deadline (their last heartbeat plus ``timeout``), and the store answers th
 the reaper wakes up right then (or after a heartbeat interval, whichever comes first). An instance that dies
 is gone from presence within ``timeout`` of its last heartbeat plus the sweep's own time — not a heartbeat
 interval later. A reaper that finds nothing to expire only reads: at most one read per interval per instance.
+After a gap between two of its own heartbeats long enough for others to have missed their deadlines too
+(the store was unreachable), an instance expires nobody for one timeout: they get to beat first.
 
 **Rejoin**: an instance the store expired while it was alive (paused, or cut from the store, for longer than
 the timeout) learns it from its next heartbeat, which answers ``False``; it then counts each of its live
@@ -36,7 +38,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
 from gateway.auth.tokens import TokenClaims
@@ -131,6 +133,9 @@ class PresenceRegistry:
         self._beaten = False
         #: A rejoin write failed: the next heartbeat rejoins again, whatever it answers.
         self._must_rejoin = False
+        #: When the last heartbeat got through, and until when expiry waits after a long gap between two.
+        self._last_beat: datetime | None = None
+        self._hold_expiry_until: datetime | None = None
 
     @property
     def interval_seconds(self) -> float:
@@ -227,9 +232,15 @@ class PresenceRegistry:
     async def beat(self) -> None:
         """One heartbeat: keep this instance's connections counted for ``timeout`` more; if the store had
         expired this instance, rejoin its live connections."""
+        now = self._clock()
         alive = await self.backend.presence_heartbeat(
-            self.instance, now=self._clock(), ttl_seconds=self.timeout_seconds
+            self.instance, now=now, ttl_seconds=self.timeout_seconds
         )
+        last, self._last_beat = self._last_beat, now
+        if last is not None and (now - last).total_seconds() > self.timeout_seconds - self.interval_seconds:
+            # This instance could not reach the store for so long that others, cut off with it, may be past
+            # their deadline though alive: let them beat again before it expires anyone.
+            self._hold_expiry_until = now + timedelta(seconds=self.timeout_seconds)
         rejoin, self._must_rejoin = self._must_rejoin or not alive, False
         if rejoin and self._local:
             if self._beaten:
@@ -260,8 +271,14 @@ class PresenceRegistry:
             raise
 
     async def expire(self) -> datetime | None:
-        """Expire the instances past their deadline; return the next deadline (``None``: no instance)."""
-        return await self.backend.presence_expire(now=self._clock(), ttl_seconds=self.timeout_seconds)
+        """Expire the instances past their deadline; return the next deadline (``None``: no instance).
+
+        For one timeout after this instance's heartbeats failed for long (the store was unreachable, or this
+        process paused), it expires nobody and answers when it will again."""
+        now = self._clock()
+        if self._hold_expiry_until is not None and now < self._hold_expiry_until:
+            return self._hold_expiry_until
+        return await self.backend.presence_expire(now=now, ttl_seconds=self.timeout_seconds)
 
     async def start(self) -> None:
         """Beat once (so the store knows this instance before any join), then every interval; and expire

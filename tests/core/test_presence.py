@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -328,6 +328,33 @@ async def test_a_failed_rejoin_is_tried_again_on_the_next_heartbeat(
     await presence.drain()
     assert (await backend.get_presence(room)).num_users == 1
     await stream.aclose()
+
+
+async def test_after_a_long_store_outage_expiry_waits_for_the_others_to_beat(
+    backend: MemoryBackend, clock: FrozenClock
+) -> None:
+    """The store was unreachable for longer than the timeout: every instance is past its deadline, though
+    alive. The first one back does not expire the others before they could beat again."""
+    await backend.create_room(_room("r"))
+    first = PresenceRegistry(backend, timeout_seconds=30, instance="first", clock=clock)
+    await first.beat()
+    for other in ("other", "dead"):
+        await backend.presence_heartbeat(other, now=clock.now, ttl_seconds=30)
+        await backend.presence_join("r", Member(other), instance=other, now=clock.now)
+    clock.advance(40)  # no heartbeat got through meanwhile
+    await first.beat()
+    held = clock.now + timedelta(seconds=30)
+    assert await first.expire() == held  # expires nobody yet
+    clock.advance(5)
+    assert await backend.presence_heartbeat("other", now=clock.now, ttl_seconds=30)  # never expired
+    assert await first.expire() == held
+    for _ in range(3):  # regular heartbeats: no new hold
+        await first.beat()
+        await backend.presence_heartbeat("other", now=clock.now, ttl_seconds=30)
+        clock.advance(first.interval_seconds)
+    assert clock.now > held  # past the hold, and past the deadline of the one that stayed silent
+    await first.expire()
+    assert [m.user_id for m in (await backend.get_presence("r")).members] == ["other"]
 
 
 def test_the_instance_id_is_one_uuid_per_process() -> None:
