@@ -379,10 +379,11 @@ class Backend(abc.ABC):
     async def presence_rejoin(
         self, room_id: str, member: Member, *, instance: str, connections: int, now: datetime
     ) -> None:
-        """Count exactly ``connections`` (≥ 1) connections of ``member.user_id`` in the room on ``instance``,
+        """Count exactly ``connections`` (≥ 0) connections of ``member.user_id`` in the room on ``instance``,
         whatever was counted there before: how an instance whose heartbeat answered ``False`` makes its live
-        connections count again. Logs ``MEMBER_JOINED`` when the user had no connection on any instance.
-        Nothing when ``instance`` is not alive."""
+        connections count again, and how it settles a count a failed write left unsure. Logs
+        ``MEMBER_JOINED`` when the user goes from no connection on any instance to some, ``MEMBER_LEFT``
+        when from some to none. Nothing when ``instance`` is not alive."""
 
     @abc.abstractmethod
     async def get_presence(self, room_id: str) -> Presence:

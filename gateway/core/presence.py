@@ -24,7 +24,8 @@ After a gap between two of its own heartbeats long enough for others to have mis
 the timeout) learns it from its next heartbeat, which answers ``False``; it then counts each of its live
 (room, user) connections again (``Backend.presence_rejoin``: an absolute count, so a write in flight across
 the expiry cannot count twice), and the users that had left join again. Until then the store refuses the
-expired instance's joins, so nothing it counts is forgotten.
+expired instance's joins, so nothing it counts is forgotten. The same absolute count settles a (room, user)
+whose last write failed — applied or not, the registry cannot tell — at the next heartbeat.
 
 Writes of one (room, user) reach the store in the order they happened (a leave never overtakes its join),
 and a leave is written by the registry, not by the stream's task: a stream cancelled under its transport
@@ -131,8 +132,9 @@ class PresenceRegistry:
         self._heartbeat: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
         self._beaten = False
-        #: A rejoin write failed: the next heartbeat rejoins again, whatever it answers.
-        self._must_rejoin = False
+        #: The (room, user)s whose last store write failed (it may or may not have been applied): the next
+        #: heartbeat counts them again, absolutely.
+        self._unsettled: set[_Key] = set()
         #: When the last heartbeat got through, and until when expiry waits after a long gap between two.
         self._last_beat: datetime | None = None
         self._hold_expiry_until: datetime | None = None
@@ -218,9 +220,14 @@ class PresenceRegistry:
         if self._writes.get(key) is task:
             del self._writes[key]
         if not task.cancelled() and task.exception() is not None:
-            # A failed leave is corrected by expiry (this instance's count of the user stays too high until
-            # a restart); a failed join was already raised to its stream.
-            log.warning("presence write for %r failed: %s", key, task.exception())
+            # A failed join was raised to its stream too. Whether the store applied the write or not, the
+            # next heartbeat sets the count to what is open then.
+            self._unsettled.add(key)
+            log.warning(
+                "presence write for %r failed (counted again at the next heartbeat): %s",
+                key,
+                task.exception(),
+            )
 
     async def drain(self) -> None:
         """Wait for every queued store write (tests; shutdown, before closing the backend)."""
@@ -241,8 +248,8 @@ class PresenceRegistry:
             # This instance could not reach the store for so long that others, cut off with it, may be past
             # their deadline though alive: let them beat again before it expires anyone.
             self._hold_expiry_until = now + timedelta(seconds=self.timeout_seconds)
-        rejoin, self._must_rejoin = self._must_rejoin or not alive, False
-        if rejoin and self._local:
+        keys, self._unsettled = self._unsettled, set()
+        if not alive and self._local:
             if self._beaten:
                 log.warning(
                     "presence: the store had expired this instance (silent for over %ss); rejoining %d "
@@ -250,25 +257,18 @@ class PresenceRegistry:
                     self.timeout_seconds,
                     self.connections,
                 )
-            self._rejoin()
+            keys.update(self._local)
+        for key in keys:  # each after the writes already queued for it
+            self._queue(key, functools.partial(self._settle, key))
         self._beaten = True
 
-    def _rejoin(self) -> None:
-        """Count every live (room, user) of this instance again, each after its writes already queued."""
-        for key, member in list(self._members.items()):
-            self._queue(key, functools.partial(self._rejoin_one, key, member))
-
-    async def _rejoin_one(self, key: _Key, member: Member, now: datetime) -> None:
-        connections = self._local.get(key, 0)  # as of now: the writes queued before this one have run
-        if not connections:
-            return  # all closed meanwhile: their leaves were queued after this, and find nothing to drop
-        try:
-            await self.backend.presence_rejoin(
-                key[0], member, instance=self.instance, connections=connections, now=now
-            )
-        except BaseException:
-            self._must_rejoin = True
-            raise
+    async def _settle(self, key: _Key, now: datetime) -> None:
+        """Make the store count exactly the connections of ``key`` open now (the writes queued before this
+        one have run; those queued after it are relative to this count)."""
+        member = self._members.get(key) or Member(key[1])
+        await self.backend.presence_rejoin(
+            key[0], member, instance=self.instance, connections=self._local.get(key, 0), now=now
+        )
 
     async def expire(self) -> datetime | None:
         """Expire the instances past their deadline; return the next deadline (``None``: no instance).

@@ -363,12 +363,18 @@ class PresenceContract:
         ]
         page = await b.read_changes(room_id, after_seq=0, limit=100, kinds=_MEMBER_KINDS)
         assert page.changes[-2].member == Member("alice", 1, {"n": "alice"}, rejoined)
+        # A count of 0 drops the instance's connections of the user: carol leaves; bob stays, through B.
+        for user in ("carol", "bob", "nobody"):
+            await a.presence_rejoin(room_id, Member(user), instance=ia, connections=0, now=ctx.tick())
+        assert await self._connections(b, room_id) == {"alice": 2, "bob": 1}
+        assert (await self._member_log(b, room_id))[5:] == [(left, "carol")]
         # Its connections count as any others: they leave one by one, and expire with the instance.
         await a.presence_leave(room_id, "alice", instance=ia, now=ctx.tick())
-        assert await self._connections(b, room_id) == {"alice": 1, "bob": 2, "carol": 1}
+        assert await self._connections(b, room_id) == {"alice": 1, "bob": 1}
         await b.presence_heartbeat(ib, now=later + timedelta(seconds=TTL), ttl_seconds=TTL)
         await b.presence_expire(now=later + timedelta(seconds=TTL + 1), ttl_seconds=TTL)
         assert await self._connections(b, room_id) == {"bob": 1}
+        assert (await self._member_log(b, room_id))[5:] == [(left, "carol"), (left, "alice")]
 
     @scenario
     async def test_a_heartbeat_says_whether_the_instance_was_alive(self, ctx: Ctx) -> None:

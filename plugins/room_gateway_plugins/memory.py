@@ -247,8 +247,15 @@ class MemoryBackend(Backend):
     async def presence_rejoin(
         self, room_id: str, member: Member, *, instance: str, connections: int, now: datetime
     ) -> None:
-        if self._counts(room_id, instance):
+        if not self._counts(room_id, instance):
+            return
+        if connections:
             self._seat(room_id, member, now, connections=connections).connections[instance] = connections
+            return
+        seats = self._seats_of(room_id)
+        seat = seats.get(member.user_id) if seats is not None else None
+        if seats is not None and seat is not None and seat.connections.pop(instance, 0):
+            self._vacate(room_id, seats, member.user_id, now)
 
     def _seat(self, room_id: str, member: Member, now: datetime, *, connections: int) -> _Seat:
         """The user's seat in the room, taken now (logging ``MEMBER_JOINED``) if they had none."""

@@ -357,6 +357,32 @@ async def test_after_a_long_store_outage_expiry_waits_for_the_others_to_beat(
     assert [m.user_id for m in (await backend.get_presence("r")).members] == ["other"]
 
 
+async def test_a_failed_leave_is_settled_on_the_next_heartbeat(
+    token_dispatcher: Dispatcher, backend: MemoryBackend, presence: PresenceRegistry, room: str
+) -> None:
+    """A leave that failed (the store was away) leaves the user present in the store though gone: the next
+    heartbeat sets this instance's count of them to what is open, 0 here."""
+    alice = await token_of(token_dispatcher, "alice")
+    tabs = [
+        await token_dispatcher.call("ListenEvents", alice, {"room_id": room, "name": "e"}) for _ in range(2)
+    ]
+    real = backend.presence_leave
+
+    async def refuse(*args: object, **kwargs: object) -> None:
+        raise Unavailable("backend unavailable (ConnectionError)")
+
+    backend.presence_leave = refuse  # type: ignore[method-assign]
+    for tab in tabs:
+        await tab.aclose()
+    await presence.drain()
+    assert (await backend.get_presence(room)).num_connections == 2  # the store did not hear of it
+    backend.presence_leave = real  # type: ignore[method-assign]
+    await presence.beat()
+    await presence.drain()
+    assert (await backend.get_presence(room)).num_users == 0
+    assert await member_log(backend) == [(JOINED, "alice"), (LEFT, "alice")]
+
+
 def test_the_instance_id_is_one_uuid_per_process() -> None:
     assert uuid.UUID(INSTANCE_ID).version == 4  # the one id /v1/info shows too (gateway.instance)
     assert PresenceRegistry(MemoryBackend()).instance == INSTANCE_ID

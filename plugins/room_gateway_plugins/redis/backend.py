@@ -434,9 +434,12 @@ class RedisBackend(Backend):
         *,
         connections: int,
     ) -> None:
-        """Run PRESENCE_JOIN or PRESENCE_REJOIN (their MEMBER_JOINED carries ``connections``)."""
+        """Run PRESENCE_JOIN or PRESENCE_REJOIN (their MEMBER_JOINED carries ``connections``; a count of 0
+        can only log MEMBER_LEFT)."""
         joined = dataclasses.replace(member, connections=connections, join_time=now)
         change = Change(0, "", ChangeKind.MEMBER_JOINED, now, member=joined)
+        if not connections:
+            change = Change(0, "", ChangeKind.MEMBER_LEFT, now, member=Member(member.user_id))
         await self._write(
             script,
             room_id,

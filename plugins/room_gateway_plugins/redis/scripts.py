@@ -192,8 +192,10 @@ return {0, epoch}
 )
 
 #: Count exactly ARGV[13] connections of a user in a room on an alive instance, whatever it counted there
-#: before (an expired instance rejoining); MEMBER_JOINED when the user had none on any instance. The keys
-#: and other arguments are PRESENCE_JOIN's. Returns {1, epoch, seq} when logged, else {0, epoch}.
+#: before (an expired instance rejoining, or settling a count a failed write left unsure): MEMBER_JOINED
+#: when the user goes from none on any instance to some, MEMBER_LEFT from some to none (the Change of
+#: ARGV[6…8] is the one that can happen: JOINED for a count above 0, LEFT for 0). The keys and other
+#: arguments are PRESENCE_JOIN's. Returns {1, epoch, seq} when logged, else {0, epoch}.
 PRESENCE_REJOIN = (
     PRELUDE
     + _ALIVE_ONLY
@@ -201,11 +203,30 @@ PRESENCE_REJOIN = (
 local user, wanted = ARGV[9], tonumber(ARGV[13])
 local mine = tonumber(redis.call('HGET', KEYS[4], user) or '0')
 local before = tonumber(redis.call('HGET', KEYS[6], user) or '0')
-redis.call('HSET', KEYS[4], user, wanted)
-redis.call('SADD', KEYS[5], ARGV[11])
-redis.call('HINCRBY', KEYS[6], user, wanted - mine)
-if before <= 0 then
+if wanted > 0 then
+  redis.call('HSET', KEYS[4], user, wanted)
+  redis.call('SADD', KEYS[5], ARGV[11])
+else
+  if mine <= 0 then
+    return {0, epoch}
+  end
+  redis.call('HDEL', KEYS[4], user)
+  if redis.call('HLEN', KEYS[4]) == 0 then
+    redis.call('SREM', KEYS[5], ARGV[11])
+  end
+end
+local after = before + wanted - mine
+if after > 0 then
+  redis.call('HSET', KEYS[6], user, after)
+else
+  redis.call('HDEL', KEYS[6], user)
+  redis.call('HDEL', KEYS[7], user)
+end
+if before <= 0 and after > 0 then
   redis.call('HSET', KEYS[7], user, ARGV[10])
+  return {1, epoch, (append())}
+end
+if before > 0 and after <= 0 then
   return {1, epoch, (append())}
 end
 return {0, epoch}

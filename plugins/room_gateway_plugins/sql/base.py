@@ -463,11 +463,12 @@ class SqlBackend(Backend):
     ) -> None:
         async with self._tx() as tx:
             await self._lock_room(tx, room_id)
-            joined = await presence_ops.rejoin(
+            logged = await presence_ops.rejoin(
                 tx.conn, self._insert, room_id, member, instance, connections, now
             )
-            if joined is not None:
-                await self._log(tx, room_id, Change(0, "", ChangeKind.MEMBER_JOINED, now, member=joined))
+            if logged is not None:
+                kind = ChangeKind.MEMBER_JOINED if connections else ChangeKind.MEMBER_LEFT
+                await self._log(tx, room_id, Change(0, "", kind, now, member=logged))
 
     async def presence_heartbeat(self, instance: str, *, now: datetime, ttl_seconds: float) -> bool:
         async with self._tx() as tx:

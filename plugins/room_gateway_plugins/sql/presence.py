@@ -89,11 +89,18 @@ async def rejoin(
     connections: int,
     now: datetime,
 ) -> Member | None:
-    """Count exactly ``connections``; return the member to log as joined when the user had none."""
+    """Count exactly ``connections``; return the member to log as joined when the user had none, or as
+    left when that count was their last (then ``connections`` is 0)."""
     if not await _alive(conn, instance):
         return None
-    before = (await conn.execute(_user_connections(room_id, member.user_id))).scalar_one()
     this = presence.c
+    if not connections:
+        key = (this.room_id == room_id) & (this.user_id == member.user_id) & (this.instance == instance)
+        row = (await conn.execute(presence.delete().where(key).returning(this.info, this.join_time))).first()
+        if row is None or (await conn.execute(_user_connections(room_id, member.user_id))).scalar_one():
+            return None
+        return Member(member.user_id, 0, jsontext.loads(row.info), row.join_time)
+    before = (await conn.execute(_user_connections(room_id, member.user_id))).scalar_one()
     await conn.execute(
         insert(presence)
         .values(
