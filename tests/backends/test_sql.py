@@ -24,6 +24,7 @@ import pytest
 import room_gateway_plugins.sql
 import sqlalchemy as sa
 from room_gateway_plugins.sql import PostgresBackend, SQLiteBackend, migrations, tables
+from room_gateway_plugins.sql import presence as presence_ops
 from room_gateway_plugins.sql.base import SqlBackend
 from room_gateway_plugins.sql.migrations import LATEST
 from room_gateway_plugins.sql.postgresql import MAX_PAYLOAD
@@ -666,3 +667,24 @@ async def test_an_expiry_cut_short_is_finished_by_the_next(
         ]
         assert not await backend.presence_heartbeat(paused, now=T0, ttl_seconds=30)  # alive again
         assert await backend.presence_heartbeat(paused, now=T0, ttl_seconds=30)
+
+
+async def test_a_join_in_flight_holds_off_expiry_but_not_heartbeats(postgres: str) -> None:
+    """A join holds its instance's row FOR KEY SHARE until it commits: expiry (which deletes the row) waits
+    for it, so the sweep sees what it counted; a heartbeat (which updates the row) does not wait."""
+    room_id = fresh()
+    busy = f"busy-{room_id}"
+    async with opened(PostgresBackend(postgres)) as backend:
+        assert isinstance(backend, SqlBackend)
+        await backend.presence_heartbeat(busy, now=T0, ttl_seconds=30)
+        async with backend.engine.connect() as conn, conn.begin():  # a join's transaction, still open
+            assert await presence_ops.alive(conn, busy)
+            beat = backend.presence_heartbeat(busy, now=T0 + timedelta(seconds=1), ttl_seconds=30)
+            assert await asyncio.wait_for(beat, 5)  # not blocked
+            expiry = asyncio.create_task(
+                backend.presence_expire(now=T0 + timedelta(seconds=40), ttl_seconds=30)
+            )
+            await asyncio.sleep(0.5)
+            assert not expiry.done()  # waits for the join to commit
+        await asyncio.wait_for(expiry, 5)
+        assert not await backend.presence_heartbeat(busy, now=T0 + timedelta(seconds=41), ttl_seconds=30)

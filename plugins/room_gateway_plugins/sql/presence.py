@@ -8,8 +8,8 @@ log the user's first join or last leave.
 An instance is alive while its ``presence_instances`` row holds a real ``last_seen`` (each heartbeat is one
 update of it). Expiry takes two transactions, so that no lock is ever taken out of the writers' order
 (room heads first): :func:`mark_silent` sets the silent instances' ``last_seen`` to :data:`EXPIRING`
-(waiting for their joins in flight, which hold the row ``FOR SHARE``; a later join finds it expiring and
-counts nothing), then :func:`sweep`, under the heads of the rooms they hold, deletes their rows and logs
+(waiting for their joins in flight, which hold the row ``FOR KEY SHARE``; a later join finds it expiring
+and counts nothing), then :func:`sweep`, under the heads of the rooms they hold, deletes their rows and logs
 each user whose last connection they held as left, and deletes their instance rows. A sweeper that dies in
 between leaves the mark, and the next expiry finishes the sweep; the expiring instance's heartbeat answers
 ``False`` until then, and afterwards recreates its row (it rejoins).
@@ -57,7 +57,7 @@ async def join(
     now: datetime,
 ) -> Member | None:
     """Count one more connection; return the member to log as joined when it is the user's first."""
-    if not await _alive(conn, instance):
+    if not await alive(conn, instance):
         return None
     this = presence.c
     await conn.execute(
@@ -91,7 +91,7 @@ async def rejoin(
 ) -> Member | None:
     """Count exactly ``connections``; return the member to log as joined when the user had none, or as
     left when that count was their last (then ``connections`` is 0)."""
-    if not await _alive(conn, instance):
+    if not await alive(conn, instance):
         return None
     this = presence.c
     if not connections:
@@ -124,12 +124,13 @@ async def rejoin(
 EXPIRING = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-async def _alive(conn: AsyncConnection, instance: str) -> bool:
-    """Whether the instance is alive, its row held ``FOR SHARE`` until the caller commits (so that
-    :func:`mark_silent` waits for the join, and the sweep after it sees what the join counted)."""
+async def alive(conn: AsyncConnection, instance: str) -> bool:
+    """Whether the instance is alive, its row held ``FOR KEY SHARE`` until the caller commits: so that
+    :func:`mark_silent`, which deletes the row, waits for the join (and the sweep after it sees what the join
+    counted), while a heartbeat, which only updates it, never does."""
     this = presence_instances.c
     found = sa.select(this.instance).where(this.instance == instance, this.last_seen > EXPIRING)
-    return (await conn.execute(found.with_for_update(read=True))).first() is not None
+    return (await conn.execute(found.with_for_update(read=True, key_share=True))).first() is not None
 
 
 async def heartbeat(
@@ -151,11 +152,13 @@ async def mark_silent(conn: AsyncConnection, cutoff: datetime) -> list[str]:
     """Mark the instances last seen before ``cutoff`` as expiring; return every expiring instance (those of
     a sweep that did not finish too)."""
     this = presence_instances.c
-    await conn.execute(
-        presence_instances.update()
-        .where(this.last_seen < cutoff, this.last_seen > EXPIRING)
-        .values(last_seen=EXPIRING)
-    )
+    # Deleted and inserted again rather than updated: only a delete waits for the joins in flight.
+    silent = presence_instances.delete().where(this.last_seen < cutoff, this.last_seen > EXPIRING)
+    marked = list((await conn.execute(silent.returning(this.instance))).scalars())
+    if marked:
+        await conn.execute(
+            presence_instances.insert(), [{"instance": i, "last_seen": EXPIRING} for i in marked]
+        )
     return list((await conn.execute(sa.select(this.instance).where(this.last_seen == EXPIRING))).scalars())
 
 
