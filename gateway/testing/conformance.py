@@ -144,8 +144,9 @@ class PresenceContract:
     Mixed into :class:`BackendContract`. Two gateway instances are two instance ids: over one backend for a
     store of one process, over two backends of the factory for a shared store
     (:class:`SharedBackendContract`), so that counts, joins and leaves are summed across processes. Every
-    scenario heartbeats an instance before it joins (as the gateway does) and passes explicit times: expiry
-    is judged by the ``now`` of the heartbeats, never by the wall clock.
+    scenario heartbeats an instance before it joins (as the gateway does: a join of an instance that is not
+    alive counts nothing) and passes explicit times: expiry is judged by the ``now`` of the heartbeats and
+    of ``presence_expire``, never by the wall clock.
     """
 
     async def _two_instances(self, ctx: Ctx) -> tuple[tuple[Backend, str], tuple[Backend, str]]:
