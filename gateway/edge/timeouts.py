@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.edge.coalesce import CoalescingTransport
 from gateway.edge.responses import error_bytes
 from gateway.errors import Code, GatewayError
 
@@ -81,9 +83,14 @@ def guarded_protocol(
         _header_bytes = 0
         _rejected = False
         _started = False
+        _writes: CoalescingTransport
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
             super().connection_made(transport)
+            # A response's head and body in one system call (gateway.edge.coalesce); flow control keeps
+            # the socket's own transport.
+            self._writes = CoalescingTransport(transport, self.loop)
+            self.transport = cast(asyncio.Transport, self._writes)
             self._expect(header_timeout, in_body=False)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -129,6 +136,7 @@ def guarded_protocol(
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
+            self._writes.flush()
             self._started = False
             super().on_response_complete()
 
