@@ -1,5 +1,5 @@
 """The process's log writer (gateway.logs): every record written, in order, tracebacks included, none lost
-at stop — whether logged from the event loop (handed over a batch per turn) or from another thread."""
+at stop — whether logged from the event loop or from another thread."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import Formatter, LogWriter, _BatchingHandler
+from gateway.logs import Formatter, LogWriter, _WriterHandler
 
 
 @pytest.fixture
 def written() -> Iterator[tuple[logging.Logger, LogWriter, io.StringIO]]:
     stream = io.StringIO()
     writer = LogWriter(stream, Formatter())
-    handler = _BatchingHandler(writer.batches)
-    writer.before_stop = handler.hand_over
+    handler = _WriterHandler(writer)
     logger = logging.getLogger("room_gateway.test_logs")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -57,7 +56,7 @@ def test_records_still_held_for_a_loop_turn_are_written_at_stop(
     async def last_words() -> None:
         logger.warning("the loop ends before its next turn")
 
-    asyncio.run(last_words())  # the hand-over scheduled with call_soon never runs
+    asyncio.run(last_words())  # stopped within the writer's linger
     writer.stop()
     assert stream.getvalue() == "room_gateway.test_logs: WARNING: the loop ends before its next turn\n"
 
