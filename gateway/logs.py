@@ -50,6 +50,10 @@ class Formatter(logging.Formatter):
 _second: tuple[int, str] = (-1, "")
 
 
+#: ``.000Z`` … ``.999Z``: a line's milliseconds, formatted once.
+_MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 def _timestamp(created: float) -> str:
     """``2026-12-01T10:00:00.123Z`` (UTC, milliseconds)."""
     global _second
@@ -58,7 +62,7 @@ def _timestamp(created: float) -> str:
     if second != whole:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second = (whole, text)
-    return f"{text}.{int(created % 1 * 1000):03d}Z"
+    return text + _MILLISECONDS[int((created - whole) * 1000)]
 
 
 class TextFormatter(Formatter):
@@ -233,15 +237,16 @@ class _Sink:
         self.handler = handler
         self.format = format
 
-    def write(self, logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
-        """Write what ``logger.info(message, extra={"access": fields})`` would, formatted here."""
-        now = time.time()
-        if self.format == "text":  # TextFormatter's line of an INFO record
-            self.handler.put(f"{_timestamp(now)} {logger.name}: {message}")
-        else:  # JsonFormatter's line of a record with ``access`` fields
-            line = {"time": _timestamp(now), "level": "info", "logger": logger.name, "message": message}
-            line.update(fields)
-            self.handler.put(orjson.dumps(line, default=str).decode())
+    def write_text(self, logger: logging.Logger, message: str) -> None:
+        """Write what ``logger.info(message)`` would, formatted here (``text``: TextFormatter's line)."""
+        self.handler.put(f"{_timestamp(time.time())} {logger.name}: {message}")
+
+    def write_json(self, logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+        """Write what ``logger.info(message, extra={"access": fields})`` would (``json``: JsonFormatter's
+        line of a record with ``access`` fields)."""
+        line = {"time": _timestamp(time.time()), "level": "info", "logger": logger.name, "message": message}
+        line.update(fields)
+        self.handler.put(orjson.dumps(line, default=str).decode())
 
 
 _sink: _Sink | None = None
