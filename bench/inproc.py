@@ -1,6 +1,6 @@
 """In-process CPU per REST call through the gateway's ASGI app, no sockets: the steadiest measure here.
 
-    .venv/bin/python bench/inproc.py [--log] [--profile]
+    .venv/bin/python bench/inproc.py [--log] [--no-limit] [--profile]
 
 Run it from any checkout with that checkout's venv to compare trees
 (``cd ../before && .venv/bin/python ../main/bench/inproc.py``): memory backend, an API key, a counted
@@ -10,32 +10,46 @@ per call. ``--profile`` adds a cProfile of PUTs.
 
 import asyncio
 import cProfile
+import os
 import pstats
 import sys
 import time
+from pathlib import Path
 
 from gateway.app import create_gateway
 from gateway.config import GatewayConfig
+from gateway.logs import configure_logging
 
 KEY = "bench-key-0123456789abcdef"
 LOG = "--log" in sys.argv
+NO_LIMIT = "--no-limit" in sys.argv
 cfg = GatewayConfig.model_validate(
     {
         "backend": "memory://",
         "auth": {"keys": [{"name": "admin", "key": KEY, "permissions": ["*"]}]},
-        "rate_limits": {"limits": [{"by": "ip", "limit": "1000000000/second"}]},
-        "access_log": LOG,
+        "rate_limits": {"limits": [] if NO_LIMIT else [{"by": "ip", "limit": "1000000000/second"}]},
+        "access_log": LOG and not os.environ.get("INPROC_NO_ACCESS"),
     }
 )
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+if LOG:  # the gateway's own writer, as `serve` sets it up, writing to /dev/null (or $INPROC_LOG)
+    sys.stderr = open(os.environ.get("INPROC_LOG", os.devnull), "w")  # for the whole run
+    writer = configure_logging("info")
 
 
 async def main():
     gw = create_gateway(cfg)
     await gw.backend.open()
-    app = gw.http_app
+    from peers import starlette_app
+
+    bare = starlette_app()
     body = b'{"value": {"points": 42, "players": ["ada", "linus"]}}'
 
-    async def call(method, path, data=b""):
+    async def call(method, path, data=b"", app=gw.http_app):
         scope = {
             "type": "http",
             "asgi": {"version": "3.0"},
@@ -74,21 +88,31 @@ async def main():
 
     path = "/v1/rooms/bench-room/variables/score"
     assert await call("PUT", path, body) == 200
+    assert await call("PUT", path, body, bare) == 200
     for method, b in (("PUT", body), ("GET", b"")):
-        best = 1e9
-        for _round in range(5):
-            t = time.process_time()
-            for _ in range(4000):
-                await call(method, path, b)
-            best = min(best, (time.process_time() - t) / 4000 * 1e6)
-        print(method, round(best, 1), "us")
+        costs = {}
+        for name, app in (("bare Starlette", bare), ("gateway", gw.http_app)):
+            best = 1e9
+            for _round in range(5):
+                t = time.process_time()
+                for _ in range(4000):
+                    await call(method, path, b, app)
+                best = min(best, (time.process_time() - t) / 4000 * 1e6)
+            costs[name] = best
+        print(
+            f"{method}: gateway {costs['gateway']:.1f} us, bare Starlette {costs['bare Starlette']:.1f} us, "
+            f"+{costs['gateway'] - costs['bare Starlette']:.1f} us"
+        )
     if "--profile" in sys.argv:
         pr = cProfile.Profile()
         pr.enable()
+        method, data = ("GET", b"") if "--get" in sys.argv else ("PUT", body)
         for _ in range(4000):
-            await call("PUT", path, body)
+            await call(method, path, data)
         pr.disable()
-        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        pstats.Stats(pr, stream=sys.__stdout__).sort_stats("tottime").print_stats(25)
+    if LOG:
+        writer.stop()
 
 
 asyncio.run(main())

@@ -42,6 +42,9 @@ class Result:
     rps: float
     p99_ms: float
     errors: int
+    #: The server process's CPU (user + system) per request during the measurement: steadier than req/s on
+    #: a machine that does other work, since time the server waits for a core is not counted.
+    cpu_us: float = 0.0
 
 
 def free_port() -> int:
@@ -64,6 +67,11 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.p = subprocess.Popen(args, env={**os.environ, **(env or {})}, cwd=ROOT)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far (Linux ``/proc``)."""
+        fields = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.p.send_signal(signal.SIGTERM)
         try:
@@ -83,8 +91,9 @@ def start_gateway(config: Path, http: int, grpc: int, args: argparse.Namespace) 
               limits: [{{by: ip, limit: "1000000/second"}}]
             grpc:
               new_connections_per_ip: "1000000/second"   # h2load opens all its connections at once
-            # The bare peers log nothing either (uvicorn access_log=False); its cost is measured apart.
-            access_log: {str(args.access_log).lower()}
+            # On as shipped (the bare peers log nothing: uvicorn access_log=False); --access-log off
+            # measures what it costs.
+            access_log: {"true" if args.access_log == "on" else "false"}
             auth:
               keys:
                 - {{name: bench, key: "{KEY}", permissions: ["*"]}}
@@ -97,7 +106,15 @@ def start_gateway(config: Path, http: int, grpc: int, args: argparse.Namespace) 
     return proc
 
 
-def wrk(name: str, url: str, args: argparse.Namespace, *, headers: dict[str, str], lua: str | None) -> Result:
+def wrk(
+    name: str,
+    url: str,
+    args: argparse.Namespace,
+    *,
+    headers: dict[str, str],
+    lua: str | None,
+    server: Proc | None = None,
+) -> Result:
     cmd = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
     for key, value in headers.items():
         cmd += ["-H", f"{key}: {value}"]
@@ -106,14 +123,21 @@ def wrk(name: str, url: str, args: argparse.Namespace, *, headers: dict[str, str
     if lua:
         cmd += ["-s", script.name]
     subprocess.run([*cmd[:4], "-d2s", *cmd[5:], url], capture_output=True, check=True)  # warm-up
+    cpu = server.cpu_seconds() if server else 0.0
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    cpu = server.cpu_seconds() - cpu if server else 0.0
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: .*", out)
     errors = (int(bad.group(1)) if bad else 0) + (1 if socket_errors else 0)
-    return Result(name, rps, p99, errors)
+    return Result(name, rps, p99, errors, cpu_per_request(cpu, rps, args))
+
+
+def cpu_per_request(cpu_seconds: float, rps: float, args: argparse.Namespace) -> float:
+    """Microseconds of server CPU per request over a measurement of ``args.duration`` seconds."""
+    return cpu_seconds / max(rps * args.duration, 1) * 1e6
 
 
 def _ms(text: str) -> float:
@@ -137,6 +161,7 @@ def h2load(
     headers: dict[str, str],
     method: str = "GetVariable",
     message: Any = None,
+    server: Proc | None = None,
 ) -> Result:
     """h2load on a unary method of the native service (default: GetVariable of the bench variable)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -149,17 +174,19 @@ def h2load(
             base += ["-H", f"{key}: {value}"]
         url = f"http://127.0.0.1:{port}/roomgateway.v1.RoomService/{method}"
         subprocess.run([*base, "-D", "2", url], capture_output=True, check=True)  # warm-up
+        cpu = server.cpu_seconds() if server else 0.0
         out = subprocess.run(
             [*base, "-D", str(args.duration), "--log-file", str(log), url],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
+        cpu = server.cpu_seconds() - cpu if server else 0.0
         rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
         failed = int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
         times = [int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line]
         p99 = statistics.quantiles(times, n=100)[98] if len(times) > 100 else max(times)
-        return Result(name, rps, p99, failed)
+        return Result(name, rps, p99, failed, cpu_per_request(cpu, rps, args))
 
 
 def grpc_check(port: int, key: str | None) -> None:
@@ -188,7 +215,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--access-log", action="store_true", help="measure the gateway with its access log on"
+        "--access-log",
+        choices=("on", "off"),
+        default="on",
+        help="the gateway's access log (default on, as shipped; off measures what it costs)",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
@@ -227,6 +257,7 @@ def main() -> None:
                         args,
                         headers={},
                         lua=None,
+                        server=starlette,
                     ),
                     wrk(
                         "gateway REST GET variable",
@@ -234,6 +265,7 @@ def main() -> None:
                         args,
                         headers=auth,
                         lua=None,
+                        server=gateway,
                     ),
                 )
             )
@@ -245,6 +277,7 @@ def main() -> None:
                         args,
                         headers={},
                         lua=put_lua,
+                        server=starlette,
                     ),
                     wrk(
                         "gateway REST PUT variable",
@@ -252,13 +285,16 @@ def main() -> None:
                         args,
                         headers=auth,
                         lua=put_lua,
+                        server=gateway,
                     ),
                 )
             )
             results.append(
                 (
-                    h2load("bare grpclib GetVariable", peer_grpc, args, headers={}),
-                    h2load("gateway gRPC GetVariable", grpc, args, headers={"x-api-key": KEY}),
+                    h2load("bare grpclib GetVariable", peer_grpc, args, headers={}, server=grpclib_peer),
+                    h2load(
+                        "gateway gRPC GetVariable", grpc, args, headers={"x-api-key": KEY}, server=gateway
+                    ),
                 )
             )
         finally:
@@ -269,13 +305,15 @@ def main() -> None:
 
 def report(results: list[tuple[Result, Result]], args: argparse.Namespace) -> None:
     lines = [
-        "| pair | bare req/s | gateway req/s | ratio | bare p99 | gateway p99 | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| pair | bare req/s | gateway req/s | ratio | bare p99 | gateway p99 | bare CPU/req "
+        "| gateway CPU/req | CPU ratio | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for bare, ours in results:
         lines.append(
             f"| {ours.name} vs {bare.name} | {bare.rps:,.0f} | {ours.rps:,.0f} | "
             f"**{ours.rps / bare.rps:.0%}** | {bare.p99_ms:.1f} ms | {ours.p99_ms:.1f} ms | "
+            f"{bare.cpu_us:.0f} µs | {ours.cpu_us:.0f} µs | **{bare.cpu_us / max(ours.cpu_us, 1e-9):.0%}** | "
             f"{bare.errors + ours.errors} |"
         )
     table = "\n".join(lines)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.types import Scope
 
@@ -34,11 +34,25 @@ _PRINTABLE = frozenset(range(0x21, 0x7F))
 _UNPRINTABLE = re.compile(rb"[^\x21-\x7e]")
 
 
+#: Paths made safe already, by raw path (calls repeat their paths; cleared when full).
+_LOGGED_PATHS: dict[bytes, str] = {}
+_LOGGED_PATHS_SIZE = 4096
+
+
 def logged_path(scope: Scope) -> str:
     """The request path as sent, without the query string, safe to write on one log line."""
     raw = scope.get("raw_path")
     if not isinstance(raw, bytes):
         raw = str(scope.get("path", "")).encode("utf-8", "replace")
+    logged = _LOGGED_PATHS.get(raw)
+    if logged is None:
+        if len(_LOGGED_PATHS) >= _LOGGED_PATHS_SIZE:
+            _LOGGED_PATHS.clear()
+        logged = _LOGGED_PATHS[raw] = _safe_path(raw)
+    return logged
+
+
+def _safe_path(raw: bytes) -> str:
     raw = raw.partition(b"?")[0][:MAX_LOGGED_PATH]
     if _UNPRINTABLE.search(raw) is None:  # the usual case, checked in C
         return raw.decode("ascii")
@@ -66,26 +80,70 @@ def client_address(scope: Scope) -> str:
 _LINE = "%s %s %s key=%s %.1fms client=%s request_id=%s%s"
 
 
-def write_access_line(logger: logging.Logger, fields: dict[str, Any]) -> None:
-    """Write one access line of either transport from its fields (also attached as ``record.access``)::
+class AccessLine(NamedTuple):
+    """One call's access line, of either transport: its text (:meth:`text`) and, for structured formats,
+    its fields (:meth:`fields`), made only when a formatter needs them (a tuple, not a dict, per call)."""
+
+    transport: str  # "http" or "grpc"
+    method: str  # REST: the HTTP method; gRPC: the method's path
+    path: str  # REST: the request path (logged_path); gRPC: ""
+    route: str  # the method's name (the proto's), a surface's route, or "-"
+    surface: str
+    status: int | str  # REST: the HTTP status; gRPC: the code's name
+    code: str  # the gRPC code's name (REST: what the status maps from)
+    key: str  # key_name()
+    seconds: float
+    client: str
+    request_id: str
+    trace_id: str | None = None
+
+    def text(self) -> str:
+        """``GET /v1/rooms/lobby 200 key=admin 1.3ms client=127.0.0.1 request_id=4f1c0a9e2b7d3c58``"""
+        http = self.transport == "http"
+        return _LINE % self._args(http)
+
+    def _args(self, http: bool) -> tuple[Any, ...]:
+        trace = self.trace_id
+        return (
+            self.method if http else "grpc",
+            self.path if http else self.method,  # gRPC: the method's path
+            self.status,
+            self.key,
+            self.seconds * 1000,
+            self.client,
+            self.request_id,
+            f" trace_id={trace}" if trace else "",
+        )
+
+    def fields(self) -> dict[str, Any]:
+        """The line's fields (``record.access``; the keys of a JSON line)."""
+        fields: dict[str, Any] = {"transport": self.transport, "method": self.method}
+        if self.transport == "http":
+            fields["path"] = self.path
+        fields.update(route=self.route, surface=self.surface, status=self.status)
+        if self.transport == "http":
+            fields["code"] = self.code
+        fields.update(
+            key=self.key,
+            latency_ms=round(self.seconds * 1000, 3),
+            client=self.client,
+            request_id=self.request_id,
+        )
+        if self.trace_id:
+            fields["trace_id"] = self.trace_id
+        return fields
+
+
+def write_access_line(logger: logging.Logger, line: AccessLine) -> None:
+    """Write one access line of either transport (its fields attached as ``record.access``)::
 
     GET /v1/rooms/lobby 200 key=admin 1.3ms client=127.0.0.1 request_id=4f1c0a9e2b7d3c58
     grpc /roomgateway.v1.RoomService/GetRoom OK key=admin 0.8ms client=127.0.0.1 request_id=…
     """
-    trace = fields.get("trace_id")
-    http = fields["transport"] == "http"
-    args = (
-        fields["method"] if http else "grpc",
-        fields["path"] if http else fields["method"],  # gRPC: the method's path
-        fields["status"],
-        fields["key"],
-        fields["latency_ms"],
-        fields["client"],
-        fields["request_id"],
-        f" trace_id={trace}" if trace else "",
-    )
     sink = line_sink(logger)
-    if sink is not None:  # only the gateway's writer listens: the line itself, no record (gateway.logs)
-        sink.write(logger, _LINE % args, fields)
+    if sink is None:  # other handlers listen: a record, as any logger call makes
+        logger.info(_LINE, *line._args(line.transport == "http"), extra={"access": line.fields()})
+    elif sink.format == "text":  # only the gateway's writer listens: the line itself (gateway.logs)
+        sink.write_text(logger, line.text())
     else:
-        logger.info(_LINE, *args, extra={"access": fields})
+        sink.write_json(logger, line.text(), line.fields())

@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.edge.accesslog import client_address, key_name, log, logged_path, write_access_line
+from gateway.edge.accesslog import (
+    AccessLine,
+    client_address,
+    key_name,
+    log,
+    logged_path,
+    write_access_line,
+)
 from gateway.edge.ratelimit import rate_limit_headers
 from gateway.edge.routing import PRINCIPAL, TranscodedRoute
 from gateway.observability.calls import CURRENT, Call, MethodRecorder, code_of_status
@@ -158,19 +165,18 @@ class ObservedCalls:
     def _write(
         self, scope: Scope, status: int, code: str, seconds: float, call: Call, recorder: MethodRecorder
     ) -> None:
-        fields: dict[str, Any] = {
-            "transport": "http",
-            "method": scope.get("method", "-"),
-            "path": logged_path(scope),
-            "route": recorder.method,
-            "surface": recorder.surface,
-            "status": status,
-            "code": code,
-            "key": key_name(scope.get(PRINCIPAL)),
-            "latency_ms": round(seconds * 1000, 3),
-            "client": client_address(scope),
-            "request_id": call.request_id,
-        }
-        if call.trace_id:
-            fields["trace_id"] = call.trace_id
-        write_access_line(self.logger, fields)
+        line = AccessLine(
+            "http",
+            scope.get("method", "-"),
+            logged_path(scope),
+            recorder.method,
+            recorder.surface,
+            status,
+            code,
+            key_name(scope.get(PRINCIPAL)),
+            seconds,
+            client_address(scope),
+            call.request_id,
+            call.trace_id,
+        )
+        write_access_line(self.logger, line)

@@ -22,10 +22,11 @@ costs others nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from typing import cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway.edge.coalesce import CoalescingTransport
 from gateway.edge.responses import error_bytes
 from gateway.errors import Code, GatewayError
 
@@ -78,12 +79,17 @@ def guarded_protocol(
         _timer_at = 0.0
         _deadline: float | None = None  # when the phase now due must be over; None: nothing is due
         _in_body = False  # the phase due: the headers (False) or the body (True)
-        _header_bytes = 0
+        _headers_seen = False  # the request's headers are complete
         _rejected = False
         _started = False
+        _writes: CoalescingTransport
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
             super().connection_made(transport)
+            # A response's head and body in one system call (gateway.edge.coalesce); flow control keeps
+            # the socket's own transport.
+            self._writes = CoalescingTransport(transport, self.loop)
+            self.transport = cast(asyncio.Transport, self._writes)
             self._expect(header_timeout, in_body=False)
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -99,27 +105,38 @@ def guarded_protocol(
             if self._deadline is None and not self._started:
                 self._expect(header_timeout, in_body=False)  # a kept-alive connection's next request
             super().data_received(data)
+            if self._started and not self._headers_seen and not self._rejected:
+                # Headers still coming (most requests' arrive whole, in one read): what came so far.
+                size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+                if size > max_header_bytes:
+                    self._reject(too_large_body)
 
         def send_400_response(self, msg: str) -> None:
             if not self._rejected:  # a rejection raised out of the parser is already answered
                 super().send_400_response(msg)
 
         def on_message_begin(self) -> None:
-            self._header_bytes = 0
             self._started = True
+            self._headers_seen = False
             super().on_message_begin()
 
-        def on_url(self, url: bytes) -> None:
-            self._count(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
-            super().on_header(name, value)
-
         def on_headers_complete(self) -> None:
+            # The size and whether a body is announced, in one pass over the headers, once a request
+            # (a callback per header, as the parser offers, was a Python frame per header per request).
+            self._headers_seen = True
+            size = len(self.url)
+            body = False
+            for name, value in self.headers:
+                size += len(name) + len(value) + 4
+                if name == b"transfer-encoding" or (
+                    name == b"content-length" and value.strip() not in (b"0", b"")
+                ):
+                    body = True  # RFC 9112 §6.3: Transfer-Encoding, or a non-zero Content-Length
+            if size > max_header_bytes:
+                self._reject(too_large_body)
+                raise _Rejected  # stops the parser: nothing of this request reaches the app
             super().on_headers_complete()
-            if has_body(self.scope["headers"]):
+            if body:
                 self._expect(body_timeout, in_body=True)
             else:
                 self._deadline = None
@@ -129,14 +146,9 @@ def guarded_protocol(
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
+            self._writes.flush()
             self._started = False
             super().on_response_complete()
-
-        def _count(self, size: int) -> None:
-            self._header_bytes += size
-            if self._header_bytes > max_header_bytes:
-                self._reject(too_large_body)
-                raise _Rejected  # stops the parser: nothing of this request reaches the app
 
         def _expect(self, seconds: float, *, in_body: bool) -> None:
             """The phase ``in_body`` is due within ``seconds``."""
@@ -184,13 +196,3 @@ def guarded_protocol(
 
 class _Rejected(Exception):
     """Raised inside a parser callback to stop parsing a rejected request."""
-
-
-def has_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Whether the request announces a body (RFC 9112 §6.3: Transfer-Encoding, or a non-zero
-    Content-Length). A request without either has none to wait for: most calls (GET, DELETE) skip the
-    body deadline entirely."""
-    for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
-            return True
-    return False

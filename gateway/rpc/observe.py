@@ -32,7 +32,7 @@ from typing import Any
 from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata, listen
 from grpclib.server import Server
 
-from gateway.edge.accesslog import LOGGER_NAME, key_name, write_access_line
+from gateway.edge.accesslog import LOGGER_NAME, AccessLine, key_name, write_access_line
 from gateway.observability.calls import CURRENT, Call, MethodRecorder
 from gateway.observability.observer import Observer
 
@@ -148,20 +148,21 @@ def _finish(observer: Observer, logger: logging.Logger, call: _GrpcCall, recorde
     if call.span is not None:
         observer.tracing.end_grpc_server_span(call.span, recorder, code)  # type: ignore[union-attr]
     if observer.access_log and logger.isEnabledFor(logging.INFO):
-        fields: dict[str, Any] = {
-            "transport": "grpc",
-            "method": call.method,
-            "route": recorder.method,
-            "surface": recorder.surface,
-            "status": code,
-            "key": key_name(call.principal),
-            "latency_ms": round(seconds * 1000, 3),
-            "client": call.client,
-            "request_id": call.request_id,
-        }
-        if call.trace_id:
-            fields["trace_id"] = call.trace_id
-        write_access_line(logger, fields)
+        line = AccessLine(
+            "grpc",
+            call.method,
+            "",
+            recorder.method,
+            recorder.surface,
+            code,
+            code,
+            key_name(call.principal),
+            seconds,
+            call.client,
+            call.request_id,
+            call.trace_id,
+        )
+        write_access_line(logger, line)
 
 
 def _peer_host(peer: Any) -> str:

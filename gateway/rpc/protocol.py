@@ -36,7 +36,7 @@ before any other connection is served. A protocol error's GOAWAY, which h2 prepa
 closing the transport first, is sent; and every final GOAWAY is followed by a lingering close
 (:class:`LingeringTransport`), so that it reaches the client.
 
-A request whose ``grpc-timeout`` is not one (:func:`gateway.rpc.wire.bad_timeout`) is answered here too,
+A request whose ``grpc-timeout`` is not one (:func:`gateway.rpc.wire.timeout_refusal`) is answered here too,
 INVALID_ARGUMENT, trailers-only, before a handler task is made: grpclib would answer it UNKNOWN.
 """
 
@@ -63,7 +63,7 @@ from h2.settings import SettingCodes, Settings
 
 from gateway.errors import GatewayError
 from gateway.rpc.h2limits import FRAME_HEADER_BYTES, Admission, Budget, HeaderBlockScanner, Http2Limits
-from gateway.rpc.wire import MessageStream, bad_timeout
+from gateway.rpc.wire import MessageStream, timeout_refusal
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,9 @@ class GuardedProtocol(H2Protocol):
         if self._backlog:  # the transport was paused, but a read can be under way (TLS)
             self._backlog.append(data)
             return
+        if len(data) <= FEED_BYTES:  # the usual read: one slice, nothing to hold back
+            self._parse(data)
+            return
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
@@ -281,24 +284,31 @@ class GuardedEvents(EventsProcessor):
                 self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
             self._spend_reset()
             return
-        headers = event.headers
-        refusal = bad_timeout(headers)  # type: ignore[arg-type]  # h2 types headers loosely
-        if refusal is not None:
-            self._answer(event.stream_id, refusal)
-            return
+        headers = cast("list[tuple[str, str]]", event.headers)  # decoded (header_encoding); h2 says bytes
+        path = encoding = None
+        for name, value in headers:  # one pass: what this class needs of the headers
+            if name == ":path":
+                path = value
+            elif name == "grpc-encoding":
+                encoding = value
+            elif name == "grpc-timeout":
+                refusal = timeout_refusal(value)
+                if refusal is not None:
+                    self._answer(event.stream_id, refusal)
+                    return
         stream = MessageStream(
             self.connection,
             self.h2,
             self.transport,
             stream_id=event.stream_id,
             max_message_bytes=self.limits.max_message_bytes,
-            encoding=_header(headers, "grpc-encoding"),
-            unary=self._unary.get(_header(headers, ":path") or "", True),
+            encoding=encoding,
+            unary=self._unary.get(path or "", True),
             answered=self._resets.refund,
         )
         release = _Release(self.register(stream), self._released)
         self.running += 1
-        self.handler.accept(stream, headers, release)  # type: ignore[arg-type]  # h2 types headers loosely
+        self.handler.accept(stream, headers, release)
         # A handler task cancelled before it started never runs the ``finally`` that releases its stream
         # (grpclib would keep it, and its unread flow-control credit, until the connection ends): release
         # it when the task ends, however it ends.
@@ -407,13 +417,6 @@ class _Release:
 
     def on_done(self, _task: object) -> None:
         self()
-
-
-def _header(headers: Any, name: str) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return str(value)
-    return None
 
 
 def _address(peer: object) -> str:

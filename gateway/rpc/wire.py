@@ -1,6 +1,6 @@
 """The gRPC wire: requests read within limits, bad ones refused as the client's error; replies encoded once.
 
-Reading. A request whose ``grpc-timeout`` is not one (:func:`bad_timeout`: gRPC's grammar, at most 8
+Reading. A request whose ``grpc-timeout`` is not one (:func:`timeout_refusal`: gRPC's grammar, at most 8
 digits and a unit) is answered INVALID_ARGUMENT before any handler runs, where grpclib answered UNKNOWN (or
 took a deadline of any number of digits). Every request message of every service on the port (native,
 compatibility surfaces, health, reflection) is read by :class:`MessageStream` and decoded by
@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import betterproto2
@@ -61,18 +61,16 @@ _TIMEOUT = re.compile(r"[0-9]{1,8}[HMSmun]")
 _MAX_SHOWN = 40  # characters of a bad header value shown back
 
 
-def bad_timeout(headers: Iterable[tuple[str, str]]) -> GatewayError | None:
-    """The refusal (logged as one line) of a request with a ``grpc-timeout`` that is not one, or ``None``
-    when each of its ``grpc-timeout`` headers is valid (grpclib keeps the shortest) or it has none."""
-    for name, value in headers:
-        if name == "grpc-timeout" and _TIMEOUT.fullmatch(value) is None:
-            shown = repr(value[:_MAX_SHOWN]) + ("…" if len(value) > _MAX_SHOWN else "")
-            error = InvalidArgument(
-                f"grpc-timeout {shown} is not a timeout: at most 8 digits and a unit (H, M, S, m, u, n)"
-            )
-            _log_refusal(error)
-            return error
-    return None
+def timeout_refusal(value: str) -> GatewayError | None:
+    """The refusal (logged as one line) of the ``grpc-timeout`` header ``value``; ``None`` when it is one."""
+    if _TIMEOUT.fullmatch(value) is not None:
+        return None
+    shown = repr(value[:_MAX_SHOWN]) + ("…" if len(value) > _MAX_SHOWN else "")
+    error = InvalidArgument(
+        f"grpc-timeout {shown} is not a timeout: at most 8 digits and a unit (H, M, S, m, u, n)"
+    )
+    _log_refusal(error)
+    return error
 
 
 class MessageStream(Stream):

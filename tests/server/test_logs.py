@@ -1,5 +1,5 @@
 """The process's log writer (gateway.logs): every record written, in order, tracebacks included, none lost
-at stop — whether logged from the event loop (handed over a batch per turn) or from another thread."""
+at stop — whether logged from the event loop or from another thread."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import Formatter, LogWriter, _BatchingHandler
+from gateway.logs import Formatter, LogWriter, _WriterHandler
 
 
 @pytest.fixture
 def written() -> Iterator[tuple[logging.Logger, LogWriter, io.StringIO]]:
     stream = io.StringIO()
     writer = LogWriter(stream, Formatter())
-    handler = _BatchingHandler(writer.batches)
-    writer.before_stop = handler.hand_over
+    handler = _WriterHandler(writer)
     logger = logging.getLogger("room_gateway.test_logs")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -57,7 +56,7 @@ def test_records_still_held_for_a_loop_turn_are_written_at_stop(
     async def last_words() -> None:
         logger.warning("the loop ends before its next turn")
 
-    asyncio.run(last_words())  # the hand-over scheduled with call_soon never runs
+    asyncio.run(last_words())  # stopped within the writer's linger
     writer.stop()
     assert stream.getvalue() == "room_gateway.test_logs: WARNING: the loop ends before its next turn\n"
 
@@ -98,11 +97,10 @@ def test_access_lines_without_records_write_what_records_would(
     """With only the gateway's writer listening, an access line is handed over as text (no LogRecord);
     it is the line the record would have made, and a handler attached later gets records again."""
     import gateway.logs as logs
-    from gateway.edge.accesslog import log, write_access_line
+    from gateway.edge.accesslog import AccessLine, log, write_access_line
 
-    fields = {"transport": "http", "method": "GET", "path": "/v1/rooms/x", "route": "GetRoom",
-              "surface": "native", "status": 200, "code": "OK", "key": "admin", "latency_ms": 1.25,
-              "client": "127.0.0.1", "request_id": "00ff00ff00ff00ff"}  # fmt: skip
+    fields = AccessLine("http", "GET", "/v1/rooms/x", "GetRoom", "native", 200, "OK", "admin", 0.00124,
+                        "127.0.0.1", "00ff00ff00ff00ff")  # fmt: skip
     root = logging.getLogger()
     saved = root.handlers[:], root.level, logs._sink
     stream = io.StringIO()
@@ -138,6 +136,10 @@ def test_access_lines_without_records_write_what_records_would(
         second_fields["time"] = first_fields["time"]  # the record's own clock is not the patched one
         assert first_fields == second_fields
         assert first_fields["time"] == "2027-01-15T08:00:00.500Z"
+        assert {k: v for k, v in first_fields.items() if k not in ("time", "level", "logger", "message")} == {
+            "transport": "http", "method": "GET", "path": "/v1/rooms/x", "route": "GetRoom",
+            "surface": "native", "status": 200, "code": "OK", "key": "admin", "latency_ms": 1.24,
+            "client": "127.0.0.1", "request_id": "00ff00ff00ff00ff"}  # fmt: skip
     else:
         assert first.split(" ", 1)[1] == second.split(" ", 1)[1]
         assert first == (

@@ -1,0 +1,91 @@
+"""CoalescingTransport: what uvicorn writes for one response leaves in one write, and nothing is held past
+the next turn of the event loop (a stream's chunks), nor past close()."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+
+from gateway.edge.coalesce import CoalescingTransport
+from gateway.edge.timeouts import guarded_protocol
+
+
+class Recorder(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_writes_of_one_turn_leave_together_and_at_the_latest_next_turn() -> None:
+    recorder = Recorder()
+    transport = CoalescingTransport(recorder, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    transport.write(b"body")
+    assert recorder.writes == []
+    transport.flush()  # the response is complete
+    assert recorder.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    transport.write(b"data: 1\n\n")  # a stream's chunk: no completion, the next turn sends it
+    await asyncio.sleep(0)
+    assert recorder.writes[-1] == b"data: 1\n\n"
+    transport.write(b"last")
+    transport.close()
+    assert recorder.writes[-1] == b"last" and recorder.closed
+
+
+class CountingTransport:
+    """The socket's transport, counting what reaches it (what the kernel is asked to send)."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def test_uvicorn_with_the_guarded_protocol_sends_a_response_in_one_write(app: Starlette) -> None:
+    sockets: list[CountingTransport] = []
+
+    class Counted(guarded_protocol(header_timeout=5, max_header_bytes=8192)):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            sockets.append(CountingTransport(transport))
+            super().connection_made(sockets[-1])
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none", http=Counted)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+            for _ in range(3):  # three answers on one kept-alive connection
+                response = await client.get("/healthz")
+                assert response.status_code == 200 and response.json() == {"status": "ok"}
+        assert len(sockets) == 1
+        assert len(sockets[0].writes) == 3, sockets[0].writes  # uvicorn alone: 6 (head, then body)
+        assert all(write.startswith(b"HTTP/1.1 200") and write.endswith(b"}") for write in sockets[0].writes)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
