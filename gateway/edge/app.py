@@ -4,6 +4,9 @@
 
     ObservedCalls (request id, metrics, span; one access line per call when access_log is on)
       └─ Edge
+           0. CORS (http.cors): an allowed origin's preflight answered, its answers given the CORS headers
+              (gateway.edge.cors); an ?access_token= moved into the Authorization header, or refused
+              off a streaming GET (gateway.edge.auth.take_access_token)
            1. rate limits by: ip, before authentication (the RateLimit-* headers go on every answer)
            2. authentication (credentials → Principal)
            3. rate limits by: key (by: room is applied in Dispatcher.call)
@@ -37,14 +40,15 @@ from gateway.auth.policy import AuthPolicy
 from gateway.config import DEFAULT_MAX_BODY_BYTES
 from gateway.dispatch import Dispatcher
 from gateway.edge import health
-from gateway.edge.auth import PUBLIC_PATHS, authenticate
+from gateway.edge.auth import ACCESS_TOKEN, PUBLIC_PATHS, authenticate, take_access_token
+from gateway.edge.cors import Cors
 from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
 from gateway.edge.metrics import INFO_PATH, InfoEndpoint, metrics_routes
 from gateway.edge.observe import ObservedCalls, ObservedSend
 from gateway.edge.openapi import openapi_document
 from gateway.edge.ratelimit import admit_by_ip, with_rate_limit_headers
-from gateway.edge.responses import error_response, send_error
+from gateway.edge.responses import error_response, send_error, with_headers
 from gateway.edge.routing import (
     MATCH,
     PRINCIPAL,
@@ -74,6 +78,7 @@ def create_http_app(
     access_log: bool = True,
     observer: Observer | None = None,
     info: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    cors: Cors | None = None,
 ) -> Edge:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
 
@@ -88,6 +93,7 @@ def create_http_app(
     :param access_log: log one line per call (config ``access_log``), when no ``observer`` is given.
     :param observer: what every call is recorded into; default: one counting into ``metrics``.
     :param info: answers ``GET /v1/info`` (``None``: no such route).
+    :param cors: the CORS rules (``None``: no origin is allowed, no CORS header is ever sent).
     """
     if metrics is None and limiter is not None:
         metrics = limiter.metrics  # its counters, where the limiter was built without a gateway's Metrics
@@ -133,6 +139,7 @@ def create_http_app(
         limiter=limiter,
         self_authenticated_prefixes=self_authenticated_prefixes,
         observer=observer,
+        cors=cors,
     )
 
 
@@ -145,6 +152,7 @@ class Edge:
     :param limiter: the rate-limit policy (``None``: nothing is limited).
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
     :param observer: observes every call, around everything else (it sees 401s and 429s too).
+    :param cors: the CORS rules (``None``: off).
     """
 
     def __init__(
@@ -156,6 +164,7 @@ class Edge:
         limiter: RateLimiter | None,
         self_authenticated_prefixes: tuple[str, ...],
         observer: Observer,
+        cors: Cors | None = None,
     ) -> None:
         self.router = router
         self.routes: list[BaseRoute] = router.routes  # every route, for introspection
@@ -167,6 +176,7 @@ class Edge:
         self._key_limiter = limiter if limiter is not None and limiter.by_key else None
         self._self_authenticated = self_authenticated_prefixes
         self.observer = observer
+        self._cors = cors
         self._entry: ASGIApp = ObservedCalls(self._call, observer, routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -183,6 +193,24 @@ class Edge:
         authenticated = not public and not (prefixes and path.startswith(prefixes))
         # Matched first, so that a call refused by a limit or by authentication is counted by its method.
         route = self._native_route(scope)
+        cors = self._cors
+        if cors is not None:
+            origin = cors.allowed(scope)
+            if origin is not None:
+                if isinstance(send, ObservedSend):  # always, through self._entry
+                    send.cors = cors.response_headers(origin)
+                else:
+                    send = with_headers(send, cors.response_headers(origin))
+                if cors.is_preflight(scope):
+                    await cors.send_preflight(send)
+                    return
+        if ACCESS_TOKEN in scope["query_string"]:
+            try:
+                streaming_get = route is not None and route.streaming and scope["method"] == "GET"
+                take_access_token(scope, streaming_get)
+            except GatewayError as exc:
+                await send_error(send, exc)
+                return
         limiter = self._limiter
         if limiter is None or public:
             await self._serve(scope, receive, send, authenticated, route)
