@@ -123,6 +123,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         observer=observer,
         info=info_source(config, listeners, backend.check),
         cors=_cors(config),
+        console=config.http.console,
     )
     grpc_server = create_grpc_server(
         dispatcher,

@@ -14,7 +14,8 @@
               so that refused calls count by their method too)
               → Transcoder.bind (path, body, query → kwargs) → Dispatcher.call → MessageCodec.encode;
               anything else through the Starlette router: /healthz, /readyz, /openapi.json, /metrics,
-              the compatibility surfaces, and the 404/405 answers
+              the compatibility surfaces, the console (/console/, and / for a browser), and the 404/405
+              answers
 
 Deadlines for slow clients' headers and bodies are kept by the HTTP protocol itself
 (:func:`gateway.edge.timeouts.guarded_protocol`). The stages are plain calls in one coroutine, not a
@@ -41,6 +42,8 @@ from gateway.config import DEFAULT_MAX_BODY_BYTES
 from gateway.dispatch import Dispatcher
 from gateway.edge import health
 from gateway.edge.auth import ACCESS_TOKEN, PUBLIC_PATHS, authenticate, take_access_token
+from gateway.edge.console import PREFIX as CONSOLE_PREFIX
+from gateway.edge.console import console_routes, wants_html
 from gateway.edge.cors import Cors
 from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
@@ -79,6 +82,7 @@ def create_http_app(
     observer: Observer | None = None,
     info: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     cors: Cors | None = None,
+    console: bool = False,
 ) -> Edge:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
 
@@ -94,6 +98,7 @@ def create_http_app(
     :param observer: what every call is recorded into; default: one counting into ``metrics``.
     :param info: answers ``GET /v1/info`` (``None``: no such route).
     :param cors: the CORS rules (``None``: no origin is allowed, no CORS header is ever sent).
+    :param console: serve the web console at ``/console/`` and send browsers there from ``/``.
     """
     if metrics is None and limiter is not None:
         metrics = limiter.metrics  # its counters, where the limiter was built without a gateway's Metrics
@@ -128,7 +133,10 @@ def create_http_app(
             else []
         ),
         *extra_routes,
+        *(console_routes() if console else []),
     ]
+    if console:  # its files are public: the console signs in with a key, as any client
+        self_authenticated_prefixes = (*self_authenticated_prefixes, CONSOLE_PREFIX)
     router = Starlette(routes=all_routes, exception_handlers={HTTPException: _http_exception})
     # Transcoded routes match the raw path; a slash redirect computed on the decoded one would be wrong.
     router.router.redirect_slashes = False
@@ -140,6 +148,7 @@ def create_http_app(
         self_authenticated_prefixes=self_authenticated_prefixes,
         observer=observer,
         cors=cors,
+        console=console,
     )
 
 
@@ -153,6 +162,7 @@ class Edge:
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
     :param observer: observes every call, around everything else (it sees 401s and 429s too).
     :param cors: the CORS rules (``None``: off).
+    :param console: whether ``/`` sends a browser to the console (unauthenticated, then).
     """
 
     def __init__(
@@ -165,6 +175,7 @@ class Edge:
         self_authenticated_prefixes: tuple[str, ...],
         observer: Observer,
         cors: Cors | None = None,
+        console: bool = False,
     ) -> None:
         self.router = router
         self.routes: list[BaseRoute] = router.routes  # every route, for introspection
@@ -177,6 +188,7 @@ class Edge:
         self._self_authenticated = self_authenticated_prefixes
         self.observer = observer
         self._cors = cors
+        self._console = console
         self._entry: ASGIApp = ObservedCalls(self._call, observer, routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -191,6 +203,8 @@ class Edge:
         # Surfaces authenticate their calls themselves, in their vendor's error shape.
         prefixes = self._self_authenticated
         authenticated = not public and not (prefixes and path.startswith(prefixes))
+        if path == "/" and self._console and wants_html(scope):
+            authenticated = False  # a browser, sent to the console; API clients keep their JSON 401
         # Matched first, so that a call refused by a limit or by authentication is counted by its method.
         route = self._native_route(scope)
         cors = self._cors
