@@ -258,7 +258,7 @@ function roomView(client, roomId) {
 
   async function loadPresence() {
     const presence = await client.call("GET", `${path}/presence`);
-    counts.textContent = `${presence.numUsers ?? 0} users, ${presence.numConnections ?? 0} connections`;
+    counts.textContent = `Users: ${presence.numUsers ?? 0}, connections: ${presence.numConnections ?? 0}`;
     /** @type {any[]} */
     const list = presence.members ?? [];
     members.replaceChildren(...list.map((member) => h("li", {}, `${member.userId} (${member.connections} connections)`,

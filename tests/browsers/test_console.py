@@ -1,0 +1,141 @@
+"""The console end to end in Chromium, through its labels and roles (as a keyboard or screen-reader user
+finds them): sign in, create a room, set a variable (and be told when the JSON is wrong), see a change made
+by another client and a guest's presence without reloading, mint a token, close and delete the room. A
+screenshot of the room page is kept in test-artifacts/."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browsers.conftest import ADMIN_KEY, ARTIFACTS, GatewayProcess
+
+pytest.importorskip("playwright")
+from playwright.sync_api import expect
+
+JWT = re.compile(r"^[\w-]+\.[\w-]+\.[\w-]+$")  # three base64url parts
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(tmp_path_factory.mktemp("console"), allow_origins=[])
+    process.start()
+    yield process
+    process.stop()
+
+
+class GuestStream:
+    """A guest's open ListenRoom stream (another client, in a thread): it makes the guest present."""
+
+    def __init__(self, gateway: GatewayProcess, room: str, token: str) -> None:
+        self._client = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {token}"})
+        self.opened = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(f"/v1/rooms/{room}:listen",), daemon=True)
+        self._thread.start()
+        assert self.opened.wait(10)
+
+    def _run(self, path: str) -> None:
+        with self._client.stream("GET", path, timeout=None) as response:
+            response.raise_for_status()
+            self.opened.set()
+            for _ in response.iter_bytes():  # keep-alives every second: the stop is seen soon
+                if self._stop.is_set():
+                    return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._client.close()
+
+
+def test_console_end_to_end(page: Any, gateway: GatewayProcess) -> None:
+    page.goto(gateway.url + "/")  # a browser is sent to the console
+    expect(page).to_have_url(gateway.url + "/console/")
+
+    key = page.get_by_label("API key")
+    key.fill("not-the-key-0123456789")
+    key.press("Enter")  # the keyboard submits
+    expect(page.get_by_role("alert")).to_contain_text("401")
+    key.fill(ADMIN_KEY)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Rooms", exact=True)).to_be_visible()
+    assert ADMIN_KEY not in page.url
+    assert page.evaluate("sessionStorage.getItem('room-gateway.key')") == ADMIN_KEY
+
+    page.get_by_label("Room id").fill("e2e-room")
+    page.get_by_label("Display name").fill("End to end")
+    page.get_by_role("button", name="Create room").click()
+    expect(page.get_by_role("heading", name="End to end (e2e-room)")).to_be_visible()
+    expect(page.locator("#live")).to_have_text("● live")
+
+    # A variable: invalid JSON is explained, then a valid value is set and shown.
+    page.get_by_label("Variable name").fill("greeting")
+    value = page.get_by_label("Value (JSON)")
+    value.fill("{oops")
+    page.get_by_role("button", name="Set variable").click()
+    expect(page.locator("#var-value-error")).to_contain_text("Not valid JSON")
+    expect(value).to_have_attribute("aria-invalid", "true")
+    value.fill('{"text": "hi"}')
+    page.get_by_role("button", name="Set variable").click()
+    variables = page.locator("#variables")
+    expect(variables).to_contain_text('{"text":"hi"}')
+    expect(page.locator("#var-value-error")).to_have_text("")
+
+    # Another client's change, and a guest's presence, arrive without a reload.
+    with gateway.client() as client:
+        client.put("/v1/rooms/e2e-room/variables/score", json={"value": 42}).raise_for_status()
+    expect(variables.locator("tr", has_text="score")).to_contain_text("42")
+    guest_token = gateway.guest_token("e2e-room", "guest-ann", info={"name": "Ann"})
+    guest = GuestStream(gateway, "e2e-room", guest_token)
+    try:
+        expect(page.locator("#members")).to_contain_text("guest-ann")
+        expect(page.locator("#counts")).to_have_text("Users: 1, connections: 1")
+        expect(page.locator("#changes")).to_contain_text("MEMBER_JOINED guest-ann")
+
+        page.get_by_label("Event name").fill("ping")
+        page.get_by_label("Data (JSON)").fill('{"n": 1}')
+        page.get_by_role("button", name="Publish event").click()
+        expect(page.locator("#changes")).to_contain_text("EVENT ping")
+
+        # Mint a token (role, lifetime, info) and check that it works.
+        page.get_by_label("User name").fill("bob")
+        page.get_by_label("Role").select_option("guest")
+        page.get_by_label("Lifetime (seconds)").fill("600")
+        page.get_by_label("Info shown in presence (JSON object)").fill('{"avatar": "b.png"}')
+        page.get_by_role("button", name="Mint token").click()
+        token_field = page.get_by_label("Token", exact=True)
+        expect(token_field).to_have_value(JWT)
+        token = token_field.input_value()
+        readable = httpx.get(
+            f"{gateway.url}/v1/rooms/e2e-room/variables/score", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert readable.status_code == 200 and readable.json()["value"] == 42
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "console-room.png"), full_page=True)
+    finally:
+        guest.close()
+
+    # Close and delete, each confirmed.
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    page.get_by_role("button", name="Close room").click()
+    expect(page.locator(".badge").first).to_have_text("CLOSED")
+    page.get_by_role("button", name="Delete room").click()
+    expect(page.get_by_role("heading", name="Rooms", exact=True)).to_be_visible()
+    assert [d.split()[0] for d in dialogs] == ["Close", "Delete"]
+    with gateway.client() as client:
+        assert client.get("/v1/rooms/e2e-room").json()["status"] == "DELETED"
+    expect(page.locator("tbody")).to_contain_text("DELETED")  # the list shows the tombstone
+

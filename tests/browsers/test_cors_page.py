@@ -1,0 +1,100 @@
+"""docs/browsers.md's example page, in Chromium, on another loopback origin than the gateway's:
+
+1. allowed in ``http.cors``: it reads a variable with ``fetch`` and a guest room token, lists the members,
+   and receives changes through ``EventSource`` with ``access_token`` — including one made while the
+   gateway was down, after its restart (the browser resumes by ``Last-Event-ID``);
+2. from an origin not allowed: the browser refuses the page's requests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browsers.conftest import ROOT, GatewayProcess, StaticSite
+
+pytest.importorskip("playwright")  # the dev extra; its absence is reported by the browser fixture too
+from playwright.sync_api import expect
+
+
+def example_page() -> str:
+    """The one ```html block of docs/browsers.md."""
+    blocks = re.findall(r"```html\n(.*?)```", (ROOT / "docs" / "browsers.md").read_text(), re.DOTALL)
+    assert len(blocks) == 1
+    return str(blocks[0])
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StaticSite, StaticSite]]:
+    folder = tmp_path_factory.mktemp("site")
+    (folder / "index.html").write_text(example_page())
+    allowed, other = StaticSite(folder), StaticSite(folder)
+    yield allowed, other
+    allowed.close()
+    other.close()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, sites: tuple[StaticSite, StaticSite]
+) -> Iterator[GatewayProcess]:
+    process = GatewayProcess(tmp_path_factory.mktemp("gateway"), allow_origins=[sites[0].origin])
+    process.start()
+    yield process
+    process.stop()
+
+
+def page_url(site: StaticSite, gateway: GatewayProcess, room: str, token: str) -> str:
+    return f"{site.origin}/#gateway={gateway.url}&room={room}&token={token}"
+
+
+def set_topic(gateway: GatewayProcess, room: str, value: Any) -> None:
+    with gateway.client() as client:
+        client.put(f"/v1/rooms/{room}/variables/topic", json={"value": value}).raise_for_status()
+
+
+def test_allowed_origin_reads_listens_and_resumes_after_a_restart(
+    page: Any, gateway: GatewayProcess, sites: tuple[StaticSite, StaticSite], tmp_path: Path
+) -> None:
+    set_topic(gateway, "lobby", "hello")
+    token = gateway.guest_token("lobby", "page-user")
+    page.goto(page_url(sites[0], gateway, "lobby", token))
+    expect(page.locator("#topic")).to_have_text('"hello"')
+    expect(page.locator("#status")).to_have_text("live")
+    expect(page.locator("#members")).to_contain_text("page-user")  # its own EventSource is a presence
+
+    set_topic(gateway, "lobby", "live change")
+    expect(page.locator("#topic")).to_have_text('"live change"')
+
+    # The gateway goes away: SIGTERM ends its streams, and the browser keeps reconnecting.
+    gateway.stop()
+    expect(page.locator("#status")).to_have_text("reconnecting")
+    # A change it cannot receive live: made through another gateway on the same database meanwhile.
+    other = GatewayProcess(tmp_path, allow_origins=[], database=gateway.config.parent / "rooms.db")
+    other.start()
+    try:
+        set_topic(other, "lobby", "while away")
+    finally:
+        other.stop()
+    gateway.start()  # same port: the browser's next attempt resumes from its Last-Event-ID
+    expect(page.locator("#topic")).to_have_text('"while away"', timeout=20_000)
+    expect(page.locator("#status")).to_have_text("live")
+    seqs = [int(text.split()[0]) for text in page.locator("#changes li").all_text_contents()]
+    assert seqs == sorted(set(seqs)), seqs  # in order, none twice
+
+
+def test_other_origin_is_refused_by_the_browser(
+    page: Any, gateway: GatewayProcess, sites: tuple[StaticSite, StaticSite]
+) -> None:
+    set_topic(gateway, "private", "secret")
+    token = gateway.guest_token("private", "intruder")
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text) if "CORS" in message.text else None)
+    page.goto(page_url(sites[1], gateway, "private", token))
+    expect(page.locator("#status")).to_contain_text("refused: TypeError")
+    expect(page.locator("#topic")).to_have_text("…")  # nothing was read
+    assert any("has been blocked by CORS policy" in text for text in refused), refused
