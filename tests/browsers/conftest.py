@@ -30,6 +30,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 #: Where screenshots go (git-ignored); CI may keep it as an artifact.
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 ADMIN_KEY = "browser-admin-key-0123456789abcdef"
+READER_KEY = "browser-reader-key-0123456789abcdef"  # reads rooms and variables, changes nothing
 TOKEN_SECRET = "browser-token-secret-0123456789abcdef0123"
 ROOT = Path(__file__).resolve().parents[2]
 #: The default guest role, and presence:read for docs/browsers.md's page, which lists the members.
@@ -88,7 +89,10 @@ class GatewayProcess:
             "listen": {"http": f"127.0.0.1:{self.http_port}", "grpc": f"127.0.0.1:{free_port()}"},
             "backend": f"sqlite:///{database or folder / 'rooms.db'}",
             "auth": {
-                "keys": [{"name": "admin", "key": ADMIN_KEY, "permissions": ["*"]}],
+                "keys": [
+                    {"name": "admin", "key": ADMIN_KEY, "permissions": ["*"]},
+                    {"name": "reader", "key": READER_KEY, "permissions": ["rooms:read", "variables:read"]},
+                ],
                 "room_tokens": {
                     "secret": TOKEN_SECRET,
                     "roles": {"moderator": ["*"], "guest": GUEST_PERMISSIONS},

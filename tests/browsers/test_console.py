@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browsers.conftest import ADMIN_KEY, ARTIFACTS, GatewayProcess
+from tests.browsers.conftest import ADMIN_KEY, ARTIFACTS, READER_KEY, GatewayProcess
 
 pytest.importorskip("playwright")
 from playwright.sync_api import expect
@@ -139,3 +139,24 @@ def test_console_end_to_end(page: Any, gateway: GatewayProcess) -> None:
         assert client.get("/v1/rooms/e2e-room").json()["status"] == "DELETED"
     expect(page.locator("tbody")).to_contain_text("DELETED")  # the list shows the tombstone
 
+
+
+def test_refusals_are_explained(page: Any, gateway: GatewayProcess) -> None:
+    """A 403 from the gateway names what is missing; 401, 429 and 503 each say what to do."""
+    page.goto(gateway.url + "/console/")
+    page.get_by_label("API key").fill(READER_KEY)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("Room id").fill("not-mine")
+    page.get_by_role("button", name="Create room").click()
+    expect(page.get_by_role("alert")).to_contain_text("not allowed to do that (403)")
+    expect(page.get_by_role("alert")).to_contain_text("rooms:create")
+    described = page.evaluate(
+        """async () => {
+            const { ApiError } = await import("/console/api.js");
+            return [0, 401, 429, 503].map((code) => new ApiError(code, "X", "why", 7).describe());
+        }"""
+    )
+    assert described[0].startswith("The gateway cannot be reached")
+    assert "sign in again" in described[1]
+    assert "try again in 7 s" in described[2]
+    assert "unavailable (503)" in described[3]

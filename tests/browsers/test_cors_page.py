@@ -9,23 +9,31 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from gateway.config import GatewayConfig
 from tests.browsers.conftest import ROOT, GatewayProcess, StaticSite
 
 pytest.importorskip("playwright")  # the dev extra; its absence is reported by the browser fixture too
 from playwright.sync_api import expect
 
 
-def example_page() -> str:
-    """The one ```html block of docs/browsers.md."""
-    blocks = re.findall(r"```html\n(.*?)```", (ROOT / "docs" / "browsers.md").read_text(), re.DOTALL)
-    assert len(blocks) == 1
+def doc_block(language: str) -> str:
+    """The one block of ``language`` in docs/browsers.md."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", (ROOT / "docs" / "browsers.md").read_text(), re.DOTALL)
+    assert len(blocks) == 1, language
     return str(blocks[0])
+
+
+def example_page() -> str:
+    return doc_block("html")
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +106,26 @@ def test_other_origin_is_refused_by_the_browser(
     expect(page.locator("#status")).to_contain_text("refused: TypeError")
     expect(page.locator("#topic")).to_have_text("…")  # nothing was read
     assert any("has been blocked by CORS policy" in text for text in refused), refused
+
+
+def test_the_docs_configuration_loads() -> None:
+    cors = GatewayConfig.model_validate(yaml.safe_load(doc_block("yaml"))).http.cors
+    assert cors.allow_origins == ["https://app.example.com", "http://localhost:3000"]
+
+
+def test_the_docs_preflight_with_curl(gateway: GatewayProcess, sites: tuple[StaticSite, StaticSite]) -> None:
+    """The doc's curl line, against this gateway and the allowed origin, answers what the doc shows."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    block = doc_block("sh")
+    command = "\n".join(line for line in block.splitlines() if not line.startswith("#"))
+    shown = [line[2:].removesuffix(" …") for line in block.splitlines() if line.startswith("# ")]
+    command = command.replace("http://localhost:8080", gateway.url).replace(
+        "https://app.example.com", sites[0].origin
+    )
+    run = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=10, check=True)
+    output = run.stdout
+    received = [line.strip().lower() for line in output.splitlines()]
+    for line in shown:
+        expected = line.replace("https://app.example.com", sites[0].origin).lower()
+        assert expected in received, (expected, output)
