@@ -43,6 +43,18 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"{reason}; `make test` installs it (apt-get install -y chromium)")
 
 
+def playwright_expect() -> Any:
+    """Playwright's ``expect``, for a test module to import: without playwright the module skips (outside
+    CI; under CI the import error stands)."""
+    try:
+        from playwright.sync_api import expect
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')", allow_module_level=True)
+    return expect
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     try:

@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browsers.conftest import ADMIN_KEY, ARTIFACTS, READER_KEY, GatewayProcess
+from tests.browsers.conftest import ADMIN_KEY, ARTIFACTS, READER_KEY, GatewayProcess, playwright_expect
 
-pytest.importorskip("playwright")
-from playwright.sync_api import expect
+expect = playwright_expect()
 
 JWT = re.compile(r"^[\w-]+\.[\w-]+\.[\w-]+$")  # three base64url parts
 

@@ -19,10 +19,9 @@ import pytest
 import yaml
 
 from gateway.config import GatewayConfig
-from tests.browsers.conftest import ROOT, GatewayProcess, StaticSite
+from tests.browsers.conftest import ROOT, GatewayProcess, StaticSite, playwright_expect
 
-pytest.importorskip("playwright")  # the dev extra; its absence is reported by the browser fixture too
-from playwright.sync_api import expect
+expect = playwright_expect()
 
 
 def doc_block(language: str) -> str:
