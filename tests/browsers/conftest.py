@@ -4,7 +4,8 @@ streams), and static pages served from other loopback origins.
 
 ``make test`` installs both (playwright from the dev extra; chromium with apt-get when /usr/bin/chromium is
 absent). Without them the tests skip, saying what is missing — except under ``CI``, where they must run.
-One browser for the whole session; each test gets its own context (no storage shared between tests).
+One browser for all of them (package scope, see ``browser``); each test gets its own context (no storage
+shared between tests).
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def playwright_expect() -> Any:
     return expect
 
 
-@pytest.fixture(scope="session")
+# Package-scoped, not session-scoped: while Playwright's sync API is open, its event loop counts as running
+# in the main thread, and every asyncio test after it would fail ("Cannot run the event loop while another
+# loop is running"). All browser tests are in this package, so it is still one browser for all of them.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
