@@ -205,7 +205,7 @@ export class RoomListener {
       if (this.stopped) return;
       this.onState("reconnecting");
       await new Promise((resolve) => setTimeout(resolve, delay));
-      delay = Math.min(delay * 2, 10000);
+      delay = Math.min(delay * 2, 2000); // a restart is over in seconds: a console retries soon
     }
   }
 }

@@ -10,6 +10,7 @@ shared between tests).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import http.server
 import os
@@ -19,13 +20,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+
+from gateway.app import create_gateway
+from gateway.config_loader import load_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Where screenshots go (git-ignored); CI may keep it as an artifact.
@@ -97,13 +101,13 @@ class GatewayProcess:
     """``room-gateway serve`` in a child process, on fixed ports over one SQLite file: stopped (SIGTERM,
     which ends its streams) and started again, it keeps its rooms and its change log's epoch."""
 
-    def __init__(self, folder: Path, *, allow_origins: list[str], database: Path | None = None) -> None:
+    def __init__(self, folder: Path, *, allow_origins: list[str]) -> None:
         self.http_port = free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.config = folder / f"gateway-{self.http_port}.yaml"
         config = {
             "listen": {"http": f"127.0.0.1:{self.http_port}", "grpc": f"127.0.0.1:{free_port()}"},
-            "backend": f"sqlite:///{database or folder / 'rooms.db'}",
+            "backend": f"sqlite:///{folder / 'rooms.db'}",
             "auth": {
                 "keys": [
                     {"name": "admin", "key": ADMIN_KEY, "permissions": ["*"]},
@@ -153,6 +157,32 @@ class GatewayProcess:
             process.kill()
             process.wait()
 
+    def put_while_stopped(self, path: str, body: dict[str, Any]) -> None:
+        """``PUT path`` with the admin key, while this gateway is stopped: through a gateway built in this
+        process on the same database (no listener, no second process to start), so that a browser cannot
+        receive the change live, only by resuming."""
+        if self._process is not None:
+            raise RuntimeError("the gateway is running: the change could be received live")
+
+        async def put() -> None:
+            gateway = create_gateway(load_config(self.config))
+            await gateway.backend.open()
+            try:
+                transport = httpx.ASGITransport(app=gateway.http_app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://offline") as client:
+                    response = await client.put(path, json=body, headers={"X-API-Key": ADMIN_KEY})
+                    response.raise_for_status()
+            finally:
+                await gateway.backend.close()
+
+        # In a thread of its own: Playwright's sync API keeps an event loop running in this one.
+        errors: list[BaseException] = []
+        thread = threading.Thread(target=lambda: _collect(errors, lambda: asyncio.run(put())))
+        thread.start()
+        thread.join(30)
+        if errors:
+            raise errors[0]
+
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": ADMIN_KEY}, timeout=10)
 
@@ -162,6 +192,13 @@ class GatewayProcess:
             response = client.post(f"/v1/rooms/{room}/tokens", json=body)
             response.raise_for_status()
             return str(response.json()["token"])
+
+
+def _collect(errors: list[BaseException], run: Callable[[], object]) -> None:
+    try:
+        run()
+    except BaseException as exc:  # re-raised in the test's thread
+        errors.append(exc)
 
 
 class StaticSite:

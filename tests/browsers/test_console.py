@@ -159,3 +159,26 @@ def test_refusals_are_explained(page: Any, gateway: GatewayProcess) -> None:
     assert "sign in again" in described[1]
     assert "try again in 7 s" in described[2]
     assert "unavailable (503)" in described[3]
+
+
+def test_the_room_page_resumes_after_a_restart(page: Any, gateway: GatewayProcess) -> None:
+    """The console reads ListenRoom with fetch(); when the gateway drops it, the page reconnects with
+    Last-Event-ID and shows what changed meanwhile, once."""
+    with gateway.client() as client:
+        client.put("/v1/rooms/resumed/variables/a", json={"value": 1}).raise_for_status()
+    page.goto(gateway.url + "/console/")
+    page.get_by_label("API key").fill(ADMIN_KEY)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_role("link", name="resumed").click()
+    expect(page.locator("#live")).to_have_text("● live")
+    expect(page.locator("#variables")).to_contain_text("a")
+
+    gateway.stop()
+    expect(page.locator("#live")).to_contain_text("reconnecting")
+    gateway.put_while_stopped("/v1/rooms/resumed/variables/b", {"value": "while away"})
+    gateway.start()
+    expect(page.locator("#variables tr", has_text="while away")).to_contain_text("b", timeout=20_000)
+    expect(page.locator("#live")).to_have_text("● live")
+    values = page.locator("#changes li").evaluate_all("items => items.map((item) => item.value)")
+    seqs = [int(value) for value in values]
+    assert seqs == sorted(set(seqs), reverse=True), seqs  # newest first, none twice
