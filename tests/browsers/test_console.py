@@ -182,3 +182,46 @@ def test_the_room_page_resumes_after_a_restart(page: Any, gateway: GatewayProces
     values = page.locator("#changes li").evaluate_all("items => items.map((item) => item.value)")
     seqs = [int(value) for value in values]
     assert seqs == sorted(set(seqs), reverse=True), seqs  # newest first, none twice
+
+
+def test_keyboard_only_paging_and_status_filter(page: Any, gateway: GatewayProcess) -> None:
+    """Signed in with the keyboard alone (the focused control shows its focus ring); rooms paged, filtered."""
+    with gateway.client() as client:
+        for n in range(12):
+            client.post("/v1/rooms", json={"roomId": f"page-{n:02}"}).raise_for_status()
+        client.post("/v1/rooms/page-03:close").raise_for_status()
+    page.goto(gateway.url + "/console/")
+    key = page.get_by_label("API key")
+    for _ in range(5):  # the header's link first, then the form
+        page.keyboard.press("Tab")
+        if key.evaluate("element => element === document.activeElement"):
+            break
+    else:
+        pytest.fail("the key field cannot be reached with Tab")
+    page.keyboard.type(ADMIN_KEY)
+    page.keyboard.press("Tab")
+    sign_in = page.get_by_role("button", name="Sign in")
+    assert sign_in.evaluate("element => element === document.activeElement")
+    assert sign_in.evaluate("element => getComputedStyle(element).outlineStyle") == "solid"  # :focus-visible
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Rooms", exact=True)).to_be_visible()
+
+    rows = page.locator("tbody tr")
+    room_ids = page.locator("tbody tr td:first-child")
+    page.get_by_label("Rooms per page").select_option("10")
+    expect(rows).to_have_count(10)
+    first_page = room_ids.all_text_contents()
+    expect(page.get_by_role("button", name="Previous page")).to_be_disabled()
+    page.get_by_role("button", name="Next page").click()
+    expect(room_ids.first).not_to_have_text(first_page[0])
+    second_page = room_ids.all_text_contents()
+    ids = first_page + second_page
+    assert ids == sorted(set(ids)), ids  # in order, no room twice
+    assert {f"page-{n:02}" for n in range(12)} <= set(ids)
+    expect(page.get_by_role("button", name="Next page")).to_be_disabled()
+    page.get_by_role("button", name="Previous page").click()
+    expect(room_ids).to_have_text(first_page)
+
+    page.get_by_label("Status (this page)").select_option("CLOSED")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("page-03")
