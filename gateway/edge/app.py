@@ -41,7 +41,7 @@ from gateway.auth.policy import AuthPolicy
 from gateway.config import DEFAULT_MAX_BODY_BYTES
 from gateway.dispatch import Dispatcher
 from gateway.edge import health
-from gateway.edge.auth import ACCESS_TOKEN, PUBLIC_PATHS, authenticate, take_access_token
+from gateway.edge.auth import ACCESS_TOKEN_HINT, PUBLIC_PATHS, authenticate, take_access_token
 from gateway.edge.console import PREFIX as CONSOLE_PREFIX
 from gateway.edge.console import console_routes, wants_html
 from gateway.edge.cors import Cors
@@ -218,7 +218,7 @@ class Edge:
                 if cors.is_preflight(scope):
                     await cors.send_preflight(send)
                     return
-        if ACCESS_TOKEN in scope["query_string"]:
+        if ACCESS_TOKEN_HINT in scope["query_string"]:
             try:
                 streaming_get = route is not None and route.streaming and scope["method"] == "GET"
                 take_access_token(scope, streaming_get)

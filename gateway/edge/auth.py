@@ -46,7 +46,10 @@ def authenticate(policy: AuthPolicy, scope: Scope) -> Principal:
 
 
 #: RFC 6750 §2.3's query parameter, for clients that cannot set headers (a browser's ``EventSource``).
-ACCESS_TOKEN = b"access_token"
+ACCESS_TOKEN = "access_token"
+#: What a query string holding it contains, its name percent-encoded or not (``access%5Ftoken``): the
+#: edge's cheap test before :func:`take_access_token` parses.
+ACCESS_TOKEN_HINT = b"access"
 #: Where an ``access_token`` is accepted: streams, which an ``EventSource`` opens with ``GET``. Anywhere
 #: else a token in a URL would only leak (browser history, proxies' logs, ``Referer``) for no reason.
 _ONLY_ON_STREAMS = (
@@ -69,7 +72,7 @@ def take_access_token(scope: Scope, streaming_get: bool) -> None:
     tokens: list[str] = []
     for part in scope["query_string"].split(b"&"):
         name, _, value = part.partition(b"=")
-        if unquote_plus(name.decode("latin-1")) == ACCESS_TOKEN.decode():
+        if unquote_plus(name.decode("latin-1")) == ACCESS_TOKEN:
             tokens.append(unquote_plus(value.decode("latin-1")))
         else:
             kept.append(part)

@@ -68,6 +68,16 @@ async def test_a_key_opens_a_stream(app: Starlette, client: httpx.AsyncClient) -
         await call.disconnect()
 
 
+async def test_the_name_may_be_percent_encoded(app: Starlette, client: httpx.AsyncClient) -> None:
+    call = await open_stream(app, f"/v1/rooms/r:listen?access%5Ftoken={quote(ADMIN_KEY)}")
+    try:
+        assert call.status == 200
+    finally:
+        await call.disconnect()
+    refused = await client.get(f"/v1/rooms/r?access%5Ftoken={ADMIN_KEY}")
+    assert_refused(refused, 400, "only on streaming GET routes")
+
+
 async def test_a_room_token_opens_a_resumable_stream_and_is_present(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
