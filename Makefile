@@ -1,7 +1,8 @@
 # room-gateway tasks. Each sets up .venv itself (python3 -m venv, then pip), so a fresh clone needs only
 # python3 >= 3.11 and make:
 #   make run     install, then start a gateway on the embedded default (gateway.yaml, sqlite:///rooms.db)
-#   make test    install with the dev extra, lint (ruff, mypy --strict), then run the tests (what CI runs: .ci/run)
+#   make test    install with the dev extra (and chromium), lint (ruff, mypy --strict, tsc on the console), then
+#                run the tests (what CI runs: .ci/run)
 #   make proto   regenerate gateway/_gen/ from protos/
 #   make lint, make bench, make check
 
@@ -15,7 +16,14 @@ KEY_FILE := .room-gateway.key
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test check lint proto bench clean
+#: The browser tests' Chromium (tests/browsers): Debian's package, since `playwright install` cannot
+#: download browsers everywhere.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+#: The console's type checker (tsc --checkJs over gateway/console), from its lock file.
+CONSOLE_CHECK := tests/browsers/node
+
+.PHONY: run test check lint proto bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,14 +46,27 @@ run: $(VENV)/.installed
 	exec $(BIN)/python -m gateway serve $(ARGS)
 
 # The habits are part of the test: a lint or type error fails `make test`, and so CI, before pytest runs.
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Once, quietly. Where apt-get cannot install it, the browser tests say so and skip (they fail under CI).
+chromium:
+	@[ -x $(CHROMIUM) ] || { echo "installing chromium for tests/browsers (apt-get)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  echo "chromium could not be installed: tests/browsers will skip (and fail under CI)"; }
 
 check: test
 
-lint: $(VENV)/.installed-dev
+lint: $(VENV)/.installed-dev $(CONSOLE_CHECK)/node_modules/.installed
 	$(BIN)/python -m ruff check gateway plugins tests scripts bench
 	$(BIN)/python -m mypy
+	node $(CONSOLE_CHECK)/node_modules/typescript/bin/tsc -p $(CONSOLE_CHECK)/tsconfig.json
+
+$(CONSOLE_CHECK)/node_modules/.installed: $(CONSOLE_CHECK)/package-lock.json
+	cd $(CONSOLE_CHECK) && npm ci --no-audit --no-fund --silent
+	touch $@
 
 proto: $(VENV)/.installed-dev
 	$(BIN)/python scripts/genproto.py

@@ -28,6 +28,7 @@ from gateway.core.service import RoomService
 from gateway.core.validation import ValueLimits
 from gateway.dispatch import Dispatcher
 from gateway.edge.app import Edge, create_http_app
+from gateway.edge.cors import Cors
 from gateway.observability.backends import instrument
 from gateway.observability.info import info_source
 from gateway.observability.metrics import Metrics
@@ -121,6 +122,8 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         metrics=metrics,
         observer=observer,
         info=info_source(config, listeners, backend.check),
+        cors=_cors(config),
+        console=config.http.console,
     )
     grpc_server = create_grpc_server(
         dispatcher,
@@ -146,6 +149,12 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         presence,
         listeners,
     )
+
+
+def _cors(config: GatewayConfig) -> Cors | None:
+    """The CORS rules of ``http.cors``; ``None`` (no CORS stage at all) when no origin is allowed."""
+    cors = config.http.cors
+    return Cors(cors.allow_origins, cors.max_age_seconds) if cors.allow_origins else None
 
 
 def _tracing(config: GatewayConfig) -> Tracing | None:

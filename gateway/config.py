@@ -294,6 +294,30 @@ def unknown_surface(name: str, installed: Iterable[str]) -> str:
     return f"no installed plugin offers the {name} surface (installed: {known})"
 
 
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+
+
+class CorsConfig(_Strict):
+    """``http.cors``: which web pages on other origins may call the REST API (:mod:`gateway.edge.cors`)."""
+
+    #: Origins as a browser sends them (``https://app.example.com``, ``http://localhost:3000``: scheme,
+    #: host and port, no path), or ``"*"`` for any. Empty (the default): CORS is off.
+    allow_origins: list[str] = []
+    #: How long a browser may cache a preflight's answer.
+    max_age_seconds: int = Field(default=600, ge=0)
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value != "*" and not _ORIGIN.fullmatch(value):
+                raise ValueError(
+                    f"expected an origin such as https://app.example.com (scheme://host[:port], lower-case, "
+                    f"no path or trailing slash) or '*', got {value!r}"
+                )
+        return values
+
+
 class HttpLimits(_Strict):
     """Input limits and timings of the HTTP edge."""
 
@@ -308,6 +332,10 @@ class HttpLimits(_Strict):
     idle_timeout_seconds: float = Field(default=5.0, gt=0)
     #: Bytes of request line and headers accepted (431 beyond).
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    #: CORS for pages on other origins; off by default.
+    cors: CorsConfig = CorsConfig()
+    #: The web console at ``/console/`` (static files; it signs in with a key, like any client).
+    console: bool = True
 
 
 def _rate(value: str) -> str:

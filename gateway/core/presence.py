@@ -87,6 +87,12 @@ class PresentStream(Generic[_T_co]):
     async def __anext__(self) -> _T_co:
         return await self._stream.__anext__()
 
+    @property
+    def position(self) -> str | None:
+        """The wrapped stream's log position (its SSE ``id``): a room token's ListenRoom over SSE needs it."""
+        position = getattr(self._stream, "position", None)
+        return position if isinstance(position, str) else None
+
     async def aclose(self) -> None:
         leave, self._leave = self._leave, None
         if leave is not None:

@@ -4,6 +4,9 @@
 
     ObservedCalls (request id, metrics, span; one access line per call when access_log is on)
       └─ Edge
+           0. CORS (http.cors): an allowed origin's preflight answered, its answers given the CORS headers
+              (gateway.edge.cors); an ?access_token= moved into the Authorization header, or refused
+              off a streaming GET (gateway.edge.auth.take_access_token)
            1. rate limits by: ip, before authentication (the RateLimit-* headers go on every answer)
            2. authentication (credentials → Principal)
            3. rate limits by: key (by: room is applied in Dispatcher.call)
@@ -11,7 +14,8 @@
               so that refused calls count by their method too)
               → Transcoder.bind (path, body, query → kwargs) → Dispatcher.call → MessageCodec.encode;
               anything else through the Starlette router: /healthz, /readyz, /openapi.json, /metrics,
-              the compatibility surfaces, and the 404/405 answers
+              the compatibility surfaces, the console (/console/, and / for a browser), and the 404/405
+              answers
 
 Deadlines for slow clients' headers and bodies are kept by the HTTP protocol itself
 (:func:`gateway.edge.timeouts.guarded_protocol`). The stages are plain calls in one coroutine, not a
@@ -37,14 +41,17 @@ from gateway.auth.policy import AuthPolicy
 from gateway.config import DEFAULT_MAX_BODY_BYTES
 from gateway.dispatch import Dispatcher
 from gateway.edge import health
-from gateway.edge.auth import PUBLIC_PATHS, authenticate
+from gateway.edge.auth import ACCESS_TOKEN_HINT, PUBLIC_PATHS, authenticate, take_access_token
+from gateway.edge.console import PREFIX as CONSOLE_PREFIX
+from gateway.edge.console import console_routes, wants_html
+from gateway.edge.cors import Cors
 from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
 from gateway.edge.metrics import INFO_PATH, InfoEndpoint, metrics_routes
 from gateway.edge.observe import ObservedCalls, ObservedSend
 from gateway.edge.openapi import openapi_document
 from gateway.edge.ratelimit import admit_by_ip, with_rate_limit_headers
-from gateway.edge.responses import error_response, send_error
+from gateway.edge.responses import error_response, send_error, with_headers
 from gateway.edge.routing import (
     MATCH,
     PRINCIPAL,
@@ -74,6 +81,8 @@ def create_http_app(
     access_log: bool = True,
     observer: Observer | None = None,
     info: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    cors: Cors | None = None,
+    console: bool = False,
 ) -> Edge:
     """The native REST API over ``dispatcher`` (its ``policy`` authenticates every call).
 
@@ -88,6 +97,8 @@ def create_http_app(
     :param access_log: log one line per call (config ``access_log``), when no ``observer`` is given.
     :param observer: what every call is recorded into; default: one counting into ``metrics``.
     :param info: answers ``GET /v1/info`` (``None``: no such route).
+    :param cors: the CORS rules (``None``: no origin is allowed, no CORS header is ever sent).
+    :param console: serve the web console at ``/console/`` and send browsers there from ``/``.
     """
     if metrics is None and limiter is not None:
         metrics = limiter.metrics  # its counters, where the limiter was built without a gateway's Metrics
@@ -122,7 +133,10 @@ def create_http_app(
             else []
         ),
         *extra_routes,
+        *(console_routes() if console else []),
     ]
+    if console:  # its files are public: the console signs in with a key, as any client
+        self_authenticated_prefixes = (*self_authenticated_prefixes, CONSOLE_PREFIX)
     router = Starlette(routes=all_routes, exception_handlers={HTTPException: _http_exception})
     # Transcoded routes match the raw path; a slash redirect computed on the decoded one would be wrong.
     router.router.redirect_slashes = False
@@ -133,6 +147,8 @@ def create_http_app(
         limiter=limiter,
         self_authenticated_prefixes=self_authenticated_prefixes,
         observer=observer,
+        cors=cors,
+        console=console,
     )
 
 
@@ -145,6 +161,8 @@ class Edge:
     :param limiter: the rate-limit policy (``None``: nothing is limited).
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
     :param observer: observes every call, around everything else (it sees 401s and 429s too).
+    :param cors: the CORS rules (``None``: off).
+    :param console: whether ``/`` sends a browser to the console (unauthenticated, then).
     """
 
     def __init__(
@@ -156,6 +174,8 @@ class Edge:
         limiter: RateLimiter | None,
         self_authenticated_prefixes: tuple[str, ...],
         observer: Observer,
+        cors: Cors | None = None,
+        console: bool = False,
     ) -> None:
         self.router = router
         self.routes: list[BaseRoute] = router.routes  # every route, for introspection
@@ -167,6 +187,8 @@ class Edge:
         self._key_limiter = limiter if limiter is not None and limiter.by_key else None
         self._self_authenticated = self_authenticated_prefixes
         self.observer = observer
+        self._cors = cors
+        self._console = console
         self._entry: ASGIApp = ObservedCalls(self._call, observer, routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -181,8 +203,28 @@ class Edge:
         # Surfaces authenticate their calls themselves, in their vendor's error shape.
         prefixes = self._self_authenticated
         authenticated = not public and not (prefixes and path.startswith(prefixes))
+        if path == "/" and self._console and wants_html(scope):
+            authenticated = False  # a browser, sent to the console; API clients keep their JSON 401
         # Matched first, so that a call refused by a limit or by authentication is counted by its method.
         route = self._native_route(scope)
+        cors = self._cors
+        if cors is not None:
+            origin = cors.allowed(scope)
+            if origin is not None:
+                if isinstance(send, ObservedSend):  # always, through self._entry
+                    send.cors = cors.response_headers(origin)
+                else:
+                    send = with_headers(send, cors.response_headers(origin))
+                if cors.is_preflight(scope):
+                    await cors.send_preflight(send)
+                    return
+        if ACCESS_TOKEN_HINT in scope["query_string"]:
+            try:
+                streaming_get = route is not None and route.streaming and scope["method"] == "GET"
+                take_access_token(scope, streaming_get)
+            except GatewayError as exc:
+                await send_error(send, exc)
+                return
         limiter = self._limiter
         if limiter is None or public:
             await self._serve(scope, receive, send, authenticated, route)

@@ -51,12 +51,13 @@ TRANSPORT = "rest"
 
 class ObservedSend:
     """The ``send`` of an observed call: notes the status and adds the call's headers as the response
-    starts — the request id, the span's (tracing on), and the ``RateLimit-*`` headers of :attr:`verdict`
-    when a limit applied (the edge sets it). One object per call instead of a closure per concern: each
-    ``send`` wrapper was a coroutine frame per message (bench/RESULTS.md).
+    starts — the request id, the span's (tracing on), the ``RateLimit-*`` headers of :attr:`verdict`
+    when a limit applied and the CORS headers of :attr:`cors` for an allowed origin (the edge sets both).
+    One object per call instead of a closure per concern: each ``send`` wrapper was a coroutine frame per
+    message (bench/RESULTS.md).
     """
 
-    __slots__ = ("echoed", "send", "span", "status", "tracing", "verdict")
+    __slots__ = ("cors", "echoed", "send", "span", "status", "tracing", "verdict")
 
     def __init__(self, send: Send, echoed: tuple[bytes, bytes], span: Any, tracing: Tracing | None) -> None:
         self.send = send
@@ -66,6 +67,8 @@ class ObservedSend:
         self.status = 0
         #: The call's rate-limit verdict, read as the response starts (``None``: no limit applied).
         self.verdict: Verdict | None = None
+        #: The CORS headers of an allowed origin (the edge sets them; ``None``: not a CORS call).
+        self.cors: list[tuple[bytes, bytes]] | None = None
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -77,6 +80,8 @@ class ObservedSend:
             if verdict is not None and verdict.usage is not None:
                 headers.extend(rate_limit_headers(verdict))
             headers.append(self.echoed)
+            if self.cors is not None:
+                headers.extend(self.cors)
             if self.span is not None:
                 headers.extend(self.tracing.response_headers(self.span))  # type: ignore[union-attr]
         await self.send(message)

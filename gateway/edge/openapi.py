@@ -110,6 +110,14 @@ SECURITY_SCHEMES: dict[str, Any] = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "An API key or a room token."},
     "basic": {"type": "http", "scheme": "basic", "description": "base64(user:key), or the raw key."},
 }
+#: Streaming GETs only (RFC 6750 §2.3, for EventSource): see docs/browsers.md.
+ACCESS_TOKEN_SCHEME: dict[str, Any] = {
+    "type": "apiKey",
+    "in": "query",
+    "name": "access_token",
+    "description": "A room token or an API key, on streaming GET routes only (EventSource cannot send "
+    "headers); never with a credential header.",
+}
 
 
 class _Schemas:
@@ -221,6 +229,8 @@ def openapi_document(transcoders: Sequence[Transcoder], *, title: str = "room-ga
         body = _request_body(schemas, transcoder)
         if body is not None:
             operation["requestBody"] = body
+        if method.server_streaming and binding.http_method == "GET":
+            operation["security"] = [*({name: []} for name in SECURITY_SCHEMES), {"accessToken": []}]
         paths.setdefault(template.openapi_path(names), {})[binding.http_method.lower()] = operation
     for path, status in (("/healthz", "200"), ("/readyz", "200")):
         paths[path] = {
@@ -244,7 +254,10 @@ def openapi_document(transcoders: Sequence[Transcoder], *, title: str = "room-ga
         "openapi": "3.1.0",
         "info": {"title": title, "version": schema.service().file.package},
         "paths": paths,
-        "components": {"schemas": schemas.components, "securitySchemes": SECURITY_SCHEMES},
+        "components": {
+            "schemas": schemas.components,
+            "securitySchemes": {**SECURITY_SCHEMES, "accessToken": ACCESS_TOKEN_SCHEME},
+        },
         "security": [{name: []} for name in SECURITY_SCHEMES],
     }
 

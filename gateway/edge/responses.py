@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth.policy import WWW_AUTHENTICATE
 from gateway.errors import Code, GatewayError, InvalidArgument, error_body
@@ -52,6 +52,18 @@ async def send_json(send: Send, status: int, body: bytes, headers: Headers = ())
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def with_headers(send: Send, headers: Headers) -> Send:
+    """``send`` adding ``headers`` to the response (for an app called without the edge's own ``send``)."""
+    extra = list(headers)
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return send_with_headers
 
 
 def error_bytes(error: GatewayError) -> bytes:

@@ -137,6 +137,11 @@ class TranscodedRoute(BaseRoute):
     def http_method(self) -> str:
         return self._http_method
 
+    @property
+    def streaming(self) -> bool:
+        """Whether the method is a server stream."""
+        return self._streaming
+
     def match_path(self, path: str) -> re.Match[str] | None:
         """The template's match of a raw route path (:func:`raw_route_path`), whatever the HTTP method."""
         if self._verb_suffix and not path.endswith(self._verb_suffix):

@@ -52,7 +52,15 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     assert room["jurisdiction"]["enum"] == ["", "eu", None]
     listen = doc["paths"]["/v1/rooms/{roomId}/variables/{name}:listen"]["get"]["responses"]["200"]["content"]
     assert set(listen) == {"text/event-stream", "application/x-ndjson"}
-    assert set(doc["components"]["securitySchemes"]) == {"ApiKey", "bearer", "basic"}
+    assert set(doc["components"]["securitySchemes"]) == {"ApiKey", "bearer", "basic", "accessToken"}
+    assert doc["components"]["securitySchemes"]["accessToken"]["in"] == "query"
+    streams = {path for path, item in doc["paths"].items() if "accessToken" in str(item.get("get", {}))}
+    assert streams == {
+        "/v1/rooms/{roomId}:listen",
+        "/v1/rooms/{roomId}/variables/{name}:listen",
+        "/v1/rooms/{roomId}/events/{name}:listen",
+    }
+    assert "accessToken" not in str(doc["security"])  # streaming GETs only
     assert doc["paths"]["/healthz"]["get"]["security"] == []
     ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))

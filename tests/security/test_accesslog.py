@@ -6,6 +6,7 @@ record of any logger, at DEBUG, holds a key, a credential header value, the mark
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from typing import Any
@@ -22,6 +23,7 @@ from tests.security.live import ADMIN_KEY, READER_KEY, live_config, live_gateway
 
 SECRET_MARKER = "body-secret-9f2c1e"
 WRONG_KEY = "wrong-key-that-looks-real-0123456789"
+TOKENS = {"secret": "access-log-token-secret-0123456789abcdef", "roles": {"guest": ["variables:read"]}}
 
 
 def _b64(text: str) -> str:
@@ -137,3 +139,41 @@ async def test_grpc_lines_and_no_secrets(caplog: pytest.LogCaptureFixture) -> No
     logged = everything_logged(caplog.records)
     for secret in SECRETS:
         assert secret not in logged, secret
+
+
+async def test_access_tokens_are_never_logged_nor_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """``?access_token=`` (API.md "Browsers"), accepted or refused, for a key or a room token: in no log
+    record, no error body and no metric; the access line names the caller as a header would."""
+    caplog.set_level(logging.DEBUG)
+    config = live_config(auth={"room_tokens": TOKENS})  # merged into the admin and reader keys
+    async with live_gateway(config) as gw, httpx.AsyncClient(base_url=gw.http_url) as client:
+        admin = {"X-API-Key": ADMIN_KEY}
+        guest = {"userName": "ann", "role": "guest"}
+        minted = await client.post("/v1/rooms/t/tokens", json=guest, headers=admin)
+        token = minted.json()["token"]
+        secrets = [*SECRETS, token]
+        for credential in (ADMIN_KEY, token):
+            async with client.stream("GET", f"/v1/rooms/t:listen?access_token={credential}") as stream:
+                assert stream.status_code == 200
+                async for _ in stream.aiter_bytes():
+                    break
+        refusals = [
+            await client.get(f"/v1/rooms/t:listen?access_token={WRONG_KEY}"),  # 401
+            await client.get(f"/v1/rooms/t?access_token={ADMIN_KEY}"),  # 400: not a stream
+            await client.get(f"/v1/rooms/t:listen?access_token={ADMIN_KEY}", headers=admin),  # 400: both
+        ]
+        assert [r.status_code for r in refusals] == [401, 400, 400]
+        for refusal in refusals:
+            assert not any(secret in refusal.text for secret in secrets)
+        metrics = (await client.get("/metrics", headers=admin)).text
+        for _ in range(100):  # a stream's line is written when the server has seen it end
+            lines = access_lines(caplog.records)
+            keys = {line["key"] for line in lines if line["path"] == "/v1/rooms/t:listen"}
+            if {"admin", "token:ann"} <= keys:
+                break
+            await asyncio.sleep(0.02)
+    assert {"admin", "token:ann", "-"} <= keys
+    logged = everything_logged(caplog.records)
+    for secret in secrets:
+        assert secret not in logged, secret
+        assert secret not in metrics, secret
