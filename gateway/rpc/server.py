@@ -38,6 +38,7 @@ from gateway.rpc.protocol import GuardedServer
 from gateway.rpc.ratelimit import install_ip_limits, install_key_limits
 from gateway.rpc.service import RoomServiceHandler
 from gateway.rpc.wire import LastMessageCodec
+from gateway.upstream.proxy import PassThroughDetailsCodec
 
 #: The limits of a server made without a configuration (tests, embedding): ``grpc:``'s defaults.
 DEFAULT_LIMITS = Http2Limits()
@@ -105,10 +106,14 @@ def create_grpc_server(
         observer = Observer(limiter.metrics if limiter is not None else Metrics(), access_log=access_log)
     handlers = build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers)
     # The codec refuses undecodable requests (INVALID_ARGUMENT) and encodes one write to many listeners once.
+    # Status details as grpclib's protobuf codec writes them, an upstream's passed through as they came.
+    details = PassThroughDetailsCodec()
     if limits is None:
-        server = Server(handlers, codec=LastMessageCodec(), config=config)
+        server = Server(handlers, codec=LastMessageCodec(), status_details_codec=details, config=config)
     else:
-        server = GuardedServer(handlers, codec=LastMessageCodec(), config=config, limits=limits)
+        server = GuardedServer(
+            handlers, codec=LastMessageCodec(), status_details_codec=details, config=config, limits=limits
+        )
     install_observer(server, observer)  # before auth: refused calls are counted and logged too
     if limiter is not None and limiter.quotas:
         install_ip_limits(server, limiter)  # before auth: an unauthenticated flood is refused first
