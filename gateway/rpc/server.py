@@ -37,8 +37,7 @@ from gateway.rpc.observe import install_observer
 from gateway.rpc.protocol import GuardedServer
 from gateway.rpc.ratelimit import install_ip_limits, install_key_limits
 from gateway.rpc.service import RoomServiceHandler
-from gateway.rpc.wire import LastMessageCodec
-from gateway.upstream.proxy import PassThroughDetailsCodec
+from gateway.rpc.wire import LastMessageCodec, PassThroughDetailsCodec
 
 #: The limits of a server made without a configuration (tests, embedding): ``grpc:``'s defaults.
 DEFAULT_LIMITS = Http2Limits()

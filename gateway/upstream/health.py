@@ -2,10 +2,12 @@
 
 One probe does both: ``Health/Check`` (service ``""``, the server's overall status) through the upstream's
 own channel. SERVING is up; NOT_SERVING is down; UNIMPLEMENTED means the upstream serves no health service
-but did answer over a working connection, which is up. A connection that cannot be made, or no answer
-within :data:`CHECK_TIMEOUT`, is down. Results are reused for :data:`CHECK_TTL` so that probes of
-``/readyz`` and the gateway's own health service stay cheap for the upstream. Nothing else is needed for
-recovery: the channel connects again by itself on the next call or probe.
+but did answer over a working connection, which is up (grpclib 0.4.9 answers an unknown method without a
+``content-type``, which its client reports as UNKNOWN "Missing content-type header": the same answer). A
+connection that cannot be made, or no answer within :data:`CHECK_TIMEOUT`, is down. Results are reused
+for :data:`CHECK_TTL` so that probes of ``/readyz`` and the gateway's own health service stay cheap for
+the upstream. Nothing else is needed for recovery: the channel connects again by itself on the next call
+or probe.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from gateway.errors import Unavailable
-from gateway.upstream.proxy import RawMessage
+from gateway.rpc.wire import RawMessage
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 #: Seconds a probe may take.
@@ -61,10 +63,17 @@ class UpstreamHealth:
                 await stream.send_message(request, end=True)
                 reply = await stream.recv_message()
         except GRPCError as err:
-            return None if err.status is Status.UNIMPLEMENTED else f"health check answered {err.status.name}"
+            return None if _no_health_service(err) else f"health check answered {err.status.name}"
         except TimeoutError:
             return f"no answer within {CHECK_TIMEOUT:g}s"
         except (OSError, StreamTerminatedError) as exc:
             return "connection refused" if isinstance(exc, ConnectionRefusedError) else "cannot connect"
         status = HealthCheckResponse.FromString(reply or b"").status
         return None if status == HealthCheckResponse.SERVING else "its health service says NOT_SERVING"
+
+
+def _no_health_service(err: GRPCError) -> bool:
+    """Whether an error answering ``Health/Check`` says the method is not served (module docstring)."""
+    if err.status is Status.UNIMPLEMENTED:
+        return True
+    return err.status is Status.UNKNOWN and "content-type" in (err.message or "")

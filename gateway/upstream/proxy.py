@@ -32,8 +32,6 @@ from typing import Any
 from grpclib.client import Channel
 from grpclib.client import Stream as ClientStream
 from grpclib.const import Cardinality, Handler, Status
-from grpclib.encoding.base import CodecBase, StatusDetailsCodecBase
-from grpclib.encoding.proto import ProtoStatusDetailsCodec
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import Deadline
 from grpclib.server import Stream
@@ -44,6 +42,7 @@ from gateway.errors import Code, GatewayError, InvalidArgument, PermissionDenied
 from gateway.observability.calls import current_request_id
 from gateway.rpc.auth import current_principal
 from gateway.rpc.errors import grpc_error
+from gateway.rpc.wire import PassThroughDetailsCodec, RawCodec, RawMessage
 from gateway.upstream.address import parse_url
 from gateway.upstream.descriptors import UpstreamMethod
 from gateway.upstream.permissions import may_call
@@ -60,54 +59,6 @@ _CARDINALITY = {
     (True, False): Cardinality.STREAM_UNARY,
     (True, True): Cardinality.STREAM_STREAM,
 }
-
-
-class RawMessage(bytes):
-    """A gRPC message's bytes, passed through undecoded: what the gateway's codec and the upstream channel's
-    read and write for an upstream's methods."""
-
-    __slots__ = ()
-
-    @classmethod
-    def FromString(cls, data: bytes) -> RawMessage:  # protobuf's name, which the codec calls
-        return cls(data)
-
-    def SerializeToString(self) -> bytes:  # protobuf's name, which the codec calls
-        return self
-
-
-class RawDetails(bytes):
-    """An upstream's ``grpc-status-details-bin``, returned to the client as it came."""
-
-    __slots__ = ()
-
-
-class RawCodec(CodecBase):
-    """The upstream channel's codec: bytes in, bytes out."""
-
-    __content_subtype__ = "proto"
-
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        return bytes(message) if not isinstance(message, bytes) else message
-
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        return RawMessage(data)
-
-
-class PassThroughDetailsCodec(StatusDetailsCodecBase):
-    """Status details as bytes: read from an upstream as :class:`RawDetails`, and written to a client as they
-    came; any other details (the gateway's own) are encoded by grpclib's protobuf codec."""
-
-    def __init__(self) -> None:
-        self._proto = ProtoStatusDetailsCodec()
-
-    def encode(self, status: Status, message: str | None, details: Any) -> bytes:
-        if isinstance(details, RawDetails):
-            return bytes(details)
-        return self._proto.encode(status, message, details)
-
-    def decode(self, status: Status, message: str | None, data: bytes) -> Any:
-        return RawDetails(data)
 
 
 def open_channel(url: str, tls_ca: str | None) -> Channel:
@@ -279,13 +230,13 @@ class UpstreamProxy:
         """A client- or bidi-streaming call: requests pumped in a task of their own, replies here."""
 
         async def requests() -> None:
-            await upstream.send_request()
             async for request in stream:
                 if rooms:
                     await self._checked(principal, method, request)
                 await upstream.send_message(request)
             await upstream.end()
 
+        await upstream.send_request()  # before either task: both use the upstream stream
         sender = asyncio.create_task(requests())
         replies = asyncio.create_task(_replies(stream, upstream))
         try:

@@ -49,9 +49,10 @@ from gateway.edge.routing import raw_route_path
 from gateway.edge.streams import StreamFormat, negotiate, pump
 from gateway.edge.transcoder import parse_json, query_fields
 from gateway.errors import Code, GatewayError, InvalidArgument
+from gateway.rpc.wire import RawMessage
 from gateway.surfaces import caller
 from gateway.upstream.descriptors import UpstreamMethod
-from gateway.upstream.proxy import RawMessage, UpstreamProxy
+from gateway.upstream.proxy import UpstreamProxy
 
 log = logging.getLogger(__name__)
 

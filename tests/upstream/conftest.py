@@ -74,7 +74,8 @@ class EchoUpstream:
         )
         self.lines: list[str] = []
         self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         if not self._ready.wait(STARTUP_TIMEOUT) or self.proc.poll() is not None:
             self.stop()
             raise AssertionError("the echo upstream did not start:\n" + "\n".join(self.lines))
@@ -94,6 +95,9 @@ class EchoUpstream:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+        self._reader.join(5)  # the whole output read, then the pipe closed
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 StartEcho = Callable[..., EchoUpstream]
@@ -147,7 +151,7 @@ def front_config(
     ) + textwrap.indent(textwrap.dedent(upstreams), "  ")
 
 
-def echo_upstream(port: int, extra: str = "") -> str:
+def echo_upstream(port: int, extra: str = "", *, timeout: float = 5) -> str:
     return textwrap.dedent(
         f"""
         - name: echo
@@ -155,7 +159,7 @@ def echo_upstream(port: int, extra: str = "") -> str:
           protos: ["{ECHO_PROTO}"]
           metadata: {{x-api-key: "${{ECHO_UPSTREAM_KEY}}", x-origin: front}}
           room_field: room
-          timeout_seconds: 5
+          timeout_seconds: {timeout}
           forward_metadata: [x-client-tag]
         """
     ) + textwrap.indent(textwrap.dedent(extra), "  ")

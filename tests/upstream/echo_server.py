@@ -25,6 +25,8 @@ def main() -> None:
 
     def seen(stream: Stream[Any, Any], method: str) -> list[str]:
         lines = [f"{k}={v}" for k, v in (stream.metadata or {}).items()]
+        if stream.deadline is not None:
+            lines.append(f"deadline={stream.deadline.time_remaining():.2f}")
         print("metadata", method, " ".join(sorted(lines)), flush=True)
         return lines
 
@@ -45,6 +47,8 @@ def main() -> None:
         async def say(self, stream: Stream[Any, Any]) -> None:
             seen(stream, "Say")
             request = await stream.recv_message()
+            if request.delay_ms:
+                await asyncio.sleep(request.delay_ms / 1000)
             text = request.text.upper() if request.shout else request.text
             await stream.send_initial_metadata(metadata={"x-upstream": "echo"})
             await stream.send_message(pb.EchoReply(text=text, room=request.room))
