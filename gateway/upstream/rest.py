@@ -6,7 +6,8 @@ Each method gets the bindings of its ``google.api.http`` rule when the upstream'
 routes), else ``POST /{package}.{Service}/{Method}`` with the whole request as the body (Envoy's
 ``grpc_json_transcoder`` auto mapping). A server stream also answers ``GET`` on the auto-mapped path, its
 request fields as query parameters (for ``EventSource``), and streams as the native ones do
-(:func:`gateway.edge.streams.pump`: SSE, or NDJSON on ``Accept: application/x-ndjson``).
+(:func:`gateway.edge.streams.pump`: SSE, or NDJSON on ``Accept: application/x-ndjson``). Client- and
+bidi-streaming methods are gRPC only.
 
 The request is built as a proto3 JSON object — the body, the path variables at their field paths, the
 query parameters at theirs — and parsed strictly into the method's request type by ``json_format``
@@ -60,7 +61,10 @@ _MATCH = "room_gateway.upstream_match"
 
 
 def upstream_bindings(method: UpstreamMethod) -> list[Binding]:
-    """The HTTP bindings of one upstream method: its HttpRule's, else the auto-mapped ones."""
+    """The HTTP bindings of one upstream method: its HttpRule's, else the auto-mapped ones; none for a
+    client- or bidi-streaming method (one JSON body is one message)."""
+    if method.client_streaming:
+        return []
     native = Method(
         name=method.name,
         python_name=method.name,
@@ -146,7 +150,7 @@ class Binder:
             raise InvalidArgument("the query string is not valid UTF-8") from None
         given: set[tuple[str, ...]] = set()
         for key, value in pairs:
-            if key == "access_token":  # read by the edge's authentication (EventSource), not a field
+            if key == "access_token":  # API.md "Browsers": the edge's credential (RFC 6750 §2.3), no field
                 continue
             entry = self.query.get(key)
             if entry is None:
