@@ -332,3 +332,23 @@ async def test_metrics_and_access_lines_name_the_upstream(
     assert 'surface="upstream:echo"' in text
     assert 'method="Say"' in text
     assert any("/echo.v1.Echo/Say OK key=admin" in line for line in front.lines)
+
+
+async def test_by_room_limits_count_the_room_field(
+    start_echo: StartEcho, start_front: StartFront, echo_pb2: Pb2
+) -> None:
+    pb = echo_pb2[1]
+    echo = start_echo()
+    limits = '{limits: [{by: room, limit: "2/minute"}]}'
+    front = start_front(front_config(echo_upstream(echo.port), rate_limits=limits))
+    channel = Channel(*front.grpc_address)
+    try:
+        for _ in range(2):
+            await _unary(channel, pb, "Say", pb.EchoRequest(room="busy"))
+        with pytest.raises(GRPCError) as limited:
+            await _unary(channel, pb, "Say", pb.EchoRequest(room="busy"))
+        assert limited.value.status is Status.RESOURCE_EXHAUSTED
+        assert (await _unary(channel, pb, "Say", pb.EchoRequest(room="quiet", text="ok"))).text == "ok"
+        assert len(echo.metadata_lines("Say")) == 3  # the refused call never reached the upstream
+    finally:
+        channel.close()

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.compat.workadventure.conftest import PROTOS, ROOM, config_text
+from tests.compat.workadventure.conftest import PROTOS, ROOM, Certificate, certificate, config_text
 from tests.compat.workadventure.test_workadventure_node_client import node_client, run_client
 from tests.server.conftest import GatewayProcess, gateway_env
 from tests.upstream.conftest import ADMIN_KEY, PUBLIC_KEY, SAY_KEY, StartFront, front_config
 
-__all__ = ["node_client"]  # the fixture, used below
+__all__ = ["certificate", "node_client"]  # the fixtures, used below
 
 #: The WorkAdventure upstream's own key: only the front gateway holds it.
 WA_KEY = "wa-upstream-room-api-key-0123456789"
@@ -152,3 +152,34 @@ def test_permissions_through_the_front_gateway(front: GatewayProcess) -> None:
     assert status == 403 and "private-office" in body
     status, body = call("readVariable", WA_KEY)  # the upstream's key means nothing to the front gateway
     assert status == 401
+
+
+def test_a_tls_upstream_trusted_through_tls_ca(
+    tmp_path: Path, start_front: StartFront, certificate: Certificate
+) -> None:
+    config = tmp_path / "wa-tls.yaml"
+    config.write_text(config_text(tls=certificate), encoding="utf-8")
+    wa = GatewayProcess(config, gateway_env(ROOM_API_SECRET_KEY=WA_KEY))
+    try:
+        upstream = wa_upstream(wa.grpc_address[1]).replace("grpc://", "grpcs://")
+        upstream += f'  tls_ca: "{certificate.cert_file}"\n'
+        front = start_front(
+            front_config(upstream, names=("wa",), only="wa:readVariable"), WA_ROOM_API_KEY=WA_KEY
+        )
+        status, body = curl(
+            "-X", "POST", f"{front.http_url}/roomApi.RoomApi/saveVariable", "-H", f"X-API-Key: {ADMIN_KEY}",
+            "-H", "Content-Type: application/json",
+            "-d", json.dumps({"room": ROOM, "name": "tls", "value": "on"}),
+        )  # fmt: skip
+        assert (status, body) == (200, "{}")
+        # Without the CA the certificate is not trusted: the upstream is unavailable, and says why.
+        untrusted = start_front(
+            front_config(
+                upstream.replace(f'  tls_ca: "{certificate.cert_file}"\n', ""), names=("wa",), only="wa:*"
+            ),
+            WA_ROOM_API_KEY=WA_KEY,
+        )
+        status, body = curl("-s", f"{untrusted.http_url}/readyz")
+        assert status == 503 and "upstream 'wa' is down" in body
+    finally:
+        wa.stop()
