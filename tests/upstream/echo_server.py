@@ -12,6 +12,7 @@ import asyncio
 import sys
 from typing import Any
 
+from google.rpc.error_details_pb2 import ErrorInfo
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.health.service import Health
 from grpclib.server import Server, Stream
@@ -57,10 +58,15 @@ def main() -> None:
         async def repeat(self, stream: Stream[Any, Any]) -> None:
             seen(stream, "Repeat")
             request = await stream.recv_message()
-            for index in range(request.count):
-                if request.delay_ms:
-                    await asyncio.sleep(request.delay_ms / 1000)
-                await stream.send_message(pb.EchoReply(text=request.text, index=index, room=request.room))
+            sent = 0
+            try:
+                for index in range(request.count):
+                    if request.delay_ms:
+                        await asyncio.sleep(request.delay_ms / 1000)
+                    await stream.send_message(pb.EchoReply(text=request.text, index=index, room=request.room))
+                    sent += 1
+            finally:  # a cancelled call ends here early: the test reads how far it got
+                print("ended Repeat after", sent, flush=True)
 
         async def collect(self, stream: Stream[Any, Any]) -> None:
             seen(stream, "Collect")
@@ -80,6 +86,7 @@ def main() -> None:
             await stream.send_trailing_metadata(
                 status=Status.FAILED_PRECONDITION,
                 status_message="the echo is tired",
+                status_details=[ErrorInfo(reason="TIRED", domain="echo.test")],
                 metadata={"x-why": "tired"},
             )
 

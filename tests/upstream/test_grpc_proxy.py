@@ -13,6 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+
+# Registers google.rpc.ErrorInfo, so that grpclib's client decodes the upstream's status details.
+from google.rpc import error_details_pb2  # noqa: F401
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
@@ -28,6 +31,7 @@ from tests.upstream.conftest import (
     StartFront,
     echo_upstream,
     front_config,
+    wait_for,
 )
 
 Pb2 = tuple[Path, ModuleType]
@@ -134,6 +138,9 @@ async def test_the_upstream_status_and_trailers_come_back_as_they_are(
         with pytest.raises(GRPCError) as failure:
             await stream.recv_message()
     assert (failure.value.status, failure.value.message) == (Status.FAILED_PRECONDITION, "the echo is tired")
+    # grpc-status-details-bin as the upstream wrote it (decoded here by grpclib's client).
+    [detail] = failure.value.details
+    assert (detail.reason, detail.domain) == ("TIRED", "echo.test")
     assert stream.trailing_metadata is not None and stream.trailing_metadata["x-why"] == "tired"
 
 
@@ -256,7 +263,9 @@ async def test_a_slow_stream_does_not_block_other_calls(channel: Channel, echo_p
         assert [reply.text async for reply in slow] == ["slow", "slow"]
 
 
-async def test_a_cancelled_call_is_cancelled_upstream(channel: Channel, echo_pb2: Pb2) -> None:
+async def test_a_cancelled_call_is_cancelled_upstream(
+    channel: Channel, echo_pb2: Pb2, echo: EchoUpstream
+) -> None:
     pb = echo_pb2[1]
 
     async def listen() -> None:
@@ -272,6 +281,9 @@ async def test_a_cancelled_call_is_cancelled_upstream(channel: Channel, echo_pb2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    wait_for(lambda: any(line.startswith("ended Repeat after") for line in echo.lines))
+    [ended] = [line for line in echo.lines if line.startswith("ended Repeat after")]
+    assert int(ended.rsplit(" ", 1)[1]) < 100  # the upstream's handler was cancelled, not left running
     # The connection is healthy afterwards: the reset reached both sides.
     assert (await _unary(channel, pb, "Say", pb.EchoRequest(text="after"))).text == "after"
 
