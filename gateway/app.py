@@ -134,6 +134,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         dispatcher,
         ready=ready,
         extra_handlers=[handler for _, handlers in grpc_handlers for handler in handlers],
+        reflected=[file for upstream in upstreams for file in upstream.upstream.schema.files],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.grpc_prefixes),
         config=keepalive_config(config.grpc.keepalive_seconds, config.grpc.keepalive_timeout_seconds),
         limiter=limiter,

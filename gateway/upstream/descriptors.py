@@ -85,6 +85,8 @@ class UpstreamSchema:
     methods: dict[str, UpstreamMethod]  # by path
     #: ``tls_ca`` resolved from the configuration's folder.
     tls_ca: str | None = None
+    #: The files of the pool, dependencies first (served by the gateway's server reflection).
+    files: tuple[descriptor_pb2.FileDescriptorProto, ...] = ()
 
     @classmethod
     def load(cls, config: UpstreamConfig, base: Path) -> UpstreamSchema:
@@ -139,7 +141,7 @@ class UpstreamSchema:
         tls_ca = None
         if config.tls_ca is not None:
             tls_ca = str(_existing(base, config.tls_ca, ("tls_ca",)))
-        return cls(pool, tuple(chosen), methods, tls_ca)
+        return cls(pool, tuple(chosen), methods, tls_ca, tuple(files))
 
     def method_names(self) -> set[str]:
         return {method.name for method in self.methods.values()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 
+from grpclib.const import Handler
 from starlette.routing import BaseRoute
 
 from gateway.config import SurfaceSettings, UpstreamConfig
@@ -49,7 +50,8 @@ class UpstreamSurface(Surface):
         return f"upstream:{self.upstream.name}"
 
     def grpc_handlers(self) -> list[object]:
-        return [self.proxy]
+        # One handler per service: grpclib's server reflection names a handler by its first method.
+        return [ServiceView(self.proxy, service) for service in self.upstream.schema.services]
 
     def http_routes(self) -> list[BaseRoute]:
         http = self.context.config.http
@@ -66,6 +68,18 @@ class UpstreamSurface(Surface):
     def close(self) -> None:
         """Close the channel (its connection); in-flight calls fail."""
         self.channel.close()
+
+
+class ServiceView:
+    """The methods of one service of an upstream, as a grpclib service (``__mapping__``)."""
+
+    def __init__(self, proxy: UpstreamProxy, service: str) -> None:
+        self.proxy = proxy
+        self.service = service
+
+    def __mapping__(self) -> dict[str, Handler]:
+        prefix = f"/{self.service}/"
+        return {path: h for path, h in self.proxy.__mapping__().items() if path.startswith(prefix)}
 
 
 def upstream_surfaces(context: SurfaceContext) -> list[UpstreamSurface]:

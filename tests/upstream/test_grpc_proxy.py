@@ -5,6 +5,9 @@ an upstream that stops and comes back, and a slow stream next to quick calls."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -364,3 +367,27 @@ async def test_by_room_limits_count_the_room_field(
         assert len(echo.metadata_lines("Say")) == 3  # the refused call never reached the upstream
     finally:
         channel.close()
+
+
+def grpcurl(front: GatewayProcess, *after: str, flags: tuple[str, ...] = ()) -> str:
+    """grpcurl's output: ``grpcurl -plaintext <key> FLAGS <gateway> AFTER…``."""
+    host, port = front.grpc_address
+    binary = Path(sys.executable).parent / "grpcurl"
+    result = subprocess.run(
+        [str(binary), "-plaintext", "-H", f"x-api-key: {ADMIN_KEY}", *flags, f"{host}:{port}", *after],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def test_server_reflection_serves_the_upstream(front: GatewayProcess) -> None:
+    """grpcurl needs no proto: the gateway's reflection has the upstream's descriptors."""
+    assert "echo.v1.Echo" in grpcurl(front, "list").split()
+    assert "rpc Repeat ( .echo.v1.EchoRequest ) returns ( stream .echo.v1.EchoReply );" in grpcurl(
+        front, "describe", "echo.v1.Echo"
+    )
+    reply = json.loads(grpcurl(front, "echo.v1.Echo/Say", flags=("-d", '{"text": "reflected", "room": "r"}')))
+    assert reply == {"text": "reflected", "room": "r"}
