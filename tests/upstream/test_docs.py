@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,9 +24,14 @@ DOC = ROOT / "docs" / "front-proxy.md"
 MARKER = "<!-- front-proxy-test: "
 WA_KEY = "docs-wa-room-api-secret-0123456789"
 MAP_SCRIPT_KEY = "docs-map-script-key-0123456789"
+SECTIONS = ("rest", "sse", "grpc")
 BASE_CONFIG = (
     'listen: {http: "127.0.0.1:0", grpc: "127.0.0.1:0"}\nbackend: "memory://"\nrate_limits: {limits: []}\n'
 )
+
+
+def is_step(line: str) -> bool:
+    return line.startswith(("curl ", "grpcurl "))
 
 
 def blocks() -> dict[str, str]:
@@ -40,9 +46,9 @@ def blocks() -> dict[str, str]:
 
 def test_the_doc_is_well_formed() -> None:
     found = blocks()
-    assert set(found) == {"config", "rest", "sse"}
-    for name in ("rest", "sse"):
-        setup, steps = parse_steps(found[name], lambda line: line.startswith("curl "))
+    assert set(found) == {"config", "rest", "sse", "grpc"}
+    for name in SECTIONS:
+        setup, steps = parse_steps(found[name], is_step)
         assert setup and steps and all(step.expected for step in steps), name
 
 
@@ -67,9 +73,12 @@ def test_every_doc_command_runs_as_written(tmp_path: Path) -> None:
         (workdir / ".room-gateway.key").write_text(KEY + "\n")
         shell_env = {k: v for k, v in os.environ.items() if k != "ROOM_API_SECRET_KEY"}
         shell_env["MAP_SCRIPT_KEY"] = MAP_SCRIPT_KEY
+        shell_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{shell_env.get('PATH', '')}"  # grpcurl
+        grpc_port = front.grpc_address[1]
 
         def script(setup: list[str], step: Step) -> str:
-            return "\n".join([*setup, step.command.replace("localhost:8080", f"localhost:{port}")])
+            command = step.command.replace("localhost:8080", f"localhost:{port}")
+            return "\n".join([*setup, command.replace("localhost:50051", f"localhost:{grpc_port}")])
 
         def run(setup: list[str], step: Step) -> None:
             result = subprocess.run(
@@ -83,8 +92,8 @@ def test_every_doc_command_runs_as_written(tmp_path: Path) -> None:
             assert result.returncode == 0, f"{step.command}\n{result.stderr}"
             check_output(step, result.stdout)
 
-        for name in ("rest", "sse"):
-            setup, steps = parse_steps(found[name], lambda line: line.startswith("curl "))
+        for name in SECTIONS:
+            setup, steps = parse_steps(found[name], is_step)
             streams = [
                 (step, Background(script(setup, step), workdir, shell_env)) for step in steps if step.streams
             ]
