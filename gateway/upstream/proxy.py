@@ -44,6 +44,7 @@ from gateway.rpc.auth import current_principal
 from gateway.rpc.errors import grpc_error
 from gateway.rpc.wire import PassThroughDetailsCodec, RawCodec, RawMessage
 from gateway.upstream.address import parse_url
+from gateway.upstream.channel import UpstreamChannel
 from gateway.upstream.descriptors import UpstreamMethod
 from gateway.upstream.permissions import may_call
 
@@ -69,7 +70,7 @@ def open_channel(url: str, tls_ca: str | None) -> Channel:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls_ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_alpn_protocols(["h2"])
-    return Channel(
+    return UpstreamChannel(
         address.host,
         address.port,
         ssl=context,
