@@ -507,6 +507,10 @@ class GatewayConfig(_Strict):
             raise ValueError(f"expected a URL such as memory:// or sqlite:///rooms.db, got {value!r}")
         return value
 
+    def served_surfaces(self) -> list[str]:
+        """Every surface served, as metrics label them: ``native``, the enabled ones, ``upstream:<name>``."""
+        return self.surfaces.enabled() + [f"upstream:{upstream.name}" for upstream in self.upstreams]
+
     @field_validator("upstreams")
     @classmethod
     def _unique_upstreams(cls, value: list[UpstreamConfig]) -> list[UpstreamConfig]:

@@ -13,6 +13,7 @@ from gateway.app import create_gateway
 from gateway.config_loader import ConfigError, load_config
 from gateway.upstream.descriptors import include_paths
 from tests.compat.workadventure.conftest import PROTOS
+from tests.server.conftest import run_cli
 from tests.upstream.conftest import ECHO_PROTO, HERE
 
 KEY = "config-test-key-0123456789"
@@ -155,3 +156,10 @@ async def test_the_workadventure_surface_and_an_upstream_serving_room_api_clash(
         create_gateway(config)
     assert "roomApi.RoomApi is also the workadventure surface's service" in str(clash.value)
     assert "surfaces.workadventure.enabled: false" in str(clash.value)
+
+
+def test_check_config_names_the_upstreams(tmp_path: Path) -> None:
+    path = write(tmp_path, echo())
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "surfaces: native, upstream:echo" in result.stdout + result.stderr
