@@ -37,7 +37,13 @@ from gateway.ratelimit import RateLimiter
 from gateway.rpc.h2limits import Http2Limits
 from gateway.rpc.server import create_grpc_server, keepalive_config
 from gateway.surfaces import Surface, SurfaceContext
-from gateway.upstream.surface import UpstreamSurface, check_clashes, ready_with_upstreams, upstream_surfaces
+from gateway.upstream.surface import (
+    UpstreamSurface,
+    check_clashes,
+    check_route_clashes,
+    ready_with_upstreams,
+    upstream_surfaces,
+)
 
 if TYPE_CHECKING:
     from gateway.observability.tracing import Tracing
@@ -114,6 +120,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     http_routes = [(surface.label, surface.http_routes()) for surface in surfaces]
     grpc_handlers = [(surface.label, surface.grpc_handlers()) for surface in surfaces]
     check_clashes(grpc_handlers)
+    check_route_clashes(upstreams)
     _label_surfaces(observer, http_routes, grpc_handlers)
     ready = ready_with_upstreams(backend.check, upstreams)
     listeners: dict[str, str] = {}  # filled by the runner

@@ -10,6 +10,7 @@ from grpclib.const import Handler
 from starlette.routing import BaseRoute
 
 from gateway.config import SurfaceSettings, UpstreamConfig
+from gateway.edge.http_rules import bindings
 from gateway.plugins import ConfigError
 from gateway.surfaces import Surface, SurfaceContext
 from gateway.upstream.health import UpstreamHealth
@@ -122,6 +123,24 @@ def check_clashes(grpc_handlers: Sequence[tuple[str, Sequence[object]]]) -> None
                         f"{service} out of the upstream's services"
                     )
                 served[service] = label
+
+
+def check_route_clashes(upstreams: Sequence[UpstreamSurface]) -> None:
+    """Refuse an upstream REST route that the native API, or another upstream, has already (same HTTP method
+    and template): it would never be reached.
+
+    :raises ConfigError: naming the upstream, the method and the route.
+    """
+    taken = {(b.http_method, b.template.template): "the native API" for b in bindings()}
+    for upstream in upstreams:
+        for binder in upstream.binders:
+            key = (binder.binding.http_method, binder.binding.template.template)
+            other = taken.setdefault(key, f"upstream {upstream.upstream.name!r}")
+            if other != f"upstream {upstream.upstream.name!r}":
+                raise ConfigError(
+                    f"upstreams ({upstream.upstream.name}): {binder.method.name}'s route {key[0]} {key[1]} "
+                    f"is {other}'s already; change its google.api.http rule"
+                )
 
 
 def ready_with_upstreams(

@@ -163,3 +163,18 @@ def test_check_config_names_the_upstreams(tmp_path: Path) -> None:
     result = run_cli("check-config", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert "surfaces: native, upstream:echo" in result.stdout + result.stderr
+
+
+async def test_a_rest_route_the_native_api_has_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "clash.proto").write_text(
+        'syntax = "proto3";\npackage clash.v1;\nimport "google/api/annotations.proto";\n'
+        "message R { string room_id = 1; }\n"
+        'service C { rpc Get(R) returns (R) { option (google.api.http) = {get: "/v1/rooms/{room_id}"}; } }\n',
+        encoding="utf-8",
+    )
+    config = load_config(
+        write(tmp_path, echo(name="clash", protos='["clash.proto"]', room_field="room_id")), ENV
+    )
+    with pytest.raises(ConfigError) as clash:
+        create_gateway(config)
+    assert "Get's route GET /v1/rooms/{room_id} is the native API's already" in str(clash.value)
