@@ -22,6 +22,8 @@ from google.rpc import error_details_pb2  # noqa: F401
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
+from grpclib.health.v1.health_grpc import HealthStub
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from tests.server.conftest import GatewayProcess
 from tests.upstream.conftest import (
@@ -308,8 +310,16 @@ async def test_an_upstream_that_stops_and_comes_back(
         assert "upstream 'echo' is unavailable" in (down.value.message or "")
         async with httpx.AsyncClient(base_url=front.http_url) as http:
             await _until(http, 503)
+            # The gateway's own grpc.health.v1 says so too (a load balancer probing gRPC sees it).
+            health = HealthStub(channel)
+            status = (await health.Check(HealthCheckRequest())).status
+            assert status == HealthCheckResponse.NOT_SERVING
             start_echo(echo.port)  # back, on the same port
             await _until(http, 200)
+            deadline = time.monotonic() + 5  # grpclib's health service keeps a result for a second
+            while (await health.Check(HealthCheckRequest())).status != HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
         assert (await _unary(channel, pb, "Say", pb.EchoRequest(text="3"))).text == "3"
     finally:
         channel.close()
