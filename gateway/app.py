@@ -38,6 +38,13 @@ from gateway.ratelimit import RateLimiter
 from gateway.rpc.h2limits import Http2Limits
 from gateway.rpc.server import create_grpc_server, keepalive_config
 from gateway.surfaces import Surface, SurfaceContext
+from gateway.upstream.surface import (
+    UpstreamSurface,
+    check_clashes,
+    check_route_clashes,
+    ready_with_upstreams,
+    upstream_surfaces,
+)
 
 if TYPE_CHECKING:
     from gateway.observability.tracing import Tracing
@@ -68,6 +75,8 @@ class Gateway:
     presence: PresenceRegistry | None = None  # this instance's room-token streams and heartbeat
     #: The addresses the runner bound (``http``, ``grpc``, ``metrics``: ``host:port``), once it serves.
     listeners: dict[str, str] = field(default_factory=dict)
+    #: The front-proxy upstreams (their channels are closed when the gateway stops).
+    upstreams: tuple[UpstreamSurface, ...] = ()
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -106,17 +115,23 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     presence = PresenceRegistry(backend, timeout_seconds=config.presence.timeout_seconds)
     metrics.count_presence(lambda: presence.connections)
     dispatcher = Dispatcher(service, policy, limiter=limiter, presence=presence)
-    surfaces = _enabled_surfaces(config, plugins, SurfaceContext(config, policy, dispatcher))
-    http_routes = [(surface.name, surface.http_routes()) for surface in surfaces]
-    grpc_handlers = [(surface.name, surface.grpc_handlers()) for surface in surfaces]
+    context = SurfaceContext(config, policy, dispatcher)
+    upstreams = upstream_surfaces(context)
+    surfaces = [*_enabled_surfaces(config, plugins, context), *upstreams]
+    http_routes = [(surface.label, surface.http_routes()) for surface in surfaces]
+    grpc_handlers = [(surface.label, surface.grpc_handlers()) for surface in surfaces]
+    check_clashes(grpc_handlers)
+    check_route_clashes(upstreams)
     _label_surfaces(observer, http_routes, grpc_handlers)
+    ready = ready_with_upstreams(backend.check, upstreams)
     listeners: dict[str, str] = {}  # filled by the runner
     http_app = create_http_app(
         dispatcher,
         max_body_bytes=config.http.max_body_bytes,
-        ready=backend.check,
+        ready=ready,
         keepalive_seconds=config.http.keepalive_seconds,
         extra_routes=[route for _, routes in http_routes for route in routes],
+        extra_documented=[binder for upstream in upstreams for binder in upstream.binders],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.http_prefixes),
         limiter=limiter,
         metrics=metrics,
@@ -127,8 +142,9 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     )
     grpc_server = create_grpc_server(
         dispatcher,
-        ready=backend.check,
+        ready=ready,
         extra_handlers=[handler for _, handlers in grpc_handlers for handler in handlers],
+        reflected=[file for upstream in upstreams for file in upstream.upstream.schema.files],
         self_authenticated_prefixes=tuple(p for surface in surfaces for p in surface.grpc_prefixes),
         config=keepalive_config(config.grpc.keepalive_seconds, config.grpc.keepalive_timeout_seconds),
         limiter=limiter,
@@ -148,6 +164,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         observer,
         presence,
         listeners,
+        tuple(upstreams),
     )
 
 

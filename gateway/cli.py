@@ -175,7 +175,7 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 def _summary(config: GatewayConfig) -> str:
     keys = ", ".join(key.name for key in config.auth.keys)
-    surfaces = config.surfaces.enabled()
+    surfaces = config.served_surfaces()
     return (
         f"http {config.listen.http}, grpc {config.listen.grpc}, backend {_scheme(config.backend)}, "
         f"{len(config.auth.keys)} key(s) ({keys}), surfaces: {', '.join(surfaces)}"

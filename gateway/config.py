@@ -10,6 +10,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import limits
@@ -21,6 +22,7 @@ from pydantic import (
     Field,
     FilePath,
     ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
     ValidationInfo,
     create_model,
@@ -28,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.auth.permissions import PERMISSIONS, is_extra
+from gateway.auth.permissions import PERMISSIONS, is_extra, upstream_permission
 from gateway.core.backend import History
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -109,7 +111,7 @@ class KeyConfig(_Strict):
     @field_validator("permissions")
     @classmethod
     def _known_permissions(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - PERMISSIONS)
+        unknown = sorted(n for n in set(value) - PERMISSIONS if upstream_permission(n) is None)
         if unknown:
             raise ValueError(f"unknown permission(s) {unknown}; known: {sorted(PERMISSIONS)}")
         return value
@@ -416,6 +418,92 @@ class PresenceSettings(_Strict):
     timeout_seconds: float = Field(default=30.0, gt=0)
 
 
+#: The validation context key under which :func:`gateway.config_loader.load_config` hands the folder of the
+#: configuration file: relative ``upstreams`` paths (``protos``, ``descriptor_set``, ``tls_ca``) start there.
+CONFIG_DIR = "room_gateway.config_dir"
+_UPSTREAM_NAME = r"[a-z0-9-]{1,32}"
+_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
+#: Metadata an upstream's ``metadata`` may not name: HTTP/2 and gRPC's own headers.
+_RESERVED_METADATA = frozenset({"te", "content-type", "user-agent"})
+#: Client metadata never forwarded (``forward_metadata``): the client's credentials are the gateway's only.
+_CREDENTIALS = frozenset({"authorization", "x-api-key"})
+
+
+class UpstreamConfig(_Strict):
+    """One entry of ``upstreams``: a gRPC service run elsewhere, served through the gateway
+    (:mod:`gateway.upstream`). Its protos are compiled (or its descriptor set read) when the configuration
+    is validated, so a missing file, a syntax error or an unknown service is an error naming its line."""
+
+    #: Names the upstream in permissions (``<name>:<Method>``), metrics (``upstream:<name>``) and logs.
+    name: str = Field(pattern=f"^{_UPSTREAM_NAME}$")
+    #: ``grpc://host:port`` (h2c) or ``grpcs://host[:port]`` (TLS; port 443 by default).
+    url: str
+    #: PEM file of the CA that signs the upstream's certificate (``grpcs://``); default: the system's.
+    tls_ca: str | None = None
+    #: ``.proto`` files declaring the services (compiled with grpcio-tools' protoc, the ``protoc`` extra).
+    protos: list[str] = []
+    #: A ``FileDescriptorSet`` (``protoc --include_imports --descriptor_set_out``): no protoc needed.
+    descriptor_set: str | None = None
+    #: Full service names to serve; empty: every service the files declare.
+    services: list[str] = []
+    #: Metadata added to every upstream call (the upstream's own key, as ``x-api-key``).
+    metadata: dict[str, str] = {}
+    #: The request field holding the room id (room patterns of keys, ``by: room`` limits).
+    room_field: str | None = None
+    #: The deadline of a unary call whose client sets none.
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    #: Client metadata passed on to the upstream (besides the request id and ``traceparent``).
+    forward_metadata: list[str] = []
+
+    _schema: Any = PrivateAttr(default=None)
+
+    @field_validator("url")
+    @classmethod
+    def _grpc_url(cls, value: str) -> str:
+        from gateway.upstream.address import parse_url
+
+        parse_url(value)
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            _check_metadata_key(key)
+        return value
+
+    @field_validator("forward_metadata")
+    @classmethod
+    def _forwarded_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            _check_metadata_key(key.lower())
+            if key.lower() in _CREDENTIALS:
+                raise ValueError(f"{key!r} is the client's credentials: they are never forwarded")
+        return [key.lower() for key in value]
+
+    @model_validator(mode="after")
+    def _compiled(self, info: ValidationInfo) -> UpstreamConfig:
+        from gateway.upstream.descriptors import UpstreamSchema
+
+        folder = info.context.get(CONFIG_DIR) if isinstance(info.context, Mapping) else None
+        base = Path(folder) if folder is not None else Path.cwd()
+        self._schema = UpstreamSchema.load(self, base)  # raises ValueError naming the file or service
+        return self
+
+    @property
+    def schema(self) -> Any:
+        """The compiled descriptors (:class:`gateway.upstream.descriptors.UpstreamSchema`)."""
+        return self._schema
+
+
+def _check_metadata_key(key: str) -> None:
+    if not _METADATA_KEY.fullmatch(key) or key.startswith("grpc-") or key in _RESERVED_METADATA:
+        raise ValueError(
+            f"{key!r} cannot be sent as metadata: lower-case letters, digits, '-', '_', '.'; not grpc-*, "
+            f"nor {', '.join(sorted(_RESERVED_METADATA))}"
+        )
+
+
 class GatewayConfig(_Strict):
     """The whole of ``gateway.yaml``."""
 
@@ -437,6 +525,8 @@ class GatewayConfig(_Strict):
     access_log: bool = True
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
+    #: gRPC services run elsewhere, served through the gateway (docs/front-proxy.md).
+    upstreams: list[UpstreamConfig] = []
 
     @field_validator("backend")
     @classmethod
@@ -444,3 +534,29 @@ class GatewayConfig(_Strict):
         if "://" not in value:
             raise ValueError(f"expected a URL such as memory:// or sqlite:///rooms.db, got {value!r}")
         return value
+
+    def served_surfaces(self) -> list[str]:
+        """Every surface served, as metrics label them: ``native``, the enabled ones, ``upstream:<name>``."""
+        return self.surfaces.enabled() + [f"upstream:{upstream.name}" for upstream in self.upstreams]
+
+    @field_validator("upstreams")
+    @classmethod
+    def _unique_upstreams(cls, value: list[UpstreamConfig]) -> list[UpstreamConfig]:
+        names = [upstream.name for upstream in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"upstream names must be unique: {duplicates}")
+        services = [s for upstream in value for s in upstream.schema.services]
+        twice = sorted({s for s in services if services.count(s) > 1})
+        if twice:
+            raise ValueError(f"a service is served by one upstream only: {twice}")
+        return value
+
+    @model_validator(mode="after")
+    def _upstream_permissions(self) -> GatewayConfig:
+        from gateway.upstream.permissions import check_key_permissions
+
+        upstreams = {upstream.name: upstream for upstream in self.upstreams}
+        for index, key in enumerate(self.auth.keys):
+            check_key_permissions(index, key.name, key.permissions, bool(key.rooms), upstreams)
+        return self

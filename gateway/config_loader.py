@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.auth.policy import ApiKey, digest
-from gateway.config import SURFACE_MODELS, Auth, GatewayConfig, unknown_surface
+from gateway.config import CONFIG_DIR, SURFACE_MODELS, Auth, GatewayConfig, unknown_surface
 from gateway.plugins import ConfigError, Plugins, create_plugin_manager
 
 __all__ = ["CONFIG_ENV", "DEFAULT_CONFIG", "ConfigError", "api_keys", "config_path", "load_config"]
@@ -135,7 +135,8 @@ class _Document:
         finally:
             loader.dispose()
         try:
-            return GatewayConfig.model_validate(data, context={SURFACE_MODELS: self.surfaces})
+            context = {SURFACE_MODELS: self.surfaces, CONFIG_DIR: self.file.resolve().parent}
+            return GatewayConfig.model_validate(data, context=context)
         except ValidationError as exc:
             raise ConfigError(self._report([self._problem(error) for error in exc.errors()])) from None
 
@@ -151,7 +152,9 @@ class _Document:
                     yield _line(key_node), child, "duplicate key (the later one would silently win)"
                 seen.add(key)
                 self.lines.setdefault(child, _line(key_node))
-                if key in _SECRET_KEYS and isinstance(value_node, yaml.ScalarNode):
+                # An upstream's metadata carries its credentials (x-api-key: …): every value is a secret.
+                secret = key in _SECRET_KEYS or (loc[:1] == ("upstreams",) and loc[-1:] == ("metadata",))
+                if secret and isinstance(value_node, yaml.ScalarNode):
                     self._add_secret(value_node.value)
                 yield from self._walk(value_node, child)
         elif isinstance(node, yaml.SequenceNode):

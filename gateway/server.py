@@ -79,6 +79,8 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, handle_s
                 await gateway.presence.stop()
             if gateway.limiter is not None:
                 await gateway.limiter.close()
+            for upstream in gateway.upstreams:
+                upstream.close()
             await gateway.backend.close()
             tracing = gateway.observer.tracing if gateway.observer is not None else None
             if tracing is not None:  # export the last spans (blocking, once, at exit)

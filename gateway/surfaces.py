@@ -70,6 +70,11 @@ class Surface:
         self.settings = settings
         self.context = context
 
+    @property
+    def label(self) -> str:
+        """The ``surface`` label of its calls in metrics and access lines: its :attr:`name`."""
+        return self.name
+
     def http_routes(self) -> list[BaseRoute]:
         """Routes to add to the HTTP edge, tried after the native ones. Calls under :attr:`http_prefixes`
         reach them unauthenticated; others are authenticated by the native stage first."""

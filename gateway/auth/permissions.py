@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 ALL = "*"
 #: Reading ``GET /metrics``: deployment-wide counters, so never for a room token or a room-limited key.
 METRICS_READ = "metrics:read"
@@ -63,3 +65,17 @@ FILTERED_BY_ROOM = frozenset({"ListRooms"})
 def is_extra(name: str) -> bool:
     """Whether ``name`` is an opaque extra: neither a permission nor in one of our :data:`NAMESPACES`."""
     return name not in PERMISSIONS and name.partition(":")[0] not in NAMESPACES
+
+
+#: ``<upstream>:<Method>`` or ``<upstream>:*``: a method of a front-proxy upstream (``gateway.upstream``).
+_UPSTREAM_PERMISSION = re.compile(r"(?P<upstream>[a-z0-9-]{1,32}):(?P<method>\*|[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def upstream_permission(name: str) -> tuple[str, str] | None:
+    """``("wa", "readVariable")`` for ``wa:readVariable`` (``"*"`` for ``wa:*``): a permission on an
+    upstream's method, outside our :data:`NAMESPACES`; ``None`` for any other name. Which upstreams and
+    methods exist is checked against ``upstreams:`` when the configuration is validated."""
+    match = _UPSTREAM_PERMISSION.fullmatch(name)
+    if match is None or match["upstream"] in NAMESPACES:
+        return None
+    return match["upstream"], match["method"]

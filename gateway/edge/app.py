@@ -49,7 +49,7 @@ from gateway.edge.http_rules import bindings
 from gateway.edge.json_codec import Codecs
 from gateway.edge.metrics import INFO_PATH, InfoEndpoint, metrics_routes
 from gateway.edge.observe import ObservedCalls, ObservedSend
-from gateway.edge.openapi import openapi_document
+from gateway.edge.openapi import Documented, openapi_document
 from gateway.edge.ratelimit import admit_by_ip, with_rate_limit_headers
 from gateway.edge.responses import error_response, send_error, with_headers
 from gateway.edge.routing import (
@@ -75,6 +75,7 @@ def create_http_app(
     ready: Callable[[], Awaitable[None]] | None = None,
     keepalive_seconds: float = 15.0,
     extra_routes: Sequence[BaseRoute] = (),
+    extra_documented: Sequence[Documented] = (),
     self_authenticated_prefixes: tuple[str, ...] = (),
     limiter: RateLimiter | None = None,
     metrics: Metrics | None = None,
@@ -91,6 +92,7 @@ def create_http_app(
     :param ready: awaited by ``/readyz``; a :class:`~gateway.errors.GatewayError` it raises makes a 503.
     :param keepalive_seconds: silence after which a stream sends a keep-alive.
     :param extra_routes: routes of compatibility surfaces, tried after the native ones.
+    :param extra_documented: more routes for ``/openapi.json`` (the upstreams' bindings).
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
     :param limiter: the rate-limit policy (``None``: no limits).
     :param metrics: served at ``/metrics`` (``None``: the limiter's, or, without a limiter, no ``/metrics``).
@@ -120,7 +122,7 @@ def create_http_app(
             )
         )
     routes.sort(key=route_order)
-    document = orjson.dumps(openapi_document([route.transcoder for route in routes]))
+    document = orjson.dumps(openapi_document([*(route.transcoder for route in routes), *extra_documented]))
     all_routes: list[BaseRoute] = [
         *routes,
         Route("/healthz", health.healthz, methods=["GET"], name="healthz"),

@@ -269,11 +269,15 @@ def bindings(methods: dict[str, Method] | None = None) -> list[Binding]:
             continue
         method = methods[descriptor_method.name]
         for one in (rule, *rule.additional_bindings):
-            found.append(_binding(method, one))
+            found.append(binding(method, one))
     return found
 
 
-def _binding(method: Method, rule: http_pb2.HttpRule) -> Binding:
+def binding(method: Method, rule: http_pb2.HttpRule) -> Binding:
+    """One rule (or additional binding) of ``method``, checked against its request message.
+
+    :raises TemplateError: the template breaks the grammar or names a field the request does not have.
+    """
     kind = rule.WhichOneof("pattern")
     if kind in _PATTERNS:
         http_method, template = kind.upper(), getattr(rule, kind)

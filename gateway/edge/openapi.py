@@ -14,16 +14,16 @@ are spelled out: ``null`` is "not set" for any field of an object (so every opti
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gateway import schema
 from gateway.core import validation
 from gateway.core.models import ChangeKind
+from gateway.edge.http_rules import Binding
 from gateway.edge.streams import NDJSON, SSE
-from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code
 from gateway.schema.fields import (
     FIELD_MASK,
@@ -177,8 +177,19 @@ class _Schemas:
         return {"type": "string"}
 
 
-def openapi_document(transcoders: Sequence[Transcoder], *, title: str = "room-gateway") -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the native REST API."""
+class Documented(Protocol):
+    """What a route's operation is documented from: its binding and its query parameters (a native
+    :class:`~gateway.edge.transcoder.Transcoder`, or an upstream's binder)."""
+
+    @property
+    def binding(self) -> Binding: ...
+
+    @property
+    def query(self) -> Mapping[str, tuple[tuple[str, ...], Any, bool]]: ...
+
+
+def openapi_document(transcoders: Sequence[Documented], *, title: str = "room-gateway") -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the native REST API (and of the upstreams' routes given with it)."""
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
     seen_ids: dict[str, int] = {}
@@ -216,7 +227,7 @@ def openapi_document(transcoders: Sequence[Transcoder], *, title: str = "room-ga
         seen_ids[method.name] = count
         operation: dict[str, Any] = {
             "operationId": method.name if count == 1 else f"{method.name}{count}",
-            "tags": [schema.service().name],
+            "tags": [getattr(transcoder, "tag", None) or schema.service().name],
             "parameters": parameters,
             "responses": {
                 "200": _success(schemas, method.output, method.server_streaming),
@@ -281,7 +292,7 @@ def _success(schemas: _Schemas, output: Descriptor, streaming: bool) -> dict[str
     }
 
 
-def _request_body(schemas: _Schemas, transcoder: Transcoder) -> dict[str, Any] | None:
+def _request_body(schemas: _Schemas, transcoder: Documented) -> dict[str, Any] | None:
     binding = transcoder.binding
     if not binding.body:
         return None
@@ -306,7 +317,7 @@ def _request_body(schemas: _Schemas, transcoder: Transcoder) -> dict[str, Any] |
     return {"required": required, "content": {"application/json": {"schema": body_schema}}}
 
 
-def _mask_schema(transcoder: Transcoder, leaf: FieldDescriptor) -> dict[str, Any] | None:
+def _mask_schema(transcoder: Documented, leaf: FieldDescriptor) -> dict[str, Any] | None:
     """The ``update_mask`` of a binding whose body is a message field: its paths name that message's fields
     (either spelling, spaces around each allowed), as the service checks; ``None`` for any other parameter."""
     body = transcoder.binding.body

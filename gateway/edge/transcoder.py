@@ -73,7 +73,7 @@ class Transcoder:
         #: query parameter name (proto or JSON field path) → (field path, decoder, repeated)
         self.query: dict[str, tuple[tuple[str, ...], Decoder, bool]] = {}
         if self.body != "*":
-            for path, json_path, field in _query_fields(method.input, (), (), bound, self.body):
+            for path, json_path, field in query_fields(method.input, (), (), bound, self.body):
                 entry = (path, codecs.query_decoder(field), field.is_repeated)
                 self.query[".".join(path)] = entry
                 self.query[".".join(json_path)] = entry
@@ -177,14 +177,15 @@ def _container(kwargs: dict[str, Any], field_path: tuple[str, ...], where: str) 
     return container
 
 
-def _query_fields(
+def query_fields(
     message: Descriptor,
     path: tuple[str, ...],
     json_path: tuple[str, ...],
     bound: set[tuple[str, ...]],
     body: str,
 ) -> Iterator[tuple[tuple[str, ...], tuple[str, ...], FieldDescriptor]]:
-    """The leaf fields left to the query string: not bound by the path, not the body, not maps."""
+    """The leaf fields left to the query string: not bound by the path, not the body, not maps (each as its
+    field path, its JSON path and its descriptor)."""
     for field in message.fields:
         here, json_here = (*path, field.name), (*json_path, field.json_name)
         if here in bound or (not path and field.name == body) or is_map(field):
@@ -192,7 +193,7 @@ def _query_fields(
         if field.message_type is None or field.message_type.full_name in _QUERY_MESSAGES:
             yield here, json_here, field
         elif not is_wkt(field) and not field.is_repeated and len(here) < _MAX_QUERY_DEPTH:
-            yield from _query_fields(field.message_type, here, json_here, bound, body)
+            yield from query_fields(field.message_type, here, json_here, bound, body)
 
 
 def _mask_paths(codecs: Codecs, codec: MessageCodec, body: Any, prefix: str) -> Iterator[str]:

@@ -52,7 +52,7 @@ def info_source(
             "instanceId": INSTANCE_ID,
             "startTime": start,
             "backend": {"scheme": scheme, "up": up},
-            "surfaces": config.surfaces.enabled(),
+            "surfaces": config.served_surfaces(),
             "listeners": dict(listeners),
         }
 

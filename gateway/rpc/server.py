@@ -37,7 +37,7 @@ from gateway.rpc.observe import install_observer
 from gateway.rpc.protocol import GuardedServer
 from gateway.rpc.ratelimit import install_ip_limits, install_key_limits
 from gateway.rpc.service import RoomServiceHandler
-from gateway.rpc.wire import LastMessageCodec
+from gateway.rpc.wire import LastMessageCodec, PassThroughDetailsCodec
 
 #: The limits of a server made without a configuration (tests, embedding): ``grpc:``'s defaults.
 DEFAULT_LIMITS = Http2Limits()
@@ -52,6 +52,7 @@ def build_handlers(
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
     extra_handlers: Sequence[object] = (),
+    reflected: Sequence[descriptor_pb2.FileDescriptorProto] = (),
 ) -> list[Any]:
     """The services of the gRPC listener: RoomService, ``extra_handlers``, health, then reflection.
 
@@ -62,13 +63,15 @@ def build_handlers(
     :param ready: raises when the gateway cannot serve (backend down); health answers NOT_SERVING then.
         ``None``: always SERVING.
     :param extra_handlers: more grpclib services (compatibility surfaces), served and reflected too.
+    :param reflected: descriptor files of extra handlers that the gateway's own set lacks (upstreams').
     """
     services: list[Any] = [RoomServiceHandler(dispatcher), *extra_handlers]  # grpclib types them loosely
     checks = [_readiness_check(ready)] if ready is not None else []
     # One check object shared by every service: the overall status ("") and each service's agree.
     health = Health({service: checks for service in services})
     services.append(health)
-    return ServerReflection.extend(services, pool=reflection_pool())
+    pool = reflection_pool() if not reflected else reflection_pool_with(reflected)
+    return ServerReflection.extend(services, pool=pool)
 
 
 def create_grpc_server(
@@ -76,6 +79,7 @@ def create_grpc_server(
     *,
     ready: Callable[[], Awaitable[None]] | None = None,
     extra_handlers: Sequence[object] = (),
+    reflected: Sequence[descriptor_pb2.FileDescriptorProto] = (),
     self_authenticated_prefixes: tuple[str, ...] = (),
     config: Configuration | None = None,
     limiter: RateLimiter | None = None,
@@ -92,6 +96,7 @@ def create_grpc_server(
     :param dispatcher: runs the native calls; its policy authenticates every call.
     :param ready: see :func:`build_handlers`.
     :param extra_handlers: see :func:`build_handlers`.
+    :param reflected: see :func:`build_handlers`.
     :param config: grpclib's connection settings (HTTP/2 keep-alive: :func:`keepalive_config`).
     :param limiter: the rate-limit policy (``by: ip`` before authentication, ``by: key`` after).
     :param access_log: log one line per call (config ``access_log``), when no ``observer`` is given.
@@ -103,12 +108,16 @@ def create_grpc_server(
     """
     if observer is None:
         observer = Observer(limiter.metrics if limiter is not None else Metrics(), access_log=access_log)
-    handlers = build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers)
+    handlers = build_handlers(dispatcher, ready=ready, extra_handlers=extra_handlers, reflected=reflected)
     # The codec refuses undecodable requests (INVALID_ARGUMENT) and encodes one write to many listeners once.
+    # Status details as grpclib's protobuf codec writes them, an upstream's passed through as they came.
+    details = PassThroughDetailsCodec()
     if limits is None:
-        server = Server(handlers, codec=LastMessageCodec(), config=config)
+        server = Server(handlers, codec=LastMessageCodec(), status_details_codec=details, config=config)
     else:
-        server = GuardedServer(handlers, codec=LastMessageCodec(), config=config, limits=limits)
+        server = GuardedServer(
+            handlers, codec=LastMessageCodec(), status_details_codec=details, config=config, limits=limits
+        )
     install_observer(server, observer)  # before auth: refused calls are counted and logged too
     if limiter is not None and limiter.quotas:
         install_ip_limits(server, limiter)  # before auth: an unauthenticated flood is refused first
@@ -148,9 +157,33 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     A pool of its own rather than ``descriptor_pool.Default()``: adding our files to the process-wide pool
     would clash with any ``*_pb2`` module of the same file imported later (a client in the same process).
     """
+    return _gateway_pool()
+
+
+def _gateway_pool() -> descriptor_pool.DescriptorPool:
     pool = schema.new_pool()
     for module in (health_pb2, reflection_pb2, reflection_v1alpha_pb2):
         _add_file(pool, module.DESCRIPTOR)
+    return pool
+
+
+def reflection_pool_with(
+    files: Sequence[descriptor_pb2.FileDescriptorProto],
+) -> descriptor_pool.DescriptorPool:
+    """A pool of :func:`reflection_pool`'s files plus ``files`` (an upstream's): a file whose name is there
+    already is skipped, and so is one that declares a symbol there already (an upstream compiled from its
+    own copy of a proto the gateway serves too, WorkAdventure's: reflection answers from the gateway's)."""
+    pool = _gateway_pool()
+    for file in files:
+        try:
+            pool.FindFileByName(file.name)
+            continue
+        except KeyError:
+            pass
+        try:
+            pool.Add(file)
+        except (TypeError, ValueError):  # a symbol declared twice, or a dependency skipped for that reason
+            continue
     return pool
 
 

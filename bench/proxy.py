@@ -1,0 +1,241 @@
+"""What the front proxy costs: unary gRPC through the gateway vs straight to the upstream, and REST through
+the proxy vs the native REST GetVariable, side by side in one run.
+
+    python bench/proxy.py [--duration 10] [--connections 64] [--rounds 3]
+
+Two processes: a grpclib upstream (``bench.Echo/Say``, which answers the request's bytes: the upstream's
+own cost is as small as a gRPC server's can be) and a gateway with that upstream in ``upstreams:`` (rate
+limits counted on every call but never refusing, access log off, as bench/run.py). Each round measures, back
+to back:
+
+- ``direct``: h2load on the upstream's port, ``/bench.Echo/Say``;
+- ``proxied``: h2load on the gateway's gRPC port, the same call with a gateway key;
+- ``native REST``: wrk on the gateway's ``GET /v1/rooms/{room}/variables/{name}`` (memory backend);
+- ``proxied REST``: wrk on the gateway's auto-mapped ``POST /bench.Echo/Say`` (JSON → upstream → JSON).
+
+Targets (issue 15): proxied ≥ 70% of direct, proxied REST ≥ 60% of native REST. Needs ``h2load`` and
+``wrk`` (Debian: ``apt-get install nghttp2-client wrk``). Compare the ratios of one run, not figures
+across runs (bench/RESULTS.md: the machine varies).
+
+    python bench/proxy.py serve-upstream PORT     # the upstream, on its own
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from run import KEY, VALUE, VAR_PATH, Proc, Result, free_port, wait_port, wrk
+
+PROTO = """\
+syntax = "proto3";
+package bench;
+message Msg {
+  string room = 1;
+  string text = 2;
+}
+service Echo {
+  rpc Say(Msg) returns (Msg);
+}
+"""
+CONFIG = """\
+listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
+backend: "memory://"
+rate_limits:
+  limits: [{{by: ip, limit: "1000000/second"}}]   # counted on every call, never refusing one
+grpc:
+  new_connections_per_ip: "1000000/second"       # h2load opens all its connections at once
+access_log: false
+auth:
+  keys:
+    - {{name: bench, key: "{key}", permissions: ["*"]}}
+upstreams:
+  - name: bench
+    url: "grpc://127.0.0.1:{upstream}"
+    protos: ["bench.proto"]
+    metadata: {{x-api-key: "bench-upstream-key"}}
+    room_field: room
+"""
+#: The request of every call: Msg{room: "bench-room", text: "hello"}, as protobuf writes it.
+REQUEST = b"\n\nbench-room\x12\x05hello"
+SAY = "/bench.Echo/Say"
+
+
+def serve_upstream(port: int) -> None:
+    """A grpclib server whose ``bench.Echo/Say`` answers the request's bytes."""
+    import uvloop
+    from grpclib.const import Cardinality, Handler
+    from grpclib.server import Server, Stream
+
+    from gateway.rpc.wire import RawCodec, RawMessage
+
+    class Echo:
+        def __mapping__(self) -> dict[str, Handler]:
+            return {SAY: Handler(self.say, Cardinality.UNARY_UNARY, RawMessage, RawMessage)}
+
+        async def say(self, stream: Stream[Any, Any]) -> None:
+            await stream.send_message(await stream.recv_message())
+
+    async def run() -> None:
+        server = Server([Echo()], codec=RawCodec())
+        await server.start("127.0.0.1", port)
+        await server.wait_closed()
+
+    uvloop.run(run())
+
+
+def h2load(name: str, port: int, args: argparse.Namespace, headers: dict[str, str]) -> Result:
+    """h2load on ``bench.Echo/Say`` at ``port``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        body = Path(tmp) / "req.bin"
+        body.write_bytes(struct.pack(">?I", False, len(REQUEST)) + REQUEST)
+        log = Path(tmp) / "log.tsv"
+        base = ["h2load", "-c", str(args.connections), "-m", "1", "-t", str(args.threads), "-d", str(body)]
+        base += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+        for key, value in headers.items():
+            base += ["-H", f"{key}: {value}"]
+        url = f"http://127.0.0.1:{port}{SAY}"
+        subprocess.run([*base, "-D", "2", url], capture_output=True, check=True)  # warm-up
+        out = subprocess.run(
+            [*base, "-D", str(args.duration), "--log-file", str(log), url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+        failed = int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
+        times = [int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line]
+        p99 = statistics.quantiles(times, n=100)[98] if len(times) > 100 else max(times)
+        return Result(name, rps, p99, failed)
+
+
+def check(grpc: int, http: int) -> None:
+    """Real calls first: h2load and wrk count HTTP statuses, so prove the answers are right."""
+    import urllib.request
+
+    from grpclib.client import Channel
+    from grpclib.const import Cardinality
+
+    from gateway.rpc.wire import RawCodec, RawMessage
+
+    async def call() -> None:
+        channel = Channel("127.0.0.1", grpc, codec=RawCodec())
+        try:
+            async with channel.request(
+                SAY, Cardinality.UNARY_UNARY, RawMessage, RawMessage, metadata={"x-api-key": KEY}
+            ) as stream:
+                await stream.send_message(RawMessage(REQUEST), end=True)
+                assert await stream.recv_message() == REQUEST
+        finally:
+            channel.close()
+
+    asyncio.run(call())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http}{SAY}",
+        data=json.dumps({"room": "bench-room", "text": "hello"}).encode(),
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    )
+    assert json.loads(urllib.request.urlopen(request).read()) == {"room": "bench-room", "text": "hello"}
+    put = urllib.request.Request(
+        f"http://127.0.0.1:{http}{VAR_PATH}",
+        data=json.dumps({"value": VALUE}).encode(),
+        method="PUT",
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(put).read()
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["serve-upstream"]:
+        serve_upstream(int(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    for tool in ("h2load", "wrk"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install nghttp2-client wrk")
+    rounds: list[dict[str, Result]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        upstream, http, grpc = free_port(), free_port(), free_port()
+        (Path(tmp) / "bench.proto").write_text(PROTO)
+        config = Path(tmp) / "gateway.yaml"
+        config.write_text(textwrap.dedent(CONFIG).format(http=http, grpc=grpc, upstream=upstream, key=KEY))
+        procs = [Proc([sys.executable, __file__, "serve-upstream", str(upstream)])]
+        try:
+            wait_port(upstream)
+            command = ["-m", "gateway", "serve", "--config", str(config), "--log-level", "warning"]
+            procs.append(Proc([sys.executable, *command]))
+            wait_port(http)
+            wait_port(grpc)
+            check(grpc, http)
+            lua = (
+                'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                f"wrk.body = {json.dumps(json.dumps({'room': 'bench-room', 'text': 'hello'}))}\n"
+            )
+            for _ in range(args.rounds):
+                rounds.append(
+                    {
+                        "direct": h2load("direct", upstream, args, {}),
+                        "proxied": h2load("proxied", grpc, args, {"x-api-key": KEY}),
+                        "native REST": wrk(
+                            "native REST",
+                            f"http://127.0.0.1:{http}{VAR_PATH}",
+                            args,
+                            headers={"X-API-Key": KEY},
+                            lua=None,
+                        ),
+                        "proxied REST": wrk(
+                            "proxied REST",
+                            f"http://127.0.0.1:{http}{SAY}",
+                            args,
+                            headers={"X-API-Key": KEY},
+                            lua=lua,
+                        ),
+                    }
+                )
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+    report(rounds, args)
+
+
+def report(rounds: list[dict[str, Result]], args: argparse.Namespace) -> None:
+    lines = [
+        "| round | direct gRPC | proxied gRPC | proxied/direct | native REST GET | proxied REST | "
+        "proxied REST/native | p99 direct / proxied / native / proxied REST | errors |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for i, r in enumerate(rounds, 1):
+        d, p, n, pr = r["direct"], r["proxied"], r["native REST"], r["proxied REST"]
+        lines.append(
+            f"| {i} | {d.rps:,.0f} | {p.rps:,.0f} | {p.rps / d.rps:.1%} | {n.rps:,.0f} | {pr.rps:,.0f} | "
+            f"{pr.rps / n.rps:.1%} | {d.p99_ms:.1f} / {p.p99_ms:.1f} / {n.p99_ms:.1f} / {pr.p99_ms:.1f} ms | "
+            f"{d.errors + p.errors + n.errors + pr.errors} |"
+        )
+    grpc_ratio = statistics.median(r["proxied"].rps / r["direct"].rps for r in rounds)
+    rest_ratio = statistics.median(r["proxied REST"].rps / r["native REST"].rps for r in rounds)
+    print("\n".join(lines))
+    print(
+        f"\nmedian proxied/direct gRPC: {grpc_ratio:.1%} (target ≥ 70%); median proxied REST/native REST "
+        f"GetVariable: {rest_ratio:.1%} (target ≥ 60%); {args.connections} connections, {args.threads} "
+        f"threads, {args.duration} s per measurement"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""REST through a front gateway to the grpclib upstream, with curl: an HttpRule route, the auto-mapped
+``POST /{package}.{Service}/{Method}``, a server stream as SSE and NDJSON (and ``GET`` with query
+parameters), errors in the native shape, and the routes in ``/openapi.json``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.server.conftest import GatewayProcess
+from tests.upstream.conftest import (
+    ADMIN_KEY,
+    PUBLIC_KEY,
+    SAY_KEY,
+    EchoUpstream,
+    StartEcho,
+    StartFront,
+    echo_upstream,
+    front_config,
+)
+
+
+@pytest.fixture(scope="module")
+def started(
+    tmp_path_factory: pytest.TempPathFactory, echo_pb2: Any
+) -> Any:  # module-scoped: one upstream and one front gateway for the read-only checks below
+    from tests.server.conftest import gateway_env
+    from tests.upstream.conftest import ECHO_UPSTREAM_KEY, free_port
+
+    echo = EchoUpstream(echo_pb2[0], free_port())
+    config = tmp_path_factory.mktemp("front") / "front.yaml"
+    config.write_text(front_config(echo_upstream(echo.port)), encoding="utf-8")
+    front = GatewayProcess(
+        config, gateway_env(ROOM_API_SECRET_KEY=ADMIN_KEY, ECHO_UPSTREAM_KEY=ECHO_UPSTREAM_KEY)
+    )
+    yield echo, front
+    front.stop()
+    echo.stop()
+
+
+@pytest.fixture
+def front(started: Any) -> GatewayProcess:
+    return started[1]  # type: ignore[no-any-return]
+
+
+def curl(*args: str) -> tuple[int, str]:
+    """Run curl; the HTTP status and the body."""
+    result = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status), body
+
+
+def test_an_http_rule_route(front: GatewayProcess) -> None:
+    status, body = curl(
+        "-X", "POST", f"{front.http_url}/v1/rooms/public-1/say",
+        "-H", f"X-API-Key: {ADMIN_KEY}", "-H", "Content-Type: application/json",
+        "-d", '{"text": "hello", "shout": true}',
+    )  # fmt: skip
+    assert status == 200, body
+    # proto3 JSON: lowerCamel names, fields without presence written too.
+    assert json.loads(body) == {"text": "HELLO", "index": 0, "room": "public-1"}
+
+
+def test_an_auto_mapped_route(front: GatewayProcess) -> None:
+    status, body = curl(
+        "-X", "POST", f"{front.http_url}/echo.v1.Echo/Whoami",
+        "-H", f"Authorization: Bearer {ADMIN_KEY}", "-H", "Content-Type: application/json", "-d", "{}",
+    )  # fmt: skip
+    assert status == 200, body
+    seen = json.loads(body)["metadata"]
+    assert not any(ADMIN_KEY in line for line in seen)  # the client's key did not go upstream
+
+
+def test_a_server_stream_as_sse_and_ndjson(front: GatewayProcess) -> None:
+    url = f"{front.http_url}/echo.v1.Echo/Repeat?text=tick&count=3&room=public-1"
+    status, body = curl("-N", url, "-H", f"X-API-Key: {PUBLIC_KEY}")
+    assert status == 200, body
+    frames = [
+        json.loads(line.removeprefix("data: ")) for line in body.splitlines() if line.startswith("data: ")
+    ]
+    assert frames == [{"text": "tick", "index": i, "room": "public-1"} for i in range(3)]
+
+    status, body = curl(
+        "-N", "-X", "POST", f"{front.http_url}/echo.v1.Echo/Repeat", "-H", f"X-API-Key: {ADMIN_KEY}",
+        "-H", "Accept: application/x-ndjson", "-H", "Content-Type: application/json",
+        "-d", '{"text": "t", "count": 2}',
+    )  # fmt: skip
+    assert status == 200, body
+    assert [json.loads(line)["result"]["index"] for line in body.splitlines() if line] == [0, 1]
+
+
+def test_errors_are_in_the_native_shape(front: GatewayProcess) -> None:
+    def call(path: str, body: str = "{}", key: str = ADMIN_KEY, **kw: Any) -> httpx.Response:
+        return httpx.post(
+            front.http_url + path,
+            content=body,
+            headers={"x-api-key": key, "content-type": kw.get("content_type", "application/json")},
+        )
+
+    failed = call("/echo.v1.Echo/Fail")
+    assert failed.status_code == 400
+    assert failed.json() == {
+        "error": {"code": 400, "status": "FAILED_PRECONDITION", "message": "the echo is tired"}
+    }
+    say = "/v1/rooms/r/say"
+    assert call(say, '{"nope": 1}').json()["error"]["status"] == "INVALID_ARGUMENT"
+    assert call(say, "{not json").status_code == 400
+    assert call(say, "text", content_type="text/plain").status_code == 415
+    assert call(say, '{"count": "many"}').status_code == 400
+    assert call(say, '{"room": "other"}').status_code == 400  # the path says r
+    # A method with an HttpRule has only its rule's route (as Envoy's auto mapping).
+    assert call("/echo.v1.Echo/Say").status_code == 404
+    denied = call("/echo.v1.Echo/Fail", key=SAY_KEY)
+    assert denied.status_code == 403 and "echo:Fail" in denied.json()["error"]["message"]
+    assert call("/v1/rooms/private-1/say", key=PUBLIC_KEY).status_code == 403
+    assert call("/v1/rooms/public-1/say", key=PUBLIC_KEY).status_code == 200
+    assert call(say, key="wrong-key-wrong-key").status_code == 401
+    assert (
+        httpx.get(front.http_url + "/echo.v1.Echo/Whoami", headers={"x-api-key": ADMIN_KEY}).status_code
+        == 405
+    )
+
+
+def test_the_routes_are_in_openapi(front: GatewayProcess) -> None:
+    document = httpx.get(front.http_url + "/openapi.json", headers={"x-api-key": ADMIN_KEY}).json()
+    paths = document["paths"]
+    assert set(paths["/v1/rooms/{room}/say"]) == {"post"}
+    assert set(paths["/echo.v1.Echo/Repeat"]) == {"post", "get"}
+    assert "text/event-stream" in paths["/echo.v1.Echo/Repeat"]["get"]["responses"]["200"]["content"]
+    assert paths["/echo.v1.Echo/Whoami"]["post"]["tags"] == ["echo.v1.Echo"]
+    assert "echo.v1.EchoReply" in document["components"]["schemas"]
+    # Client- and bidi-streaming methods have no REST route (a JSON body is one message).
+    assert "/echo.v1.Echo/Collect" not in paths and "/echo.v1.Echo/Chat" not in paths
+
+
+def test_an_unreachable_upstream_is_503(start_echo: StartEcho, start_front: StartFront) -> None:
+    echo = start_echo()
+    front = start_front(front_config(echo_upstream(echo.port)))
+    echo.stop()
+    status, body = curl(
+        "-X", "POST", f"{front.http_url}/v1/rooms/r/say", "-H", f"X-API-Key: {ADMIN_KEY}",
+        "-H", "Content-Type: application/json", "-d", "{}",
+    )  # fmt: skip
+    assert status == 503
+    assert json.loads(body)["error"]["status"] == "UNAVAILABLE"
+    status, _ = curl("-N", f"{front.http_url}/echo.v1.Echo/Repeat?count=1", "-H", f"X-API-Key: {ADMIN_KEY}")
+    assert status == 503
+
+
+_ = EchoUpstream  # re-exported fixture type
