@@ -36,6 +36,7 @@ cfg = GatewayConfig.model_validate(
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+
 if LOG:  # the gateway's own writer, as `serve` sets it up, writing to /dev/null (or $INPROC_LOG)
     sys.stderr = open(os.environ.get("INPROC_LOG", os.devnull), "w")  # for the whole run
     writer = configure_logging("info")
@@ -88,6 +89,21 @@ async def main():
 
     path = "/v1/rooms/bench-room/variables/score"
     assert await call("PUT", path, body) == 200
+    if "--child" in sys.argv:  # bench/instructions.py: counted calls of one app, between two handshakes
+        at = sys.argv.index("--child")
+        name, method, calls = sys.argv[at + 1], sys.argv[at + 2], int(sys.argv[at + 3])
+        app = bare if name == "bare" else gw.http_app
+        data = body if method == "PUT" else b""
+        await call("PUT", path, body, app)
+        for _ in range(200):  # warm-up: caches, first-time bindings
+            await call(method, path, data, app)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for _ in range(calls):
+            await call(method, path, data, app)
+        print("done", flush=True)
+        sys.stdin.readline()
+        return
     assert await call("PUT", path, body, bare) == 200
     for method, b in (("PUT", body), ("GET", b"")):
         costs = {}

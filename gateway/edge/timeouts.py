@@ -26,7 +26,7 @@ from typing import cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.edge.coalesce import CoalescingTransport
+from gateway.coalesce import CoalescingTransport
 from gateway.edge.responses import error_bytes
 from gateway.errors import Code, GatewayError
 
@@ -86,7 +86,7 @@ def guarded_protocol(
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
             super().connection_made(transport)
-            # A response's head and body in one system call (gateway.edge.coalesce); flow control keeps
+            # A response's head and body in one system call (gateway.coalesce); flow control keeps
             # the socket's own transport.
             self._writes = CoalescingTransport(transport, self.loop)
             self.transport = cast(asyncio.Transport, self._writes)

@@ -61,6 +61,7 @@ from h2.events import PingReceived, RemoteSettingsChanged, RequestReceived, Stre
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 
+from gateway.coalesce import CoalescingTransport
 from gateway.errors import GatewayError
 from gateway.rpc.h2limits import FRAME_HEADER_BYTES, Admission, Budget, HeaderBlockScanner, Http2Limits
 from gateway.rpc.wire import MessageStream, timeout_refusal
@@ -179,7 +180,8 @@ class GuardedProtocol(H2Protocol):
         if window:
             h2.increment_flow_control_window(window)
         self.scanner = HeaderBlockScanner(self.limits.max_header_list_bytes)
-        self.transport = LingeringTransport(transport)
+        # The frames of one turn of the loop in one send (gateway.coalesce): a unary answer is three writes.
+        self.transport = LingeringTransport(CoalescingTransport(transport, asyncio.get_running_loop()))
         self.connection = Connection(h2, cast(Transport, self.transport), config=self.config)
         self.connection.flush()
         self.connection.initialize()

@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway.edge.coalesce import CoalescingTransport
+from gateway.coalesce import CoalescingTransport
 from gateway.edge.timeouts import guarded_protocol
 
 

@@ -1,4 +1,4 @@
-"""One system call per HTTP response: the writes of a response, held and sent together.
+"""One system call per answer: the writes of one turn of the event loop, held and sent together.
 
 uvicorn writes a response's head as soon as the app sends ``http.response.start`` and its body as a second
 ``transport.write`` — two ``send`` system calls, two TCP segments and two wake-ups of the client for every
@@ -9,6 +9,10 @@ when the response is complete (:meth:`CoalescingTransport.flush`, called by the 
 at the next turn of the event loop, so a stream's chunks (SSE) are never held longer than that.
 nginx's ``tcp_nopush`` and Linux's ``TCP_CORK`` do the same with a socket option, at the price of two more
 system calls a response.
+
+grpclib does the same as uvicorn, a frame at a time: a unary answer is three writes (headers, data,
+trailers), all made in one step of the handler's task; the gRPC listener's transport coalesces them too
+(:class:`gateway.rpc.protocol.GuardedProtocol`).
 """
 
 from __future__ import annotations
@@ -70,6 +74,10 @@ class CoalescingTransport:
     def close(self) -> None:
         self.flush()
         self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
 
     def __getattr__(self, name: str) -> Any:  # the rest of asyncio.Transport, as it is
         return getattr(self._transport, name)
