@@ -49,6 +49,8 @@ class CoalescingTransport:
         self.resume_reading = transport.resume_reading
 
     def write(self, data: bytes) -> None:
+        if not data:  # grpclib writes what h2 has to send, often nothing
+            return
         self._held.append(data)
         if not self._scheduled:
             self._scheduled = True
