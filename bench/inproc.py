@@ -5,7 +5,7 @@
 Run it from any checkout with that checkout's venv to compare trees
 (``cd ../before && .venv/bin/python ../main/bench/inproc.py``): memory backend, an API key, a counted
 never-refusing per-IP limit; PUT and GET of one variable, 5 x 4,000 calls each, the best run's CPU time
-per call. ``--profile`` adds a cProfile of PUTs.
+per call. ``--profile`` adds a cProfile of PUTs (``--get``: GETs; ``--bare``: of the bare app).
 """
 
 import asyncio
@@ -123,10 +123,12 @@ async def main():
         pr = cProfile.Profile()
         pr.enable()
         method, data = ("GET", b"") if "--get" in sys.argv else ("PUT", body)
+        app = bare if "--bare" in sys.argv else gw.http_app
         for _ in range(4000):
-            await call(method, path, data)
+            await call(method, path, data, app)
         pr.disable()
-        pstats.Stats(pr, stream=sys.__stdout__).sort_stats("tottime").print_stats(25)
+        order = "ncalls" if "--calls" in sys.argv else "tottime"
+        pstats.Stats(pr, stream=sys.__stdout__).sort_stats(order).print_stats(80 if "--calls" in sys.argv else 25)
     if LOG:
         writer.stop()
 

@@ -22,6 +22,7 @@ half of what metrics cost a call (10k of 21k instructions of a GET, counted by `
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, values
@@ -67,11 +68,34 @@ class _LoopValues:
 
 
 class LoopCounter(_LoopValues, Counter):
-    """A :class:`~prometheus_client.Counter` of :class:`LoopValue` s."""
+    """A :class:`~prometheus_client.Counter` of :class:`LoopValue` s; a child's ``inc()`` is one call."""
+
+    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        try:
+            value = self._value
+        except AttributeError:  # a parent with labels: prometheus-client says so
+            value = None
+        if value is None or amount < 0 or exemplar:
+            super().inc(amount, exemplar)
+        else:
+            value.inc(amount)
 
 
 class LoopHistogram(_LoopValues, Histogram):
-    """A :class:`~prometheus_client.Histogram` of :class:`LoopValue` s."""
+    """A :class:`~prometheus_client.Histogram` of :class:`LoopValue` s; a child's ``observe()`` finds its
+    bucket by bisection, as prometheus-client's does by a scan (the same bucket: the first bound that is not
+    below the amount)."""
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        try:
+            buckets = self._buckets
+        except AttributeError:  # a parent with labels: prometheus-client says so
+            buckets = None
+        if buckets is None or exemplar or amount != amount:  # NaN: as prometheus-client counts it
+            super().observe(amount, exemplar)
+            return
+        self._sum.inc(amount)
+        buckets[bisect_left(self._upper_bounds, amount)].inc(1)
 
 
 class LoopGauge(_LoopValues, Gauge):

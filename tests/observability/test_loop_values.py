@@ -3,6 +3,7 @@ leave every other prometheus-client metric of the process as the library makes i
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, values
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -36,3 +37,35 @@ def test_other_metrics_of_the_process_keep_their_locks() -> None:
     other = Counter("someone_elses", "A counter of the embedding application.", registry=CollectorRegistry())
     assert type(other._value) is values.MutexValue
     assert values.ValueClass is values.MutexValue
+
+
+def test_loop_histogram_and_counter_count_as_prometheus_client_does() -> None:
+    from prometheus_client import Histogram
+
+    from gateway.observability.metrics import LATENCY_BUCKETS, LoopCounter, LoopHistogram
+
+    ours_registry, theirs_registry = CollectorRegistry(), CollectorRegistry()
+    ours = LoopHistogram("h", "h", ["l"], buckets=LATENCY_BUCKETS, registry=ours_registry)
+    theirs = Histogram("h", "h", ["l"], buckets=LATENCY_BUCKETS, registry=theirs_registry)
+    amounts = [0.0, 0.0005, 0.00050001, 0.001, 0.3, 2.5, 10.0, 10.5, 1e9, float("nan"), -1.0]
+    for amount in amounts:
+        ours.labels("x").observe(amount)
+        theirs.labels("x").observe(amount)
+
+    def buckets(registry: CollectorRegistry) -> list[tuple[str, float]]:
+        return [
+            (s.name + s.labels.get("le", ""), s.value)
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith(("_sum", "_created"))
+        ]
+
+    assert buckets(ours_registry) == buckets(theirs_registry)
+    counter = LoopCounter("c", "c", ["l"], registry=CollectorRegistry())
+    counter.labels("x").inc()
+    counter.labels("x").inc(2.5)
+    assert counter.labels("x")._value.get() == 3.5
+    with pytest.raises(ValueError):
+        counter.inc()  # a parent with labels, as prometheus-client says
+    with pytest.raises(ValueError):
+        counter.labels("x").inc(-1)
