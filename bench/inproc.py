@@ -128,7 +128,8 @@ async def main():
             await call(method, path, data, app)
         pr.disable()
         order = "ncalls" if "--calls" in sys.argv else "tottime"
-        pstats.Stats(pr, stream=sys.__stdout__).sort_stats(order).print_stats(80 if "--calls" in sys.argv else 25)
+        shown = 80 if "--calls" in sys.argv else 25
+        pstats.Stats(pr, stream=sys.__stdout__).sort_stats(order).print_stats(shown)
     if LOG:
         writer.stop()
 

@@ -1,81 +1,209 @@
-"""Instructions per REST call in-process, counted by valgrind: a measure that does not move with the load
-of the machine (req/s and CPU time both do, on a shared 2-core box).
+"""Instructions per call, counted by valgrind: a measure that does not move with the load of the machine
+(req/s and even CPU time do, on a shared 2-core box). Three views:
 
-    .venv/bin/python bench/instructions.py [--calls 300] [--log] [--no-limit]
+    .venv/bin/python bench/instructions.py inproc [--calls 300] [--log] [--no-limit]
+    .venv/bin/python bench/instructions.py http [--calls 1500]    # REST GET over HTTP/1.1 (h2load --h1)
+    .venv/bin/python bench/instructions.py grpc [--calls 800]     # gRPC GetVariable (h2load)
 
-Runs ``bench/inproc.py``'s calls (memory backend, an API key, a counted never-refusing per-IP limit; the
-bare Starlette route beside the gateway) under ``valgrind --tool=callgrind`` with instrumentation switched
-on only around the measured calls (``callgrind_control``), after a warm-up. Needs ``valgrind``
-(Debian: ``apt-get install valgrind``). Python's own work counts like any other: instructions are a proxy
-for time, not a substitute (a system call is one instruction here and microseconds on the clock).
+``inproc`` runs ``bench/inproc.py``'s ASGI calls (memory backend, an API key, a counted never-refusing
+per-IP limit) beside the bare Starlette app of ``bench/peers.py``. ``http`` and ``grpc`` run the real server
+processes — the bare peer, and ``room-gateway serve`` with the shipped defaults (access log on, the counted
+limit), with the access log off, and with neither (``http``), or with grpclib's own HTTP/2 protocol instead
+of the gRPC limits (``grpc``: ``bench/grpc_limits.py serve-unlimited``) — under ``valgrind
+--tool=callgrind``, instrumentation on only while h2load sends ``--calls`` calls on 8 connections after a
+warm-up (``callgrind_control``). Needs ``valgrind`` and ``h2load`` (Debian: ``apt-get install valgrind
+nghttp2-client``). Instructions are a proxy for time, not a substitute: a system call is one instruction
+here and microseconds on the clock (so the one ``send()`` a response the gateway makes, against the bare
+peers' two or three, does not show).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
 import tempfile
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+from run import KEY, VALUE, VAR_PATH, free_port, grpc_frame, wait_port
+
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CONFIG = """\
+listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
+backend: "memory://"
+rate_limits:
+  limits: {limits}
+grpc:
+  new_connections_per_ip: "1000000/second"
+access_log: {access_log}
+auth:
+  keys:
+    - {{name: bench, key: "{key}", permissions: ["*"]}}
+"""
+COUNTED = '[{by: ip, limit: "1000000/second"}]'  # counted on every call, never refusing one
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--log", action="store_true", help="the access log on, through the gateway's writer")
-    parser.add_argument("--no-limit", action="store_true", help="no rate limit")
+    parser.add_argument("view", choices=("inproc", "http", "grpc"))
+    parser.add_argument("--calls", type=int)
+    parser.add_argument("--log", action="store_true", help="inproc: the access log on")
+    parser.add_argument("--no-limit", action="store_true", help="inproc: no rate limit")
     args = parser.parse_args()
-    flags = [*(["--log"] if args.log else []), *(["--no-limit"] if args.no_limit else [])]
-    results: dict[tuple[str, str], float] = {}
-    for method in ("GET", "PUT"):
-        for app in ("bare", "gateway"):
-            results[app, method] = count(app, method, args.calls, flags)
-    for method in ("GET", "PUT"):
-        bare, ours = results["bare", method], results["gateway", method]
-        print(
-            f"{method}: gateway {ours / 1000:,.1f}k instructions a call, bare Starlette {bare / 1000:,.1f}k "
-            f"({bare / ours:.0%} of the gateway's)"
+    if args.view == "inproc":
+        inproc(
+            args.calls or 300, [*(["--log"] if args.log else []), *(["--no-limit"] if args.no_limit else [])]
         )
+    else:
+        served(args.view, args.calls or (1500 if args.view == "http" else 800))
 
 
-def count(app: str, method: str, calls: int, flags: list[str]) -> float:
-    """Instructions per call of ``app`` (``bare`` or ``gateway``) for ``calls`` calls of ``method``."""
+def inproc(calls: int, flags: list[str]) -> None:
+    results = {
+        (app, method): per_call(
+            [sys.executable, str(HERE / "inproc.py"), "--child", app, method, str(calls), *flags],
+            calls,
+            _handshake,
+        )
+        for method in ("GET", "PUT")
+        for app in ("bare", "gateway")
+    }
+    for method in ("GET", "PUT"):
+        report(f"{method} in-process", results["bare", method], results["gateway", method])
+
+
+def served(view: str, calls: int) -> None:
+    variants = {
+        "shipped defaults": (COUNTED, "true", False),
+        "access log off": (COUNTED, "false", False),
+        **(
+            {"access log and limits off": ("[]", "false", False)}
+            if view == "http"
+            else {"limits off (grpclib's protocol), access log off": (COUNTED, "false", True)}
+        ),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        peer = "starlette" if view == "http" else "grpclib"
+        bare = per_call(
+            [sys.executable, str(HERE / "peers.py"), peer, str(port)], calls, _load(view, port, {}, calls)
+        )
+        for name, (limits, access_log, unlimited) in variants.items():
+            http, grpc = free_port(), free_port()
+            config = Path(tmp) / "gateway.yaml"
+            config.write_text(
+                CONFIG.format(http=http, grpc=grpc, limits=limits, access_log=access_log, key=KEY)
+            )
+            command = (
+                [str(HERE / "grpc_limits.py"), "serve-unlimited", str(config)]
+                if unlimited
+                else ["-m", "gateway", "serve", "--config", str(config)]
+            )
+            target = http if view == "http" else grpc
+            load = _load(view, target, {"x-api-key": KEY}, calls, seed=http)
+            ours = per_call([sys.executable, *command], calls, load)
+            report(f"{view} GetVariable, {name}", bare, ours)
+
+
+def per_call(argv: list[str], calls: int, run: Callable[[subprocess.Popen[str]], None]) -> float:
+    """Instructions per call of the process ``argv`` while ``run(process)`` makes ``calls`` calls between
+    :func:`instrument` on and off."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
-        child = subprocess.Popen(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                "--instr-atstart=no",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                str(HERE / "inproc.py"),
-                "--child",
-                app,
-                method,
-                str(calls),
-                *flags,
-            ],
+        process = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            cwd=ROOT,
         )
-        assert child.stdin is not None and child.stdout is not None
-        assert child.stdout.readline().strip() == "ready"
-        subprocess.run(["callgrind_control", "-i", "on", str(child.pid)], check=True, capture_output=True)
-        child.stdin.write("go\n")
-        child.stdin.flush()
-        assert child.stdout.readline().strip() == "done"
-        subprocess.run(["callgrind_control", "-i", "off", str(child.pid)], check=True, capture_output=True)
-        child.stdin.close()
-        child.wait(120)
+        try:
+            run(process)
+        finally:
+            if process.stdin:
+                process.stdin.close()
+            process.terminate()
+            process.wait(120)
         totals = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
         assert totals is not None, "no totals in the callgrind output"
         return int(totals.group(1)) / calls
+
+
+def instrument(process: subprocess.Popen[str], on: bool) -> None:
+    subprocess.run(
+        ["callgrind_control", "-i", "on" if on else "off", str(process.pid)], check=True, capture_output=True
+    )
+
+
+def _handshake(process: subprocess.Popen[str]) -> None:
+    """bench/inproc.py --child: "ready", then the calls when told, then "done"."""
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    instrument(process, True)
+    process.stdin.write("go\n")
+    process.stdin.flush()
+    assert process.stdout.readline().strip() == "done"
+    instrument(process, False)
+
+
+def _load(
+    view: str, port: int, headers: dict[str, str], calls: int, seed: int | None = None
+) -> Callable[[subprocess.Popen[str]], None]:
+    """h2load against a server on ``port``: a warm-up, then ``calls`` counted calls on 8 connections."""
+
+    def run(process: subprocess.Popen[str]) -> None:
+        wait_port(port, 300)
+        _seed(seed or port)
+        with tempfile.TemporaryDirectory() as tmp:
+            options = ["-c", "8"]
+            for name, value in headers.items():
+                options += ["-H", f"{name}: {value}"]
+            if view == "http":
+                options += ["--h1"]
+                url = f"http://127.0.0.1:{port}{VAR_PATH}"
+            else:
+                body = Path(tmp) / "request.bin"
+                body.write_bytes(grpc_frame())
+                options += ["-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+                url = f"http://127.0.0.1:{port}/roomgateway.v1.RoomService/GetVariable"
+            subprocess.run(["h2load", "-n", "300", *options, url], capture_output=True, check=True)
+            instrument(process, True)
+            done = subprocess.run(
+                ["h2load", "-n", str(calls), *options, url], capture_output=True, text=True, check=True
+            )
+            instrument(process, False)
+        succeeded = re.search(r"(\d+) succeeded", done.stdout)
+        assert succeeded and int(succeeded.group(1)) == calls, done.stdout
+
+    return run
+
+
+def _seed(http: int) -> None:
+    """The bench variable, written once (a bare peer answers it from memory anyway)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http}{VAR_PATH}",
+        data=json.dumps({"value": VALUE}).encode(),
+        method="PUT",
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    )
+    try:
+        urllib.request.urlopen(request, timeout=60).read()
+    except OSError:  # the grpclib peer has no HTTP port: it answers a fixed value
+        pass
+
+
+def report(what: str, bare: float, ours: float) -> None:
+    print(
+        f"{what}: gateway {ours / 1000:,.1f}k instructions a call, bare peer {bare / 1000:,.1f}k "
+        f"(ratio {bare / ours:.0%})",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
