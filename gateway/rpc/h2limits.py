@@ -192,14 +192,19 @@ class HeaderBlockScanner:
                 self._payload -= taken
                 pos += taken
                 continue
-            head = self._head + data[pos : pos + FRAME_HEADER_BYTES - len(self._head)]
-            pos += len(head) - len(self._head)
-            if len(head) < FRAME_HEADER_BYTES:
-                self._head = head
-                return True
-            self._head = b""
-            self._payload = length = int.from_bytes(head[:3], "big")
-            kind = head[3]
+            if not self._head and end - pos >= FRAME_HEADER_BYTES:  # a whole frame header: no copy
+                length = data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2]
+                kind, flags = data[pos + 3], data[pos + 4]
+                pos += FRAME_HEADER_BYTES
+            else:
+                head = self._head + data[pos : pos + FRAME_HEADER_BYTES - len(self._head)]
+                pos += len(head) - len(self._head)
+                if len(head) < FRAME_HEADER_BYTES:
+                    self._head = head
+                    return True
+                self._head = b""
+                length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+            self._payload = length
             if kind == _HEADERS:
                 self._block = length
             elif kind == _CONTINUATION:
@@ -208,6 +213,6 @@ class HeaderBlockScanner:
                 continue
             if self._block > self._max:
                 return False
-            if head[4] & _END_HEADERS:
+            if flags & _END_HEADERS:
                 self._block = 0
         return True
