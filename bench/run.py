@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1, help="measure each pair this many times")
     parser.add_argument(
         "--access-log",
         choices=("on", "off"),
@@ -249,54 +250,42 @@ def main() -> None:
             urllib.request.urlopen(request).read()
             grpc_check(grpc, KEY)
             grpc_check(peer_grpc, None)
-            results.append(
-                (
-                    wrk(
-                        "bare Starlette GET",
-                        f"http://127.0.0.1:{peer_http}{VAR_PATH}",
-                        args,
-                        headers={},
-                        lua=None,
-                        server=starlette,
-                    ),
-                    wrk(
-                        "gateway REST GET variable",
-                        f"http://127.0.0.1:{http}{VAR_PATH}",
-                        args,
-                        headers=auth,
-                        lua=None,
-                        server=gateway,
-                    ),
-                )
+            gateway_url, bare_url = (
+                f"http://127.0.0.1:{http}{VAR_PATH}",
+                f"http://127.0.0.1:{peer_http}{VAR_PATH}",
             )
-            results.append(
-                (
-                    wrk(
-                        "bare Starlette PUT",
-                        f"http://127.0.0.1:{peer_http}{VAR_PATH}",
-                        args,
-                        headers={},
-                        lua=put_lua,
-                        server=starlette,
+            pairs = {
+                "GET": (
+                    lambda: wrk("bare Starlette GET", bare_url, args, headers={}, lua=None, server=starlette),
+                    lambda: wrk(
+                        "gateway REST GET", gateway_url, args, headers=auth, lua=None, server=gateway
                     ),
-                    wrk(
-                        "gateway REST PUT variable",
-                        f"http://127.0.0.1:{http}{VAR_PATH}",
-                        args,
-                        headers=auth,
-                        lua=put_lua,
-                        server=gateway,
+                ),
+                "PUT": (
+                    lambda: wrk(
+                        "bare Starlette PUT", bare_url, args, headers={}, lua=put_lua, server=starlette
                     ),
-                )
-            )
-            results.append(
-                (
-                    h2load("bare grpclib GetVariable", peer_grpc, args, headers={}, server=grpclib_peer),
-                    h2load(
+                    lambda: wrk(
+                        "gateway REST PUT", gateway_url, args, headers=auth, lua=put_lua, server=gateway
+                    ),
+                ),
+                "gRPC": (
+                    lambda: h2load(
+                        "bare grpclib GetVariable", peer_grpc, args, headers={}, server=grpclib_peer
+                    ),
+                    lambda: h2load(
                         "gateway gRPC GetVariable", grpc, args, headers={"x-api-key": KEY}, server=gateway
                     ),
-                )
-            )
+                ),
+            }
+            for round_ in range(args.rounds):
+                for bare, ours in pairs.values():
+                    # Alternating which goes first: this machine drifts by tens of percent within minutes.
+                    if round_ % 2 == 0:
+                        results.append((bare(), ours()))
+                    else:
+                        ours_first = ours()
+                        results.append((bare(), ours_first))
         finally:
             for proc in (gateway, starlette, grpclib_peer):
                 proc.stop()
@@ -316,12 +305,24 @@ def report(results: list[tuple[Result, Result]], args: argparse.Namespace) -> No
             f"{bare.cpu_us:.0f} µs | {ours.cpu_us:.0f} µs | **{bare.cpu_us / max(ours.cpu_us, 1e-9):.0%}** | "
             f"{bare.errors + ours.errors} |"
         )
+    by_pair: dict[str, list[tuple[float, float]]] = {}
+    for bare, ours in results:
+        by_pair.setdefault(ours.name, []).append((ours.rps / bare.rps, bare.cpu_us / max(ours.cpu_us, 1e-9)))
+    if args.rounds > 1:
+        lines.append("")
+        lines.append("| pair | median ratio (req/s) | median ratio (CPU per request) | rounds |")
+        lines.append("|---|---:|---:|---:|")
+        for name, ratios in by_pair.items():
+            rps = statistics.median(r for r, _ in ratios)
+            cpu = statistics.median(c for _, c in ratios)
+            lines.append(f"| {name} | **{rps:.0%}** | **{cpu:.0%}** | {len(ratios)} |")
     table = "\n".join(lines)
     print(table)
     header = (
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node() or 'this machine'}: "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{args.connections} connections, {args.threads} load threads, {args.duration} s per measurement."
+        f"{args.connections} connections, {args.threads} load threads, {args.duration} s per measurement, "
+        f"access log {args.access_log}, {args.rounds} round(s)."
     )
     (args.out.parent / "last-run.md").write_text(header + "\n\n" + table + "\n")
     print(f"\n{header}\n(table also in {args.out.parent / 'last-run.md'}; copy it into {args.out})")
