@@ -2,14 +2,16 @@
 
     python bench/grpc_limits.py [--duration 10] [--connections 64] [--rounds 3]
 
-Two gateway processes on one configuration: ``room-gateway serve`` (the limits of ``grpc:``, defaults but
-for new connections per IP, raised so that h2load's connections all get in), and the same gateway with
+Three gateway processes on one configuration: ``room-gateway serve`` (the limits of ``grpc:``, defaults but
+for new connections per IP, raised so that h2load's connections all get in); the same gateway with
 grpclib's own HTTP/2 protocol (``create_grpc_server(limits=None)``: no stream, reset, control-frame or
-header-block limits, no message-size check; malformed messages are still refused by the codec). h2load calls
-GetVariable on each in turn, ``--rounds`` times, so that drift on a shared machine falls on both; the table
-gives each round and the median ratio. Needs ``h2load`` (Debian: ``apt-get install nghttp2-client``).
+header-block limits, no message-size check; malformed messages are still refused by the codec); and that
+one with its writes coalesced as the guarded protocol's are (:mod:`gateway.coalesce`), so that only the
+limits differ. h2load calls GetVariable on each in turn, ``--rounds`` times, a different one first each
+round, so that drift on a shared machine falls on all; the table gives each round and the median ratios.
+Needs ``h2load`` (Debian: ``apt-get install nghttp2-client``).
 
-    python bench/grpc_limits.py serve-unlimited CONFIG    # the second gateway, on its own
+    python bench/grpc_limits.py serve-unlimited CONFIG [--coalesced]    # the second (third) gateway alone
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from run import KEY, Proc, Result, free_port, grpc_check, h2load, wait_port
 
@@ -39,11 +42,16 @@ auth:
 """
 
 
-def serve_unlimited(config_path: str) -> None:
-    """``room-gateway serve``, with grpclib's own protocol on the gRPC listener."""
+def serve_unlimited(config_path: str, coalesced: bool = False) -> None:
+    """``room-gateway serve``, with grpclib's own protocol on the gRPC listener; ``coalesced``: its writes
+    coalesced as the guarded protocol's are (gateway.coalesce), so that only the limits differ."""
+    import asyncio
+
     import uvloop
+    from grpclib.protocol import H2Protocol
 
     from gateway.app import create_gateway
+    from gateway.coalesce import CoalescingTransport
     from gateway.config_loader import load_config
     from gateway.rpc.server import create_grpc_server, keepalive_config
     from gateway.server import serve
@@ -60,6 +68,20 @@ def serve_unlimited(config_path: str) -> None:
             access_log=config.access_log,
             limits=None,
         )
+        if coalesced:
+            plain_factory = unlimited._protocol_factory
+
+            def coalescing_factory() -> H2Protocol:
+                protocol = plain_factory()
+                made = protocol.connection_made
+
+                def connection_made(transport: Any) -> None:
+                    made(CoalescingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+
+                protocol.connection_made = connection_made  # type: ignore[method-assign]
+                return protocol
+
+            unlimited._protocol_factory = coalescing_factory  # type: ignore[method-assign]
         await serve(dataclasses.replace(gateway, grpc_server=unlimited))
 
     uvloop.run(run())
@@ -67,7 +89,7 @@ def serve_unlimited(config_path: str) -> None:
 
 def main() -> None:
     if sys.argv[1:2] == ["serve-unlimited"]:
-        serve_unlimited(sys.argv[2])
+        serve_unlimited(sys.argv[2], coalesced="--coalesced" in sys.argv)
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)
@@ -77,17 +99,20 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("h2load"):
         raise SystemExit("h2load is missing: apt-get install nghttp2-client")
-    results: list[tuple[Result, Result]] = []
+    results: list[dict[str, Result]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        ports = {"on": (free_port(), free_port()), "off": (free_port(), free_port())}
-        procs = {}
+        names = ("on", "off", "off, coalesced")
+        ports = {name: (free_port(), free_port()) for name in names}
+        procs: dict[str, Proc] = {}
         for name, (http, grpc) in ports.items():
-            config = Path(tmp) / f"{name}.yaml"
+            config = Path(tmp) / f"{len(procs)}.yaml"
             config.write_text(textwrap.dedent(CONFIG).format(http=http, grpc=grpc, key=KEY))
             if name == "on":
                 command = ["-m", "gateway", "serve", "--config", str(config), "--log-level", "warning"]
             else:
                 command = [__file__, "serve-unlimited", str(config)]
+                if "coalesced" in name:
+                    command.append("--coalesced")
             procs[name] = Proc([sys.executable, *command])
         try:
             for http, grpc in ports.values():
@@ -99,13 +124,14 @@ def main() -> None:
                 grpc_check(grpc, KEY)
             auth = {"x-api-key": KEY}
             for round_ in range(args.rounds):
-                # Alternating which goes first, so that drift during a round falls on both alike.
-                order = ("on", "off") if round_ % 2 == 0 else ("off", "on")
-                measured = {
-                    name: h2load(f"limits {name}", ports[name][1], args, headers=auth, server=procs[name])
-                    for name in order
-                }
-                results.append((measured["off"], measured["on"]))
+                # A different one first each round, so that drift during a round falls on all alike.
+                order = names[round_ % 3 :] + names[: round_ % 3]
+                results.append(
+                    {
+                        name: h2load(f"limits {name}", ports[name][1], args, headers=auth, server=procs[name])
+                        for name in order
+                    }
+                )
         finally:
             for proc in procs.values():
                 proc.stop()
@@ -128,25 +154,31 @@ def seed(http: int) -> None:
     urllib.request.urlopen(request).read()
 
 
-def report(results: list[tuple[Result, Result]], args: argparse.Namespace) -> None:
+def report(results: list[dict[str, Result]], args: argparse.Namespace) -> None:
     lines = [
-        "| round | limits off req/s | limits on req/s | on/off | off p99 | on p99 | off CPU/req | on CPU/req "
-        "| CPU off/on | errors |",
+        "| round | limits on req/s | off | off, coalesced | on/off | on/(off, coalesced) "
+        "| CPU/call on | off | off, coalesced | errors |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for i, (off, on) in enumerate(results, 1):
+    for i, round_ in enumerate(results, 1):
+        on, off, coalesced = round_["on"], round_["off"], round_["off, coalesced"]
         lines.append(
-            f"| {i} | {off.rps:,.0f} | {on.rps:,.0f} | {on.rps / off.rps:.1%} | {off.p99_ms:.1f} ms | "
-            f"{on.p99_ms:.1f} ms | {off.cpu_us:.0f} µs | {on.cpu_us:.0f} µs | {off.cpu_us / on.cpu_us:.1%} | "
-            f"{off.errors + on.errors} |"
+            f"| {i} | {on.rps:,.0f} | {off.rps:,.0f} | {coalesced.rps:,.0f} | {on.rps / off.rps:.1%} | "
+            f"{on.rps / coalesced.rps:.1%} | {on.cpu_us:.0f} µs | {off.cpu_us:.0f} µs | "
+            f"{coalesced.cpu_us:.0f} µs | {sum(r.errors for r in round_.values())} |"
         )
-    ratio = statistics.median(on.rps / off.rps for off, on in results)
-    cpu = statistics.median(off.cpu_us / on.cpu_us for off, on in results)
     print("\n".join(lines))
+    for other in ("off", "off, coalesced"):
+        rps = statistics.median(r["on"].rps / r[other].rps for r in results)
+        cpu = statistics.median(r[other].cpu_us / r["on"].cpu_us for r in results)
+        print(
+            f"median limits on / {other}: {rps:.1%} of the throughput (cost {1 - rps:+.1%}), {cpu:.1%} by "
+            f"server CPU per call (cost {1 - cpu:+.1%})"
+        )
     print(
-        f"\nmedian on/off: {ratio:.1%} of the throughput (cost {1 - ratio:+.1%}), {cpu:.1%} by server "
-        f"CPU per call (cost {1 - cpu:+.1%}); gRPC GetVariable, {args.connections} connections, "
-        f"{args.threads} h2load threads, {args.duration} s per measurement"
+        f"gRPC GetVariable, {args.connections} connections, {args.threads} h2load threads, {args.duration} s "
+        f"per measurement, {args.rounds} rounds; 'off, coalesced': grpclib's protocol with the guarded one's "
+        "write coalescing, so that only the limits differ"
     )
 
 
