@@ -18,9 +18,9 @@ import enum
 import fnmatch
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from gateway.core.models import Change, ChangeKind, Variable
 
@@ -98,9 +98,21 @@ class Outbox:
     patterns are matched only for endpoints that have some.
     """
 
-    def __init__(self, routes: Iterable[Route]) -> None:
+    def __init__(self, routes: Iterable[Route], *, first_delay_seconds: float = 0.0) -> None:
         self.routes = tuple(routes)
+        #: A new message is due this long after its change (the retry schedule's first entry).
+        self.first_delay = timedelta(seconds=first_delay_seconds)
         self._by_kind = {kind: tuple(r for r in self.routes if r.takes_type(kind)) for kind in ChangeKind}
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_written(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever this instance has durably written messages (a deliverer's wake-up)."""
+        self._listeners.append(listener)
+
+    def written(self) -> None:
+        """Tell the listeners that messages were written (a backend calls it once the step is durable)."""
+        for listener in self._listeners:
+            listener()
 
     def targets(self, room_id: str, kind: ChangeKind) -> tuple[str, ...]:
         """The names of the endpoints a change of ``kind`` in ``room_id`` goes to (often none)."""
