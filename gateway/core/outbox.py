@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import orjson
+
 from gateway.core.models import Change, ChangeKind, Variable
 
 #: The Standard Webhooks type of each kind of Change (``API.md``); RESET is never logged, so never sent.
@@ -180,3 +182,28 @@ class EndpointState:
     disabled_reason: str = ""
     failing_since: datetime | None = None
     last_success_time: datetime | None = None
+
+
+def dumps_log(log: Iterable[Attempt]) -> str:
+    """A message's attempts as stored: JSON text (the SQL and Redis backends keep them so)."""
+    return orjson.dumps(
+        [
+            {
+                "time": a.time.isoformat(),
+                "statusCode": a.status_code,
+                "durationMs": a.duration_ms,
+                "error": a.error,
+            }
+            for a in log
+        ]
+    ).decode()
+
+
+def loads_log(text: str | bytes | None) -> tuple[Attempt, ...]:
+    """The attempts of :func:`dumps_log`'s text."""
+    if not text:
+        return ()
+    return tuple(
+        Attempt(datetime.fromisoformat(a["time"]), a["statusCode"], a["durationMs"], a["error"])
+        for a in orjson.loads(text)
+    )
