@@ -37,6 +37,7 @@ from gateway.ratelimit import RateLimiter
 from gateway.rpc.h2limits import Http2Limits
 from gateway.rpc.server import create_grpc_server, keepalive_config
 from gateway.surfaces import Surface, SurfaceContext
+from gateway.webhooks.deliverer import Deliverers, outbox_of
 
 if TYPE_CHECKING:
     from gateway.observability.tracing import Tracing
@@ -67,6 +68,7 @@ class Gateway:
     presence: PresenceRegistry | None = None  # this instance's room-token streams and heartbeat
     #: The addresses the runner bound (``http``, ``grpc``, ``metrics``: ``host:port``), once it serves.
     listeners: dict[str, str] = field(default_factory=dict)
+    webhooks: Deliverers | None = None  # None: no webhook endpoint configured
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -93,6 +95,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         tracing=tracing,
     )
     instrument(backend, metrics, tracing)  # before anything holds its bound methods
+    webhooks = _webhooks(config, backend, metrics)
     tokens = room_token_issuer(config.auth.room_tokens)  # None: no secret, no room tokens
     service = RoomService(
         backend,
@@ -145,7 +148,25 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         observer,
         presence,
         listeners,
+        webhooks,
     )
+
+
+def _webhooks(config: GatewayConfig, backend: Backend, metrics: Metrics) -> Deliverers | None:
+    """The webhook deliverers, and the backend told which endpoints to write outbox messages for; ``None``
+    without endpoints (the write path then does no outbox work).
+
+    :raises ConfigError: endpoints are configured but the backend has no outbox.
+    """
+    if not config.webhooks.endpoints:
+        return None
+    if not backend.supports_outbox:
+        raise ConfigError(
+            f"webhooks.endpoints: the {type(backend).__name__} backend has no webhook outbox "
+            "(supports_outbox); use memory://, sqlite://, postgresql:// or redis://"
+        )
+    backend.outbox = outbox_of(config.webhooks)
+    return Deliverers(config.webhooks, backend, metrics)
 
 
 def _tracing(config: GatewayConfig) -> Tracing | None:
