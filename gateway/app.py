@@ -38,6 +38,7 @@ from gateway.rpc.h2limits import Http2Limits
 from gateway.rpc.server import create_grpc_server, keepalive_config
 from gateway.surfaces import Surface, SurfaceContext
 from gateway.webhooks.deliverer import Deliverers, outbox_of
+from gateway.webhooks.manager import WebhookManager
 
 if TYPE_CHECKING:
     from gateway.observability.tracing import Tracing
@@ -96,12 +97,14 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     )
     instrument(backend, metrics, tracing)  # before anything holds its bound methods
     webhooks = _webhooks(config, backend, metrics)
+    manager = WebhookManager(config.webhooks, backend, webhooks) if webhooks is not None else None
     tokens = room_token_issuer(config.auth.room_tokens)  # None: no secret, no room tokens
     service = RoomService(
         backend,
         tokens=tokens,
         auto_create_rooms=config.auto_create_rooms,
         value_limits=ValueLimits(config.input.max_value_bytes, config.input.max_json_depth),
+        webhooks=manager,
     )
     policy = AuthPolicy(keys, tokens=tokens)
     limiter = _rate_limiter(config, metrics)

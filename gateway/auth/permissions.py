@@ -22,6 +22,7 @@ PERMISSIONS = frozenset(
         "tokens:create",
         "connections:invalidate",
         "presence:read",
+        "webhooks:manage",
         METRICS_READ,
         ALL,
     }
@@ -52,6 +53,12 @@ REQUIRED: dict[str, str] = {
     "ListenRoom": "variables:read",
     "ListChanges": "variables:read",
     "GetPresence": "presence:read",
+    "ListWebhooks": "webhooks:manage",
+    "ListWebhookMessages": "webhooks:manage",
+    "RetryWebhookMessage": "webhooks:manage",
+    "ReplayWebhook": "webhooks:manage",
+    "EnableWebhook": "webhooks:manage",
+    "TestWebhook": "webhooks:manage",
 }
 
 #: Methods that name no room and whose *results* are limited to the rooms a caller may access (its key's

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.app import Gateway, create_gateway
 from gateway.config import GatewayConfig
-from tests.conftest import ADMIN_KEY
+from tests.conftest import ADMIN_KEY, READER_KEY
 from tests.webhooks.receiver import SECRET, Receiver
 
 
@@ -23,7 +23,12 @@ def webhook_config(backend: str, urls: dict[str, str], **webhooks: Any) -> Gatew
     return GatewayConfig.model_validate(
         {
             "backend": backend,
-            "auth": {"keys": [{"name": "admin", "key": ADMIN_KEY, "permissions": ["*"]}]},
+            "auth": {
+                "keys": [
+                    {"name": "admin", "key": ADMIN_KEY, "permissions": ["*"]},
+                    {"name": "reader", "key": READER_KEY, "permissions": ["rooms:read", "variables:read"]},
+                ]
+            },
             "rate_limits": {"limits": []},
             "access_log": False,
             "webhooks": {"endpoints": endpoints, "poll_seconds": 0.1, **webhooks},
