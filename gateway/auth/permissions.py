@@ -58,7 +58,7 @@ REQUIRED: dict[str, str] = {
     "RetryWebhookMessage": "webhooks:manage",
     "ReplayWebhook": "webhooks:manage",
     "EnableWebhook": "webhooks:manage",
-    "TestWebhook": "webhooks:manage",
+    "SendWebhookTest": "webhooks:manage",
 }
 
 #: Methods that name no room and whose *results* are limited to the rooms a caller may access (its key's

@@ -261,5 +261,5 @@ class ReplayWebhookResponse:
 
 
 @dataclass(slots=True, frozen=True)
-class TestWebhookResponse:
+class SendWebhookTestResponse:
     message_id: str

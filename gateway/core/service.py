@@ -58,8 +58,8 @@ from gateway.core.models import (
     RoomSignal,
     RoomStatus,
     RoomToken,
+    SendWebhookTestResponse,
     SignalKind,
-    TestWebhookResponse,
     Unset,
     Variable,
     WebhookEndpoint,
@@ -760,7 +760,7 @@ class RoomService:
     async def enable_webhook(self, name: str = "") -> WebhookEndpoint:
         return await self._webhooks(name).enable(name)
 
-    async def test_webhook(self, name: str = "") -> TestWebhookResponse:
+    async def send_webhook_test(self, name: str = "") -> SendWebhookTestResponse:
         return await self._webhooks(name).test(name)
 
     def _webhooks(self, name: str) -> WebhookManager:

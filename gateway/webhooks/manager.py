@@ -11,7 +11,7 @@ from gateway.core.models import (
     ListWebhookMessagesResponse,
     ListWebhooksResponse,
     ReplayWebhookResponse,
-    TestWebhookResponse,
+    SendWebhookTestResponse,
     WebhookAttempt,
     WebhookEndpoint,
     WebhookMessage,
@@ -89,12 +89,12 @@ class WebhookManager:
             loop.refresh()
         return await self._endpoint(name)
 
-    async def test(self, name: str) -> TestWebhookResponse:
+    async def test(self, name: str) -> SendWebhookTestResponse:
         now = _now()
         message = OutboxMessage(new_message_id(), self._known(name), "", None, due_time=now, created_time=now)
         await self._backend.outbox_add([message])
         self._deliverers.wake()
-        return TestWebhookResponse(message.id)
+        return SendWebhookTestResponse(message.id)
 
 
 def _now() -> datetime:

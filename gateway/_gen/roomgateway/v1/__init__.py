@@ -42,9 +42,9 @@ __all__ = (
     "RoomServiceStub",
     "RoomStatus",
     "RoomToken",
+    "SendWebhookTestRequest",
+    "SendWebhookTestResponse",
     "SetVariableRequest",
-    "TestWebhookRequest",
-    "TestWebhookResponse",
     "UpdateRoomRequest",
     "Variable",
     "WebhookAttempt",
@@ -684,6 +684,22 @@ default_message_pool.register_message("roomgateway.v1", "RoomToken", RoomToken)
 
 
 @dataclass(eq=False, repr=False)
+class SendWebhookTestRequest(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("roomgateway.v1", "SendWebhookTestRequest", SendWebhookTestRequest)
+
+
+@dataclass(eq=False, repr=False)
+class SendWebhookTestResponse(betterproto2.Message):
+    message_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("roomgateway.v1", "SendWebhookTestResponse", SendWebhookTestResponse)
+
+
+@dataclass(eq=False, repr=False)
 class SetVariableRequest(betterproto2.Message):
     room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -700,22 +716,6 @@ class SetVariableRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("roomgateway.v1", "SetVariableRequest", SetVariableRequest)
-
-
-@dataclass(eq=False, repr=False)
-class TestWebhookRequest(betterproto2.Message):
-    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
-
-
-default_message_pool.register_message("roomgateway.v1", "TestWebhookRequest", TestWebhookRequest)
-
-
-@dataclass(eq=False, repr=False)
-class TestWebhookResponse(betterproto2.Message):
-    message_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
-
-
-default_message_pool.register_message("roomgateway.v1", "TestWebhookResponse", TestWebhookResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -1352,22 +1352,22 @@ class RoomServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
-    async def test_webhook(
+    async def send_webhook_test(
         self,
-        message: "TestWebhookRequest",
+        message: "SendWebhookTestRequest",
         *,
         timeout: "float | None" = None,
         deadline: "Deadline | None" = None,
         metadata: "MetadataLike | None" = None,
-    ) -> "TestWebhookResponse":
+    ) -> "SendWebhookTestResponse":
         """
         Sends a webhook.test message to the endpoint (its filters do not apply).
         """
 
         return await self._unary_unary(
-            "/roomgateway.v1.RoomService/TestWebhook",
+            "/roomgateway.v1.RoomService/SendWebhookTest",
             message,
-            TestWebhookResponse,
+            SendWebhookTestResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1564,7 +1564,7 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def test_webhook(self, message: "TestWebhookRequest") -> "TestWebhookResponse":
+    async def send_webhook_test(self, message: "SendWebhookTestRequest") -> "SendWebhookTestResponse":
         """
         Sends a webhook.test message to the endpoint (its filters do not apply).
         """
@@ -1742,12 +1742,12 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.enable_webhook(request)
         await stream.send_message(response)
 
-    async def __rpc_test_webhook(
-        self, stream: "grpclib.server.Stream[TestWebhookRequest, TestWebhookResponse]"
+    async def __rpc_send_webhook_test(
+        self, stream: "grpclib.server.Stream[SendWebhookTestRequest, SendWebhookTestResponse]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
-        response = await self.test_webhook(request)
+        response = await self.send_webhook_test(request)
         await stream.send_message(response)
 
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
@@ -1890,10 +1890,10 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
                 EnableWebhookRequest,
                 WebhookEndpoint,
             ),
-            "/roomgateway.v1.RoomService/TestWebhook": grpclib.const.Handler(
-                self.__rpc_test_webhook,
+            "/roomgateway.v1.RoomService/SendWebhookTest": grpclib.const.Handler(
+                self.__rpc_send_webhook_test,
                 grpclib.const.Cardinality.UNARY_UNARY,
-                TestWebhookRequest,
-                TestWebhookResponse,
+                SendWebhookTestRequest,
+                SendWebhookTestResponse,
             ),
         }
