@@ -22,6 +22,7 @@ class Delivery:
     id: str
     body: dict[str, Any]
     headers: dict[str, str]
+    raw: bytes = b""
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Receiver:
                 if 200 <= status < 300:
                     with receiver._lock:
                         receiver.delivered.setdefault(
-                            message_id, Delivery(message_id, json.loads(content), headers)
+                            message_id, Delivery(message_id, json.loads(content), headers, content)
                         )
                 self._answer(status)
 
