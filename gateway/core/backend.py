@@ -45,7 +45,7 @@ from gateway.core.models import (
     Unset,
     Variable,
 )
-from gateway.core.outbox import Attempt, EndpointState, MessageStatus, Outbox, OutboxMessage
+from gateway.core.outbox import EndpointState, MessageStatus, Outbox, OutboxMessage, Settled
 from gateway.errors import Aborted, GatewayError, Unavailable, Unimplemented
 
 _T = TypeVar("_T")
@@ -395,16 +395,15 @@ class Backend(abc.ABC):
         lease_seconds``, so no other instance claims it until that lease ends. Return them as claimed."""
         raise _no_outbox(self)
 
-    async def outbox_settle(
-        self, message: OutboxMessage, attempt: Attempt, *, due_time: datetime | None
-    ) -> EndpointState | None:
-        """Record the outcome of the attempt ``message.attempts`` of a claimed message, if it is still the
-        message's latest claimed attempt and the message is pending (else do nothing, return ``None``).
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        """Record the outcomes of claimed attempts (of one endpoint, several at once: one transaction or
+        round trip for many deliveries). Each is recorded if its attempt (``message.attempts``) is still the
+        message's latest claimed one and the message is pending; else it is skipped (``None`` in its place).
 
-        The attempt joins the message's ``log``. ``due_time`` set: the message stays pending, due then;
-        ``None``: it is settled, ``delivered`` if the attempt succeeded, else ``failed``. In the same step the
-        endpoint's state records the outcome: a success sets ``last_success_time`` and clears
-        ``failing_since``; a failure sets ``failing_since`` unless it is set. Return that state."""
+        The attempt joins the message's ``log``, and the message takes :attr:`Settled.status` and
+        ``due_time``. With each, the endpoint's state records the outcome: a success sets
+        ``last_success_time`` and clears ``failing_since``; a failure sets ``failing_since`` unless it is
+        set. Return, for each, the endpoint's state after it."""
         raise _no_outbox(self)
 
     async def outbox_messages(

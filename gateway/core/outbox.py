@@ -172,6 +172,26 @@ class OutboxMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Settled:
+    """The outcome of a claimed attempt, to record (:meth:`~gateway.core.backend.Backend.outbox_settle`).
+
+    :param message: the message as claimed (its ``attempts`` names the attempt).
+    :param due_time: when the next attempt is due; ``None``: the message is settled (delivered if the
+        attempt succeeded, else failed).
+    """
+
+    message: OutboxMessage
+    attempt: Attempt
+    due_time: datetime | None = None
+
+    @property
+    def status(self) -> MessageStatus:
+        if self.due_time is not None:
+            return MessageStatus.PENDING
+        return MessageStatus.DELIVERED if self.attempt.succeeded else MessageStatus.FAILED
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointState:
     """What every instance knows of an endpoint's health (kept in the store).
 

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.core.backend import Backend, History
 from gateway.core.models import UNSET, ChangeKind, Event, Member, RoomSignal, RoomStatus, SignalKind
-from gateway.core.outbox import Attempt, EndpointState, MessageStatus, Outbox, OutboxMessage, Route
+from gateway.core.outbox import Attempt, EndpointState, MessageStatus, Outbox, OutboxMessage, Route, Settled
 
 # Imported by gateway.testing.conformance once it has defined these (its BackendContract mixes this in).
 from gateway.testing.conformance import Ctx, scenario
@@ -148,15 +148,15 @@ class OutboxContract:
         [again] = await self._claim_all(backend, every, ctx, after=2.0 + LEASE)  # the lease ran out
         assert (again.id, again.attempts) == (first.id, 2)
         at = ctx.now + timedelta(seconds=3 + LEASE)
-        assert await backend.outbox_settle(first, Attempt(at, 200, 1.0), due_time=None) is None  # stale
+        assert await backend.outbox_settle([Settled(first, Attempt(at, 200, 1.0))]) == [None]  # stale
         retry_at = at + timedelta(seconds=5)
-        state = await backend.outbox_settle(again, Attempt(at, 500, 2.0), due_time=retry_at)
+        [state] = await backend.outbox_settle([Settled(again, Attempt(at, 500, 2.0), retry_at)])
         assert state is not None and state.failing_since == at and state.last_success_time is None
         assert await backend.outbox_claim(every, now=at, lease_seconds=LEASE, limit=10) == []
         [third] = await backend.outbox_claim(every, now=retry_at, lease_seconds=LEASE, limit=10)
         assert third.attempts == 3 and [a.status_code for a in third.log] == [500]
         done = retry_at + timedelta(seconds=1)
-        state = await backend.outbox_settle(third, Attempt(done, 204, 3.0), due_time=None)
+        [state] = await backend.outbox_settle([Settled(third, Attempt(done, 204, 3.0))])
         assert state == EndpointState(failing_since=None, last_success_time=done)
         assert await backend.outbox_backlog(every) == 0
         [listed] = await backend.outbox_messages(every, status=MessageStatus.DELIVERED, limit=10)
@@ -172,8 +172,10 @@ class OutboxContract:
         await backend.set_variable(room.room_id, "v", 1, expected_version=None, now=ctx.tick())
         claimed = await self._claim_all(backend, every, ctx)
         at = ctx.now + timedelta(seconds=61)
-        for message in claimed:
-            await backend.outbox_settle(message, Attempt(at, 0, 1.0, "ConnectError"), due_time=None)
+        states = await backend.outbox_settle(
+            [Settled(m, Attempt(at, 0, 1.0, "ConnectError")) for m in claimed]
+        )
+        assert [s.failing_since if s else None for s in states] == [at, at]
         failed = await backend.outbox_messages(every, status=MessageStatus.FAILED, limit=10)
         assert [m.change.seq for m in failed if m.change] == [2, 1]  # newest first
         assert failed[0].log[0].error == "ConnectError"

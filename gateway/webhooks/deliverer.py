@@ -26,7 +26,7 @@ import httpx
 
 from gateway.config import WebhookEndpoint, Webhooks
 from gateway.core.backend import Backend
-from gateway.core.outbox import Attempt, EndpointState, Outbox, OutboxMessage, Route
+from gateway.core.outbox import Attempt, EndpointState, Outbox, OutboxMessage, Route, Settled
 from gateway.errors import GatewayError
 from gateway.observability.metrics import Metrics
 from gateway.webhooks.payload import Signer, body
@@ -34,6 +34,8 @@ from gateway.webhooks.payload import Signer, body
 log = logging.getLogger("room_gateway.webhooks")
 
 Clock = Callable[[], datetime]
+#: Seconds a woken loop waits before it claims: long enough to gather a burst, short next to delivery.
+LINGER_SECONDS = 0.005
 
 
 def _now() -> datetime:
@@ -73,6 +75,10 @@ class EndpointLoop:
         self._wake = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
         self._state = EndpointState()
+        # Finished attempts wait here to be settled in batches: one transaction (one fsync on SQLite) or
+        # one Redis round trip for all those that ended meanwhile, not one per delivery.
+        self._finished: list[tuple[Settled, float]] = []
+        self._settling = asyncio.Event()
         self._state_read = -1e9  # monotonic time of the last read of the state and the backlog
         self._outcomes = {
             outcome: metrics.webhook_deliveries.labels(endpoint=self.name, outcome=outcome)
@@ -93,6 +99,7 @@ class EndpointLoop:
 
     async def run(self) -> None:
         """Claim and send until cancelled; store errors are logged and waited out."""
+        settler = asyncio.create_task(self._settler(), name=f"webhooks {self.name} settler")
         try:
             while True:
                 try:
@@ -105,12 +112,19 @@ class EndpointLoop:
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._config.poll_seconds)
+                # Linger once woken, so that a burst of writes is claimed in a few claims, not one each.
+                await asyncio.sleep(LINGER_SECONDS)
                 self._wake.clear()
         finally:
             for task in self._running:
                 task.cancel()
             if self._running:
                 await asyncio.gather(*self._running, return_exceptions=True)
+            settler.cancel()
+            await asyncio.gather(settler, return_exceptions=True)
+            # What ended before the stop is recorded; an attempt cut short is claimed again after its lease.
+            with contextlib.suppress(GatewayError):
+                await self._settle_batch()
 
     async def _round(self) -> bool:
         """Claim what fits in the free slots; ``True`` when more may be due right away."""
@@ -136,10 +150,10 @@ class EndpointLoop:
         return len(claimed) == free
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
         if not task.cancelled() and task.exception() is not None:
+            self._running.discard(task)
             log.error("webhooks %s: an attempt failed unexpectedly", self.name, exc_info=task.exception())
-        self._wake.set()
+            self._wake.set()
 
     async def _attempt(self, message: OutboxMessage) -> None:
         content = body(message)
@@ -171,16 +185,42 @@ class EndpointLoop:
         due = None
         if not attempt.succeeded and message.attempts < len(schedule):
             due = attempt.time + timedelta(seconds=schedule[message.attempts])
-        state = await self._backend.outbox_settle(message, attempt, due_time=due)
-        if state is None:  # the lease ran out and another instance took the message: its attempt counts
+        self._finished.append((Settled(message, attempt, due), time.monotonic()))
+        self._settling.set()
+
+    async def _settler(self) -> None:
+        while True:
+            await self._settling.wait()
+            self._settling.clear()
+            try:
+                await self._settle_batch()
+            except GatewayError as exc:  # not recorded: claimed again once their leases end
+                log.warning("webhooks %s: %s", self.name, exc)
+
+    async def _settle_batch(self) -> None:
+        batch, self._finished = self._finished, []
+        if not batch:
             return
-        if attempt.succeeded:
-            self._outcomes["delivered"].inc()
-            if message.created_time is not None:
-                self._latency.observe(max(0.0, (self._clock() - message.created_time).total_seconds()))
-        else:
-            self._outcomes["retrying" if due is not None else "failed"].inc()
-            await self._disable_if_failing(state, attempt.time)
+        try:
+            states = await self._backend.outbox_settle([settled for settled, _ in batch])
+        finally:
+            for task in [t for t in self._running if t.done()]:
+                self._running.discard(task)
+            self._wake.set()  # their slots are free
+        failing = None
+        for (settled, _), state in zip(batch, states, strict=True):
+            if state is None:  # the lease ran out and another instance took it: its attempt counts
+                continue
+            message = settled.message
+            if settled.attempt.succeeded:
+                self._outcomes["delivered"].inc()
+                if message.created_time is not None:
+                    self._latency.observe(max(0.0, (self._clock() - message.created_time).total_seconds()))
+            else:
+                self._outcomes["retrying" if settled.due_time is not None else "failed"].inc()
+                failing = (state, settled.attempt.time)
+        if failing is not None:
+            await self._disable_if_failing(*failing)
 
     async def _disable_if_failing(self, state: EndpointState, now: datetime) -> None:
         since = state.failing_since

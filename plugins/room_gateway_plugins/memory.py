@@ -35,7 +35,7 @@ from gateway.core.models import (
     Unset,
     Variable,
 )
-from gateway.core.outbox import Attempt, EndpointState, MessageStatus, OutboxMessage, new_message_id
+from gateway.core.outbox import EndpointState, MessageStatus, OutboxMessage, Settled, new_message_id
 from gateway.errors import AlreadyExists, Unavailable
 from gateway.hookspecs import hookimpl
 
@@ -272,9 +272,11 @@ class MemoryBackend(Backend):
             claimed.append(message)
         return claimed
 
-    async def outbox_settle(
-        self, message: OutboxMessage, attempt: Attempt, *, due_time: datetime | None
-    ) -> EndpointState | None:
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        return [self._settle(one) for one in settled]
+
+    def _settle(self, settled: Settled) -> EndpointState | None:
+        message, attempt = settled.message, settled.attempt
         messages = self._outbox.get(message.endpoint, {})
         stored = messages.get(message.id)
         if (
@@ -283,13 +285,11 @@ class MemoryBackend(Backend):
             or stored.attempts != message.attempts
         ):
             return None
-        if due_time is not None:
-            status = MessageStatus.PENDING
-        else:
-            status = MessageStatus.DELIVERED if attempt.succeeded else MessageStatus.FAILED
+        status = settled.status
+        if status is not MessageStatus.PENDING:
             self._pending.get(message.endpoint, {}).pop(message.id, None)
         messages[message.id] = dataclasses.replace(
-            stored, status=status, due_time=due_time, log=(*stored.log, attempt)
+            stored, status=status, due_time=settled.due_time, log=(*stored.log, attempt)
         )
         state = self._endpoint_states.get(message.endpoint, EndpointState())
         if attempt.succeeded:

@@ -53,10 +53,10 @@ from gateway.core.backend import DEFAULT_HISTORY, Backend, History, LogPage, Sna
 from gateway.core.hub import LocalHub, Subscription, Topic
 from gateway.core.models import Change, ChangeKind, Event, Member, Presence, Room, RoomSignal, Variable
 from gateway.core.outbox import (
-    Attempt,
     EndpointState,
     MessageStatus,
     OutboxMessage,
+    Settled,
     dumps_log,
     new_message_id,
 )
@@ -445,27 +445,29 @@ class RedisBackend(Backend):
             for one, flat in zip(reply[::2], reply[1::2], strict=True)
         ]
 
-    async def outbox_settle(
-        self, message: OutboxMessage, attempt: Attempt, *, due_time: datetime | None
-    ) -> EndpointState | None:
-        if due_time is not None:
-            status = MessageStatus.PENDING
-        else:
-            status = MessageStatus.DELIVERED if attempt.succeeded else MessageStatus.FAILED
-        base = outbox_redis.base(self.keys.prefix, message.endpoint)
-        reply = await self._settle(
-            keys=[base + ":due", f"{base}:m:{message.id}", base + ":state"],
-            args=[
-                str(message.attempts),
-                status.value,
-                "" if due_time is None else str(codec.milliseconds(due_time)),
-                dumps_log([*message.log, attempt]),
-                message.id,
-                "1" if attempt.succeeded else "0",
-                str(codec.milliseconds(attempt.time)),
-            ],
-        )
-        return None if reply is None else outbox_redis.state_of(reply)
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        if not settled:
+            return []
+        # One round trip for the batch: the scripts pipelined (each one atomic on its own).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for one in settled:
+                message, attempt = one.message, one.attempt
+                base = outbox_redis.base(self.keys.prefix, message.endpoint)
+                await self._settle(
+                    keys=[base + ":due", f"{base}:m:{message.id}", base + ":state"],
+                    args=[
+                        str(message.attempts),
+                        one.status.value,
+                        "" if one.due_time is None else str(codec.milliseconds(one.due_time)),
+                        dumps_log([*message.log, attempt]),
+                        message.id,
+                        "1" if attempt.succeeded else "0",
+                        str(codec.milliseconds(attempt.time)),
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [None if reply is None else outbox_redis.state_of(reply) for reply in replies]
 
     async def outbox_messages(
         self, endpoint: str, *, status: MessageStatus | None, limit: int

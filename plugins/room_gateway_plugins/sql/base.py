@@ -42,10 +42,10 @@ from gateway.core.models import (
     Variable,
 )
 from gateway.core.outbox import (
-    Attempt,
     EndpointState,
     MessageStatus,
     OutboxMessage,
+    Settled,
     dumps_log,
     new_message_id,
 )
@@ -506,14 +506,19 @@ class SqlBackend(Backend):
             found = (await tx.conn.execute(outbox_sql.claim(endpoint, now, lease_end, limit))).all()
         return sorted((outbox_sql.message_of(row) for row in found), key=lambda m: m.due_time or now)
 
-    async def outbox_settle(
-        self, message: OutboxMessage, attempt: Attempt, *, due_time: datetime | None
-    ) -> EndpointState | None:
-        if due_time is not None:
-            status = MessageStatus.PENDING
-        else:
-            status = MessageStatus.DELIVERED if attempt.succeeded else MessageStatus.FAILED
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        states: list[EndpointState | None] = []
+        async with self._tx() as tx:  # one commit (one fsync on SQLite) for the whole batch
+            for one in settled:
+                states.append(await self._settle(tx, one))
+        return states
+
+    async def _settle(self, tx: Transaction, settled: Settled) -> EndpointState | None:
+        message, attempt = settled.message, settled.attempt
         log = dumps_log([*message.log, attempt])
+        statement = outbox_sql.settle(message, settled.status, settled.due_time, log)
+        if (await tx.conn.execute(statement)).first() is None:
+            return None
         ends = webhook_endpoints.c
         if attempt.succeeded:
             change: dict[str, Any] = {"failing_since": None, "last_success_time": attempt.time}
@@ -531,11 +536,7 @@ class SqlBackend(Backend):
             .on_conflict_do_update(index_elements=[ends.name], set_=change)
             .returning(*webhook_endpoints.c)
         )
-        async with self._tx() as tx:
-            settled = (await tx.conn.execute(outbox_sql.settle(message, status, due_time, log))).first()
-            if settled is None:
-                return None
-            return outbox_sql.state_of((await tx.conn.execute(upsert)).first())
+        return outbox_sql.state_of((await tx.conn.execute(upsert)).first())
 
     async def outbox_messages(
         self, endpoint: str, *, status: MessageStatus | None, limit: int
