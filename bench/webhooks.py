@@ -181,6 +181,7 @@ async def bench_backend(name: str, url: str, args: argparse.Namespace, receiver:
         async with gateway(url, receiver) as gw:
             with_.append(await put_rate(gw, args.duration, args.writers))
     await asyncio.to_thread(httpx.post, receiver + "/reset")
+    print(f"{name}: PUT/s {without} without, {with_} with one endpoint", file=sys.stderr)
 
     # Deliveries/s: a backlog written first, then drained.
     async with gateway(url, receiver, start_deliverers=False) as gw, client(gw) as http:
@@ -193,6 +194,7 @@ async def bench_backend(name: str, url: str, args: argparse.Namespace, receiver:
         while len(await asyncio.to_thread(arrivals, receiver)) < args.messages:  # noqa: ASYNC110 - another process
             await asyncio.sleep(0.1)
         drained = args.messages / (time.monotonic() - started)
+        print(f"{name}: {drained:.0f} deliveries/s", file=sys.stderr)
     await asyncio.to_thread(httpx.post, receiver + "/reset")
 
     # Latency at a steady write rate.

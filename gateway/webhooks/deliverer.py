@@ -73,6 +73,8 @@ class EndpointLoop:
         self._clock = clock
         self._signer = Signer(endpoint.secret.get_secret_value())
         self._wake = asyncio.Event()
+        #: Set by :meth:`Deliverers.stop`: the loop ends at its next turn even if a cancellation is lost.
+        self.stopping = False
         self._running: set[asyncio.Task[None]] = set()
         self._state = EndpointState()
         # Finished attempts wait here to be settled in batches: one transaction (one fsync on SQLite) or
@@ -101,7 +103,7 @@ class EndpointLoop:
         """Claim and send until cancelled; store errors are logged and waited out."""
         settler = asyncio.create_task(self._settler(), name=f"webhooks {self.name} settler")
         try:
-            while True:
+            while not self.stopping:
                 try:
                     more = await self._round()
                 except GatewayError as exc:  # the store is away: try again at the next poll
@@ -110,8 +112,11 @@ class EndpointLoop:
                 if more:
                     await asyncio.sleep(0)
                     continue
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for may swallow a cancellation that
+                # comes as the event is set, and the loop would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._config.poll_seconds)
+                    async with asyncio.timeout(self._config.poll_seconds):
+                        await self._wake.wait()
                 # Linger once woken, so that a burst of writes is claimed in a few claims, not one each.
                 await asyncio.sleep(LINGER_SECONDS)
                 self._wake.clear()
@@ -270,6 +275,9 @@ class Deliverers:
             loop.wake()
 
     async def stop(self) -> None:
+        for loop in self.loops.values():
+            loop.stopping = True
+            loop.wake()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
