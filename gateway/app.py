@@ -45,6 +45,8 @@ from gateway.upstream.surface import (
     ready_with_upstreams,
     upstream_surfaces,
 )
+from gateway.webhooks.deliverer import Deliverers, outbox_of
+from gateway.webhooks.manager import WebhookManager
 
 if TYPE_CHECKING:
     from gateway.observability.tracing import Tracing
@@ -77,6 +79,7 @@ class Gateway:
     listeners: dict[str, str] = field(default_factory=dict)
     #: The front-proxy upstreams (their channels are closed when the gateway stops).
     upstreams: tuple[UpstreamSurface, ...] = ()
+    webhooks: Deliverers | None = None  # None: no webhook endpoint configured
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -103,12 +106,15 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         tracing=tracing,
     )
     instrument(backend, metrics, tracing)  # before anything holds its bound methods
+    webhooks = _webhooks(config, backend, metrics)
+    manager = WebhookManager(config.webhooks, backend, webhooks) if webhooks is not None else None
     tokens = room_token_issuer(config.auth.room_tokens)  # None: no secret, no room tokens
     service = RoomService(
         backend,
         tokens=tokens,
         auto_create_rooms=config.auto_create_rooms,
         value_limits=ValueLimits(config.input.max_value_bytes, config.input.max_json_depth),
+        webhooks=manager,
     )
     policy = AuthPolicy(keys, tokens=tokens)
     limiter = _rate_limiter(config, metrics)
@@ -165,6 +171,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
         presence,
         listeners,
         tuple(upstreams),
+        webhooks,
     )
 
 
@@ -172,6 +179,23 @@ def _cors(config: GatewayConfig) -> Cors | None:
     """The CORS rules of ``http.cors``; ``None`` (no CORS stage at all) when no origin is allowed."""
     cors = config.http.cors
     return Cors(cors.allow_origins, cors.max_age_seconds) if cors.allow_origins else None
+
+
+def _webhooks(config: GatewayConfig, backend: Backend, metrics: Metrics) -> Deliverers | None:
+    """The webhook deliverers, and the backend told which endpoints to write outbox messages for; ``None``
+    without endpoints (the write path then does no outbox work).
+
+    :raises ConfigError: endpoints are configured but the backend has no outbox.
+    """
+    if not config.webhooks.endpoints:
+        return None
+    if not backend.supports_outbox:
+        raise ConfigError(
+            f"webhooks.endpoints: the {type(backend).__name__} backend has no webhook outbox "
+            "(supports_outbox); use memory://, sqlite://, postgresql:// or redis://"
+        )
+    backend.outbox = outbox_of(config.webhooks)
+    return Deliverers(config.webhooks, backend, metrics)
 
 
 def _tracing(config: GatewayConfig) -> Tracing | None:

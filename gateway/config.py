@@ -6,6 +6,7 @@ Loading (``${VAR}`` / ``${VAR:-default}`` interpolation, errors naming the key a
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import ipaddress
 import re
@@ -32,6 +33,7 @@ from pydantic import (
 
 from gateway.auth.permissions import PERMISSIONS, is_extra, upstream_permission
 from gateway.core.backend import History
+from gateway.core.outbox import ALL_TYPES
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
@@ -504,6 +506,79 @@ def _check_metadata_key(key: str) -> None:
         )
 
 
+_WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/]+={0,2}")
+#: Svix's schedule (``API.md``): 8 attempts over ~27 hours.
+DEFAULT_RETRY_SCHEDULE = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+
+
+class WebhookEndpoint(_Strict):
+    """One receiver of ``webhooks.endpoints`` (``API.md``, "Webhooks")."""
+
+    name: str = Field(pattern=r"^[a-z0-9-]{1,64}$")
+    #: ``https://…`` or ``http://…`` (a gateway often posts to a neighbour).
+    url: str
+    #: ``whsec_<base64>``, the Standard Webhooks secret form.
+    secret: SecretStr
+    #: Types (``*`` globs) sent; empty: every type.
+    events: list[str] = []
+    #: Room-id patterns (``*`` globs); empty: every room.
+    rooms: list[str] = []
+    timeout_seconds: float = Field(default=15.0, gt=0)
+    #: Attempts in flight at once to this endpoint, so that a slow receiver holds up only itself.
+    max_in_flight: int = Field(default=16, ge=1, le=1024)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("http", "https") or not rest or rest.startswith("/"):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_secret(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if not _WEBHOOK_SECRET.fullmatch(secret) or len(secret) < len("whsec_") + 24:
+            raise ValueError(
+                "a webhook secret must be whsec_ followed by the base64 of at least 18 random bytes "
+                "(the Standard Webhooks form; docs/webhooks.md shows how to make one)"
+            )
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _known_types(cls, value: list[str]) -> list[str]:
+        unknown = [one for one in value if not fnmatch.filter(ALL_TYPES, one)]
+        if unknown:
+            raise ValueError(f"unknown event type(s) {unknown}; known: {sorted(ALL_TYPES)}")
+        return value
+
+
+class Webhooks(_Strict):
+    """``webhooks``: signed HTTP POSTs of each room change (:mod:`gateway.webhooks`)."""
+
+    endpoints: list[WebhookEndpoint] = []
+    #: Each attempt's delay after the previous one, the first included: one entry per attempt.
+    retry_schedule_seconds: list[Annotated[float, Field(ge=0)]] = Field(
+        default=DEFAULT_RETRY_SCHEDULE, min_length=1, max_length=100
+    )
+    #: An endpoint failing for that long (no success since its first failure) is disabled.
+    disable_after_seconds: float = Field(default=432000.0, gt=0)
+    #: Seconds between two looks for due messages written by other instances (this instance's own writes
+    #: wake its deliverers at once).
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_names(cls, value: list[WebhookEndpoint]) -> list[WebhookEndpoint]:
+        names = [one.name for one in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"webhook endpoint names must be unique: {duplicates}")
+        return value
+
+
 class GatewayConfig(_Strict):
     """The whole of ``gateway.yaml``."""
 
@@ -520,13 +595,14 @@ class GatewayConfig(_Strict):
     presence: PresenceSettings = PresenceSettings()
     #: Seconds that in-flight calls get to finish on SIGTERM before streams are cut.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
-    #: One line per call on logger ``room_gateway.access`` (both transports). Each line costs the event loop
-    #: a log record: at thousands of calls a second, ~10-20% of a cheap call (bench/RESULTS.md).
+    #: One line per call on logger ``room_gateway.access`` (both transports; bench/RESULTS.md says what
+    #: it costs a cheap call).
     access_log: bool = True
     logging: LoggingConfig = LoggingConfig()
     tracing: TracingConfig = TracingConfig()
     #: gRPC services run elsewhere, served through the gateway (docs/front-proxy.md).
     upstreams: list[UpstreamConfig] = []
+    webhooks: Webhooks = Webhooks()
 
     @field_validator("backend")
     @classmethod

@@ -43,7 +43,7 @@ _EXPRESSION = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))
 #: Keys whose values are secrets wherever they appear: scrubbed from every message.
 _SECRET_KEYS = frozenset({"key", "secret"})
 #: Keys whose values may embed a password (``redis://:pw@host``): values from the environment are scrubbed.
-_URL_KEYS = frozenset({"backend", "storage"})
+_URL_KEYS = frozenset({"backend", "storage", "url"})
 #: Variables whose names say they hold a secret are scrubbed wherever they are used.
 _SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 #: Shorter values are not scrubbed: a "true" or "8080" would garble the message (a valid key is ≥ 16).

@@ -1,8 +1,8 @@
 """The runner: uvicorn (HTTP) and grpclib (gRPC) in one process and one event loop, drained on SIGTERM.
 
-Order of life: open the backend → start the presence heartbeat → bind both listeners → serve → on
-``SIGTERM``/``SIGINT`` drain → stop the heartbeat (after the streams' leaves are written) → close the
-backend last. Draining (bounded by ``shutdown_grace_seconds``):
+Order of life: open the backend → start the presence heartbeat and webhook deliverers → bind both
+listeners → serve → on ``SIGTERM``/``SIGINT`` drain → stop the deliverers and the heartbeat (after the
+streams' leaves are written) → close the backend last. Draining (bounded by ``shutdown_grace_seconds``):
 
 1. stop taking work: uvicorn closes its listener and idle keep-alive connections; new gRPC calls are
    refused with UNAVAILABLE (clients retry elsewhere);
@@ -73,8 +73,12 @@ async def serve(gateway: Gateway, *, stop: asyncio.Event | None = None, handle_s
         try:
             if gateway.presence is not None:
                 await gateway.presence.start()
+            if gateway.webhooks is not None:
+                await gateway.webhooks.start()
             await _serve_listeners(gateway, stop, force)
         finally:
+            if gateway.webhooks is not None:  # an attempt cut short is claimed again once its lease ends
+                await gateway.webhooks.stop()
             if gateway.presence is not None:
                 await gateway.presence.stop()
             if gateway.limiter is not None:

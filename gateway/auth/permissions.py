@@ -24,6 +24,7 @@ PERMISSIONS = frozenset(
         "tokens:create",
         "connections:invalidate",
         "presence:read",
+        "webhooks:manage",
         METRICS_READ,
         ALL,
     }
@@ -54,6 +55,12 @@ REQUIRED: dict[str, str] = {
     "ListenRoom": "variables:read",
     "ListChanges": "variables:read",
     "GetPresence": "presence:read",
+    "ListWebhooks": "webhooks:manage",
+    "ListWebhookMessages": "webhooks:manage",
+    "RetryWebhookMessage": "webhooks:manage",
+    "ReplayWebhook": "webhooks:manage",
+    "EnableWebhook": "webhooks:manage",
+    "SendWebhookTest": "webhooks:manage",
 }
 
 #: Methods that name no room and whose *results* are limited to the rooms a caller may access (its key's

@@ -45,7 +45,8 @@ from gateway.core.models import (
     Unset,
     Variable,
 )
-from gateway.errors import Aborted, GatewayError, Unavailable
+from gateway.core.outbox import EndpointState, MessageStatus, Outbox, OutboxMessage, Settled
+from gateway.errors import Aborted, GatewayError, Unavailable, Unimplemented
 
 _T = TypeVar("_T")
 
@@ -74,6 +75,15 @@ CONTRACT_METHODS = (
     "presence_rejoin",
     "get_presence",
     "count_users",
+    "outbox_claim",
+    "outbox_settle",
+    "outbox_messages",
+    "outbox_retry",
+    "outbox_replay",
+    "outbox_add",
+    "outbox_backlog",
+    "get_endpoint_state",
+    "save_endpoint_state",
 )
 
 
@@ -208,6 +218,9 @@ class Backend(abc.ABC):
 
     #: URL schemes this class serves, e.g. ``("memory",)`` or ``("postgresql", "postgresql+asyncpg")``.
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: Whether the class implements the webhook outbox (the ``outbox_*`` methods and writing messages with
+    #: each change); the gateway refuses ``webhooks:`` on a backend without it.
+    supports_outbox: ClassVar[bool] = False
     #: Exceptions of the driver that mean "the store cannot be reached": turned into UNAVAILABLE.
     base_exceptions: ClassVar[tuple[type[BaseException], ...]] = (ConnectionError, TimeoutError)
 
@@ -224,6 +237,9 @@ class Backend(abc.ABC):
         #: The log's incarnation; a backend sets it in :meth:`open` at the latest (durable stores read it
         #: from the store, creating it once).
         self.epoch = ""
+        #: The webhook endpoints to write outbox messages for, set before :meth:`open`; ``None``: none (the
+        #: write path then does no outbox work at all).
+        self.outbox: Outbox | None = None
 
     # -- life cycle ---------------------------------------------------------------------------------------
 
@@ -392,3 +408,67 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def count_users(self, room_ids: Sequence[str]) -> dict[str, int]:
         """How many users are present in each of ``room_ids`` (rooms with none may be left out)."""
+
+    # -- the webhook outbox --------------------------------------------------------------------------------
+    #
+    # With :attr:`outbox` set, every logged change (and ROOM_DELETED, which the log forgets) writes one
+    # OutboxMessage per endpoint of ``outbox.targets(room_id, kind)`` in the change's own atomic step —
+    # ``status`` pending, ``attempts`` 0, ``due_time`` the change's time plus ``outbox.first_delay``,
+    # ``created_time`` the change's time, ``previous`` the variable's version before the write when it had a
+    # value — then calls ``outbox.written()`` once the step is durable. Live-only events (``seq == 0``)
+    # write none. Several instances share the messages through :meth:`outbox_claim`.
+
+    async def outbox_claim(
+        self, endpoint: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> list[OutboxMessage]:
+        """Claim up to ``limit`` of the endpoint's pending messages due at ``now`` (earliest due first), in
+        one atomic step: each one's ``attempts`` grows by one and its ``due_time`` moves to ``now +
+        lease_seconds``, so no other instance claims it until that lease ends. Return them as claimed."""
+        raise _no_outbox(self)
+
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        """Record the outcomes of claimed attempts (of one endpoint, several at once: one transaction or
+        round trip for many deliveries). Each is recorded if its attempt (``message.attempts``) is still the
+        message's latest claimed one and the message is pending; else it is skipped (``None`` in its place).
+
+        The attempt joins the message's ``log``, and the message takes :attr:`Settled.status` and
+        ``due_time``. With each, the endpoint's state records the outcome: a success sets
+        ``last_success_time`` and clears ``failing_since``; a failure sets ``failing_since`` unless it is
+        set. Return, for each, the endpoint's state after it."""
+        raise _no_outbox(self)
+
+    async def outbox_messages(
+        self, endpoint: str, *, status: MessageStatus | None, limit: int
+    ) -> list[OutboxMessage]:
+        """Up to ``limit`` of the endpoint's messages (of ``status`` when given), newest first."""
+        raise _no_outbox(self)
+
+    async def outbox_retry(self, endpoint: str, message_id: str, *, now: datetime) -> bool:
+        """Make a message pending and due at ``now`` (its id kept, its attempts counting on); ``False`` when
+        the endpoint has no such message."""
+        raise _no_outbox(self)
+
+    async def outbox_replay(self, endpoint: str, *, since: datetime, now: datetime) -> int:
+        """Copy every message of the endpoint created at or after ``since``, each under a new id, pending and
+        due at ``now``, with no attempts; return how many."""
+        raise _no_outbox(self)
+
+    async def outbox_add(self, messages: Sequence[OutboxMessage]) -> None:
+        """Store messages made outside a change (``webhook.test``) as given."""
+        raise _no_outbox(self)
+
+    async def outbox_backlog(self, endpoint: str) -> int:
+        """How many of the endpoint's messages are pending."""
+        raise _no_outbox(self)
+
+    async def get_endpoint_state(self, endpoint: str) -> EndpointState:
+        """The endpoint's state (an endpoint never seen: the default, enabled state)."""
+        raise _no_outbox(self)
+
+    async def save_endpoint_state(self, endpoint: str, state: EndpointState) -> None:
+        """Overwrite the endpoint's state (disable, enable)."""
+        raise _no_outbox(self)
+
+
+def _no_outbox(backend: Backend) -> Unimplemented:
+    return Unimplemented(f"the {type(backend).__name__} backend has no webhook outbox")

@@ -209,3 +209,57 @@ class Presence:
 #: What a subscription delivers: the room's changes, and the signal that ends every stream of every room
 #: (InvalidateConnections without a room, which no room's log records).
 Notification: TypeAlias = Change | RoomSignal
+
+
+@dataclass(slots=True, frozen=True)
+class WebhookEndpoint:
+    """A configured webhook endpoint as the management API shows it (never its URL nor its secret)."""
+
+    name: str
+    events: list[str]
+    rooms: list[str]
+    enabled: bool
+    disabled_reason: str = ""
+    last_success_time: datetime | None = None
+    failing_since: datetime | None = None
+    backlog: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class ListWebhooksResponse:
+    endpoints: list[WebhookEndpoint]
+
+
+@dataclass(slots=True, frozen=True)
+class WebhookAttempt:
+    time: datetime
+    status_code: int
+    duration_ms: float
+    error: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class WebhookMessage:
+    message_id: str
+    type: str
+    room_id: str
+    seq: int
+    status: str
+    attempts: list[WebhookAttempt]
+    create_time: datetime | None = None
+    next_attempt_time: datetime | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class ListWebhookMessagesResponse:
+    messages: list[WebhookMessage]
+
+
+@dataclass(slots=True, frozen=True)
+class ReplayWebhookResponse:
+    num_messages: int
+
+
+@dataclass(slots=True, frozen=True)
+class SendWebhookTestResponse:
+    message_id: str

@@ -31,7 +31,7 @@ import logging
 import types
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from gateway import schema
 from gateway.auth.policy import Principal
@@ -49,15 +49,20 @@ from gateway.core.models import (
     InvalidateConnectionsResponse,
     ListChangesResponse,
     ListRoomsResponse,
+    ListWebhookMessagesResponse,
+    ListWebhooksResponse,
     Presence,
+    ReplayWebhookResponse,
     Room,
     RoomContents,
     RoomSignal,
     RoomStatus,
     RoomToken,
+    SendWebhookTestResponse,
     SignalKind,
     Unset,
     Variable,
+    WebhookEndpoint,
 )
 from gateway.errors import (
     Aborted,
@@ -71,6 +76,9 @@ from gateway.errors import (
     Unauthenticated,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from gateway.webhooks.manager import WebhookManager
 
 log = logging.getLogger(__name__)
 
@@ -193,9 +201,12 @@ class RoomService:
         clock: Callable[[], datetime] = utcnow,
         value_limits: validation.ValueLimits = validation.DEFAULT_VALUE_LIMITS,
         tokens: RoomTokenIssuer | None = None,
+        webhooks: WebhookManager | None = None,
     ) -> None:
         self.backend = backend
         self.tokens = tokens
+        #: The webhook endpoints' management (``None``: none configured, every name is unknown).
+        self.webhooks = webhooks
         self.value_limits = value_limits
         self.auto_create_rooms = auto_create_rooms
         self._now = clock
@@ -727,6 +738,35 @@ class RoomService:
         if room is not None and room.status is RoomStatus.DELETED:
             raise RoomDeleted(f"room {room_id!r} was deleted")
         return await self.backend.get_presence(room_id)
+
+    # -- webhooks (gateway.webhooks.manager) ---------------------------------------------------------------
+
+    async def list_webhooks(self) -> ListWebhooksResponse:
+        if self.webhooks is None:
+            return ListWebhooksResponse([])
+        return await self.webhooks.list_webhooks()
+
+    async def list_webhook_messages(
+        self, name: str = "", status: str = "", max_results: int = 0
+    ) -> ListWebhookMessagesResponse:
+        return await self._webhooks(name).list_messages(name, status, max_results)
+
+    async def retry_webhook_message(self, name: str = "", message_id: str = "") -> None:
+        await self._webhooks(name).retry(name, message_id)
+
+    async def replay_webhook(self, name: str = "", since: datetime | None = None) -> ReplayWebhookResponse:
+        return await self._webhooks(name).replay(name, since)
+
+    async def enable_webhook(self, name: str = "") -> WebhookEndpoint:
+        return await self._webhooks(name).enable(name)
+
+    async def send_webhook_test(self, name: str = "") -> SendWebhookTestResponse:
+        return await self._webhooks(name).test(name)
+
+    def _webhooks(self, name: str) -> WebhookManager:
+        if self.webhooks is None:
+            raise NotFound(f"no webhook endpoint {name!r} (none is configured: webhooks.endpoints)")
+        return self.webhooks
 
     # -- rules shared by the methods ----------------------------------------------------------------------
 

@@ -228,4 +228,3 @@ def decode(data: bytes | str) -> Message:
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a notification ({type(exc).__name__}: {exc})") from exc
     raise ValueError(f"not a notification (type {kind!r})")
-

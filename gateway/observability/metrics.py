@@ -123,6 +123,14 @@ class Metrics:
     :ivar rate_limited: calls refused with 429 / RESOURCE_EXHAUSTED, label ``by`` (``ip``, ``key``, ``room``).
     :ivar rate_limit_storage_failures: checks that could not reach the rate-limit storage (served anyway
         unless ``fail_closed``).
+    :ivar webhook_deliveries: ``room_gateway_webhook_deliveries_total{endpoint,outcome}`` — attempts by
+        this instance, ``outcome`` ``delivered``, ``retrying`` or ``failed`` (the schedule ran out).
+    :ivar webhook_duration: ``room_gateway_webhook_attempt_duration_seconds{endpoint}`` — an attempt's
+        HTTP round trip.
+    :ivar webhook_latency: ``room_gateway_webhook_delivery_latency_seconds{endpoint}`` — from a change to
+        its delivery (retries included).
+    :ivar webhook_backlog: ``room_gateway_webhook_backlog{endpoint}`` — pending messages, as last read.
+    :ivar webhook_disabled: ``room_gateway_webhook_endpoint_disabled{endpoint}`` — 1 while disabled.
 
     The process collector (``process_cpu_seconds_total``, ``process_resident_memory_bytes``,
     ``process_open_fds``, …) is registered too.
@@ -182,6 +190,36 @@ class Metrics:
         self.rate_limit_storage_failures = Counter(
             "room_gateway_rate_limit_storage_failures",
             "Rate-limit checks that could not reach the storage.",
+            registry=registry,
+        )
+        # Webhooks: ``endpoint`` is a configured endpoint's name (a bounded set).
+        self.webhook_deliveries = Counter(
+            "room_gateway_webhook_deliveries",
+            "Webhook attempts, by endpoint and outcome (delivered, retrying, failed).",
+            ["endpoint", "outcome"],
+            registry=registry,
+        )
+        self.webhook_duration = Histogram(
+            "room_gateway_webhook_attempt_duration_seconds",
+            "Duration of one webhook attempt's HTTP round trip.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.webhook_latency = Histogram(
+            "room_gateway_webhook_delivery_latency_seconds",
+            "From a change to its webhook's delivery, retries included.",
+            ["endpoint"],
+            buckets=(*LATENCY_BUCKETS, 30.0, 60.0, 300.0, 1800.0, 7200.0, 36000.0, 100000.0),
+            registry=registry,
+        )
+        self.webhook_backlog = Gauge(
+            "room_gateway_webhook_backlog", "Pending webhook messages.", ["endpoint"], registry=registry
+        )
+        self.webhook_disabled = Gauge(
+            "room_gateway_webhook_endpoint_disabled",
+            "1 while a webhook endpoint is disabled.",
+            ["endpoint"],
             registry=registry,
         )
         ProcessCollector(registry=registry)

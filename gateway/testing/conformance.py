@@ -51,6 +51,7 @@ from gateway.core.models import (
     SignalKind,
     Variable,
 )
+from gateway.core.outbox import Outbox
 from gateway.core.service import RoomService
 from gateway.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound, OutOfRange, Unavailable
 
@@ -75,9 +76,10 @@ class Ctx:
         self.prefix = f"conf-{uuid.uuid4().hex[:12]}-"
         self.now = T0
 
-    async def backend(self, history: History | None = None) -> Backend:
+    async def backend(self, history: History | None = None, *, outbox: Outbox | None = None) -> Backend:
         """Another opened instance over the same store (another gateway process, for shared stores)."""
         backend = self._factory() if history is None else self._factory(history=history)
+        backend.outbox = outbox
         await backend.open()
         self.opened.append(backend)
         return backend
@@ -132,6 +134,9 @@ async def nothing_more(sub: Subscription, wait: float = 0.2) -> None:
         return
     raise AssertionError(f"unexpected notification {note!r}")
 
+
+# After Ctx and scenario, which the outbox's part of the suite uses.
+from gateway.testing.conformance_outbox import OutboxContract  # noqa: E402
 
 _MEMBER_KINDS = frozenset({ChangeKind.MEMBER_JOINED, ChangeKind.MEMBER_LEFT})
 #: The presence timeout the presence scenarios heartbeat with.
@@ -418,7 +423,7 @@ class PresenceContract:
         assert await self._member_log(b, room.room_id) == []
 
 
-class BackendContract(PresenceContract):
+class BackendContract(PresenceContract, OutboxContract):
     """The contract of :class:`gateway.core.backend.Backend`. Subclass it and define ``backend_factory``."""
 
     #: Whether a new instance over the same store finds the same log and epoch (the store outlives it).
@@ -1053,6 +1058,7 @@ class SharedBackendContract(BackendContract):
     """For backends that several gateway processes share: instances of the factory reach one store."""
 
     _writers = 3
+    shared = True
 
     @scenario
     async def test_instances_share_one_log_and_epoch(self, ctx: Ctx) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import copy
+import dataclasses
 import itertools
 import uuid
 from collections import deque
@@ -34,6 +35,7 @@ from gateway.core.models import (
     Unset,
     Variable,
 )
+from gateway.core.outbox import EndpointState, MessageStatus, OutboxMessage, Settled, new_message_id
 from gateway.errors import AlreadyExists, Unavailable
 from gateway.hookspecs import hookimpl
 
@@ -55,6 +57,7 @@ class MemoryBackend(Backend):
     URL: ``memory://``. Its epoch is new in every process: a restart loses the history."""
 
     schemes = ("memory",)
+    supports_outbox = True
 
     def __init__(self, url: str = "memory://", *, history: History = DEFAULT_HISTORY) -> None:
         super().__init__(url, history=history)
@@ -71,6 +74,10 @@ class MemoryBackend(Backend):
         self._seats: dict[str, dict[str, _Seat]] = {}
         self._alive_until: dict[str, datetime] = {}
         self._logs: dict[str, _Log] = {}
+        # endpoint -> id -> message (in the order written), and the ids of its pending ones.
+        self._outbox: dict[str, dict[str, OutboxMessage]] = {}
+        self._pending: dict[str, dict[str, None]] = {}
+        self._endpoint_states: dict[str, EndpointState] = {}
         self._closed = False
 
     async def close(self) -> None:
@@ -93,9 +100,11 @@ class MemoryBackend(Backend):
         event: Event | None = None,
         room: Room | None = None,
         member: Member | None = None,
+        previous: Variable | None = None,
     ) -> Change:
         """Log a change of ``kind`` with its payload at ``now``: the room's next seq, kept (trimming what
-        retention drops) and delivered. Every writer of this backend, presence included, logs through here.
+        retention drops), its outbox messages written, and delivered. Every writer of this backend, presence
+        included, logs through here.
         """
         log = self._logs.get(room_id)
         if log is None:
@@ -116,6 +125,8 @@ class MemoryBackend(Backend):
             cutoff = times.utc(now) - timedelta(seconds=self.history.max_age_seconds)
             while changes and (changes[0].time or cutoff) < cutoff:
                 changes.popleft()
+        if self.outbox is not None:
+            self._enqueue(room_id, change, previous)
         self.hub.deliver(room_id, change)
         return change
 
@@ -168,6 +179,8 @@ class MemoryBackend(Backend):
             stored.update_time,
             room=copy.copy(stored),
         )
+        if self.outbox is not None:
+            self._enqueue(room.room_id, last, None)
         self.hub.deliver(room.room_id, last)
 
     # -- variables ----------------------------------------------------------------------------------------
@@ -192,7 +205,8 @@ class MemoryBackend(Backend):
         variable = write.written(last_version + 1)
         variables[write.name] = variable
         kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
-        self._log(write.room_id, kind, variable.update_time, variable=variable)
+        before = previous if current else None
+        self._log(write.room_id, kind, variable.update_time, variable=variable, previous=before)
         return variable
 
     async def get_contents(self, room_id: str) -> Snapshot:
@@ -221,6 +235,126 @@ class MemoryBackend(Backend):
 
     async def subscribe(self, topic: Topic) -> Subscription:
         return self.hub.subscribe(topic)
+
+    # -- the webhook outbox -------------------------------------------------------------------------------
+
+    def _enqueue(self, room_id: str, change: Change, previous: Variable | None) -> None:
+        outbox = self.outbox
+        if outbox is None:
+            return
+        targets = outbox.targets(room_id, change.kind)
+        if not targets:
+            return
+        time = change.time
+        due = times.utc(time) + outbox.first_delay if time is not None else None
+        message_id = new_message_id()
+        for endpoint in targets:
+            message = OutboxMessage(
+                message_id, endpoint, room_id, change, previous, due_time=due, created_time=time
+            )
+            self._outbox.setdefault(endpoint, {})[message_id] = message
+            self._pending.setdefault(endpoint, {})[message_id] = None
+        outbox.written()
+
+    async def outbox_claim(
+        self, endpoint: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> list[OutboxMessage]:
+        messages = self._outbox.get(endpoint, {})
+        due = [
+            messages[one] for one in self._pending.get(endpoint, {}) if (messages[one].due_time or now) <= now
+        ]
+        due.sort(key=lambda message: message.due_time or now)
+        lease_end = times.utc(now) + timedelta(seconds=lease_seconds)
+        claimed = []
+        for message in due[: max(0, limit)]:
+            message = dataclasses.replace(message, attempts=message.attempts + 1, due_time=lease_end)
+            messages[message.id] = message
+            claimed.append(message)
+        return claimed
+
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        return [self._settle(one) for one in settled]
+
+    def _settle(self, settled: Settled) -> EndpointState | None:
+        message, attempt = settled.message, settled.attempt
+        messages = self._outbox.get(message.endpoint, {})
+        stored = messages.get(message.id)
+        if (
+            stored is None
+            or stored.status is not MessageStatus.PENDING
+            or stored.attempts != message.attempts
+        ):
+            return None
+        status = settled.status
+        if status is not MessageStatus.PENDING:
+            self._pending.get(message.endpoint, {}).pop(message.id, None)
+        messages[message.id] = dataclasses.replace(
+            stored, status=status, due_time=settled.due_time, log=(*stored.log, attempt)
+        )
+        state = self._endpoint_states.get(message.endpoint, EndpointState())
+        if attempt.succeeded:
+            state = dataclasses.replace(state, failing_since=None, last_success_time=attempt.time)
+        elif state.failing_since is None:
+            state = dataclasses.replace(state, failing_since=attempt.time)
+        self._endpoint_states[message.endpoint] = state
+        return state
+
+    async def outbox_messages(
+        self, endpoint: str, *, status: MessageStatus | None, limit: int
+    ) -> list[OutboxMessage]:
+        found = (m for m in reversed(self._outbox.get(endpoint, {}).values()) if status in (None, m.status))
+        return list(itertools.islice(found, max(0, limit)))
+
+    async def outbox_retry(self, endpoint: str, message_id: str, *, now: datetime) -> bool:
+        messages = self._outbox.get(endpoint, {})
+        message = messages.get(message_id)
+        if message is None:
+            return False
+        messages[message_id] = dataclasses.replace(
+            message, status=MessageStatus.PENDING, due_time=times.utc(now)
+        )
+        self._pending.setdefault(endpoint, {})[message_id] = None
+        self._wake()
+        return True
+
+    async def outbox_replay(self, endpoint: str, *, since: datetime, now: datetime) -> int:
+        since = times.utc(since)
+        copies = [
+            dataclasses.replace(
+                m,
+                id=new_message_id(),
+                status=MessageStatus.PENDING,
+                attempts=0,
+                due_time=times.utc(now),
+                created_time=times.utc(now),
+                log=(),
+            )
+            for m in list(self._outbox.get(endpoint, {}).values())
+            if m.created_time is not None and times.utc(m.created_time) >= since
+        ]
+        await self.outbox_add(copies)
+        return len(copies)
+
+    async def outbox_add(self, messages: Sequence[OutboxMessage]) -> None:
+        for message in messages:
+            self._outbox.setdefault(message.endpoint, {})[message.id] = message
+            if message.status is MessageStatus.PENDING:
+                self._pending.setdefault(message.endpoint, {})[message.id] = None
+        if messages:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self.outbox is not None:
+            self.outbox.written()
+
+    async def outbox_backlog(self, endpoint: str) -> int:
+        return len(self._pending.get(endpoint, {}))
+
+    async def get_endpoint_state(self, endpoint: str) -> EndpointState:
+        return self._endpoint_states.get(endpoint, EndpointState())
+
+    async def save_endpoint_state(self, endpoint: str, state: EndpointState) -> None:
+        self._endpoint_states[endpoint] = state
 
     # -- presence -----------------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     operations = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
     for binding in bindings():
         names = {
-            v.field_path: "roomId" if v.field_path[-1] == "room_id" else v.field_path[-1]
+            v.field_path: schema.camel_case(v.field_path[-1])
             for v in binding.template.variables
         }
         assert (binding.http_method, binding.template.openapi_path(names)) in operations

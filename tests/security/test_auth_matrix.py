@@ -27,6 +27,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import betterproto2
@@ -46,6 +47,7 @@ from gateway._gen.roomgateway.v1 import (
     CreateRoomTokenRequest,
     DeleteRoomRequest,
     DeleteVariableRequest,
+    EnableWebhookRequest,
     GetPresenceRequest,
     GetRoomContentsRequest,
     GetRoomRequest,
@@ -56,22 +58,34 @@ from gateway._gen.roomgateway.v1 import (
     ListenRoomRequest,
     ListenVariableRequest,
     ListRoomsRequest,
+    ListWebhookMessagesRequest,
+    ListWebhooksRequest,
     PublishEventRequest,
+    ReplayWebhookRequest,
+    RetryWebhookMessageRequest,
     Room,
     RoomServiceStub,
+    SendWebhookTestRequest,
     SetVariableRequest,
     UpdateRoomRequest,
 )
 from gateway.auth.permissions import PERMISSIONS, REQUIRED
 from gateway.auth.policy import ApiKey, AuthPolicy, Principal, digest
 from gateway.auth.tokens import RoomTokenIssuer
+from gateway.config import WebhookEndpoint, Webhooks
+from gateway.core.outbox import OutboxMessage
 from gateway.core.service import RoomService
 from gateway.dispatch import Dispatcher
 from gateway.edge.app import create_http_app
+from gateway.observability.metrics import Metrics
 from gateway.rpc.server import create_grpc_server
+from gateway.webhooks.deliverer import Deliverers, outbox_of
+from gateway.webhooks.manager import WebhookManager
 from tests.conftest import FrozenClock
 
 SECRET = "matrix-room-token-secret-0123456789abcdef"
+HOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+HOOK_MESSAGE = "msg_matrix"
 ROLES = {"moderator": ["*"], "guest": ["variables:read", "events:listen"]}
 ADMIN = "matrix-admin-key-0123456789"
 PUBLIC = "matrix-public-key-0123456789"
@@ -151,6 +165,19 @@ OPS = [
        ListChangesRequest(room_id="private-1")),
     Op("GetPresence", "GetPresence", "private-1", ("GET", "/v1/rooms/private-1/presence", None),
        GetPresenceRequest(room_id="private-1")),
+    Op("ListWebhooks", "ListWebhooks", None, ("GET", "/v1/webhooks", None), ListWebhooksRequest()),
+    Op("ListWebhookMessages", "ListWebhookMessages", None, ("GET", "/v1/webhooks/app/messages", None),
+       ListWebhookMessagesRequest(name="app")),
+    Op("RetryWebhookMessage", "RetryWebhookMessage", None,
+       ("POST", f"/v1/webhooks/app/messages/{HOOK_MESSAGE}:retry", {}),
+       RetryWebhookMessageRequest(name="app", message_id=HOOK_MESSAGE)),
+    Op("ReplayWebhook", "ReplayWebhook", None,
+       ("POST", "/v1/webhooks/app:replay", {"since": "2026-01-01T00:00:00Z"}),
+       ReplayWebhookRequest(name="app", since=datetime(2026, 1, 1, tzinfo=UTC))),
+    Op("EnableWebhook", "EnableWebhook", None, ("POST", "/v1/webhooks/app:enable", {}),
+       EnableWebhookRequest(name="app")),
+    Op("SendWebhookTest", "SendWebhookTest", None, ("POST", "/v1/webhooks/app:test", {}),
+       SendWebhookTestRequest(name="app")),
 ]  # fmt: skip
 
 # -- the credential cases and the expected statuses ----------------------------------------------------------
@@ -192,6 +219,12 @@ EXPECTED: dict[str, tuple[int, ...]] = {
     "ListenRoom":                   (401, 401, 401, 403,  403,  401, 401, 403,  401,  200,  200, 200),
     "ListChanges":                  (401, 401, 401, 403,  403,  401, 401, 403,  401,  200,  200, 200),
     "GetPresence":                  (401, 401, 401, 403,  403,  401, 401, 403,  401,  200,  403, 200),
+    "ListWebhooks":                 (401, 401, 401, 403,  403,  401, 401, 403,  403,  403,  403, 200),
+    "ListWebhookMessages":          (401, 401, 401, 403,  403,  401, 401, 403,  403,  403,  403, 200),
+    "RetryWebhookMessage":          (401, 401, 401, 403,  403,  401, 401, 403,  403,  403,  403, 200),
+    "ReplayWebhook":                (401, 401, 401, 403,  403,  401, 401, 403,  403,  403,  403, 200),
+    "EnableWebhook":                (401, 401, 401, 403,  403,  401, 401, 403,  403,  403,  403, 200),
+    "SendWebhookTest":              (401, 401, 401, 403,  403,  401, 401, 403,  403,  403,  403, 200),
 }
 # fmt: on
 
@@ -226,7 +259,7 @@ def _tamper(token: str) -> str:
 async def build_world(op: Op, backend: MemoryBackend) -> World:
     clock = FrozenClock()
     issuer = RoomTokenIssuer(SECRET, roles=ROLES, clock=clock)
-    service = RoomService(backend, clock=clock, tokens=issuer)
+    service = RoomService(backend, clock=clock, tokens=issuer, webhooks=await _webhooks(backend))
     policy = AuthPolicy(KEYS, tokens=issuer)
     admin = Principal("admin", frozenset({"*"}))
     for room_id in ("private-1", "closed-1", "other-room"):
@@ -253,6 +286,15 @@ async def build_world(op: Op, backend: MemoryBackend) -> World:
     await service.close_room("closed-1")
     clock.advance(10)  # past the expired token's exp and its leeway
     return World(Dispatcher(service, policy), service, tokens)
+
+
+async def _webhooks(backend: MemoryBackend) -> WebhookManager:
+    """One endpoint, ``app``, holding one message, :data:`HOOK_MESSAGE` (the deliverers never start)."""
+    config = Webhooks(endpoints=[WebhookEndpoint(name="app", url="http://127.0.0.1:9", secret=HOOK_SECRET)])
+    backend.outbox = outbox_of(config)
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    await backend.outbox_add([OutboxMessage(HOOK_MESSAGE, "app", "", None, due_time=now, created_time=now)])
+    return WebhookManager(config, backend, Deliverers(config, backend, Metrics()))
 
 
 def credentials(case: str, op: Op, world: World) -> dict[str, str]:

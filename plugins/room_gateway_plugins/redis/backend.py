@@ -54,9 +54,18 @@ from gateway.core import wire
 from gateway.core.backend import DEFAULT_HISTORY, Backend, History, LogPage, Snapshot, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
 from gateway.core.models import Change, ChangeKind, Event, Member, Presence, Room, RoomSignal, Variable
+from gateway.core.outbox import (
+    EndpointState,
+    MessageStatus,
+    OutboxMessage,
+    Settled,
+    dumps_log,
+    new_message_id,
+)
 from gateway.errors import AlreadyExists, NotFound, Unavailable
 from gateway.plugins import ConfigError
 from room_gateway_plugins.redis import codec, scripts
+from room_gateway_plugins.redis import outbox as outbox_redis
 from room_gateway_plugins.redis.keys import Keyspace, split_url
 from room_gateway_plugins.redis.listener import ChannelListener
 
@@ -68,6 +77,9 @@ ASSIGNED: tuple[str, ...] = ("epoch", "seq")
 TAILS: dict[tuple[str, ...], str] = {
     assigned: wire.tail_format(assigned) for assigned in (ASSIGNED_VARIABLE, ASSIGNED)
 }
+#: Messages a listing looks through at most (newest first) for those of the status asked.
+_MAX_LISTED = 10_000
+
 #: Connection settings unless the URL's query sets them (``?socket_connect_timeout=5``): fail fast when the
 #: server is away, PING a pooled connection idle for 30 s before using it, and never retry a command — a
 #: write retried after a lost reply could apply twice (a created room would then answer ALREADY_EXISTS);
@@ -89,6 +101,7 @@ class RedisBackend(Backend):
     """
 
     schemes = ("redis", "rediss")
+    supports_outbox = True
     base_exceptions = (
         RedisConnectionError,  # includes BusyLoadingError (server restarting), AuthenticationError
         RedisTimeoutError,
@@ -136,6 +149,10 @@ class RedisBackend(Backend):
         self._read_changes = register(scripts.READ_CHANGES)
         self._get_contents = register(scripts.GET_CONTENTS)
         self._get_epoch = register(scripts.EPOCH)
+        self._claim = register(scripts.CLAIM)
+        self._settle = register(scripts.SETTLE)
+        self._retry = register(scripts.RETRY)
+        self._replay = register(scripts.REPLAY)
         kwargs = client.connection_pool.connection_kwargs
         self._listener = ChannelListener(
             client.connection_pool,
@@ -198,11 +215,18 @@ class RedisBackend(Backend):
         Answers the script's reply, whose second item (the store's epoch) is learnt.
         """
         assigned = ASSIGNED_VARIABLE if change.variable is not None else ASSIGNED
+        outbox = self.outbox
+        targets = outbox.targets(room_id, change.kind) if outbox is not None else ()
+        messages = ""
+        if outbox is not None and targets:
+            messages = outbox_redis.spec(self.keys.prefix, room_id, change, targets, outbox.first_delay)
         reply: list[Any] = await script(
             keys=[self.keys.epoch, self.keys.head(room_id), self.keys.log(room_id), *keys],
-            args=[*self._log_args(room_id, change, assigned), *args],
+            args=[*self._log_args(room_id, change, assigned), messages, *args],
         )
         self._learn(reply[1])
+        if outbox is not None and targets:
+            outbox.written()
         return reply
 
     def _log_args(self, room_id: str, change: Change, assigned: tuple[str, ...]) -> list[str | bytes]:
@@ -404,6 +428,123 @@ class RedisBackend(Backend):
 
     def _on_lost(self, error: Unavailable) -> None:
         self.hub.close_all(error)
+
+    # -- the webhook outbox -------------------------------------------------------------------------------
+
+    async def outbox_claim(
+        self, endpoint: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> list[OutboxMessage]:
+        base = outbox_redis.base(self.keys.prefix, endpoint)
+        now_ms = codec.milliseconds(now)
+        reply = await self._claim(
+            keys=[base + ":due"],
+            args=[str(now_ms), str(now_ms + math.ceil(lease_seconds * 1000)), str(limit), base + ":m:"],
+        )
+        return [
+            outbox_redis.message_of(endpoint, one, flat)
+            for one, flat in zip(reply[::2], reply[1::2], strict=True)
+        ]
+
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        if not settled:
+            return []
+        # One round trip for the batch: the scripts pipelined (each one atomic on its own).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for one in settled:
+                message, attempt = one.message, one.attempt
+                base = outbox_redis.base(self.keys.prefix, message.endpoint)
+                await self._settle(
+                    keys=[base + ":due", f"{base}:m:{message.id}", base + ":state"],
+                    args=[
+                        str(message.attempts),
+                        one.status.value,
+                        "" if one.due_time is None else str(codec.milliseconds(one.due_time)),
+                        dumps_log([*message.log, attempt]),
+                        message.id,
+                        "1" if attempt.succeeded else "0",
+                        str(codec.milliseconds(attempt.time)),
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return [None if reply is None else outbox_redis.state_of(reply) for reply in replies]
+
+    async def outbox_messages(
+        self, endpoint: str, *, status: MessageStatus | None, limit: int
+    ) -> list[OutboxMessage]:
+        base = outbox_redis.base(self.keys.prefix, endpoint)
+        found: list[OutboxMessage] = []
+        start, page = 0, max(limit, 100)
+        while len(found) < limit and start < _MAX_LISTED:
+            ids: list[Any] = await self._redis.zrevrange(base + ":all", start, start + page - 1)
+            if not ids:
+                break
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for one in ids:
+                    pipe.hgetall(f"{base}:m:{_text(one)}")
+                hashes = await pipe.execute()
+            for one, fields in zip(ids, hashes, strict=True):
+                if fields:
+                    flat = [item for pair in fields.items() for item in pair]
+                    message = outbox_redis.message_of(endpoint, one, flat)
+                    if status is None or message.status is status:
+                        found.append(message)
+            start += page
+        return found[: max(0, limit)]
+
+    async def outbox_retry(self, endpoint: str, message_id: str, *, now: datetime) -> bool:
+        base = outbox_redis.base(self.keys.prefix, endpoint)
+        done = await self._retry(
+            keys=[base + ":due", f"{base}:m:{message_id}"], args=[message_id, str(codec.milliseconds(now))]
+        )
+        if done and self.outbox is not None:
+            self.outbox.written()
+        return bool(done)
+
+    async def outbox_replay(self, endpoint: str, *, since: datetime, now: datetime) -> int:
+        base = outbox_redis.base(self.keys.prefix, endpoint)
+        copied = int(
+            await self._replay(
+                keys=[base + ":due", base + ":all"],
+                args=[
+                    str(codec.milliseconds(since)),
+                    str(codec.milliseconds(now)),
+                    base + ":m:",
+                    new_message_id(),
+                ],
+            )
+        )
+        if copied and self.outbox is not None:
+            self.outbox.written()
+        return copied
+
+    async def outbox_add(self, messages: Sequence[OutboxMessage]) -> None:
+        if not messages:
+            return
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for message in messages:
+                base = outbox_redis.base(self.keys.prefix, message.endpoint)
+                pipe.hset(f"{base}:m:{message.id}", mapping=outbox_redis.fields_of(message))
+                pipe.zadd(base + ":all", {message.id: codec.milliseconds(message.created_time)})
+                if message.status is MessageStatus.PENDING:
+                    pipe.zadd(base + ":due", {message.id: codec.milliseconds(message.due_time)})
+            await pipe.execute()
+        if self.outbox is not None:
+            self.outbox.written()
+
+    async def outbox_backlog(self, endpoint: str) -> int:
+        return int(await self._redis.zcard(outbox_redis.base(self.keys.prefix, endpoint) + ":due"))
+
+    async def get_endpoint_state(self, endpoint: str) -> EndpointState:
+        fields = await self._redis.hgetall(outbox_redis.base(self.keys.prefix, endpoint) + ":state")
+        return outbox_redis.state_of([item for pair in fields.items() for item in pair])
+
+    async def save_endpoint_state(self, endpoint: str, state: EndpointState) -> None:
+        key = outbox_redis.base(self.keys.prefix, endpoint) + ":state"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=outbox_redis.state_fields(state))
+            await pipe.execute()
 
     # -- presence -----------------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ its seq, its log entry, the retention trim and the PUBLISH to the room's channel
     ARGV[1] a new epoch, used if the store has none   ARGV[2] the room's channel   ARGV[3] max changes kept
     ARGV[4] the cutoff time (13-digit ms: older entries are dropped)   ARGV[5] how long the log outlives
     its last append (ms)   ARGV[6] the entry's prefix (13-digit ms, 2-digit kind)   ARGV[7] the Change's
-    head   ARGV[8] its tail format   ARGV[9…] the script's own
+    head   ARGV[8] its tail format   ARGV[9] the webhook outbox's messages ('' for none;
+    :func:`room_gateway_plugins.redis.outbox.spec`)   ARGV[10…] the script's own
 
 The gateway encodes the Change without what the store assigns (:func:`gateway.core.wire.head`: epoch, a
 variable's version, seq); the script completes it with :func:`gateway.core.wire.tail_format` filled in.
@@ -70,38 +71,73 @@ local function complete(head, seq, version)
   return head .. string.format(ARGV[8], epoch, seq)
 end
 
+-- The webhook outbox: a message per endpoint of the change, written in this same script. ``previous`` is
+-- the variable's record before a write (SET_VARIABLE sets it when an endpoint takes the write).
+local outbox = false
+if ARGV[9] ~= '' then
+  local id, due, created, to, n, rest = string.match(
+    ARGV[9], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([0-9]+)\t(.*)$')
+  n = tonumber(n)
+  local targets = {}
+  for one in string.gmatch(to, '[^,]+') do
+    targets[#targets + 1] = one
+  end
+  outbox = {id = id, due = due, created = created, to = targets, keys = string.sub(rest, 1, n),
+    room = string.sub(rest, n + 1)}
+end
+local previous = false
+
+local function enqueue(seq, record)
+  if not outbox then
+    return
+  end
+  local id = outbox.id .. '-' .. seq
+  for _, endpoint in ipairs(outbox.to) do
+    local base = outbox.keys .. endpoint
+    local key = base .. ':m:' .. id
+    redis.call('HSET', key, 'room', outbox.room, 'payload', record, 'status', 'pending', 'attempts', 0,
+      'due', outbox.due, 'created', outbox.created, 'log', '[]')
+    if previous then
+      redis.call('HSET', key, 'previous', previous)
+    end
+    redis.call('ZADD', base .. ':due', outbox.due, id)
+    redis.call('ZADD', base .. ':all', outbox.created, id)
+  end
+end
+
 local function append(version)
   local seq = redis.call('INCR', KEYS[2])
   local record = complete(ARGV[7], seq, version)
   keep(ARGV[6] .. record)
   redis.call('PUBLISH', ARGV[2], record)
+  enqueue(seq, record)
   return seq, record
 end
 """
 )
 
-#: Overwrite the room at KEYS[4] with ARGV[9], or answer {0, epoch} if there is no such room.
+#: Overwrite the room at KEYS[4] with ARGV[10], or answer {0, epoch} if there is no such room.
 _SAVE_EXISTING = """
-if not redis.call('SET', KEYS[4], ARGV[9], 'XX') then
+if not redis.call('SET', KEYS[4], ARGV[10], 'XX') then
   return {0, epoch}
 end
 """
 
 #: Create a room unless its id was ever used (a deleted room stays as a tombstone, so its id stays taken),
-#: list it, and log ROOM_CREATED. KEYS[4] room, KEYS[5] rooms. ARGV[9] room JSON, ARGV[10] room id.
+#: list it, and log ROOM_CREATED. KEYS[4] room, KEYS[5] rooms. ARGV[10] room JSON, ARGV[11] room id.
 #: Returns {1, epoch, seq}, or {0, epoch} if the id was taken.
 CREATE_ROOM = (
     PRELUDE
     + """
-if not redis.call('SET', KEYS[4], ARGV[9], 'NX') then
+if not redis.call('SET', KEYS[4], ARGV[10], 'NX') then
   return {0, epoch}
 end
-redis.call('ZADD', KEYS[5], 0, ARGV[10])
+redis.call('ZADD', KEYS[5], 0, ARGV[11])
 return {1, epoch, (append())}
 """
 )
 
-#: Overwrite an existing room and log its change (ROOM_UPDATED, ROOM_CLOSED). KEYS[4] room. ARGV[9] room
+#: Overwrite an existing room and log its change (ROOM_UPDATED, ROOM_CLOSED). KEYS[4] room. ARGV[10] room
 #: JSON. Returns {1, epoch, seq}, or {0, epoch} if there is no such room.
 SAVE_ROOM = PRELUDE + _SAVE_EXISTING + "return {1, epoch, (append())}\n"
 
@@ -112,26 +148,29 @@ SAVE_ROOM = PRELUDE + _SAVE_EXISTING + "return {1, epoch, (append())}\n"
 #: versions never repeat; the variable is *set* while it has a record in ``vars``. The record, stored,
 #: logged and published, is the wire bytes of the Change (VARIABLE_SET).
 #:
-#: KEYS[4] vars, KEYS[5] versions. ARGV[9] name, ARGV[10] expected version ('' for none; '0' means
-#: "unset"), ARGV[11] '1' to delete. Returns {1, epoch, seq, version}; {1, epoch, 0, 0} when deleting an
+#: KEYS[4] vars, KEYS[5] versions. ARGV[10] name, ARGV[11] expected version ('' for none; '0' means
+#: "unset"), ARGV[12] '1' to delete. Returns {1, epoch, seq, version}; {1, epoch, 0, 0} when deleting an
 #: unset variable (nothing done); {0, epoch, 0, current version} when the expected version does not match.
 SET_VARIABLE = (
     PRELUDE
     + """
-local name = ARGV[9]
+local name = ARGV[10]
 local last = tonumber(redis.call('HGET', KEYS[5], name) or '0')
 local current = 0
 if redis.call('HEXISTS', KEYS[4], name) == 1 then
   current = last
 end
-if ARGV[10] ~= '' and tonumber(ARGV[10]) ~= current then
+if ARGV[11] ~= '' and tonumber(ARGV[11]) ~= current then
   return {0, epoch, 0, current}
 end
-local delete = ARGV[11] == '1'
+local delete = ARGV[12] == '1'
 if delete and current == 0 then
   return {1, epoch, 0, 0}
 end
 local version = redis.call('HINCRBY', KEYS[5], name, 1)
+if outbox and current ~= 0 then
+  previous = redis.call('HGET', KEYS[4], name)
+end
 local seq, record = append(version)
 if delete then
   redis.call('HDEL', KEYS[4], name)
@@ -148,7 +187,7 @@ APPEND = PRELUDE + "return {1, epoch, (append())}\n"
 
 #: Delete a room: store its tombstone, wipe its variables, log, head and presence, and publish ROOM_DELETED
 #: at the old head's seq + 1 without logging it (the log is gone: it is the room's last change). KEYS[4]
-#: room, KEYS[5] vars, KEYS[6] versions, KEYS[7] users, KEYS[8] members. ARGV[9] the tombstone's JSON.
+#: room, KEYS[5] vars, KEYS[6] versions, KEYS[7] users, KEYS[8] members. ARGV[10] the tombstone's JSON.
 #: Returns {1, epoch, seq}, or {0, epoch} if there is no such room.
 DELETE_ROOM = (
     PRELUDE
@@ -156,14 +195,16 @@ DELETE_ROOM = (
     + """
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
-redis.call('PUBLISH', ARGV[2], complete(ARGV[7], seq))
+local record = complete(ARGV[7], seq)
+redis.call('PUBLISH', ARGV[2], record)
+enqueue(seq, record)
 return {1, epoch, seq}
 """
 )
 
-#: Lua answering {0, epoch} unless the instance ARGV[12] is alive (in the heartbeat set KEYS[8]).
+#: Lua answering {0, epoch} unless the instance ARGV[13] is alive (in the heartbeat set KEYS[8]).
 _ALIVE_ONLY = """
-if not redis.call('ZSCORE', KEYS[8], ARGV[12]) then
+if not redis.call('ZSCORE', KEYS[8], ARGV[13]) then
   return {0, epoch}
 end
 """
@@ -173,25 +214,25 @@ end
 #: heartbeat.
 #:
 #: KEYS[4] held (this instance, this room), KEYS[5] holds (this instance), KEYS[6] users, KEYS[7] members,
-#: KEYS[8] instances. ARGV[9] user id, ARGV[10] member JSON, ARGV[11] room id, ARGV[12] instance (ARGV[13]
+#: KEYS[8] instances. ARGV[10] user id, ARGV[11] member JSON, ARGV[12] room id, ARGV[13] instance (ARGV[14]
 #: is PRESENCE_REJOIN's).
 #: Returns {1, epoch, seq} when logged, else {0, epoch}.
 PRESENCE_JOIN = (
     PRELUDE
     + _ALIVE_ONLY
     + """
-local user = ARGV[9]
+local user = ARGV[10]
 redis.call('HINCRBY', KEYS[4], user, 1)
-redis.call('SADD', KEYS[5], ARGV[11])
+redis.call('SADD', KEYS[5], ARGV[12])
 if redis.call('HINCRBY', KEYS[6], user, 1) == 1 then
-  redis.call('HSET', KEYS[7], user, ARGV[10])
+  redis.call('HSET', KEYS[7], user, ARGV[11])
   return {1, epoch, (append())}
 end
 return {0, epoch}
 """
 )
 
-#: Count exactly ARGV[13] connections of a user in a room on an alive instance, whatever it counted there
+#: Count exactly ARGV[14] connections of a user in a room on an alive instance, whatever it counted there
 #: before (an expired instance rejoining, or settling a count a failed write left unsure): MEMBER_JOINED
 #: when the user goes from none on any instance to some, MEMBER_LEFT from some to none (the Change of
 #: ARGV[6…8] is the one that can happen: JOINED for a count above 0, LEFT for 0). The keys and other
@@ -200,19 +241,19 @@ PRESENCE_REJOIN = (
     PRELUDE
     + _ALIVE_ONLY
     + """
-local user, wanted = ARGV[9], tonumber(ARGV[13])
+local user, wanted = ARGV[10], tonumber(ARGV[14])
 local mine = tonumber(redis.call('HGET', KEYS[4], user) or '0')
 local before = tonumber(redis.call('HGET', KEYS[6], user) or '0')
 if wanted > 0 then
   redis.call('HSET', KEYS[4], user, wanted)
-  redis.call('SADD', KEYS[5], ARGV[11])
+  redis.call('SADD', KEYS[5], ARGV[12])
 else
   if mine <= 0 then
     return {0, epoch}
   end
   redis.call('HDEL', KEYS[4], user)
   if redis.call('HLEN', KEYS[4]) == 0 then
-    redis.call('SREM', KEYS[5], ARGV[11])
+    redis.call('SREM', KEYS[5], ARGV[12])
   end
 end
 local after = before + wanted - mine
@@ -223,7 +264,7 @@ else
   redis.call('HDEL', KEYS[7], user)
 end
 if before <= 0 and after > 0 then
-  redis.call('HSET', KEYS[7], user, ARGV[10])
+  redis.call('HSET', KEYS[7], user, ARGV[11])
   return {1, epoch, (append())}
 end
 if before > 0 and after <= 0 then
@@ -236,12 +277,12 @@ return {0, epoch}
 #: One connection fewer; the user's last on any instance logs MEMBER_LEFT. A leave the instance never
 #: counted, or of a room deleted (or an instance swept) meanwhile, changes nothing shared.
 #:
-#: KEYS[4] held, KEYS[5] holds, KEYS[6] users, KEYS[7] members. ARGV[9] user id, ARGV[10] room id.
+#: KEYS[4] held, KEYS[5] holds, KEYS[6] users, KEYS[7] members. ARGV[10] user id, ARGV[11] room id.
 #: Returns {1, epoch, seq} when logged, else {0, epoch}.
 PRESENCE_LEAVE = (
     PRELUDE
     + """
-local user = ARGV[9]
+local user = ARGV[10]
 local mine = tonumber(redis.call('HGET', KEYS[4], user) or '0')
 if mine <= 0 then
   return {0, epoch}
@@ -249,7 +290,7 @@ end
 if mine == 1 then
   redis.call('HDEL', KEYS[4], user)
   if redis.call('HLEN', KEYS[4]) == 0 then
-    redis.call('SREM', KEYS[5], ARGV[10])
+    redis.call('SREM', KEYS[5], ARGV[11])
   end
 else
   redis.call('HINCRBY', KEYS[4], user, -1)
@@ -273,12 +314,12 @@ return {0, epoch}
 #: once: the second finds nothing left to drop.
 #:
 #: KEYS[4] held (dead instance, room), KEYS[5] holds (dead instance), KEYS[6] users, KEYS[7] members.
-#: ARGV[9] room id, then per user: user id, entry prefix, Change head. Returns {1, epoch, seqs logged}.
+#: ARGV[10] room id, then per user: user id, entry prefix, Change head. Returns {1, epoch, seqs logged}.
 PRESENCE_SWEEP = (
     PRELUDE
     + """
 local seqs = {}
-for i = 10, #ARGV, 3 do
+for i = 11, #ARGV, 3 do
   local user = ARGV[i]
   local mine = tonumber(redis.call('HGET', KEYS[4], user) or '0')
   if mine > 0 then
@@ -293,12 +334,13 @@ for i = 10, #ARGV, 3 do
       local record = complete(ARGV[i + 2], seq)
       keep(ARGV[i + 1] .. record)
       redis.call('PUBLISH', ARGV[2], record)
+      enqueue(seq, record)
       seqs[#seqs + 1] = seq
     end
   end
 end
 if redis.call('HLEN', KEYS[4]) == 0 then
-  redis.call('SREM', KEYS[5], ARGV[9])
+  redis.call('SREM', KEYS[5], ARGV[10])
 end
 return {1, epoch, seqs}
 """
@@ -397,3 +439,83 @@ return out
 
 #: The store's epoch, created if it has none. KEYS[1] epoch. ARGV[1] a new epoch.
 EPOCH = _epoch(1) + "return epoch\n"
+
+# -- the webhook outbox: per endpoint, {prefix}wh:{endpoint}:due (sorted set: pending id -> due ms),
+# :all (every id -> created ms), :m:{id} (hash: the message), :state (hash: the endpoint's state) -----------
+
+#: Claim due messages: each one's due time moves to the lease's end and its attempts grow by one, in one
+#: step, so two instances never claim one attempt. KEYS[1] due. ARGV[1] now (ms), ARGV[2] the lease's end
+#: (ms), ARGV[3] limit, ARGV[4] the messages' key prefix. Returns {id, fields, id, fields, …}.
+CLAIM = """
+local limit = tonumber(ARGV[3])
+if limit <= 0 then
+  return {}
+end
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)) do
+  local key = ARGV[4] .. id
+  redis.call('ZADD', KEYS[1], ARGV[2], id)
+  redis.call('HINCRBY', key, 'attempts', 1)
+  redis.call('HSET', key, 'due', ARGV[2])
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGETALL', key)
+end
+return out
+"""
+
+#: Settle a claimed attempt if it is still the message's latest and the message is pending, and record the
+#: outcome in the endpoint's state. KEYS[1] due, KEYS[2] the message, KEYS[3] the state. ARGV[1] the
+#: attempt's number, ARGV[2] the new status, ARGV[3] the next due time (ms; '' when settled), ARGV[4] the
+#: log, ARGV[5] the id, ARGV[6] '1' for a success, ARGV[7] the attempt's time (ms). Returns the state's
+#: fields, or nil when the attempt was stale.
+SETTLE = """
+local status, attempts = unpack(redis.call('HMGET', KEYS[2], 'status', 'attempts'))
+if status ~= 'pending' or attempts ~= ARGV[1] then
+  return nil
+end
+redis.call('HSET', KEYS[2], 'status', ARGV[2], 'log', ARGV[4], 'due', ARGV[3])
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[1], ARGV[5])
+else
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[5])
+end
+if ARGV[6] == '1' then
+  redis.call('HDEL', KEYS[3], 'failing_since')
+  redis.call('HSET', KEYS[3], 'last_success', ARGV[7])
+else
+  redis.call('HSETNX', KEYS[3], 'failing_since', ARGV[7])
+end
+return redis.call('HGETALL', KEYS[3])
+"""
+
+#: Make a message pending and due now. KEYS[1] due, KEYS[2] the message. ARGV[1] the id, ARGV[2] now (ms).
+#: Returns 1, or 0 when there is no such message.
+RETRY = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'status', 'pending', 'due', ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+#: Copy every message created since a time under new ids, pending and due now. KEYS[1] due, KEYS[2] all.
+#: ARGV[1] since (ms), ARGV[2] now (ms), ARGV[3] the messages' key prefix, ARGV[4] the new ids' prefix.
+#: Returns how many were copied.
+REPLAY = """
+local n = 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf')) do
+  local fields = redis.call('HGETALL', ARGV[3] .. id)
+  if #fields > 0 then
+    n = n + 1
+    local copy = ARGV[4] .. '-' .. n
+    local key = ARGV[3] .. copy
+    redis.call('HSET', key, unpack(fields))
+    redis.call('HSET', key, 'status', 'pending', 'attempts', 0, 'due', ARGV[2], 'created', ARGV[2])
+    redis.call('HSET', key, 'log', '[]')
+    redis.call('ZADD', KEYS[1], ARGV[2], copy)
+    redis.call('ZADD', KEYS[2], ARGV[2], copy)
+  end
+end
+return n
+"""

@@ -105,4 +105,3 @@ class ReflectRoute(BaseRoute):
             return self.context.policy.authenticate(authorization=authorization, api_key=api_key)
         except GatewayError as exc:
             raise ReflectError(401, REQUEST, exc.message, _CHALLENGE) from None
-

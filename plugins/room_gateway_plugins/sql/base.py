@@ -41,9 +41,18 @@ from gateway.core.models import (
     RoomStatus,
     Variable,
 )
+from gateway.core.outbox import (
+    EndpointState,
+    MessageStatus,
+    OutboxMessage,
+    Settled,
+    dumps_log,
+    new_message_id,
+)
 from gateway.core.wire import Message
 from gateway.errors import AlreadyExists, Unavailable
 from room_gateway_plugins.sql import changelog, migrations
+from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql import presence as presence_ops
 from room_gateway_plugins.sql.tables import (
     changes,
@@ -52,6 +61,8 @@ from room_gateway_plugins.sql.tables import (
     room_heads,
     rooms,
     variables,
+    webhook_endpoints,
+    webhook_messages,
 )
 
 try:
@@ -134,6 +145,8 @@ class SqlBackend(Backend):
         sqlite3.OperationalError,  # the same, raw: SQLite's readers run without SQLAlchemy (readers.py)
         *_ASYNCPG_ERRORS,
     )
+
+    supports_outbox = True
 
     def __init__(self, url: str, *, history: History = History()) -> None:  # noqa: B008 - frozen
         super().__init__(url, history=history)
@@ -232,7 +245,9 @@ class SqlBackend(Backend):
         head: int = (await tx.conn.execute(self._bump_head(room_id, 0))).scalar_one()
         return head
 
-    async def _log(self, tx: Transaction, room_id: str, change: Change) -> Change:
+    async def _log(
+        self, tx: Transaction, room_id: str, change: Change, previous: str | None = None
+    ) -> Change:
         """Append ``change`` to the room's log in ``tx`` (its ``seq`` and ``epoch`` assigned here), trim what
         retention drops, and have it delivered when ``tx`` commits. Return the change as logged."""
         seq = (await tx.conn.execute(self._bump_head(room_id))).scalar_one()
@@ -242,7 +257,40 @@ class SqlBackend(Backend):
         await tx.conn.execute(changes.insert().values(changelog.row(room_id, change, text)))
         await tx.conn.execute(changelog.trim(room_id, seq, change, self.history))
         await self._emit(tx, message, text)
+        if self.outbox is not None:
+            await self._enqueue(tx, room_id, change, text, previous)
         return change
+
+    async def _enqueue(
+        self, tx: Transaction, room_id: str, change: Change, payload: str, previous: str | None
+    ) -> None:
+        """Write the change's outbox messages in ``tx``, one per endpoint it is for (often none)."""
+        outbox = self.outbox
+        if outbox is None:
+            return
+        targets = outbox.targets(room_id, change.kind)
+        if not targets:
+            return
+        found = outbox_sql.rows(
+            targets, new_message_id(), room_id, change, payload, previous, outbox.first_delay
+        )
+        await tx.conn.execute(webhook_messages.insert(), found)
+        tx.after_commit.append(outbox.written)
+
+    async def _previous(self, tx: Transaction, write: VariableWrite) -> str | None:
+        """The variable's value and version before ``write`` (as the ``previous`` of its messages), when an
+        endpoint takes the write and the variable is set; its row locked on PostgreSQL until the write."""
+        outbox = self.outbox
+        kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
+        if outbox is None or not outbox.targets(write.room_id, kind):
+            return None
+        query = sa.select(variables.c.value, variables.c.version).where(
+            variables.c.room_id == write.room_id, variables.c.name == write.name
+        )
+        row = (await tx.conn.execute(query.with_for_update())).first()
+        if row is None or row.value is None:
+            return None
+        return outbox_sql.previous_text(row.value, row.version)
 
     async def read_changes(
         self,
@@ -311,7 +359,10 @@ class SqlBackend(Backend):
                 _room_change(ChangeKind.ROOM_DELETED, room), seq=seq, epoch=self.epoch
             )
             message = Message(room_id, change)
-            await self._emit(tx, message, wire.encode(message).decode())
+            text = wire.encode(message).decode()
+            await self._emit(tx, message, text)
+            if self.outbox is not None:
+                await self._enqueue(tx, room_id, change, text, None)
 
     # -- variables -------------------------------------------------------------------------------------------
 
@@ -340,6 +391,7 @@ class SqlBackend(Backend):
             "w_expected": expected_version,
         }
         async with self._tx() as tx:
+            previous = await self._previous(tx, write) if self.outbox is not None else None
             written = (await tx.conn.execute(statement, params)).first() if statement is not None else None
             if written is None:
                 current = await self._current_version(tx, room_id, name)
@@ -348,7 +400,8 @@ class SqlBackend(Backend):
                 return None  # deleting an unset variable
             variable = write.written(written.version)
             kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
-            await self._log(tx, room_id, Change(0, "", kind, variable.update_time, variable=variable))
+            change = Change(0, "", kind, variable.update_time, variable=variable)
+            await self._log(tx, room_id, change, previous)
         return variable
 
     async def _current_version(self, tx: Transaction, room_id: str, name: str) -> int:
@@ -441,6 +494,109 @@ class SqlBackend(Backend):
         if self._engine is None:
             raise Unavailable("backend is closed")
         return self.hub.subscribe(topic)
+
+    # -- the webhook outbox ----------------------------------------------------------------------------------
+
+    async def outbox_claim(
+        self, endpoint: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> list[OutboxMessage]:
+        lease_end = now + timedelta(seconds=lease_seconds)
+        async with self._tx() as tx:
+            found = (await tx.conn.execute(outbox_sql.claim(endpoint, now, lease_end, limit))).all()
+        return sorted((outbox_sql.message_of(row) for row in found), key=lambda m: m.due_time or now)
+
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        states: list[EndpointState | None] = []
+        async with self._tx() as tx:  # one commit (one fsync on SQLite) for the whole batch
+            for one in settled:
+                states.append(await self._settle(tx, one))
+        return states
+
+    async def _settle(self, tx: Transaction, settled: Settled) -> EndpointState | None:
+        message, attempt = settled.message, settled.attempt
+        log = dumps_log([*message.log, attempt])
+        statement = outbox_sql.settle(message, settled.status, settled.due_time, log)
+        if (await tx.conn.execute(statement)).first() is None:
+            return None
+        ends = webhook_endpoints.c
+        if attempt.succeeded:
+            change: dict[str, Any] = {"failing_since": None, "last_success_time": attempt.time}
+        else:
+            change = {"failing_since": sa.func.coalesce(ends.failing_since, attempt.time)}
+        upsert = (
+            self._insert(webhook_endpoints)
+            .values(
+                name=message.endpoint,
+                enabled=True,
+                disabled_reason="",
+                failing_since=None if attempt.succeeded else attempt.time,
+                last_success_time=attempt.time if attempt.succeeded else None,
+            )
+            .on_conflict_do_update(index_elements=[ends.name], set_=change)
+            .returning(*webhook_endpoints.c)
+        )
+        return outbox_sql.state_of((await tx.conn.execute(upsert)).first())
+
+    async def outbox_messages(
+        self, endpoint: str, *, status: MessageStatus | None, limit: int
+    ) -> list[OutboxMessage]:
+        async with self._tx() as tx:
+            found = (await tx.conn.execute(outbox_sql.listing(endpoint, status, limit))).all()
+        return [outbox_sql.message_of(row) for row in found]
+
+    async def outbox_retry(self, endpoint: str, message_id: str, *, now: datetime) -> bool:
+        async with self._tx() as tx:
+            found = (await tx.conn.execute(outbox_sql.retry(endpoint, message_id, now))).first()
+            if found is not None and self.outbox is not None:
+                tx.after_commit.append(self.outbox.written)
+        return found is not None
+
+    async def outbox_replay(self, endpoint: str, *, since: datetime, now: datetime) -> int:
+        async with self._tx() as tx:
+            found = (await tx.conn.execute(outbox_sql.since(endpoint, since))).all()
+            copies = [
+                {
+                    **row._asdict(),
+                    "id": new_message_id(),
+                    "status": MessageStatus.PENDING.value,
+                    "attempts": 0,
+                    "due_time": now,
+                    "created_time": now,
+                    "log": "[]",
+                }
+                for row in found
+            ]
+            if copies:
+                await tx.conn.execute(webhook_messages.insert(), copies)
+                if self.outbox is not None:
+                    tx.after_commit.append(self.outbox.written)
+        return len(copies)
+
+    async def outbox_add(self, messages: Sequence[OutboxMessage]) -> None:
+        if not messages:
+            return
+        async with self._tx() as tx:
+            await tx.conn.execute(webhook_messages.insert(), [outbox_sql.row_of(m) for m in messages])
+            if self.outbox is not None:
+                tx.after_commit.append(self.outbox.written)
+
+    async def outbox_backlog(self, endpoint: str) -> int:
+        async with self._tx() as tx:
+            count: int = (await tx.conn.execute(outbox_sql.backlog(endpoint))).scalar_one()
+        return count
+
+    async def get_endpoint_state(self, endpoint: str) -> EndpointState:
+        async with self._tx() as tx:
+            return outbox_sql.state_of((await tx.conn.execute(outbox_sql.state(endpoint))).first())
+
+    async def save_endpoint_state(self, endpoint: str, state: EndpointState) -> None:
+        values = outbox_sql.state_values(state)
+        async with self._tx() as tx:
+            await tx.conn.execute(
+                self._insert(webhook_endpoints)
+                .values(name=endpoint, **values)
+                .on_conflict_do_update(index_elements=[webhook_endpoints.c.name], set_=values)
+            )
 
     # -- presence --------------------------------------------------------------------------------------------
 

@@ -166,10 +166,44 @@ END
 """
 
 
+def _declare_v3(md: sa.MetaData) -> None:
+    # The webhook outbox (issue 14): a message per (endpoint, change), written in the change's transaction.
+    sa.Table(
+        "webhook_messages",
+        md,
+        sa.Column("endpoint", sa.Text, primary_key=True),
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("room_id", CodePointText, nullable=False),
+        sa.Column("payload", sa.Text),  # the change's wire message; NULL: a webhook.test
+        sa.Column("previous", sa.Text),  # {"value", "version"} JSON of the variable before, if it had one
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("due_time", UTCDateTime),
+        sa.Column("created_time", UTCDateTime, nullable=False),
+        sa.Column("log", sa.Text, nullable=False),  # the settled attempts, JSON (gateway.core.outbox)
+        sa.Index("webhook_messages_due", "endpoint", "status", "due_time"),  # claims
+        sa.Index("webhook_messages_created", "endpoint", "created_time"),  # listing, replay
+    )
+    sa.Table(
+        "webhook_endpoints",
+        md,
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("enabled", sa.Boolean, nullable=False),
+        sa.Column("disabled_reason", sa.Text, nullable=False),
+        sa.Column("failing_since", UTCDateTime),
+        sa.Column("last_success_time", UTCDateTime),
+    )
+
+
+def _apply_v3(conn: sa.Connection, md: sa.MetaData) -> None:
+    md.create_all(conn, tables=[md.tables["webhook_messages"], md.tables["webhook_endpoints"]])
+
+
 #: Every migration, in order; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "rooms, variables, notification bodies", _declare_v1, _apply_v1),
     Migration(2, "change log, room heads, epoch, presence", _declare_v2, _apply_v2),
+    Migration(3, "webhook outbox and endpoint states", _declare_v3, _apply_v3),
 )
 LATEST = MIGRATIONS[-1].version
 

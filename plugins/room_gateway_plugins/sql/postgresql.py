@@ -215,11 +215,13 @@ class PostgresBackend(SqlBackend):
 
     # -- notifications out -----------------------------------------------------------------------------------
 
-    async def _log(self, tx: Transaction, room_id: str, change: Change) -> Change:
+    async def _log(
+        self, tx: Transaction, room_id: str, change: Change, previous: str | None = None
+    ) -> Change:
         change = dataclasses.replace(change, epoch=self.epoch)
         before, after = changelog.around_seq(room_id, change)
         if len(before.encode()) + len(after) + 20 > MAX_PAYLOAD:  # 20 digits: any int64 seq
-            return await super()._log(tx, room_id, change)  # sent by reference (:meth:`_emit`)
+            return await super()._log(tx, room_id, change, previous)  # sent by reference (:meth:`_emit`)
         params = {
             "room_id": room_id,
             "kind": change.kind.value,
@@ -231,7 +233,10 @@ class PostgresBackend(SqlBackend):
             "channel": self._room_channel(room_id),
         }
         seq = (await tx.conn.execute(_APPEND, params)).scalar_one()
-        return dataclasses.replace(change, seq=seq)
+        change = dataclasses.replace(change, seq=seq)
+        if self.outbox is not None:
+            await self._enqueue(tx, room_id, change, f"{before}{seq}{after}", previous)
+        return change
 
     async def _emit(self, tx: Transaction, message: wire.Message, text: str) -> None:
         everyone = isinstance(message.note, RoomSignal) and not message.room_id

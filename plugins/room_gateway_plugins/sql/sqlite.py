@@ -123,7 +123,9 @@ class SQLiteBackend(SqlBackend):
     def _serial(self) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock
 
-    async def _log(self, tx: Transaction, room_id: str, change: Change) -> Change:
+    async def _log(
+        self, tx: Transaction, room_id: str, change: Change, previous: str | None = None
+    ) -> Change:
         change = dataclasses.replace(change, epoch=self.epoch)
         before, after = changelog.around_seq(room_id, change)
         params = {"room_id": room_id, "kind": change.kind.value, "time": change.time}
@@ -139,6 +141,8 @@ class SQLiteBackend(SqlBackend):
         [(seq,)] = await driver.execute_fetchall(sql, parameters)
         change = dataclasses.replace(change, seq=seq)
         tx.after_commit.append(lambda: self.hub.deliver(room_id, change))
+        if self.outbox is not None:
+            await self._enqueue(tx, room_id, change, f"{before}{seq}{after}", previous)
         return change
 
     async def _emit(self, tx: Transaction, message: Message, text: str) -> None:

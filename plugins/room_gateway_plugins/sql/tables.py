@@ -23,3 +23,6 @@ log_meta = metadata.tables["log_meta"]
 #: Connections per (room, user, instance), and each instance's last heartbeat.
 presence = metadata.tables["presence"]
 presence_instances = metadata.tables["presence_instances"]
+#: The webhook outbox (one row per endpoint and message) and each endpoint's state.
+webhook_messages = metadata.tables["webhook_messages"]
+webhook_endpoints = metadata.tables["webhook_endpoints"]

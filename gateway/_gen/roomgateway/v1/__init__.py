@@ -11,6 +11,7 @@ __all__ = (
     "CreateRoomTokenRequest",
     "DeleteRoomRequest",
     "DeleteVariableRequest",
+    "EnableWebhookRequest",
     "Event",
     "GetPresenceRequest",
     "GetRoomContentsRequest",
@@ -22,21 +23,33 @@ __all__ = (
     "ListChangesResponse",
     "ListRoomsRequest",
     "ListRoomsResponse",
+    "ListWebhookMessagesRequest",
+    "ListWebhookMessagesResponse",
+    "ListWebhooksRequest",
+    "ListWebhooksResponse",
     "ListenEventsRequest",
     "ListenRoomRequest",
     "ListenVariableRequest",
     "Member",
     "Presence",
     "PublishEventRequest",
+    "ReplayWebhookRequest",
+    "ReplayWebhookResponse",
+    "RetryWebhookMessageRequest",
     "Room",
     "RoomContents",
     "RoomServiceBase",
     "RoomServiceStub",
     "RoomStatus",
     "RoomToken",
+    "SendWebhookTestRequest",
+    "SendWebhookTestResponse",
     "SetVariableRequest",
     "UpdateRoomRequest",
     "Variable",
+    "WebhookAttempt",
+    "WebhookEndpoint",
+    "WebhookMessage",
 )
 
 import datetime
@@ -221,6 +234,14 @@ class DeleteVariableRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("roomgateway.v1", "DeleteVariableRequest", DeleteVariableRequest)
+
+
+@dataclass(eq=False, repr=False)
+class EnableWebhookRequest(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("roomgateway.v1", "EnableWebhookRequest", EnableWebhookRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -439,6 +460,52 @@ default_message_pool.register_message("roomgateway.v1", "ListRoomsResponse", Lis
 
 
 @dataclass(eq=False, repr=False)
+class ListWebhookMessagesRequest(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    status: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    pending, failed or delivered; empty: all.
+    """
+
+    max_results: "int" = betterproto2.field(3, betterproto2.TYPE_INT32)
+    """
+    At most this many (default and maximum 1000).
+    """
+
+
+default_message_pool.register_message(
+    "roomgateway.v1", "ListWebhookMessagesRequest", ListWebhookMessagesRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListWebhookMessagesResponse(betterproto2.Message):
+    messages: "list[WebhookMessage]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message(
+    "roomgateway.v1", "ListWebhookMessagesResponse", ListWebhookMessagesResponse
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListWebhooksRequest(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("roomgateway.v1", "ListWebhooksRequest", ListWebhooksRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ListWebhooksResponse(betterproto2.Message):
+    endpoints: "list[WebhookEndpoint]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("roomgateway.v1", "ListWebhooksResponse", ListWebhooksResponse)
+
+
+@dataclass(eq=False, repr=False)
 class Member(betterproto2.Message):
     user_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
@@ -489,6 +556,41 @@ class PublishEventRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("roomgateway.v1", "PublishEventRequest", PublishEventRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ReplayWebhookRequest(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    since: "datetime.datetime | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+
+default_message_pool.register_message("roomgateway.v1", "ReplayWebhookRequest", ReplayWebhookRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ReplayWebhookResponse(betterproto2.Message):
+    num_messages: "int" = betterproto2.field(1, betterproto2.TYPE_INT32)
+    """
+    How many copies were made.
+    """
+
+
+default_message_pool.register_message("roomgateway.v1", "ReplayWebhookResponse", ReplayWebhookResponse)
+
+
+@dataclass(eq=False, repr=False)
+class RetryWebhookMessageRequest(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    message_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "roomgateway.v1", "RetryWebhookMessageRequest", RetryWebhookMessageRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -582,6 +684,22 @@ default_message_pool.register_message("roomgateway.v1", "RoomToken", RoomToken)
 
 
 @dataclass(eq=False, repr=False)
+class SendWebhookTestRequest(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("roomgateway.v1", "SendWebhookTestRequest", SendWebhookTestRequest)
+
+
+@dataclass(eq=False, repr=False)
+class SendWebhookTestResponse(betterproto2.Message):
+    message_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("roomgateway.v1", "SendWebhookTestResponse", SendWebhookTestResponse)
+
+
+@dataclass(eq=False, repr=False)
 class SetVariableRequest(betterproto2.Message):
     room_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -631,6 +749,101 @@ class Variable(betterproto2.Message):
 
 
 default_message_pool.register_message("roomgateway.v1", "Variable", Variable)
+
+
+@dataclass(eq=False, repr=False)
+class WebhookAttempt(betterproto2.Message):
+    time: "datetime.datetime | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+    status_code: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    The receiver's HTTP status; 0 when none came (refused, timed out).
+    """
+
+    duration_ms: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+
+    error: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    Why no status came (the error's class), else empty.
+    """
+
+
+default_message_pool.register_message("roomgateway.v1", "WebhookAttempt", WebhookAttempt)
+
+
+@dataclass(eq=False, repr=False)
+class WebhookEndpoint(betterproto2.Message):
+    name: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    events: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The endpoint's types and room patterns (empty: every one). Its URL and secret are never shown.
+    """
+
+    rooms: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+
+    enabled: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+
+    disabled_reason: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    Why it was disabled (no success for disable_after_seconds).
+    """
+
+    last_success_time: "datetime.datetime | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+    failing_since: "datetime.datetime | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    The first failure since the last success; unset while not failing.
+    """
+
+    backlog: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+    """
+    Pending messages.
+    """
+
+
+default_message_pool.register_message("roomgateway.v1", "WebhookEndpoint", WebhookEndpoint)
+
+
+@dataclass(eq=False, repr=False)
+class WebhookMessage(betterproto2.Message):
+    message_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The webhook-id.
+    """
+
+    type: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    room_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    seq: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+
+    status: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    pending, delivered or failed.
+    """
+
+    attempts: "list[WebhookAttempt]" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    create_time: "datetime.datetime | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+
+    next_attempt_time: "datetime.datetime | None" = betterproto2.field(
+        8, betterproto2.TYPE_MESSAGE, unwrap=lambda: __google__protobuf__.Timestamp, optional=True
+    )
+    """
+    When the next attempt is due (pending messages).
+    """
+
+
+default_message_pool.register_message("roomgateway.v1", "WebhookMessage", WebhookMessage)
 
 
 class RoomServiceStub(betterproto2_grpclib.ServiceStub):
@@ -1030,6 +1243,136 @@ class RoomServiceStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def list_webhooks(
+        self,
+        message: "ListWebhooksRequest | None" = None,
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListWebhooksResponse":
+        """
+        Webhooks (permission webhooks:manage, a key limited to no rooms). The endpoints of gateway.yaml's
+        webhooks: with their health and backlog. An unknown endpoint name is NOT_FOUND.
+        """
+
+        if message is None:
+            message = ListWebhooksRequest()
+
+        return await self._unary_unary(
+            "/roomgateway.v1.RoomService/ListWebhooks",
+            message,
+            ListWebhooksResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_webhook_messages(
+        self,
+        message: "ListWebhookMessagesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListWebhookMessagesResponse":
+        """
+        An endpoint's messages, newest first, with their attempts; status: pending, failed or delivered.
+        """
+
+        return await self._unary_unary(
+            "/roomgateway.v1.RoomService/ListWebhookMessages",
+            message,
+            ListWebhookMessagesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def retry_webhook_message(
+        self,
+        message: "RetryWebhookMessageRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "__google__protobuf__.Empty":
+        """
+        Sends a message again now, with its webhook-id kept (a failed one gets one more attempt).
+        """
+
+        return await self._unary_unary(
+            "/roomgateway.v1.RoomService/RetryWebhookMessage",
+            message,
+            __google__protobuf__.Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def replay_webhook(
+        self,
+        message: "ReplayWebhookRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReplayWebhookResponse":
+        """
+        Sends again every message of the endpoint created since a time, as copies with new webhook-ids.
+        """
+
+        return await self._unary_unary(
+            "/roomgateway.v1.RoomService/ReplayWebhook",
+            message,
+            ReplayWebhookResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def enable_webhook(
+        self,
+        message: "EnableWebhookRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "WebhookEndpoint":
+        """
+        Enables an endpoint that was disabled for failing; its pending messages are sent again.
+        """
+
+        return await self._unary_unary(
+            "/roomgateway.v1.RoomService/EnableWebhook",
+            message,
+            WebhookEndpoint,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def send_webhook_test(
+        self,
+        message: "SendWebhookTestRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "SendWebhookTestResponse":
+        """
+        Sends a webhook.test message to the endpoint (its filters do not apply).
+        """
+
+        return await self._unary_unary(
+            "/roomgateway.v1.RoomService/SendWebhookTest",
+            message,
+            SendWebhookTestResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 from ...google import protobuf as __google__protobuf__
 
@@ -1181,6 +1524,53 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def list_webhooks(self, message: "ListWebhooksRequest") -> "ListWebhooksResponse":
+        """
+        Webhooks (permission webhooks:manage, a key limited to no rooms). The endpoints of gateway.yaml's
+        webhooks: with their health and backlog. An unknown endpoint name is NOT_FOUND.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_webhook_messages(
+        self, message: "ListWebhookMessagesRequest"
+    ) -> "ListWebhookMessagesResponse":
+        """
+        An endpoint's messages, newest first, with their attempts; status: pending, failed or delivered.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def retry_webhook_message(
+        self, message: "RetryWebhookMessageRequest"
+    ) -> "__google__protobuf__.Empty":
+        """
+        Sends a message again now, with its webhook-id kept (a failed one gets one more attempt).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def replay_webhook(self, message: "ReplayWebhookRequest") -> "ReplayWebhookResponse":
+        """
+        Sends again every message of the endpoint created since a time, as copies with new webhook-ids.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def enable_webhook(self, message: "EnableWebhookRequest") -> "WebhookEndpoint":
+        """
+        Enables an endpoint that was disabled for failing; its pending messages are sent again.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def send_webhook_test(self, message: "SendWebhookTestRequest") -> "SendWebhookTestResponse":
+        """
+        Sends a webhook.test message to the endpoint (its filters do not apply).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_create_room(self, stream: "grpclib.server.Stream[CreateRoomRequest, Room]") -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -1312,6 +1702,54 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
         response = await self.create_room_token(request)
         await stream.send_message(response)
 
+    async def __rpc_list_webhooks(
+        self, stream: "grpclib.server.Stream[ListWebhooksRequest, ListWebhooksResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_webhooks(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_webhook_messages(
+        self, stream: "grpclib.server.Stream[ListWebhookMessagesRequest, ListWebhookMessagesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_webhook_messages(request)
+        await stream.send_message(response)
+
+    async def __rpc_retry_webhook_message(
+        self, stream: "grpclib.server.Stream[RetryWebhookMessageRequest, __google__protobuf__.Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.retry_webhook_message(request)
+        await stream.send_message(response)
+
+    async def __rpc_replay_webhook(
+        self, stream: "grpclib.server.Stream[ReplayWebhookRequest, ReplayWebhookResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.replay_webhook(request)
+        await stream.send_message(response)
+
+    async def __rpc_enable_webhook(
+        self, stream: "grpclib.server.Stream[EnableWebhookRequest, WebhookEndpoint]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.enable_webhook(request)
+        await stream.send_message(response)
+
+    async def __rpc_send_webhook_test(
+        self, stream: "grpclib.server.Stream[SendWebhookTestRequest, SendWebhookTestResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.send_webhook_test(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/roomgateway.v1.RoomService/CreateRoom": grpclib.const.Handler(
@@ -1421,5 +1859,41 @@ class RoomServiceBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 CreateRoomTokenRequest,
                 RoomToken,
+            ),
+            "/roomgateway.v1.RoomService/ListWebhooks": grpclib.const.Handler(
+                self.__rpc_list_webhooks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListWebhooksRequest,
+                ListWebhooksResponse,
+            ),
+            "/roomgateway.v1.RoomService/ListWebhookMessages": grpclib.const.Handler(
+                self.__rpc_list_webhook_messages,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListWebhookMessagesRequest,
+                ListWebhookMessagesResponse,
+            ),
+            "/roomgateway.v1.RoomService/RetryWebhookMessage": grpclib.const.Handler(
+                self.__rpc_retry_webhook_message,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RetryWebhookMessageRequest,
+                __google__protobuf__.Empty,
+            ),
+            "/roomgateway.v1.RoomService/ReplayWebhook": grpclib.const.Handler(
+                self.__rpc_replay_webhook,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReplayWebhookRequest,
+                ReplayWebhookResponse,
+            ),
+            "/roomgateway.v1.RoomService/EnableWebhook": grpclib.const.Handler(
+                self.__rpc_enable_webhook,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                EnableWebhookRequest,
+                WebhookEndpoint,
+            ),
+            "/roomgateway.v1.RoomService/SendWebhookTest": grpclib.const.Handler(
+                self.__rpc_send_webhook_test,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SendWebhookTestRequest,
+                SendWebhookTestResponse,
             ),
         }

@@ -1,0 +1,286 @@
+"""What webhooks cost and how fast they go (issue 14), in one run:
+
+    .venv/bin/python bench/webhooks.py [--backends sqlite,postgresql] [--duration 10] [--writers 32]
+                                       [--messages 5000] [--rate 1000]
+                                       [--postgres-url postgresql://postgres@127.0.0.1:5432/test]
+
+- **PUT**: REST PUTs through the gateway's ASGI app in this process (``--writers`` concurrent callers for
+  ``--duration`` seconds), without webhooks and with one endpoint subscribed to every change (its
+  deliverers running, posting to the receiver), measured alternately twice; the ratio is with / without
+  (issue 14: ≥ 0.85 on SQLite and PostgreSQL). In-process calls skip HTTP parsing, so the outbox's share —
+  and the ratio's drop — is larger here than behind a socket.
+- **Deliveries/s**: ``--messages`` changes written with the deliverers stopped, then the time until the
+  receiver has them all (issue 14: ≥ 1,000/s).
+- **Latency**: writes at ``--rate`` per second for ``--duration`` seconds with the deliverers running;
+  p50/p99 from each change's time (the body's ``timestamp``) to its arrival at the receiver (< 250 ms).
+
+The receiver is a separate process (``--receiver PORT``): a small asyncio HTTP/1.1 server answering 204
+with keep-alive, which records each arrival. Prints a markdown table, writes ``bench/out/webhooks.md``.
+PostgreSQL gets a fresh ``?schema=``, dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+KEY = "bench-key-0123456789abcdef"
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+# -- the receiver (its own process) ------------------------------------------------------------------------
+
+
+async def _receiver(port: int) -> None:
+    arrivals: list[tuple[float, str]] = []  # (arrival time, body timestamp)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                line, *headers = head.decode("latin-1").split("\r\n")
+                length = 0
+                for header in headers:
+                    name, _, value = header.partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                body = await reader.readexactly(length)
+                if line.startswith("GET /stats"):
+                    stats = json.dumps(arrivals).encode()
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(stats), stats))
+                elif line.startswith("POST /reset"):
+                    arrivals.clear()
+                    writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                else:
+                    arrivals.append((time.time(), json.loads(body)["timestamp"]))
+                    writer.write(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+@contextlib.contextmanager
+def receiver_process() -> Any:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, __file__, "--receiver", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            httpx.get(url + "/stats", timeout=1)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def arrivals(url: str) -> list[tuple[float, str]]:
+    return [(a, t) for a, t in httpx.get(url + "/stats", timeout=30).json()]
+
+
+# -- the gateway, in this process ---------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def gateway(backend: str, receiver: str | None, start_deliverers: bool = True) -> AsyncIterator[Any]:
+    from gateway.app import create_gateway
+    from gateway.config import GatewayConfig
+
+    webhooks: dict[str, Any] = {}
+    if receiver is not None:
+        webhooks = {
+            "endpoints": [
+                {"name": "bench", "url": receiver + "/hooks", "secret": SECRET, "max_in_flight": 64}
+            ],
+            "poll_seconds": 0.5,
+        }
+    config = GatewayConfig.model_validate(
+        {
+            "backend": backend,
+            "auth": {"keys": [{"name": "admin", "key": KEY, "permissions": ["*"]}]},
+            "rate_limits": {"limits": []},
+            "access_log": False,
+            "webhooks": webhooks,
+        }
+    )
+    gw = create_gateway(config)
+    await gw.backend.open()
+    if gw.webhooks is not None and start_deliverers:
+        await gw.webhooks.start()
+    try:
+        yield gw
+    finally:
+        if gw.webhooks is not None:
+            await gw.webhooks.stop()
+        await gw.backend.close()
+
+
+def client(gw: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(gw.http_app), base_url="http://bench", headers={"X-API-Key": KEY}
+    )
+
+
+async def put_rate(gw: Any, duration: float, writers: int) -> float:
+    done = 0
+    deadline = time.monotonic() + duration
+    room = "bench-" + uuid.uuid4().hex[:8]
+    async with client(gw) as http:
+
+        async def writer(n: int) -> None:
+            nonlocal done
+            i = 0
+            while time.monotonic() < deadline:
+                response = await http.put(f"/v1/rooms/{room}/variables/v{n}", json={"value": {"i": i}})
+                assert response.status_code == 200, response.text
+                done += 1
+                i += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(writer(n) for n in range(writers)))
+        return done / (time.monotonic() - started)
+
+
+def _latencies(found: list[tuple[float, str]]) -> list[float]:
+    return sorted(a - datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() for a, t in found)
+
+
+async def bench_backend(name: str, url: str, args: argparse.Namespace, receiver: str) -> dict[str, Any]:
+    without, with_ = [], []
+    for _ in range(2):
+        async with gateway(url, None) as gw:
+            without.append(await put_rate(gw, args.duration, args.writers))
+        async with gateway(url, receiver) as gw:
+            with_.append(await put_rate(gw, args.duration, args.writers))
+    await asyncio.to_thread(httpx.post, receiver + "/reset")
+    print(f"{name}: PUT/s {without} without, {with_} with one endpoint", file=sys.stderr)
+
+    # Deliveries/s: a backlog written first, then drained.
+    async with gateway(url, receiver, start_deliverers=False) as gw, client(gw) as http:
+        room = "drain-" + uuid.uuid4().hex[:8]
+        for i in range(args.messages):
+            await http.put(f"/v1/rooms/{room}/variables/v", json={"value": i})
+        await asyncio.to_thread(httpx.post, receiver + "/reset")
+        started = time.monotonic()
+        await gw.webhooks.start()
+        while len(await asyncio.to_thread(arrivals, receiver)) < args.messages:  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.1)
+        drained = args.messages / (time.monotonic() - started)
+        print(f"{name}: {drained:.0f} deliveries/s", file=sys.stderr)
+    await asyncio.to_thread(httpx.post, receiver + "/reset")
+
+    # Latency at a steady write rate.
+    async with gateway(url, receiver) as gw, client(gw) as http:
+        room = "steady-" + uuid.uuid4().hex[:8]
+        total = int(args.rate * args.duration)
+        started = time.monotonic()
+        for i in range(total):
+            await http.put(f"/v1/rooms/{room}/variables/v{i % 64}", json={"value": i})
+            lag = started + (i + 1) / args.rate - time.monotonic()
+            if lag > 0:
+                await asyncio.sleep(lag)
+        written = total / (time.monotonic() - started)
+        for _ in range(300):
+            found = await asyncio.to_thread(arrivals, receiver)
+            if len(found) >= total + 1:  # and room.created
+                break
+            await asyncio.sleep(0.1)
+    await asyncio.to_thread(httpx.post, receiver + "/reset")
+    late = _latencies(found)
+    return {
+        "backend": name,
+        "put_without": statistics.median(without),
+        "put_with": statistics.median(with_),
+        "ratio": statistics.median(with_) / statistics.median(without),
+        "deliveries_per_s": drained,
+        "written_per_s": written,
+        "p50_ms": 1000 * late[len(late) // 2],
+        "p99_ms": 1000 * late[int(len(late) * 0.99) - 1],
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    rows = []
+    schema = f"bench_webhooks_{uuid.uuid4().hex[:8]}"
+    with receiver_process() as receiver, tempfile.TemporaryDirectory() as tmp:
+        for name in args.backends.split(","):
+            if name == "sqlite":
+                url = f"sqlite:///{Path(tmp) / f'{uuid.uuid4().hex[:6]}.db'}"
+            elif name == "postgresql":
+                url = f"{args.postgres_url}?schema={schema}"
+            else:
+                url = "memory://"
+            rows.append(await bench_backend(name, url, args, receiver))
+    if "postgresql" in args.backends:
+        import asyncpg  # type: ignore[import-untyped]
+
+        conn = await asyncpg.connect(args.postgres_url)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+    lines = [
+        "| backend | PUT/s without | PUT/s with one endpoint | ratio | deliveries/s | steady writes/s "
+        "| write→delivery p50 | p99 |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {r['backend']} | {r['put_without']:.0f} | {r['put_with']:.0f} | {r['ratio']:.2f} "
+            f"| {r['deliveries_per_s']:.0f} | {r['written_per_s']:.0f} | {r['p50_ms']:.1f} ms "
+            f"| {r['p99_ms']:.1f} ms |"
+            for r in rows
+        ),
+    ]
+    table = "\n".join(lines)
+    print(table)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "webhooks.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--writers", type=int, default=32)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get(
+            "ROOM_GATEWAY_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+    )
+    parsed = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    if parsed.receiver:
+        asyncio.run(_receiver(parsed.receiver))
+    else:
+        asyncio.run(main(parsed))

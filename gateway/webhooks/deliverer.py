@@ -1,0 +1,287 @@
+"""The deliverers: one loop per endpoint that claims due messages, posts them and settles each attempt.
+
+Every instance runs them; the backend's claims (:meth:`~gateway.core.backend.Backend.outbox_claim`, a lease
+per attempt) share the work so that no attempt is sent twice. A loop keeps at most the endpoint's
+``max_in_flight`` attempts running, so one slow receiver holds up only its own messages, and wakes when this
+instance writes messages (``Outbox.on_written``), when an attempt ends, or every ``poll_seconds`` (for what
+other instances wrote, and retries coming due).
+
+An attempt is a 2xx within ``timeout_seconds``; anything else is retried on ``retry_schedule_seconds``
+(each entry the delay after the previous attempt, the first included) until the schedule runs out and the
+message is ``failed``. An endpoint with no success for ``disable_after_seconds`` since its first failure is
+disabled (its messages wait; ``:enable`` resumes them). One ``httpx.AsyncClient`` holds the keep-alive
+connections of every endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+
+from gateway.config import WebhookEndpoint, Webhooks
+from gateway.core.backend import Backend
+from gateway.core.outbox import Attempt, EndpointState, Outbox, OutboxMessage, Route, Settled
+from gateway.errors import GatewayError
+from gateway.observability.metrics import Metrics
+from gateway.webhooks.payload import Signer, body
+
+log = logging.getLogger("room_gateway.webhooks")
+
+Clock = Callable[[], datetime]
+#: Seconds a woken loop waits before it claims: long enough to gather a burst, short next to delivery.
+LINGER_SECONDS = 0.005
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def outbox_of(config: Webhooks) -> Outbox:
+    """What the backend writes messages for: every configured endpoint, with its filters."""
+    routes = [Route(e.name, tuple(e.events), tuple(e.rooms)) for e in config.endpoints]
+    return Outbox(routes, first_delay_seconds=config.retry_schedule_seconds[0])
+
+
+def lease_seconds(endpoint: WebhookEndpoint) -> float:
+    """How long a claimed attempt is this instance's: its timeout, with room to settle it."""
+    return endpoint.timeout_seconds * 2 + 5.0
+
+
+class EndpointLoop:
+    """Delivery to one endpoint."""
+
+    def __init__(
+        self,
+        endpoint: WebhookEndpoint,
+        config: Webhooks,
+        backend: Backend,
+        client: httpx.AsyncClient,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self._config = config
+        self._backend = backend
+        self._client = client
+        self._clock = clock
+        self._signer = Signer(endpoint.secret.get_secret_value())
+        self._wake = asyncio.Event()
+        #: Set by :meth:`Deliverers.stop`: the loop ends at its next turn even if a cancellation is lost.
+        self.stopping = False
+        self._running: set[asyncio.Task[None]] = set()
+        self._state = EndpointState()
+        # Finished attempts wait here to be settled in batches: one transaction (one fsync on SQLite) or
+        # one Redis round trip for all those that ended meanwhile, not one per delivery.
+        self._finished: list[tuple[Settled, float]] = []
+        self._settling = asyncio.Event()
+        self._state_read = -1e9  # monotonic time of the last read of the state and the backlog
+        self._outcomes = {
+            outcome: metrics.webhook_deliveries.labels(endpoint=self.name, outcome=outcome)
+            for outcome in ("delivered", "retrying", "failed")
+        }
+        self._duration = metrics.webhook_duration.labels(endpoint=self.name)
+        self._latency = metrics.webhook_latency.labels(endpoint=self.name)
+        self._backlog = metrics.webhook_backlog.labels(endpoint=self.name)
+        self._disabled = metrics.webhook_disabled.labels(endpoint=self.name)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def refresh(self) -> None:
+        """Read the endpoint's state again at once (it was enabled or disabled through the API)."""
+        self._state_read = -1e9
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and send until cancelled; store errors are logged and waited out."""
+        settler = asyncio.create_task(self._settler(), name=f"webhooks {self.name} settler")
+        try:
+            while not self.stopping:
+                try:
+                    more = await self._round()
+                except GatewayError as exc:  # the store is away: try again at the next poll
+                    log.warning("webhooks %s: %s", self.name, exc)
+                    more = False
+                if more:
+                    await asyncio.sleep(0)
+                    continue
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for may swallow a cancellation that
+                # comes as the event is set, and the loop would then never stop.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._config.poll_seconds):
+                        await self._wake.wait()
+                # Linger once woken, so that a burst of writes is claimed in a few claims, not one each.
+                await asyncio.sleep(LINGER_SECONDS)
+                self._wake.clear()
+        finally:
+            for task in self._running:
+                task.cancel()
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+            settler.cancel()
+            await asyncio.gather(settler, return_exceptions=True)
+            # What ended before the stop is recorded; an attempt cut short is claimed again after its lease.
+            with contextlib.suppress(GatewayError):
+                await self._settle_batch()
+
+    async def _round(self) -> bool:
+        """Claim what fits in the free slots; ``True`` when more may be due right away."""
+        # The state and the backlog once a poll interval, not once a claim: at a thousand deliveries a
+        # second the claims come far more often.
+        if time.monotonic() - self._state_read >= self._config.poll_seconds:
+            self._state = await self._backend.get_endpoint_state(self.name)
+            self._disabled.set(0 if self._state.enabled else 1)
+            self._backlog.set(await self._backend.outbox_backlog(self.name))
+            self._state_read = time.monotonic()
+        if not self._state.enabled:
+            return False
+        free = self.endpoint.max_in_flight - len(self._running)
+        if free <= 0:
+            return False
+        claimed = await self._backend.outbox_claim(
+            self.name, now=self._clock(), lease_seconds=lease_seconds(self.endpoint), limit=free
+        )
+        for message in claimed:
+            task = asyncio.create_task(self._attempt(message), name=f"webhook {self.name} {message.id}")
+            self._running.add(task)
+            task.add_done_callback(self._ended)
+        return len(claimed) == free
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._running.discard(task)
+            log.error("webhooks %s: an attempt failed unexpectedly", self.name, exc_info=task.exception())
+            self._wake.set()
+
+    async def _attempt(self, message: OutboxMessage) -> None:
+        content = body(message)
+        started = self._clock()
+        headers = self._signer.headers(message.id, content, started)
+        clock = time.perf_counter()
+        status, error = 0, ""
+        try:
+            request = self._client.build_request(
+                "POST",
+                self.endpoint.url,
+                content=content,
+                headers=headers,
+                timeout=self.endpoint.timeout_seconds,
+            )
+            # The answer's body is never read: a receiver cannot make us download anything.
+            response = await self._client.send(request, stream=True)
+            status = response.status_code
+            await response.aclose()
+        except httpx.HTTPError as exc:
+            error = type(exc).__name__  # never the message: it may quote the URL
+        seconds = time.perf_counter() - clock
+        self._duration.observe(seconds)
+        attempt = Attempt(started, status, round(seconds * 1000, 3), error)
+        await self._settle(message, attempt)
+
+    async def _settle(self, message: OutboxMessage, attempt: Attempt) -> None:
+        schedule = self._config.retry_schedule_seconds
+        due = None
+        if not attempt.succeeded and message.attempts < len(schedule):
+            due = attempt.time + timedelta(seconds=schedule[message.attempts])
+        self._finished.append((Settled(message, attempt, due), time.monotonic()))
+        self._settling.set()
+
+    async def _settler(self) -> None:
+        while True:
+            await self._settling.wait()
+            self._settling.clear()
+            try:
+                await self._settle_batch()
+            except GatewayError as exc:  # not recorded: claimed again once their leases end
+                log.warning("webhooks %s: %s", self.name, exc)
+
+    async def _settle_batch(self) -> None:
+        batch, self._finished = self._finished, []
+        if not batch:
+            return
+        try:
+            states = await self._backend.outbox_settle([settled for settled, _ in batch])
+        finally:
+            for task in [t for t in self._running if t.done()]:
+                self._running.discard(task)
+            self._wake.set()  # their slots are free
+        failing = None
+        for (settled, _), state in zip(batch, states, strict=True):
+            if state is None:  # the lease ran out and another instance took it: its attempt counts
+                continue
+            message = settled.message
+            if settled.attempt.succeeded:
+                self._outcomes["delivered"].inc()
+                if message.created_time is not None:
+                    self._latency.observe(max(0.0, (self._clock() - message.created_time).total_seconds()))
+            else:
+                self._outcomes["retrying" if settled.due_time is not None else "failed"].inc()
+                failing = (state, settled.attempt.time)
+        if failing is not None:
+            await self._disable_if_failing(*failing)
+
+    async def _disable_if_failing(self, state: EndpointState, now: datetime) -> None:
+        since = state.failing_since
+        if since is None or not state.enabled:
+            return
+        if (now - since).total_seconds() < self._config.disable_after_seconds:
+            return
+        reason = f"no successful delivery since {since.isoformat()}"
+        await self._backend.save_endpoint_state(
+            self.name, EndpointState(False, reason, since, state.last_success_time)
+        )
+        self._disabled.set(1)
+        self.refresh()
+        log.warning("webhooks %s: disabled (%s)", self.name, reason)
+
+
+class Deliverers:
+    """Every endpoint's loop, started and stopped with the gateway."""
+
+    def __init__(self, config: Webhooks, backend: Backend, metrics: Metrics, clock: Clock = _now) -> None:
+        self.config = config
+        self._backend = backend
+        self._metrics = metrics
+        self._clock = clock
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: httpx.AsyncClient | None = None
+        self.loops: dict[str, EndpointLoop] = {}
+
+    async def start(self) -> None:
+        endpoints = self.config.endpoints
+        in_flight = sum(e.max_in_flight for e in endpoints)
+        self._client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight),
+            follow_redirects=False,
+        )
+        for endpoint in endpoints:
+            loop = EndpointLoop(
+                endpoint, self.config, self._backend, self._client, self._metrics, self._clock
+            )
+            self.loops[endpoint.name] = loop
+            self._tasks.append(asyncio.create_task(loop.run(), name=f"webhooks {endpoint.name}"))
+        if self._backend.outbox is not None:
+            self._backend.outbox.on_written(self.wake)
+
+    def wake(self) -> None:
+        for loop in self.loops.values():
+            loop.wake()
+
+    async def stop(self) -> None:
+        for loop in self.loops.values():
+            loop.stopping = True
+            loop.wake()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None

@@ -1,0 +1,176 @@
+"""The webhook outbox in SQL: the statements of :class:`~.base.SqlBackend`'s ``outbox_*`` methods.
+
+A change's messages are inserted in the change's own transaction (one ``INSERT`` of a row per endpoint), so
+they commit or vanish with it. A claim is one ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)
+RETURNING``: on PostgreSQL, concurrent claimers on other instances skip the rows one of them is taking
+instead of waiting for it, and each row's ``due_time`` moves past the lease in the same statement; SQLite
+has one writer (the gateway process that owns the file), which runs its claims one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from gateway.core import jsontext, wire
+from gateway.core.models import Change, Variable
+from gateway.core.outbox import EndpointState, MessageStatus, OutboxMessage, dumps_log, loads_log
+from room_gateway_plugins.sql.tables import webhook_endpoints, webhook_messages
+
+_M = webhook_messages
+_PENDING = MessageStatus.PENDING.value
+
+
+def rows(
+    targets: Sequence[str],
+    message_id: str,
+    room_id: str,
+    change: Change,
+    payload: str,
+    previous: str | None,
+    first_delay: timedelta,
+) -> list[dict[str, Any]]:
+    """The rows of a change's messages, one per endpoint in ``targets``."""
+    time = change.time
+    if time is None:
+        raise ValueError("a logged change needs its time")
+    return [
+        {
+            "endpoint": endpoint,
+            "id": message_id,
+            "room_id": room_id,
+            "payload": payload,
+            "previous": previous,
+            "status": _PENDING,
+            "attempts": 0,
+            "due_time": time + first_delay,
+            "created_time": time,
+            "log": "[]",
+        }
+        for endpoint in targets
+    ]
+
+
+def row_of(message: OutboxMessage) -> dict[str, Any]:
+    """The row of a message made outside a change (``webhook.test``, a replayed copy)."""
+    previous = None
+    if message.previous is not None:
+        previous = previous_text(jsontext.dumps(message.previous.value).decode(), message.previous.version)
+    return {
+        "endpoint": message.endpoint,
+        "id": message.id,
+        "room_id": message.room_id,
+        "payload": wire.encode(wire.Message(message.room_id, message.change)).decode()
+        if message.change is not None
+        else None,
+        "previous": previous,
+        "status": message.status.value,
+        "attempts": message.attempts,
+        "due_time": message.due_time,
+        "created_time": message.created_time,
+        "log": dumps_log(message.log),
+    }
+
+
+def previous_text(value_text: str, version: int) -> str:
+    """A variable's value before a write, as the ``previous`` column keeps it (its JSON text as stored)."""
+    return f'{{"value":{value_text},"version":{version}}}'
+
+
+def message_of(row: Any) -> OutboxMessage:
+    change = None
+    if row.payload is not None:
+        note = wire.decode(row.payload).note
+        change = note if isinstance(note, Change) else None
+    previous = None
+    if row.previous is not None and change is not None and change.variable is not None:
+        found = jsontext.loads(row.previous)
+        previous = Variable(change.variable.name, found["value"], found["version"])
+    return OutboxMessage(
+        id=row.id,
+        endpoint=row.endpoint,
+        room_id=row.room_id,
+        change=change,
+        previous=previous,
+        status=MessageStatus(row.status),
+        attempts=row.attempts,
+        due_time=row.due_time,
+        created_time=row.created_time,
+        log=loads_log(row.log),
+    )
+
+
+def claim(endpoint: str, now: datetime, lease_end: datetime, limit: int) -> sa.Update:
+    due = (
+        sa.select(_M.c.id)
+        .where(_M.c.endpoint == endpoint, _M.c.status == _PENDING, _M.c.due_time <= now)
+        .order_by(_M.c.due_time)
+        .limit(max(0, limit))
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        _M.update()
+        .where(_M.c.endpoint == endpoint, _M.c.id.in_(due.scalar_subquery()))
+        .values(attempts=_M.c.attempts + 1, due_time=lease_end)
+        .returning(*_M.c)
+    )
+
+
+def settle(message: OutboxMessage, status: MessageStatus, due_time: datetime | None, log: str) -> sa.Update:
+    return (
+        _M.update()
+        .where(
+            _M.c.endpoint == message.endpoint,
+            _M.c.id == message.id,
+            _M.c.attempts == message.attempts,
+            _M.c.status == _PENDING,
+        )
+        .values(status=status.value, due_time=due_time, log=log)
+        .returning(_M.c.id)
+    )
+
+
+def listing(endpoint: str, status: MessageStatus | None, limit: int) -> sa.Select[Any]:
+    query = sa.select(_M).where(_M.c.endpoint == endpoint)
+    if status is not None:
+        query = query.where(_M.c.status == status.value)
+    return query.order_by(_M.c.created_time.desc(), _M.c.id.desc()).limit(max(0, limit))
+
+
+def retry(endpoint: str, message_id: str, now: datetime) -> sa.Update:
+    return (
+        _M.update()
+        .where(_M.c.endpoint == endpoint, _M.c.id == message_id)
+        .values(status=_PENDING, due_time=now)
+        .returning(_M.c.id)
+    )
+
+
+def since(endpoint: str, time: datetime) -> sa.Select[Any]:
+    return sa.select(_M).where(_M.c.endpoint == endpoint, _M.c.created_time >= time)
+
+
+def backlog(endpoint: str) -> sa.Select[Any]:
+    return sa.select(sa.func.count()).where(_M.c.endpoint == endpoint, _M.c.status == _PENDING)
+
+
+def state_of(row: Any) -> EndpointState:
+    if row is None:
+        return EndpointState()
+    return EndpointState(row.enabled, row.disabled_reason, row.failing_since, row.last_success_time)
+
+
+def state_values(state: EndpointState) -> dict[str, Any]:
+    return {
+        "enabled": state.enabled,
+        "disabled_reason": state.disabled_reason,
+        "failing_since": state.failing_since,
+        "last_success_time": state.last_success_time,
+    }
+
+
+def state(endpoint: str) -> sa.Select[Any]:
+    return sa.select(webhook_endpoints).where(webhook_endpoints.c.name == endpoint)

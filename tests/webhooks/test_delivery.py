@@ -1,0 +1,80 @@
+"""Delivery to a real receiver that verifies every signature with ``standardwebhooks``: the body, retries
+with one ``webhook-id``, the schedule running out, filters, disabling, metrics."""
+
+from __future__ import annotations
+
+import httpx
+
+from gateway.observability.metrics import Metrics
+from tests.webhooks.conftest import running, webhook_config
+from tests.webhooks.receiver import Receiver
+
+
+def deliveries(metrics: Metrics, outcome: str) -> float:
+    return metrics.sample("room_gateway_webhook_deliveries_total", endpoint="app", outcome=outcome)
+
+
+async def put(client: httpx.AsyncClient, room: str, name: str, value: object) -> dict[str, object]:
+    response = await client.put(f"/v1/rooms/{room}/variables/{name}", json={"value": value})
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def test_each_change_is_posted_signed_with_previous_and_patch(
+    receiver: Receiver, backend_url: str
+) -> None:
+    async with running(webhook_config(backend_url, {"app": receiver.url})) as (_, client):
+        assert (await client.post("/v1/rooms", json={"roomId": "lobby"})).status_code == 200
+        await put(client, "lobby", "doc", {"a": 1, "b": {"c": 2}, "gone": True})
+        await put(client, "lobby", "doc", {"a": 1, "b": {"c": 3}, "new": [1]})
+        await receiver.until(lambda r: len(r.delivered) == 3)
+    assert receiver.bad_signatures == 0
+    bodies = sorted((d.body for d in receiver.delivered.values()), key=lambda b: int(b["data"]["seq"]))
+    assert [b["type"] for b in bodies] == ["room.created", "variable.set", "variable.set"]
+    created, first, second = bodies
+    assert created["data"]["change"]["room"]["roomId"] == "lobby"
+    assert first["data"]["roomId"] == "lobby" and first["data"]["seq"] == "2"
+    assert "previous" not in first["data"] and "patch" not in first["data"]
+    assert first["data"]["change"]["variable"] == {
+        "name": "doc",
+        "value": {"a": 1, "b": {"c": 2}, "gone": True},
+        "version": "1",
+        "updateTime": first["data"]["change"]["time"],
+    }
+    assert second["data"]["previous"] == {"value": {"a": 1, "b": {"c": 2}, "gone": True}, "version": "1"}
+    assert second["data"]["patch"] == {"b": {"c": 3}, "gone": None, "new": [1]}  # RFC 7386
+    assert second["timestamp"] == second["data"]["change"]["time"]
+    for delivery in receiver.delivered.values():
+        assert delivery.headers["webhook-id"].startswith("msg_")
+        assert delivery.headers["webhook-signature"].startswith("v1,")
+
+
+async def test_a_receiver_failing_twice_gets_the_third_attempt_with_the_same_id(
+    receiver: Receiver, backend_url: str
+) -> None:
+    receiver.answer = lambda _id, n: 503 if n <= 2 else 200
+    config = webhook_config(backend_url, {"app": receiver.url}, retry_schedule_seconds=[0, 0.2, 0.2, 5])
+    async with running(config) as (gateway, client):
+        await put(client, "r1", "v", 1)  # auto-created room: room.created, then variable.set
+        metrics = gateway.metrics
+        assert metrics is not None
+        # The receiver counts a delivery before the deliverer has read its answer: wait for the settles.
+        await receiver.until(lambda r: deliveries(metrics, "delivered") == 2)
+        assert deliveries(metrics, "retrying") == 4
+        assert metrics.sample("room_gateway_webhook_delivery_latency_seconds_count", endpoint="app") == 2
+    assert sorted(receiver.attempts.values()) == [3, 3]  # each id tried three times, delivered once
+
+
+async def test_filters_by_type_and_room(receiver: Receiver) -> None:
+    config = webhook_config("memory://", {"app": receiver.url})
+    endpoint = config.webhooks.endpoints[0].model_copy(update={"events": ["variable.*"], "rooms": ["pub-*"]})
+    config = config.model_copy(
+        update={"webhooks": config.webhooks.model_copy(update={"endpoints": [endpoint]})}
+    )
+    async with running(config) as (_, client):
+        await put(client, "pub-1", "v", 1)
+        await put(client, "private", "v", 1)
+        assert (await client.delete("/v1/rooms/pub-1/variables/v")).status_code == 200
+        await receiver.until(lambda r: len(r.delivered) == 2)
+    assert sorted(d.body["type"] for d in receiver.delivered.values()) == ["variable.deleted", "variable.set"]
+    assert {d.body["data"]["roomId"] for d in receiver.delivered.values()} == {"pub-1"}
