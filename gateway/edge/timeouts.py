@@ -80,6 +80,8 @@ def guarded_protocol(
         _deadline: float | None = None  # when the phase now due must be over; None: nothing is due
         _in_body = False  # the phase due: the headers (False) or the body (True)
         _headers_seen = False  # the request's headers are complete
+        _header_bytes = 0  # bytes of the headers counted while they arrive (data_received)
+        _counted = 0  # how many of the request's headers those are
         _rejected = False
         _started = False
         _writes: CoalescingTransport
@@ -106,9 +108,14 @@ def guarded_protocol(
                 self._expect(header_timeout, in_body=False)  # a kept-alive connection's next request
             super().data_received(data)
             if self._started and not self._headers_seen and not self._rejected:
-                # Headers still coming (most requests' arrive whole, in one read): what came so far.
-                size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
-                if size > max_header_bytes:
+                # Headers still coming (most requests' arrive whole, in one read): what came so far, the
+                # headers completed since the last read added to a running count (a client trickling
+                # many headers must not make each read re-count them all).
+                headers = self.headers
+                for name, value in headers[self._counted :]:
+                    self._header_bytes += len(name) + len(value) + 4
+                self._counted = len(headers)
+                if len(self.url) + self._header_bytes > max_header_bytes:
                     self._reject(too_large_body)
 
         def send_400_response(self, msg: str) -> None:
@@ -118,6 +125,7 @@ def guarded_protocol(
         def on_message_begin(self) -> None:
             self._started = True
             self._headers_seen = False
+            self._header_bytes = self._counted = 0
             super().on_message_begin()
 
         def on_headers_complete(self) -> None:

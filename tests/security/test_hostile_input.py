@@ -287,6 +287,24 @@ async def test_oversized_headers_are_431_and_idle_connections_close() -> None:
         writer.close()
 
 
+async def test_headers_trickled_past_the_limit_are_431_before_they_end() -> None:
+    """Headers sent a few at a time, never finished: refused once those received pass the limit, well
+    within the header deadline (the count is kept as they arrive, not redone per read)."""
+    timeouts = {**TIMEOUTS, "header_timeout_seconds": 5.0}
+    async with live_gateway(live_config(http=timeouts)) as gw:
+        reader, writer = await asyncio.open_connection(*gw.http)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        for n in range(42):  # 42 headers of 100 bytes, a read each: just past the 4,096-byte limit, no blank line
+            writer.write(b"X-Filler-%03d: %s\r\n" % (n, b"a" * 84))
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        status, error = _status_and_error(await asyncio.wait_for(_read_all(reader), 5))
+        assert status == 431 and error["status"] == "INVALID_ARGUMENT"
+        assert time.monotonic() - started < 3  # not the 5 s header deadline's 408
+        writer.close()
+
+
 async def test_a_grpc_peer_that_never_answers_is_disconnected() -> None:
     grpc_limits = {"keepalive_seconds": 0.3, "keepalive_timeout_seconds": 0.3}
     async with live_gateway(live_config(grpc=grpc_limits)) as gw:
