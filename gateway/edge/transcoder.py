@@ -121,12 +121,8 @@ class Transcoder:
         return kwargs
 
     def _bind_query(self, kwargs: dict[str, Any], query_string: bytes) -> None:
-        try:
-            pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, errors="strict")
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidArgument("the query string is not valid UTF-8") from None
         given: set[tuple[str, ...]] = set()
-        for key, value in pairs:
+        for key, value in query_pairs(query_string):
             entry = self.query.get(key)
             if entry is None:
                 raise InvalidArgument(f"unknown query parameter {key!r}")
@@ -175,6 +171,17 @@ def _container(kwargs: dict[str, Any], field_path: tuple[str, ...], where: str) 
             raise InvalidArgument(f"{where} conflicts with the body")
         container = inner
     return container
+
+
+def query_pairs(query_string: bytes) -> list[tuple[str, str]]:
+    """The query string's ``(name, value)`` pairs, percent-decoded as UTF-8, blank values kept.
+
+    :raises InvalidArgument: a name or value is not UTF-8 once decoded.
+    """
+    try:
+        return parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("the query string is not valid UTF-8") from None
 
 
 def query_fields(

@@ -23,7 +23,6 @@ import logging
 import re
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from google.protobuf import json_format, message_factory
@@ -48,7 +47,7 @@ from gateway.edge.responses import (
 )
 from gateway.edge.routing import raw_route_path
 from gateway.edge.streams import StreamFormat, negotiate, pump
-from gateway.edge.transcoder import parse_json, query_fields
+from gateway.edge.transcoder import parse_json, query_fields, query_pairs
 from gateway.errors import Code, GatewayError, InvalidArgument
 from gateway.rpc.wire import RawMessage
 from gateway.surfaces import caller
@@ -144,12 +143,8 @@ class Binder:
         return message.SerializeToString()
 
     def _bind_query(self, request: dict[str, Any], query_string: bytes) -> None:
-        try:
-            pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True, errors="strict")
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidArgument("the query string is not valid UTF-8") from None
         given: set[tuple[str, ...]] = set()
-        for key, value in pairs:
+        for key, value in query_pairs(query_string):
             if key == "access_token":  # API.md "Browsers": the edge's credential (RFC 6750 §2.3), no field
                 continue
             entry = self.query.get(key)
