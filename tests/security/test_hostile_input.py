@@ -295,7 +295,8 @@ async def test_headers_trickled_past_the_limit_are_431_before_they_end() -> None
         reader, writer = await asyncio.open_connection(*gw.http)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         started = time.monotonic()
-        for n in range(42):  # 42 headers of 100 bytes, a read each: just past the 4,096-byte limit, no blank line
+        # 42 headers of 100 bytes, a read each: just past the 4,096-byte limit, and no blank line.
+        for n in range(42):
             writer.write(b"X-Filler-%03d: %s\r\n" % (n, b"a" * 84))
             await writer.drain()
             await asyncio.sleep(0.005)
