@@ -22,24 +22,10 @@ import shutil
 import statistics
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 from typing import Any
 
-from run import KEY, Proc, Result, free_port, grpc_check, h2load, wait_port
-
-CONFIG = """\
-listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
-backend: "memory://"
-rate_limits:
-  limits: [{{by: ip, limit: "1000000/second"}}]   # counted on every call, never refusing one
-grpc:
-  new_connections_per_ip: "1000000/second"       # h2load opens all its connections at once
-access_log: false
-auth:
-  keys:
-    - {{name: bench, key: "{key}", permissions: ["*"]}}
-"""
+from run import KEY, Proc, Result, free_port, gateway_config, grpc_check, h2load, seed, wait_port
 
 
 def serve_unlimited(config_path: str, coalesced: bool = False) -> None:
@@ -106,7 +92,7 @@ def main() -> None:
         procs: dict[str, Proc] = {}
         for name, (http, grpc) in ports.items():
             config = Path(tmp) / f"{len(procs)}.yaml"
-            config.write_text(textwrap.dedent(CONFIG).format(http=http, grpc=grpc, key=KEY))
+            config.write_text(gateway_config(http, grpc, access_log=False))
             if name == "on":
                 command = ["-m", "gateway", "serve", "--config", str(config), "--log-level", "warning"]
             else:
@@ -136,22 +122,6 @@ def main() -> None:
             for proc in procs.values():
                 proc.stop()
     report(results, args)
-
-
-def seed(http: int) -> None:
-    """The bench variable, written over REST (as bench/run.py does)."""
-    import json
-    import urllib.request
-
-    from run import VALUE, VAR_PATH
-
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{http}{VAR_PATH}",
-        data=json.dumps({"value": VALUE}).encode(),
-        method="PUT",
-        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request).read()
 
 
 def report(results: list[dict[str, Result]], args: argparse.Namespace) -> None:

@@ -20,34 +20,18 @@ peers' two or three, does not show).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from run import KEY, VALUE, VAR_PATH, free_port, grpc_frame, wait_port
+from run import COUNTED_LIMIT, KEY, VAR_PATH, free_port, gateway_config, grpc_frame, wait_port
+from run import seed as run_seed
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CONFIG = """\
-listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
-backend: "memory://"
-rate_limits:
-  limits: {limits}
-grpc:
-  new_connections_per_ip: "1000000/second"
-access_log: {access_log}
-auth:
-  keys:
-    - {{name: bench, key: "{key}", permissions: ["*"]}}
-"""
-COUNTED = '[{by: ip, limit: "1000000/second"}]'  # counted on every call, never refusing one
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("view", choices=("inproc", "http", "grpc"))
@@ -79,12 +63,12 @@ def inproc(calls: int, flags: list[str]) -> None:
 
 def served(view: str, calls: int) -> None:
     variants = {
-        "shipped defaults": (COUNTED, "true", False),
-        "access log off": (COUNTED, "false", False),
+        "shipped defaults": (COUNTED_LIMIT, True, False),
+        "access log off": (COUNTED_LIMIT, False, False),
         **(
-            {"access log and limits off": ("[]", "false", False)}
+            {"access log and limits off": ("[]", False, False)}
             if view == "http"
-            else {"limits off (grpclib's protocol), access log off": (COUNTED, "false", True)}
+            else {"limits off (grpclib's protocol), access log off": (COUNTED_LIMIT, False, True)}
         ),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,9 +80,7 @@ def served(view: str, calls: int) -> None:
         for name, (limits, access_log, unlimited) in variants.items():
             http, grpc = free_port(), free_port()
             config = Path(tmp) / "gateway.yaml"
-            config.write_text(
-                CONFIG.format(http=http, grpc=grpc, limits=limits, access_log=access_log, key=KEY)
-            )
+            config.write_text(gateway_config(http, grpc, access_log=access_log, limits=limits))
             command = (
                 [str(HERE / "grpc_limits.py"), "serve-unlimited", str(config)]
                 if unlimited
@@ -160,7 +142,7 @@ def _load(
     def run(process: subprocess.Popen[str]) -> None:
         wait_port(port, 300)
         if seed is not None or view == "http":  # the grpclib peer answers a fixed value
-            _seed(seed or port)
+            run_seed(seed or port)
         with tempfile.TemporaryDirectory() as tmp:
             options = ["-c", "8"]
             for name, value in headers.items():
@@ -183,17 +165,6 @@ def _load(
         assert succeeded and int(succeeded.group(1)) == calls, done.stdout
 
     return run
-
-
-def _seed(http: int) -> None:
-    """The bench variable, written once over REST."""
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{http}{VAR_PATH}",
-        data=json.dumps({"value": VALUE}).encode(),
-        method="PUT",
-        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=60).read()
 
 
 def report(what: str, bare: float, ours: float) -> None:

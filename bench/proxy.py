@@ -32,11 +32,10 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 from typing import Any
 
-from run import KEY, VALUE, VAR_PATH, Proc, Result, free_port, wait_port, wrk
+from run import KEY, VAR_PATH, Proc, Result, free_port, gateway_config, seed, wait_port, wrk
 
 PROTO = """\
 syntax = "proto3";
@@ -49,17 +48,8 @@ service Echo {
   rpc Say(Msg) returns (Msg);
 }
 """
-CONFIG = """\
-listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
-backend: "memory://"
-rate_limits:
-  limits: [{{by: ip, limit: "1000000/second"}}]   # counted on every call, never refusing one
-grpc:
-  new_connections_per_ip: "1000000/second"       # h2load opens all its connections at once
-access_log: false
-auth:
-  keys:
-    - {{name: bench, key: "{key}", permissions: ["*"]}}
+#: The gateway's upstream, after bench/run.py's gateway configuration (access log off).
+UPSTREAM = """\
 upstreams:
   - name: bench
     url: "grpc://127.0.0.1:{upstream}"
@@ -147,13 +137,7 @@ def check(grpc: int, http: int) -> None:
         headers={"X-API-Key": KEY, "Content-Type": "application/json"},
     )
     assert json.loads(urllib.request.urlopen(request).read()) == {"room": "bench-room", "text": "hello"}
-    put = urllib.request.Request(
-        f"http://127.0.0.1:{http}{VAR_PATH}",
-        data=json.dumps({"value": VALUE}).encode(),
-        method="PUT",
-        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(put).read()
+    seed(http)
 
 
 def main() -> None:
@@ -174,7 +158,8 @@ def main() -> None:
         upstream, http, grpc = free_port(), free_port(), free_port()
         (Path(tmp) / "bench.proto").write_text(PROTO)
         config = Path(tmp) / "gateway.yaml"
-        config.write_text(textwrap.dedent(CONFIG).format(http=http, grpc=grpc, upstream=upstream, key=KEY))
+        upstreams = UPSTREAM.format(upstream=upstream)
+        config.write_text(gateway_config(http, grpc, access_log=False, extra=upstreams))
         procs = [Proc([sys.executable, __file__, "serve-upstream", str(upstream)])]
         try:
             wait_port(upstream)

@@ -80,26 +80,50 @@ class Proc:
             self.p.kill()
 
 
-def start_gateway(config: Path, http: int, grpc: int, args: argparse.Namespace) -> Proc:
-    config.write_text(
+#: The rate limit every bench gateway counts on every call, never refusing one under load (the shipped
+#: default, 20/second, would refuse a benchmark; a per-second window keeps the moving window's log small).
+COUNTED_LIMIT = '[{by: ip, limit: "1000000/second"}]'
+
+
+def gateway_config(
+    http: int, grpc: int, *, access_log: bool, limits: str = COUNTED_LIMIT, extra: str = ""
+) -> str:
+    """A bench gateway's ``gateway.yaml``: memory backend, the bench key, ``limits`` counted, ``extra``
+    (more top-level sections) appended."""
+    return (
         textwrap.dedent(
             f"""\
             listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
             backend: "memory://"
-            # The full edge, rate limiting included: counted on every call, never refusing one under load.
             rate_limits:
-              limits: [{{by: ip, limit: "1000000/second"}}]
+              limits: {limits}
             grpc:
               new_connections_per_ip: "1000000/second"   # h2load opens all its connections at once
-            # On as shipped (the bare peers log nothing: uvicorn access_log=False); --access-log off
-            # measures what it costs.
-            access_log: {"true" if args.access_log == "on" else "false"}
+            access_log: {"true" if access_log else "false"}
             auth:
               keys:
                 - {{name: bench, key: "{KEY}", permissions: ["*"]}}
             """
         )
+        + extra
     )
+
+
+def seed(http: int) -> None:
+    """The bench variable, written once over REST (every GET reads it)."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{http}{VAR_PATH}",
+        data=json.dumps({"value": VALUE}).encode(),
+        method="PUT",
+        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=60).read()
+
+
+def start_gateway(config: Path, http: int, grpc: int, args: argparse.Namespace) -> Proc:
+    # The full edge as shipped, the access log on (the bare peers log nothing: uvicorn access_log=False);
+    # --access-log off measures what it costs.
+    config.write_text(gateway_config(http, grpc, access_log=args.access_log == "on"))
     proc = Proc([sys.executable, "-m", "gateway", "serve", "--config", str(config)])
     wait_port(http)
     wait_port(grpc)
@@ -241,13 +265,7 @@ def main() -> None:
         try:
             wait_port(peer_http)
             wait_port(peer_grpc)
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{http}{VAR_PATH}",
-                data=json.dumps({"value": VALUE}).encode(),
-                method="PUT",
-                headers={**auth, "Content-Type": "application/json"},
-            )
-            urllib.request.urlopen(request).read()
+            seed(http)
             grpc_check(grpc, KEY)
             grpc_check(peer_grpc, None)
             gateway_url, bare_url = (
