@@ -18,6 +18,15 @@ Targets (issue 15): proxied ≥ 70% of direct, proxied REST ≥ 60% of native RE
 across runs (bench/RESULTS.md: the machine varies).
 
     python bench/proxy.py serve-upstream PORT     # the upstream, on its own
+    python bench/proxy.py instructions [--calls 2000]   # instructions per call, by valgrind (see below)
+
+``instructions`` counts what each process spends per call (``valgrind --tool=callgrind``, counting on only
+while h2load sends ``--calls`` calls on 8 connections after a warm-up, as bench/instructions.py does): the
+upstream called directly; the gateway and the upstream during proxied gRPC calls; the gateway (and the
+upstream) during native and proxied REST calls; and h2load itself (its count for ``2 * calls`` minus its
+count for ``calls``, so that its start-up cancels out). These are the figures of the model in
+bench/RESULTS.md: on two cores, with each server one event loop, the proxied rate is bounded by the
+gateway's core and by the two cores shared by all three processes.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from instructions import instrument
 from run import KEY, VAR_PATH, Proc, Result, free_port, gateway_config, seed, wait_port, wrk
 
 PROTO = """\
@@ -140,9 +150,137 @@ def check(grpc: int, http: int) -> None:
     seed(http)
 
 
+class Counted:
+    """A process run under callgrind, counting only between :meth:`on` and :meth:`off`."""
+
+    def __init__(self, argv: list[str], out: Path) -> None:
+        self.out = out
+        self.proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+    def on(self) -> None:
+        instrument(self.proc, True)  # type: ignore[arg-type]  # any Popen
+
+    def off(self) -> None:
+        instrument(self.proc, False)  # type: ignore[arg-type]
+
+    def total(self) -> int:
+        """Stop the process; the instructions counted."""
+        self.proc.terminate()
+        self.proc.wait(120)
+        found = re.search(r"^totals: (\d+)", self.out.read_text(), re.MULTILINE)
+        assert found is not None, "no totals in the callgrind output"
+        return int(found.group(1))
+
+
+def _h2load_argv(url: str, calls: int, body: Path | None, headers: dict[str, str], h1: bool) -> list[str]:
+    argv = ["h2load", "-n", str(calls), "-c", "8", *(["-d", str(body)] if body is not None else [])]
+    argv += ["--h1"] if h1 else ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    for key, value in headers.items():
+        argv += ["-H", f"{key}: {value}"]
+    return [*argv, url]
+
+
+def _run_h2load(argv: list[str], calls: int) -> None:
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    succeeded = re.search(r"(\d+) succeeded", out)
+    assert succeeded and int(succeeded.group(1)) == calls, out
+
+
+def count_calls(
+    servers: list[Counted], url: str, calls: int, body: Path | None, headers: dict[str, str], h1: bool = False
+) -> None:
+    """A warm-up, then ``calls`` calls counted in every one of ``servers``."""
+    _run_h2load(_h2load_argv(url, 300, body, headers, h1), 300)
+    for server in servers:
+        server.on()
+    _run_h2load(_h2load_argv(url, calls, body, headers, h1), calls)
+    for server in servers:
+        server.off()
+
+
+def h2load_instructions(url: str, calls: int, body: Path, headers: dict[str, str], tmp: Path) -> float:
+    """h2load's own instructions per call (``2 * calls`` minus ``calls``: its start-up cancels out)."""
+    totals = []
+    for n in (calls, 2 * calls):
+        out = tmp / f"h2load.{n}.out"
+        argv = _h2load_argv(url, n, body, headers, False)
+        subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
+            capture_output=True,
+            check=True,
+        )
+        found = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
+        assert found is not None
+        totals.append(int(found.group(1)))
+    return (totals[1] - totals[0]) / calls
+
+
+def instructions(calls: int) -> None:
+    """Instructions per call of each process (module docstring)."""
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        grpc_body = tmp / "req.bin"
+        grpc_body.write_bytes(struct.pack(">?I", False, len(REQUEST)) + REQUEST)
+        json_body = tmp / "req.json"
+        json_body.write_text(json.dumps({"room": "bench-room", "text": "hello"}))
+        (tmp / "bench.proto").write_text(PROTO)
+        upstream_argv = [sys.executable, __file__, "serve-upstream"]
+        figures: dict[str, float] = {}
+
+        port = free_port()
+        direct = Counted([*upstream_argv, str(port)], tmp / "direct.out")
+        wait_port(port, 300)
+        count_calls([direct], f"http://127.0.0.1:{port}{SAY}", calls, grpc_body, {})
+        figures["h2load, per gRPC call"] = h2load_instructions(
+            f"http://127.0.0.1:{port}{SAY}", calls, grpc_body, {}, tmp
+        )
+        figures["upstream, called directly"] = direct.total() / calls
+
+        port, http, grpc = free_port(), free_port(), free_port()
+        config = tmp / "gateway.yaml"
+        config.write_text(gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=port)))
+        upstream = Counted([*upstream_argv, str(port)], tmp / "upstream.out")
+        wait_port(port, 300)
+        gateway_argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+        gateway = Counted([*gateway_argv, "--log-level", "warning"], tmp / "gateway.out")
+        wait_port(grpc, 300)
+        wait_port(http, 300)
+        seed(http)
+        key = {"x-api-key": KEY}
+        count_calls([gateway, upstream], f"http://127.0.0.1:{grpc}{SAY}", calls, grpc_body, key)
+        figures["gateway, proxied gRPC"] = gateway.total() / calls
+        figures["upstream, proxied gRPC"] = upstream.total() / calls
+
+        for name, path, body in (("native REST GET", VAR_PATH, None), ("proxied REST POST", SAY, json_body)):
+            port, http, grpc = free_port(), free_port(), free_port()
+            config.write_text(
+                gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=port))
+            )
+            upstream = Counted([*upstream_argv, str(port)], tmp / "upstream.out")
+            wait_port(port, 300)
+            gateway = Counted([*gateway_argv, "--log-level", "warning"], tmp / "gateway.out")
+            wait_port(http, 300)
+            seed(http)
+            headers = {**key, **({"content-type": "application/json"} if body else {})}
+            count_calls([gateway, upstream], f"http://127.0.0.1:{http}{path}", calls, body, headers, h1=True)
+            figures[f"gateway, {name}"] = gateway.total() / calls
+            figures[f"upstream, {name}"] = upstream.total() / calls
+    for name, value in figures.items():
+        print(f"{name}: {value / 1000:,.1f}k instructions a call", flush=True)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["serve-upstream"]:
         serve_upstream(int(sys.argv[2]))
+        return
+    if sys.argv[1:2] == ["instructions"]:
+        calls = int(sys.argv[3]) if sys.argv[2:3] == ["--calls"] else 2000
+        instructions(calls)
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)

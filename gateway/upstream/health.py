@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import time
 
-from grpclib.client import Channel
-from grpclib.const import Cardinality, Status
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from gateway.errors import Unavailable
-from gateway.rpc.wire import RawMessage
+from gateway.upstream.connection import UpstreamConnection
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 #: Seconds a probe may take.
@@ -33,10 +32,10 @@ class UpstreamHealth:
     """Probes one upstream (:meth:`check`).
 
     :param name: the upstream's name, in the message when it is down.
-    :param channel: its pooled channel.
+    :param channel: its pooled connection.
     """
 
-    def __init__(self, name: str, channel: Channel) -> None:
+    def __init__(self, name: str, channel: UpstreamConnection) -> None:
         self.name = name
         self._channel = channel
         self._checked_at = -CHECK_TTL
@@ -55,12 +54,11 @@ class UpstreamHealth:
             raise Unavailable(f"upstream {self.name!r} is down: {self._down}")
 
     async def _probe(self) -> str | None:
-        request = RawMessage(HealthCheckRequest(service="").SerializeToString())
+        request = HealthCheckRequest(service="").SerializeToString()
         try:
-            async with self._channel.request(
-                HEALTH_CHECK, Cardinality.UNARY_UNARY, RawMessage, RawMessage, timeout=CHECK_TIMEOUT
+            async with await self._channel.call(
+                HEALTH_CHECK, b"", seconds=CHECK_TIMEOUT, message=request
             ) as stream:
-                await stream.send_message(request, end=True)
                 reply = await stream.recv_message()
         except GRPCError as err:
             return None if _no_health_service(err) else f"health check answered {err.status.name}"

@@ -1,11 +1,11 @@
-"""gRPC through the gateway to an upstream: raw bytes, one pooled HTTP/2 channel, every RPC kind.
+"""gRPC through the gateway to an upstream: raw bytes, one pooled HTTP/2 connection, every RPC kind.
 
 Each method the upstream serves gets a grpclib handler (:meth:`UpstreamProxy.__mapping__`) whose messages
 are :class:`RawMessage` — the bytes as they arrived, never decoded (the gateway's codec reads a
-``RawMessage`` by taking its bytes) — and are written to a :class:`grpclib.client.Channel` whose codec does
-the same. The channel is the pool: one HTTP/2 connection per upstream, its streams multiplexed, and
-grpclib connects it again on the next call once it is lost (``Channel.__connect__``), so an upstream that
-comes back is used again without a restart.
+``RawMessage`` by taking its bytes) — and are written to the upstream's
+:class:`~gateway.upstream.connection.UpstreamConnection`, the pool: one HTTP/2 connection per upstream, its
+streams multiplexed, made again on the next call once it is lost, so an upstream that comes back is used
+again without a restart.
 
 Per call, in this order: the gateway's listeners have authenticated the caller and applied the ``by: ip``
 and ``by: key`` limits (as for every gRPC method); the handler asks for ``<upstream>:<Method>``; when the
@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from grpclib.client import Channel
-from grpclib.client import Stream as ClientStream
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.metadata import Deadline
 from grpclib.server import Stream
 
 from gateway.auth.policy import Principal
@@ -42,9 +40,9 @@ from gateway.errors import Code, GatewayError, InvalidArgument, PermissionDenied
 from gateway.observability.calls import current_request_id
 from gateway.rpc.auth import current_principal
 from gateway.rpc.errors import grpc_error
-from gateway.rpc.wire import PassThroughDetailsCodec, RawCodec, RawMessage
+from gateway.rpc.wire import RawMessage
 from gateway.upstream.address import parse_url
-from gateway.upstream.channel import UpstreamChannel
+from gateway.upstream.connection import Call, UpstreamConnection, encode_metadata
 from gateway.upstream.descriptors import UpstreamMethod
 from gateway.upstream.permissions import may_call
 
@@ -54,6 +52,8 @@ log = logging.getLogger(__name__)
 _OWN_METADATA = frozenset({"x-request-id"})
 #: Client metadata always passed on, besides an upstream's ``forward_metadata``.
 FORWARDED = ("traceparent", "tracestate")
+#: A metadata value HTTP/2 may carry to the upstream (gRPC's ASCII-Value: printable ASCII).
+_VALUE = re.compile(r"[ -~]*")
 _CARDINALITY = {
     (False, False): Cardinality.UNARY_UNARY,
     (False, True): Cardinality.UNARY_STREAM,
@@ -62,21 +62,15 @@ _CARDINALITY = {
 }
 
 
-def open_channel(url: str, tls_ca: str | None) -> Channel:
-    """The pooled channel to an upstream (it connects on its first call, and again after a loss)."""
+def open_channel(url: str, tls_ca: str | None) -> UpstreamConnection:
+    """The pooled connection to an upstream (made on its first call, and again after a loss)."""
     address = parse_url(url)
     context: ssl.SSLContext | None = None
     if address.tls:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls_ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.set_alpn_protocols(["h2"])
-    return UpstreamChannel(
-        address.host,
-        address.port,
-        ssl=context,
-        codec=RawCodec(),
-        status_details_codec=PassThroughDetailsCodec(),
-    )
+    return UpstreamConnection(address.host, address.port, ssl=context)
 
 
 class UpstreamProxy:
@@ -84,7 +78,7 @@ class UpstreamProxy:
 
     :param name: the upstream's name (permissions ``<name>:<Method>``, messages).
     :param methods: the methods served, by path.
-    :param channel: the pooled channel to the upstream.
+    :param channel: the pooled connection to the upstream.
     :param dispatcher: the gateway's dispatcher: its rate limiter (``by: room``) and the room-token check.
     :param metadata: added to every upstream call.
     :param forward: client metadata keys passed on.
@@ -95,7 +89,7 @@ class UpstreamProxy:
         self,
         name: str,
         methods: Mapping[str, UpstreamMethod],
-        channel: Channel,
+        channel: UpstreamConnection,
         dispatcher: Dispatcher,
         *,
         metadata: Mapping[str, str],
@@ -106,7 +100,7 @@ class UpstreamProxy:
         self.methods = dict(methods)
         self.channel = channel
         self._dispatcher = dispatcher
-        self._metadata = dict(metadata)
+        self._metadata = encode_metadata(list(metadata.items()))  # the same for every call: encoded once
         self._forward = (*FORWARDED, *forward)
         self._timeout = timeout
         limiter = dispatcher.limiter
@@ -123,15 +117,21 @@ class UpstreamProxy:
             for path, method in self.methods.items()
         }
 
-    def upstream_metadata(self, client: Any) -> list[tuple[str, str | bytes]]:
-        """What the upstream receives: ``metadata``, the request id, and the forwarded client keys."""
-        sent: list[tuple[str, str | bytes]] = list(self._metadata.items())
+    def upstream_metadata(self, client: Any) -> bytes:
+        """What the upstream receives, encoded: ``metadata``, the request id, and the forwarded client keys.
+
+        :raises InvalidArgument: a forwarded value HTTP/2 cannot carry to the upstream (not printable ASCII).
+        """
+        sent: list[tuple[str, str | bytes]] = []
         request_id = current_request_id()
         if request_id is not None:
             sent.append(("x-request-id", request_id))
         for key in self._forward:
             sent.extend((key, value) for value in client.getall(key, ()))
-        return sent
+        for key, value in sent:
+            if isinstance(value, str) and _VALUE.fullmatch(value) is None:
+                raise InvalidArgument(f"metadata {key!r} is not printable ASCII")
+        return self._metadata + encode_metadata(sent)
 
     @property
     def timeout(self) -> float:
@@ -174,18 +174,19 @@ class UpstreamProxy:
             await self._room_limit(room)
 
     def _handler(self, method: UpstreamMethod) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
-        cardinality = _CARDINALITY[method.client_streaming, method.server_streaming]
         unary_deadline = not method.client_streaming and not method.server_streaming
 
         async def proxy(stream: Stream[Any, Any]) -> None:
             principal = current_principal()
             try:
                 rooms = self.authorize(principal, method)
+                metadata = self.upstream_metadata(stream.metadata)
             except GatewayError as err:
                 raise grpc_error(err) from None
             deadline = stream.deadline
-            if deadline is None and unary_deadline:
-                deadline = Deadline.from_timeout(self._timeout)
+            timeout = deadline.time_remaining() if deadline is not None else None
+            if timeout is None and unary_deadline:
+                timeout = self._timeout
             request: RawMessage | None = None
             if not method.client_streaming:
                 request = await stream.recv_message()
@@ -194,16 +195,9 @@ class UpstreamProxy:
                 if rooms:
                     await self._checked(principal, method, request)
             try:
-                async with self.channel.request(
-                    method.path,
-                    cardinality,
-                    RawMessage,
-                    RawMessage,
-                    deadline=deadline,
-                    metadata=self.upstream_metadata(stream.metadata),
-                ) as upstream:
+                upstream = await self.channel.call(method.path, metadata, seconds=timeout, message=request)
+                async with upstream:
                     if request is not None:
-                        await upstream.send_message(request, end=True)
                         await _replies(stream, upstream)
                     else:
                         await self._both_ways(stream, upstream, principal, method, rooms)
@@ -223,7 +217,7 @@ class UpstreamProxy:
     async def _both_ways(
         self,
         stream: Stream[Any, Any],
-        upstream: ClientStream[Any, Any],
+        upstream: Call,
         principal: Principal,
         method: UpstreamMethod,
         rooms: bool,
@@ -237,7 +231,6 @@ class UpstreamProxy:
                 await upstream.send_message(request)
             await upstream.end()
 
-        await upstream.send_request()  # before either task: both use the upstream stream
         sender = asyncio.create_task(requests())
         replies = asyncio.create_task(_replies(stream, upstream))
         try:
@@ -264,7 +257,7 @@ class UpstreamAnswer(Exception):
         self.trailers = trailers
 
 
-async def _replies(stream: Stream[Any, Any], upstream: ClientStream[Any, Any]) -> None:
+async def _replies(stream: Stream[Any, Any], upstream: Call) -> None:
     """Pass the upstream's headers, replies and trailers to the client.
 
     :raises UpstreamAnswer: the upstream answered with an error status.
@@ -293,10 +286,8 @@ async def _fail(stream: Stream[Any, Any], err: GRPCError, trailers: Any) -> None
     )
 
 
-def _passed(metadata: Any) -> list[tuple[str, Any]]:
-    if not metadata:
-        return []
-    return [(k, v) for k, v in metadata.items() if k not in _OWN_METADATA]
+def _passed(metadata: list[tuple[str, str | bytes]]) -> list[tuple[str, str | bytes]]:
+    return [(k, v) for k, v in metadata if k not in _OWN_METADATA]
 
 
 def failure(exc: BaseException, upstream: str) -> GatewayError:

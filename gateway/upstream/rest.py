@@ -28,8 +28,6 @@ import orjson
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from grpclib.client import Stream as ClientStream
-from grpclib.const import Cardinality
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
@@ -49,8 +47,8 @@ from gateway.edge.routing import raw_route_path
 from gateway.edge.streams import StreamFormat, negotiate, pump
 from gateway.edge.transcoder import parse_json, query_fields, query_pairs
 from gateway.errors import Code, GatewayError, InvalidArgument
-from gateway.rpc.wire import RawMessage
 from gateway.surfaces import caller
+from gateway.upstream.connection import Call
 from gateway.upstream.descriptors import UpstreamMethod
 from gateway.upstream.proxy import UpstreamProxy
 
@@ -273,23 +271,18 @@ class UpstreamRoute(BaseRoute):
         await send_json(send, 200, payload)
 
     async def _unary(self, request: bytes, client: list[tuple[str, str]]) -> bytes:
-        cardinality = Cardinality.UNARY_STREAM if self.method.server_streaming else Cardinality.UNARY_UNARY
+        proxy = self.proxy
         try:
-            async with self.proxy.channel.request(
-                self.method.path,
-                cardinality,
-                RawMessage,
-                RawMessage,
-                timeout=self.proxy.timeout,
-                metadata=self.proxy.upstream_metadata(_Pairs(client)),
+            metadata = proxy.upstream_metadata(_Pairs(client))
+            async with await proxy.channel.call(
+                self.method.path, metadata, seconds=proxy.timeout, message=request
             ) as upstream:
-                await upstream.send_message(RawMessage(request), end=True)
                 reply = await upstream.recv_message()
                 await upstream.recv_trailing_metadata()
         except Exception as exc:
-            raise self.proxy.error(exc) from None
+            raise proxy.error(exc) from None
         if reply is None:
-            raise GatewayError(f"upstream {self.proxy.name!r} sent no reply", code=Code.INTERNAL)
+            raise GatewayError(f"upstream {proxy.name!r} sent no reply", code=Code.INTERNAL)
         return orjson.dumps(self.binder.reply(reply))
 
 
@@ -297,7 +290,7 @@ class UpstreamReplies(ListenStream[Any]):
     """An upstream server stream as the edge's stream pump reads it (``__anext__``, ``aclose``,
     ``position``): each reply as proto3 JSON; an upstream error as a :class:`GatewayError`."""
 
-    def __init__(self, route: UpstreamRoute, upstream: ClientStream[Any, Any]) -> None:  # no subscription
+    def __init__(self, route: UpstreamRoute, upstream: Call) -> None:  # no subscription
         self.position = None
         self._route = route
         self._upstream = upstream
@@ -310,17 +303,13 @@ class UpstreamReplies(ListenStream[Any]):
         """Open the call upstream and send its request; an error before the first reply is raised here,
         so that it is answered with its HTTP status rather than inside a 200 stream."""
         proxy = route.proxy
-        upstream = proxy.channel.request(
-            route.method.path,
-            Cardinality.UNARY_STREAM,
-            RawMessage,
-            RawMessage,
-            metadata=proxy.upstream_metadata(_Pairs(client)),
-        )
-        await upstream.__aenter__()
+        try:
+            metadata = proxy.upstream_metadata(_Pairs(client))
+            upstream = await proxy.channel.call(route.method.path, metadata, message=request)
+        except Exception as exc:
+            raise proxy.error(exc) from None
         replies = cls(route, upstream)
         try:
-            await upstream.send_message(RawMessage(request), end=True)
             await upstream.recv_initial_metadata()
         except Exception as exc:
             await replies.aclose()
@@ -350,14 +339,7 @@ class UpstreamReplies(ListenStream[Any]):
         if self._closed:
             return
         self._closed = True
-        try:
-            await self._upstream.cancel()  # RST_STREAM: the upstream stops sending
-        except Exception:  # already ended or never started: nothing to cancel
-            pass
-        try:
-            await self._upstream.__aexit__(None, None, None)
-        except Exception:  # its outcome has been read or does not matter any more
-            pass
+        self._upstream.close()  # RST_STREAM when it has not ended: the upstream stops sending
 
 
 class _Pairs:

@@ -1,0 +1,785 @@
+"""The upstream's pooled HTTP/2 connection: a lean gRPC client of our own, bytes in and bytes out.
+
+A proxied call went through grpclib's client (its ``Stream``, events, metadata codecs, deadline wrappers)
+over h2's state machine (header validation, HPACK with a dynamic table, frame objects): instructions
+counted by valgrind (bench/proxy.py instructions) put that side of the gateway at about as much as the
+upstream's whole call. The proxy needs far less: open a stream with headers it mostly knows in advance,
+send message bytes it already has, and read back headers, messages and trailers. So this module speaks
+HTTP/2 (RFC 9113) itself, only as a gRPC client needs it:
+
+- **headers** are written as HPACK literals *without indexing* (RFC 7541 §6.2.2; *never indexed* for
+  metadata, which carries the upstream's key, §6.2.3): no dynamic table on our side, so each method's
+  fixed headers are encoded once (:class:`Headers`) and a call adds only its timeout and metadata. Answers
+  are decoded by ``hpack``'s decoder (the upstream's table);
+- **writes** of one turn of the event loop go out as one ``send``
+  (:class:`gateway.coalesce.CoalescingTransport`): a unary call is one write (HEADERS, DATA with
+  END_STREAM), and many calls in one turn share it;
+- **flow control** both ways: a message is sent as the peer's windows allow (waiting for WINDOW_UPDATE),
+  and what the upstream sends is credited back only once the caller has taken it (:meth:`Call.recv_message`),
+  so a slow reader stops the upstream at its window, and nothing piles up here;
+- **streams**: the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` is respected (a call waits for a slot); a
+  call's deadline is sent as ``grpc-timeout`` and kept here too (its stream is reset when it passes:
+  ``TimeoutError``); a call left early (the client cancelled) resets its stream (RST_STREAM CANCEL);
+- **the connection** is made on the first call and made again on the next call after it is lost or the
+  upstream sends GOAWAY; the calls it carried fail with ``StreamTerminatedError`` (UNAVAILABLE), as do
+  streams the upstream resets. PINGs are answered; TLS negotiates ``h2`` by ALPN.
+
+Errors are grpclib's (:class:`~grpclib.exceptions.GRPCError` for an upstream's status,
+:class:`~grpclib.exceptions.StreamTerminatedError`), so :func:`gateway.upstream.proxy.failure` maps them as
+before; the texts of the answers without a gRPC status are grpclib's too (``Missing content-type header``,
+which :mod:`gateway.upstream.health` reads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ssl as ssl_module
+import struct
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.metadata import decode_grpc_message, encode_timeout
+from hpack import Decoder
+from hpack.exceptions import HPACKError
+
+from gateway.coalesce import CoalescingTransport
+from gateway.rpc.wire import RawDetails, RawMessage
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
+_PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
+_END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+_NO_ERROR, _PROTOCOL_ERROR, _CANCEL = 0x0, 0x1, 0x8
+_HEADER_TABLE_SIZE, _ENABLE_PUSH, _MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
+_INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE, _MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
+_FRAME = struct.Struct(">HBBBL")  # length (24 bits, as 16 + 8), type, flags, stream id
+_DEFAULT_WINDOW = 65_535
+_DEFAULT_FRAME = 16_384
+
+#: The windows this client gives the upstream: what one stream, and the connection, may have in flight.
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+#: The largest header list accepted from the upstream (bytes, as RFC 9113 counts them).
+MAX_HEADER_LIST = 64 * 1024
+USER_AGENT = "room-gateway"
+#: Answer headers that are not metadata (grpclib's ``decode_metadata`` leaves out the same).
+_NOT_METADATA = frozenset({"te", "content-type", "user-agent"})
+#: HTTP statuses of an answer that is not gRPC, as grpclib's client maps them (gRPC's
+#: http-grpc-status-mapping.md).
+_HTTP_STATUS = {
+    "400": Status.INTERNAL,
+    "401": Status.UNAUTHENTICATED,
+    "403": Status.PERMISSION_DENIED,
+    "404": Status.UNIMPLEMENTED,
+    "429": Status.UNAVAILABLE,
+    "502": Status.UNAVAILABLE,
+    "503": Status.UNAVAILABLE,
+    "504": Status.UNAVAILABLE,
+}
+
+Metadata = list[tuple[str, str | bytes]]
+
+
+def _integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """An HPACK integer (RFC 7541 §5.1) whose first byte carries ``first`` above its prefix."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(value: bytes) -> bytes:
+    return _integer(len(value), 7, 0) + value  # not Huffman-coded: nothing to compute
+
+
+#: Names of HPACK's static table used below (RFC 7541 Appendix A).
+_STATIC = {":authority": 1, ":path": 4, "content-type": 31, "user-agent": 58}
+
+
+def literal(name: str, value: bytes, *, never_indexed: bool = False) -> bytes:
+    """One header as an HPACK literal that leaves the decoder's table alone (RFC 7541 §6.2.2, §6.2.3)."""
+    first = 0x10 if never_indexed else 0x00
+    index = _STATIC.get(name)
+    if index is not None:
+        return _integer(index, 4, first) + _string(value)
+    return bytes((first,)) + _string(name.encode("ascii")) + _string(value)
+
+
+def encode_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> bytes:
+    """Metadata as HPACK literals, never indexed (``-bin`` values base64 without padding, as gRPC sends
+    them). Keys and values are what grpclib accepted from a client, or the configuration's."""
+    out = []
+    for key, value in metadata:
+        data = base64.b64encode(value).rstrip(b"=") if isinstance(value, bytes) else value.encode("ascii")
+        out.append(literal(key, data, never_indexed=True))
+    return b"".join(out)
+
+
+class Headers:
+    """The HEADERS of one method's calls, encoded once; :meth:`block` adds a call's timeout and metadata."""
+
+    __slots__ = ("_fixed",)
+
+    def __init__(self, path: str, authority: str, tls: bool) -> None:
+        self._fixed = b"".join(
+            (
+                b"\x83",  # :method POST (static index 3)
+                b"\x87" if tls else b"\x86",  # :scheme https / http (7 / 6)
+                literal(":path", path.encode("ascii")),
+                literal(":authority", authority.encode("ascii")),
+                literal("te", b"trailers"),
+                literal("content-type", b"application/grpc"),
+                literal("user-agent", USER_AGENT.encode("ascii")),
+            )
+        )
+
+    def block(self, timeout: float | None, metadata: bytes) -> bytes:
+        if timeout is None:
+            return self._fixed + metadata
+        return self._fixed + literal("grpc-timeout", encode_timeout(timeout).encode("ascii")) + metadata
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    length = len(payload)
+    return _FRAME.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
+
+
+def message_frame(message: bytes) -> bytes:
+    """A gRPC message with its length prefix (not compressed)."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+class Call:
+    """One gRPC call on an upstream connection (made by :meth:`UpstreamConnection.call`).
+
+    Read in order: :meth:`recv_initial_metadata`, :meth:`recv_message` until ``None``,
+    :meth:`recv_trailing_metadata`. Leave it with :meth:`close` (an ``async with`` does it): a call not
+    finished by then is reset upstream.
+    """
+
+    __slots__ = (
+        "_connection",
+        "_error",
+        "_event",
+        "_headers",
+        "_initial",
+        "_messages",
+        "_pending",
+        "_timer",
+        "_trailers",
+        "_window_event",
+        "ended",
+        "finished",
+        "initial_metadata",
+        "sent_end",
+        "stream_id",
+        "trailing_metadata",
+        "unacknowledged",
+        "window",
+    )
+
+    def __init__(self, connection: _Connection, stream_id: int) -> None:
+        self._connection = connection
+        self.stream_id = stream_id
+        self.window = connection.peer_window  # what we may still send on this stream
+        self.unacknowledged = 0  # bytes taken by the reader, not yet credited back to the stream
+        self._event = asyncio.Event()  # something arrived (headers, a message, the end, an error)
+        self._window_event: asyncio.Event | None = None
+        self._headers: list[list[tuple[str, str]]] = []  # header lists received, not yet read
+        self._pending = bytearray()  # DATA received, not yet a whole message
+        self._messages: deque[tuple[RawMessage, int]] = deque()  # whole messages, and their bytes on the wire
+        self._error: BaseException | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._initial: list[tuple[str, str]] | None = None
+        self._trailers: list[tuple[str, str]] | None = None
+        self.ended = False  # the upstream ended the stream (or it was reset, or the connection lost)
+        self.sent_end = False
+        self.finished = False  # the trailers were read
+        self.initial_metadata: Metadata = []
+        self.trailing_metadata: Metadata = []
+
+    async def __aenter__(self) -> Call:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sending ---------------------------------------------------------------------------------------
+
+    async def send_message(self, message: bytes, *, end: bool = False) -> None:
+        """Send one message (and end the request stream after it with ``end``), as the windows allow."""
+        data = message_frame(message)
+        connection = self._connection
+        while True:
+            self._raise_error()
+            allowed = min(len(data), self.window, connection.window, connection.max_frame)
+            if allowed == len(data):
+                connection.send_data(self, data, end)
+                if end:
+                    self.sent_end = True
+                return
+            if allowed > 0:
+                connection.send_data(self, data[:allowed], False)
+                data = data[allowed:]
+                continue
+            event = self._window_event = asyncio.Event()
+            connection.window_waiters.add(self)
+            try:
+                await event.wait()
+            finally:
+                self._window_event = None
+                connection.window_waiters.discard(self)
+
+    async def end(self) -> None:
+        """End the request stream (no more messages)."""
+        self._raise_error()
+        if not self.sent_end:
+            self.sent_end = True
+            self._connection.write(_frame(_DATA, _END_STREAM, self.stream_id))
+
+    def window_opened(self) -> None:
+        if self._window_event is not None:
+            self._window_event.set()
+
+    # -- receiving -------------------------------------------------------------------------------------
+
+    async def _next_headers(self) -> list[tuple[str, str]] | None:
+        while not self._headers:
+            if self.ended or self._messages:
+                self._raise_error()
+                return None
+            await self._wait()
+        return self._headers.pop(0)
+
+    async def _wait(self) -> None:
+        self._event.clear()
+        await self._event.wait()
+
+    async def recv_initial_metadata(self) -> None:
+        """Wait for the answer's headers (:attr:`initial_metadata`).
+
+        :raises GRPCError: a trailers-only answer (its status is not OK), or not a gRPC answer.
+        """
+        headers = await self._next_headers()
+        if headers is None:
+            raise StreamTerminatedError("the upstream ended the stream without headers")
+        values = dict(headers)
+        status = values.get(":status")
+        if status != "200":
+            raise GRPCError(_HTTP_STATUS.get(status or "", Status.UNKNOWN), f"Received :status = {status!r}")
+        content_type = values.get("content-type")
+        if content_type is None:
+            raise GRPCError(Status.UNKNOWN, "Missing content-type header")
+        base, _, subtype = content_type.partition("+")
+        if base != "application/grpc" or subtype not in ("", "proto"):
+            raise GRPCError(Status.UNKNOWN, f"Invalid content-type: {content_type!r}")
+        if "grpc-status" in values:  # trailers-only
+            self._initial = []
+            self._trailers = headers
+            self._finish(headers, values)
+            return
+        self._initial = headers
+        self.initial_metadata = metadata_of(headers)
+
+    async def recv_message(self) -> RawMessage | None:
+        """The next reply message; ``None`` once the upstream has sent its last."""
+        if self._initial is None:
+            await self.recv_initial_metadata()
+        while not self._messages:
+            if self.ended or self._headers or self._trailers is not None:
+                self._raise_error()
+                if self._pending:
+                    raise GRPCError(Status.INTERNAL, "the upstream ended its stream inside a message")
+                return None
+            await self._wait()
+        message, size = self._messages.popleft()
+        self._connection.consumed(self, size)  # the upstream may send that much more
+        return message
+
+    async def recv_trailing_metadata(self) -> None:
+        """Wait for the trailers (:attr:`trailing_metadata`).
+
+        :raises GRPCError: the status is not OK.
+        """
+        if self.finished:
+            return
+        while await self.recv_message() is not None:  # replies nobody asked for are dropped
+            pass
+        if self._trailers is None:
+            headers = await self._next_headers()
+            if headers is None:
+                raise StreamTerminatedError("the upstream ended the stream without trailers")
+            self._trailers = headers
+            self._finish(headers, dict(headers))
+
+    def _finish(self, headers: list[tuple[str, str]], values: dict[str, str]) -> None:
+        self.finished = True
+        self.trailing_metadata = metadata_of(headers)
+        raw = values.get("grpc-status")
+        if raw is None:
+            raise GRPCError(Status.UNKNOWN, "Missing grpc-status header")
+        try:
+            status = Status(int(raw))
+        except ValueError:
+            raise GRPCError(Status.UNKNOWN, f"Invalid grpc-status: {raw!r}") from None
+        if status is Status.OK:
+            return
+        message = values.get("grpc-message")
+        details = values.get("grpc-status-details-bin")
+        raise GRPCError(
+            status,
+            decode_grpc_message(message) if message is not None else None,
+            RawDetails(_unbase64(details)) if details is not None else None,
+        )
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # -- what the connection tells the call ---------------------------------------------------------------
+
+    def headers_received(self, headers: list[tuple[str, str]], end: bool) -> None:
+        self._headers.append(headers)
+        if end:
+            self.ended = True
+        self._event.set()
+
+    def data_received(self, data: bytes | memoryview, flow: int, end: bool) -> None:
+        pending = self._pending
+        pending += data
+        credit = flow  # the frame's whole length (padding included) counts against the window
+        while len(pending) >= 5:
+            length = int.from_bytes(pending[1:5], "big")
+            if len(pending) < 5 + length:
+                break
+            if pending[0]:
+                self.fail(GRPCError(Status.INTERNAL, "the upstream sent a compressed message"))
+                return
+            self._messages.append((RawMessage(pending[5 : 5 + length]), credit))
+            credit = 0
+            del pending[: 5 + length]
+        if credit:  # part of a message: credited with the message it completes (or as soon as it ends)
+            if self._messages:
+                message, size = self._messages.pop()
+                self._messages.append((message, size + credit))
+            else:
+                self._connection.consumed(self, credit)
+        if end:
+            self.ended = True
+        self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        """End the call with ``error`` (a reset, a lost connection, the deadline)."""
+        if self._error is None:
+            self._error = error
+        self.ended = True
+        self._event.set()
+        self.window_opened()
+
+    def close(self) -> None:
+        """Leave the call: reset it upstream when it has not ended, and free its slot. A read still waiting
+        (another task's) ends with ``StreamTerminatedError``."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._connection.release(self, reset=not (self.ended and self.sent_end))
+        if not self.ended:
+            self.fail(StreamTerminatedError("the call was closed"))
+
+    def deadline(self, timeout: float) -> None:
+        """Fail the call with ``TimeoutError`` (and reset it) once ``timeout`` seconds have passed."""
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        if not self.finished:
+            self.fail(TimeoutError("the upstream call's deadline passed"))
+            self._connection.release(self, reset=True)
+
+
+def metadata_of(headers: list[tuple[str, str]]) -> Metadata:
+    """The metadata of a header list (as grpclib's ``decode_metadata``: ``-bin`` values as bytes)."""
+    found: Metadata = []
+    for key, value in headers:
+        if key[0] == ":" or key.startswith("grpc-") or key in _NOT_METADATA:
+            continue
+        found.append((key, _unbase64(value) if key.endswith("-bin") else value))
+    return found
+
+
+def _unbase64(value: str) -> bytes:
+    return base64.b64decode(value + "=" * (-len(value) % 4))
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/2 connection's state (what :class:`UpstreamConnection` holds while it is up)."""
+
+    def __init__(self, on_lost: Any) -> None:
+        self._on_lost = on_lost
+        self.transport: CoalescingTransport | None = None
+        self.decoder = Decoder()
+        self.decoder.max_header_list_size = MAX_HEADER_LIST
+        self.calls: dict[int, Call] = {}
+        self.next_id = 1
+        self.window = _DEFAULT_WINDOW  # the connection's send window
+        self.peer_window = _DEFAULT_WINDOW  # SETTINGS_INITIAL_WINDOW_SIZE of the peer
+        self.max_frame = _DEFAULT_FRAME
+        self.max_streams = 100  # until the peer's SETTINGS say (RFC 9113 recommends at least 100)
+        self.unacknowledged = 0  # bytes received, not yet credited back to the connection
+        self.window_waiters: set[Call] = set()
+        self.slot_waiters: deque[asyncio.Future[None]] = deque()
+        self.going_away = False
+        self.lost = False
+        self._buffer = bytearray()
+        self._block: tuple[int, int, bytearray] | None = None  # a header block awaiting CONTINUATION
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = CoalescingTransport(transport, asyncio.get_running_loop())
+        settings = struct.pack(
+            ">HLHLHLHL",
+            _ENABLE_PUSH, 0,
+            _INITIAL_WINDOW_SIZE, STREAM_WINDOW,
+            _MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST,
+            _MAX_CONCURRENT_STREAMS, 0,  # the upstream may open none towards us
+        )  # fmt: skip
+        increment = struct.pack(">L", CONNECTION_WINDOW - _DEFAULT_WINDOW)
+        self.transport.write(
+            _PREFACE + _frame(_SETTINGS, 0, 0, settings) + _frame(_WINDOW_UPDATE, 0, 0, increment)
+        )
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost(StreamTerminatedError("Connection lost"))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        try:
+            while end - pos >= 9:
+                high, low, kind, flags, stream_id = _FRAME.unpack_from(data, pos)
+                length = high << 8 | low
+                if end - pos - 9 < length:
+                    break
+                self._frame(kind, flags, stream_id & 0x7FFFFFFF, view[pos + 9 : pos + 9 + length])
+                pos += 9 + length
+        except _ConnectionError as exc:
+            self._close(_PROTOCOL_ERROR, str(exc))
+            return
+        if pos < end:
+            buffer += view[pos:]
+
+    # -- frames ----------------------------------------------------------------------------------------
+
+    def _frame(self, kind: int, flags: int, stream_id: int, payload: memoryview) -> None:
+        if self._block is not None and kind != _CONTINUATION:
+            raise _ConnectionError("a header block was interrupted")
+        if kind == _DATA:
+            call = self.calls.get(stream_id)
+            size = len(payload)
+            data = _unpadded(payload, flags)
+            if call is None:  # a stream we reset: its bytes still count against the connection
+                self.consumed(None, size)
+                return
+            call.data_received(data, size, bool(flags & _END_STREAM))
+        elif kind == _HEADERS:
+            block = _unpadded(payload, flags)
+            if flags & _PRIORITY_FLAG:
+                block = block[5:]
+            if flags & _END_HEADERS:
+                self._headers(stream_id, flags, block)
+            else:
+                self._block = (stream_id, flags, bytearray(block))
+        elif kind == _CONTINUATION:
+            if self._block is None or self._block[0] != stream_id:
+                raise _ConnectionError("CONTINUATION without a header block")
+            self._block[2].extend(payload)
+            if len(self._block[2]) > MAX_HEADER_LIST:
+                raise _ConnectionError("header block too large")
+            if flags & _END_HEADERS:
+                stream, first, whole = self._block
+                self._block = None
+                self._headers(stream, first, whole)
+        elif kind == _SETTINGS:
+            if not flags & _ACK:
+                self._settings(payload)
+        elif kind == _WINDOW_UPDATE:
+            increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            if stream_id == 0:
+                self.window += increment
+                for call in list(self.window_waiters):
+                    call.window_opened()
+            else:
+                call = self.calls.get(stream_id)
+                if call is not None:
+                    call.window += increment
+                    call.window_opened()
+        elif kind == _PING:
+            if not flags & _ACK:
+                self.write(_frame(_PING, _ACK, 0, bytes(payload)))
+        elif kind == _RST_STREAM:
+            call = self.calls.get(stream_id)
+            if call is not None:
+                code = int.from_bytes(payload[:4], "big")
+                call.fail(StreamTerminatedError(f"the upstream reset the stream (error code {code})"))
+                self._forget(call)
+        elif kind == _GOAWAY:
+            last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            self.going_away = True
+            for call in [c for i, c in self.calls.items() if i > last]:
+                call.fail(StreamTerminatedError("the upstream is going away (GOAWAY)"))
+                self._forget(call)
+            self._on_lost(self)  # no new calls here
+            if not self.calls:
+                self._close(_NO_ERROR, "")
+        elif kind == _PUSH_PROMISE:
+            raise _ConnectionError("PUSH_PROMISE, which our SETTINGS refuse")
+        # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5).
+
+    def _headers(self, stream_id: int, flags: int, block: bytes | bytearray | memoryview) -> None:
+        try:
+            headers = self.decoder.decode(bytes(block))
+        except HPACKError as exc:
+            raise _ConnectionError(f"cannot decode a header block: {exc}") from None
+        call = self.calls.get(stream_id)
+        if call is not None:
+            call.headers_received(headers, bool(flags & _END_STREAM))  # type: ignore[arg-type]  # str pairs
+
+    def _settings(self, payload: memoryview) -> None:
+        for offset in range(0, len(payload) - len(payload) % 6, 6):
+            code, value = struct.unpack_from(">HL", payload, offset)
+            if code == _INITIAL_WINDOW_SIZE:
+                delta = value - self.peer_window
+                self.peer_window = value
+                for call in self.calls.values():
+                    call.window += delta
+                    call.window_opened()
+            elif code == _MAX_FRAME_SIZE:
+                self.max_frame = value
+            elif code == _MAX_CONCURRENT_STREAMS:
+                self.max_streams = value
+                self._grant_slots()
+            elif code == _HEADER_TABLE_SIZE:
+                pass  # our encoder never indexes: the upstream's table size does not matter to it
+        self.write(_frame(_SETTINGS, _ACK, 0))
+
+    # -- streams ---------------------------------------------------------------------------------------
+
+    async def open(self, headers: bytes) -> Call:
+        """A new stream, its HEADERS written (the request stream stays open for messages)."""
+        while len(self.calls) >= self.max_streams and not self.lost:
+            waiter = asyncio.get_running_loop().create_future()
+            self.slot_waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                with contextlib.suppress(ValueError):
+                    self.slot_waiters.remove(waiter)
+        if self.lost or self.going_away:
+            raise StreamTerminatedError("Connection lost")
+        call = Call(self, self.next_id)
+        self.next_id += 2
+        self.calls[call.stream_id] = call
+        if len(headers) <= self.max_frame:
+            self.write(_frame(_HEADERS, _END_HEADERS, call.stream_id, headers))
+        else:
+            self.write(self._split_headers(call.stream_id, headers))
+        return call
+
+    def _split_headers(self, stream_id: int, headers: bytes) -> bytes:
+        size = self.max_frame
+        chunks = [headers[i : i + size] for i in range(0, len(headers), size)]
+        frames = [_frame(_HEADERS, 0, stream_id, chunks[0])]
+        for i, chunk in enumerate(chunks[1:], 1):
+            frames.append(
+                _frame(_CONTINUATION, _END_HEADERS if i == len(chunks) - 1 else 0, stream_id, chunk)
+            )
+        return b"".join(frames)
+
+    def send_data(self, call: Call, data: bytes, end: bool) -> None:
+        call.window -= len(data)
+        self.window -= len(data)
+        self.write(_frame(_DATA, _END_STREAM if end else 0, call.stream_id, data))
+
+    def consumed(self, call: Call | None, size: int) -> None:
+        """``size`` bytes of DATA taken by their reader: credit them back (in batches of half a window)."""
+        self.unacknowledged += size
+        if self.unacknowledged >= CONNECTION_WINDOW // 2:
+            self.write(_frame(_WINDOW_UPDATE, 0, 0, struct.pack(">L", self.unacknowledged)))
+            self.unacknowledged = 0
+        if call is not None and not call.ended:
+            call.unacknowledged += size
+            if call.unacknowledged >= STREAM_WINDOW // 2:
+                self.write(_frame(_WINDOW_UPDATE, 0, call.stream_id, struct.pack(">L", call.unacknowledged)))
+                call.unacknowledged = 0
+
+    def release(self, call: Call, *, reset: bool) -> None:
+        if self.calls.get(call.stream_id) is not call:
+            return
+        if reset and not self.lost:
+            self.write(_frame(_RST_STREAM, 0, call.stream_id, struct.pack(">L", _CANCEL)))
+        self._forget(call)
+
+    def _forget(self, call: Call) -> None:
+        self.calls.pop(call.stream_id, None)
+        self.window_waiters.discard(call)
+        self._grant_slots()
+        if self.going_away and not self.calls:
+            self._close(_NO_ERROR, "")
+
+    def _grant_slots(self) -> None:
+        free = self.max_streams - len(self.calls)
+        while free > 0 and self.slot_waiters:
+            waiter = self.slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.write(data)
+
+    # -- the end ---------------------------------------------------------------------------------------
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.transport is not None and not self.lost:
+            goaway = struct.pack(">LL", self.next_id - 2 if self.next_id > 1 else 0, code) + reason.encode()
+            self.transport.write(_frame(_GOAWAY, 0, 0, goaway))
+            self.transport.close()
+        self._lost(StreamTerminatedError(reason or "Connection closed"))
+
+    def close(self) -> None:
+        self._close(_NO_ERROR, "")
+
+    def _lost(self, error: BaseException) -> None:
+        if self.lost:
+            return
+        self.lost = True
+        self._on_lost(self)
+        for call in list(self.calls.values()):
+            call.fail(error)
+        self.calls.clear()
+        for waiter in self.slot_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class _ConnectionError(Exception):
+    """The upstream broke HTTP/2: the connection is closed (GOAWAY PROTOCOL_ERROR)."""
+
+
+def _unpadded(payload: memoryview, flags: int) -> memoryview:
+    if not flags & _PADDED:
+        return payload
+    if not payload:
+        raise _ConnectionError("a padded frame without its pad length")
+    pad = payload[0]
+    if pad >= len(payload):
+        raise _ConnectionError("padding longer than the frame")
+    return payload[1 : len(payload) - pad]
+
+
+class UpstreamConnection:
+    """The pooled connection to one upstream: made on the first call, made again after a loss.
+
+    :param host: the upstream's host.
+    :param port: its port.
+    :param ssl: TLS (ALPN ``h2``), or ``None`` for plaintext HTTP/2.
+    """
+
+    def __init__(self, host: str, port: int, *, ssl: ssl_module.SSLContext | None = None) -> None:
+        self._host = host
+        self._port = port
+        self._ssl = ssl
+        self._authority = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._headers: dict[str, Headers] = {}
+
+    def headers(self, path: str) -> Headers:
+        """The encoded fixed headers of ``path``'s calls."""
+        found = self._headers.get(path)
+        if found is None:
+            found = self._headers[path] = Headers(path, self._authority, self._ssl is not None)
+        return found
+
+    async def call(
+        self,
+        path: str,
+        metadata: bytes,
+        *,
+        seconds: float | None = None,
+        message: bytes | None = None,
+    ) -> Call:
+        """Open a call of ``path``; with ``message``, the request too, and the request stream ended.
+
+        :param metadata: the call's metadata, encoded (:func:`encode_metadata`).
+        :param seconds: its deadline, in seconds from now (sent, and kept here: ``TimeoutError``).
+        :raises OSError: the upstream cannot be reached.
+        :raises StreamTerminatedError: the connection was lost meanwhile.
+        """
+        connection = self._connection
+        if connection is None:
+            connection = await self._connect()
+        if seconds is not None and seconds <= 0:
+            raise TimeoutError("the deadline has passed")
+        call = await connection.open(self.headers(path).block(seconds, metadata))
+        if seconds is not None:
+            call.deadline(seconds)
+        if message is not None:
+            try:
+                await call.send_message(message, end=True)
+            except BaseException:
+                call.close()
+                raise
+        return call
+
+    async def _connect(self) -> _Connection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._connection is not None:
+                return self._connection
+            loop = asyncio.get_running_loop()
+            _, connection = await loop.create_connection(
+                lambda: _Connection(self._forget),
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                server_hostname=self._host if self._ssl is not None else None,
+            )
+            if self._ssl is not None:
+                tls = connection.transport.get_extra_info("ssl_object") if connection.transport else None
+                protocol = tls.selected_alpn_protocol() if tls is not None else None
+                if protocol != "h2":
+                    connection.close()
+                    raise ConnectionError(f"the upstream did not negotiate h2 over TLS (ALPN: {protocol!r})")
+            if not connection.lost:
+                self._connection = connection
+            return connection
+
+    def _forget(self, connection: _Connection) -> None:
+        if self._connection is connection:
+            self._connection = None
+
+    def close(self) -> None:
+        """Close the connection; its calls fail."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
