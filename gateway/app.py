@@ -122,7 +122,7 @@ def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManage
     metrics.count_presence(lambda: presence.connections)
     dispatcher = Dispatcher(service, policy, limiter=limiter, presence=presence)
     context = SurfaceContext(config, policy, dispatcher)
-    upstreams = upstream_surfaces(context)
+    upstreams = upstream_surfaces(context, observer)
     surfaces = [*_enabled_surfaces(config, plugins, context), *upstreams]
     http_routes = [(surface.label, surface.http_routes()) for surface in surfaces]
     grpc_handlers = [(surface.label, surface.grpc_handlers()) for surface in surfaces]

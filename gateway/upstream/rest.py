@@ -43,10 +43,11 @@ from gateway.edge.responses import (
     send_error,
     send_json,
 )
-from gateway.edge.routing import raw_route_path
+from gateway.edge.routing import CountedStream, raw_route_path
 from gateway.edge.streams import StreamFormat, negotiate, pump
 from gateway.edge.transcoder import parse_json, query_fields, query_pairs
 from gateway.errors import Code, GatewayError, InvalidArgument
+from gateway.observability.calls import MethodRecorder
 from gateway.surfaces import caller
 from gateway.upstream.connection import Call
 from gateway.upstream.descriptors import UpstreamMethod
@@ -200,24 +201,37 @@ class UpstreamRoute(BaseRoute):
     :param proxy: the upstream's proxy: its channel, permissions and room checks.
     :param max_body_bytes: the request body limit (413 beyond).
     :param keepalive_seconds: SSE/NDJSON keep-alive interval.
+    :param recorder: the method's metrics, to count its streams open and their messages (as the native
+        routes do); ``None``: not counted.
     """
 
     def __init__(
-        self, binder: Binder, proxy: UpstreamProxy, *, max_body_bytes: int, keepalive_seconds: float
+        self,
+        binder: Binder,
+        proxy: UpstreamProxy,
+        *,
+        max_body_bytes: int,
+        keepalive_seconds: float,
+        recorder: MethodRecorder | None = None,
     ):
         self.binder = binder
         self.method = binder.method
         self.proxy = proxy
         template = binder.binding.template
-        self.path = template.template
+        self.template = template.template
+        # The edge's observer labels a surface's route by its ``path``: an upstream's calls are counted
+        # and logged under the proto method's name, as the native API's are (API.md, "Operability"), for
+        # every binding of the method alike.
+        self.path = self.method.name
         self.name = self.method.name
+        self._recorder = recorder
         self.methods = {binder.binding.http_method}
         self._verb = ":" + template.verb if template.verb else ""
         self._max_body = max_body_bytes
         self._keepalive = keepalive_seconds
 
     def __repr__(self) -> str:
-        return f"UpstreamRoute({self.binder.binding.http_method} {self.path} → {self.method.path})"
+        return f"UpstreamRoute({self.binder.binding.http_method} {self.template} → {self.method.path})"
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         if scope["type"] != "http":
@@ -237,7 +251,7 @@ class UpstreamRoute(BaseRoute):
         if scope["method"] not in self.methods:
             allowed = ", ".join(sorted(self.methods))
             error = GatewayError(
-                f"method {scope['method']} is not allowed on {self.path}; allowed: {allowed}",
+                f"method {scope['method']} is not allowed on {self.template}; allowed: {allowed}",
                 code=Code.UNIMPLEMENTED,
                 http_status=405,
             )
@@ -261,12 +275,21 @@ class UpstreamRoute(BaseRoute):
             await send_error(send, exc)
             return
         except Exception:
-            log.exception("%s %s failed", scope["method"], self.path)
+            log.exception("%s %s failed", scope["method"], self.template)
             await send_error(send, internal_error())
             return
         if self.method.server_streaming:
             fmt = StreamFormat(negotiate(headers.accept), None)
-            await pump(replies, _same, fmt, receive, send, self._keepalive, self.method.name)
+            recorder = self._recorder
+            if recorder is None:
+                await pump(replies, _same, fmt, receive, send, self._keepalive, self.method.name)
+                return
+            recorder.streams.inc()
+            try:
+                counted = CountedStream(replies, recorder.messages)
+                await pump(counted, _same, fmt, receive, send, self._keepalive, self.method.name)
+            finally:
+                recorder.streams.dec()
             return
         await send_json(send, 200, payload)
 

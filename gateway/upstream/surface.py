@@ -11,6 +11,8 @@ from starlette.routing import BaseRoute
 
 from gateway.config import SurfaceSettings, UpstreamConfig
 from gateway.edge.http_rules import bindings
+from gateway.observability.calls import MethodRecorder
+from gateway.observability.observer import Observer
 from gateway.plugins import ConfigError
 from gateway.surfaces import Surface, SurfaceContext
 from gateway.upstream.health import UpstreamHealth
@@ -24,11 +26,16 @@ class UpstreamSurface(Surface):
 
     :param upstream: its entry in ``upstreams:``.
     :param context: the gateway's core.
+    :param observer: what calls are recorded into: its REST streams are counted open there (the gRPC
+        listener counts its own); ``None``: not counted.
     """
 
-    def __init__(self, upstream: UpstreamConfig, context: SurfaceContext) -> None:
+    def __init__(
+        self, upstream: UpstreamConfig, context: SurfaceContext, observer: Observer | None = None
+    ) -> None:
         super().__init__(SurfaceSettings(enabled=True), context)
         self.upstream = upstream
+        self.observer = observer
         self.channel = open_channel(upstream.url, upstream.schema.tls_ca)
         self.proxy = UpstreamProxy(
             upstream.name,
@@ -62,9 +69,15 @@ class UpstreamSurface(Surface):
                 self.proxy,
                 max_body_bytes=http.max_body_bytes,
                 keepalive_seconds=http.keepalive_seconds,
+                recorder=self._recorder(binder.method.name) if binder.method.server_streaming else None,
             )
             for binder in self.binders
         ]
+
+    def _recorder(self, method: str) -> MethodRecorder | None:
+        if self.observer is None:
+            return None
+        return self.observer.recorder("rest", self.label, method)  # the label the edge counts its calls by
 
     def close(self) -> None:
         """Close the channel (its connection); in-flight calls fail."""
@@ -83,9 +96,9 @@ class ServiceView:
         return {path: h for path, h in self.proxy.__mapping__().items() if path.startswith(prefix)}
 
 
-def upstream_surfaces(context: SurfaceContext) -> list[UpstreamSurface]:
-    """A surface for each entry of ``upstreams:``."""
-    return [UpstreamSurface(upstream, context) for upstream in context.config.upstreams]
+def upstream_surfaces(context: SurfaceContext, observer: Observer | None = None) -> list[UpstreamSurface]:
+    """A surface for each entry of ``upstreams:`` (``observer``: see :class:`UpstreamSurface`)."""
+    return [UpstreamSurface(upstream, context, observer) for upstream in context.config.upstreams]
 
 
 #: Services the gateway serves itself on its gRPC port: no upstream may take them.

@@ -5,7 +5,9 @@ parameters), errors in the native shape, and the routes in ``/openapi.json``."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import time
 from typing import Any
 
 import httpx
@@ -157,3 +159,34 @@ def test_an_unreachable_upstream_is_503(start_echo: StartEcho, start_front: Star
 
 
 _ = EchoUpstream  # re-exported fixture type
+
+
+def test_metrics_name_the_method_and_count_open_streams(front: GatewayProcess) -> None:
+    """As the native API's (API.md, "Operability"): ``method`` is the proto method for every binding, and
+    an SSE stream is counted in ``room_gateway_streams_open`` while it runs, its messages as they go."""
+    status, _ = curl(
+        "-X", "POST", f"{front.http_url}/v1/rooms/public-1/say", "-H", f"X-API-Key: {ADMIN_KEY}",
+        "-H", "Content-Type: application/json", "-d", '{"text": "m"}',
+    )  # fmt: skip
+    assert status == 200
+    with httpx.Client(base_url=front.http_url, timeout=10) as http:
+
+        def metric(name: str, method: str, **more: str) -> float:
+            wanted = {"transport": "rest", "surface": "upstream:echo", "method": method, **more}
+            text = http.get("/metrics", headers={"x-api-key": ADMIN_KEY}).text
+            for line in text.splitlines():
+                family, _, rest = line.partition("{")
+                if family == name and dict(re.findall(r'(\w+)="([^"]*)"', rest)) == wanted:
+                    return float(line.rpartition(" ")[2])
+            return 0.0
+
+        assert metric("room_gateway_requests_total", "Say", code="OK") >= 1.0
+        url = "/echo.v1.Echo/Repeat?text=t&count=50&delay_ms=100"
+        with http.stream("GET", url, headers={"x-api-key": ADMIN_KEY}) as stream:
+            assert next(line for line in stream.iter_lines() if line.startswith("data: "))
+            assert metric("room_gateway_streams_open", "Repeat") == 1.0
+            assert metric("room_gateway_stream_messages_total", "Repeat") >= 1.0
+        deadline = time.monotonic() + 5
+        while metric("room_gateway_streams_open", "Repeat") != 0.0:
+            assert time.monotonic() < deadline, "the stream is still counted open after the client left"
+            time.sleep(0.05)
