@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import time
@@ -357,6 +358,29 @@ async def test_metrics_and_access_lines_name_the_upstream(
     assert 'surface="upstream:echo"' in text
     assert 'method="Say"' in text
     assert any("/echo.v1.Echo/Say OK key=admin" in line for line in front.lines)
+
+    async def streams_open() -> float:
+        async with httpx.AsyncClient(base_url=front.http_url) as http:
+            text = (await http.get("/metrics", headers={"x-api-key": ADMIN_KEY})).text
+        for line in text.splitlines():
+            family, _, rest = line.partition("{")
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+            wanted = {"transport": "grpc", "surface": "upstream:echo", "method": "Repeat"}
+            if family == "room_gateway_streams_open" and labels == wanted:
+                return float(line.rpartition(" ")[2])
+        return 0.0
+
+    async with channel.request(
+        "/echo.v1.Echo/Repeat", Cardinality.UNARY_STREAM, pb.EchoRequest, pb.EchoReply, metadata=_md()
+    ) as stream:  # a server stream through the proxy is counted open while it runs
+        await stream.send_message(pb.EchoRequest(text="s", count=50, delay_ms=100), end=True)
+        assert (await stream.recv_message()).index == 0
+        assert await streams_open() == 1.0
+        await stream.cancel()
+    deadline = time.monotonic() + 5
+    while await streams_open() != 0.0:
+        assert time.monotonic() < deadline, "the stream is still counted open after the client left"
+        await asyncio.sleep(0.05)
 
 
 async def test_by_room_limits_count_the_room_field(
