@@ -1,0 +1,232 @@
+"""The upstream connection (:mod:`gateway.upstream.connection`) against a grpclib server in this process,
+where the front-gateway tests cannot reach: small windows (sends wait for WINDOW_UPDATE), a concurrent
+stream limit below the calls made, the header encoding as an HPACK decoder reads it, a reader that stops
+reading (the upstream is held at its window), and a call left early (reset upstream)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from grpclib.config import Configuration
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Stream
+from hpack import Decoder
+
+from gateway.rpc.h2limits import Http2Limits
+from gateway.rpc.protocol import GuardedServer
+from gateway.rpc.wire import PassThroughDetailsCodec, RawCodec, RawDetails, RawMessage
+from gateway.upstream import connection as upstream_connection
+from gateway.upstream.connection import Headers, UpstreamConnection, encode_metadata
+
+SMALL_WINDOW = 65_535  # HTTP/2's smallest initial window: a few messages fill it
+
+
+class Service:
+    """``/t.T/Chat`` echoes each message; ``/t.T/Slow`` answers after 0.2 s; ``/t.T/Many`` streams 200
+    messages of 10 KB; ``/t.T/Fail`` answers NOT_FOUND with details and trailing metadata."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.most = 0
+        self.sent = 0
+        self.cancelled = asyncio.Event()
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            "/t.T/Chat": Handler(self.chat, Cardinality.STREAM_STREAM, RawMessage, RawMessage),
+            "/t.T/Slow": Handler(self.slow, Cardinality.UNARY_UNARY, RawMessage, RawMessage),
+            "/t.T/Many": Handler(self.many, Cardinality.UNARY_STREAM, RawMessage, RawMessage),
+            "/t.T/Fail": Handler(self.fail, Cardinality.UNARY_UNARY, RawMessage, RawMessage),
+        }
+
+    async def chat(self, stream: Stream[Any, Any]) -> None:
+        async for message in stream:
+            await stream.send_message(message)
+
+    async def slow(self, stream: Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            self.running -= 1
+        await stream.send_message(request)
+
+    async def many(self, stream: Stream[Any, Any]) -> None:
+        await stream.recv_message()
+        try:
+            for _ in range(200):
+                await stream.send_message(RawMessage(b"m" * 10_000))
+                self.sent += 1
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def fail(self, stream: Stream[Any, Any]) -> None:
+        await stream.recv_message()
+        await stream.send_trailing_metadata(
+            status=Status.NOT_FOUND,
+            status_message="no such thing: é",
+            status_details=RawDetails(b"\x08\x05"),
+            metadata={"why": "because", "blob-bin": b"\x00\xff"},
+        )
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Service, int]]:
+    service = Service()
+    small = Configuration(http2_connection_window_size=SMALL_WINDOW, http2_stream_window_size=SMALL_WINDOW)
+    server = GuardedServer(
+        [service],
+        codec=RawCodec(),
+        status_details_codec=PassThroughDetailsCodec(),
+        config=small,
+        limits=Http2Limits(max_concurrent_streams=3),
+    )
+    await server.start("127.0.0.1", 0)
+    port = server._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield service, port
+    server.close()
+    await server.wait_closed()
+
+
+def test_headers_decode_as_sent() -> None:
+    """Literals without indexing (never indexed for metadata), long values, ``-bin`` values in base64."""
+    long = "v" * 300  # a length past the 7-bit prefix: a multi-byte HPACK integer
+    metadata = encode_metadata([("x-api-key", "k"), ("long", long), ("trace-bin", b"\x00\x01\xfe")])
+    block = Headers("/t.T/Chat", "up:50051", tls=False).block(1.5, metadata)
+    decoder = Decoder()
+    assert [tuple(h) for h in decoder.decode(block)] == [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/t.T/Chat"),
+        (":authority", "up:50051"),
+        ("te", "trailers"),
+        ("content-type", "application/grpc"),
+        ("user-agent", "room-gateway"),
+        ("grpc-timeout", "1500m"),
+        ("x-api-key", "k"),
+        ("long", long),
+        ("trace-bin", base64.b64encode(b"\x00\x01\xfe").decode().rstrip("=")),
+    ]
+    assert len(decoder.header_table.dynamic_entries) == 0  # nothing indexed: no state between calls
+
+
+async def test_a_stream_far_beyond_the_windows_both_ways(served: tuple[Service, int]) -> None:
+    """200 messages of 10 KB each way through 64 KiB windows: sends wait for WINDOW_UPDATE, and the
+    upstream's replies are credited back as they are read."""
+    _, port = served
+    upstream = UpstreamConnection("127.0.0.1", port)
+    try:
+        call = await upstream.call("/t.T/Chat", b"")
+        async with call:
+
+            async def send() -> None:
+                for i in range(200):
+                    await call.send_message(bytes([i % 256]) * 10_000)
+                await call.end()
+
+            sender = asyncio.create_task(send())
+            async with asyncio.timeout(20):  # a window never credited back would hang here
+                await call.recv_initial_metadata()
+                received = []
+                while (message := await call.recv_message()) is not None:
+                    received.append(message[0])
+                await call.recv_trailing_metadata()
+                await sender
+        assert received == [i % 256 for i in range(200)]
+    finally:
+        upstream.close()
+
+
+async def test_calls_beyond_the_concurrent_stream_limit_wait_for_a_slot(served: tuple[Service, int]) -> None:
+    service, port = served
+    upstream = UpstreamConnection("127.0.0.1", port)
+
+    async def one(i: int) -> bytes | None:
+        async with await upstream.call("/t.T/Slow", b"", message=str(i).encode()) as call:
+            reply = await call.recv_message()
+            await call.recv_trailing_metadata()
+            return reply
+
+    try:
+        await one(-1)  # the server's SETTINGS (3 streams at most) are read by the end of this call
+        async with asyncio.timeout(20):  # a slot never given back would hang here
+            replies = await asyncio.gather(*(one(i) for i in range(8)))
+    finally:
+        upstream.close()
+    assert replies == [str(i).encode() for i in range(8)]
+    assert service.most <= 3  # never more open than the server allows (it would refuse them)
+
+
+@pytest.fixture
+def small_stream_window(monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(upstream_connection, "STREAM_WINDOW", 100_000)
+    return 100_000
+
+
+async def test_a_reader_that_stops_holds_the_upstream_at_its_window(
+    small_stream_window: int, served: tuple[Service, int]
+) -> None:
+    """Nothing is read: the upstream stops once it has filled our stream window; reading lets it go on."""
+    service, port = served
+    upstream = UpstreamConnection("127.0.0.1", port)
+    try:
+        async with await upstream.call("/t.T/Many", b"", message=b"go") as call:
+            await asyncio.sleep(0.5)
+            assert 0 < service.sent <= small_stream_window // 10_005 + 1  # the window, no more
+            count = 0
+            async with asyncio.timeout(20):  # a window never credited back would hang here
+                while await call.recv_message() is not None:
+                    count += 1
+                await call.recv_trailing_metadata()
+        assert count == 200
+    finally:
+        upstream.close()
+
+
+async def test_a_call_left_early_is_reset_upstream(
+    small_stream_window: int, served: tuple[Service, int]
+) -> None:
+    service, port = served
+    upstream = UpstreamConnection("127.0.0.1", port)
+    try:
+        call = await upstream.call("/t.T/Many", b"", message=b"go")
+        assert await call.recv_message() is not None
+        call.close()  # RST_STREAM CANCEL: the upstream's handler is cancelled
+        await asyncio.wait_for(service.cancelled.wait(), 5)
+    finally:
+        upstream.close()
+
+
+async def test_an_error_status_with_details_and_trailers(served: tuple[Service, int]) -> None:
+    _, port = served
+    upstream = UpstreamConnection("127.0.0.1", port)
+    try:
+        async with await upstream.call("/t.T/Fail", b"", message=b"x") as call:
+            with pytest.raises(GRPCError) as failed:
+                await call.recv_initial_metadata()  # trailers-only
+        assert failed.value.status is Status.NOT_FOUND
+        assert failed.value.message == "no such thing: é"
+        assert failed.value.details == RawDetails(b"\x08\x05")
+        assert ("why", "because") in call.trailing_metadata
+        assert ("blob-bin", b"\x00\xff") in call.trailing_metadata
+    finally:
+        upstream.close()
+
+
+async def test_a_deadline_resets_the_call(served: tuple[Service, int]) -> None:
+    _, port = served
+    upstream = UpstreamConnection("127.0.0.1", port)
+    try:
+        async with await upstream.call("/t.T/Slow", b"", seconds=0.05, message=b"x") as call:
+            with pytest.raises(TimeoutError):
+                await call.recv_message()
+    finally:
+        upstream.close()
