@@ -555,7 +555,7 @@ class _Connection(asyncio.Protocol):
     def _headers(self, stream_id: int, flags: int, block: bytes | bytearray | memoryview) -> None:
         try:
             headers = self.decoder.decode(bytes(block))
-        except HPACKError as exc:
+        except (HPACKError, UnicodeDecodeError) as exc:  # the decoder's table is lost with either
             raise _ConnectionError(f"cannot decode a header block: {exc}") from None
         call = self.calls.get(stream_id)
         if call is not None:
