@@ -183,7 +183,10 @@ def test_metrics_name_the_method_and_count_open_streams(front: GatewayProcess) -
         assert metric("room_gateway_requests_total", "Say", code="OK") >= 1.0
         url = "/echo.v1.Echo/Repeat?text=t&count=50&delay_ms=100"
         with http.stream("GET", url, headers={"x-api-key": ADMIN_KEY}) as stream:
-            assert next(line for line in stream.iter_lines() if line.startswith("data: "))
+            lines = (
+                stream.iter_lines()
+            )  # held: a generator dropped would close the response (the client leaves)
+            assert next(line for line in lines if line.startswith("data: "))
             assert metric("room_gateway_streams_open", "Repeat") == 1.0
             assert metric("room_gateway_stream_messages_total", "Repeat") >= 1.0
         deadline = time.monotonic() + 5
