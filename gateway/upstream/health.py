@@ -1,12 +1,13 @@
 """Whether an upstream can serve: its ``grpc.health.v1`` answer, else whether it answers at all.
 
 One probe does both: ``Health/Check`` (service ``""``, the server's overall status) through the upstream's
-own channel. SERVING is up; NOT_SERVING is down; UNIMPLEMENTED means the upstream serves no health service
+own connection. SERVING is up; NOT_SERVING is down; UNIMPLEMENTED means the upstream serves no health service
 but did answer over a working connection, which is up (grpclib 0.4.9 answers an unknown method without a
-``content-type``, which its client reports as UNKNOWN "Missing content-type header": the same answer). A
+``content-type``, which the connection reports as UNKNOWN "Missing content-type header", as grpclib's client
+does: the same answer). A
 connection that cannot be made, or no answer within :data:`CHECK_TIMEOUT`, is down. Results are reused
 for :data:`CHECK_TTL` so that probes of ``/readyz`` and the gateway's own health service stay cheap for
-the upstream. Nothing else is needed for recovery: the channel connects again by itself on the next call
+the upstream. Nothing else is needed for recovery: the connection is made again by itself on the next call
 or probe.
 """
 
