@@ -7,8 +7,11 @@ between the transports would be a bug here, not there.
 
 Accepted credentials (``API.md``): ``X-API-Key: <key>``, ``Authorization: Bearer <key>``,
 ``Authorization: Basic base64(<user>:<key>)`` and Reflect's raw ``Authorization: Basic <key>``.
-Keys are kept only as SHA-256 digests and compared with :func:`hmac.compare_digest` against every configured
-key (no early exit), so neither the comparison nor the loop leaks where a guess went wrong.
+Keys are kept only as SHA-256 digests. A presented secret is hashed and its digest looked up in a dict of
+the configured digests: the lookup's time depends on the digest of the guess, never on how much of a key
+it got right (no comparison of the secret itself). Credential headers that were accepted as a key are
+remembered (:data:`ACCEPTED_CACHE_SIZE`), so a key's later calls skip the hashing: only accepted values
+enter, so a caller cannot fill it with guesses, and a room token is never cached (it expires).
 
 A Bearer credential that matches no key and has the shape of a JWT is verified as a room token
 (:mod:`gateway.auth.tokens`): its principal may act on its one room only. What needs the backend — whether
@@ -28,7 +31,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,6 +40,10 @@ from typing import NoReturn
 from gateway.auth.permissions import ALL, FILTERED_BY_ROOM, REQUIRED
 from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, looks_like_token
 from gateway.errors import PermissionDenied, Unauthenticated
+
+#: Accepted credential headers remembered (an ``Authorization: Basic`` may name any user: bounded, cleared
+#: when this big).
+ACCEPTED_CACHE_SIZE = 1024
 
 #: Sent with every 401 (RFC 9110 §11.6.1).
 WWW_AUTHENTICATE = 'Bearer realm="room-gateway", Basic realm="room-gateway"'
@@ -114,6 +120,11 @@ class AuthPolicy:
         self.tokens = tokens
         if not self.keys:
             raise ValueError("no API key configured")
+        # One Principal per key, made once (a frozen dataclass costs a call more than a dict lookup); a
+        # digest configured twice keeps its last key, as the scan over every key did.
+        self._by_digest = {key.sha256: Principal(key.name, key.permissions, key.rooms) for key in self.keys}
+        #: (Authorization, X-API-Key) → the key's principal, for header values that authenticated as a key.
+        self._accepted: dict[tuple[str | None, str | None], Principal] = {}
 
     def authenticate(self, *, authorization: str | None = None, api_key: str | None = None) -> Principal:
         """The principal of a request's credentials.
@@ -123,13 +134,21 @@ class AuthPolicy:
         :raises Unauthenticated: no credentials, a malformed header, no key matches, or a room token that
             is not genuine or has expired.
         """
+        headers = (authorization, api_key)
+        accepted = self._accepted.get(headers)
+        if accepted is not None:
+            return accepted
         candidates, bearer = self._candidates(authorization, api_key)
         if not candidates:
             raise Unauthenticated("missing credentials: send X-API-Key or an Authorization header")
+        by_digest = self._by_digest
         for candidate in candidates:
-            key = self._match(candidate)
-            if key is not None:
-                return Principal(key.name, key.permissions, key.rooms)
+            principal = by_digest.get(digest(candidate))
+            if principal is not None:
+                if len(self._accepted) >= ACCEPTED_CACHE_SIZE:
+                    self._accepted.clear()
+                self._accepted[headers] = principal
+                return principal
         if bearer is not None and self.tokens is not None and looks_like_token(bearer):
             claims = self.tokens.verify(bearer)
             return Principal(f"token:{claims.user_name}", claims.permissions, token=claims)
@@ -163,14 +182,6 @@ class AuthPolicy:
             raise PermissionDenied(f"{principal.name!r} lacks the permission {permission!r}")
         if not principal.unrestricted:
             _deny_roomless(principal, f"{action} needs an API key", action)
-
-    def _match(self, candidate: str) -> ApiKey | None:
-        presented = digest(candidate)
-        found = None
-        for key in self.keys:  # every key, no early exit
-            if hmac.compare_digest(presented, key.sha256):
-                found = key
-        return found
 
     @staticmethod
     def _candidates(authorization: str | None, api_key: str | None) -> tuple[list[str], str | None]:
