@@ -50,7 +50,7 @@ from gateway.edge.json_codec import Codecs
 from gateway.edge.metrics import INFO_PATH, InfoEndpoint, metrics_routes
 from gateway.edge.observe import ObservedCalls, ObservedSend
 from gateway.edge.openapi import Documented, openapi_document
-from gateway.edge.ratelimit import admit_by_ip, with_rate_limit_headers
+from gateway.edge.ratelimit import client_ip, with_rate_limit_headers
 from gateway.edge.responses import error_response, send_error, with_headers
 from gateway.edge.routing import (
     MATCH,
@@ -65,7 +65,7 @@ from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code, GatewayError
 from gateway.observability.metrics import Metrics
 from gateway.observability.observer import Observer
-from gateway.ratelimit import RateLimiter, begin_call, current_verdict, end_call
+from gateway.ratelimit import RateLimiter, Verdict, begin_call, end_call
 
 
 def create_http_app(
@@ -220,7 +220,8 @@ class Edge:
                 if cors.is_preflight(scope):
                     await cors.send_preflight(send)
                     return
-        if ACCESS_TOKEN_HINT in scope["query_string"]:
+        query = scope["query_string"]
+        if query and ACCESS_TOKEN_HINT in query:  # `in` on bytes costs a TypeError raised and cleared
             try:
                 streaming_get = route is not None and route.streaming and scope["method"] == "GET"
                 take_access_token(scope, streaming_get)
@@ -229,32 +230,45 @@ class Edge:
                 return
         limiter = self._limiter
         if limiter is None or public:
-            await self._serve(scope, receive, send, authenticated, route)
+            await self._serve(scope, receive, send, authenticated, route, None)
             return
-        verdict, token = begin_call()
+        verdict = Verdict()
         if isinstance(send, ObservedSend):  # always, through self._entry: one send wrapper, not two
             send.verdict = verdict
         else:
             send = with_rate_limit_headers(send, verdict)
+        # The verdict is the task's only for the by: room limits (Dispatcher.call finds it there).
+        token = begin_call(verdict)[1] if limiter.by_room else None
         try:
             if limiter.by_ip:
                 try:
-                    await admit_by_ip(limiter, scope, verdict)
+                    ip = client_ip(limiter, scope)
+                    if limiter.local:  # counted here: no coroutine to await
+                        limiter.check_now(limiter.by_ip, ip, verdict)
+                    else:
+                        await limiter.check(limiter.by_ip, ip, verdict)
                 except GatewayError as exc:
                     await send_error(send, exc)
                     return
-            await self._serve(scope, receive, send, authenticated, route)
+            await self._serve(scope, receive, send, authenticated, route, verdict)
         finally:
-            end_call(token)
+            if token is not None:
+                end_call(token)
 
     async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, authenticated: bool, route: TranscodedRoute | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        authenticated: bool,
+        route: TranscodedRoute | None,
+        verdict: Verdict | None,
     ) -> None:
         if authenticated:
             try:
                 principal = authenticate(self.policy, scope)
                 if self._key_limiter is not None:
-                    await self._key_limiter.check(self._key_limiter.by_key, principal.name, current_verdict())
+                    await self._key_limiter.check(self._key_limiter.by_key, principal.name, verdict)
             except GatewayError as exc:
                 await send_error(send, exc)
                 return

@@ -2,7 +2,7 @@
 
 ::
 
-    Edge: begin_call (the call's Verdict) → admit_by_ip → authentication
+    Edge: the call's Verdict → RateLimiter.check(by_ip, client_ip) → authentication
           → RateLimiter.check(by_key, principal.name) → route → Dispatcher.call (by: room)
     with_rate_limit_headers: the verdict's headers on the response
 
@@ -67,17 +67,6 @@ def with_rate_limit_headers(send: Send, verdict: Verdict) -> Send:
         await send(message)
 
     return send_with_headers
-
-
-async def admit_by_ip(limiter: RateLimiter, scope: Scope, verdict: Verdict) -> None:
-    """Count the call against the ``by: ip`` limits (before authentication).
-
-    :raises GatewayError: RESOURCE_EXHAUSTED (429), or UNAVAILABLE when a shared storage fails closed.
-    """
-    if limiter.local:
-        limiter.check_now(limiter.by_ip, client_ip(limiter, scope), verdict)  # no await: all counted here
-    else:
-        await limiter.check(limiter.by_ip, client_ip(limiter, scope), verdict)
 
 
 def client_ip(limiter: RateLimiter, scope: Scope) -> str:

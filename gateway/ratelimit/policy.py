@@ -86,9 +86,11 @@ _verdict: contextvars.ContextVar[Verdict | None] = contextvars.ContextVar(
 )
 
 
-def begin_call() -> tuple[Verdict, contextvars.Token[Verdict | None]]:
-    """Start the :class:`Verdict` of the call running in this task (the adapters call it first)."""
-    verdict = Verdict()
+def begin_call(verdict: Verdict | None = None) -> tuple[Verdict, contextvars.Token[Verdict | None]]:
+    """Start the :class:`Verdict` of the call running in this task (the adapters call it first); ``verdict``:
+    one made already."""
+    if verdict is None:
+        verdict = Verdict()
     return verdict, _verdict.set(verdict)
 
 
