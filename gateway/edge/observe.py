@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.edge.accesslog import AccessLine, http_text, key_name, log, logged_path, write_access_line
-from gateway.edge.ratelimit import rate_limit_headers
+from gateway.edge.ratelimit import add_rate_limit_headers
 from gateway.edge.routing import PRINCIPAL, TranscodedRoute
 from gateway.logs import line_sink
 from gateway.observability.calls import CURRENT, Call, MethodRecorder, code_of_status
@@ -71,8 +71,8 @@ class ObservedSend:
             if not isinstance(headers, list):  # a list is ours to extend, as Starlette's middlewares do
                 headers = message["headers"] = list(headers or ())
             verdict = self.verdict
-            if verdict is not None and verdict.usage is not None:
-                headers.extend(rate_limit_headers(verdict))
+            if verdict is not None:
+                add_rate_limit_headers(headers, verdict)
             headers.append(self.echoed)
             if self.cors is not None:
                 headers.extend(self.cors)
