@@ -183,9 +183,11 @@ class Edge(ObservedCalls):
         self.router = router
         self.routes: list[BaseRoute] = router.routes  # every route, for introspection
         self.policy = policy
-        self._by_method: dict[str, list[TranscodedRoute]] = {}
+        #: HTTP method → its routes with a custom verb (``…:listen``), and the others, in matching order.
+        self._by_method: dict[str, tuple[list[TranscodedRoute], list[TranscodedRoute]]] = {}
         for route in routes:
-            self._by_method.setdefault(route.http_method, []).append(route)
+            verbs, plain = self._by_method.setdefault(route.http_method, ([], []))
+            (verbs if route.binding.template.verb else plain).append(route)
         self._limiter = limiter if limiter is not None and limiter.quotas else None
         self._key_limiter = limiter if limiter is not None and limiter.by_key else None
         self._self_authenticated = self_authenticated_prefixes
@@ -263,15 +265,19 @@ class Edge(ObservedCalls):
 
     def _native_route(self, scope: Scope) -> TranscodedRoute | None:
         """The native route serving this method and path (putting the template's match in the scope)."""
-        routes = self._by_method.get(scope["method"])
-        if routes:
-            path = raw_route_path(scope)
-            for route in routes:
-                match = route.match_path(path)
-                if match is not None:
-                    scope[MATCH] = match
-                    scope[ROUTE] = route  # where Starlette's router leaves its routes: observed by route
-                    return route
+        by_method = self._by_method.get(scope["method"])
+        if by_method is None:
+            return None
+        path = raw_route_path(scope)
+        verbs, plain = by_method
+        # Custom verbs first (route_order), but only for a path that can end in one: a path without a
+        # colon skips them (a frame each; GetVariable came after three of them).
+        for route in (*verbs, *plain) if ":" in path else plain:
+            match = route.match_path(path)
+            if match is not None:
+                scope[MATCH] = match
+                scope[ROUTE] = route  # where Starlette's router leaves its routes: observed by route
+                return route
         return None
 
 
