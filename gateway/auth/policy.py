@@ -9,9 +9,8 @@ Accepted credentials (``API.md``): ``X-API-Key: <key>``, ``Authorization: Bearer
 ``Authorization: Basic base64(<user>:<key>)`` and Reflect's raw ``Authorization: Basic <key>``.
 Keys are kept only as SHA-256 digests. A presented secret is hashed and its digest looked up in a dict of
 the configured digests: the lookup's time depends on the digest of the guess, never on how much of a key
-it got right (no comparison of the secret itself). Credential headers that were accepted as a key are
-remembered (:data:`ACCEPTED_CACHE_SIZE`), so a key's later calls skip the hashing: only accepted values
-enter, so a caller cannot fill it with guesses, and a room token is never cached (it expires).
+it got right (no comparison of the secret itself). Nothing remembers a presented secret: remembering
+accepted header values would spare the hash (~3k instructions a call) but keep keys in memory as sent.
 
 A Bearer credential that matches no key and has the shape of a JWT is verified as a room token
 (:mod:`gateway.auth.tokens`): its principal may act on its one room only. What needs the backend — whether
@@ -40,10 +39,6 @@ from typing import NoReturn
 from gateway.auth.permissions import ALL, FILTERED_BY_ROOM, REQUIRED
 from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, looks_like_token
 from gateway.errors import PermissionDenied, Unauthenticated
-
-#: Accepted credential headers remembered (an ``Authorization: Basic`` may name any user: bounded, cleared
-#: when this big).
-ACCEPTED_CACHE_SIZE = 1024
 
 #: Sent with every 401 (RFC 9110 §11.6.1).
 WWW_AUTHENTICATE = 'Bearer realm="room-gateway", Basic realm="room-gateway"'
@@ -123,8 +118,6 @@ class AuthPolicy:
         # One Principal per key, made once (a frozen dataclass costs a call more than a dict lookup); a
         # digest configured twice keeps its last key, as the scan over every key did.
         self._by_digest = {key.sha256: Principal(key.name, key.permissions, key.rooms) for key in self.keys}
-        #: (Authorization, X-API-Key) → the key's principal, for header values that authenticated as a key.
-        self._accepted: dict[tuple[str | None, str | None], Principal] = {}
 
     def authenticate(self, *, authorization: str | None = None, api_key: str | None = None) -> Principal:
         """The principal of a request's credentials.
@@ -134,10 +127,6 @@ class AuthPolicy:
         :raises Unauthenticated: no credentials, a malformed header, no key matches, or a room token that
             is not genuine or has expired.
         """
-        headers = (authorization, api_key)
-        accepted = self._accepted.get(headers)
-        if accepted is not None:
-            return accepted
         candidates, bearer = self._candidates(authorization, api_key)
         if not candidates:
             raise Unauthenticated("missing credentials: send X-API-Key or an Authorization header")
@@ -145,9 +134,6 @@ class AuthPolicy:
         for candidate in candidates:
             principal = by_digest.get(digest(candidate))
             if principal is not None:
-                if len(self._accepted) >= ACCEPTED_CACHE_SIZE:
-                    self._accepted.clear()
-                self._accepted[headers] = principal
                 return principal
         if bearer is not None and self.tokens is not None and looks_like_token(bearer):
             claims = self.tokens.verify(bearer)
