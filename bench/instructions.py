@@ -2,16 +2,18 @@
 (req/s and even CPU time do, on a shared 2-core box). Three views:
 
     .venv/bin/python bench/instructions.py inproc [--calls 300] [--log] [--no-limit]
-    .venv/bin/python bench/instructions.py http [--calls 1500]    # REST GET over HTTP/1.1 (h2load --h1)
+    .venv/bin/python bench/instructions.py http [--calls 1500] [--tracing]  # REST GET, HTTP/1.1 (h2load --h1)
     .venv/bin/python bench/instructions.py grpc [--calls 800]     # gRPC GetVariable (h2load)
 
 ``inproc`` runs ``bench/inproc.py``'s ASGI calls (memory backend, an API key, a counted never-refusing
 per-IP limit) beside the bare Starlette app of ``bench/peers.py``. ``http`` and ``grpc`` run the real server
 processes — the bare peer, and ``room-gateway serve`` with the shipped defaults (access log on, the counted
 limit), with the access log off, and with neither (``http``), or with grpclib's own HTTP/2 protocol instead
-of the gRPC limits (``grpc``: ``bench/grpc_limits.py serve-unlimited``) — under ``valgrind
---tool=callgrind``, instrumentation on only while h2load sends ``--calls`` calls on 8 connections after a
-warm-up (``callgrind_control``). Needs ``valgrind`` and ``h2load`` (Debian: ``apt-get install valgrind
+of the gRPC limits (``grpc``: ``bench/grpc_limits.py serve-unlimited``); ``--tracing`` adds the shipped
+defaults with ``tracing: {enabled: true}`` (needs ``room-gateway[otel]``; spans exported over OTLP/HTTP to
+a collector stand-in in this process that answers 200, so the export's encoding and posting count) — under
+``valgrind --tool=callgrind``, instrumentation on only while h2load sends ``--calls`` calls on 8 connections
+after a warm-up (``callgrind_control``). Needs ``valgrind`` and ``h2load`` (Debian: ``apt-get install valgrind
 nghttp2-client``). Instructions are a proxy for time, not a substitute: a system call is one instruction
 here and microseconds on the clock (so the one ``send()`` a response the gateway makes, against the bare
 peers' two or three, does not show).
@@ -20,10 +22,13 @@ peers' two or three, does not show).
 from __future__ import annotations
 
 import argparse
+import http.server
+import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,19 +37,26 @@ from run import seed as run_seed
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("view", choices=("inproc", "http", "grpc"))
     parser.add_argument("--calls", type=int)
     parser.add_argument("--log", action="store_true", help="inproc: the access log on")
     parser.add_argument("--no-limit", action="store_true", help="inproc: no rate limit")
+    parser.add_argument("--tracing", action="store_true", help="http, grpc: a row with tracing on")
     args = parser.parse_args()
     if args.view == "inproc":
         inproc(
             args.calls or 300, [*(["--log"] if args.log else []), *(["--no-limit"] if args.no_limit else [])]
         )
     else:
-        served(args.view, args.calls or (1500 if args.view == "http" else 800))
+        served(args.view, args.calls or (1500 if args.view == "http" else 800), tracing=args.tracing)
+
+
+#: A bench gateway's tracing section (``--tracing``).
+TRACING = "tracing:\n  enabled: true\n"
 
 
 def inproc(calls: int, flags: list[str]) -> None:
@@ -61,26 +73,29 @@ def inproc(calls: int, flags: list[str]) -> None:
         report(f"{method} in-process", results["bare", method], results["gateway", method])
 
 
-def served(view: str, calls: int) -> None:
+def served(view: str, calls: int, *, tracing: bool = False) -> None:
     variants = {
-        "shipped defaults": (COUNTED_LIMIT, True, False),
-        "access log off": (COUNTED_LIMIT, False, False),
+        "shipped defaults": (COUNTED_LIMIT, True, False, ""),
+        "access log off": (COUNTED_LIMIT, False, False, ""),
         **(
-            {"access log and limits off": ("[]", False, False)}
+            {"access log and limits off": ("[]", False, False, "")}
             if view == "http"
-            else {"limits off (grpclib's protocol), access log off": (COUNTED_LIMIT, False, True)}
+            else {"limits off (grpclib's protocol), access log off": (COUNTED_LIMIT, False, True, "")}
         ),
+        **({"shipped defaults, tracing on": (COUNTED_LIMIT, True, False, TRACING)} if tracing else {}),
     }
+    if tracing:
+        os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{_collector()}")
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         peer = "starlette" if view == "http" else "grpclib"
         bare = per_call(
             [sys.executable, str(HERE / "peers.py"), peer, str(port)], calls, _load(view, port, {}, calls)
         )
-        for name, (limits, access_log, unlimited) in variants.items():
+        for name, (limits, access_log, unlimited, extra) in variants.items():
             http, grpc = free_port(), free_port()
             config = Path(tmp) / "gateway.yaml"
-            config.write_text(gateway_config(http, grpc, access_log=access_log, limits=limits))
+            config.write_text(gateway_config(http, grpc, access_log=access_log, limits=limits, extra=extra))
             command = (
                 [str(HERE / "grpc_limits.py"), "serve-unlimited", str(config)]
                 if unlimited
@@ -90,6 +105,24 @@ def served(view: str, calls: int) -> None:
             load = _load(view, target, {"x-api-key": KEY}, calls, seed=http)
             ours = per_call([sys.executable, *command], calls, load)
             report(f"{view} GetVariable, {name}", bare, ours)
+
+
+def _collector() -> int:
+    """A stand-in OTLP/HTTP collector on a thread of this process: takes every export, answers 200."""
+
+    class Accept(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Accept)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return int(server.server_address[1])
 
 
 def per_call(argv: list[str], calls: int, run: Callable[[subprocess.Popen[str]], None]) -> float:

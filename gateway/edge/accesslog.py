@@ -59,6 +59,10 @@ def _safe_path(raw: bytes) -> str:
     return "".join(chr(byte) if byte in _PRINTABLE else f"%{byte:02X}" for byte in raw)
 
 
+#: Key names made safe already (a room token's name comes from its minter: bounded, cleared when full).
+_LOGGED_KEYS: dict[str, str] = {}
+
+
 def key_name(principal: object) -> str:
     """The name of the key (or room token holder) that made the call, escaped as a path is; ``-`` for none.
 
@@ -66,18 +70,38 @@ def key_name(principal: object) -> str:
     """
     if not isinstance(principal, Principal):
         return "-"
-    name = principal.name[:256]
+    logged = _LOGGED_KEYS.get(principal.name)
+    if logged is None:
+        if len(_LOGGED_KEYS) >= _LOGGED_PATHS_SIZE:
+            _LOGGED_KEYS.clear()
+        logged = _LOGGED_KEYS[principal.name] = _safe_name(principal.name)
+    return logged
+
+
+def _safe_name(name: str) -> str:
+    name = name[:256]
     if name.isprintable() and " " not in name:
         return name
     return "".join(c if c.isprintable() and c != " " else f"%{ord(c):02X}" for c in name)
 
 
-def client_address(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "-"
-
-
 _LINE = "%s %s %s key=%s %.1fms client=%s request_id=%s%s"
+
+
+def http_text(
+    method: str,
+    path: str,
+    status: int | str,
+    key: str,
+    seconds: float,
+    client: str,
+    request_id: str,
+    trace_id: str | None,
+) -> str:
+    """A REST call's line, ``GET /v1/rooms/lobby 200 key=admin 1.3ms client=127.0.0.1 request_id=…``, from
+    fields made safe already (:func:`logged_path`, :func:`key_name`)."""
+    trace = f" trace_id={trace_id}" if trace_id else ""
+    return _LINE % (method, path, status, key, seconds * 1000, client, request_id, trace)
 
 
 class AccessLine(NamedTuple):
@@ -99,8 +123,18 @@ class AccessLine(NamedTuple):
 
     def text(self) -> str:
         """``GET /v1/rooms/lobby 200 key=admin 1.3ms client=127.0.0.1 request_id=4f1c0a9e2b7d3c58``"""
-        http = self.transport == "http"
-        return _LINE % self._args(http)
+        if self.transport == "http":
+            return http_text(
+                self.method,
+                self.path,
+                self.status,
+                self.key,
+                self.seconds,
+                self.client,
+                self.request_id,
+                self.trace_id,
+            )
+        return _LINE % self._args(False)
 
     def _args(self, http: bool) -> tuple[Any, ...]:
         trace = self.trace_id

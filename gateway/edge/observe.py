@@ -26,16 +26,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.edge.accesslog import (
-    AccessLine,
-    client_address,
-    key_name,
-    log,
-    logged_path,
-    write_access_line,
-)
-from gateway.edge.ratelimit import rate_limit_headers
+from gateway.edge.accesslog import AccessLine, http_text, key_name, log, logged_path, write_access_line
+from gateway.edge.ratelimit import add_rate_limit_headers
 from gateway.edge.routing import PRINCIPAL, TranscodedRoute
+from gateway.logs import line_sink
 from gateway.observability.calls import CURRENT, Call, MethodRecorder, code_of_status
 from gateway.observability.observer import Observer
 from gateway.ratelimit import Verdict
@@ -77,8 +71,8 @@ class ObservedSend:
             if not isinstance(headers, list):  # a list is ours to extend, as Starlette's middlewares do
                 headers = message["headers"] = list(headers or ())
             verdict = self.verdict
-            if verdict is not None and verdict.usage is not None:
-                headers.extend(rate_limit_headers(verdict))
+            if verdict is not None:
+                add_rate_limit_headers(headers, verdict)
             headers.append(self.echoed)
             if self.cors is not None:
                 headers.extend(self.cors)
@@ -170,18 +164,32 @@ class ObservedCalls:
     def _write(
         self, scope: Scope, status: int, code: str, seconds: float, call: Call, recorder: MethodRecorder
     ) -> None:
+        logger = self.logger
+        sink = line_sink(logger)
+        method = scope.get("method", "-")
+        path = logged_path(scope)
+        key = key_name(scope.get(PRINCIPAL))
+        client = scope.get("client")
+        address = str(client[0]) if client else "-"
+        if sink is not None and sink.format == "text":
+            # The usual case: the line straight from the fields, no AccessLine and no record (each
+            # frame and tuple on the way was ~1k instructions; the access line cost 26k of a GET).
+            sink.write_text(
+                logger, http_text(method, path, status, key, seconds, address, call.request_id, call.trace_id)
+            )
+            return
         line = AccessLine(
             "http",
-            scope.get("method", "-"),
-            logged_path(scope),
+            method,
+            path,
             recorder.method,
             recorder.surface,
             status,
             code,
-            key_name(scope.get(PRINCIPAL)),
+            key,
             seconds,
-            client_address(scope),
+            address,
             call.request_id,
             call.trace_id,
         )
-        write_access_line(self.logger, line)
+        write_access_line(logger, line)  # json, or other handlers listening

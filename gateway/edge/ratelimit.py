@@ -2,7 +2,7 @@
 
 ::
 
-    Edge: begin_call (the call's Verdict) → admit_by_ip → authentication
+    Edge: the call's Verdict → RateLimiter.check(by_ip, client_ip) → authentication
           → RateLimiter.check(by_key, principal.name) → route → Dispatcher.call (by: room)
     with_rate_limit_headers: the verdict's headers on the response
 
@@ -30,26 +30,33 @@ _CACHE_SIZE = 4096
 
 
 def _cached(cache: dict[int, tuple[bytes, bytes]], name: bytes, value: int) -> tuple[bytes, bytes]:
-    header = cache.get(value)
-    if header is None:
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()
-        header = cache[value] = (name, b"%d" % value)
+    if len(cache) >= _CACHE_SIZE:
+        cache.clear()
+    header = cache[value] = (name, b"%d" % value)
     return header
+
+
+def add_rate_limit_headers(headers: list[tuple[bytes, bytes]], verdict: Verdict) -> None:
+    """Append the ``RateLimit-*`` (and, when refused, ``Retry-After``) headers of ``verdict`` to
+    ``headers``: the limit's and the reset's made once per value (dict lookups), the remaining count's per
+    call."""
+    usage = verdict.usage
+    if usage is None:
+        return
+    reset = math.ceil(usage.reset)
+    headers += (
+        _LIMIT_HEADERS.get(usage.limit) or _cached(_LIMIT_HEADERS, b"ratelimit-limit", usage.limit),
+        (b"ratelimit-remaining", b"%d" % usage.remaining),
+        _RESET_HEADERS.get(reset) or _cached(_RESET_HEADERS, b"ratelimit-reset", reset),
+    )
+    if verdict.limited is not None:
+        headers.append((b"retry-after", b"%d" % verdict.limited.retry_after))
 
 
 def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """The ``RateLimit-*`` (and, when refused, ``Retry-After``) headers of ``verdict``."""
-    usage = verdict.usage
-    if usage is None:
-        return []
-    headers = [
-        _cached(_LIMIT_HEADERS, b"ratelimit-limit", usage.limit),
-        (b"ratelimit-remaining", b"%d" % usage.remaining),
-        _cached(_RESET_HEADERS, b"ratelimit-reset", math.ceil(usage.reset)),
-    ]
-    if verdict.limited is not None:
-        headers.append((b"retry-after", b"%d" % verdict.limited.retry_after))
+    headers: list[tuple[bytes, bytes]] = []
+    add_rate_limit_headers(headers, verdict)
     return headers
 
 
@@ -67,17 +74,6 @@ def with_rate_limit_headers(send: Send, verdict: Verdict) -> Send:
         await send(message)
 
     return send_with_headers
-
-
-async def admit_by_ip(limiter: RateLimiter, scope: Scope, verdict: Verdict) -> None:
-    """Count the call against the ``by: ip`` limits (before authentication).
-
-    :raises GatewayError: RESOURCE_EXHAUSTED (429), or UNAVAILABLE when a shared storage fails closed.
-    """
-    if limiter.local:
-        limiter.check_now(limiter.by_ip, client_ip(limiter, scope), verdict)  # no await: all counted here
-    else:
-        await limiter.check(limiter.by_ip, client_ip(limiter, scope), verdict)
 
 
 def client_ip(limiter: RateLimiter, scope: Scope) -> str:

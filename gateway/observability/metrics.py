@@ -55,11 +55,16 @@ class _LoopValues:
     unless the process runs prometheus-client's multiprocess mode (whose values live in files).
     """
 
+    #: Whether this metric's values are :class:`LoopValue` s, which a child then adds to in place (a call of
+    #: ``LoopValue.inc`` was a Python frame per update).
+    _lockless = False
+
     def _metric_init(self) -> None:
         made = values.ValueClass
         if made is not values.MutexValue:
             super()._metric_init()  # type: ignore[misc]
             return
+        self._lockless = True
         values.ValueClass = LoopValue
         try:
             super()._metric_init()  # type: ignore[misc]
@@ -77,6 +82,8 @@ class LoopCounter(_LoopValues, Counter):
             value = None
         if value is None or amount < 0 or exemplar:
             super().inc(amount, exemplar)
+        elif self._lockless:
+            value._value += amount  # LoopValue.inc, without its frame
         else:
             value.inc(amount)
 
@@ -94,8 +101,12 @@ class LoopHistogram(_LoopValues, Histogram):
         if buckets is None or exemplar or amount != amount:  # NaN: as prometheus-client counts it
             super().observe(amount, exemplar)
             return
-        self._sum.inc(amount)
-        buckets[bisect_left(self._upper_bounds, amount)].inc(1)
+        if self._lockless:  # LoopValue.inc, without its frames
+            self._sum._value += amount
+            buckets[bisect_left(self._upper_bounds, amount)]._value += 1
+        else:
+            self._sum.inc(amount)
+            buckets[bisect_left(self._upper_bounds, amount)].inc(1)
 
 
 class LoopGauge(_LoopValues, Gauge):

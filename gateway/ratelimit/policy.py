@@ -86,9 +86,11 @@ _verdict: contextvars.ContextVar[Verdict | None] = contextvars.ContextVar(
 )
 
 
-def begin_call() -> tuple[Verdict, contextvars.Token[Verdict | None]]:
-    """Start the :class:`Verdict` of the call running in this task (the adapters call it first)."""
-    verdict = Verdict()
+def begin_call(verdict: Verdict | None = None) -> tuple[Verdict, contextvars.Token[Verdict | None]]:
+    """Start the :class:`Verdict` of the call running in this task (the adapters call it first); ``verdict``:
+    one made already."""
+    if verdict is None:
+        verdict = Verdict()
     return verdict, _verdict.set(verdict)
 
 
@@ -213,7 +215,11 @@ class RateLimiter:
         if verdict is None:
             verdict = Verdict()
         for quota in quotas:
-            verdict.count(*quota.counter.hit_now(identifier))  # type: ignore[attr-defined]  # self.local: all LocalWindows
+            allowed, usage = quota.counter.hit_now(identifier)  # type: ignore[attr-defined]  # self.local: all LocalWindows
+            if allowed and verdict.usage is None:  # the call's first limit, allowing: as Verdict.count
+                verdict.usage = usage
+            else:
+                verdict.count(allowed, usage)
         refused = verdict.refused
         if refused is not None:
             self._refuse(quotas[0].by, refused, verdict)

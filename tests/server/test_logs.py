@@ -8,11 +8,12 @@ import io
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from gateway.logs import Formatter, LogWriter, _WriterHandler
+from gateway.logs import LINGER_SECONDS, Formatter, LogWriter, _WriterHandler
 
 
 @pytest.fixture
@@ -146,3 +147,33 @@ def test_access_lines_without_records_write_what_records_would(
             "2027-01-15T08:00:00.500Z room_gateway.access: "
             "GET /v1/rooms/x 200 key=admin 1.2ms client=127.0.0.1 request_id=00ff00ff00ff00ff"
         )
+
+
+def test_lines_handed_over_while_the_writer_drains_are_written_without_waiting_for_stop() -> None:
+    """The hand-over takes no lock: a line put while the writer empties its deque must still be written by
+    the writer's next rounds, not left until ``stop`` (which would hide it: stop writes what is held)."""
+    stream = io.StringIO()
+    writer = LogWriter(stream, Formatter())
+    writer.start()
+    try:
+
+        def work(n: int) -> None:
+            for i in range(2000):
+                writer.put(f"{n} {i}")
+                if i % 100 == 0:
+                    time.sleep(LINGER_SECONDS / 3)  # bursts that end in, and after, the writer's rounds
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        deadline = time.monotonic() + 5
+        while stream.getvalue().count("\n") < 6000 and time.monotonic() < deadline:
+            time.sleep(LINGER_SECONDS)
+        lines = stream.getvalue().splitlines()
+    finally:
+        writer.stop()
+    assert len(lines) == 6000
+    for n in range(3):
+        assert [int(line.split()[1]) for line in lines if line.startswith(f"{n} ")] == list(range(2000))
