@@ -69,12 +69,16 @@ def _state_dependent(response: Any, case: Any) -> bool:
     - ListRooms' ``startKey``, ``startAfterKey`` and ``roomId`` exclude each other (INVALID_ARGUMENT when more
       than one is non-empty): a rule across parameters, which OpenAPI parameters cannot express; only that
       exact combination is excused.
+    - A ``date-time`` that OpenAPI accepts but ``google.protobuf.Timestamp`` cannot hold, such as
+      ``0001-01-01T00:00:45+01:01`` (before year 1 in UTC): INVALID_ARGUMENT "… is not a valid time".
     - ``OUT_OF_RANGE`` (400): a ListChanges position (``afterSeq``, ``epoch``) the room's log does not hold —
       which it holds depends on the writes before.
     """
     if response.status_code != 400:
         return False
-    status = response.json()["error"]["status"]
+    status, message = response.json()["error"]["status"], response.json()["error"]["message"]
+    if status == "INVALID_ARGUMENT" and message.endswith(" is not a valid time"):
+        return True  # a schema-valid date-time outside google.protobuf.Timestamp's range
     if status == "FAILED_PRECONDITION":
         return True
     if status == "OUT_OF_RANGE" and case.operation.definition.raw.get("operationId") == "ListChanges":
