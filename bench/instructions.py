@@ -92,9 +92,16 @@ def served(view: str, calls: int) -> None:
             report(f"{view} GetVariable, {name}", bare, ours)
 
 
-def per_call(argv: list[str], calls: int, run: Callable[[subprocess.Popen[str]], None]) -> float:
-    """Instructions per call of the process ``argv`` while ``run(process)`` makes ``calls`` calls between
-    :func:`instrument` on and off."""
+def per_call(
+    argv: list[str],
+    calls: int,
+    run: Callable[[subprocess.Popen[str]], None],
+    *,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> float:
+    """Instructions per call of the process ``argv`` (run in ``cwd``, with ``env`` or this one's) while
+    ``run(process)`` makes ``calls`` calls between :func:`instrument` on and off."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         process = subprocess.Popen(
@@ -103,7 +110,8 @@ def per_call(argv: list[str], calls: int, run: Callable[[subprocess.Popen[str]],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            cwd=ROOT,
+            cwd=cwd,
+            env=env,
         )
         try:
             run(process)
