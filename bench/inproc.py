@@ -5,7 +5,8 @@
 Run it from any checkout with that checkout's venv to compare trees
 (``cd ../before && .venv/bin/python ../main/bench/inproc.py``): memory backend (or ``--backend``'s URL),
 an API key, a counted never-refusing per-IP limit; PUT and GET of one variable, 5 x 4,000 calls each, the
-best run's CPU time per call. ``--profile`` adds a cProfile of PUTs (``--get``: GETs; ``--bare``: of the bare app).
+best run's CPU time per call. ``--profile`` adds a cProfile of PUTs (``--get``: GETs; ``--bare``: of the
+bare app).
 """
 
 import asyncio
