@@ -57,8 +57,8 @@ from gateway.schema.fields import (
 Decoder = Callable[[Any, str], Any]
 Encoder = Callable[[Any], Any]
 
-#: Returned by an encoder for a field that is left out of the JSON object.
-OMIT: Any = object()
+#: The "absent" value of a field without presence: no domain value is it, so the field is always written.
+_NEVER_ABSENT = object()
 #: How this codec names itself in an :class:`~gateway.schema.fields.UnsupportedField`.
 _CODEC = "REST JSON codec"
 
@@ -343,7 +343,9 @@ class MessageCodec:
         #: proto name → field descriptor.
         self.fields: dict[str, FieldDescriptor] = {}
         self._decoders: dict[str, tuple[str, Decoder, bool]] = {}
-        self._encoders: list[tuple[str, str, Encoder]] = []
+        #: (JSON name, proto name, encoder or ``None`` for a value written as it is, the domain value that
+        #: leaves the field out or :data:`_NEVER_ABSENT`), per field.
+        self._encoders: list[tuple[str, str, Encoder | None, object]] = []
         self._oneofs: dict[str, str] = {}
 
     def _compile(self, codecs: Codecs) -> None:
@@ -352,18 +354,19 @@ class MessageCodec:
             self.fields[name] = field
             self.names[name] = name
             self.names[field.json_name] = name
-            decode, encode = self._field_codec(field, codecs)
+            decode, encode, absent = self._field_codec(field, codecs)
             # `null` means "not set" (proto3 JSON), except for a Value, where it is the JSON null.
             null_is_value = fields.is_value(field)
             self._decoders[name] = (field.json_name, decode, null_is_value)
             self._decoders[field.json_name] = (field.json_name, decode, null_is_value)
-            self._encoders.append((field.json_name, name, encode))
+            self._encoders.append((field.json_name, name, None if encode is _same else encode, absent))
             oneof = fields.oneof_name(field)
             if oneof is not None:
                 self._oneofs[name] = oneof
 
     @staticmethod
-    def _field_codec(field: FieldDescriptor, codecs: Codecs) -> tuple[Decoder, Encoder]:
+    def _field_codec(field: FieldDescriptor, codecs: Codecs) -> tuple[Decoder, Encoder, object]:
+        """The field's decoder, its encoder, and the domain value that leaves it out of the JSON."""
         if fields.is_map(field):
             entry = fields.message_of(field)
             key_field = entry.fields_by_name["key"]
@@ -383,7 +386,11 @@ class MessageCodec:
                     for key, v in value.items()
                 }
 
-            return decode_map, lambda value: {str(k): encode_val(v) for k, v in (value or {}).items()}
+            return (
+                decode_map,
+                lambda value: {str(k): encode_val(v) for k, v in (value or {}).items()},
+                _NEVER_ABSENT,
+            )
         decode_one, encode_one = _value_codec(field, codecs)
         if fields.is_list(field):
 
@@ -392,13 +399,10 @@ class MessageCodec:
                     raise InvalidArgument(f"{where} must be a JSON array")
                 return [decode_one(item, f"{where}[{i}]") for i, item in enumerate(value)]
 
-            return decode_list, lambda value: [encode_one(item) for item in value or ()]
+            return decode_list, lambda value: [encode_one(item) for item in value or ()], _NEVER_ABSENT
         if fields.has_presence(field):  # messages and `optional` scalars: left out when not set
-            absent = fields.absent_value(field)
-            if encode_one is _same:  # a Value, a Struct, an optional string: no call per value
-                return decode_one, lambda value: OMIT if value is absent else value
-            return decode_one, lambda value: OMIT if value is absent else encode_one(value)
-        return decode_one, encode_one
+            return decode_one, encode_one, fields.absent_value(field)
+        return decode_one, encode_one, _NEVER_ABSENT
 
     def decode(self, value: Any, where: str = "") -> dict[str, Any]:
         """A JSON object → ``{proto_name: value}`` holding only the fields present (``null``: absent).
@@ -442,16 +446,18 @@ class MessageCodec:
         if value is None:
             return {}
         out = {}
+        # No call for what is written as it is (strings, a Value) nor for what is left out: every answer's
+        # fields pass here.
         if isinstance(value, Mapping):
-            for json_name, name, encode in self._encoders:
-                item = encode(value.get(name))
-                if item is not OMIT:
-                    out[json_name] = item
+            for json_name, name, encode, absent in self._encoders:
+                item = value.get(name)
+                if item is not absent:
+                    out[json_name] = item if encode is None else encode(item)
         else:
-            for json_name, name, encode in self._encoders:
-                item = encode(getattr(value, name, None))
-                if item is not OMIT:
-                    out[json_name] = item
+            for json_name, name, encode, absent in self._encoders:
+                item = getattr(value, name, None)
+                if item is not absent:
+                    out[json_name] = item if encode is None else encode(item)
         return out
 
 
