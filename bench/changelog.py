@@ -2,6 +2,7 @@
 
     python bench/changelog.py [--before ../before] [--backends memory,sqlite,postgresql,redis]
                               [--duration 10] [--connections 64] [--rounds 2] [--missed 1000]
+    python bench/changelog.py --instructions [--calls 1000] [--before ../before] [--backends memory,sqlite]
 
 **PUT**: two gateway processes per backend, side by side — one from ``--before`` (a checkout of the code
 before the change log, with its own ``.venv``: e.g. ``git worktree add ../before <commit>`` then ``make
@@ -14,9 +15,15 @@ the before tree's (issue 11: ≥ 0.90 on memory and SQLite).
 has arrived (issue 11: < 100 ms for 1,000 on memory and SQLite), five times; the first frame's delay is
 reported too.
 
-Prints a markdown table and writes it to ``bench/out/changelog.md``. Rate limits and the access log are off
-in both gateways (bench/backends.py's configuration). Needs ``wrk``; PostgreSQL and Redis get a fresh
-``?schema=`` / ``?prefix=``, removed at the end.
+**Instructions** (``--instructions``, instead of the two above): the same PUT in-process
+(``bench/inproc.py --child``: the gateway's ASGI app, no sockets, limits and the access log off), each tree
+with its own venv in its own folder, under valgrind's callgrind (``bench/instructions.py``): instructions per
+PUT do not move with the load of the machine, as req/s do. SQLite is a file in a temporary folder.
+
+Prints a markdown table and writes it to ``bench/out/changelog.md`` (``changelog-instructions.md``). Rate
+limits and the access log are off in both gateways (bench/backends.py's configuration). Needs ``wrk``
+(``--instructions``: ``valgrind``); PostgreSQL and Redis get a fresh ``?schema=`` / ``?prefix=``, removed at
+the end.
 """
 
 from __future__ import annotations
@@ -183,10 +190,41 @@ def report(rows: list[Figures], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def instructions(args: argparse.Namespace) -> str:
+    """Instructions per in-process PUT, the ``--before`` tree's and this tree's, per backend."""
+    from instructions import _handshake, per_call  # bench/instructions.py: needs valgrind, imported here
+
+    lines = [
+        f"REST PUT in-process (bench/inproc.py --child, --no-limit, no access log), {args.calls} calls each, "
+        f"instructions per call by callgrind; before = {args.before}",
+        "",
+        "| backend | PUT before (instructions) | PUT with the log (instructions) | ratio (before / with) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in args.backends.split(","):
+        counts = []
+        for tree in (args.before, ROOT):
+            with tempfile.TemporaryDirectory() as tmp:
+                url = {"memory": "memory://", "sqlite": f"sqlite:///{tmp}/rooms.db"}.get(name)
+                if url is None:
+                    raise SystemExit(f"--instructions: backends memory and sqlite only, not {name!r}")
+                script = [str(ROOT / "bench/inproc.py"), "--child", "gateway", "PUT", str(args.calls)]
+                argv = [str(tree / ".venv/bin/python"), *script, "--no-limit", "--backend", url]
+                # Each tree's own code: its venv, its folder, nothing of this tree on the path.
+                env = {**os.environ, "PYTHONPATH": ""}
+                counts.append(per_call(argv, args.calls, _handshake, cwd=tree, env=env))
+        lines.append(
+            f"| {name} | {counts[0] / 1000:,.1f}k | {counts[1] / 1000:,.1f}k | {counts[0] / counts[1]:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, default=ROOT.parent / "before")
-    parser.add_argument("--backends", default="memory,sqlite,postgresql,redis")
+    parser.add_argument(
+        "--backends", help="default: memory,sqlite,postgresql,redis (--instructions: memory,sqlite)"
+    )
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -194,9 +232,20 @@ def main() -> None:
     parser.add_argument("--missed", type=int, default=1000)
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--instructions", action="store_true", help="count instructions, in-process")
+    parser.add_argument("--calls", type=int, default=1000, help="--instructions: PUTs counted per tree")
     args = parser.parse_args()
+    args.before = args.before.resolve()
     if not (args.before / ".venv/bin/python").exists():
         raise SystemExit(f"--before {args.before}: no .venv/bin/python there (make .venv/.installed in it)")
+    if args.instructions:
+        args.backends = args.backends or "memory,sqlite"
+        table = instructions(args)
+        OUT.mkdir(exist_ok=True)
+        (OUT / "changelog-instructions.md").write_text(table)
+        print(table)
+        return
+    args.backends = args.backends or "memory,sqlite,postgresql,redis"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.backends.split(","):

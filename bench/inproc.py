@@ -1,11 +1,12 @@
 """In-process CPU per REST call through the gateway's ASGI app, no sockets: the steadiest measure here.
 
-    .venv/bin/python bench/inproc.py [--log] [--no-limit] [--profile]
+    .venv/bin/python bench/inproc.py [--log] [--no-limit] [--profile] [--backend URL]
 
 Run it from any checkout with that checkout's venv to compare trees
-(``cd ../before && .venv/bin/python ../main/bench/inproc.py``): memory backend, an API key, a counted
-never-refusing per-IP limit; PUT and GET of one variable, 5 x 4,000 calls each, the best run's CPU time
-per call. ``--profile`` adds a cProfile of PUTs (``--get``: GETs; ``--bare``: of the bare app).
+(``cd ../before && .venv/bin/python ../main/bench/inproc.py``): memory backend (or ``--backend``'s URL),
+an API key, a counted never-refusing per-IP limit; PUT and GET of one variable, 5 x 4,000 calls each, the
+best run's CPU time per call. ``--profile`` adds a cProfile of PUTs (``--get``: GETs; ``--bare``: of the
+bare app).
 """
 
 import asyncio
@@ -23,9 +24,10 @@ from gateway.logs import configure_logging
 KEY = "bench-key-0123456789abcdef"
 LOG = "--log" in sys.argv
 NO_LIMIT = "--no-limit" in sys.argv
+BACKEND = sys.argv[sys.argv.index("--backend") + 1] if "--backend" in sys.argv else "memory://"
 cfg = GatewayConfig.model_validate(
     {
-        "backend": "memory://",
+        "backend": BACKEND,
         "auth": {"keys": [{"name": "admin", "key": KEY, "permissions": ["*"]}]},
         "rate_limits": {"limits": [] if NO_LIMIT else [{"by": "ip", "limit": "1000000000/second"}]},
         "access_log": LOG and not os.environ.get("INPROC_NO_ACCESS"),

@@ -125,9 +125,16 @@ def _collector() -> int:
     return int(server.server_address[1])
 
 
-def per_call(argv: list[str], calls: int, run: Callable[[subprocess.Popen[str]], None]) -> float:
-    """Instructions per call of the process ``argv`` while ``run(process)`` makes ``calls`` calls between
-    :func:`instrument` on and off."""
+def per_call(
+    argv: list[str],
+    calls: int,
+    run: Callable[[subprocess.Popen[str]], None],
+    *,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> float:
+    """Instructions per call of the process ``argv`` (run in ``cwd``, with ``env`` or this one's) while
+    ``run(process)`` makes ``calls`` calls between :func:`instrument` on and off."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         process = subprocess.Popen(
@@ -136,7 +143,8 @@ def per_call(argv: list[str], calls: int, run: Callable[[subprocess.Popen[str]],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            cwd=ROOT,
+            cwd=cwd,
+            env=env,
         )
         try:
             run(process)

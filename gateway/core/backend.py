@@ -146,7 +146,7 @@ class VariableWrite:
 
         :raises ValueError: :attr:`now` is naive (:func:`gateway.core.times.utc`).
         """
-        return Variable(name=self.name, value=self.value, version=version, update_time=times.utc(self.now))
+        return Variable(self.name, self.value, version, times.utc(self.now))  # positional: once per write
 
     def conflict(self, current: int) -> Aborted:
         """The error to raise when the variable is at ``current``, not at :attr:`expected_version`."""

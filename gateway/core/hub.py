@@ -157,8 +157,11 @@ class LocalHub:
         """Queue a change of a room for its subscribers (never blocks): the room's own topic, and the
         variable's or event's; an ending kind (``ROOM_DELETED``, ``CONNECTIONS_INVALIDATED``) for every
         subscription of the room, whose streams it ends."""
+        in_room = self._by_room.get(room_id)
+        if not in_room:  # no subscription of any topic of the room: the write path's common case
+            return
         if change.kind in ENDING_KINDS:
-            targets = tuple(self._by_room.get(room_id, ()))
+            targets = tuple(in_room)
         else:
             by_topic = self._by_topic
             room_subs = by_topic.get(Topic("room", room_id, ""))

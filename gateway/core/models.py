@@ -8,7 +8,8 @@ descriptors. JSON values (``google.protobuf.Value`` / ``Struct``) are plain Pyth
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import operator
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -58,6 +59,16 @@ class Room:
     update_time: datetime | None = None
     #: Output only, never stored: how many users are present (filled in from presence when read).
     num_users: int = 0
+
+    def __copy__(self) -> Room:
+        """A shallow copy (``copy.copy``), made by the constructor: a store hands out a copy of a room at
+        every read (its caller may change it), and the generic copy (``__reduce_ex__``, then each slot set
+        one by one) cost ~25k instructions a copy against ~5k this way — a tenth of a REST PUT's."""
+        return Room(*_room_fields(self))
+
+
+#: Every field of a Room, in the constructor's order.
+_room_fields = operator.attrgetter(*(one.name for one in fields(Room)))
 
 
 @dataclass(slots=True, frozen=True)

@@ -57,8 +57,8 @@ from gateway.schema.fields import (
 Decoder = Callable[[Any, str], Any]
 Encoder = Callable[[Any], Any]
 
-#: Returned by an encoder for a field that is left out of the JSON object.
-OMIT: Any = object()
+#: The "absent" value of a field without presence: no domain value is it, so the field is always written.
+_NEVER_ABSENT = object()
 #: How this codec names itself in an :class:`~gateway.schema.fields.UnsupportedField`.
 _CODEC = "REST JSON codec"
 
@@ -198,20 +198,31 @@ def parse_timestamp(value: Any, where: str) -> datetime:
         raise InvalidArgument(f"{where} is not a valid time") from None
 
 
+#: The second last formatted, as its fields in UTC, and its text up to the seconds
+#: (``2026-01-02T03:04:05``): answers and streams carry the times of writes made moments apart, and the
+#: date and time cost three times the lookup to format (``isoformat`` goes through
+#: ``PyUnicode_FromFormat``). One tuple, replaced whole, so that no reader pairs a second with another's text.
+_last_second: tuple[tuple[int, int, int, int, int, int], str] = ((0, 0, 0, 0, 0, 0), "")
+
+
 def format_timestamp(moment: datetime) -> str:
     """An aware (or UTC-naive) datetime → RFC 3339 in UTC with ``Z``, 0, 3 or 6 fractional digits
-    (the forms ``google.protobuf.json_format`` writes). ``datetime.isoformat`` does the formatting in C:
-    every JSON answer that holds a variable or a room carries a time."""
-    if moment.tzinfo is None:
-        text = moment.isoformat()
-    else:
-        if moment.utcoffset():
-            moment = moment.astimezone(UTC)
-        text = moment.isoformat()[:-6]  # without "+00:00"
+    (the forms ``google.protobuf.json_format`` writes). Every JSON answer that holds a variable or a room
+    carries a time: the seconds' text is kept from the last call in the same second."""
+    global _last_second
+    if moment.tzinfo is not None and moment.tzinfo is not UTC and moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    second = (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+    last, text = _last_second
+    if second != last:
+        text = moment.replace(microsecond=0, tzinfo=None).isoformat()
+        _last_second = (second, text)
     micros = moment.microsecond
-    if micros and micros % 1000 == 0:
-        text = text[:-3]  # milliseconds: 3 digits, not 6
-    return text + "Z"
+    if not micros:
+        return text + "Z"
+    if micros % 1000 == 0:
+        return f"{text}.{micros // 1000:03d}Z"  # milliseconds: 3 digits, not 6
+    return f"{text}.{micros:06d}Z"
 
 
 def _duration(value: Any, where: str) -> timedelta:
@@ -332,7 +343,9 @@ class MessageCodec:
         #: proto name → field descriptor.
         self.fields: dict[str, FieldDescriptor] = {}
         self._decoders: dict[str, tuple[str, Decoder, bool]] = {}
-        self._encoders: list[tuple[str, str, Encoder]] = []
+        #: (JSON name, proto name, encoder or ``None`` for a value written as it is, the domain value that
+        #: leaves the field out or :data:`_NEVER_ABSENT`), per field.
+        self._encoders: list[tuple[str, str, Encoder | None, object]] = []
         self._oneofs: dict[str, str] = {}
 
     def _compile(self, codecs: Codecs) -> None:
@@ -341,18 +354,19 @@ class MessageCodec:
             self.fields[name] = field
             self.names[name] = name
             self.names[field.json_name] = name
-            decode, encode = self._field_codec(field, codecs)
+            decode, encode, absent = self._field_codec(field, codecs)
             # `null` means "not set" (proto3 JSON), except for a Value, where it is the JSON null.
             null_is_value = fields.is_value(field)
             self._decoders[name] = (field.json_name, decode, null_is_value)
             self._decoders[field.json_name] = (field.json_name, decode, null_is_value)
-            self._encoders.append((field.json_name, name, encode))
+            self._encoders.append((field.json_name, name, None if encode is _same else encode, absent))
             oneof = fields.oneof_name(field)
             if oneof is not None:
                 self._oneofs[name] = oneof
 
     @staticmethod
-    def _field_codec(field: FieldDescriptor, codecs: Codecs) -> tuple[Decoder, Encoder]:
+    def _field_codec(field: FieldDescriptor, codecs: Codecs) -> tuple[Decoder, Encoder, object]:
+        """The field's decoder, its encoder, and the domain value that leaves it out of the JSON."""
         if fields.is_map(field):
             entry = fields.message_of(field)
             key_field = entry.fields_by_name["key"]
@@ -372,7 +386,11 @@ class MessageCodec:
                     for key, v in value.items()
                 }
 
-            return decode_map, lambda value: {str(k): encode_val(v) for k, v in (value or {}).items()}
+            return (
+                decode_map,
+                lambda value: {str(k): encode_val(v) for k, v in (value or {}).items()},
+                _NEVER_ABSENT,
+            )
         decode_one, encode_one = _value_codec(field, codecs)
         if fields.is_list(field):
 
@@ -381,13 +399,10 @@ class MessageCodec:
                     raise InvalidArgument(f"{where} must be a JSON array")
                 return [decode_one(item, f"{where}[{i}]") for i, item in enumerate(value)]
 
-            return decode_list, lambda value: [encode_one(item) for item in value or ()]
+            return decode_list, lambda value: [encode_one(item) for item in value or ()], _NEVER_ABSENT
         if fields.has_presence(field):  # messages and `optional` scalars: left out when not set
-            absent = fields.absent_value(field)
-            if encode_one is _same:  # a Value, a Struct, an optional string: no call per value
-                return decode_one, lambda value: OMIT if value is absent else value
-            return decode_one, lambda value: OMIT if value is absent else encode_one(value)
-        return decode_one, encode_one
+            return decode_one, encode_one, fields.absent_value(field)
+        return decode_one, encode_one, _NEVER_ABSENT
 
     def decode(self, value: Any, where: str = "") -> dict[str, Any]:
         """A JSON object → ``{proto_name: value}`` holding only the fields present (``null``: absent).
@@ -431,16 +446,18 @@ class MessageCodec:
         if value is None:
             return {}
         out = {}
+        # No call for what is written as it is (strings, a Value) nor for what is left out: every answer's
+        # fields pass here.
         if isinstance(value, Mapping):
-            for json_name, name, encode in self._encoders:
-                item = encode(value.get(name))
-                if item is not OMIT:
-                    out[json_name] = item
+            for json_name, name, encode, absent in self._encoders:
+                item = value.get(name)
+                if item is not absent:
+                    out[json_name] = item if encode is None else encode(item)
         else:
-            for json_name, name, encode in self._encoders:
-                item = encode(getattr(value, name, None))
-                if item is not OMIT:
-                    out[json_name] = item
+            for json_name, name, encode, absent in self._encoders:
+                item = getattr(value, name, None)
+                if item is not absent:
+                    out[json_name] = item if encode is None else encode(item)
         return out
 
 

@@ -8,7 +8,7 @@ import pytest
 from room_gateway_plugins.memory import MemoryBackend
 
 from gateway.core.hub import LocalHub, Topic
-from gateway.core.models import Change, ChangeKind, Event, RoomStatus
+from gateway.core.models import Change, ChangeKind, Event, Room, RoomStatus, Variable
 from gateway.core.service import RoomService
 from gateway.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
@@ -204,3 +204,23 @@ async def test_slow_listener_is_ended_not_buffered_forever() -> None:
         async for _ in sub:
             pass
     assert len(hub) == 0
+
+
+async def test_the_hub_delivers_to_whoever_listens_in_the_room_now() -> None:
+    # deliver() returns at once for a room nobody listens to: a listener of another room, one gone, and
+    # one come since must each be counted right.
+    hub = LocalHub()
+    other = hub.subscribe(Topic.room("other"))
+    set_x = Change(1, "epoch", ChangeKind.VARIABLE_SET, variable=Variable("x", 1, 1))
+    hub.deliver("r", set_x)  # nobody in "r"
+    gone = hub.subscribe(Topic("variable", "r", "x"))
+    gone.close()
+    hub.deliver("r", set_x)
+    room, variable = hub.subscribe(Topic.room("r")), hub.subscribe(Topic("variable", "r", "x"))
+    hub.deliver("r", set_x)
+    ending = Change(2, "epoch", ChangeKind.ROOM_DELETED, room=Room("r"))
+    hub.deliver("r", ending)
+    for sub in (room, variable):
+        assert await asyncio.wait_for(sub.__anext__(), 1) is set_x
+        assert await asyncio.wait_for(sub.__anext__(), 1) is ending
+    assert other._queue.empty()

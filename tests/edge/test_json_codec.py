@@ -109,6 +109,25 @@ def test_timestamps_are_written_as_json_format_writes_them(moment: datetime) -> 
     assert format_timestamp(moment) == expected.ToJsonString()
 
 
+def test_timestamps_in_turn_keep_their_own_seconds() -> None:
+    # format_timestamp keeps the last second's text: moments within one second, across seconds, and a
+    # zone whose local fields equal another moment's UTC fields each get their own.
+    moments = [
+        datetime(2026, 1, 2, 3, 4, 5, 1, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 999999, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 6, 5000, tzinfo=timezone(timedelta(hours=1))),
+        datetime(2026, 1, 2, 3, 4, 6, 5000, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 6),
+        datetime(2027, 1, 2, 3, 4, 6, 7, tzinfo=UTC),
+        datetime(2026, 1, 2, 3, 4, 5, 1, tzinfo=UTC),
+    ]
+    for moment in moments * 2:
+        expected = Timestamp()
+        expected.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+        assert format_timestamp(moment) == expected.ToJsonString(), moment
+
+
 def test_timestamps_and_masks() -> None:
     assert (
         format_timestamp(datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)) == "2026-01-02T03:04:05.123456Z"
