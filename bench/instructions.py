@@ -4,12 +4,14 @@
     .venv/bin/python bench/instructions.py inproc [--calls 300] [--log] [--no-limit]
     .venv/bin/python bench/instructions.py http [--calls 1500]    # REST GET over HTTP/1.1 (h2load --h1)
     .venv/bin/python bench/instructions.py grpc [--calls 800]     # gRPC GetVariable (h2load)
+    .venv/bin/python bench/instructions.py grpc --only "access log off" --only "writes coalesced" --no-bare
 
 ``inproc`` runs ``bench/inproc.py``'s ASGI calls (memory backend, an API key, a counted never-refusing
 per-IP limit) beside the bare Starlette app of ``bench/peers.py``. ``http`` and ``grpc`` run the real server
 processes — the bare peer, and ``room-gateway serve`` with the shipped defaults (access log on, the counted
 limit), with the access log off, and with neither (``http``), or with grpclib's own HTTP/2 protocol instead
-of the gRPC limits (``grpc``: ``bench/grpc_limits.py serve-unlimited``) — under ``valgrind
+of the gRPC limits (``grpc``: ``bench/grpc_limits.py serve-unlimited``), as it is and with the guarded
+protocol's write coalescing (``--coalesced``: then only the limits differ) — under ``valgrind
 --tool=callgrind``, instrumentation on only while h2load sends ``--calls`` calls on 8 connections after a
 warm-up (``callgrind_control``). Needs ``valgrind`` and ``h2load`` (Debian: ``apt-get install valgrind
 nghttp2-client``). Instructions are a proxy for time, not a substitute: a system call is one instruction
@@ -32,19 +34,25 @@ from run import seed as run_seed
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("view", choices=("inproc", "http", "grpc"))
     parser.add_argument("--calls", type=int)
     parser.add_argument("--log", action="store_true", help="inproc: the access log on")
     parser.add_argument("--no-limit", action="store_true", help="inproc: no rate limit")
+    parser.add_argument(
+        "--only", action="append", default=[], help="http, grpc: only the configurations naming this"
+    )
+    parser.add_argument("--no-bare", action="store_true", help="http, grpc: no bare peer (ratios left out)")
     args = parser.parse_args()
     if args.view == "inproc":
         inproc(
             args.calls or 300, [*(["--log"] if args.log else []), *(["--no-limit"] if args.no_limit else [])]
         )
     else:
-        served(args.view, args.calls or (1500 if args.view == "http" else 800))
+        served(args.view, args.calls or (1500 if args.view == "http" else 800), args.only, not args.no_bare)
 
 
 def inproc(calls: int, flags: list[str]) -> None:
@@ -61,29 +69,44 @@ def inproc(calls: int, flags: list[str]) -> None:
         report(f"{method} in-process", results["bare", method], results["gateway", method])
 
 
-def served(view: str, calls: int) -> None:
-    variants = {
-        "shipped defaults": (COUNTED_LIMIT, True, False),
-        "access log off": (COUNTED_LIMIT, False, False),
+def served(view: str, calls: int, only: list[str], bare_peer: bool) -> None:
+    # name: (rate limits, access log, the flags of `grpc_limits.py serve-unlimited`, or None: the gateway)
+    variants: dict[str, tuple[str, bool, list[str] | None]] = {
+        "shipped defaults": (COUNTED_LIMIT, True, None),
+        "access log off": (COUNTED_LIMIT, False, None),
         **(
-            {"access log and limits off": ("[]", False, False)}
+            {"access log and limits off": ("[]", False, None)}
             if view == "http"
-            else {"limits off (grpclib's protocol), access log off": (COUNTED_LIMIT, False, True)}
+            else {
+                "limits off (grpclib's protocol), access log off": (COUNTED_LIMIT, False, []),
+                # Only the limits differ from "access log off": the guarded protocol coalesces writes too.
+                "limits off (grpclib's protocol, writes coalesced), access log off": (
+                    COUNTED_LIMIT,
+                    False,
+                    ["--coalesced"],
+                ),
+            }
         ),
     }
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         peer = "starlette" if view == "http" else "grpclib"
-        bare = per_call(
-            [sys.executable, str(HERE / "peers.py"), peer, str(port)], calls, _load(view, port, {}, calls)
+        bare = (
+            per_call(
+                [sys.executable, str(HERE / "peers.py"), peer, str(port)], calls, _load(view, port, {}, calls)
+            )
+            if bare_peer
+            else None
         )
         for name, (limits, access_log, unlimited) in variants.items():
+            if only and not any(part in name for part in only):
+                continue
             http, grpc = free_port(), free_port()
             config = Path(tmp) / "gateway.yaml"
             config.write_text(gateway_config(http, grpc, access_log=access_log, limits=limits))
             command = (
-                [str(HERE / "grpc_limits.py"), "serve-unlimited", str(config)]
-                if unlimited
+                [str(HERE / "grpc_limits.py"), "serve-unlimited", str(config), *unlimited]
+                if unlimited is not None
                 else ["-m", "gateway", "serve", "--config", str(config)]
             )
             target = http if view == "http" else grpc
@@ -167,12 +190,9 @@ def _load(
     return run
 
 
-def report(what: str, bare: float, ours: float) -> None:
-    print(
-        f"{what}: gateway {ours / 1000:,.1f}k instructions a call, bare peer {bare / 1000:,.1f}k "
-        f"(ratio {bare / ours:.0%})",
-        flush=True,
-    )
+def report(what: str, bare: float | None, ours: float) -> None:
+    peer = "" if bare is None else f", bare peer {bare / 1000:,.1f}k (ratio {bare / ours:.0%})"
+    print(f"{what}: gateway {ours / 1000:,.1f}k instructions a call{peer}", flush=True)
 
 
 if __name__ == "__main__":
