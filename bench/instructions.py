@@ -5,6 +5,7 @@
     .venv/bin/python bench/instructions.py http [--calls 1500]    # REST GET over HTTP/1.1 (h2load --h1)
     .venv/bin/python bench/instructions.py grpc [--calls 800]     # gRPC GetVariable (h2load)
     .venv/bin/python bench/instructions.py grpc --only "access log off" --only "writes coalesced" --no-bare
+    .venv/bin/python bench/instructions.py grpc-inproc [--calls 1000]  # the gRPC limits alone, in-process
 
 ``inproc`` runs ``bench/inproc.py``'s ASGI calls (memory backend, an API key, a counted never-refusing
 per-IP limit) beside the bare Starlette app of ``bench/peers.py``. ``http`` and ``grpc`` run the real server
@@ -17,11 +18,18 @@ warm-up (``callgrind_control``). Needs ``valgrind`` and ``h2load`` (Debian: ``ap
 nghttp2-client``). Instructions are a proxy for time, not a substitute: a system call is one instruction
 here and microseconds on the clock (so the one ``send()`` a response the gateway makes, against the bare
 peers' two or three, does not show).
+
+``grpc-inproc`` counts what the gRPC limits cost with nothing else moving: GetVariable calls handed to one
+connection's protocol in one process, no socket and no load generator (``bench/grpc_limits.py
+inproc-child``), the guarded protocol against grpclib's with the same write coalescing, with
+``PYTHONHASHSEED=0``. Served counts move by some ±0.5% between runs (how the loop's turns fall under
+h2load); these repeat to ±0.01%.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -38,7 +46,7 @@ ROOT = HERE.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("view", choices=("inproc", "http", "grpc"))
+    parser.add_argument("view", choices=("inproc", "http", "grpc", "grpc-inproc"))
     parser.add_argument("--calls", type=int)
     parser.add_argument("--log", action="store_true", help="inproc: the access log on")
     parser.add_argument("--no-limit", action="store_true", help="inproc: no rate limit")
@@ -51,6 +59,8 @@ def main() -> None:
         inproc(
             args.calls or 300, [*(["--log"] if args.log else []), *(["--no-limit"] if args.no_limit else [])]
         )
+    elif args.view == "grpc-inproc":
+        grpc_inproc(args.calls or 1000)
     else:
         served(args.view, args.calls or (1500 if args.view == "http" else 800), args.only, not args.no_bare)
 
@@ -67,6 +77,24 @@ def inproc(calls: int, flags: list[str]) -> None:
     }
     for method in ("GET", "PUT"):
         report(f"{method} in-process", results["bare", method], results["gateway", method])
+
+
+def grpc_inproc(calls: int) -> None:
+    counts = {
+        protocol: per_call(
+            [sys.executable, str(HERE / "grpc_limits.py"), "inproc-child", protocol, str(calls)],
+            calls,
+            _handshake,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict and set layouts every run
+        )
+        for protocol in ("plain", "guarded")
+    }
+    guarded, plain = counts["guarded"], counts["plain"]
+    print(
+        f"grpc GetVariable in-process: guarded protocol {guarded / 1000:,.1f}k instructions a call, grpclib's"
+        f" protocol with writes coalesced {plain / 1000:,.1f}k (the limits {guarded / plain - 1:+.2%})",
+        flush=True,
+    )
 
 
 def served(view: str, calls: int, only: list[str], bare_peer: bool) -> None:
@@ -115,7 +143,12 @@ def served(view: str, calls: int, only: list[str], bare_peer: bool) -> None:
             report(f"{view} GetVariable, {name}", bare, ours)
 
 
-def per_call(argv: list[str], calls: int, run: Callable[[subprocess.Popen[str]], None]) -> float:
+def per_call(
+    argv: list[str],
+    calls: int,
+    run: Callable[[subprocess.Popen[str]], None],
+    env: dict[str, str] | None = None,
+) -> float:
     """Instructions per call of the process ``argv`` while ``run(process)`` makes ``calls`` calls between
     :func:`instrument` on and off."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,6 +160,7 @@ def per_call(argv: list[str], calls: int, run: Callable[[subprocess.Popen[str]],
             stderr=subprocess.DEVNULL,
             text=True,
             cwd=ROOT,
+            env=env,
         )
         try:
             run(process)
