@@ -23,7 +23,7 @@ peers' two or three, does not show).
 connection's protocol in one process, no socket and no load generator (``bench/grpc_limits.py
 inproc-child``), the guarded protocol against grpclib's with the same write coalescing, with
 ``PYTHONHASHSEED=0``. Served counts move by some ±0.5% between runs (how the loop's turns fall under
-h2load); these repeat to ±0.01%.
+h2load); these repeat to about ±0.1%.
 """
 
 from __future__ import annotations
