@@ -34,7 +34,7 @@ def record(monkeypatch: pytest.MonkeyPatch) -> None:
         connection_made(self, transport)
 
     def recorded_parse(self: protocol.GuardedProtocol, chunk: bytes) -> None:
-        parsed.append((turn, chunk))
+        parsed.append((turns.count, chunk))
         parse(self, chunk)
 
     made.clear()
@@ -43,18 +43,22 @@ def record(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(protocol.GuardedProtocol, "_parse", recorded_parse)
 
 
-turn = 0
+class Turns:
+    """The event loop's turns, counted by a task that yields once a turn."""
+
+    count = 0
+
+    async def run(self) -> None:
+        while True:
+            self.count += 1
+            await asyncio.sleep(0)
 
 
-async def count_turns() -> None:
-    global turn
-    while True:
-        turn += 1
-        await asyncio.sleep(0)
+turns = Turns()
 
 
 async def test_a_large_read_is_parsed_a_slice_per_turn_each_byte_once(loopback: Loopback) -> None:
-    ticker = asyncio.get_running_loop().create_task(count_turns())
+    ticker = asyncio.get_running_loop().create_task(turns.run())
     client = await H2Client.connect("127.0.0.1", loopback.port)
     try:
         value = "x" * 60_000  # within the client's first flow-control window
