@@ -12,6 +12,7 @@ round, so that drift on a shared machine falls on all; the table gives each roun
 Needs ``h2load`` (Debian: ``apt-get install nghttp2-client``).
 
     python bench/grpc_limits.py serve-unlimited CONFIG [--coalesced]    # the second (third) gateway alone
+    python bench/grpc_limits.py inproc-child guarded|plain CALLS        # bench/instructions.py grpc-inproc
 """
 
 from __future__ import annotations
@@ -25,57 +26,192 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from run import KEY, Proc, Result, free_port, gateway_config, grpc_check, h2load, seed, wait_port
+from run import (
+    KEY,
+    NAME,
+    ROOM,
+    VALUE,
+    Proc,
+    Result,
+    free_port,
+    gateway_config,
+    grpc_check,
+    grpc_frame,
+    h2load,
+    seed,
+    wait_port,
+)
+
+
+def unlimited_server(gateway: Any, coalesced: bool) -> Any:
+    """``gateway``'s gRPC server with grpclib's own protocol (``create_grpc_server(limits=None)``);
+    ``coalesced``: its writes coalesced as the guarded protocol's are (gateway.coalesce), so that only the
+    limits differ."""
+    import asyncio
+
+    from grpclib.protocol import H2Protocol
+
+    from gateway.coalesce import CoalescingTransport
+    from gateway.rpc.server import create_grpc_server, keepalive_config
+
+    config = gateway.config
+    unlimited = create_grpc_server(
+        gateway.dispatcher,
+        ready=gateway.backend.check,
+        config=keepalive_config(config.grpc.keepalive_seconds, config.grpc.keepalive_timeout_seconds),
+        limiter=gateway.limiter,
+        access_log=config.access_log,
+        limits=None,
+    )
+    if coalesced:
+        plain_factory = unlimited._protocol_factory
+
+        def coalescing_factory() -> H2Protocol:
+            protocol = plain_factory()
+            made = protocol.connection_made
+
+            def connection_made(transport: Any) -> None:
+                made(CoalescingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
+
+            protocol.connection_made = connection_made  # type: ignore[method-assign]
+            return protocol
+
+        unlimited._protocol_factory = coalescing_factory  # type: ignore[method-assign]
+    return unlimited
 
 
 def serve_unlimited(config_path: str, coalesced: bool = False) -> None:
-    """``room-gateway serve``, with grpclib's own protocol on the gRPC listener; ``coalesced``: its writes
-    coalesced as the guarded protocol's are (gateway.coalesce), so that only the limits differ."""
-    import asyncio
-
+    """``room-gateway serve``, with :func:`unlimited_server` on the gRPC listener."""
     import uvloop
-    from grpclib.protocol import H2Protocol
 
     from gateway.app import create_gateway
-    from gateway.coalesce import CoalescingTransport
     from gateway.config_loader import load_config
-    from gateway.rpc.server import create_grpc_server, keepalive_config
     from gateway.server import serve
 
     config = load_config(config_path)
 
     async def run() -> None:
         gateway = create_gateway(config)
-        unlimited = create_grpc_server(
-            gateway.dispatcher,
-            ready=gateway.backend.check,
-            config=keepalive_config(config.grpc.keepalive_seconds, config.grpc.keepalive_timeout_seconds),
-            limiter=gateway.limiter,
-            access_log=config.access_log,
-            limits=None,
-        )
-        if coalesced:
-            plain_factory = unlimited._protocol_factory
-
-            def coalescing_factory() -> H2Protocol:
-                protocol = plain_factory()
-                made = protocol.connection_made
-
-                def connection_made(transport: Any) -> None:
-                    made(CoalescingTransport(transport, asyncio.get_running_loop()))  # type: ignore[arg-type]
-
-                protocol.connection_made = connection_made  # type: ignore[method-assign]
-                return protocol
-
-            unlimited._protocol_factory = coalescing_factory  # type: ignore[method-assign]
-        await serve(dataclasses.replace(gateway, grpc_server=unlimited))
+        await serve(dataclasses.replace(gateway, grpc_server=unlimited_server(gateway, coalesced)))
 
     uvloop.run(run())
+
+
+def inproc_child(protocol: str, calls: int) -> None:
+    """``calls`` GetVariable calls handed to one connection's protocol in this process, no socket: the
+    client's bytes of each call recorded first on another connection (h2's client, one stream at a time,
+    as h2load), then fed again, the answers written to a transport that keeps nothing. ``protocol``:
+    ``guarded`` (the shipped listener's), or ``plain`` (grpclib's, writes coalesced). Says "ready", makes
+    the calls when it reads "go", then says "done" (bench/instructions.py's handshake)."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    import grpclib.protocol
+    import h2.config
+    import h2.connection
+    import h2.events
+    import uvloop
+
+    from gateway.app import create_gateway
+    from gateway.config_loader import load_config
+
+    # Nobody answers a keep-alive PING here: without this, the connection closes when the first goes
+    # unanswered (with valgrind, the calls take long enough).
+    grpclib.protocol.Connection.initialize = lambda self: None  # type: ignore[method-assign]
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            written.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return ("127.0.0.1", 40000) if name == "peername" else default
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+    written: list[bytes] = []
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/roomgateway.v1.RoomService/GetVariable"),
+        (":authority", "127.0.0.1"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("x-api-key", KEY),
+    ]
+
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "gateway.yaml"
+            path.write_text(gateway_config(free_port(), free_port(), access_log=False))
+            gateway = create_gateway(load_config(str(path)))
+        await gateway.backend.open()
+        await gateway.backend.set_variable(ROOM, NAME, VALUE, expected_version=None, now=datetime.now(UTC))
+        server = gateway.grpc_server if protocol == "guarded" else unlimited_server(gateway, coalesced=True)
+
+        def connect() -> Any:
+            connection = server._protocol_factory()
+            connection.connection_made(Sink())  # type: ignore[arg-type]  # what the protocol uses of one
+            return connection
+
+        async def call(connection: Any, data: bytes) -> None:
+            connection.data_received(data)
+            await list(connection.handler._tasks.values())[-1]
+            for _ in range(3):  # the coalesced write, then the stream's release
+                await asyncio.sleep(0)
+
+        client = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        )
+        client.initiate_connection()
+        preface = client.data_to_send()
+        recording, recorded = connect(), []
+        recording.data_received(preface)
+        ended = 0
+        for _ in range(WARM_UP + calls):
+            await asyncio.sleep(0)
+            for event in client.receive_data(b"".join(written)):
+                if isinstance(event, h2.events.DataReceived):
+                    client.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                ended += isinstance(event, h2.events.StreamEnded)
+            written.clear()
+            stream = client.get_next_available_stream_id()
+            client.send_headers(stream, headers)
+            client.send_data(stream, grpc_frame(), end_stream=True)
+            recorded.append(client.data_to_send())
+            await call(recording, recorded[-1])
+        assert ended == WARM_UP + calls - 1, "a call was not answered"
+        replay = connect()
+        replay.data_received(preface)
+        for data in recorded[:WARM_UP]:
+            await call(replay, data)
+        print("ready", flush=True)
+        assert sys.stdin.readline().strip() == "go"
+        for data in recorded[WARM_UP:]:
+            await call(replay, data)
+            written.clear()
+        print("done", flush=True)
+        sys.stdin.read()
+
+    uvloop.run(run())
+
+
+#: Calls made before those counted (inproc_child).
+WARM_UP = 200
 
 
 def main() -> None:
     if sys.argv[1:2] == ["serve-unlimited"]:
         serve_unlimited(sys.argv[2], coalesced="--coalesced" in sys.argv)
+        return
+    if sys.argv[1:2] == ["inproc-child"]:
+        inproc_child(sys.argv[2], int(sys.argv[3]))
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)

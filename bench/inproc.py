@@ -38,7 +38,6 @@ cfg = GatewayConfig.model_validate(
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-
 if LOG:  # the gateway's own writer, as `serve` sets it up, writing to /dev/null (or $INPROC_LOG)
     sys.stderr = open(os.environ.get("INPROC_LOG", os.devnull), "w")  # for the whole run
     writer = configure_logging("info")

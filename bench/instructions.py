@@ -4,12 +4,15 @@
     .venv/bin/python bench/instructions.py inproc [--calls 300] [--log] [--no-limit]
     .venv/bin/python bench/instructions.py http [--calls 1500] [--tracing]  # REST GET, HTTP/1.1 (h2load --h1)
     .venv/bin/python bench/instructions.py grpc [--calls 800]     # gRPC GetVariable (h2load)
+    .venv/bin/python bench/instructions.py grpc --only "access log off" --only "writes coalesced" --no-bare
+    .venv/bin/python bench/instructions.py grpc-inproc [--calls 1000]  # the gRPC limits alone, in-process
 
 ``inproc`` runs ``bench/inproc.py``'s ASGI calls (memory backend, an API key, a counted never-refusing
 per-IP limit) beside the bare Starlette app of ``bench/peers.py``. ``http`` and ``grpc`` run the real server
 processes — the bare peer, and ``room-gateway serve`` with the shipped defaults (access log on, the counted
 limit), with the access log off, and with neither (``http``), or with grpclib's own HTTP/2 protocol instead
-of the gRPC limits (``grpc``: ``bench/grpc_limits.py serve-unlimited``); ``--tracing`` adds the shipped
+of the gRPC limits (``grpc``: ``bench/grpc_limits.py serve-unlimited``), as it is and with the guarded
+protocol's write coalescing (``--coalesced``: then only the limits differ); ``--tracing`` adds the shipped
 defaults with ``tracing: {enabled: true}`` (needs ``room-gateway[otel]``; spans exported over OTLP/HTTP to
 a collector stand-in in this process that answers 200, so the export's encoding and posting count) — under
 ``valgrind --tool=callgrind``, instrumentation on only while h2load sends ``--calls`` calls on 8 connections
@@ -17,6 +20,12 @@ after a warm-up (``callgrind_control``). Needs ``valgrind`` and ``h2load`` (Debi
 nghttp2-client``). Instructions are a proxy for time, not a substitute: a system call is one instruction
 here and microseconds on the clock (so the one ``send()`` a response the gateway makes, against the bare
 peers' two or three, does not show).
+
+``grpc-inproc`` counts what the gRPC limits cost with nothing else moving: GetVariable calls handed to one
+connection's protocol in one process, no socket and no load generator (``bench/grpc_limits.py
+inproc-child``), the guarded protocol against grpclib's with the same write coalescing, with
+``PYTHONHASHSEED=0``. Served counts move by some ±0.5% between runs (how the loop's turns fall under
+h2load); these repeat to about ±0.1%.
 """
 
 from __future__ import annotations
@@ -41,18 +50,30 @@ ROOT = HERE.parent
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("view", choices=("inproc", "http", "grpc"))
+    parser.add_argument("view", choices=("inproc", "http", "grpc", "grpc-inproc"))
     parser.add_argument("--calls", type=int)
     parser.add_argument("--log", action="store_true", help="inproc: the access log on")
     parser.add_argument("--no-limit", action="store_true", help="inproc: no rate limit")
     parser.add_argument("--tracing", action="store_true", help="http, grpc: a row with tracing on")
+    parser.add_argument(
+        "--only", action="append", default=[], help="http, grpc: only the configurations naming this"
+    )
+    parser.add_argument("--no-bare", action="store_true", help="http, grpc: no bare peer (ratios left out)")
     args = parser.parse_args()
     if args.view == "inproc":
         inproc(
             args.calls or 300, [*(["--log"] if args.log else []), *(["--no-limit"] if args.no_limit else [])]
         )
+    elif args.view == "grpc-inproc":
+        grpc_inproc(args.calls or 1000)
     else:
-        served(args.view, args.calls or (1500 if args.view == "http" else 800), tracing=args.tracing)
+        served(
+            args.view,
+            args.calls or (1500 if args.view == "http" else 800),
+            args.only,
+            not args.no_bare,
+            tracing=args.tracing,
+        )
 
 
 #: A bench gateway's tracing section (``--tracing``).
@@ -73,32 +94,67 @@ def inproc(calls: int, flags: list[str]) -> None:
         report(f"{method} in-process", results["bare", method], results["gateway", method])
 
 
-def served(view: str, calls: int, *, tracing: bool = False) -> None:
-    variants = {
-        "shipped defaults": (COUNTED_LIMIT, True, False, ""),
-        "access log off": (COUNTED_LIMIT, False, False, ""),
+def grpc_inproc(calls: int) -> None:
+    counts = {
+        protocol: per_call(
+            [sys.executable, str(HERE / "grpc_limits.py"), "inproc-child", protocol, str(calls)],
+            calls,
+            _handshake,
+            env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict and set layouts every run
+        )
+        for protocol in ("plain", "guarded")
+    }
+    guarded, plain = counts["guarded"], counts["plain"]
+    print(
+        f"grpc GetVariable in-process: guarded protocol {guarded / 1000:,.1f}k instructions a call, grpclib's"
+        f" protocol with writes coalesced {plain / 1000:,.1f}k (the limits {guarded / plain - 1:+.2%})",
+        flush=True,
+    )
+
+
+def served(view: str, calls: int, only: list[str], bare_peer: bool, *, tracing: bool = False) -> None:
+    # name: (rate limits, access log, the flags of `grpc_limits.py serve-unlimited` or None: the gateway,
+    # extra configuration)
+    variants: dict[str, tuple[str, bool, list[str] | None, str]] = {
+        "shipped defaults": (COUNTED_LIMIT, True, None, ""),
+        "access log off": (COUNTED_LIMIT, False, None, ""),
         **(
-            {"access log and limits off": ("[]", False, False, "")}
+            {"access log and limits off": ("[]", False, None, "")}
             if view == "http"
-            else {"limits off (grpclib's protocol), access log off": (COUNTED_LIMIT, False, True, "")}
+            else {
+                "limits off (grpclib's protocol), access log off": (COUNTED_LIMIT, False, [], ""),
+                # Only the limits differ from "access log off": the guarded protocol coalesces writes too.
+                "limits off (grpclib's protocol, writes coalesced), access log off": (
+                    COUNTED_LIMIT,
+                    False,
+                    ["--coalesced"],
+                    "",
+                ),
+            }
         ),
-        **({"shipped defaults, tracing on": (COUNTED_LIMIT, True, False, TRACING)} if tracing else {}),
+        **({"shipped defaults, tracing on": (COUNTED_LIMIT, True, None, TRACING)} if tracing else {}),
     }
     if tracing:
         os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{_collector()}")
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         peer = "starlette" if view == "http" else "grpclib"
-        bare = per_call(
-            [sys.executable, str(HERE / "peers.py"), peer, str(port)], calls, _load(view, port, {}, calls)
+        bare = (
+            per_call(
+                [sys.executable, str(HERE / "peers.py"), peer, str(port)], calls, _load(view, port, {}, calls)
+            )
+            if bare_peer
+            else None
         )
         for name, (limits, access_log, unlimited, extra) in variants.items():
+            if only and not any(part in name for part in only):
+                continue
             http, grpc = free_port(), free_port()
             config = Path(tmp) / "gateway.yaml"
             config.write_text(gateway_config(http, grpc, access_log=access_log, limits=limits, extra=extra))
             command = (
-                [str(HERE / "grpc_limits.py"), "serve-unlimited", str(config)]
-                if unlimited
+                [str(HERE / "grpc_limits.py"), "serve-unlimited", str(config), *unlimited]
+                if unlimited is not None
                 else ["-m", "gateway", "serve", "--config", str(config)]
             )
             target = http if view == "http" else grpc
@@ -208,12 +264,9 @@ def _load(
     return run
 
 
-def report(what: str, bare: float, ours: float) -> None:
-    print(
-        f"{what}: gateway {ours / 1000:,.1f}k instructions a call, bare peer {bare / 1000:,.1f}k "
-        f"(ratio {bare / ours:.0%})",
-        flush=True,
-    )
+def report(what: str, bare: float | None, ours: float) -> None:
+    peer = "" if bare is None else f", bare peer {bare / 1000:,.1f}k (ratio {bare / ours:.0%})"
+    print(f"{what}: gateway {ours / 1000:,.1f}k instructions a call{peer}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import struct
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ FRAME_HEADER_BYTES = 9  # RFC 9113 §4.1
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _HEADERS, _CONTINUATION, _END_HEADERS = 0x1, 0x9, 0x4
 _MAX_PADDING = 256  # a HEADERS frame's pad length byte and padding, and its priority fields
+_FRAME_WORD = struct.Struct(">I")  # a frame header's first four bytes: its length, then its type
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -159,7 +161,8 @@ class Budget:
         return self._level <= self._capacity
 
     def refund(self) -> None:
-        self._level = max(0.0, self._level - 1)
+        if self._level:  # an empty bucket, the usual case, is left as it is
+            self._level = max(0.0, self._level - 1)
 
 
 class HeaderBlockScanner:
@@ -183,36 +186,36 @@ class HeaderBlockScanner:
         self._block = 0  # bytes of the header block in progress
 
     def scan(self, data: bytes) -> bool:
-        """Follow ``data``; ``False`` once a header block grows larger than allowed."""
-        pos, end = min(self._preface, len(data)), len(data)
-        self._preface -= pos
-        while pos < end:
-            if self._payload:
-                taken = min(self._payload, end - pos)
-                self._payload -= taken
-                pos += taken
-                continue
-            if not self._head and end - pos >= FRAME_HEADER_BYTES:  # a whole frame header: no copy
-                length = data[pos] << 16 | data[pos + 1] << 8 | data[pos + 2]
-                kind, flags = data[pos + 3], data[pos + 4]
-                pos += FRAME_HEADER_BYTES
-            else:
-                head = self._head + data[pos : pos + FRAME_HEADER_BYTES - len(self._head)]
-                pos += len(head) - len(self._head)
-                if len(head) < FRAME_HEADER_BYTES:
-                    self._head = head
-                    return True
-                self._head = b""
-                length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
-            self._payload = length
-            if kind == _HEADERS:
-                self._block = length
-            elif kind == _CONTINUATION:
-                self._block += length
-            else:
-                continue
-            if self._block > self._max:
-                return False
-            if flags & _END_HEADERS:
-                self._block = 0
+        """Follow ``data``; ``False`` once a header block grows larger than allowed.
+
+        Run on every read, so the loop does per frame only what the limit needs: one unpack of the frame
+        header's first word (length and type), and the rest only for HEADERS and CONTINUATION.
+        """
+        end = len(data)
+        pos = 0
+        if self._preface:
+            pos = min(self._preface, end)
+            self._preface -= pos
+        if self._head:  # a frame header split between two feeds: joined to this one (a copy, rarely)
+            data, pos = self._head + data[pos:], 0
+            end = len(data)
+            self._head = b""
+        pos += self._payload  # the rest of a payload begun in an earlier feed
+        unpack, size, block, limit = _FRAME_WORD.unpack_from, FRAME_HEADER_BYTES, self._block, self._max
+        while pos + size <= end:
+            (word,) = unpack(data, pos)
+            kind = word & 0xFF
+            if kind == _HEADERS or kind == _CONTINUATION:
+                block = (word >> 8) + (block if kind == _CONTINUATION else 0)
+                if block > limit:
+                    return False
+                if data[pos + 4] & _END_HEADERS:
+                    block = 0
+            pos += size + (word >> 8)
+        self._block = block
+        if pos >= end:
+            self._payload = pos - end
+        else:
+            self._payload = 0
+            self._head = data[pos:]  # fewer bytes than a frame header
         return True

@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from asyncio import Transport
+from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any, cast
 
@@ -53,7 +55,7 @@ from grpclib.config import Configuration
 from grpclib.encoding.base import GRPC_CONTENT_TYPE
 from grpclib.metadata import encode_grpc_message
 from grpclib.protocol import AbstractHandler, Connection, EventsProcessor, H2Protocol
-from grpclib.server import Server
+from grpclib.server import Handler, Server
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -75,40 +77,43 @@ _FRAMES_PER_FEED = FEED_BYTES // FRAME_HEADER_BYTES + 1
 LINGER_SECONDS = 1.0
 
 
-class LingeringTransport:
-    """A connection's transport whose ``close()`` can linger: after a final GOAWAY it half-closes (FIN once
-    the GOAWAY is written) and closes only :data:`LINGER_SECONDS` later, or when the client closes first.
+class LingeringTransport(CoalescingTransport):
+    """A connection's transport, its writes coalesced (:class:`~gateway.coalesce.CoalescingTransport`: a
+    unary answer's three frames in one send), whose ``close()`` can linger: after a final GOAWAY it
+    half-closes (FIN once the GOAWAY is written) and closes only :data:`LINGER_SECONDS` later, or when the
+    client closes first.
 
     Closing a socket whose peer is still sending makes the kernel answer with a TCP reset, and a reset makes
     the peer's kernel drop what it had not read yet: the GOAWAY telling the client why (nginx's
     ``lingering_close`` does the same). What arrives meanwhile is read and dropped unparsed.
+
+    One class rather than a wrapper around the coalescing one: grpclib asks ``is_closing()`` a few times a
+    call, and each layer of wrapping was one more Python call to answer it.
     """
 
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
+    __slots__ = ("closed", "linger")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(transport, loop)
         self.linger = False
-        self._closing = False
-        # The hot path, bound once: grpclib writes every frame through ``write``.
-        self.write = transport.write
-        self.get_extra_info = transport.get_extra_info
+        #: ``close()`` was called: what the connection reads from now on is dropped unparsed.
+        self.closed = False
 
     def is_closing(self) -> bool:
-        return self._closing or bool(self._transport.is_closing())
+        return self.closed or self._transport.is_closing()
 
     def close(self) -> None:
-        if self._closing:
+        if self.closed:
             return
-        self._closing = True
+        self.closed = True
+        self.flush()
         transport = self._transport
         if not self.linger or transport.is_closing():
             transport.close()
             return
         if transport.can_write_eof():
             transport.write_eof()
-        asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+        self._loop.call_later(LINGER_SECONDS, transport.close)
 
 
 class GuardedServer(Server):
@@ -133,6 +138,7 @@ class GuardedProtocol(H2Protocol):
     """grpclib's HTTP/2 protocol with this module's limits (one instance per connection)."""
 
     processor: GuardedEvents
+    transport: LingeringTransport
 
     def __init__(
         self,
@@ -146,8 +152,8 @@ class GuardedProtocol(H2Protocol):
         self.limits = limits
         self.admission = admission
         self.refused = False
-        self._backlog: list[bytes] = []  # input read but not yet handed to h2 (see _feed)
-        self._paused = False
+        self._backlog: deque[bytes] = deque()  # input read but not yet handed to h2 (see _feed)
+        self._offset = 0  # of the first read in the backlog: where its next slice starts
 
     def connection_made(self, transport: Any) -> None:
         peer = transport.get_extra_info("peername")
@@ -180,13 +186,19 @@ class GuardedProtocol(H2Protocol):
         if window:
             h2.increment_flow_control_window(window)
         self.scanner = HeaderBlockScanner(self.limits.max_header_list_bytes)
-        # The frames of one turn of the loop in one send (gateway.coalesce): a unary answer is three writes.
-        self.transport = LingeringTransport(CoalescingTransport(transport, asyncio.get_running_loop()))
+        self._h2 = h2
+        self.transport = LingeringTransport(transport, asyncio.get_running_loop())
         self.connection = Connection(h2, cast(Transport, self.transport), config=self.config)
         self.connection.flush()
         self.connection.initialize()
         self.processor = GuardedEvents(
-            self.handler, self.connection, h2, self.transport, self.limits, self.admission, peer
+            cast(Handler, self.handler),  # made by grpclib's Server._protocol_factory (GuardedServer)
+            self.connection,
+            h2,
+            self.transport,
+            self.limits,
+            self.admission,
+            peer,
         )
 
     def _refuse(self, transport: Any) -> None:
@@ -195,39 +207,43 @@ class GuardedProtocol(H2Protocol):
         h2.initiate_connection()
         h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM, b"too many new connections from this address")
         transport.write(h2.data_to_send())
-        lingering = LingeringTransport(transport)
-        lingering.linger = True
-        lingering.close()
+        self.transport = LingeringTransport(transport, asyncio.get_running_loop())
+        self.transport.linger = True
+        self.transport.close()
         self.handler.close()  # grpclib's server forgets a closed handler with no calls
 
     def data_received(self, data: bytes) -> None:
-        if self.refused or self.connection.is_closing():
-            return  # after a final GOAWAY: read (lingering) and dropped unparsed
+        if self.transport.closed:
+            return  # refused, or after a final GOAWAY: read (lingering) and dropped unparsed
         if self._backlog:  # the transport was paused, but a read can be under way (TLS)
             self._backlog.append(data)
-            return
-        if len(data) <= FEED_BYTES:  # the usual read: one slice, nothing to hold back
+        elif len(data) <= FEED_BYTES:  # the usual read: one slice, nothing to hold back
             self._parse(data)
-            return
-        self._feed(data)
+        else:
+            self._backlog.append(data)
+            self.transport.pause_reading()
+            self._feed()
 
-    def _feed(self, data: bytes) -> None:
-        """Hand ``data`` to h2 a :data:`FEED_BYTES` slice per turn of the event loop, reading paused
-        until the last slice: a flood of small frames shares the loop with every other connection."""
-        chunk, rest = data[:FEED_BYTES], data[FEED_BYTES:]
-        if rest:
-            self._backlog.insert(0, rest)
-        if not self.connection.is_closing():
-            self._parse(chunk)
-        if self.connection.is_closing():
-            self._backlog.clear()  # closed for abuse: the rest is not even parsed
-        if self._backlog:
-            if not self._paused:
-                self._paused = True
-                self.transport.pause_reading()
-            asyncio.get_running_loop().call_soon(self._feed, self._backlog.pop(0))
-        elif self._paused:
-            self._paused = False
+    def _feed(self) -> None:
+        """Hand the backlog to h2 a :data:`FEED_BYTES` slice per turn of the event loop, reading paused
+        until the last slice: a flood of small frames shares the loop with every other connection. Each
+        byte is copied once, into its slice (a read of 256 KiB is not re-sliced at every turn)."""
+        backlog = self._backlog
+        if not self.transport.closed:
+            data, start = backlog[0], self._offset
+            end = start + FEED_BYTES
+            if end < len(data):
+                self._offset = end
+            else:
+                backlog.popleft()
+                self._offset = 0
+            self._parse(data[start:end])  # the read itself when it is the whole of it
+        if self.transport.closed:
+            backlog.clear()  # closed for abuse: the rest is not even parsed
+            self._offset = 0
+        if backlog:
+            asyncio.get_running_loop().call_soon(self._feed)
+        else:
             self.transport.resume_reading()  # closing too: what a lingering close reads is dropped
 
     def _parse(self, chunk: bytes) -> None:
@@ -235,7 +251,7 @@ class GuardedProtocol(H2Protocol):
             self.processor.calm_down("header bytes in one block")
             return
         try:
-            events = self.connection.feed(chunk)
+            events = self._h2.receive_data(chunk)  # grpclib's Connection.feed, one call fewer
         except (ProtocolError, UnicodeDecodeError) as exc:  # UnicodeDecodeError: a header not ASCII
             self.processor.protocol_error(exc)
             return
@@ -252,13 +268,16 @@ class GuardedProtocol(H2Protocol):
 class GuardedEvents(EventsProcessor):
     """grpclib's HTTP/2 event processor, counting streams, resets and control frames of one connection.
 
+    :param handler: grpclib's handler of the connection's calls (its task per stream is watched).
     :param h2: the connection's h2 state machine.
     :param transport: the connection's transport.
     """
 
+    handler: Handler
+
     def __init__(
         self,
-        handler: AbstractHandler,
+        handler: Handler,
         connection: Connection,
         h2: H2Connection,
         transport: LingeringTransport,
@@ -286,16 +305,11 @@ class GuardedEvents(EventsProcessor):
                 self.h2.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
             self._spend_reset()
             return
-        headers = cast("list[tuple[str, str]]", event.headers)  # decoded (header_encoding); h2 says bytes
-        path = encoding = None
-        for name, value in headers:  # one pass: what this class needs of the headers
-            if name == ":path":
-                path = value
-            elif name == "grpc-encoding":
-                encoding = value
-            elif name == "grpc-timeout":
-                refusal = timeout_refusal(value)
-                if refusal is not None:
+        headers: list[tuple[str, str]] = event.headers  # type: ignore[assignment]  # decoded: header_encoding
+        fields = dict(headers)  # as grpclib reads them: the last of a name counts
+        if "grpc-timeout" in fields:  # grpclib takes the shortest of all of them: each must be one
+            for name, value in headers:
+                if name == "grpc-timeout" and (refusal := timeout_refusal(value)) is not None:
                     self._answer(event.stream_id, refusal)
                     return
         stream = MessageStream(
@@ -304,19 +318,25 @@ class GuardedEvents(EventsProcessor):
             self.transport,
             stream_id=event.stream_id,
             max_message_bytes=self.limits.max_message_bytes,
-            encoding=encoding,
-            unary=self._unary.get(path or "", True),
+            encoding=fields.get("grpc-encoding"),
+            unary=self._unary.get(fields.get(":path", ""), True),
             answered=self._resets.refund,
         )
-        release = _Release(self.register(stream), self._released)
+        release = self.register(stream)
         self.running += 1
         self.handler.accept(stream, headers, release)
-        # A handler task cancelled before it started never runs the ``finally`` that releases its stream
-        # (grpclib would keep it, and its unread flow-control credit, until the connection ends): release
-        # it when the task ends, however it ends.
-        task = getattr(self.handler, "_tasks", {}).get(stream)
-        if task is not None:
-            task.add_done_callback(release.on_done)
+        # Counted while its handler task runs, however it ends. And a task cancelled before it started
+        # never runs the ``finally`` that releases its stream (grpclib would keep it, and its unread
+        # flow-control credit, until the connection ends): released then, when the task ends.
+        ended = functools.partial(self._ended, event.stream_id, stream, release)
+        self.handler._tasks[stream].add_done_callback(ended)
+
+    def _ended(
+        self, stream_id: int, stream: MessageStream, release: Callable[[], None], _task: object
+    ) -> None:
+        self.running -= 1
+        if self.streams.get(stream_id) is stream:  # not released by the handler's ``finally``
+            release()
 
     def _answer(self, stream_id: int, error: GatewayError) -> None:
         """Answer a stream at once with ``error`` (trailers-only, no handler run), then reset it NO_ERROR if
@@ -335,9 +355,6 @@ class GuardedEvents(EventsProcessor):
             stream = self.h2.streams.get(stream_id)
             if stream is not None and not stream.closed:
                 self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-
-    def _released(self) -> None:
-        self.running -= 1
 
     def process_stream_reset(self, event: StreamReset) -> None:
         stream = self.streams.get(event.stream_id)
@@ -398,27 +415,6 @@ class GuardedEvents(EventsProcessor):
         self.handler.close()
         if hasattr(self, "processors"):
             del self.processors  # grpclib's mark of a closed processor: later events are dropped
-
-
-class _Release:
-    """A stream's ``release_stream`` made idempotent: by the handler's ``finally``, or when its task ends."""
-
-    __slots__ = ("_done", "_release", "_released")
-
-    def __init__(self, release: Callable[[], None], released: Callable[[], None]) -> None:
-        self._release = release
-        self._released = released
-        self._done = False
-
-    def __call__(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._released()
-        self._release()
-
-    def on_done(self, _task: object) -> None:
-        self()
 
 
 def _address(peer: object) -> str:
