@@ -434,7 +434,8 @@ class Backend(abc.ABC):
         The attempt joins the message's ``log``, and the message takes :attr:`Settled.status` and
         ``due_time``. With each, the endpoint's state records the outcome: a success sets
         ``last_success_time`` and clears ``failing_since``; a failure sets ``failing_since`` unless it is
-        set. Return, for each, the endpoint's state after it."""
+        set, in the batch's order. Return, for each, the endpoint's state after it — or after the whole
+        batch, which a backend that records the outcomes at once may give for all of them."""
         raise _no_outbox(self)
 
     async def outbox_messages(

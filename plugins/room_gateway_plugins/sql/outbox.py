@@ -17,11 +17,20 @@ import sqlalchemy as sa
 
 from gateway.core import jsontext, wire
 from gateway.core.models import Change, Variable
-from gateway.core.outbox import EndpointState, MessageStatus, OutboxMessage, dumps_log, loads_log
+from gateway.core.outbox import (
+    EndpointState,
+    MessageStatus,
+    OutboxMessage,
+    Settled,
+    dumps_log,
+    loads_log,
+)
 from room_gateway_plugins.sql.tables import webhook_endpoints, webhook_messages
 
 _M = webhook_messages
 _PENDING = MessageStatus.PENDING.value
+_DELIVERED = MessageStatus.DELIVERED.value
+_FAILED = MessageStatus.FAILED.value
 
 
 def rows(
@@ -119,17 +128,65 @@ def claim(endpoint: str, now: datetime, lease_end: datetime, limit: int) -> sa.U
     )
 
 
-def settle(message: OutboxMessage, status: MessageStatus, due_time: datetime | None, log: str) -> sa.Update:
+def current(endpoint: str, ids: Sequence[str]) -> sa.Select[Any]:
+    """The attempt numbers of the pending messages among ``ids``, their rows locked (PostgreSQL) until the
+    settle's transaction ends."""
     return (
-        _M.update()
-        .where(
-            _M.c.endpoint == message.endpoint,
-            _M.c.id == message.id,
-            _M.c.attempts == message.attempts,
-            _M.c.status == _PENDING,
+        sa.select(_M.c.id, _M.c.attempts)
+        .where(_M.c.endpoint == endpoint, _M.c.id.in_(ids), _M.c.status == _PENDING)
+        .with_for_update()
+    )
+
+
+#: A settled attempt's outcome, run once per batch with :func:`settle_params` of each (executemany).
+SETTLE = (
+    _M.update()
+    .where(_M.c.endpoint == sa.bindparam("s_endpoint"), _M.c.id == sa.bindparam("s_id"))
+    .values(
+        status=sa.bindparam("s_status"),
+        due_time=sa.bindparam("s_due", type_=_M.c.due_time.type),
+        log=sa.bindparam("s_log"),
+    )
+)
+
+
+def settle_params(settled: Settled) -> dict[str, Any]:
+    message = settled.message
+    return {
+        "s_endpoint": message.endpoint,
+        "s_id": message.id,
+        "s_status": settled.status.value,
+        "s_due": settled.due_time,
+        "s_log": dumps_log([*message.log, settled.attempt]),
+    }
+
+
+def record_outcomes(insert: Any, endpoint: str, settled: Sequence[Settled]) -> Any:
+    """The upsert of the endpoint's state after ``settled``'s attempts, in order, returning the state: a
+    success sets ``last_success_time`` and clears ``failing_since``, a failure sets ``failing_since`` unless
+    it is set."""
+    last_success = None
+    first_failure = None  # since the last success of the batch
+    for one in settled:
+        if one.attempt.succeeded:
+            last_success, first_failure = one.attempt.time, None
+        elif first_failure is None:
+            first_failure = one.attempt.time
+    ends = webhook_endpoints.c
+    if last_success is not None:
+        change: dict[str, Any] = {"failing_since": first_failure, "last_success_time": last_success}
+    else:
+        change = {"failing_since": sa.func.coalesce(ends.failing_since, first_failure)}
+    return (
+        insert.values(
+            name=endpoint,
+            enabled=True,
+            disabled_reason="",
+            failing_since=first_failure,
+            last_success_time=last_success,
         )
-        .values(status=status.value, due_time=due_time, log=log)
-        .returning(_M.c.id)
+        .on_conflict_do_update(index_elements=[ends.name], set_=change)
+        .returning(*webhook_endpoints.c)
     )
 
 

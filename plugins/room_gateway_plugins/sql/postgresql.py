@@ -36,10 +36,12 @@ back in arrival order. Bodies older than :data:`BODY_TTL_SQL` are deleted now an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import random
+from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import sqlalchemy as sa
@@ -212,6 +214,14 @@ class PostgresBackend(SqlBackend):
             sub.close()
             raise
         return sub
+
+    @contextlib.asynccontextmanager
+    async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
+        # The commit returns before its WAL record is flushed ("Asynchronous Commit" in PostgreSQL's
+        # manual): a server crash may lose the last of them, never corrupts nor reorders them.
+        async with self.engine.begin() as conn:
+            await conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            yield Transaction(conn)
 
     # -- notifications out -----------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -122,6 +122,22 @@ class SQLiteBackend(SqlBackend):
 
     def _serial(self) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock
+
+    @contextlib.asynccontextmanager
+    async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
+        # synchronous=NORMAL for this one commit: in WAL mode it survives a crash of the process, not a
+        # power cut, and the next FULL commit's fsync makes it durable too (the WAL is written in order).
+        # SQLite refuses to change it inside a transaction, hence on the raw connection around it.
+        async with self._lock, self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            if driver is None:
+                raise Unavailable("the SQLite connection is closed")
+            await driver.execute("PRAGMA synchronous=NORMAL")
+            try:
+                async with conn.begin():
+                    yield Transaction(conn)
+            finally:
+                await driver.execute("PRAGMA synchronous=FULL")
 
     async def _log(
         self, tx: Transaction, room_id: str, change: Change, previous: str | None = None
