@@ -16,6 +16,7 @@ connections of every endpoint.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -36,10 +37,32 @@ log = logging.getLogger("room_gateway.webhooks")
 Clock = Callable[[], datetime]
 #: Seconds a woken loop waits before it claims: long enough to gather a burst, short next to delivery.
 LINGER_SECONDS = 0.005
+#: Bytes of an answer's body read (and dropped) at most: enough for any acknowledgement.
+MAX_ANSWER_BYTES = 64 * 1024
+#: Seconds a request runs, while messages wait, before another lane opens beside it (:class:`EndpointLoop`).
+WIDEN_SECONDS = 0.01
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read and drop the answer's body, at most :data:`MAX_ANSWER_BYTES`, then close it.
+
+    A body read to its end leaves the connection idle, so the pool keeps it for the next attempt; one closed
+    unread is dropped (h11 has not seen the end of the message), and each attempt then paid a TCP connect
+    and close (the profile of bench/webhooks.py: a connect() per delivery). A receiver answering more than
+    the cap loses its connection, never makes us download everything.
+    """
+    try:
+        received = 0
+        async for chunk in response.aiter_raw():
+            received += len(chunk)
+            if received > MAX_ANSWER_BYTES:
+                break
+    finally:
+        await response.aclose()
 
 
 def outbox_of(config: Webhooks) -> Outbox:
@@ -54,7 +77,17 @@ def lease_seconds(endpoint: WebhookEndpoint) -> float:
 
 
 class EndpointLoop:
-    """Delivery to one endpoint."""
+    """Delivery to one endpoint.
+
+    Claimed messages wait in a queue for a *lane*: a task that sends them one after another on its own
+    keep-alive connection. One lane starts with the first message; another opens whenever a request has
+    run for :data:`WIDEN_SECONDS` while messages wait (each running request opens one per period, so lanes
+    double), up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver is so served by
+    one or two connections, a slow one by as many as it needs. One request per claimed message at once
+    opened a connection each (64 under bench/webhooks.py), and httpcore's pool looks at every connection of
+    the pool for every request it assigns and every response it closes — a poll() system call for each idle
+    one: that was a third of the delivery loop's profile.
+    """
 
     def __init__(
         self,
@@ -75,7 +108,11 @@ class EndpointLoop:
         self._wake = asyncio.Event()
         #: Set by :meth:`Deliverers.stop`: the loop ends at its next turn even if a cancellation is lost.
         self.stopping = False
-        self._running: set[asyncio.Task[None]] = set()
+        #: Claimed messages not yet settled (queued, being sent, or waiting for their settle): at most
+        #: ``max_in_flight``.
+        self._held = 0
+        self._queue: collections.deque[OutboxMessage] = collections.deque()
+        self._lanes: set[asyncio.Task[None]] = set()
         self._state = EndpointState()
         # Finished attempts wait here to be settled in batches: one transaction (one fsync on SQLite) or
         # one Redis round trip for all those that ended meanwhile, not one per delivery.
@@ -121,10 +158,11 @@ class EndpointLoop:
                 await asyncio.sleep(LINGER_SECONDS)
                 self._wake.clear()
         finally:
-            for task in self._running:
+            self._queue.clear()  # claimed again once their leases end
+            for task in self._lanes:
                 task.cancel()
-            if self._running:
-                await asyncio.gather(*self._running, return_exceptions=True)
+            if self._lanes:
+                await asyncio.gather(*self._lanes, return_exceptions=True)
             settler.cancel()
             await asyncio.gather(settler, return_exceptions=True)
             # What ended before the stop is recorded; an attempt cut short is claimed again after its lease.
@@ -142,23 +180,42 @@ class EndpointLoop:
             self._state_read = time.monotonic()
         if not self._state.enabled:
             return False
-        free = self.endpoint.max_in_flight - len(self._running)
+        free = self.endpoint.max_in_flight - self._held
         if free <= 0:
             return False
         claimed = await self._backend.outbox_claim(
             self.name, now=self._clock(), lease_seconds=lease_seconds(self.endpoint), limit=free
         )
-        for message in claimed:
-            task = asyncio.create_task(self._attempt(message), name=f"webhook {self.name} {message.id}")
-            self._running.add(task)
-            task.add_done_callback(self._ended)
+        self._held += len(claimed)
+        self._queue.extend(claimed)
+        if claimed and not self._lanes:
+            self._open_lane()
         return len(claimed) == free
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._running.discard(task)
-            log.error("webhooks %s: an attempt failed unexpectedly", self.name, exc_info=task.exception())
-            self._wake.set()
+    def _open_lane(self) -> None:
+        task = asyncio.create_task(self._lane(), name=f"webhooks {self.name} lane")
+        self._lanes.add(task)
+        task.add_done_callback(self._lanes.discard)
+
+    async def _lane(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue and not self.stopping:
+            message = self._queue.popleft()
+            timer: list[asyncio.TimerHandle] = []
+            timer.append(loop.call_later(WIDEN_SECONDS, self._widen, timer))
+            try:
+                await self._attempt(message)
+            except Exception:  # a bug: the message is claimed again once its lease ends
+                self._held -= 1
+                log.exception("webhooks %s: an attempt failed unexpectedly", self.name)
+            finally:
+                timer[0].cancel()
+
+    def _widen(self, timer: list[asyncio.TimerHandle]) -> None:
+        """A request has run for :data:`WIDEN_SECONDS`: open a lane if messages wait, and look again."""
+        if self._queue and len(self._lanes) < self.endpoint.max_in_flight:
+            self._open_lane()
+        timer[0] = asyncio.get_running_loop().call_later(WIDEN_SECONDS, self._widen, timer)
 
     async def _attempt(self, message: OutboxMessage) -> None:
         content = body(message)
@@ -174,10 +231,9 @@ class EndpointLoop:
                 headers=headers,
                 timeout=self.endpoint.timeout_seconds,
             )
-            # The answer's body is never read: a receiver cannot make us download anything.
             response = await self._client.send(request, stream=True)
             status = response.status_code
-            await response.aclose()
+            await _drain(response)
         except httpx.HTTPError as exc:
             error = type(exc).__name__  # never the message: it may quote the URL
         seconds = time.perf_counter() - clock
@@ -209,8 +265,7 @@ class EndpointLoop:
         try:
             states = await self._backend.outbox_settle([settled for settled, _ in batch])
         finally:
-            for task in [t for t in self._running if t.done()]:
-                self._running.discard(task)
+            self._held -= len(batch)
             self._wake.set()  # their slots are free
         failing = None
         for (settled, _), state in zip(batch, states, strict=True):
