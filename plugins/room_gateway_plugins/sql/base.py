@@ -286,23 +286,30 @@ class SqlBackend(Backend):
         found = outbox_sql.rows(
             targets, new_message_id(), room_id, change, payload, previous, outbox.first_delay
         )
-        await tx.conn.execute(webhook_messages.insert(), found)
+        await self._insert_messages(tx, found)
         tx.after_commit.append(outbox.written)
+
+    async def _insert_messages(self, tx: Transaction, rows: list[dict[str, Any]]) -> None:
+        await tx.conn.execute(webhook_messages.insert(), rows)
 
     async def _previous(self, tx: Transaction, write: VariableWrite) -> str | None:
         """The variable's value and version before ``write`` (as the ``previous`` of its messages), when an
-        endpoint takes the write and the variable is set; its row locked on PostgreSQL until the write."""
+        endpoint takes the write and the variable is set."""
         outbox = self.outbox
         kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
         if outbox is None or not outbox.targets(write.room_id, kind):
             return None
-        query = sa.select(variables.c.value, variables.c.version).where(
-            variables.c.room_id == write.room_id, variables.c.name == write.name
-        )
-        row = (await tx.conn.execute(query.with_for_update())).first()
-        if row is None or row.value is None:
+        row = await self._variable_before(tx, write)
+        if row is None or row[0] is None:
             return None
-        return outbox_sql.previous_text(row.value, row.version)
+        return outbox_sql.previous_text(row[0], row[1])
+
+    async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
+        """The variable's row (value, version) as ``write`` finds it, no other writer changing it before
+        ``write`` commits: SQLite has one writer; PostgreSQL overrides this with a lock."""
+        params = {"p_room_id": write.room_id, "p_name": write.name}
+        row = (await tx.conn.execute(outbox_sql.PREVIOUS, params)).first()
+        return None if row is None else (row.value, row.version)
 
     async def read_changes(
         self,
@@ -585,6 +592,14 @@ class SqlBackend(Backend):
         async with self._tx() as tx:
             count: int = (await tx.conn.execute(outbox_sql.backlog(endpoint))).scalar_one()
         return count
+
+    async def outbox_prune(
+        self, endpoint: str, *, delivered_before: datetime, failed_before: datetime, limit: int
+    ) -> int:
+        statement = outbox_sql.prune(endpoint, delivered_before, failed_before, limit)
+        async with self._bookkeeping_tx() as tx:  # lost to a power cut: pruned again next time
+            pruned: int = (await tx.conn.execute(statement)).rowcount
+        return pruned
 
     async def get_endpoint_state(self, endpoint: str) -> EndpointState:
         async with self._tx() as tx:

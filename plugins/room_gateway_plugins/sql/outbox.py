@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from gateway.core import jsontext, wire
 from gateway.core.models import Change, Variable
@@ -25,7 +26,7 @@ from gateway.core.outbox import (
     dumps_log,
     loads_log,
 )
-from room_gateway_plugins.sql.tables import webhook_endpoints, webhook_messages
+from room_gateway_plugins.sql.tables import variables, webhook_endpoints, webhook_messages
 
 _M = webhook_messages
 _PENDING = MessageStatus.PENDING.value
@@ -63,6 +64,11 @@ def rows(
     ]
 
 
+#: One message row, its values bound as ``m_<column>`` (:func:`rows`' keys so prefixed): for a store that
+#: runs it itself (SQLite's raw connection).
+INSERT = _M.insert().values({c.name: sa.bindparam("m_" + c.name, type_=c.type) for c in _M.c})
+
+
 def row_of(message: OutboxMessage) -> dict[str, Any]:
     """The row of a message made outside a change (``webhook.test``, a replayed copy)."""
     previous = None
@@ -82,6 +88,34 @@ def row_of(message: OutboxMessage) -> dict[str, Any]:
         "created_time": message.created_time,
         "log": dumps_log(message.log),
     }
+
+
+#: A variable's row before a write (the ``previous`` of its messages), on a one-writer store.
+PREVIOUS = sa.select(variables.c.value, variables.c.version).where(
+    variables.c.room_id == sa.bindparam("p_room_id"), variables.c.name == sa.bindparam("p_name")
+)
+
+#: The variable's row before a write on PostgreSQL, locked until the write commits — created (unset,
+#: version 0, which reads as never set) when there is none, so that there is always a row to lock. A
+#: plain ``SELECT … FOR UPDATE`` locks nothing when the row does not exist yet: two first writes of a
+#: variable then both read "no value before", and the second one's message lacked the first one's value
+#: as ``previous``. ``ON CONFLICT DO UPDATE`` waits for a concurrent insert of the row to commit and then
+#: returns the row as committed (not as the statement's snapshot saw it, PostgreSQL's "INSERT … ON
+#: CONFLICT" under READ COMMITTED), so the second write reads the first one's value.
+LOCK_PREVIOUS = (
+    postgresql.insert(variables)
+    .values(
+        room_id=sa.bindparam("p_room_id"),
+        name=sa.bindparam("p_name"),
+        value=None,
+        version=0,
+        update_time=sa.bindparam("p_now", type_=variables.c.update_time.type),
+    )
+    .on_conflict_do_update(
+        index_elements=[variables.c.room_id, variables.c.name], set_={"version": variables.c.version}
+    )
+    .returning(variables.c.value, variables.c.version)
+)
 
 
 def previous_text(value_text: str, version: int) -> str:
@@ -208,6 +242,23 @@ def retry(endpoint: str, message_id: str, now: datetime) -> sa.Update:
 
 def since(endpoint: str, time: datetime) -> sa.Select[Any]:
     return sa.select(_M).where(_M.c.endpoint == endpoint, _M.c.created_time >= time)
+
+
+def prune(endpoint: str, delivered_before: datetime, failed_before: datetime, limit: int) -> sa.Delete:
+    """Delete up to ``limit`` settled messages created before their status' cutoff, oldest first (the
+    ``webhook_messages_created`` index), never a pending one."""
+    old = (
+        sa.select(_M.c.id)
+        .where(
+            _M.c.endpoint == endpoint,
+            _M.c.created_time < max(delivered_before, failed_before),
+            ((_M.c.status == _DELIVERED) & (_M.c.created_time < delivered_before))
+            | ((_M.c.status == _FAILED) & (_M.c.created_time < failed_before)),
+        )
+        .order_by(_M.c.created_time)
+        .limit(max(0, limit))
+    )
+    return _M.delete().where(_M.c.endpoint == endpoint, _M.c.id.in_(old.scalar_subquery()))
 
 
 def backlog(endpoint: str) -> sa.Select[Any]:

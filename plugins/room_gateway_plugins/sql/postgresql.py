@@ -49,11 +49,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.core import wire
-from gateway.core.backend import History
+from gateway.core.backend import History, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
 from gateway.core.models import Change, RoomSignal
 from gateway.errors import Unavailable
 from room_gateway_plugins.sql import changelog
+from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql.base import SqlBackend, Transaction
 from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.listener import Listener
@@ -214,6 +215,11 @@ class PostgresBackend(SqlBackend):
             sub.close()
             raise
         return sub
+
+    async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
+        params = {"p_room_id": write.room_id, "p_name": write.name, "p_now": write.now}
+        row = (await tx.conn.execute(outbox_sql.LOCK_PREVIOUS, params)).one()
+        return row.value, row.version
 
     @contextlib.asynccontextmanager
     async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
