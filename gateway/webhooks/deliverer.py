@@ -9,8 +9,8 @@ other instances wrote, and retries coming due).
 An attempt is a 2xx within ``timeout_seconds``; anything else is retried on ``retry_schedule_seconds``
 (each entry the delay after the previous attempt, the first included) until the schedule runs out and the
 message is ``failed``. An endpoint with no success for ``disable_after_seconds`` since its first failure is
-disabled (its messages wait; ``:enable`` resumes them). One ``httpx.AsyncClient`` holds the keep-alive
-connections of every endpoint.
+disabled (its messages wait; ``:enable`` resumes them). Each lane of a loop keeps its keep-alive
+connection (:class:`EndpointLoop`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,10 @@ Clock = Callable[[], datetime]
 LINGER_SECONDS = 0.005
 #: Bytes of an answer's body read (and dropped) at most: enough for any acknowledgement.
 MAX_ANSWER_BYTES = 64 * 1024
+#: Seconds between two prunings of an endpoint's settled messages (``webhooks.retention``), and how many
+#: one deletes at most: a full batch prunes again at the next round instead.
+PRUNE_SECONDS = 60.0
+PRUNE_BATCH = 1000
 #: Seconds a request runs, while messages wait, before another lane opens beside it (:class:`EndpointLoop`).
 WIDEN_SECONDS = 0.01
 
@@ -80,13 +85,15 @@ class EndpointLoop:
     """Delivery to one endpoint.
 
     Claimed messages wait in a queue for a *lane*: a task that sends them one after another on its own
-    keep-alive connection. One lane starts with the first message; another opens whenever a request has
+    keep-alive connection (an ``httpx.AsyncClient`` of one connection, kept for the next lane when it
+    ends). One lane starts with the first message; another opens whenever a request has
     run for :data:`WIDEN_SECONDS` while messages wait (each running request opens one per period, so lanes
     double), up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver is so served by
     one or two connections, a slow one by as many as it needs. One request per claimed message at once
     opened a connection each (64 under bench/webhooks.py), and httpcore's pool looks at every connection of
     the pool for every request it assigns and every response it closes — a poll() system call for each idle
-    one: that was a third of the delivery loop's profile.
+    one: that was a third of the delivery loop's profile. A pool of one connection per lane makes that
+    walk one step, however many lanes run.
     """
 
     def __init__(
@@ -94,7 +101,7 @@ class EndpointLoop:
         endpoint: WebhookEndpoint,
         config: Webhooks,
         backend: Backend,
-        client: httpx.AsyncClient,
+        ssl_context: ssl.SSLContext,
         metrics: Metrics,
         clock: Clock,
     ) -> None:
@@ -102,7 +109,10 @@ class EndpointLoop:
         self.name = endpoint.name
         self._config = config
         self._backend = backend
-        self._client = client
+        self._ssl_context = ssl_context
+        #: The connections of lanes that ended, the last one first (its connection the likeliest alive).
+        self._idle: list[httpx.AsyncClient] = []
+        self._clients: list[httpx.AsyncClient] = []
         self._clock = clock
         self._signer = Signer(endpoint.secret.get_secret_value())
         self._wake = asyncio.Event()
@@ -119,6 +129,8 @@ class EndpointLoop:
         self._finished: list[tuple[Settled, float]] = []
         self._settling = asyncio.Event()
         self._state_read = -1e9  # monotonic time of the last read of the state and the backlog
+        self._pruned = -1e9  # monotonic time of the last pruning
+        self._prune_more = False
         self._outcomes = {
             outcome: metrics.webhook_deliveries.labels(endpoint=self.name, outcome=outcome)
             for outcome in ("delivered", "retrying", "failed")
@@ -168,6 +180,8 @@ class EndpointLoop:
             # What ended before the stop is recorded; an attempt cut short is claimed again after its lease.
             with contextlib.suppress(GatewayError):
                 await self._settle_batch()
+            for client in self._clients:
+                await client.aclose()
 
     async def _round(self) -> bool:
         """Claim what fits in the free slots; ``True`` when more may be due right away."""
@@ -178,6 +192,8 @@ class EndpointLoop:
             self._disabled.set(0 if self._state.enabled else 1)
             self._backlog.set(await self._backend.outbox_backlog(self.name))
             self._state_read = time.monotonic()
+        if self._prune_more or time.monotonic() - self._pruned >= PRUNE_SECONDS:
+            await self._prune()
         if not self._state.enabled:
             return False
         free = self.endpoint.max_in_flight - self._held
@@ -192,6 +208,18 @@ class EndpointLoop:
             self._open_lane()
         return len(claimed) == free
 
+    async def _prune(self) -> None:
+        """Delete settled messages past their retention, one bounded batch (every instance does it:
+        deleting what another instance deleted does nothing)."""
+        now, kept = self._clock(), self._config.retention
+        pruned = await self._backend.outbox_prune(
+            self.name,
+            delivered_before=now - timedelta(seconds=kept.delivered_seconds),
+            failed_before=now - timedelta(seconds=kept.failed_seconds),
+            limit=PRUNE_BATCH,
+        )
+        self._pruned, self._prune_more = time.monotonic(), pruned >= PRUNE_BATCH
+
     def _open_lane(self) -> None:
         task = asyncio.create_task(self._lane(), name=f"webhooks {self.name} lane")
         self._lanes.add(task)
@@ -199,17 +227,27 @@ class EndpointLoop:
 
     async def _lane(self) -> None:
         loop = asyncio.get_running_loop()
-        while self._queue and not self.stopping:
-            message = self._queue.popleft()
-            timer: list[asyncio.TimerHandle] = []
-            timer.append(loop.call_later(WIDEN_SECONDS, self._widen, timer))
-            try:
-                await self._attempt(message)
-            except Exception:  # a bug: the message is claimed again once its lease ends
-                self._held -= 1
-                log.exception("webhooks %s: an attempt failed unexpectedly", self.name)
-            finally:
-                timer[0].cancel()
+        client = self._idle.pop() if self._idle else self._new_client()
+        try:
+            while self._queue and not self.stopping:
+                message = self._queue.popleft()
+                timer: list[asyncio.TimerHandle] = []
+                timer.append(loop.call_later(WIDEN_SECONDS, self._widen, timer))
+                try:
+                    await self._attempt(client, message)
+                except Exception:  # a bug: the message is claimed again once its lease ends
+                    self._held -= 1
+                    log.exception("webhooks %s: an attempt failed unexpectedly", self.name)
+                finally:
+                    timer[0].cancel()
+        finally:
+            self._idle.append(client)
+
+    def _new_client(self) -> httpx.AsyncClient:
+        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        client = httpx.AsyncClient(verify=self._ssl_context, limits=one, follow_redirects=False)
+        self._clients.append(client)
+        return client
 
     def _widen(self, timer: list[asyncio.TimerHandle]) -> None:
         """A request has run for :data:`WIDEN_SECONDS`: open a lane if messages wait, and look again."""
@@ -217,21 +255,21 @@ class EndpointLoop:
             self._open_lane()
         timer[0] = asyncio.get_running_loop().call_later(WIDEN_SECONDS, self._widen, timer)
 
-    async def _attempt(self, message: OutboxMessage) -> None:
+    async def _attempt(self, client: httpx.AsyncClient, message: OutboxMessage) -> None:
         content = body(message)
         started = self._clock()
         headers = self._signer.headers(message.id, content, started)
         clock = time.perf_counter()
         status, error = 0, ""
         try:
-            request = self._client.build_request(
+            request = client.build_request(
                 "POST",
                 self.endpoint.url,
                 content=content,
                 headers=headers,
                 timeout=self.endpoint.timeout_seconds,
             )
-            response = await self._client.send(request, stream=True)
+            response = await client.send(request, stream=True)
             status = response.status_code
             await _drain(response)
         except httpx.HTTPError as exc:
@@ -306,20 +344,13 @@ class Deliverers:
         self._metrics = metrics
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
-        self._client: httpx.AsyncClient | None = None
         self.loops: dict[str, EndpointLoop] = {}
 
     async def start(self) -> None:
-        endpoints = self.config.endpoints
-        in_flight = sum(e.max_in_flight for e in endpoints)
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight),
-            follow_redirects=False,
-        )
-        for endpoint in endpoints:
-            loop = EndpointLoop(
-                endpoint, self.config, self._backend, self._client, self._metrics, self._clock
-            )
+        # One TLS context for every connection: httpx would load the CA bundle again for each client.
+        ssl_context = httpx.create_ssl_context()
+        for endpoint in self.config.endpoints:
+            loop = EndpointLoop(endpoint, self.config, self._backend, ssl_context, self._metrics, self._clock)
             self.loops[endpoint.name] = loop
             self._tasks.append(asyncio.create_task(loop.run(), name=f"webhooks {endpoint.name}"))
         if self._backend.outbox is not None:
@@ -337,6 +368,3 @@ class Deliverers:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None

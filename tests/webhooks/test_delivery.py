@@ -3,9 +3,13 @@ with one ``webhook-id``, the schedule running out, filters, disabling, metrics."
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
+import pytest
 
 from gateway.observability.metrics import Metrics
+from gateway.webhooks import deliverer
 from tests.webhooks.conftest import running, webhook_config
 from tests.webhooks.receiver import Receiver
 
@@ -78,3 +82,21 @@ async def test_filters_by_type_and_room(receiver: Receiver) -> None:
         await receiver.until(lambda r: len(r.delivered) == 2)
     assert sorted(d.body["type"] for d in receiver.delivered.values()) == ["variable.deleted", "variable.set"]
     assert {d.body["data"]["roomId"] for d in receiver.delivered.values()} == {"pub-1"}
+
+
+async def test_delivered_messages_are_pruned_after_their_retention(
+    receiver: Receiver, backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deliverer, "PRUNE_SECONDS", 0.05)
+    retention = {"delivered_seconds": 0.3, "failed_seconds": 1e6}
+    config = webhook_config(backend_url, {"app": receiver.url}, retention=retention)
+    async with running(config) as (_, client):
+        assert (await client.post("/v1/rooms", json={"roomId": "lobby"})).status_code == 200
+        await receiver.until(lambda r: len(r.delivered) == 1)
+        listed = await client.get("/v1/webhooks/app/messages")
+        assert [m["status"] for m in listed.json()["messages"]] == ["delivered"]
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not (await client.get("/v1/webhooks/app/messages")).json().get("messages"):
+                break
+        assert (await client.get("/v1/webhooks/app/messages")).json().get("messages", []) == []
