@@ -20,7 +20,8 @@ Lua never decodes nor re-encodes a value — Redis' cjson would turn integers in
 into arrays. The epoch is the store's, created here when it has none (the first write, or Redis lost its
 data), so a flushed Redis starts a new epoch with no round trip to learn it; every script answers it.
 
-Every key a script touches is passed in ``KEYS``.
+Every key a script touches is passed in ``KEYS``, except the webhook outbox's (``ARGV[9]`` of the logging
+scripts; CLAIM, REPLAY, PRUNE): :mod:`room_gateway_plugins.redis.outbox` says which and why.
 """
 
 from __future__ import annotations
