@@ -93,8 +93,6 @@ async def test_delivered_messages_are_pruned_after_their_retention(
     async with running(config) as (_, client):
         assert (await client.post("/v1/rooms", json={"roomId": "lobby"})).status_code == 200
         await receiver.until(lambda r: len(r.delivered) == 1)
-        listed = await client.get("/v1/webhooks/app/messages")
-        assert [m["status"] for m in listed.json()["messages"]] == ["delivered"]
         for _ in range(100):
             await asyncio.sleep(0.05)
             if not (await client.get("/v1/webhooks/app/messages")).json().get("messages"):
