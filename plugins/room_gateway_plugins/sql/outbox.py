@@ -1,10 +1,11 @@
 """The webhook outbox in SQL: the statements of :class:`~.base.SqlBackend`'s ``outbox_*`` methods.
 
-A change's messages are inserted in the change's own transaction (one ``INSERT`` of a row per endpoint), so
-they commit or vanish with it. A claim is one ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)
-RETURNING``: on PostgreSQL, concurrent claimers on other instances skip the rows one of them is taking
-instead of waiting for it, and each row's ``due_time`` moves past the lease in the same statement; SQLite
-has one writer (the gateway process that owns the file), which runs its claims one at a time.
+A change's messages are inserted in the change's own transaction (one ``INSERT`` of a row per endpoint; on
+PostgreSQL a CTE of the log's append statement), so they commit or vanish with it. A claim is one
+``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``: on PostgreSQL, concurrent claimers
+on other instances skip the rows one of them is taking instead of waiting for it, and each row's
+``due_time`` moves past the lease in the same statement; SQLite has one writer (the gateway process that
+owns the file), which runs its claims one at a time.
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ def rows(
 ) -> list[dict[str, Any]]:
     """The rows of a change's messages, one per endpoint in ``targets``."""
     time = change.time
-    if time is None:
-        raise ValueError("a logged change needs its time")
+    due = due_time(change, first_delay)
     return [
         {
             "endpoint": endpoint,
@@ -56,7 +56,7 @@ def rows(
             "previous": previous,
             "status": _PENDING,
             "attempts": 0,
-            "due_time": time + first_delay,
+            "due_time": due,
             "created_time": time,
             "log": "[]",
         }
@@ -67,6 +67,13 @@ def rows(
 #: One message row, its values bound as ``m_<column>`` (:func:`rows`' keys so prefixed): for a store that
 #: runs it itself (SQLite's raw connection).
 INSERT = _M.insert().values({c.name: sa.bindparam("m_" + c.name, type_=c.type) for c in _M.c})
+
+
+def due_time(change: Change, first_delay: timedelta) -> datetime:
+    """When a change's messages are first due."""
+    if change.time is None:
+        raise ValueError("a logged change needs its time")
+    return change.time + first_delay
 
 
 def row_of(message: OutboxMessage) -> dict[str, Any]:
