@@ -4,6 +4,8 @@ with one ``webhook-id``, the schedule running out, filters, disabling, metrics."
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import httpx
 import pytest
@@ -98,3 +100,38 @@ async def test_delivered_messages_are_pruned_after_their_retention(
             if not (await client.get("/v1/webhooks/app/messages")).json().get("messages"):
                 break
         assert (await client.get("/v1/webhooks/app/messages")).json().get("messages", []) == []
+
+
+async def test_deliveries_keep_their_connections_alive(receiver: Receiver) -> None:
+    # An answer closed unread cannot be reused (h11 has not seen its end): every delivery then paid a
+    # connect. Read to its end, a lane's connection carries the next delivery.
+    async with running(webhook_config("memory://", {"app": receiver.url})) as (_, client):
+        for n in range(30):
+            await put(client, "lobby", f"v{n}", n)
+        await receiver.until(lambda r: len(r.delivered) == 31)
+    assert receiver.connections <= 10, f"{receiver.connections} connections for 31 deliveries"
+
+
+async def test_a_slow_receiver_gets_more_lanes_but_never_more_than_max_in_flight(receiver: Receiver) -> None:
+    lock, running_now, most = threading.Lock(), [0], [0]
+
+    def slow(_id: str, _n: int) -> int:
+        with lock:
+            running_now[0] += 1
+            most[0] = max(most[0], running_now[0])
+        time.sleep(0.2)
+        with lock:
+            running_now[0] -= 1
+        return 204
+
+    receiver.answer = slow
+    config = webhook_config("memory://", {"app": receiver.url})
+    endpoint = config.webhooks.endpoints[0].model_copy(update={"max_in_flight": 3})
+    config = config.model_copy(
+        update={"webhooks": config.webhooks.model_copy(update={"endpoints": [endpoint]})}
+    )
+    async with running(config) as (_, client):
+        for n in range(9):
+            await put(client, "lobby", f"v{n}", n)
+        await receiver.until(lambda r: len(r.delivered) == 10)
+    assert most[0] == 3  # widened from one lane to the limit, and no further
