@@ -174,6 +174,17 @@ async def put_rate(gw: Any, duration: float, writers: int) -> float:
         return done / (time.monotonic() - started)
 
 
+def fresh(url: str, phase: str) -> str:
+    """A store of its own for one phase (another SQLite file, another PostgreSQL schema): a gateway stopped
+    with messages pending or claimed leaves them to the next one on its store, which sends them once
+    their leases end — in the middle of that phase's figures, and using its deliverers."""
+    if url.startswith("sqlite:"):
+        return url.removesuffix(".db") + f"-{phase}.db"
+    if "?schema=" in url:
+        return f"{url}_{phase}"
+    return url
+
+
 def _latencies(found: list[tuple[float, str]]) -> list[float]:
     return sorted(a - datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() for a, t in found)
 
@@ -189,7 +200,7 @@ async def bench_backend(name: str, url: str, args: argparse.Namespace, receiver:
     print(f"{name}: PUT/s {without} without, {with_} with one endpoint", file=sys.stderr)
 
     # Deliveries/s: a backlog written first, then drained.
-    async with gateway(url, receiver, start_deliverers=False) as gw, client(gw) as http:
+    async with gateway(fresh(url, "drain"), receiver, start_deliverers=False) as gw, client(gw) as http:
         room = "drain-" + uuid.uuid4().hex[:8]
         for i in range(args.messages):
             await http.put(f"/v1/rooms/{room}/variables/v", json={"value": i})
@@ -203,7 +214,7 @@ async def bench_backend(name: str, url: str, args: argparse.Namespace, receiver:
     await asyncio.to_thread(httpx.post, receiver + "/reset")
 
     # Latency at a steady write rate.
-    async with gateway(url, receiver) as gw, client(gw) as http:
+    async with gateway(fresh(url, "steady"), receiver) as gw, client(gw) as http:
         room = "steady-" + uuid.uuid4().hex[:8]
         total = int(args.rate * args.duration)
         started = time.monotonic()
@@ -248,7 +259,8 @@ async def main(args: argparse.Namespace) -> None:
         import asyncpg  # type: ignore[import-untyped]
 
         conn = await asyncpg.connect(args.postgres_url)
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        for phase in ("", "_drain", "_steady"):
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}{phase}" CASCADE')
         await conn.close()
     lines = [
         "| backend | PUT/s without | PUT/s with one endpoint | ratio | deliveries/s | steady writes/s "
