@@ -555,6 +555,17 @@ class WebhookEndpoint(_Strict):
         return value
 
 
+class WebhookRetention(_Strict):
+    """``webhooks.retention``: how long settled messages stay for the listing and ``:replay``, counted
+    from their creation; pending ones stay until they are settled, whatever their age."""
+
+    #: Delivered messages (default a day).
+    delivered_seconds: float = Field(default=86400.0, gt=0)
+    #: Failed messages, for ``:retry`` and ``:replay`` (default 14 days: past the default schedule's ~27 h
+    #: and ``disable_after_seconds``' 5 days, so a failure is there to look at after a long weekend).
+    failed_seconds: float = Field(default=1209600.0, gt=0)
+
+
 class Webhooks(_Strict):
     """``webhooks``: signed HTTP POSTs of each room change (:mod:`gateway.webhooks`)."""
 
@@ -568,6 +579,17 @@ class Webhooks(_Strict):
     #: Seconds between two looks for due messages written by other instances (this instance's own writes
     #: wake its deliverers at once).
     poll_seconds: float = Field(default=1.0, gt=0)
+    retention: WebhookRetention = WebhookRetention()
+
+    @model_validator(mode="after")
+    def _failed_kept_past_the_schedule(self) -> Webhooks:
+        schedule = sum(self.retry_schedule_seconds)
+        if self.retention.failed_seconds < schedule:
+            raise ValueError(
+                f"retention.failed_seconds ({self.retention.failed_seconds:g}) must be at least the retry "
+                f"schedule's length ({schedule:g} s): a message fails only once its schedule has run out"
+            )
+        return self
 
     @field_validator("endpoints")
     @classmethod

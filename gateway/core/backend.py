@@ -82,6 +82,7 @@ CONTRACT_METHODS = (
     "outbox_replay",
     "outbox_add",
     "outbox_backlog",
+    "outbox_prune",
     "get_endpoint_state",
     "save_endpoint_state",
 )
@@ -434,7 +435,8 @@ class Backend(abc.ABC):
         The attempt joins the message's ``log``, and the message takes :attr:`Settled.status` and
         ``due_time``. With each, the endpoint's state records the outcome: a success sets
         ``last_success_time`` and clears ``failing_since``; a failure sets ``failing_since`` unless it is
-        set. Return, for each, the endpoint's state after it."""
+        set, in the batch's order. Return, for each, the endpoint's state after it — or after the whole
+        batch, which a backend that records the outcomes at once may give for all of them."""
         raise _no_outbox(self)
 
     async def outbox_messages(
@@ -459,6 +461,15 @@ class Backend(abc.ABC):
 
     async def outbox_backlog(self, endpoint: str) -> int:
         """How many of the endpoint's messages are pending."""
+        raise _no_outbox(self)
+
+    async def outbox_prune(
+        self, endpoint: str, *, delivered_before: datetime, failed_before: datetime, limit: int
+    ) -> int:
+        """Delete up to ``limit`` of the endpoint's delivered messages created before ``delivered_before``
+        and failed ones created before ``failed_before`` (oldest first, as far as the store can tell);
+        return how many. Pending messages are never deleted. Bounded, so that a long backlog of settled
+        messages is pruned in many short steps rather than one that holds up the writes."""
         raise _no_outbox(self)
 
     async def get_endpoint_state(self, endpoint: str) -> EndpointState:

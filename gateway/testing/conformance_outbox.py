@@ -242,3 +242,77 @@ class OutboxContract:
         second = await self._backend(ctx, outbox)
         [message] = await self._claim_all(second, every, ctx)
         assert message.change is not None and message.change.kind is ChangeKind.ROOM_CREATED
+
+    @scenario
+    async def test_concurrent_first_writes_each_carry_the_value_before(self, ctx: Ctx) -> None:
+        # Two writers setting a variable that has no row yet: the second one's message has the first one's
+        # value as previous (a lock on a row that does not exist yet locks nothing).
+        every, _, outbox = self._routes(ctx)
+        one = await self._backend(ctx, outbox)
+        two = await self._backend(ctx, outbox) if self.shared else one
+        room = ctx.room()
+        await one.create_room(room)
+        now = ctx.tick()
+        names = [f"v{i}" for i in range(8)]
+        await asyncio.gather(
+            *(
+                backend.set_variable(room.room_id, name, {"by": n}, expected_version=None, now=now)
+                for name in names
+                for n, backend in enumerate((one, two))
+            )
+        )
+        sets = [m for m in await self._claim_all(one, every, ctx) if m.change and m.change.variable]
+        assert len(sets) == 2 * len(names)
+        for name in names:
+            first, second = sorted(
+                (m for m in sets if m.change and m.change.variable and m.change.variable.name == name),
+                key=lambda m: m.change.variable.version if m.change and m.change.variable else 0,
+            )
+            assert first.previous is None
+            assert first.change is not None and first.change.variable is not None
+            assert second.previous is not None, f"{name}: the second write's message has no previous"
+            assert (second.previous.value, second.previous.version) == (first.change.variable.value, 1)
+
+    @scenario
+    async def test_settled_messages_are_pruned_in_bounded_batches(self, ctx: Ctx) -> None:
+        every, _, outbox = self._routes(ctx)
+        backend = await self._backend(ctx, outbox)
+        room = ctx.room()
+        await backend.create_room(room)
+        for i in range(6):
+            await backend.set_variable(room.room_id, "v", i, expected_version=None, now=ctx.tick())
+        # Seven messages, oldest first: ROOM_CREATED and six sets, created a millisecond apart.
+        claimed = sorted(await self._claim_all(backend, every, ctx), key=lambda m: m.created_time or ctx.now)
+        assert len(claimed) == 7
+        at = ctx.now + timedelta(seconds=61)
+        outcomes = [200, 200, 0, 0, 200, None, 200]  # None: left pending (claimed, never settled)
+        settled = [
+            Settled(m, Attempt(at, code, 1.0, "" if code else "ConnectError"))
+            for m, code in zip(claimed, outcomes, strict=True)
+            if code is not None
+        ]
+        await backend.outbox_settle(settled)
+        created = [m.created_time for m in claimed]
+        assert all(created)
+        # Delivered ones created before the 6th, failed ones before the 4th (so only the 3rd of them).
+        delivered_before, failed_before = created[5], created[3]
+        assert delivered_before is not None and failed_before is not None
+        prune = backend.outbox_prune
+        assert (
+            await prune(every, delivered_before=delivered_before, failed_before=failed_before, limit=2) == 2
+        )
+        assert (
+            await prune(every, delivered_before=delivered_before, failed_before=failed_before, limit=9) == 2
+        )
+        assert (
+            await prune(every, delivered_before=delivered_before, failed_before=failed_before, limit=9) == 0
+        )
+        left = await backend.outbox_messages(every, status=None, limit=10)
+        # Kept: the failed 4th (too young for the failed cutoff), the pending 6th, the delivered 7th.
+        assert sorted(m.id for m in left) == sorted(claimed[i].id for i in (3, 5, 6))
+        assert await backend.outbox_backlog(every) == 1
+        # Even past every cutoff, a pending message stays.
+        later = at + timedelta(days=365)
+        assert await prune(every, delivered_before=later, failed_before=later, limit=9) == 2
+        [pending] = await backend.outbox_messages(every, status=None, limit=10)
+        assert pending.id == claimed[5].id and pending.status is MessageStatus.PENDING

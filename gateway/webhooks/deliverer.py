@@ -9,15 +9,17 @@ other instances wrote, and retries coming due).
 An attempt is a 2xx within ``timeout_seconds``; anything else is retried on ``retry_schedule_seconds``
 (each entry the delay after the previous attempt, the first included) until the schedule runs out and the
 message is ``failed``. An endpoint with no success for ``disable_after_seconds`` since its first failure is
-disabled (its messages wait; ``:enable`` resumes them). One ``httpx.AsyncClient`` holds the keep-alive
-connections of every endpoint.
+disabled (its messages wait; ``:enable`` resumes them). Each lane of a loop keeps its keep-alive
+connection (:class:`EndpointLoop`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -36,10 +38,36 @@ log = logging.getLogger("room_gateway.webhooks")
 Clock = Callable[[], datetime]
 #: Seconds a woken loop waits before it claims: long enough to gather a burst, short next to delivery.
 LINGER_SECONDS = 0.005
+#: Bytes of an answer's body read (and dropped) at most: enough for any acknowledgement.
+MAX_ANSWER_BYTES = 64 * 1024
+#: Seconds between two prunings of an endpoint's settled messages (``webhooks.retention``), and how many
+#: one deletes at most: a full batch prunes again at the next round instead.
+PRUNE_SECONDS = 60.0
+PRUNE_BATCH = 1000
+#: Seconds a request runs, while messages wait, before another lane opens beside it (:class:`EndpointLoop`).
+WIDEN_SECONDS = 0.01
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read and drop the answer's body, at most :data:`MAX_ANSWER_BYTES`, then close it.
+
+    A body read to its end leaves the connection idle, so the pool keeps it for the next attempt; one closed
+    unread is dropped (h11 has not seen the end of the message), and each attempt then paid a TCP connect
+    and close (the profile of bench/webhooks.py: a connect() per delivery). A receiver answering more than
+    the cap loses its connection, never makes us download everything.
+    """
+    try:
+        received = 0
+        async for chunk in response.aiter_raw():
+            received += len(chunk)
+            if received > MAX_ANSWER_BYTES:
+                break
+    finally:
+        await response.aclose()
 
 
 def outbox_of(config: Webhooks) -> Outbox:
@@ -54,14 +82,26 @@ def lease_seconds(endpoint: WebhookEndpoint) -> float:
 
 
 class EndpointLoop:
-    """Delivery to one endpoint."""
+    """Delivery to one endpoint.
+
+    Claimed messages wait in a queue for a *lane*: a task that sends them one after another on its own
+    keep-alive connection (an ``httpx.AsyncClient`` of one connection, kept for the next lane when it
+    ends). One lane starts with the first message; another opens whenever a request has
+    run for :data:`WIDEN_SECONDS` while messages wait (each running request opens one per period, so lanes
+    double), up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver is so served by
+    one or two connections, a slow one by as many as it needs. One request per claimed message at once
+    opened a connection each (64 under bench/webhooks.py), and httpcore's pool looks at every connection of
+    the pool for every request it assigns and every response it closes — a poll() system call for each idle
+    one: that was a third of the delivery loop's profile. A pool of one connection per lane makes that
+    walk one step, however many lanes run.
+    """
 
     def __init__(
         self,
         endpoint: WebhookEndpoint,
         config: Webhooks,
         backend: Backend,
-        client: httpx.AsyncClient,
+        ssl_context: ssl.SSLContext,
         metrics: Metrics,
         clock: Clock,
     ) -> None:
@@ -69,19 +109,28 @@ class EndpointLoop:
         self.name = endpoint.name
         self._config = config
         self._backend = backend
-        self._client = client
+        self._ssl_context = ssl_context
+        #: The connections of lanes that ended, the last one first (its connection the likeliest alive).
+        self._idle: list[httpx.AsyncClient] = []
+        self._clients: list[httpx.AsyncClient] = []
         self._clock = clock
         self._signer = Signer(endpoint.secret.get_secret_value())
         self._wake = asyncio.Event()
         #: Set by :meth:`Deliverers.stop`: the loop ends at its next turn even if a cancellation is lost.
         self.stopping = False
-        self._running: set[asyncio.Task[None]] = set()
+        #: Claimed messages not yet settled (queued, being sent, or waiting for their settle): at most
+        #: ``max_in_flight``.
+        self._held = 0
+        self._queue: collections.deque[OutboxMessage] = collections.deque()
+        self._lanes: set[asyncio.Task[None]] = set()
         self._state = EndpointState()
         # Finished attempts wait here to be settled in batches: one transaction (one fsync on SQLite) or
         # one Redis round trip for all those that ended meanwhile, not one per delivery.
         self._finished: list[tuple[Settled, float]] = []
         self._settling = asyncio.Event()
         self._state_read = -1e9  # monotonic time of the last read of the state and the backlog
+        self._pruned = -1e9  # monotonic time of the last pruning
+        self._prune_more = False
         self._outcomes = {
             outcome: metrics.webhook_deliveries.labels(endpoint=self.name, outcome=outcome)
             for outcome in ("delivered", "retrying", "failed")
@@ -121,15 +170,18 @@ class EndpointLoop:
                 await asyncio.sleep(LINGER_SECONDS)
                 self._wake.clear()
         finally:
-            for task in self._running:
+            self._queue.clear()  # claimed again once their leases end
+            for task in self._lanes:
                 task.cancel()
-            if self._running:
-                await asyncio.gather(*self._running, return_exceptions=True)
+            if self._lanes:
+                await asyncio.gather(*self._lanes, return_exceptions=True)
             settler.cancel()
             await asyncio.gather(settler, return_exceptions=True)
             # What ended before the stop is recorded; an attempt cut short is claimed again after its lease.
             with contextlib.suppress(GatewayError):
                 await self._settle_batch()
+            for client in self._clients:
+                await client.aclose()
 
     async def _round(self) -> bool:
         """Claim what fits in the free slots; ``True`` when more may be due right away."""
@@ -140,44 +192,92 @@ class EndpointLoop:
             self._disabled.set(0 if self._state.enabled else 1)
             self._backlog.set(await self._backend.outbox_backlog(self.name))
             self._state_read = time.monotonic()
+        if self._prune_more or time.monotonic() - self._pruned >= PRUNE_SECONDS:
+            await self._prune()
         if not self._state.enabled:
             return False
-        free = self.endpoint.max_in_flight - len(self._running)
+        free = self.endpoint.max_in_flight - self._held
         if free <= 0:
             return False
         claimed = await self._backend.outbox_claim(
             self.name, now=self._clock(), lease_seconds=lease_seconds(self.endpoint), limit=free
         )
-        for message in claimed:
-            task = asyncio.create_task(self._attempt(message), name=f"webhook {self.name} {message.id}")
-            self._running.add(task)
-            task.add_done_callback(self._ended)
+        self._held += len(claimed)
+        self._queue.extend(claimed)
+        if self._queue and not self._lanes:
+            self._open_lane()
         return len(claimed) == free
 
-    def _ended(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._running.discard(task)
-            log.error("webhooks %s: an attempt failed unexpectedly", self.name, exc_info=task.exception())
-            self._wake.set()
+    async def _prune(self) -> None:
+        """Delete settled messages past their retention, one bounded batch (every instance does it:
+        deleting what another instance deleted does nothing)."""
+        now, kept = self._clock(), self._config.retention
+        pruned = await self._backend.outbox_prune(
+            self.name,
+            delivered_before=now - timedelta(seconds=kept.delivered_seconds),
+            failed_before=now - timedelta(seconds=kept.failed_seconds),
+            limit=PRUNE_BATCH,
+        )
+        self._pruned, self._prune_more = time.monotonic(), pruned >= PRUNE_BATCH
 
-    async def _attempt(self, message: OutboxMessage) -> None:
+    def _open_lane(self) -> None:
+        task = asyncio.create_task(self._lane(), name=f"webhooks {self.name} lane")
+        self._lanes.add(task)
+        task.add_done_callback(self._lanes.discard)
+
+    async def _lane(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self._idle.pop() if self._idle else self._new_client()
+        try:
+            while self._queue and not self.stopping:
+                message = self._queue.popleft()
+                timer: list[asyncio.TimerHandle] = []
+                timer.append(loop.call_later(WIDEN_SECONDS, self._widen, timer))
+                try:
+                    await self._attempt(client, message)
+                except Exception:  # a bug: the message is claimed again once its lease ends
+                    self._held -= 1
+                    log.exception("webhooks %s: an attempt failed unexpectedly", self.name)
+                finally:
+                    timer[0].cancel()
+        finally:
+            self._idle.append(client)
+            # Out of the set in the same step as the empty queue was seen, not in the task's done callback
+            # (a loop turn later): a claim in between saw a lane still there, opened none, and its
+            # messages waited in the queue until their leases ran out (bench/webhooks.py: p99 of 41 s).
+            task = asyncio.current_task()
+            if task is not None:
+                self._lanes.discard(task)
+
+    def _new_client(self) -> httpx.AsyncClient:
+        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        client = httpx.AsyncClient(verify=self._ssl_context, limits=one, follow_redirects=False)
+        self._clients.append(client)
+        return client
+
+    def _widen(self, timer: list[asyncio.TimerHandle]) -> None:
+        """A request has run for :data:`WIDEN_SECONDS`: open a lane if messages wait, and look again."""
+        if self._queue and len(self._lanes) < self.endpoint.max_in_flight:
+            self._open_lane()
+        timer[0] = asyncio.get_running_loop().call_later(WIDEN_SECONDS, self._widen, timer)
+
+    async def _attempt(self, client: httpx.AsyncClient, message: OutboxMessage) -> None:
         content = body(message)
         started = self._clock()
         headers = self._signer.headers(message.id, content, started)
         clock = time.perf_counter()
         status, error = 0, ""
         try:
-            request = self._client.build_request(
+            request = client.build_request(
                 "POST",
                 self.endpoint.url,
                 content=content,
                 headers=headers,
                 timeout=self.endpoint.timeout_seconds,
             )
-            # The answer's body is never read: a receiver cannot make us download anything.
-            response = await self._client.send(request, stream=True)
+            response = await client.send(request, stream=True)
             status = response.status_code
-            await response.aclose()
+            await _drain(response)
         except httpx.HTTPError as exc:
             error = type(exc).__name__  # never the message: it may quote the URL
         seconds = time.perf_counter() - clock
@@ -209,8 +309,7 @@ class EndpointLoop:
         try:
             states = await self._backend.outbox_settle([settled for settled, _ in batch])
         finally:
-            for task in [t for t in self._running if t.done()]:
-                self._running.discard(task)
+            self._held -= len(batch)
             self._wake.set()  # their slots are free
         failing = None
         for (settled, _), state in zip(batch, states, strict=True):
@@ -251,20 +350,13 @@ class Deliverers:
         self._metrics = metrics
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
-        self._client: httpx.AsyncClient | None = None
         self.loops: dict[str, EndpointLoop] = {}
 
     async def start(self) -> None:
-        endpoints = self.config.endpoints
-        in_flight = sum(e.max_in_flight for e in endpoints)
-        self._client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight),
-            follow_redirects=False,
-        )
-        for endpoint in endpoints:
-            loop = EndpointLoop(
-                endpoint, self.config, self._backend, self._client, self._metrics, self._clock
-            )
+        # One TLS context for every connection: httpx would load the CA bundle again for each client.
+        ssl_context = httpx.create_ssl_context()
+        for endpoint in self.config.endpoints:
+            loop = EndpointLoop(endpoint, self.config, self._backend, ssl_context, self._metrics, self._clock)
             self.loops[endpoint.name] = loop
             self._tasks.append(asyncio.create_task(loop.run(), name=f"webhooks {endpoint.name}"))
         if self._backend.outbox is not None:
@@ -282,6 +374,3 @@ class Deliverers:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None

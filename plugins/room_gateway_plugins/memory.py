@@ -350,6 +350,29 @@ class MemoryBackend(Backend):
     async def outbox_backlog(self, endpoint: str) -> int:
         return len(self._pending.get(endpoint, {}))
 
+    async def outbox_prune(
+        self, endpoint: str, *, delivered_before: datetime, failed_before: datetime, limit: int
+    ) -> int:
+        messages = self._outbox.get(endpoint, {})
+        cutoffs = {
+            MessageStatus.DELIVERED: times.utc(delivered_before),
+            MessageStatus.FAILED: times.utc(failed_before),
+        }
+        latest = max(cutoffs.values())
+        pruned: list[str] = []
+        # Insertion order is creation order (changes, test messages and replayed copies are all added
+        # when created), so the scan stops at the first message too young for either cutoff.
+        for message in messages.values():
+            created = message.created_time
+            if len(pruned) >= limit or created is None or times.utc(created) >= latest:
+                break
+            cutoff = cutoffs.get(message.status)
+            if cutoff is not None and times.utc(created) < cutoff:
+                pruned.append(message.id)
+        for message_id in pruned:
+            del messages[message_id]
+        return len(pruned)
+
     async def get_endpoint_state(self, endpoint: str) -> EndpointState:
         return self._endpoint_states.get(endpoint, EndpointState())
 

@@ -35,6 +35,8 @@ class Receiver:
     attempts: Counter[str] = field(default_factory=Counter)
     delivered: dict[str, Delivery] = field(default_factory=dict)
     bad_signatures: int = 0
+    #: TCP connections accepted (keep-alive: far fewer than requests).
+    connections: int = 0
     _server: http.server.ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -48,6 +50,11 @@ class Receiver:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as the deliverer's pooled client expects
+
+            def setup(self) -> None:
+                super().setup()
+                with receiver._lock:
+                    receiver.connections += 1
 
             def do_POST(self) -> None:
                 content = self.rfile.read(int(self.headers.get("content-length", "0")))

@@ -56,6 +56,14 @@ def test_a_full_endpoint_loads_with_the_defaults_of_api_md(tmp_path: Path) -> No
     )
     assert webhooks.retry_schedule_seconds == [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
     assert webhooks.disable_after_seconds == 432000
+    assert (webhooks.retention.delivered_seconds, webhooks.retention.failed_seconds) == (86400, 1209600)
+
+
+def test_failed_messages_cannot_be_pruned_before_their_schedule_ends(tmp_path: Path) -> None:
+    endpoint = f'- {{name: app, url: "https://app.example/h", secret: "{SECRET}"}}'
+    tail = "  retry_schedule_seconds: [0, 60]\n  retention: {failed_seconds: 30}\n"
+    message = error_of(write(tmp_path, endpoint, tail))
+    assert "retention.failed_seconds (30) must be at least the retry schedule's length (60 s)" in message
 
 
 @pytest.mark.parametrize(

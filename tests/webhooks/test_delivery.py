@@ -3,9 +3,15 @@ with one ``webhook-id``, the schedule running out, filters, disabling, metrics."
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+
 import httpx
+import pytest
 
 from gateway.observability.metrics import Metrics
+from gateway.webhooks import deliverer
 from tests.webhooks.conftest import running, webhook_config
 from tests.webhooks.receiver import Receiver
 
@@ -78,3 +84,54 @@ async def test_filters_by_type_and_room(receiver: Receiver) -> None:
         await receiver.until(lambda r: len(r.delivered) == 2)
     assert sorted(d.body["type"] for d in receiver.delivered.values()) == ["variable.deleted", "variable.set"]
     assert {d.body["data"]["roomId"] for d in receiver.delivered.values()} == {"pub-1"}
+
+
+async def test_delivered_messages_are_pruned_after_their_retention(
+    receiver: Receiver, backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deliverer, "PRUNE_SECONDS", 0.05)
+    retention = {"delivered_seconds": 0.3, "failed_seconds": 1e6}
+    config = webhook_config(backend_url, {"app": receiver.url}, retention=retention)
+    async with running(config) as (_, client):
+        assert (await client.post("/v1/rooms", json={"roomId": "lobby"})).status_code == 200
+        await receiver.until(lambda r: len(r.delivered) == 1)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if not (await client.get("/v1/webhooks/app/messages")).json().get("messages"):
+                break
+        assert (await client.get("/v1/webhooks/app/messages")).json().get("messages", []) == []
+
+
+async def test_deliveries_keep_their_connections_alive(receiver: Receiver) -> None:
+    # An answer closed unread cannot be reused (h11 has not seen its end): every delivery then paid a
+    # connect. Read to its end, a lane's connection carries the next delivery.
+    async with running(webhook_config("memory://", {"app": receiver.url})) as (_, client):
+        for n in range(30):
+            await put(client, "lobby", f"v{n}", n)
+        await receiver.until(lambda r: len(r.delivered) == 31)
+    assert receiver.connections <= 10, f"{receiver.connections} connections for 31 deliveries"
+
+
+async def test_a_slow_receiver_gets_more_lanes_but_never_more_than_max_in_flight(receiver: Receiver) -> None:
+    lock, running_now, most = threading.Lock(), [0], [0]
+
+    def slow(_id: str, _n: int) -> int:
+        with lock:
+            running_now[0] += 1
+            most[0] = max(most[0], running_now[0])
+        time.sleep(0.2)
+        with lock:
+            running_now[0] -= 1
+        return 204
+
+    receiver.answer = slow
+    config = webhook_config("memory://", {"app": receiver.url})
+    endpoint = config.webhooks.endpoints[0].model_copy(update={"max_in_flight": 3})
+    config = config.model_copy(
+        update={"webhooks": config.webhooks.model_copy(update={"endpoints": [endpoint]})}
+    )
+    async with running(config) as (_, client):
+        for n in range(9):
+            await put(client, "lobby", f"v{n}", n)
+        await receiver.until(lambda r: len(r.delivered) == 10)
+    assert most[0] == 3  # widened from one lane to the limit, and no further

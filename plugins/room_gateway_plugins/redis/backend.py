@@ -153,6 +153,7 @@ class RedisBackend(Backend):
         self._settle = register(scripts.SETTLE)
         self._retry = register(scripts.RETRY)
         self._replay = register(scripts.REPLAY)
+        self._prune = register(scripts.PRUNE)
         kwargs = client.connection_pool.connection_kwargs
         self._listener = ChannelListener(
             client.connection_pool,
@@ -534,6 +535,15 @@ class RedisBackend(Backend):
 
     async def outbox_backlog(self, endpoint: str) -> int:
         return int(await self._redis.zcard(outbox_redis.base(self.keys.prefix, endpoint) + ":due"))
+
+    async def outbox_prune(
+        self, endpoint: str, *, delivered_before: datetime, failed_before: datetime, limit: int
+    ) -> int:
+        if limit <= 0:
+            return 0
+        base = outbox_redis.base(self.keys.prefix, endpoint)
+        args = [codec.milliseconds(delivered_before), codec.milliseconds(failed_before), limit]
+        return int(await self._prune(keys=[base + ":all"], args=[*map(str, args), base + ":m:"]))
 
     async def get_endpoint_state(self, endpoint: str) -> EndpointState:
         fields = await self._redis.hgetall(outbox_redis.base(self.keys.prefix, endpoint) + ":state")

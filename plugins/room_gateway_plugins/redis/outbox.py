@@ -11,8 +11,21 @@ same script as the change, so they exist exactly when the change does. Per endpo
                                     record before the write), status, attempts, due, created, log
     {prefix}wh:{endpoint}:state     hash: enabled, reason, failing_since, last_success
 
-The keys are named in the scripts' ``ARGV`` rather than ``KEYS`` (one endpoint list per write): fine on one
-server, which is what this backend serves (a Redis Cluster would need the endpoint keys hash-tagged).
+**Keys outside ``KEYS``.** Redis asks scripts to name every key they touch in ``KEYS`` (for Cluster
+routing and ACL checks); these do not, and cannot without a round trip more:
+
+- the logging scripts (:data:`~.scripts.PRELUDE`'s ``enqueue``) write each target endpoint's ``:due``,
+  ``:all`` and ``:m:{id}``, from the key prefix and endpoint names in ``ARGV[9]``. The message's id ends
+  with the seq the script itself assigns (``{id}-{seq}``, several per PRESENCE_SWEEP), so the hash's name
+  does not exist before the script runs; declaring it would mean ids without the seq, one per logged
+  change passed in, and a variable number of keys after each script's own.
+- CLAIM, REPLAY and PRUNE read message ids from a sorted set and then touch those messages' hashes
+  (``ARGV[4]``/``ARGV[3]`` is their key prefix): the names are only known inside the script.
+
+On one server, which is what this backend serves, Redis runs such scripts as written (a script is atomic
+whatever keys it touches). A Redis Cluster would need every key of a room and of an endpoint in one hash
+slot (a ``{…}`` hash tag in the prefix), which this backend does not do: it is not supported there, and
+an ACL user must be allowed the whole prefix (``~{prefix}*``).
 """
 
 from __future__ import annotations

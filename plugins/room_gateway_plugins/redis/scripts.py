@@ -20,7 +20,8 @@ Lua never decodes nor re-encodes a value — Redis' cjson would turn integers in
 into arrays. The epoch is the store's, created here when it has none (the first write, or Redis lost its
 data), so a flushed Redis starts a new epoch with no round trip to learn it; every script answers it.
 
-Every key a script touches is passed in ``KEYS``.
+Every key a script touches is passed in ``KEYS``, except the webhook outbox's (``ARGV[9]`` of the logging
+scripts; CLAIM, REPLAY, PRUNE): :mod:`room_gateway_plugins.redis.outbox` says which and why.
 """
 
 from __future__ import annotations
@@ -518,4 +519,37 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], ARGV[1], '+inf')) do
   end
 end
 return n
+"""
+
+#: Delete settled messages created before their status' cutoff, oldest first, never a pending one. KEYS[1]
+#: all. ARGV[1] the delivered ones' cutoff (ms), ARGV[2] the failed ones', ARGV[3] how many at most,
+#: ARGV[4] the messages' key prefix. Looks at ten times that many at most (pending messages among the old
+#: ones are stepped over), so that one call stays short. Returns how many were deleted.
+PRUNE = """
+local delivered, failed, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local latest = math.max(delivered, failed)
+local pruned, kept, seen = 0, 0, 0
+while pruned < limit and seen < limit * 10 do
+  local page = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. latest, 'WITHSCORES', 'LIMIT', kept, 100)
+  if #page == 0 then
+    break
+  end
+  for i = 1, #page, 2 do
+    local id, created = page[i], tonumber(page[i + 1])
+    local status = redis.call('HGET', ARGV[4] .. id, 'status')
+    seen = seen + 1
+    if (status == 'delivered' and created < delivered) or (status == 'failed' and created < failed)
+        or not status then
+      redis.call('DEL', ARGV[4] .. id)
+      redis.call('ZREM', KEYS[1], id)
+      pruned = pruned + 1
+      if pruned == limit then
+        break
+      end
+    else
+      kept = kept + 1
+    end
+  end
+end
+return pruned
 """

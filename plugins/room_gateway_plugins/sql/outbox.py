@@ -1,10 +1,11 @@
 """The webhook outbox in SQL: the statements of :class:`~.base.SqlBackend`'s ``outbox_*`` methods.
 
-A change's messages are inserted in the change's own transaction (one ``INSERT`` of a row per endpoint), so
-they commit or vanish with it. A claim is one ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED)
-RETURNING``: on PostgreSQL, concurrent claimers on other instances skip the rows one of them is taking
-instead of waiting for it, and each row's ``due_time`` moves past the lease in the same statement; SQLite
-has one writer (the gateway process that owns the file), which runs its claims one at a time.
+A change's messages are inserted in the change's own transaction (one ``INSERT`` of a row per endpoint; on
+PostgreSQL a CTE of the log's append statement), so they commit or vanish with it. A claim is one
+``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``: on PostgreSQL, concurrent claimers
+on other instances skip the rows one of them is taking instead of waiting for it, and each row's
+``due_time`` moves past the lease in the same statement; SQLite has one writer (the gateway process that
+owns the file), which runs its claims one at a time.
 """
 
 from __future__ import annotations
@@ -14,14 +15,24 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from gateway.core import jsontext, wire
 from gateway.core.models import Change, Variable
-from gateway.core.outbox import EndpointState, MessageStatus, OutboxMessage, dumps_log, loads_log
-from room_gateway_plugins.sql.tables import webhook_endpoints, webhook_messages
+from gateway.core.outbox import (
+    EndpointState,
+    MessageStatus,
+    OutboxMessage,
+    Settled,
+    dumps_log,
+    loads_log,
+)
+from room_gateway_plugins.sql.tables import variables, webhook_endpoints, webhook_messages
 
 _M = webhook_messages
 _PENDING = MessageStatus.PENDING.value
+_DELIVERED = MessageStatus.DELIVERED.value
+_FAILED = MessageStatus.FAILED.value
 
 
 def rows(
@@ -35,8 +46,7 @@ def rows(
 ) -> list[dict[str, Any]]:
     """The rows of a change's messages, one per endpoint in ``targets``."""
     time = change.time
-    if time is None:
-        raise ValueError("a logged change needs its time")
+    due = due_time(change, first_delay)
     return [
         {
             "endpoint": endpoint,
@@ -46,12 +56,24 @@ def rows(
             "previous": previous,
             "status": _PENDING,
             "attempts": 0,
-            "due_time": time + first_delay,
+            "due_time": due,
             "created_time": time,
             "log": "[]",
         }
         for endpoint in targets
     ]
+
+
+#: One message row, its values bound as ``m_<column>`` (:func:`rows`' keys so prefixed): for a store that
+#: runs it itself (SQLite's raw connection).
+INSERT = _M.insert().values({c.name: sa.bindparam("m_" + c.name, type_=c.type) for c in _M.c})
+
+
+def due_time(change: Change, first_delay: timedelta) -> datetime:
+    """When a change's messages are first due."""
+    if change.time is None:
+        raise ValueError("a logged change needs its time")
+    return change.time + first_delay
 
 
 def row_of(message: OutboxMessage) -> dict[str, Any]:
@@ -73,6 +95,34 @@ def row_of(message: OutboxMessage) -> dict[str, Any]:
         "created_time": message.created_time,
         "log": dumps_log(message.log),
     }
+
+
+#: A variable's row before a write (the ``previous`` of its messages), on a one-writer store.
+PREVIOUS = sa.select(variables.c.value, variables.c.version).where(
+    variables.c.room_id == sa.bindparam("p_room_id"), variables.c.name == sa.bindparam("p_name")
+)
+
+#: The variable's row before a write on PostgreSQL, locked until the write commits — created (unset,
+#: version 0, which reads as never set) when there is none, so that there is always a row to lock. A
+#: plain ``SELECT … FOR UPDATE`` locks nothing when the row does not exist yet: two first writes of a
+#: variable then both read "no value before", and the second one's message lacked the first one's value
+#: as ``previous``. ``ON CONFLICT DO UPDATE`` waits for a concurrent insert of the row to commit and then
+#: returns the row as committed (not as the statement's snapshot saw it, PostgreSQL's "INSERT … ON
+#: CONFLICT" under READ COMMITTED), so the second write reads the first one's value.
+LOCK_PREVIOUS = (
+    postgresql.insert(variables)
+    .values(
+        room_id=sa.bindparam("p_room_id"),
+        name=sa.bindparam("p_name"),
+        value=None,
+        version=0,
+        update_time=sa.bindparam("p_now", type_=variables.c.update_time.type),
+    )
+    .on_conflict_do_update(
+        index_elements=[variables.c.room_id, variables.c.name], set_={"version": variables.c.version}
+    )
+    .returning(variables.c.value, variables.c.version)
+)
 
 
 def previous_text(value_text: str, version: int) -> str:
@@ -119,17 +169,65 @@ def claim(endpoint: str, now: datetime, lease_end: datetime, limit: int) -> sa.U
     )
 
 
-def settle(message: OutboxMessage, status: MessageStatus, due_time: datetime | None, log: str) -> sa.Update:
+def current(endpoint: str, ids: Sequence[str]) -> sa.Select[Any]:
+    """The attempt numbers of the pending messages among ``ids``, their rows locked (PostgreSQL) until the
+    settle's transaction ends."""
     return (
-        _M.update()
-        .where(
-            _M.c.endpoint == message.endpoint,
-            _M.c.id == message.id,
-            _M.c.attempts == message.attempts,
-            _M.c.status == _PENDING,
+        sa.select(_M.c.id, _M.c.attempts)
+        .where(_M.c.endpoint == endpoint, _M.c.id.in_(ids), _M.c.status == _PENDING)
+        .with_for_update()
+    )
+
+
+#: A settled attempt's outcome, run once per batch with :func:`settle_params` of each (executemany).
+SETTLE = (
+    _M.update()
+    .where(_M.c.endpoint == sa.bindparam("s_endpoint"), _M.c.id == sa.bindparam("s_id"))
+    .values(
+        status=sa.bindparam("s_status"),
+        due_time=sa.bindparam("s_due", type_=_M.c.due_time.type),
+        log=sa.bindparam("s_log"),
+    )
+)
+
+
+def settle_params(settled: Settled) -> dict[str, Any]:
+    message = settled.message
+    return {
+        "s_endpoint": message.endpoint,
+        "s_id": message.id,
+        "s_status": settled.status.value,
+        "s_due": settled.due_time,
+        "s_log": dumps_log([*message.log, settled.attempt]),
+    }
+
+
+def record_outcomes(insert: Any, endpoint: str, settled: Sequence[Settled]) -> Any:
+    """The upsert of the endpoint's state after ``settled``'s attempts, in order, returning the state: a
+    success sets ``last_success_time`` and clears ``failing_since``, a failure sets ``failing_since`` unless
+    it is set."""
+    last_success = None
+    first_failure = None  # since the last success of the batch
+    for one in settled:
+        if one.attempt.succeeded:
+            last_success, first_failure = one.attempt.time, None
+        elif first_failure is None:
+            first_failure = one.attempt.time
+    ends = webhook_endpoints.c
+    if last_success is not None:
+        change: dict[str, Any] = {"failing_since": first_failure, "last_success_time": last_success}
+    else:
+        change = {"failing_since": sa.func.coalesce(ends.failing_since, first_failure)}
+    return (
+        insert.values(
+            name=endpoint,
+            enabled=True,
+            disabled_reason="",
+            failing_since=first_failure,
+            last_success_time=last_success,
         )
-        .values(status=status.value, due_time=due_time, log=log)
-        .returning(_M.c.id)
+        .on_conflict_do_update(index_elements=[ends.name], set_=change)
+        .returning(*webhook_endpoints.c)
     )
 
 
@@ -151,6 +249,23 @@ def retry(endpoint: str, message_id: str, now: datetime) -> sa.Update:
 
 def since(endpoint: str, time: datetime) -> sa.Select[Any]:
     return sa.select(_M).where(_M.c.endpoint == endpoint, _M.c.created_time >= time)
+
+
+def prune(endpoint: str, delivered_before: datetime, failed_before: datetime, limit: int) -> sa.Delete:
+    """Delete up to ``limit`` settled messages created before their status' cutoff, oldest first (the
+    ``webhook_messages_created`` index), never a pending one."""
+    old = (
+        sa.select(_M.c.id)
+        .where(
+            _M.c.endpoint == endpoint,
+            _M.c.created_time < max(delivered_before, failed_before),
+            ((_M.c.status == _DELIVERED) & (_M.c.created_time < delivered_before))
+            | ((_M.c.status == _FAILED) & (_M.c.created_time < failed_before)),
+        )
+        .order_by(_M.c.created_time)
+        .limit(max(0, limit))
+    )
+    return _M.delete().where(_M.c.endpoint == endpoint, _M.c.id.in_(old.scalar_subquery()))
 
 
 def backlog(endpoint: str) -> sa.Select[Any]:

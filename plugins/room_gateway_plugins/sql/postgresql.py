@@ -25,7 +25,8 @@ could put a local write ahead of an earlier remote one.
 
 **The log's append is one statement** (:data:`_APPEND`): the head's increment, the log row, the trim and
 the ``pg_notify`` in data-modifying CTEs, the seq spliced into the message by the server (the wire format's
-:func:`~gateway.core.wire.head`) — so logging costs a write no round trip over its notification.
+:func:`~gateway.core.wire.head`) — so logging costs a write no round trip over its notification. The
+change's webhook messages, when it has some, are one more CTE of it.
 
 **Payloads** are the messages of :mod:`gateway.core.wire`, the format the Redis backend publishes too. A
 payload must be shorter than 8000 bytes. A larger message is stored in ``notification_bodies`` (in the same
@@ -36,10 +37,12 @@ back in arrival order. Bodies older than :data:`BODY_TTL_SQL` are deleted now an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import random
+from collections.abc import AsyncIterator
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import sqlalchemy as sa
@@ -47,11 +50,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.core import wire
-from gateway.core.backend import History
+from gateway.core.backend import History, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
 from gateway.core.models import Change, RoomSignal
+from gateway.core.outbox import new_message_id
 from gateway.errors import Unavailable
 from room_gateway_plugins.sql import changelog
+from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql.base import SqlBackend, Transaction
 from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.listener import Listener
@@ -76,8 +81,7 @@ _SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_fu
 
 #: The log's append (:meth:`PostgresBackend._log`): head + 1, the row, the trim, the NOTIFY. The CTEs share
 #: one snapshot, so the trim never sees (nor drops) the row being added.
-_APPEND = sa.text(
-    """
+_APPEND_CTES = """
     WITH h AS (
         INSERT INTO room_heads (room_id, head) VALUES (CAST(:room_id AS text), 1)
         ON CONFLICT (room_id) DO UPDATE SET head = room_heads.head + 1
@@ -93,9 +97,26 @@ _APPEND = sa.text(
         WHERE room_id = CAST(:room_id AS text)
           AND (seq <= (SELECT head FROM h) - CAST(:keep AS bigint) OR time < CAST(:cutoff AS timestamptz))
     )
+"""
+_APPEND_SELECT = """
     SELECT c.seq, pg_notify(CAST(:channel AS text), c.payload) FROM c
-    """
-).bindparams(sa.bindparam("time", type_=UTCDateTime()), sa.bindparam("cutoff", type_=UTCDateTime()))
+"""
+#: The change's webhook messages, one row per endpoint of ``m_endpoints``, in the append's statement (so
+#: they cost a write no round trip either): the payload is the logged row's.
+_ENQUEUE_CTE = """
+    , m AS (
+        INSERT INTO webhook_messages
+            (endpoint, id, room_id, payload, previous, status, attempts, due_time, created_time, log)
+        SELECT e, CAST(:m_id AS text), CAST(:room_id AS text), c.payload, CAST(:m_previous AS text),
+               'pending', 0, CAST(:m_due AS timestamptz), CAST(:time AS timestamptz), '[]'
+        FROM c, unnest(CAST(:m_endpoints AS text[])) AS e
+    )
+"""
+_TIMES = (sa.bindparam("time", type_=UTCDateTime()), sa.bindparam("cutoff", type_=UTCDateTime()))
+_APPEND = sa.text(_APPEND_CTES + _APPEND_SELECT).bindparams(*_TIMES)
+_APPEND_AND_ENQUEUE = sa.text(_APPEND_CTES + _ENQUEUE_CTE + _APPEND_SELECT).bindparams(
+    *_TIMES, sa.bindparam("m_due", type_=UTCDateTime())
+)
 
 
 class PostgresBackend(SqlBackend):
@@ -213,6 +234,19 @@ class PostgresBackend(SqlBackend):
             raise
         return sub
 
+    async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
+        params = {"p_room_id": write.room_id, "p_name": write.name, "p_now": write.now}
+        row = (await tx.conn.execute(outbox_sql.LOCK_PREVIOUS, params)).one()
+        return row.value, row.version
+
+    @contextlib.asynccontextmanager
+    async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
+        # The commit returns before its WAL record is flushed ("Asynchronous Commit" in PostgreSQL's
+        # manual): a server crash may lose the last of them, never corrupts nor reorders them.
+        async with self.engine.begin() as conn:
+            await conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            yield Transaction(conn)
+
     # -- notifications out -----------------------------------------------------------------------------------
 
     async def _log(
@@ -232,11 +266,20 @@ class PostgresBackend(SqlBackend):
             "cutoff": changelog.cutoff(change, self.history),
             "channel": self._room_channel(room_id),
         }
-        seq = (await tx.conn.execute(_APPEND, params)).scalar_one()
-        change = dataclasses.replace(change, seq=seq)
-        if self.outbox is not None:
-            await self._enqueue(tx, room_id, change, f"{before}{seq}{after}", previous)
-        return change
+        outbox = self.outbox
+        targets = outbox.targets(room_id, change.kind) if outbox is not None else ()
+        if outbox is None or not targets:
+            seq = (await tx.conn.execute(_APPEND, params)).scalar_one()
+            return dataclasses.replace(change, seq=seq)
+        messages = {
+            "m_endpoints": list(targets),
+            "m_id": new_message_id(),
+            "m_previous": previous,
+            "m_due": outbox_sql.due_time(change, outbox.first_delay),
+        }
+        seq = (await tx.conn.execute(_APPEND_AND_ENQUEUE, params | messages)).scalar_one()
+        tx.after_commit.append(outbox.written)
+        return dataclasses.replace(change, seq=seq)
 
     async def _emit(self, tx: Transaction, message: wire.Message, text: str) -> None:
         everyone = isinstance(message.note, RoomSignal) and not message.room_id

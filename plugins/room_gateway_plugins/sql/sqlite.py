@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,11 +29,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from gateway.core.backend import History
+from gateway.core.backend import History, VariableWrite
 from gateway.core.models import Change
 from gateway.core.wire import Message
 from gateway.errors import Unavailable
 from room_gateway_plugins.sql import changelog
+from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql.base import SqlBackend, Transaction
 from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement, ReaderPool
@@ -69,10 +70,14 @@ class SQLiteBackend(SqlBackend):
         self._readers: ReaderPool | None = None
         self._compiled: dict[sa.Select[*tuple[Any, ...]], CompiledRead] = {}
         self._append: CompiledStatement | None = None
+        self._previous_read: CompiledStatement | None = None
+        self._message_insert: CompiledStatement | None = None
 
     async def open(self) -> None:
         await super().open()  # creates and migrates the schema first: readers find it in place
         self._append = CompiledStatement(_APPEND, self.engine.dialect)
+        self._previous_read = CompiledStatement(outbox_sql.PREVIOUS, self.engine.dialect)
+        self._message_insert = CompiledStatement(outbox_sql.INSERT, self.engine.dialect)
         async with self._tx() as tx:  # what the append's trigger trims to (migrations._SQLITE_APPENDED)
             settings = {
                 "max_changes": self.history.max_changes,
@@ -123,6 +128,22 @@ class SQLiteBackend(SqlBackend):
     def _serial(self) -> contextlib.AbstractAsyncContextManager[object]:
         return self._lock
 
+    @contextlib.asynccontextmanager
+    async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
+        # synchronous=NORMAL for this one commit: in WAL mode it survives a crash of the process, not a
+        # power cut, and the next FULL commit's fsync makes it durable too (the WAL is written in order).
+        # SQLite refuses to change it inside a transaction, hence on the raw connection around it.
+        async with self._lock, self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            if driver is None:
+                raise Unavailable("the SQLite connection is closed")
+            await driver.execute("PRAGMA synchronous=NORMAL")
+            try:
+                async with conn.begin():
+                    yield Transaction(conn)
+            finally:
+                await driver.execute("PRAGMA synchronous=FULL")
+
     async def _log(
         self, tx: Transaction, room_id: str, change: Change, previous: str | None = None
     ) -> Change:
@@ -135,18 +156,40 @@ class SQLiteBackend(SqlBackend):
         # On the transaction's own connection, so in the write's transaction, but in one trip through
         # aiosqlite's thread where SQLAlchemy's adaptation takes about five (as the readers do, .readers):
         # the append was most of what the log cost a write (issue 11's PUT benchmark).
-        driver = (await tx.conn.get_raw_connection()).driver_connection
-        if driver is None:
-            raise Unavailable("the SQLite connection is closed")
-        [(seq,)] = await driver.execute_fetchall(sql, parameters)
+        [(seq,)] = await (await _driver(tx)).execute_fetchall(sql, parameters)
         change = dataclasses.replace(change, seq=seq)
         tx.after_commit.append(lambda: self.hub.deliver(room_id, change))
         if self.outbox is not None:
             await self._enqueue(tx, room_id, change, f"{before}{seq}{after}", previous)
         return change
 
+    # The outbox's statements on the write path run on the raw connection too, for the same reason as the
+    # append: through SQLAlchemy they were the two most costly steps a webhook added to a PUT.
+
+    async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
+        if self._previous_read is None:
+            raise Unavailable("backend is not open")
+        sql, parameters = self._previous_read.bind({"p_room_id": write.room_id, "p_name": write.name})
+        found = await (await _driver(tx)).execute_fetchall(sql, parameters)
+        return next(((value, version) for value, version in found), None)
+
+    async def _insert_messages(self, tx: Transaction, rows: list[dict[str, Any]]) -> None:
+        insert = self._message_insert
+        if insert is None:
+            raise Unavailable("backend is not open")
+        bound = [insert.bind({"m_" + key: value for key, value in row.items()}) for row in rows]
+        await (await _driver(tx)).executemany(bound[0][0], [parameters for _, parameters in bound])
+
     async def _emit(self, tx: Transaction, message: Message, text: str) -> None:
         tx.after_commit.append(lambda: message.deliver(self.hub))
+
+
+async def _driver(tx: Transaction) -> Any:
+    """The aiosqlite connection under ``tx``'s, to run a compiled statement in one trip through its thread."""
+    driver = (await tx.conn.get_raw_connection()).driver_connection
+    if driver is None:
+        raise Unavailable("the SQLite connection is closed")
+    return driver
 
 
 def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
