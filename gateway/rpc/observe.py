@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from grpclib.const import Status
 from grpclib.events import RecvRequest, SendInitialMetadata, SendTrailingMetadata, listen
+from grpclib.exceptions import StreamTerminatedError
 from grpclib.server import Server
 
 from gateway.edge.accesslog import LOGGER_NAME, AccessLine, key_name, write_access_line
@@ -112,6 +115,11 @@ def install_observer(server: Server, observer: Observer, logger: logging.Logger 
         call = CURRENT.get()
         if isinstance(call, _GrpcCall):
             call.code = event.status.name
+            if event.status is Status.UNKNOWN and isinstance(sys.exc_info()[1], StreamTerminatedError):
+                # The client reset the stream while the handler waited on it: grpclib's Stream.__aexit__
+                # still "sends" UNKNOWN trailers (which h2 then drops), so the call would be logged and
+                # counted as a server error. It is a cancellation; the exception being handled says so.
+                call.code = "CANCELLED"
             if not call.headers_sent:  # a trailers-only answer: its only headers
                 event.metadata[_REQUEST_ID] = call.request_id
 

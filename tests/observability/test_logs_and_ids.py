@@ -3,6 +3,7 @@ and, like the text ones, never a secret (the whole log grepped); error lines nam
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -14,6 +15,7 @@ import pytest
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.exceptions import GRPCError
+from grpclib.reflection.v1.reflection_pb2 import ServerReflectionRequest, ServerReflectionResponse
 
 from gateway._gen.google import protobuf as wkt
 from gateway._gen.roomgateway.v1 import GetVariableRequest, RoomServiceStub, SetVariableRequest, Variable
@@ -171,3 +173,29 @@ def test_error_lines_name_their_call() -> None:
                 r"\S+Z room_gateway.test_error_lines: ERROR: it broke request_id=call-42", records[0]
             )
             assert records[1].endswith("room_gateway.test_error_lines: just saying")
+
+
+async def test_a_stream_the_client_resets_is_logged_cancelled(json_log: io.StringIO) -> None:
+    """A bidirectional call the client resets while the handler waits for its next message: grpclib's
+    server still dispatches UNKNOWN trailers (which never leave); the access line says CANCELLED."""
+    async with live_gateway(live_config()) as gw:
+        channel = Channel(*gw.grpc)
+        try:
+            async with channel.request(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                Cardinality.STREAM_STREAM,
+                ServerReflectionRequest,
+                ServerReflectionResponse,
+                metadata={"x-api-key": ADMIN_KEY},
+            ) as stream:
+                await stream.send_message(ServerReflectionRequest(list_services=""))
+                assert (await stream.recv_message()) is not None
+                await stream.cancel()  # RST_STREAM while the server's handler waits in `async for`
+            for _ in range(100):  # the server's task ends after the reset reaches it
+                if any(line["logger"] == "room_gateway.access" for line in lines_of(json_log)):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            channel.close()
+    access = [line for line in lines_of(json_log) if line["logger"] == "room_gateway.access"]
+    assert [line["status"] for line in access] == ["CANCELLED"]
