@@ -162,12 +162,13 @@ class LogWriter:
 
     def put(self, item: logging.LogRecord | str) -> None:
         """Hand the writer a record, or a line formatted already (:func:`line_sink`), in order."""
-        held = self._held
-        held.append(item)
-        # The first item since the writer emptied the deque wakes it; one that finds it non-empty is taken
-        # by the drain in progress or pending (the writer clears its event, then drains to empty).
-        if len(held) == 1:
-            self._wake.set()
+        self._held.append(item)
+        # Wake the writer unless it is awake already (it clears the event, then drains to empty, so an item
+        # appended after the clear is taken now or by the next wake-up). Not "the deque's length is 1": two
+        # threads appending at once would both see 2, and their lines would wait for the next item.
+        wake = self._wake
+        if not wake.is_set():
+            wake.set()
 
     def start(self) -> None:
         self._thread.start()

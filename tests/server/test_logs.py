@@ -177,3 +177,22 @@ def test_lines_handed_over_while_the_writer_drains_are_written_without_waiting_f
     assert len(lines) == 6000
     for n in range(3):
         assert [int(line.split()[1]) for line in lines if line.startswith(f"{n} ")] == list(range(2000))
+
+
+def test_a_line_put_beside_another_threads_append_wakes_the_writer() -> None:
+    """Two threads appending at once both find two items held: the wake-up must not depend on finding one.
+    Here another thread's line sits in the deque (appended, its wake-up check not yet made) when ours is
+    put; both must be written within the writer's linger, not at the next line or at ``stop``."""
+    stream = io.StringIO()
+    writer = LogWriter(stream, Formatter())
+    writer.start()
+    try:
+        writer._held.append("other thread")  # appended; that thread has not looked at the length yet
+        writer.put("ours")
+        deadline = time.monotonic() + 20 * LINGER_SECONDS
+        while stream.getvalue().count("\n") < 2 and time.monotonic() < deadline:
+            time.sleep(LINGER_SECONDS / 4)
+        written_before_stop = stream.getvalue().splitlines()
+    finally:
+        writer.stop()
+    assert written_before_stop == ["other thread", "ours"]
