@@ -188,6 +188,28 @@ def rest(gateway: GatewayProcess, timeout: float = WAIT) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=gateway.http_url, headers=HEADERS, timeout=timeout)
 
 
+async def write_until_gone(
+    http: httpx.AsyncClient,
+    room: str,
+    prefix: str,
+    writes: int,
+    acknowledged: dict[str, int],
+    deadline: float,
+) -> None:
+    """PUT ``{prefix}{n} = n`` for n in ``range(writes)`` until ``deadline`` or until the gateway is gone (a
+    killed instance), noting in ``acknowledged`` each write answered 200: what must survive the kill."""
+    for n in range(writes):
+        name = f"{prefix}{n}"
+        try:
+            response = await http.put(f"/v1/rooms/{room}/variables/{name}", json={"value": n})
+        except httpx.TransportError:
+            return  # the gateway is gone
+        assert response.status_code == 200, response.text
+        acknowledged[name] = n
+        if time.monotonic() > deadline:
+            return
+
+
 @contextlib.asynccontextmanager
 async def grpc(gateway: GatewayProcess) -> AsyncIterator[RoomServiceStub]:
     channel = Channel(*gateway.grpc_address)

@@ -7,14 +7,13 @@ import asyncio
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from gateway._gen.google.protobuf import Value
 from gateway._gen.roomgateway.v1 import SetVariableRequest
-from tests.multi.conftest import WAIT, StartGateway, eventually, grpc, rest
+from tests.multi.conftest import WAIT, StartGateway, eventually, grpc, rest, write_until_gone
 
 ROOM = "durable"
 REST_WRITERS, GRPC_WRITERS = 6, 2
@@ -40,16 +39,7 @@ async def test_kill_9_loses_no_acknowledged_write(durable_store: str, start_gate
         assert (await http.post("/v1/rooms", json={"roomId": ROOM})).status_code == 200
 
         async def rest_writer(worker: int) -> None:
-            for n in range(MAX_WRITES):
-                name = f"rest-{worker}-{n}"
-                try:
-                    response = await http.put(f"/v1/rooms/{ROOM}/variables/{name}", json={"value": n})
-                except httpx.TransportError:
-                    return  # the gateway is gone
-                assert response.status_code == 200, response.text
-                acknowledged[name] = n
-                if time.monotonic() > deadline:
-                    return
+            await write_until_gone(http, ROOM, f"rest-{worker}-", MAX_WRITES, acknowledged, deadline)
 
         async def grpc_writer(worker: int) -> None:
             for n in range(MAX_WRITES):

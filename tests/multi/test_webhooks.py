@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.multi.conftest import WAIT, eventually, gateway_config, rest
+from tests.multi.conftest import WAIT, eventually, gateway_config, rest, write_until_gone
 from tests.server.conftest import KEY, GatewayProcess, gateway_env
 from tests.webhooks.receiver import SECRET, Receiver
 
@@ -89,19 +89,10 @@ async def test_kill_9_with_the_receiver_down_loses_no_acknowledged_change(
     async with rest(gateway, timeout=5) as http:
         assert (await http.post("/v1/rooms", json={"roomId": ROOM})).status_code == 200
 
-        async def writer(worker: int) -> None:
-            for n in range(1000):
-                name = f"w{worker}-{n}"
-                try:
-                    response = await http.put(f"/v1/rooms/{ROOM}/variables/{name}", json={"value": n})
-                except httpx.TransportError:
-                    return  # the gateway is gone
-                assert response.status_code == 200, response.text
-                acknowledged[name] = n
-                if time.monotonic() > deadline:
-                    return
-
-        writers = [asyncio.create_task(writer(n)) for n in range(WRITERS)]
+        writers = [
+            asyncio.create_task(write_until_gone(http, ROOM, f"w{n}-", 1000, acknowledged, deadline))
+            for n in range(WRITERS)
+        ]
         try:
             await eventually(
                 lambda: len(acknowledged) >= BEFORE_KILL, what=f"{BEFORE_KILL} acknowledged writes"
