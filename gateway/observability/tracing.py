@@ -124,6 +124,9 @@ class Tracing:
         self.tracer = provider.get_tracer("room_gateway", _package_version())
         self.sample_ratio = sample_ratio
         self._ids = provider.id_generator
+        #: The flags of a new trace that is not sampled: W3C Trace Context level 2's "random trace id" (0x02)
+        #: when the id generator says so, as the SDK sets it on the roots it samples.
+        self._unsampled_root_flags = 0x02 if getattr(self._ids, "is_trace_id_random", bool)() else 0x00
 
     def shutdown(self) -> None:
         """Export what is pending and stop (at the gateway's stop)."""
@@ -142,7 +145,7 @@ class Tracing:
                 sampled = ratio >= 1.0 or random.random() < ratio
             if not sampled:  # the same trace (or a new one), a span id of its own, the sampled flag clear
                 trace_id = remote.trace_id if remote is not None else self._ids.generate_trace_id()
-                flags = remote.trace_flags if remote is not None else 0
+                flags = remote.trace_flags if remote is not None else self._unsampled_root_flags
                 traceparent = _traceparent(trace_id, self._ids.generate_span_id(), flags)
                 call.trace_id = traceparent[3:35]
                 return ServerSpan(None, traceparent, None)
