@@ -11,7 +11,7 @@ Imported only when tracing is switched on: off, the gateway neither imports Open
   sampled flag, other calls are sampled at that ratio — decided here, before the SDK is called, so that an
   unsampled call costs no SDK span (the SDK's own non-recording span was ~39k instructions; the decision,
   two ids from the SDK's id generator and the ``traceparent`` are ~10k); the SDK's sampler is then
-  ``parentbased_always_on``. Unset, every call goes through the SDK's sampler, as ``OTEL_TRACES_SAMPLER`` /
+  ``always_on``. Unset, every call goes through the SDK's sampler, as ``OTEL_TRACES_SAMPLER`` /
   ``OTEL_TRACES_SAMPLER_ARG`` say (default every call).
 - **Propagation**: W3C Trace Context. A call's ``traceparent`` (REST header, gRPC metadata) is the parent
   of its server span; the response carries the server span's own ``traceparent`` (REST header, gRPC
@@ -44,7 +44,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import Scope
@@ -106,7 +106,7 @@ class Tracing:
     :param provider: where spans go; default: a provider exporting over OTLP/HTTP as the environment says.
     :param sample_ratio: the share of calls without a ``traceparent`` that are sampled (``None``: every
         call goes to the provider's sampler, as ``OTEL_TRACES_SAMPLER`` says, default every call); with
-        ``provider``, its sampler should be parent-based and sample a root span (the default's does).
+        ``provider``, its sampler should sample what it is given (the default's does).
     """
 
     def __init__(self, provider: TracerProvider | None = None, sample_ratio: float | None = None) -> None:
@@ -116,8 +116,9 @@ class Tracing:
                 attributes["service.name"] = "room-gateway"
             provider = TracerProvider(
                 resource=_Resource(Resource.create(attributes)),
-                # With a ratio, only the calls sampled here reach the SDK: its sampler keeps them all.
-                sampler=None if sample_ratio is None else ParentBased(ALWAYS_ON),
+                # With a ratio, only the calls sampled here (and their backend operations) reach the SDK:
+                # its sampler keeps them all, without ParentBased's second look at the parent.
+                sampler=None if sample_ratio is None else ALWAYS_ON,
             )
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self.provider = provider
