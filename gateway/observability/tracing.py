@@ -128,28 +128,35 @@ class Tracing:
         #: The flags of a new trace that is not sampled: W3C Trace Context level 2's "random trace id" (0x02)
         #: when the id generator says so, as the SDK sets it on the roots it samples.
         self._unsampled_root_flags = 0x02 if getattr(self._ids, "is_trace_id_random", bool)() else 0x00
+        #: gRPC method path → its span's name and attributes
+        self._grpc_spans: dict[str, tuple[str, Mapping[str, Any]]] = {}
 
     def shutdown(self) -> None:
         """Export what is pending and stop (at the gateway's stop)."""
         self.provider.shutdown()
 
-    def _start(
-        self, name: str, parent: context.Context | None, attributes: dict[str, Any], call: Call
-    ) -> ServerSpan:
+    def _not_sampled(self, parent: context.Context | None, call: Call) -> ServerSpan | None:
+        """The call's span when ``sample_ratio`` says it is not sampled (``None``: it may be, ask the SDK)."""
         ratio = self.sample_ratio
-        if ratio is not None:
-            remote = trace.get_current_span(parent).get_span_context() if parent is not None else None
-            if remote is not None and remote.is_valid:
-                sampled = remote.trace_flags.sampled
-            else:
-                remote = None
-                sampled = ratio >= 1.0 or random.random() < ratio
-            if not sampled:  # the same trace (or a new one), a span id of its own, the sampled flag clear
-                trace_id = remote.trace_id if remote is not None else self._ids.generate_trace_id()
-                flags = remote.trace_flags if remote is not None else self._unsampled_root_flags
-                traceparent = _traceparent(trace_id, self._ids.generate_span_id(), flags)
-                call.trace_id = traceparent[3:35]
-                return ServerSpan(None, traceparent, None)
+        if ratio is None:
+            return None
+        remote = trace.get_current_span(parent).get_span_context() if parent is not None else None
+        if remote is not None and remote.is_valid:
+            if remote.trace_flags.sampled:
+                return None
+            trace_id, flags = remote.trace_id, int(remote.trace_flags)
+        elif ratio >= 1.0 or random.random() < ratio:
+            return None
+        else:
+            trace_id, flags = self._ids.generate_trace_id(), self._unsampled_root_flags
+        # The same trace (or a new one), a span id of its own, the sampled flag clear.
+        traceparent = _traceparent(trace_id, self._ids.generate_span_id(), flags)
+        call.trace_id = traceparent[3:35]
+        return ServerSpan(None, traceparent, None)
+
+    def _start(
+        self, name: str, parent: context.Context | None, attributes: Mapping[str, Any], call: Call
+    ) -> ServerSpan:
         span = self.tracer.start_span(
             name, context=parent or _NO_PARENT, kind=SpanKind.SERVER, attributes=attributes
         )
@@ -166,6 +173,9 @@ class Tracing:
     def server_span(self, http_method: str, traceparent: bytes | None, call: Call) -> ServerSpan:
         """Start a REST call's span (the child of ``traceparent``); sampled, it is current in this task."""
         parent = _PROPAGATOR.extract({"traceparent": traceparent.decode("latin-1")}) if traceparent else None
+        unsampled = self._not_sampled(parent, call)
+        if unsampled is not None:
+            return unsampled
         return self._start(http_method, parent, {"http.request.method": http_method}, call)
 
     def response_headers(self, server: ServerSpan) -> list[tuple[bytes, bytes]]:
@@ -203,9 +213,15 @@ class Tracing:
         the call's task (the listener runs in it; the task's end drops the context)."""
         traceparent = metadata.get("traceparent")
         parent = _PROPAGATOR.extract({"traceparent": traceparent}) if isinstance(traceparent, str) else None
-        service, _, method = method_path.strip("/").partition("/")
-        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
-        return self._start(f"{service}/{method}", parent, attributes, call)
+        unsampled = self._not_sampled(parent, call)
+        if unsampled is not None:
+            return unsampled
+        named = self._grpc_spans.get(method_path)
+        if named is None:  # once per method (grpclib only reports calls of the methods it serves)
+            service, _, method = method_path.strip("/").partition("/")
+            rpc = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+            named = self._grpc_spans[method_path] = (f"{service}/{method}", rpc)
+        return self._start(named[0], parent, named[1], call)
 
     def grpc_metadata(self, server: ServerSpan) -> dict[str, str]:
         """The ``traceparent`` of the server span, as initial metadata."""
