@@ -184,6 +184,8 @@ async def _unsampled_calls(gw: LiveGateway, caplog: pytest.LogCaptureFixture) ->
         followed = await _rest_traceparent(client, unsampled)
         assert (followed["trace"], followed["flags"]) == (REST_TRACE, "00")
         assert followed["span"] != PARENT_SPAN
+        malformed = await _rest_traceparent(client, f"00-{REST_TRACE}-nothex")  # ignored: a new trace
+        assert malformed["trace"] not in (REST_TRACE, fresh["trace"])
     grpc = await _grpc_traceparent(gw, unsampled.replace(REST_TRACE, GRPC_TRACE))
     assert (grpc["trace"], grpc["flags"]) == (GRPC_TRACE, "00")
     assert not int((await _grpc_traceparent(gw))["flags"], 16) & 1
