@@ -14,7 +14,8 @@ limit), with the access log off, and with neither (``http``), or with grpclib's 
 of the gRPC limits (``grpc``: ``bench/grpc_limits.py serve-unlimited``), as it is and with the guarded
 protocol's write coalescing (``--coalesced``: then only the limits differ); ``--tracing`` adds the shipped
 defaults with ``tracing: {enabled: true}`` (needs ``room-gateway[otel]``; spans exported over OTLP/HTTP to
-a collector stand-in in this process that answers 200, so the export's encoding and posting count) — under
+a collector stand-in in this process that answers 200, so the export's encoding and posting count), and
+``--sample-ratio 0.1`` (repeatable) the same with ``tracing.sample_ratio`` — under
 ``valgrind --tool=callgrind``, instrumentation on only while h2load sends ``--calls`` calls on 8 connections
 after a warm-up (``callgrind_control``). Needs ``valgrind`` and ``h2load`` (Debian: ``apt-get install valgrind
 nghttp2-client``). Instructions are a proxy for time, not a substitute: a system call is one instruction
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from run import COUNTED_LIMIT, KEY, VAR_PATH, free_port, gateway_config, grpc_frame, wait_port
@@ -55,6 +56,13 @@ def main() -> None:
     parser.add_argument("--log", action="store_true", help="inproc: the access log on")
     parser.add_argument("--no-limit", action="store_true", help="inproc: no rate limit")
     parser.add_argument("--tracing", action="store_true", help="http, grpc: a row with tracing on")
+    parser.add_argument(
+        "--sample-ratio",
+        type=float,
+        action="append",
+        default=[],
+        help="http, grpc: a row with tracing on at this tracing.sample_ratio (repeatable)",
+    )
     parser.add_argument(
         "--only", action="append", default=[], help="http, grpc: only the configurations naming this"
     )
@@ -73,10 +81,11 @@ def main() -> None:
             args.only,
             not args.no_bare,
             tracing=args.tracing,
+            ratios=args.sample_ratio,
         )
 
 
-#: A bench gateway's tracing section (``--tracing``).
+#: A bench gateway's tracing section (``--tracing``; ``--sample-ratio`` adds its ratio).
 TRACING = "tracing:\n  enabled: true\n"
 
 
@@ -112,7 +121,15 @@ def grpc_inproc(calls: int) -> None:
     )
 
 
-def served(view: str, calls: int, only: list[str], bare_peer: bool, *, tracing: bool = False) -> None:
+def served(
+    view: str,
+    calls: int,
+    only: list[str],
+    bare_peer: bool,
+    *,
+    tracing: bool = False,
+    ratios: Sequence[float] = (),
+) -> None:
     # name: (rate limits, access log, the flags of `grpc_limits.py serve-unlimited` or None: the gateway,
     # extra configuration)
     variants: dict[str, tuple[str, bool, list[str] | None, str]] = {
@@ -133,8 +150,17 @@ def served(view: str, calls: int, only: list[str], bare_peer: bool, *, tracing: 
             }
         ),
         **({"shipped defaults, tracing on": (COUNTED_LIMIT, True, None, TRACING)} if tracing else {}),
+        **{
+            f"shipped defaults, tracing on, sample_ratio {ratio}": (
+                COUNTED_LIMIT,
+                True,
+                None,
+                f"{TRACING}  sample_ratio: {ratio}\n",
+            )
+            for ratio in ratios
+        },
     }
-    if tracing:
+    if tracing or ratios:
         os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{_collector()}")
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()

@@ -212,7 +212,7 @@ def _tracing(config: GatewayConfig) -> Tracing | None:
             f"tracing.enabled: OpenTelemetry is not installed ({exc.name}); "
             "pip install 'room-gateway[otel]', or set enabled: false"
         ) from None
-    return Tracing()
+    return Tracing(sample_ratio=config.tracing.sample_ratio)
 
 
 def _label_surfaces(

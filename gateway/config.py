@@ -395,6 +395,16 @@ class TracingConfig(_Strict):
     say; needs the ``room-gateway[otel]`` extra."""
 
     enabled: bool = False
+    #: The share of calls sampled (0 to 1; 0.1: one call in ten), parent-based: a call with a
+    #: ``traceparent`` follows its sampled flag. Unset: as ``OTEL_TRACES_SAMPLER`` says, default every call.
+    sample_ratio: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
+
+    @field_validator("sample_ratio", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        if isinstance(value, bool):  # YAML's `true` would be read as 1.0 (every call): say what is meant
+            raise ValueError("a share of calls from 0 to 1 (1: every call), not true/false")
+        return value
 
 
 class HistoryConfig(_Strict):

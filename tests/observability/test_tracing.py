@@ -6,6 +6,7 @@ response's ``traceparent`` — over REST and gRPC."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,17 +14,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 from grpclib.client import Channel
+from grpclib.const import Cardinality
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway._gen.google import protobuf as wkt
-from gateway._gen.roomgateway.v1 import RoomServiceStub, SetVariableRequest
+from gateway._gen.roomgateway.v1 import RoomServiceStub, SetVariableRequest, Variable
+from gateway.config import GatewayConfig
 from gateway.edge.accesslog import LOGGER_NAME
-from tests.security.live import ADMIN_KEY, live_config, live_gateway
+from tests.security.live import ADMIN_KEY, LiveGateway, live_config, live_gateway
 
 REST_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 GRPC_TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = re.compile(r"00-(?P<trace>[0-9a-f]{32})-(?P<span>[0-9a-f]{16})-(?P<flags>[0-9a-f]{2})")
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -132,3 +136,118 @@ def test_off_means_no_import() -> None:
         "assert 'opentelemetry.exporter.otlp.proto.http.trace_exporter' not in sys.modules, 'exporter'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def _rest_traceparent(client: httpx.AsyncClient, traceparent: str | None = None) -> re.Match[str]:
+    """The ``traceparent`` a REST PUT answers with (sent with ``traceparent``), checked to be well formed."""
+    headers = {"X-API-Key": ADMIN_KEY, **({"traceparent": traceparent} if traceparent else {})}
+    answer = await client.put("/v1/rooms/t/variables/v", json={"value": 1}, headers=headers)
+    assert answer.status_code == 200
+    match = TRACEPARENT.fullmatch(answer.headers["traceparent"])
+    assert match is not None, answer.headers["traceparent"]
+    return match
+
+
+async def _grpc_traceparent(gw: LiveGateway, traceparent: str | None = None) -> re.Match[str]:
+    """The ``traceparent`` of a gRPC SetVariable's initial metadata, checked to be well formed."""
+    metadata = {"x-api-key": ADMIN_KEY, **({"traceparent": traceparent} if traceparent else {})}
+    channel = Channel(*gw.grpc)
+    try:
+        async with channel.request(
+            "/roomgateway.v1.RoomService/SetVariable",
+            Cardinality.UNARY_UNARY,
+            SetVariableRequest,
+            Variable,
+            metadata=metadata,
+        ) as stream:
+            await stream.send_message(
+                SetVariableRequest(room_id="t", name="w", value=wkt.Value(number_value=2)), end=True
+            )
+            await stream.recv_message()
+            assert stream.initial_metadata is not None
+            value = stream.initial_metadata["traceparent"]
+    finally:
+        channel.close()
+    assert isinstance(value, str)
+    match = TRACEPARENT.fullmatch(value)
+    assert match is not None, value
+    return match
+
+
+async def _unsampled_calls(gw: LiveGateway, caplog: pytest.LogCaptureFixture) -> None:
+    """Calls that must not be sampled answer a valid ``traceparent`` with the sampled flag clear: a new trace
+    without one, the caller's trace (with a span id of the gateway's) with an unsampled one."""
+    unsampled = f"00-{REST_TRACE}-{PARENT_SPAN}-00"
+    async with httpx.AsyncClient(base_url=gw.http_url) as client:
+        fresh = await _rest_traceparent(client)
+        assert not int(fresh["flags"], 16) & 1 and fresh["trace"] != "0" * 32  # 02: random, unsampled
+        followed = await _rest_traceparent(client, unsampled)
+        assert (followed["trace"], followed["flags"]) == (REST_TRACE, "00")
+        assert followed["span"] != PARENT_SPAN
+        malformed = await _rest_traceparent(client, f"00-{REST_TRACE}-nothex")  # ignored: a new trace
+        assert malformed["trace"] not in (REST_TRACE, fresh["trace"])
+    grpc = await _grpc_traceparent(gw, unsampled.replace(REST_TRACE, GRPC_TRACE))
+    assert (grpc["trace"], grpc["flags"]) == (GRPC_TRACE, "00")
+    assert not int((await _grpc_traceparent(gw))["flags"], 16) & 1
+    # The access line still names the trace.
+    traces = {record.access["trace_id"] for record in caplog.records if hasattr(record, "access")}
+    assert {fresh["trace"], REST_TRACE, GRPC_TRACE} <= traces
+
+
+@pytest.mark.parametrize(
+    "tracing", [{"sample_ratio": 0}, {}], ids=["sample_ratio 0", "OTEL_TRACES_SAMPLER parentbased_always_off"]
+)
+async def test_unsampled_calls_export_nothing_and_still_propagate(
+    tracing: dict[str, float],
+    receiver: list[Span],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``sample_ratio: 0`` (decided before the SDK) and the SDK's own sampler saying no (unset ratio) alike:
+    no span exported, a valid ``traceparent`` answered — and a sampled ``traceparent`` is still honoured
+    (parent-based)."""
+    if not tracing:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_always_off")
+    caplog.set_level(logging.INFO, LOGGER_NAME)
+    async with live_gateway(live_config(tracing={"enabled": True, **tracing})) as gw:
+        await _unsampled_calls(gw, caplog)
+        sampled = await _grpc_traceparent(gw, f"00-{GRPC_TRACE}-{PARENT_SPAN}-01")
+        assert (sampled["trace"], sampled["flags"]) == (GRPC_TRACE, "01")
+    # Only the call whose caller sampled it was exported: its server span and its backend operations'.
+    assert receiver and {span.trace_id.hex() for span in receiver} == {GRPC_TRACE}
+    (server,) = [span for span in receiver if span.kind == Span.SPAN_KIND_SERVER]
+    assert server.span_id.hex() == sampled["span"] and server.parent_span_id.hex() == PARENT_SPAN
+
+
+async def test_sample_ratio_one_exports_every_call(receiver: list[Span]) -> None:
+    async with live_gateway(live_config(tracing={"enabled": True, "sample_ratio": 1})) as gw:
+        async with httpx.AsyncClient(base_url=gw.http_url) as client:
+            answered = [await _rest_traceparent(client) for _ in range(5)]
+        answered.append(await _grpc_traceparent(gw))
+    assert all(match["flags"].endswith(("1", "3")) for match in answered)  # sampled (and random ids)
+    servers = {span.span_id.hex(): span for span in receiver if span.kind == Span.SPAN_KIND_SERVER}
+    assert {match["span"] for match in answered} <= set(servers)
+    for match in answered:
+        server = servers[match["span"]]
+        assert server.trace_id.hex() == match["trace"] and not server.parent_span_id
+        assert any(span.kind == Span.SPAN_KIND_CLIENT for span in _children(receiver, server))
+
+
+async def test_sample_ratio_samples_about_that_share(receiver: list[Span]) -> None:
+    async with live_gateway(live_config(tracing={"enabled": True, "sample_ratio": 0.5})) as gw:
+        async with httpx.AsyncClient(base_url=gw.http_url) as client:
+            flags = [(await _rest_traceparent(client))["flags"] for _ in range(200)]
+    sampled = sum(int(flag, 16) & 1 for flag in flags)
+    assert 60 <= sampled <= 140  # 100 expected; outside this, p < 1e-8
+    assert len([span for span in receiver if span.kind == Span.SPAN_KIND_SERVER]) == sampled
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.5, float("nan"), True, "half"])
+def test_sample_ratio_out_of_range_is_a_config_error(ratio: object) -> None:
+    with pytest.raises(ValueError, match="sample_ratio"):
+        GatewayConfig.model_validate({"tracing": {"enabled": True, "sample_ratio": ratio}})
+
+
+def test_sample_ratio_defaults_to_the_sdk_sampler() -> None:
+    assert GatewayConfig.model_validate({"tracing": {"enabled": True}}).tracing.sample_ratio is None
+    assert GatewayConfig.model_validate({"tracing": {"sample_ratio": "0.25"}}).tracing.sample_ratio == 0.25
