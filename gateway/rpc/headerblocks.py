@@ -124,7 +124,10 @@ def encode_block(headers: Iterable[Any]) -> bytes:
     """A header list as an HPACK block that uses no dynamic table (see the module docstring).
 
     :param headers: ``(name, value)`` pairs of ``str`` or ``bytes``, or ``(name, value, sensitive)`` triples,
-        or hpack's :class:`~hpack.HeaderTuple` / ``NeverIndexedHeaderTuple``; pseudo-headers first.
+        or hpack's :class:`~hpack.HeaderTuple` / ``NeverIndexedHeaderTuple``; pseudo-headers first. A mark
+        of sensitivity changes nothing: every field but the protocol's is never indexed anyway, and a
+        protocol field is encoded by its name and value alone (it is never a secret, and a block found in
+        the cache is the same block however its fields were marked: hpack's marked tuples compare equal).
     """
     fields = tuple(headers)
     try:
@@ -137,10 +140,7 @@ def encode_block(headers: Iterable[Any]) -> bytes:
     out = []
     for header in fields:
         name, value = _bytes(header[0]), _bytes(header[1])
-        sensitive = (
-            not header.indexable if isinstance(header, HeaderTuple) else len(header) > 2 and bool(header[2])
-        )
-        if sensitive or name not in _PROTOCOL_NAMES:
+        if name not in _PROTOCOL_NAMES:  # never indexed, whether marked sensitive or not
             out.append(literal_field(name, value, never_indexed=True))
             cacheable = False
             continue
