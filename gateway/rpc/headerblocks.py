@@ -23,10 +23,14 @@ for a proxied call. Most of it is work whose result is known in advance:
   changing the table is kept with its headers until the table or a limit changes, or the cache is full
   (:data:`DECODED_BLOCKS` blocks of at most :data:`DECODED_BLOCK_BYTES` per connection); a block that
   inserts into the table, resizes it or fails is never kept;
-- **framing** (:class:`ServerConnection`, the connection's h2 state machine): ``send_headers`` on a stream
-  h2 knows takes the stream's and the connection's state transitions as h2 does (an answer on a closed
-  stream raises as before), then writes the HEADERS frame (and CONTINUATIONs past the peer's frame size)
-  itself, skipping h2's per-header conversions and frame objects.
+- **framing** (:class:`ServerConnection`, the connection's h2 state machine): ``send_headers`` and
+  ``send_data`` on a stream h2 knows take the stream's and the connection's state transitions as h2 does
+  (an answer on a closed stream raises as before; a DATA frame beyond a window or the frame size is left to
+  h2, which refuses it), then write the frame (HEADERS with CONTINUATIONs past the peer's frame size, DATA)
+  themselves, skipping h2's per-header conversions and frame objects.
+
+The same decoder reads the upstream's answers on the front proxy's client connections
+(:mod:`gateway.upstream.connection`).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ DECODED_BLOCK_BYTES = 1024
 _PROTOCOL_NAMES = frozenset(name.encode("ascii") for name in PROTOCOL_FIELDS)
 #: An HTTP/2 frame header (RFC 9113 §4.1): length (24 bits, as 16 + 8), type, flags, stream id.
 FRAME = struct.Struct(">HBBBL")
-_HEADERS, _CONTINUATION = 0x1, 0x9
+_DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
 _END_STREAM, _END_HEADERS = 0x1, 0x4
 _TABLE_SIZE_ZERO = b"\x20"  # a dynamic table size update to 0 (RFC 7541 §6.3)
 
@@ -220,12 +224,17 @@ class CachingDecoder(Decoder):
     """hpack's decoder, keeping the blocks that decoded without changing its table (module docstring)."""
 
     def __init__(self, max_header_list_size: int = 2**16) -> None:
-        self._cache: dict[bytes, list[HeaderTuple]] = {}
+        # Kept blocks, by the block: decoded as bytes (``raw``, as h2 asks) and as text.
+        self._caches: tuple[dict[bytes, list[HeaderTuple]], dict[bytes, list[HeaderTuple]]] = ({}, {})
         self._max_list = max_header_list_size
         self._max_table = HeaderTable.DEFAULT_SIZE
         super().__init__(max_header_list_size)
         self.header_table = _CountedTable()
         self._changes = 0
+
+    def _forget(self) -> None:
+        for cache in self._caches:
+            cache.clear()
 
     # The limits a block was checked against are part of what it decodes to: a change empties the cache.
     @property
@@ -235,7 +244,7 @@ class CachingDecoder(Decoder):
     @max_header_list_size.setter
     def max_header_list_size(self, value: int) -> None:
         self._max_list = value
-        self._cache.clear()
+        self._forget()
 
     @property
     def max_allowed_table_size(self) -> int:
@@ -244,20 +253,19 @@ class CachingDecoder(Decoder):
     @max_allowed_table_size.setter
     def max_allowed_table_size(self, value: int) -> None:
         self._max_table = value
-        self._cache.clear()
+        self._forget()
 
     def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
-        cache = self._cache
-        kept = raw and type(data) is bytes  # h2 decodes raw, and hands over bytes
+        cache = self._caches[raw]
+        kept = type(data) is bytes  # not a buffer that may change under the key
         headers = cache.get(data) if kept else None
         if headers is not None:
             return list(headers)  # the caller's own list: h2 does not change it, but may keep it
         headers = list(super().decode(data, raw))
-        table = self.header_table
-        changes = table.changes  # type: ignore[attr-defined]  # a _CountedTable
+        changes = self.header_table.changes  # type: ignore[attr-defined]  # a _CountedTable
         if changes != self._changes:
             self._changes = changes
-            cache.clear()  # what was kept was decoded against the table as it was
+            self._forget()  # what was kept was decoded against the table as it was
         elif kept and len(data) <= DECODED_BLOCK_BYTES:
             if len(cache) >= DECODED_BLOCKS:
                 cache.clear()
@@ -311,6 +319,34 @@ class ServerConnection(H2Connection):
         self._data_to_send += header_frames(
             stream_id, block, end_stream=end_stream, max_frame=self.max_outbound_frame_size
         )
+
+    def send_data(
+        self, stream_id: int, data: bytes | memoryview, end_stream: bool = False, pad_length: Any = None
+    ) -> None:
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None  # h2 raises as it should
+            or pad_length is not None
+            or not size  # an empty frame: h2 takes no window for it
+            or size > self.max_outbound_frame_size  # h2 refuses it
+            or size > self.outbound_flow_control_window  # h2 refuses it
+            or size > stream.outbound_flow_control_window
+        ):
+            super().send_data(stream_id, data, end_stream, pad_length)
+            return
+        # h2's H2Connection.send_data and H2Stream.send_data, in their order: the transitions first (a closed
+        # stream raises, its windows untouched), then the windows, then the frame.
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_DATA)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        stream.outbound_flow_control_window -= size
+        self.outbound_flow_control_window -= size
+        out = self._data_to_send
+        out += FRAME.pack(size >> 8, size & 0xFF, _DATA, _END_STREAM if end_stream else 0, stream_id)
+        out += data
 
 
 def header_frames(stream_id: int, block: bytes, *, end_stream: bool, max_frame: int) -> bytes:

@@ -10,7 +10,8 @@ HTTP/2 (RFC 9113) itself, only as a gRPC client needs it:
 - **headers** are written as HPACK literals *without indexing* (RFC 7541 §6.2.2; *never indexed* for
   metadata, which carries the upstream's key, §6.2.3): no dynamic table on our side, so each method's
   fixed headers are encoded once (:class:`Headers`) and a call adds only its timeout and metadata. Answers
-  are decoded by ``hpack``'s decoder (the upstream's table);
+  are decoded by ``hpack``'s decoder (the upstream's table), through a cache of the blocks the upstream
+  repeats (:class:`gateway.rpc.headerblocks.CachingDecoder`);
 - **writes** of one turn of the event loop go out as one ``send``
   (:class:`gateway.coalesce.CoalescingTransport`): a unary call is one write (HEADERS, DATA with
   END_STREAM), and many calls in one turn share it;
@@ -44,11 +45,10 @@ from typing import Any
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import decode_grpc_message, encode_timeout
-from hpack import Decoder
 from hpack.exceptions import HPACKError
 
 from gateway.coalesce import CoalescingTransport
-from gateway.rpc.headerblocks import FRAME, literal_field
+from gateway.rpc.headerblocks import FRAME, CachingDecoder, literal_field
 from gateway.rpc.wire import RawDetails, RawMessage
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -402,7 +402,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, on_lost: Any) -> None:
         self._on_lost = on_lost
         self.transport: CoalescingTransport | None = None
-        self.decoder = Decoder()
+        self.decoder = CachingDecoder()  # an upstream repeats its answers' blocks too
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.calls: dict[int, Call] = {}
         self.next_id = 1

@@ -12,8 +12,8 @@ import pytest
 from grpclib.health.v1.health_pb2 import HealthCheckRequest
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import ResponseReceived, TrailersReceived
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.events import DataReceived, ResponseReceived, TrailersReceived
+from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
 from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import InvalidTableSizeError, OversizedHeaderListError
@@ -125,21 +125,33 @@ def test_the_caching_decoder_decodes_as_hpack_does(table_size: int) -> None:
         assert [type(header) for header in got] == [type(header) for header in expected]
     block = encoder.encode(request(1))
     assert caching.decode(block, raw=True) == reference.decode(block, raw=True)
-    assert (block in caching._cache) == (table_size > 0)  # kept when repeated (no table: nothing repeats)
+    assert (block in caching._caches[True]) == (table_size > 0)  # kept when repeated (no table: no repeats)
+
+
+def test_blocks_decoded_as_text_are_kept_apart() -> None:
+    """The upstream client decodes as text, h2 as bytes: one block, two answers, both hpack's."""
+    encoder, decoder, reference = Encoder(), CachingDecoder(), Decoder()
+    first = encoder.encode(request(0))
+    decoder.decode(first)
+    reference.decode(first)
+    block = encoder.encode(request(0))
+    for _ in range(2):
+        assert decoder.decode(block) == reference.decode(block) == request(0)
+        assert decoder.decode(block, raw=True) == [(n.encode(), v.encode()) for n, v in request(0)]
 
 
 def test_a_block_that_changes_the_table_is_not_kept() -> None:
     encoder, decoder = Encoder(), CachingDecoder()
     first = encoder.encode(request(0))  # literals with incremental indexing
     decoder.decode(first, raw=True)
-    assert first not in decoder._cache
+    assert first not in decoder._caches[True]
     again = encoder.encode(request(0))  # now indexed references only
     decoder.decode(again, raw=True)
-    assert again in decoder._cache
+    assert again in decoder._caches[True]
     # Decoding the first block again would add its literals once more: the table changes, the cache is
     # emptied (the references of ``again`` may now mean something else).
     decoder.decode(first, raw=True)
-    assert decoder._cache == {}
+    assert decoder._caches[True] == {}
 
 
 def test_a_kept_block_is_checked_again_when_the_limits_change() -> None:
@@ -148,7 +160,7 @@ def test_a_kept_block_is_checked_again_when_the_limits_change() -> None:
     block = encoder.encode(request(0))
     decoder.decode(block, raw=True)
     decoder.decode(block, raw=True)
-    assert block in decoder._cache
+    assert block in decoder._caches[True]
     decoder.max_header_list_size = 10
     with pytest.raises(OversizedHeaderListError):
         decoder.decode(block, raw=True)
@@ -163,9 +175,9 @@ def test_the_decoders_cache_is_bounded() -> None:
     decoder = CachingDecoder()
     for i in range(3 * headerblocks.DECODED_BLOCKS):
         decoder.decode(encode_block([("x-n", str(i))]), raw=True)
-        assert len(decoder._cache) <= headerblocks.DECODED_BLOCKS
+        assert len(decoder._caches[True]) <= headerblocks.DECODED_BLOCKS
     decoder.decode(encode_block([("x-big", "v" * headerblocks.DECODED_BLOCK_BYTES)]), raw=True)
-    assert all(len(block) <= headerblocks.DECODED_BLOCK_BYTES for block in decoder._cache)
+    assert all(len(block) <= headerblocks.DECODED_BLOCK_BYTES for block in decoder._caches[True])
 
 
 # -- answers framed by ServerConnection -----------------------------------------------------------------
@@ -180,10 +192,10 @@ CONFIG = {
 }
 
 
-def pair() -> tuple[H2Connection, ServerConnection]:
-    """A validating h2 client and our server connection, their prefaces exchanged."""
+def pair(server_class: type[H2Connection] = ServerConnection) -> tuple[H2Connection, Any]:
+    """A validating h2 client and our server connection (or h2's), their prefaces exchanged."""
     client = H2Connection(H2Configuration(client_side=True, header_encoding="ascii"))
-    server = ServerConnection(config=H2Configuration(client_side=False, **CONFIG))  # type: ignore[arg-type]
+    server = server_class(config=H2Configuration(client_side=False, **CONFIG))  # type: ignore[arg-type]
     client.initiate_connection()
     server.initiate_connection()
     exchange(client, server)
@@ -245,6 +257,30 @@ def test_a_block_longer_than_the_peers_frame_is_continued() -> None:
     assert data[3] == 0x1 and data[4] == 0x0  # HEADERS, neither END_STREAM nor END_HEADERS
     (event,) = client.receive_data(data)
     assert isinstance(event, ResponseReceived) and list(event.headers) == headers
+
+
+def test_data_frames_and_windows_as_h2_keeps_them() -> None:
+    sent = []
+    for server_class in (ServerConnection, H2Connection):
+        client, server = pair(server_class)
+        client.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 100})
+        exchange(client, server)
+        stream_id = open_stream(client, server)
+        server.send_headers(stream_id, ANSWERS[0])
+        client.receive_data(server.data_to_send())
+        server.send_data(stream_id, b"\0\0\0\0\x05hello")
+        server.send_data(stream_id, memoryview(b"\0\0\0\0\x01x"))
+        with pytest.raises(FlowControlError):  # beyond the stream's window: h2 refuses it
+            server.send_data(stream_id, b"x" * 100)
+        server.send_data(stream_id, b"", end_stream=True)
+        with pytest.raises(StreamClosedError):
+            server.send_data(stream_id, b"late")
+        data = server.data_to_send()
+        sent.append((data, server.outbound_flow_control_window))
+        events = client.receive_data(data)
+        received = b"".join(e.data for e in events if isinstance(e, DataReceived))
+        assert received == b"\0\0\0\0\x05hello\0\0\0\0\x01x"
+    assert sent[0] == sent[1]  # h2's own: the same frames, the same window left
 
 
 def test_the_peers_table_size_setting_is_followed() -> None:
