@@ -77,6 +77,8 @@ _huffman = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
 #: ``bytes``, as h2 or grpclib pass them), and encoded protocol fields, by field.
 _BLOCKS: dict[tuple[Any, ...], bytes] = {}
 _FIELDS: dict[tuple[Any, Any], bytes] = {}
+#: The name part of a literal, by the name and whether it is never indexed.
+_NAME_PREFIXES: dict[tuple[bytes, bool], bytes] = {}
 
 
 def integer(value: int, prefix_bits: int, first: int) -> bytes:
@@ -105,16 +107,20 @@ def _bytes(value: str | bytes) -> bytes:
 def literal_field(name: bytes, value: bytes, *, never_indexed: bool, huffman: bool = False) -> bytes:
     """One header as an HPACK literal that leaves the decoder's table alone (RFC 7541 §6.2.2, §6.2.3), its
     name from the static table when the table has it; the value Huffman-coded if asked and shorter."""
-    first = 0x10 if never_indexed else 0x00
+    prefix = _NAME_PREFIXES.get((name, never_indexed))
+    if prefix is None:  # a name's part is the same for every value (names are not secrets: values may be)
+        first = 0x10 if never_indexed else 0x00
+        index = _STATIC_NAMES.get(name)
+        prefix = integer(index, 4, first) if index is not None else bytes((first,)) + string(name)
+        _remember(_NAME_PREFIXES, (name, never_indexed), prefix)
     if huffman:
         coded = _huffman.encode(value)
-        encoded_value = integer(len(coded), 7, 0x80) + coded if len(coded) < len(value) else string(value)
-    else:
-        encoded_value = string(value)
-    index = _STATIC_NAMES.get(name)
-    if index is not None:
-        return integer(index, 4, first) + encoded_value
-    return bytes((first,)) + string(name) + encoded_value
+        if len(coded) < len(value):
+            return prefix + integer(len(coded), 7, 0x80) + coded
+    length = len(value)
+    if length < 0x7F:  # the usual value: its length in one byte
+        return prefix + bytes((length,)) + value
+    return prefix + string(value)
 
 
 def _protocol_field(name: bytes, value: bytes) -> bytes:
