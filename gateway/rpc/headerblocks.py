@@ -54,9 +54,11 @@ PROTOCOL_FIELDS = frozenset(
 )
 #: Entries of each process-wide encoding cache; when one is full it starts again empty.
 ENCODED_ENTRIES = 128
-#: Header blocks each connection's decoder keeps, and the largest one kept (bytes).
-DECODED_BLOCKS = 32
-DECODED_BLOCK_BYTES = 1024
+#: Header blocks each connection's decoder keeps, and the largest one kept (bytes): a client repeats a
+#: block or a few (one per method it calls), of a few bytes once its headers are in its table; so that a
+#: connection pins little memory (a kept list's names and values are mostly the table's own objects).
+DECODED_BLOCKS = 8
+DECODED_BLOCK_BYTES = 512
 
 _PROTOCOL_NAMES = frozenset(name.encode("ascii") for name in PROTOCOL_FIELDS)
 #: An HTTP/2 frame header (RFC 9113 §4.1): length (24 bits, as 16 + 8), type, flags, stream id.
