@@ -266,16 +266,19 @@ class CachingDecoder(Decoder):
         self._forget()
 
     def decode(self, data: bytes, raw: bool = False) -> list[HeaderTuple]:
+        table: _CountedTable = self.header_table  # type: ignore[assignment]  # set in __init__
+        if table.changes != self._changes:  # since the blocks were kept: one that failed half-way, say
+            self._changes = table.changes
+            self._forget()
         cache = self._caches[raw]
         kept = type(data) is bytes  # not a buffer that may change under the key
         headers = cache.get(data) if kept else None
         if headers is not None:
             return list(headers)  # the caller's own list: h2 does not change it, but may keep it
         headers = list(super().decode(data, raw))
-        changes = self.header_table.changes  # type: ignore[attr-defined]  # a _CountedTable
-        if changes != self._changes:
-            self._changes = changes
-            self._forget()  # what was kept was decoded against the table as it was
+        if table.changes != self._changes:  # this block changed the table: it is not kept, nor the others
+            self._changes = table.changes
+            self._forget()
         elif kept and len(data) <= DECODED_BLOCK_BYTES:
             if len(cache) >= DECODED_BLOCKS:
                 cache.clear()

@@ -4,6 +4,7 @@ decoder decodes as hpack's does, whatever the peer's table does; answers framed 
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import grpc
@@ -15,7 +16,7 @@ from h2.events import DataReceived, ResponseReceived, TrailersReceived
 from h2.exceptions import FlowControlError, ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
 from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
-from hpack.exceptions import InvalidTableSizeError, OversizedHeaderListError
+from hpack.exceptions import HPACKDecodingError, InvalidTableSizeError, OversizedHeaderListError
 
 from gateway.rpc import headerblocks
 from gateway.rpc.headerblocks import BlockEncoder, CachingDecoder, ServerConnection, encode_block
@@ -125,6 +126,52 @@ def test_the_caching_decoder_decodes_as_hpack_does(table_size: int) -> None:
     block = encoder.encode(request(1))
     assert caching.decode(block, raw=True) == reference.decode(block, raw=True)
     assert (block in caching._caches[True]) == (table_size > 0)  # kept when repeated (no table: no repeats)
+
+
+def outcome(decoder: Decoder, block: bytes) -> tuple[str, Any]:
+    try:
+        return "headers", [(type(h), *h) for h in decoder.decode(block, raw=True)]
+    except Exception as exc:  # hpack's errors, or what garbage makes of it
+        return "error", type(exc)
+
+
+def test_a_block_that_fails_half_way_after_changing_the_table_empties_the_cache() -> None:
+    encoder, reference, caching = Encoder(), Decoder(), CachingDecoder()
+    first = encoder.encode(request(0))
+    for decoder in (reference, caching):
+        decoder.decode(first, raw=True)
+    repeated = encoder.encode(request(0))  # indexed references only: kept
+    assert outcome(caching, repeated) == outcome(reference, repeated)
+    assert repeated in caching._caches[True]
+    # A literal that enters the table, then bytes that are no HPACK: the table changed, the block failed.
+    broken = Encoder().encode([("x-new", "entry")]) + b"\xff\xff\xff\xff\xff\xff\xff"
+    assert outcome(caching, broken) == outcome(reference, broken) == ("error", HPACKDecodingError)
+    # The references of ``repeated`` now point one entry further: hpack's answer, not the kept one.
+    assert outcome(caching, repeated) == outcome(reference, repeated)
+
+
+def test_the_caching_decoder_agrees_with_hpack_on_any_input() -> None:
+    """Blocks of a client's encoder (repeating, indexing, evicting, resizing its table), some cut short or
+    corrupted: the caching decoder answers as hpack's — the same headers or the same error — every time."""
+    rng = random.Random(15)
+    encoder, reference, caching = Encoder(), Decoder(), CachingDecoder()
+    for _ in range(4000):
+        if rng.random() < 0.01:  # start again in step (a corrupted block leaves the tables apart)
+            encoder, reference, caching = Encoder(), Decoder(), CachingDecoder()
+        if rng.random() < 0.03:
+            encoder.header_table_size = rng.choice([0, 64, 256, 4096])
+        headers = [
+            (rng.choice(["x-a", "x-b", ":path"]), rng.choice(["1", "22", "v" * 70]))
+            for _ in range(rng.randrange(1, 4))
+        ]
+        block = encoder.encode(headers)
+        roll = rng.random()
+        if roll < 0.03:
+            block = block[: rng.randrange(len(block) + 1)]
+        elif roll < 0.06:
+            at = rng.randrange(len(block))
+            block = block[:at] + bytes((rng.randrange(256),)) + block[at + 1 :]
+        assert outcome(caching, block) == outcome(reference, block)
 
 
 def test_blocks_decoded_as_text_are_kept_apart() -> None:
