@@ -6,9 +6,10 @@ Three gateway processes on one configuration: ``room-gateway serve`` (the limits
 for new connections per IP, raised so that h2load's connections all get in); the same gateway with
 grpclib's own HTTP/2 protocol (``create_grpc_server(limits=None)``: no stream, reset, control-frame or
 header-block limits, no message-size check; malformed messages are still refused by the codec); and that
-one with its writes coalesced as the guarded protocol's are (:mod:`gateway.coalesce`), so that only the
-limits differ. h2load calls GetVariable on each in turn, ``--rounds`` times, a different one first each
-round, so that drift on a shared machine falls on all; the table gives each round and the median ratios.
+one with its writes coalesced and its header blocks made as the guarded protocol's are
+(:mod:`gateway.coalesce`, :mod:`gateway.rpc.headerblocks`), so that only the limits differ. h2load calls
+GetVariable on each in turn, ``--rounds`` times, a different one first each round, so that drift on a shared
+machine falls on all; the table gives each round and the median ratios.
 Needs ``h2load`` (Debian: ``apt-get install nghttp2-client``).
 
     python bench/grpc_limits.py serve-unlimited CONFIG [--coalesced]    # the second (third) gateway alone
@@ -45,8 +46,8 @@ from run import (
 
 def unlimited_server(gateway: Any, coalesced: bool) -> Any:
     """``gateway``'s gRPC server with grpclib's own protocol (``create_grpc_server(limits=None)``);
-    ``coalesced``: its writes coalesced as the guarded protocol's are (gateway.coalesce), so that only the
-    limits differ."""
+    ``coalesced``: its writes coalesced and its header blocks made as the guarded protocol's are
+    (gateway.coalesce, gateway.rpc.headerblocks), so that only the limits differ."""
     import asyncio
 
     from grpclib.protocol import H2Protocol
@@ -64,6 +65,13 @@ def unlimited_server(gateway: Any, coalesced: bool) -> Any:
         limits=None,
     )
     if coalesced:
+        import grpclib.protocol
+
+        from gateway.rpc.headerblocks import ServerConnection
+
+        # grpclib's protocol makes its connection's h2 state machine by this name: this process serves only
+        # this server (no grpclib client), so the swap reaches nothing else.
+        grpclib.protocol.H2Connection = ServerConnection  # type: ignore[attr-defined]
         plain_factory = unlimited._protocol_factory
 
         def coalescing_factory() -> H2Protocol:

@@ -18,7 +18,7 @@ Targets (issue 15): proxied ≥ 70% of direct, proxied REST ≥ 60% of native RE
 across runs (bench/RESULTS.md: the machine varies).
 
     python bench/proxy.py serve-upstream PORT     # the upstream, on its own
-    python bench/proxy.py instructions [--calls 2000]   # instructions per call, by valgrind (see below)
+    python bench/proxy.py instructions [--calls 2000] [--only grpc]   # instructions a call (see below)
 
 ``instructions`` counts what each process spends per call (``valgrind --tool=callgrind``, counting on only
 while h2load sends ``--calls`` calls on 8 connections after a warm-up, as bench/instructions.py does): the
@@ -220,8 +220,9 @@ def h2load_instructions(url: str, calls: int, body: Path, headers: dict[str, str
     return (totals[1] - totals[0]) / calls
 
 
-def instructions(calls: int) -> None:
-    """Instructions per call of each process (module docstring)."""
+def instructions(calls: int, only_grpc: bool = False) -> None:
+    """Instructions per call of each process (module docstring); ``only_grpc``: the proxied gRPC call alone
+    (the gateway and the upstream), a quicker count while working on the gateway's gRPC side."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         grpc_body = tmp / "req.bin"
@@ -232,14 +233,15 @@ def instructions(calls: int) -> None:
         upstream_argv = [sys.executable, __file__, "serve-upstream"]
         figures: dict[str, float] = {}
 
-        port = free_port()
-        direct = Counted([*upstream_argv, str(port)], tmp / "direct.out")
-        wait_port(port, 300)
-        count_calls([direct], f"http://127.0.0.1:{port}{SAY}", calls, grpc_body, {})
-        figures["h2load, per gRPC call"] = h2load_instructions(
-            f"http://127.0.0.1:{port}{SAY}", calls, grpc_body, {}, tmp
-        )
-        figures["upstream, called directly"] = direct.total() / calls
+        if not only_grpc:
+            port = free_port()
+            direct = Counted([*upstream_argv, str(port)], tmp / "direct.out")
+            wait_port(port, 300)
+            count_calls([direct], f"http://127.0.0.1:{port}{SAY}", calls, grpc_body, {})
+            figures["h2load, per gRPC call"] = h2load_instructions(
+                f"http://127.0.0.1:{port}{SAY}", calls, grpc_body, {}, tmp
+            )
+            figures["upstream, called directly"] = direct.total() / calls
 
         port, http, grpc = free_port(), free_port(), free_port()
         config = tmp / "gateway.yaml"
@@ -256,7 +258,8 @@ def instructions(calls: int) -> None:
         figures["gateway, proxied gRPC"] = gateway.total() / calls
         figures["upstream, proxied gRPC"] = upstream.total() / calls
 
-        for name, path, body in (("native REST GET", VAR_PATH, None), ("proxied REST POST", SAY, json_body)):
+        rest = [("native REST GET", VAR_PATH, None), ("proxied REST POST", SAY, json_body)]
+        for name, path, body in [] if only_grpc else rest:
             port, http, grpc = free_port(), free_port(), free_port()
             config.write_text(
                 gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=port))
@@ -279,8 +282,11 @@ def main() -> None:
         serve_upstream(int(sys.argv[2]))
         return
     if sys.argv[1:2] == ["instructions"]:
-        calls = int(sys.argv[3]) if sys.argv[2:3] == ["--calls"] else 2000
-        instructions(calls)
+        counting = argparse.ArgumentParser(prog="proxy.py instructions")
+        counting.add_argument("--calls", type=int, default=2000)
+        counting.add_argument("--only", choices=["grpc"], help="the proxied gRPC call alone (quicker)")
+        options = counting.parse_args(sys.argv[2:])
+        instructions(options.calls, only_grpc=options.only == "grpc")
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=int, default=10)

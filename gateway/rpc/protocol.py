@@ -66,6 +66,7 @@ from h2.settings import SettingCodes, Settings
 from gateway.coalesce import CoalescingTransport
 from gateway.errors import GatewayError
 from gateway.rpc.h2limits import FRAME_HEADER_BYTES, Admission, Budget, HeaderBlockScanner, Http2Limits
+from gateway.rpc.headerblocks import ServerConnection
 from gateway.rpc.wire import MessageStream, timeout_refusal
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class GuardedProtocol(H2Protocol):
             SettingCodes.MAX_HEADER_LIST_SIZE: self.limits.max_header_list_bytes,
             SettingCodes.INITIAL_WINDOW_SIZE: self.config.http2_stream_window_size,
         }
-        h2 = H2Connection(config=self.h2_config)
+        h2 = ServerConnection(config=self.h2_config)  # h2's, its header blocks ours (rpc.headerblocks)
         h2.local_settings = Settings(client=False, initial_values=advertised)
         h2.initiate_connection()
         # h2 answers a stream over its MAX_CONCURRENT_STREAMS with a connection error (GOAWAY

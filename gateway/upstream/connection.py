@@ -10,7 +10,8 @@ HTTP/2 (RFC 9113) itself, only as a gRPC client needs it:
 - **headers** are written as HPACK literals *without indexing* (RFC 7541 §6.2.2; *never indexed* for
   metadata, which carries the upstream's key, §6.2.3): no dynamic table on our side, so each method's
   fixed headers are encoded once (:class:`Headers`) and a call adds only its timeout and metadata. Answers
-  are decoded by ``hpack``'s decoder (the upstream's table);
+  are decoded by ``hpack``'s decoder (the upstream's table), through a cache of the blocks the upstream
+  repeats (:class:`gateway.rpc.headerblocks.CachingDecoder`);
 - **writes** of one turn of the event loop go out as one ``send``
   (:class:`gateway.coalesce.CoalescingTransport`): a unary call is one write (HEADERS, DATA with
   END_STREAM), and many calls in one turn share it;
@@ -44,10 +45,10 @@ from typing import Any
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.metadata import decode_grpc_message, encode_timeout
-from hpack import Decoder
 from hpack.exceptions import HPACKError
 
 from gateway.coalesce import CoalescingTransport
+from gateway.rpc.headerblocks import FRAME, CachingDecoder, literal_field
 from gateway.rpc.wire import RawDetails, RawMessage
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -57,7 +58,6 @@ _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0
 _NO_ERROR, _PROTOCOL_ERROR, _CANCEL = 0x0, 0x1, 0x8
 _HEADER_TABLE_SIZE, _ENABLE_PUSH, _MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
 _INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE, _MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
-_FRAME = struct.Struct(">HBBBL")  # length (24 bits, as 16 + 8), type, flags, stream id
 _DEFAULT_WINDOW = 65_535
 _DEFAULT_FRAME = 16_384
 
@@ -85,35 +85,9 @@ _HTTP_STATUS = {
 Metadata = list[tuple[str, str | bytes]]
 
 
-def _integer(value: int, prefix_bits: int, first: int) -> bytes:
-    """An HPACK integer (RFC 7541 §5.1) whose first byte carries ``first`` above its prefix."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _string(value: bytes) -> bytes:
-    return _integer(len(value), 7, 0) + value  # not Huffman-coded: nothing to compute
-
-
-#: Names of HPACK's static table used below (RFC 7541 Appendix A).
-_STATIC = {":authority": 1, ":path": 4, "content-type": 31, "user-agent": 58}
-
-
 def literal(name: str, value: bytes, *, never_indexed: bool = False) -> bytes:
     """One header as an HPACK literal that leaves the decoder's table alone (RFC 7541 §6.2.2, §6.2.3)."""
-    first = 0x10 if never_indexed else 0x00
-    index = _STATIC.get(name)
-    if index is not None:
-        return _integer(index, 4, first) + _string(value)
-    return bytes((first,)) + _string(name.encode("ascii")) + _string(value)
+    return literal_field(name.encode("ascii"), value, never_indexed=never_indexed)
 
 
 def encode_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> bytes:
@@ -152,7 +126,7 @@ class Headers:
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     length = len(payload)
-    return _FRAME.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
+    return FRAME.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
 
 
 def message_frame(message: bytes) -> bytes:
@@ -428,7 +402,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, on_lost: Any) -> None:
         self._on_lost = on_lost
         self.transport: CoalescingTransport | None = None
-        self.decoder = Decoder()
+        self.decoder = CachingDecoder()  # an upstream repeats its answers' blocks too
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.calls: dict[int, Call] = {}
         self.next_id = 1
@@ -473,7 +447,7 @@ class _Connection(asyncio.Protocol):
         pos, end = 0, len(data)
         try:
             while end - pos >= 9:
-                high, low, kind, flags, stream_id = _FRAME.unpack_from(data, pos)
+                high, low, kind, flags, stream_id = FRAME.unpack_from(data, pos)
                 length = high << 8 | low
                 if end - pos - 9 < length:
                     break
