@@ -9,8 +9,14 @@ other instances wrote, and retries coming due).
 An attempt is a 2xx within ``timeout_seconds``; anything else is retried on ``retry_schedule_seconds``
 (each entry the delay after the previous attempt, the first included) until the schedule runs out and the
 message is ``failed``. An endpoint with no success for ``disable_after_seconds`` since its first failure is
-disabled (its messages wait; ``:enable`` resumes them). Each lane of a loop keeps its keep-alive
-connection (:class:`EndpointLoop`).
+disabled (its messages wait; ``:enable`` resumes them). Each lane of a loop sends on a keep-alive
+connection of the endpoint's ``aiohttp`` session (:class:`EndpointLoop`).
+
+The client is aiohttp's, not httpx's: posting one webhook over a kept-alive HTTP/1.1 connection took 2.62 M
+instructions with httpx (httpcore alone 1.82 M: its pool, anyio's cancel scopes, h11's pure-Python parser)
+and 0.43 M with aiohttp's ``ClientSession`` (its C parser), on the same request and answer
+(``bench/http_clients.py``, session 6); httpx's request alone cost more than a whole REST PUT, so in one
+process the deliveries could not keep up with the writes they were for (``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import ssl
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import httpx
+import aiohttp
+import certifi
 
 from gateway.config import WebhookEndpoint, Webhooks
 from gateway.core.backend import Backend
@@ -52,22 +62,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _drain(response: httpx.Response) -> None:
-    """Read and drop the answer's body, at most :data:`MAX_ANSWER_BYTES`, then close it.
+def ssl_context() -> ssl.SSLContext:
+    """The TLS context of every endpoint's connections, as httpx made it before (``docs/webhooks.md``): the
+    CA file or directory of ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set, else certifi's bundle."""
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=cafile)
+    if capath := os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
 
-    A body read to its end leaves the connection idle, so the pool keeps it for the next attempt; one closed
-    unread is dropped (h11 has not seen the end of the message), and each attempt then paid a TCP connect
-    and close (the profile of bench/webhooks.py: a connect() per delivery). A receiver answering more than
-    the cap loses its connection, never makes us download everything.
-    """
-    try:
-        received = 0
-        async for chunk in response.aiter_raw():
-            received += len(chunk)
-            if received > MAX_ANSWER_BYTES:
-                break
-    finally:
-        await response.aclose()
+
+def env_proxy(url: str) -> str | None:
+    """The proxy of ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` for ``url`` unless ``NO_PROXY`` names
+    its host (what httpx read from the environment), found once per endpoint, not per request."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def outbox_of(config: Webhooks) -> Outbox:
@@ -84,16 +96,13 @@ def lease_seconds(endpoint: WebhookEndpoint) -> float:
 class EndpointLoop:
     """Delivery to one endpoint.
 
-    Claimed messages wait in a queue for a *lane*: a task that sends them one after another on its own
-    keep-alive connection (an ``httpx.AsyncClient`` of one connection, kept for the next lane when it
-    ends). One lane starts with the first message; another opens whenever a request has
-    run for :data:`WIDEN_SECONDS` while messages wait (each running request opens one per period, so lanes
-    double), up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver is so served by
-    one or two connections, a slow one by as many as it needs. One request per claimed message at once
-    opened a connection each (64 under bench/webhooks.py), and httpcore's pool looks at every connection of
-    the pool for every request it assigns and every response it closes — a poll() system call for each idle
-    one: that was a third of the delivery loop's profile. A pool of one connection per lane makes that
-    walk one step, however many lanes run.
+    Claimed messages wait in a queue for a *lane*: a task that sends them one after another, each request on
+    a keep-alive connection of the endpoint's session (aiohttp's pool, at most ``max_in_flight``
+    connections). One lane starts with the first message; another opens whenever a request has run for
+    :data:`WIDEN_SECONDS` while messages wait (each running request opens one per period, so lanes double),
+    up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver is so served by one or two
+    connections, a slow one by as many as it needs: one request per claimed message at once opened a
+    connection each (64 under bench/webhooks.py).
     """
 
     def __init__(
@@ -110,9 +119,10 @@ class EndpointLoop:
         self._config = config
         self._backend = backend
         self._ssl_context = ssl_context
-        #: The connections of lanes that ended, the last one first (its connection the likeliest alive).
-        self._idle: list[httpx.AsyncClient] = []
-        self._clients: list[httpx.AsyncClient] = []
+        #: The connections: made when :meth:`run` starts (in its loop), closed when it ends.
+        self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
+        self._proxy = env_proxy(endpoint.url)
         self._clock = clock
         self._signer = Signer(endpoint.secret.get_secret_value())
         self._wake = asyncio.Event()
@@ -150,6 +160,13 @@ class EndpointLoop:
 
     async def run(self) -> None:
         """Claim and send until cancelled; store errors are logged and waited out."""
+        # No cookie jar: a receiver's cookies are nothing a webhook sends back. The answer is counted as it
+        # comes (auto_decompress off), never decoded.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.endpoint.max_in_flight, ssl=self._ssl_context),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+        )
         settler = asyncio.create_task(self._settler(), name=f"webhooks {self.name} settler")
         try:
             while not self.stopping:
@@ -180,8 +197,7 @@ class EndpointLoop:
             # What ended before the stop is recorded; an attempt cut short is claimed again after its lease.
             with contextlib.suppress(GatewayError):
                 await self._settle_batch()
-            for client in self._clients:
-                await client.aclose()
+            await self._session.close()
 
     async def _round(self) -> bool:
         """Claim what fits in the free slots; ``True`` when more may be due right away."""
@@ -227,21 +243,19 @@ class EndpointLoop:
 
     async def _lane(self) -> None:
         loop = asyncio.get_running_loop()
-        client = self._idle.pop() if self._idle else self._new_client()
         try:
             while self._queue and not self.stopping:
                 message = self._queue.popleft()
                 timer: list[asyncio.TimerHandle] = []
                 timer.append(loop.call_later(WIDEN_SECONDS, self._widen, timer))
                 try:
-                    await self._attempt(client, message)
+                    await self._attempt(message)
                 except Exception:  # a bug: the message is claimed again once its lease ends
                     self._held -= 1
                     log.exception("webhooks %s: an attempt failed unexpectedly", self.name)
                 finally:
                     timer[0].cancel()
         finally:
-            self._idle.append(client)
             # Out of the set in the same step as the empty queue was seen, not in the task's done callback
             # (a loop turn later): a claim in between saw a lane still there, opened none, and its
             # messages waited in the queue until their leases ran out (bench/webhooks.py: p99 of 41 s).
@@ -249,41 +263,52 @@ class EndpointLoop:
             if task is not None:
                 self._lanes.discard(task)
 
-    def _new_client(self) -> httpx.AsyncClient:
-        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        client = httpx.AsyncClient(verify=self._ssl_context, limits=one, follow_redirects=False)
-        self._clients.append(client)
-        return client
-
     def _widen(self, timer: list[asyncio.TimerHandle]) -> None:
         """A request has run for :data:`WIDEN_SECONDS`: open a lane if messages wait, and look again."""
         if self._queue and len(self._lanes) < self.endpoint.max_in_flight:
             self._open_lane()
         timer[0] = asyncio.get_running_loop().call_later(WIDEN_SECONDS, self._widen, timer)
 
-    async def _attempt(self, client: httpx.AsyncClient, message: OutboxMessage) -> None:
+    async def _attempt(self, message: OutboxMessage) -> None:
         content = body(message)
         started = self._clock()
         headers = self._signer.headers(message.id, content, started)
         clock = time.perf_counter()
         status, error = 0, ""
         try:
-            request = client.build_request(
-                "POST",
-                self.endpoint.url,
-                content=content,
-                headers=headers,
-                timeout=self.endpoint.timeout_seconds,
-            )
-            response = await client.send(request, stream=True)
-            status = response.status_code
-            await _drain(response)
-        except httpx.HTTPError as exc:
+            status = await self._post(content, headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             error = type(exc).__name__  # never the message: it may quote the URL
         seconds = time.perf_counter() - clock
         self._duration.observe(seconds)
         attempt = Attempt(started, status, round(seconds * 1000, 3), error)
         await self._settle(message, attempt)
+
+    async def _post(self, content: bytes, headers: dict[str, str]) -> int:
+        """Post one attempt; its status code.
+
+        The answer's body is read and dropped, at most :data:`MAX_ANSWER_BYTES`: a body read to its end
+        leaves the connection idle, so the pool keeps it for the next attempt, while one released unread is
+        closed, and each attempt then paid a TCP connect and close (the profile of bench/webhooks.py: a
+        connect() per delivery). A receiver answering more than the cap loses its connection, never makes
+        us download everything.
+        """
+        assert self._session is not None, "posted outside run()"
+        async with self._session.post(
+            self.endpoint.url,
+            data=content,
+            headers=headers,
+            allow_redirects=False,
+            timeout=self._timeout,
+            proxy=self._proxy,
+        ) as response:
+            received = 0
+            while chunk := await response.content.readany():
+                received += len(chunk)
+                if received > MAX_ANSWER_BYTES:
+                    response.close()  # the connection with it
+                    break
+            return response.status
 
     async def _settle(self, message: OutboxMessage, attempt: Attempt) -> None:
         schedule = self._config.retry_schedule_seconds
@@ -353,10 +378,10 @@ class Deliverers:
         self.loops: dict[str, EndpointLoop] = {}
 
     async def start(self) -> None:
-        # One TLS context for every connection: httpx would load the CA bundle again for each client.
-        ssl_context = httpx.create_ssl_context()
+        # One TLS context for every endpoint: each would load the CA bundle again.
+        context = ssl_context()
         for endpoint in self.config.endpoints:
-            loop = EndpointLoop(endpoint, self.config, self._backend, ssl_context, self._metrics, self._clock)
+            loop = EndpointLoop(endpoint, self.config, self._backend, context, self._metrics, self._clock)
             self.loops[endpoint.name] = loop
             self._tasks.append(asyncio.create_task(loop.run(), name=f"webhooks {endpoint.name}"))
         if self._backend.outbox is not None:

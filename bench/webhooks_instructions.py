@@ -1,0 +1,165 @@
+"""Instructions per delivery and per PUT with webhooks (issue 14), counted by valgrind:
+
+    .venv/bin/python bench/webhooks_instructions.py drain [--messages 500] [--backend sqlite]
+    .venv/bin/python bench/webhooks_instructions.py put [--calls 200] [--backend sqlite|postgresql]
+    .venv/bin/python bench/webhooks_instructions.py parts [--calls 500]
+
+``drain``: ``--messages`` changes written with the deliverers stopped, then counted while the deliverers
+(64 in flight) send them all to ``bench/webhooks.py``'s receiver (its own process, not counted): instructions
+per delivery. ``--no-http`` makes every post an instant 204 without a request, so that the HTTP client's
+share is the difference. ``put``: ``--calls`` sequential in-process REST PUTs (``bench/webhooks.py``'s
+gateway and ASGI client) without an endpoint, with one configured but its deliverers not started (the write
+path alone), and with them running (counted until every PUT is delivered): instructions per PUT. ``parts``:
+a message's body and its Standard Webhooks signature alone, per message.
+
+Each runs under ``valgrind --tool=callgrind`` with instrumentation on only around what is counted
+(``bench/instructions.py``'s ``per_call``). ``--root DIR`` imports the gateway from another tree (a ``git
+archive`` of an older commit), with this venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+POSTGRES = os.environ.get("ROOM_GATEWAY_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _delivered(gw: Any) -> float:
+    loop = gw.webhooks.loops["bench"]
+    return float(loop._outcomes["delivered"]._value.get())
+
+
+async def _until_delivered(gw: Any, count: float) -> None:
+    while _delivered(gw) < count:  # noqa: ASYNC110 - a counter, polled: nothing to wait on
+        await asyncio.sleep(0.02)
+
+
+def _go() -> None:
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
+async def child(args: argparse.Namespace) -> None:
+    from webhooks import client, gateway
+
+    from gateway.webhooks import deliverer
+
+    if args.no_http:
+
+        async def instant(self: Any, *_: Any, **__: Any) -> int:
+            return 204
+
+        deliverer.EndpointLoop._post = instant  # type: ignore[method-assign]
+    url = args.url
+    if args.mode == "drain":
+        async with gateway(url, args.receiver, start_deliverers=False) as gw, client(gw) as http:
+            room = "drain-" + uuid.uuid4().hex[:8]
+            for i in range(args.count):
+                await http.put(f"/v1/rooms/{room}/variables/v", json={"value": {"i": i, "text": "x" * 200}})
+            _go()
+            await gw.webhooks.start()
+            await _until_delivered(gw, args.count + 1)  # and room.created
+            print("done", flush=True)
+        return
+    receiver = None if args.variant == "none" else args.receiver
+    async with gateway(url, receiver, start_deliverers=args.variant == "running") as gw, client(gw) as http:
+        room = "put-" + uuid.uuid4().hex[:8]
+        for i in range(50):  # warm-up, and the room's creation
+            await http.put(f"/v1/rooms/{room}/variables/v{i % 8}", json={"value": {"i": i}})
+        if args.variant == "running":
+            await _until_delivered(gw, 51)
+        _go()
+        for i in range(args.count):
+            response = await http.put(f"/v1/rooms/{room}/variables/v{i % 8}", json={"value": {"i": i}})
+            assert response.status_code == 200, response.text
+        if args.variant == "running":
+            await _until_delivered(gw, 51 + args.count)
+        print("done", flush=True)
+
+
+def parts_child(count: int) -> None:
+    from datetime import UTC, datetime
+
+    from webhooks import SECRET
+
+    from gateway.core.models import Change, ChangeKind, Variable
+    from gateway.core.outbox import OutboxMessage
+    from gateway.webhooks.payload import Signer, body
+
+    now = datetime.now(UTC)
+    change = Change(
+        seq=12345,
+        epoch="e0f1",
+        kind=ChangeKind.VARIABLE_SET,
+        time=now,
+        variable=Variable(name="v", value={"i": 42, "text": "x" * 200}, version=7),
+    )
+    message = OutboxMessage("msg_" + "0" * 32, "bench", "room", change, Variable("v", {"i": 41}, 6))
+    signer = Signer(SECRET)
+    for _ in range(50):
+        signer.headers(message.id, body(message), now)
+    _go()
+    for _ in range(count):
+        signer.headers(message.id, body(message), now)
+    print("done", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=("drain", "put", "parts"))
+    parser.add_argument("--messages", type=int, default=500)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
+    parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--root", help="import the gateway from this tree")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--receiver", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        if args.mode == "parts":
+            parts_child(args.count)
+        else:
+            asyncio.run(child(args))
+        return
+    from instructions import _handshake, per_call
+    from webhooks import receiver_process
+
+    env = dict(os.environ)
+    if args.root:
+        root = Path(args.root).resolve()
+        env["PYTHONPATH"] = f"{root}{os.pathsep}{root / 'plugins'}"
+    env["PYTHONHASHSEED"] = "0"
+    base = [sys.executable, __file__, args.mode, "--child", *(["--no-http"] if args.no_http else [])]
+    if args.mode == "parts":
+        count = per_call([*base, "--count", str(args.calls)], args.calls, _handshake, env=env)
+        print(f"body and signature: {count / 1000:,.1f}k instructions a message", flush=True)
+        return
+    with receiver_process() as receiver, tempfile.TemporaryDirectory() as tmp:
+        variants = ["drain"] if args.mode == "drain" else ["none", "paused", "running"]
+        for variant in variants:
+            if args.backend == "sqlite":
+                url = f"sqlite:///{Path(tmp) / f'{variant}.db'}"
+            else:
+                url = f"{POSTGRES}?schema=bench_wi_{uuid.uuid4().hex[:8]}"
+            count = args.messages if args.mode == "drain" else args.calls
+            argv = [*base, "--url", url, "--receiver", receiver, "--variant", variant, "--count", str(count)]
+            per = per_call(argv, count, _handshake, env=env)
+            what = "a delivery" if args.mode == "drain" else "a PUT"
+            print(f"{args.mode} {args.backend} {variant}: {per / 1000:,.1f}k instructions {what}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
