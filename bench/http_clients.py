@@ -95,19 +95,40 @@ async def _httpcore(url: str) -> tuple[Post, Callable[[], Awaitable[None]]]:
 
 
 async def _aiohttp(url: str) -> tuple[Post, Callable[[], Awaitable[None]]]:
-    """aiohttp's ClientSession over a connector of one connection (its C response parser)."""
+    """aiohttp's ClientSession (its C response parser), as gateway/webhooks/deliverer.py posts with it."""
     import aiohttp
 
-    connector = aiohttp.TCPConnector(limit=1, ssl=ssl.create_default_context())
     session = aiohttp.ClientSession(
-        connector=connector,
+        connector=aiohttp.TCPConnector(limit=1, ssl=ssl.create_default_context()),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+    )
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+
+    async def post() -> int:
+        async with session.post(
+            url, data=BODY, headers=HEADERS, allow_redirects=False, timeout=timeout, proxy=None
+        ) as response:
+            while await response.content.readany():
+                pass
+            return response.status
+
+    return post, session.close
+
+
+async def _aiohttp_bare(url: str) -> tuple[Post, Callable[[], Awaitable[None]]]:
+    """aiohttp with no per-request options and no automatic headers: what those cost."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1),
         timeout=aiohttp.ClientTimeout(total=TIMEOUT),
         skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         auto_decompress=False,
     )
 
     async def post() -> int:
-        async with session.post(url, data=BODY, headers=HEADERS, allow_redirects=False) as response:
+        async with session.post(url, data=BODY, headers=HEADERS) as response:
             await response.read()
             return response.status
 
@@ -184,6 +205,7 @@ CLIENTS = {
     "httpx-post": _httpx_post,
     "httpcore": _httpcore,
     "aiohttp": _aiohttp,
+    "aiohttp-bare": _aiohttp_bare,
     "curl_cffi": _curl_cffi,
     "pyreqwest": _pyreqwest,
     "aiosonic": _aiosonic,

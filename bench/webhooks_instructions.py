@@ -44,9 +44,21 @@ async def _until_delivered(gw: Any, count: float) -> None:
         await asyncio.sleep(0.02)
 
 
+_PROFILE: list[Any] = []
+
+
 def _go() -> None:
     print("ready", flush=True)
     sys.stdin.readline()
+    if _PROFILE:
+        _PROFILE[0].enable()
+
+
+def _done() -> None:
+    if _PROFILE:
+        _PROFILE[0].disable()
+        _PROFILE[0].dump_stats(_PROFILE[1])
+    print("done", flush=True)
 
 
 async def child(args: argparse.Namespace) -> None:
@@ -69,7 +81,7 @@ async def child(args: argparse.Namespace) -> None:
             _go()
             await gw.webhooks.start()
             await _until_delivered(gw, args.count + 1)  # and room.created
-            print("done", flush=True)
+            _done()
         return
     receiver = None if args.variant == "none" else args.receiver
     async with gateway(url, receiver, start_deliverers=args.variant == "running") as gw, client(gw) as http:
@@ -84,7 +96,7 @@ async def child(args: argparse.Namespace) -> None:
             assert response.status_code == 200, response.text
         if args.variant == "running":
             await _until_delivered(gw, 51 + args.count)
-        print("done", flush=True)
+        _done()
 
 
 def parts_child(count: int) -> None:
@@ -127,7 +139,12 @@ def main() -> None:
     parser.add_argument("--receiver", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--profile", help="the child: cProfile what is counted into this file")
     args = parser.parse_args()
+    if args.profile:
+        import cProfile
+
+        _PROFILE.extend([cProfile.Profile(), args.profile])
     if args.child:
         if args.mode == "parts":
             parts_child(args.count)
