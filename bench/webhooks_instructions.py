@@ -47,6 +47,23 @@ async def _until_delivered(gw: Any, count: float) -> None:
 _PROFILE: list[Any] = []
 
 
+#: (calls, messages) of the backend's outbox_claim and outbox_settle while counted: printed to stderr.
+_ROUNDS: dict[str, list[int]] = {"outbox_claim": [0, 0], "outbox_settle": [0, 0]}
+
+
+def _count_rounds(backend: Any) -> None:
+    for name, tally in _ROUNDS.items():
+        method = getattr(backend, name)
+
+        async def counted(*args: Any, _method: Any = method, _tally: list[int] = tally, **kwargs: Any) -> Any:
+            result = await _method(*args, **kwargs)
+            _tally[0] += 1
+            _tally[1] += len(result)
+            return result
+
+        setattr(backend, name, counted)
+
+
 def _go() -> None:
     print("ready", flush=True)
     sys.stdin.readline()
@@ -59,6 +76,7 @@ def _done() -> None:
         _PROFILE[0].disable()
         _PROFILE[0].dump_stats(_PROFILE[1])
     print("done", flush=True)
+    print(", ".join(f"{name}: {n} calls, {m} messages" for name, (n, m) in _ROUNDS.items()), file=sys.stderr)
 
 
 async def child(args: argparse.Namespace) -> None:
@@ -72,12 +90,18 @@ async def child(args: argparse.Namespace) -> None:
             return 204
 
         deliverer.EndpointLoop._post = instant  # type: ignore[method-assign]
+    if args.dilate is not None:
+        deliverer.WIDEN_SECONDS *= args.dilate  # type: ignore[misc]
+        deliverer.LINGER_SECONDS *= args.dilate  # type: ignore[misc]
+        if hasattr(deliverer, "BURST_SECONDS"):  # not in an older tree (--root)
+            deliverer.BURST_SECONDS *= args.dilate  # type: ignore[misc]
     url = args.url
     if args.mode == "drain":
         async with gateway(url, args.receiver, start_deliverers=False) as gw, client(gw) as http:
             room = "drain-" + uuid.uuid4().hex[:8]
             for i in range(args.count):
                 await http.put(f"/v1/rooms/{room}/variables/v", json={"value": {"i": i, "text": "x" * 200}})
+            _count_rounds(gw.backend)
             _go()
             await gw.webhooks.start()
             await _until_delivered(gw, args.count + 1)  # and room.created
@@ -90,6 +114,7 @@ async def child(args: argparse.Namespace) -> None:
             await http.put(f"/v1/rooms/{room}/variables/v{i % 8}", json={"value": {"i": i}})
         if args.variant == "running":
             await _until_delivered(gw, 51)
+        _count_rounds(gw.backend)
         _go()
         for i in range(args.count):
             response = await http.put(f"/v1/rooms/{room}/variables/v{i % 8}", json={"value": {"i": i}})
@@ -133,6 +158,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument(
+        "--dilate",
+        type=float,
+        help="multiply the deliverers' WIDEN_SECONDS, LINGER_SECONDS and BURST_SECONDS: under valgrind everything runs some "
+        "50 times slower, so a request outlasts the 10 ms that opens another lane and a 5 ms linger gathers "
+        "one attempt where it gathers many natively; 50 keeps the lanes and batches near the native ones",
+    )
     parser.add_argument("--root", help="import the gateway from this tree")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -160,6 +192,8 @@ def main() -> None:
         env["PYTHONPATH"] = f"{root}{os.pathsep}{root / 'plugins'}"
     env["PYTHONHASHSEED"] = "0"
     base = [sys.executable, __file__, args.mode, "--child", *(["--no-http"] if args.no_http else [])]
+    if args.dilate is not None:
+        base += ["--dilate", str(args.dilate)]
     if args.mode == "parts":
         count = per_call([*base, "--count", str(args.calls)], args.calls, _handshake, env=env)
         print(f"body and signature: {count / 1000:,.1f}k instructions a message", flush=True)
