@@ -1,20 +1,24 @@
 """Instructions per delivery and per PUT with webhooks (issue 14), counted by valgrind:
 
-    .venv/bin/python bench/webhooks_instructions.py drain [--messages 500] [--backend sqlite]
-    .venv/bin/python bench/webhooks_instructions.py put [--calls 200] [--backend sqlite|postgresql]
+    .venv/bin/python bench/webhooks_instructions.py drain [--messages 500] [--no-http] [--dilate 50]
+    .venv/bin/python bench/webhooks_instructions.py put [--calls 200] [--writers 32]
+                                                    [--backend sqlite|postgresql] [--dilate 50]
     .venv/bin/python bench/webhooks_instructions.py parts [--calls 500]
 
 ``drain``: ``--messages`` changes written with the deliverers stopped, then counted while the deliverers
-(64 in flight) send them all to ``bench/webhooks.py``'s receiver (its own process, not counted): instructions
-per delivery. ``--no-http`` makes every post an instant 204 without a request, so that the HTTP client's
-share is the difference. ``put``: ``--calls`` sequential in-process REST PUTs (``bench/webhooks.py``'s
-gateway and ASGI client) without an endpoint, with one configured but its deliverers not started (the write
-path alone), and with them running (counted until every PUT is delivered): instructions per PUT. ``parts``:
-a message's body and its Standard Webhooks signature alone, per message.
+(64 in flight) send them all to ``bench/webhooks.py``'s receiver (its own process, not counted):
+instructions per delivery. ``--no-http`` makes every post an instant 204 without a request, so that the
+HTTP client's share is the difference. ``put``: ``--calls`` in-process REST PUTs by ``--writers`` callers
+(1: one after another; ``bench/webhooks.py``'s gateway and ASGI client) without an endpoint, with one
+configured but its deliverers not started (the write path alone), and with them running (counted until
+every PUT is delivered): instructions per PUT. ``parts``: a message's body and its Standard Webhooks
+signature alone, per message. The backend's claims and settles while counted (calls, messages) go to
+stderr.
 
 Each runs under ``valgrind --tool=callgrind`` with instrumentation on only around what is counted
-(``bench/instructions.py``'s ``per_call``). ``--root DIR`` imports the gateway from another tree (a ``git
-archive`` of an older commit), with this venv.
+(``bench/instructions.py``'s ``per_call``). ``--dilate`` stretches the deliverers' timers (lanes, lingers)
+to valgrind's pace, so that batches are as large as natively. ``--root DIR`` imports the gateway from
+another tree (a ``git archive`` of an older commit), with this venv.
 """
 
 from __future__ import annotations
@@ -116,9 +120,14 @@ async def child(args: argparse.Namespace) -> None:
             await _until_delivered(gw, 51)
         _count_rounds(gw.backend)
         _go()
-        for i in range(args.count):
-            response = await http.put(f"/v1/rooms/{room}/variables/v{i % 8}", json={"value": {"i": i}})
-            assert response.status_code == 200, response.text
+        order = iter(range(args.count))
+
+        async def writer() -> None:
+            for i in order:
+                response = await http.put(f"/v1/rooms/{room}/variables/v{i % 8}", json={"value": {"i": i}})
+                assert response.status_code == 200, response.text
+
+        await asyncio.gather(*(writer() for _ in range(args.writers)))
         if args.variant == "running":
             await _until_delivered(gw, 51 + args.count)
         _done()
@@ -159,11 +168,15 @@ def main() -> None:
     parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument(
+        "--writers", type=int, default=1, help="put: concurrent callers (bench/webhooks.py 32)"
+    )
+    parser.add_argument(
         "--dilate",
         type=float,
-        help="multiply the deliverers' WIDEN_SECONDS, LINGER_SECONDS and BURST_SECONDS: under valgrind everything runs some "
-        "50 times slower, so a request outlasts the 10 ms that opens another lane and a 5 ms linger gathers "
-        "one attempt where it gathers many natively; 50 keeps the lanes and batches near the native ones",
+        help="multiply the deliverers' WIDEN_SECONDS, LINGER_SECONDS and BURST_SECONDS: under valgrind "
+        "everything runs some 50 times slower, so a request outlasts the 10 ms that opens another lane and "
+        "a 5 ms linger gathers one attempt where it gathers many natively; 50 keeps the lanes and batches "
+        "near the native ones",
     )
     parser.add_argument("--root", help="import the gateway from this tree")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -194,6 +207,7 @@ def main() -> None:
     base = [sys.executable, __file__, args.mode, "--child", *(["--no-http"] if args.no_http else [])]
     if args.dilate is not None:
         base += ["--dilate", str(args.dilate)]
+    base += ["--writers", str(args.writers)]
     if args.mode == "parts":
         count = per_call([*base, "--count", str(args.calls)], args.calls, _handshake, env=env)
         print(f"body and signature: {count / 1000:,.1f}k instructions a message", flush=True)
