@@ -14,6 +14,8 @@
 - **Latency**: writes at ``--rate`` per second for ``--duration`` seconds with the deliverers running
   (paced, by up to ``--writers`` concurrent callers, so that the rate is not bounded by one PUT's latency);
   p50/p99 from each change's time (the body's ``timestamp``) to its arrival at the receiver (< 250 ms).
+  A rate the gateway does not sustain (``steady writes/s`` below it) measures a saturated gateway: the
+  writers then take the CPU and the backlog, so the latency, grows for as long as they write.
 
 The receiver is a separate process (``--receiver PORT``): a small asyncio HTTP/1.1 server answering 204
 with keep-alive, which records each arrival. Prints a markdown table, writes ``bench/out/webhooks.md``.
