@@ -9,8 +9,14 @@ other instances wrote, and retries coming due).
 An attempt is a 2xx within ``timeout_seconds``; anything else is retried on ``retry_schedule_seconds``
 (each entry the delay after the previous attempt, the first included) until the schedule runs out and the
 message is ``failed``. An endpoint with no success for ``disable_after_seconds`` since its first failure is
-disabled (its messages wait; ``:enable`` resumes them). Each lane of a loop keeps its keep-alive
-connection (:class:`EndpointLoop`).
+disabled (its messages wait; ``:enable`` resumes them). Each lane of a loop sends on a keep-alive
+connection of the endpoint's ``aiohttp`` session (:class:`EndpointLoop`).
+
+The client is aiohttp's, not httpx's: posting one webhook over a kept-alive HTTP/1.1 connection took 2.62 M
+instructions with httpx (httpcore alone 1.82 M: its pool, anyio's cancel scopes, h11's pure-Python parser)
+and 0.43 M with aiohttp's ``ClientSession`` (its C parser), on the same request and answer
+(``bench/http_clients.py``, session 6); httpx's request alone cost more than a whole REST PUT, so in one
+process the deliveries could not keep up with the writes they were for (``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import ssl
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import httpx
+import aiohttp
+import certifi
 
 from gateway.config import WebhookEndpoint, Webhooks
 from gateway.core.backend import Backend
@@ -38,6 +48,9 @@ log = logging.getLogger("room_gateway.webhooks")
 Clock = Callable[[], datetime]
 #: Seconds a woken loop waits before it claims: long enough to gather a burst, short next to delivery.
 LINGER_SECONDS = 0.005
+#: Seconds a loop lingers at most while a burst goes on (more writes, or more attempts ending, during each
+#: linger), so that a claim or a settle takes many messages at once (:meth:`EndpointLoop._linger`).
+BURST_SECONDS = 0.025
 #: Bytes of an answer's body read (and dropped) at most: enough for any acknowledgement.
 MAX_ANSWER_BYTES = 64 * 1024
 #: Seconds between two prunings of an endpoint's settled messages (``webhooks.retention``), and how many
@@ -52,22 +65,24 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _drain(response: httpx.Response) -> None:
-    """Read and drop the answer's body, at most :data:`MAX_ANSWER_BYTES`, then close it.
+def ssl_context() -> ssl.SSLContext:
+    """The TLS context of every endpoint's connections, as httpx made it before (``docs/webhooks.md``): the
+    CA file or directory of ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set, else certifi's bundle."""
+    if cafile := os.environ.get("SSL_CERT_FILE"):
+        return ssl.create_default_context(cafile=cafile)
+    if capath := os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context(capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
 
-    A body read to its end leaves the connection idle, so the pool keeps it for the next attempt; one closed
-    unread is dropped (h11 has not seen the end of the message), and each attempt then paid a TCP connect
-    and close (the profile of bench/webhooks.py: a connect() per delivery). A receiver answering more than
-    the cap loses its connection, never makes us download everything.
-    """
-    try:
-        received = 0
-        async for chunk in response.aiter_raw():
-            received += len(chunk)
-            if received > MAX_ANSWER_BYTES:
-                break
-    finally:
-        await response.aclose()
+
+def env_proxy(url: str) -> str | None:
+    """The proxy of ``HTTP_PROXY`` / ``HTTPS_PROXY`` / ``ALL_PROXY`` for ``url`` unless ``NO_PROXY`` names
+    its host (what httpx read from the environment), found once per endpoint, not per request."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def outbox_of(config: Webhooks) -> Outbox:
@@ -84,16 +99,13 @@ def lease_seconds(endpoint: WebhookEndpoint) -> float:
 class EndpointLoop:
     """Delivery to one endpoint.
 
-    Claimed messages wait in a queue for a *lane*: a task that sends them one after another on its own
-    keep-alive connection (an ``httpx.AsyncClient`` of one connection, kept for the next lane when it
-    ends). One lane starts with the first message; another opens whenever a request has
-    run for :data:`WIDEN_SECONDS` while messages wait (each running request opens one per period, so lanes
-    double), up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver is so served by
-    one or two connections, a slow one by as many as it needs. One request per claimed message at once
-    opened a connection each (64 under bench/webhooks.py), and httpcore's pool looks at every connection of
-    the pool for every request it assigns and every response it closes — a poll() system call for each idle
-    one: that was a third of the delivery loop's profile. A pool of one connection per lane makes that
-    walk one step, however many lanes run.
+    Claimed messages wait in a queue for a *lane*: a task that sends them one after another, each request on
+    a keep-alive connection of the endpoint's session (aiohttp's pool, at most ``max_in_flight``
+    connections). One lane starts with the first message; another opens whenever a request has run for
+    :data:`WIDEN_SECONDS` while messages wait (each running request opens one per period, so lanes double),
+    up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver is so served by one or two
+    connections, a slow one by as many as it needs: one request per claimed message at once opened a
+    connection each (64 under bench/webhooks.py).
     """
 
     def __init__(
@@ -101,7 +113,7 @@ class EndpointLoop:
         endpoint: WebhookEndpoint,
         config: Webhooks,
         backend: Backend,
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | None,
         metrics: Metrics,
         clock: Clock,
     ) -> None:
@@ -110,12 +122,15 @@ class EndpointLoop:
         self._config = config
         self._backend = backend
         self._ssl_context = ssl_context
-        #: The connections of lanes that ended, the last one first (its connection the likeliest alive).
-        self._idle: list[httpx.AsyncClient] = []
-        self._clients: list[httpx.AsyncClient] = []
+        #: The connections: made when :meth:`run` starts (in its loop), closed when it ends.
+        self._session: aiohttp.ClientSession | None = None
+        self._timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
+        self._proxy = env_proxy(endpoint.url)
         self._clock = clock
         self._signer = Signer(endpoint.secret.get_secret_value())
         self._wake = asyncio.Event()
+        #: Writes told of by :meth:`wake`, ever: what a linger counts.
+        self._written = 0
         #: Set by :meth:`Deliverers.stop`: the loop ends at its next turn even if a cancellation is lost.
         self.stopping = False
         #: Claimed messages not yet settled (queued, being sent, or waiting for their settle): at most
@@ -141,6 +156,8 @@ class EndpointLoop:
         self._disabled = metrics.webhook_disabled.labels(endpoint=self.name)
 
     def wake(self) -> None:
+        """Messages were written (``Outbox.on_written``): counted, so that a burst is claimed at once."""
+        self._written += 1
         self._wake.set()
 
     def refresh(self) -> None:
@@ -150,6 +167,16 @@ class EndpointLoop:
 
     async def run(self) -> None:
         """Claim and send until cancelled; store errors are logged and waited out."""
+        # No cookie jar: a receiver's cookies are nothing a webhook sends back. The answer is counted as it
+        # comes (auto_decompress off), never decoded.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self.endpoint.max_in_flight,
+                ssl=self._ssl_context if self._ssl_context is not None else True,  # None: http:// only
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+        )
         settler = asyncio.create_task(self._settler(), name=f"webhooks {self.name} settler")
         try:
             while not self.stopping:
@@ -166,8 +193,7 @@ class EndpointLoop:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._config.poll_seconds):
                         await self._wake.wait()
-                # Linger once woken, so that a burst of writes is claimed in a few claims, not one each.
-                await asyncio.sleep(LINGER_SECONDS)
+                await self._linger(lambda: self._written, lambda: self.endpoint.max_in_flight - self._held)
                 self._wake.clear()
         finally:
             self._queue.clear()  # claimed again once their leases end
@@ -180,8 +206,7 @@ class EndpointLoop:
             # What ended before the stop is recorded; an attempt cut short is claimed again after its lease.
             with contextlib.suppress(GatewayError):
                 await self._settle_batch()
-            for client in self._clients:
-                await client.aclose()
+            await self._session.close()
 
     async def _round(self) -> bool:
         """Claim what fits in the free slots; ``True`` when more may be due right away."""
@@ -199,6 +224,11 @@ class EndpointLoop:
         free = self.endpoint.max_in_flight - self._held
         if free <= 0:
             return False
+        if self._queue and free < self.endpoint.max_in_flight // 2:
+            # The lanes have work queued: wait until half the slots are free and claim them at once. Each
+            # settle freeing a few slots made a claim of a few (bench/webhooks.py's drain: five a claim,
+            # a claim costing about what two deliveries do).
+            return False
         claimed = await self._backend.outbox_claim(
             self.name, now=self._clock(), lease_seconds=lease_seconds(self.endpoint), limit=free
         )
@@ -207,6 +237,23 @@ class EndpointLoop:
         if self._queue and not self._lanes:
             self._open_lane()
         return len(claimed) == free
+
+    async def _linger(self, count: Callable[[], int], enough: Callable[[], int]) -> None:
+        """Wait :data:`LINGER_SECONDS`, and again while ``count()`` still grows (a burst: writes coming, or
+        attempts ending), until it has grown by ``enough()`` or :data:`BURST_SECONDS` have passed.
+
+        A claim and a settle each cost about what a delivery does, whatever their size (a transaction, and
+        on SQLite its trips through aiosqlite's thread): at the few hundred writes a second of
+        bench/webhooks.py's PUT phase, one linger of 5 ms made claims and settles of two or three messages,
+        and they took more than the deliveries. A lone write still waits only the first linger.
+        """
+        start, deadline = count(), time.monotonic() + BURST_SECONDS
+        await asyncio.sleep(LINGER_SECONDS)
+        while count() - start < enough() and time.monotonic() < deadline:
+            before = count()
+            await asyncio.sleep(LINGER_SECONDS)
+            if count() == before:  # the burst is over
+                return
 
     async def _prune(self) -> None:
         """Delete settled messages past their retention, one bounded batch (every instance does it:
@@ -227,21 +274,19 @@ class EndpointLoop:
 
     async def _lane(self) -> None:
         loop = asyncio.get_running_loop()
-        client = self._idle.pop() if self._idle else self._new_client()
         try:
             while self._queue and not self.stopping:
                 message = self._queue.popleft()
                 timer: list[asyncio.TimerHandle] = []
                 timer.append(loop.call_later(WIDEN_SECONDS, self._widen, timer))
                 try:
-                    await self._attempt(client, message)
+                    await self._attempt(message)
                 except Exception:  # a bug: the message is claimed again once its lease ends
                     self._held -= 1
                     log.exception("webhooks %s: an attempt failed unexpectedly", self.name)
                 finally:
                     timer[0].cancel()
         finally:
-            self._idle.append(client)
             # Out of the set in the same step as the empty queue was seen, not in the task's done callback
             # (a loop turn later): a claim in between saw a lane still there, opened none, and its
             # messages waited in the queue until their leases ran out (bench/webhooks.py: p99 of 41 s).
@@ -249,41 +294,52 @@ class EndpointLoop:
             if task is not None:
                 self._lanes.discard(task)
 
-    def _new_client(self) -> httpx.AsyncClient:
-        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        client = httpx.AsyncClient(verify=self._ssl_context, limits=one, follow_redirects=False)
-        self._clients.append(client)
-        return client
-
     def _widen(self, timer: list[asyncio.TimerHandle]) -> None:
         """A request has run for :data:`WIDEN_SECONDS`: open a lane if messages wait, and look again."""
         if self._queue and len(self._lanes) < self.endpoint.max_in_flight:
             self._open_lane()
         timer[0] = asyncio.get_running_loop().call_later(WIDEN_SECONDS, self._widen, timer)
 
-    async def _attempt(self, client: httpx.AsyncClient, message: OutboxMessage) -> None:
+    async def _attempt(self, message: OutboxMessage) -> None:
         content = body(message)
         started = self._clock()
         headers = self._signer.headers(message.id, content, started)
         clock = time.perf_counter()
         status, error = 0, ""
         try:
-            request = client.build_request(
-                "POST",
-                self.endpoint.url,
-                content=content,
-                headers=headers,
-                timeout=self.endpoint.timeout_seconds,
-            )
-            response = await client.send(request, stream=True)
-            status = response.status_code
-            await _drain(response)
-        except httpx.HTTPError as exc:
+            status = await self._post(content, headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             error = type(exc).__name__  # never the message: it may quote the URL
         seconds = time.perf_counter() - clock
         self._duration.observe(seconds)
         attempt = Attempt(started, status, round(seconds * 1000, 3), error)
         await self._settle(message, attempt)
+
+    async def _post(self, content: bytes, headers: dict[str, str]) -> int:
+        """Post one attempt; its status code.
+
+        The answer's body is read and dropped, at most :data:`MAX_ANSWER_BYTES`: a body read to its end
+        leaves the connection idle, so the pool keeps it for the next attempt, while one released unread is
+        closed, and each attempt then paid a TCP connect and close (the profile of bench/webhooks.py: a
+        connect() per delivery). A receiver answering more than the cap loses its connection, never makes
+        us download everything.
+        """
+        assert self._session is not None, "posted outside run()"
+        async with self._session.post(
+            self.endpoint.url,
+            data=content,
+            headers=headers,
+            allow_redirects=False,
+            timeout=self._timeout,
+            proxy=self._proxy,
+        ) as response:
+            received = 0
+            while chunk := await response.content.readany():
+                received += len(chunk)
+                if received > MAX_ANSWER_BYTES:
+                    response.close()  # the connection with it
+                    break
+            return response.status
 
     async def _settle(self, message: OutboxMessage, attempt: Attempt) -> None:
         schedule = self._config.retry_schedule_seconds
@@ -296,6 +352,12 @@ class EndpointLoop:
     async def _settler(self) -> None:
         while True:
             await self._settling.wait()
+            if self._held > len(
+                self._finished
+            ):  # others are running or queued; an attempt alone is settled at once
+                await self._linger(
+                    lambda: len(self._finished), lambda: max(1, self.endpoint.max_in_flight // 2)
+                )
             self._settling.clear()
             try:
                 await self._settle_batch()
@@ -353,10 +415,12 @@ class Deliverers:
         self.loops: dict[str, EndpointLoop] = {}
 
     async def start(self) -> None:
-        # One TLS context for every connection: httpx would load the CA bundle again for each client.
-        ssl_context = httpx.create_ssl_context()
+        # One TLS context for every endpoint (each would load the CA bundle again), and none without an
+        # https:// endpoint: loading certifi's bundle is some 240 M instructions.
+        https = any(e.url.startswith("https://") for e in self.config.endpoints)
+        context = ssl_context() if https else None
         for endpoint in self.config.endpoints:
-            loop = EndpointLoop(endpoint, self.config, self._backend, ssl_context, self._metrics, self._clock)
+            loop = EndpointLoop(endpoint, self.config, self._backend, context, self._metrics, self._clock)
             self.loops[endpoint.name] = loop
             self._tasks.append(asyncio.create_task(loop.run(), name=f"webhooks {endpoint.name}"))
         if self._backend.outbox is not None:

@@ -37,6 +37,8 @@ class Receiver:
     bad_signatures: int = 0
     #: TCP connections accepted (keep-alive: far fewer than requests).
     connections: int = 0
+    #: Each request's target as sent (an absolute URL when it came through a proxy).
+    targets: list[str] = field(default_factory=list)
     _server: http.server.ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,6 +60,8 @@ class Receiver:
 
             def do_POST(self) -> None:
                 content = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with receiver._lock:
+                    receiver.targets.append(self.path)
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 try:
                     verifier.verify(content, headers)

@@ -4,9 +4,12 @@ with one ``webhook-id``, the schedule running out, filters, disabling, metrics."
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
+from pathlib import Path
 
+import certifi
 import httpx
 import pytest
 
@@ -135,3 +138,47 @@ async def test_a_slow_receiver_gets_more_lanes_but_never_more_than_max_in_flight
             await put(client, "lobby", f"v{n}", n)
         await receiver.until(lambda r: len(r.delivered) == 10)
     assert most[0] == 3  # widened from one lane to the limit, and no further
+
+
+def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
+
+async def test_deliveries_go_through_the_proxy_of_the_environment(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _no_proxy_env(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{receiver.port}")  # the receiver plays the proxy
+    async with running(webhook_config("memory://", {"app": "http://hooks.invalid/in"})) as (_, client):
+        await put(client, "lobby", "v", 1)
+        await receiver.until(lambda r: len(r.delivered) == 2)
+    assert set(receiver.targets) == {"http://hooks.invalid/in"}
+
+
+def test_no_proxy_names_the_hosts_posted_to_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    _no_proxy_env(monkeypatch)
+    assert deliverer.env_proxy("http://hooks.internal/in") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "hooks.internal")
+    assert deliverer.env_proxy("https://app.example/in") == "http://proxy.internal:3128"
+    assert deliverer.env_proxy("https://hooks.internal/in") is None
+    assert deliverer.env_proxy("http://app.example/in") is None  # HTTPS_PROXY is for https:// only
+
+
+def test_https_receivers_are_verified_against_ssl_cert_file_else_certifi(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    assert deliverer.ssl_context().cert_store_stats()["x509_ca"] > 100  # certifi's bundle
+    one = tmp_path / "ca.pem"
+    one.write_text(
+        Path(certifi.where()).read_text().split("-----END CERTIFICATE-----")[0]
+        + "-----END CERTIFICATE-----\n"
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(one))
+    context = deliverer.ssl_context()
+    assert context.cert_store_stats()["x509_ca"] == 1
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname

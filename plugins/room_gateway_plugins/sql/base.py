@@ -535,7 +535,8 @@ class SqlBackend(Backend):
         # executemany), and the endpoint's state once, from the batch's outcomes folded in order.
         async with self._bookkeeping_tx() as tx:
             ids = [one.message.id for one in settled]
-            found = {row.id: row.attempts for row in await tx.conn.execute(outbox_sql.current(endpoint, ids))}
+            rows = await tx.conn.execute(outbox_sql.current(endpoint, ids))
+            found = {message_id: attempts for message_id, attempts in rows}  # unpacked: no attribute reads
             live = [one for one in settled if found.get(one.message.id) == one.message.attempts]
             if not live:
                 return [None] * len(settled)
