@@ -53,6 +53,33 @@ def add_rate_limit_headers(headers: list[tuple[bytes, bytes]], verdict: Verdict)
         headers.append((b"retry-after", b"%d" % verdict.limited.retry_after))
 
 
+#: A window's ``RateLimit-Limit`` line and the ``RateLimit-Reset`` line after the remaining count, by
+#: (limit, reset): what repeats from call to call, made once (bounded as the headers above).
+_LINES: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+
+
+def rate_limit_lines(verdict: Verdict) -> bytes:
+    """:func:`add_rate_limit_headers` as header lines (``ratelimit-limit: 100\\r\\n…``) for the gateway's own
+    response path (:data:`gateway.edge.cycle.HEAD`): numbers only, nothing to check; per call, one number
+    formatted and two concatenations."""
+    usage = verdict.usage
+    if usage is None:
+        return b""
+    reset = math.ceil(usage.reset)
+    around = _LINES.get((usage.limit, reset))
+    if around is None:
+        if len(_LINES) >= _CACHE_SIZE:
+            _LINES.clear()
+        around = _LINES[usage.limit, reset] = (
+            b"ratelimit-limit: %d\r\nratelimit-remaining: " % usage.limit,
+            b"\r\nratelimit-reset: %d\r\n" % reset,
+        )
+    lines = around[0] + b"%d" % usage.remaining + around[1]
+    if verdict.limited is not None:
+        lines += b"retry-after: %d\r\n" % verdict.limited.retry_after
+    return lines
+
+
 def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """The ``RateLimit-*`` (and, when refused, ``Retry-After``) headers of ``verdict``."""
     headers: list[tuple[bytes, bytes]] = []

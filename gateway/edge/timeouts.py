@@ -22,13 +22,32 @@ costs others nothing.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+import types
+from collections.abc import Callable
+from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.coalesce import CoalescingTransport
+from gateway.edge.cycle import HEAD, Cycle
 from gateway.edge.responses import error_bytes
 from gateway.errors import Code, GatewayError
+
+
+def _making(function: Callable[..., Any], cycle: type) -> Callable[..., Any]:
+    """uvicorn's ``function`` as it is, but making ``cycle`` objects where it makes a
+    ``RequestResponseCycle``: its code with that name bound to ours. uvicorn has no hook for the class; a
+    cycle's class changed after the fact (``__class__ =``) turned its attributes into a dict of its own,
+    which cost more than the cycle saves."""
+    names = {**function.__globals__, "RequestResponseCycle": cycle}
+    return types.FunctionType(
+        function.__code__, names, function.__name__, function.__defaults__, function.__closure__
+    )
+
+
+#: uvicorn's ``on_headers_complete`` making the gateway's :class:`~gateway.edge.cycle.Cycle` (its task, and
+#: pipelined requests' cycles, as uvicorn does).
+_on_headers_complete = _making(HttpToolsProtocol.on_headers_complete, Cycle)
 
 
 def _raw_response(status: int, reason: bytes, code: Code, message: str) -> bytes:
@@ -143,7 +162,12 @@ def guarded_protocol(
             if size > max_header_bytes:
                 self._reject(too_large_body)
                 raise _Rejected  # stops the parser: nothing of this request reaches the app
-            super().on_headers_complete()
+            if self.access_log:  # uvicorn's own access log on: its cycle, which writes it
+                super().on_headers_complete()
+            else:
+                _on_headers_complete(self)
+                # Said only now the cycle is made: an app that ran already (an eager task) used plain headers.
+                self.scope["extensions"] = {HEAD: {}}
             if body:
                 self._expect(body_timeout, in_body=True)
             else:
