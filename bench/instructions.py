@@ -59,7 +59,12 @@ def main() -> None:
         "--only", action="append", default=[], help="http, grpc: only the configurations naming this"
     )
     parser.add_argument("--no-bare", action="store_true", help="http, grpc: no bare peer (ratios left out)")
+    parser.add_argument(
+        "--keep", type=Path, help="keep each run's callgrind output in this directory (callgrind_annotate)"
+    )
     args = parser.parse_args()
+    global KEEP
+    KEEP = args.keep
     if args.view == "inproc":
         inproc(
             args.calls or 300, [*(["--log"] if args.log else []), *(["--no-limit"] if args.no_limit else [])]
@@ -75,6 +80,9 @@ def main() -> None:
             tracing=args.tracing,
         )
 
+
+#: Where each run's callgrind output is kept (``--keep``; ``None``: not kept).
+KEEP: Path | None = None
 
 #: A bench gateway's tracing section (``--tracing``).
 TRACING = "tracing:\n  enabled: true\n"
@@ -209,7 +217,14 @@ def per_call(
                 process.stdin.close()
             process.terminate()
             process.wait(120)
-        totals = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
+        text = out.read_text()
+        if KEEP is not None:
+            KEEP.mkdir(parents=True, exist_ok=True)
+            name = Path(argv[1] if len(argv) > 1 else argv[0]).stem  # the script, or "-m"
+            kept = KEEP / f"{len(list(KEEP.glob('*.out'))):02d}{name}.out"
+            kept.write_text(text)
+            print(f"(callgrind output: {kept})", flush=True)
+        totals = re.search(r"^totals: (\d+)", text, re.MULTILINE)
         assert totals is not None, "no totals in the callgrind output"
         return int(totals.group(1)) / calls
 
