@@ -38,13 +38,20 @@ GUARDED = guarded_protocol(header_timeout=5, max_header_bytes=8192)
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, protocol: Any) -> AsyncIterator[int]:
+async def serving(app: Any, protocol: Any, *, idle: float = 5) -> AsyncIterator[int]:
     """``app`` on a loopback port with the HTTP ``protocol``, as the gateway runs it (uvicorn's access log
     off)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="off", ws="none", http=protocol, server_header=False
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        ws="none",
+        http=protocol,
+        server_header=False,
+        timeout_keep_alive=idle,  # type: ignore[arg-type]  # uvicorn says int, a float works
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -325,3 +332,59 @@ async def test_a_stream_goes_on_in_chunks_over_the_gateways_path(policy: AuthPol
         await backend.close()
     assert b"transfer-encoding: chunked\r\n" in first and b'"value":1' in first
     assert b'"value":2' in chunk and chunk.endswith(b"\n\r\n")
+
+
+async def test_pipelined_requests_are_answered_in_order_as_uvicorn_answers_them(policy: AuthPolicy) -> None:
+    """Three requests in one write (the second with a body): three answers, in order, the same bytes."""
+    put = request("PUT", "/v1/rooms/r/variables/v", body=b'{"value": 7}')
+    get = request("GET", "/v1/rooms/r/variables/v")
+    answers = []
+    for protocol in ("httptools", GUARDED):
+        backend, app = edge(policy)
+        await backend.open()
+        try:
+            async with serving(app, protocol) as port:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(get + put + get)
+                answers.append(
+                    [normalized(await asyncio.wait_for(read_response(reader), 5)) for _ in range(3)]
+                )
+                writer.close()
+        finally:
+            await backend.close()
+    uvicorns, ours = answers
+    assert ours == uvicorns
+    assert [status for status, _, _ in ours] == [
+        b"HTTP/1.1 404 Not Found",
+        b"HTTP/1.1 200 OK",
+        b"HTTP/1.1 200 OK",
+    ]
+    assert b'"value":7' in ours[2][2]
+
+
+async def test_the_idle_deadline_closes_a_kept_alive_connection_but_not_a_request_under_way(
+    policy: AuthPolicy,
+) -> None:
+    """The idle deadline is the connection's timer's (not a timer per response): an idle connection is
+    closed after it, a request that began before it keeps the header deadline (longer) instead."""
+    backend, app = edge(policy)
+    await backend.open()
+    slow = guarded_protocol(header_timeout=2, max_header_bytes=8192)
+    try:
+        async with serving(app, slow, idle=0.3) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            get = request("GET", "/healthz")
+            for _ in range(2):  # two answers, then the next request trickled past the idle deadline
+                writer.write(get)
+                assert (await asyncio.wait_for(read_response(reader), 5)).startswith(b"HTTP/1.1 200")
+            started = asyncio.get_running_loop().time()
+            for byte in range(len(get)):
+                writer.write(get[byte : byte + 1])
+                await asyncio.sleep(0.6 / len(get))
+            answer = await asyncio.wait_for(read_response(reader), 5)
+            assert answer.startswith(b"HTTP/1.1 200") and asyncio.get_running_loop().time() - started > 0.5
+            assert await asyncio.wait_for(reader.read(), 2) == b""  # then idle: closed
+            assert asyncio.get_running_loop().time() - started < 1.5
+            writer.close()
+    finally:
+        await backend.close()
