@@ -107,6 +107,7 @@ def test_access_lines_without_records_write_what_records_would(
     stream = io.StringIO()
     monkeypatch.setattr(logs.sys, "stderr", stream)
     monkeypatch.setattr(logs.time, "time", lambda: 1_800_000_000.5)
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_800_000_000_500_000_000)  # lines without records
     monkeypatch.setattr(logging, "_srcfile", logging._srcfile)  # configure_logging changes these
     monkeypatch.setattr(logging, "logThreads", logging.logThreads)
     monkeypatch.setattr(logging, "logProcesses", logging.logProcesses)
