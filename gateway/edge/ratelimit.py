@@ -53,28 +53,37 @@ def add_rate_limit_headers(headers: list[tuple[bytes, bytes]], verdict: Verdict)
         headers.append((b"retry-after", b"%d" % verdict.limited.retry_after))
 
 
-#: A window's ``RateLimit-Limit`` line and the ``RateLimit-Reset`` line after the remaining count, by
-#: (limit, reset): what repeats from call to call, made once (bounded as the headers above).
-_LINES: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+#: The ``RateLimit-*`` lines by limit, reset and remaining count: what a window's calls answer, made once
+#: per value (the shipped 20/second limit: some twenty a window). Nested dicts of ints: a tuple key would
+#: be hashed per call. A window keeps at most :data:`_WINDOW_LINES` of them (a large limit's counts
+#: mostly differ: formatted per call then, not cached); the limits and resets are few (bounded as above).
+_LINES: dict[int, dict[int, dict[int, bytes]]] = {}
+_WINDOW_LINES = 256
+_FORMAT = b"ratelimit-limit: %d\r\nratelimit-remaining: %d\r\nratelimit-reset: %d\r\n"
 
 
 def rate_limit_lines(verdict: Verdict) -> bytes:
-    """:func:`add_rate_limit_headers` as header lines (``ratelimit-limit: 100\\r\\n…``) for the gateway's own
-    response path (:data:`gateway.edge.cycle.HEAD`): numbers only, nothing to check; per call, one number
-    formatted and two concatenations."""
+    """:func:`add_rate_limit_headers` as header lines (``ratelimit-limit: 20\\r\\n…``) for the gateway's own
+    response path (:data:`gateway.edge.cycle.HEAD`): numbers only, nothing to check."""
     usage = verdict.usage
     if usage is None:
         return b""
     reset = math.ceil(usage.reset)
-    around = _LINES.get((usage.limit, reset))
-    if around is None:
+    resets = _LINES.get(usage.limit)
+    if resets is None:
         if len(_LINES) >= _CACHE_SIZE:
             _LINES.clear()
-        around = _LINES[usage.limit, reset] = (
-            b"ratelimit-limit: %d\r\nratelimit-remaining: " % usage.limit,
-            b"\r\nratelimit-reset: %d\r\n" % reset,
-        )
-    lines = around[0] + b"%d" % usage.remaining + around[1]
+        resets = _LINES[usage.limit] = {}
+    window = resets.get(reset)
+    if window is None:
+        if len(resets) >= _CACHE_SIZE:
+            resets.clear()
+        window = resets[reset] = {}
+    lines = window.get(usage.remaining)
+    if lines is None:
+        lines = _FORMAT % (usage.limit, usage.remaining, reset)
+        if len(window) < _WINDOW_LINES:
+            window[usage.remaining] = lines
     if verdict.limited is not None:
         lines += b"retry-after: %d\r\n" % verdict.limited.retry_after
     return lines
