@@ -270,6 +270,18 @@ def test_rate_limit_lines_as_the_headers_say() -> None:
     assert lines_of(1, 0, 0.0) == b"ratelimit-limit: 1\r\nratelimit-remaining: 0\r\nratelimit-reset: 0\r\n"
 
 
+def test_rate_limit_lines_kept_per_window_stay_right_past_what_a_window_keeps() -> None:
+    """A large limit's counts: more than a window keeps (formatted per call beyond), twice over (kept)."""
+    for _ in range(2):
+        for remaining in range(999, -1, -1):
+            for reset in (0.2, 1.5):
+                expected = b"ratelimit-limit: 1000\r\nratelimit-remaining: %d\r\nratelimit-reset: %d\r\n" % (
+                    remaining,
+                    1 if reset < 1 else 2,
+                )
+                assert lines_of(1000, remaining, reset) == expected
+
+
 @pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
 async def test_rate_limit_headers_across_a_window_boundary(policy: AuthPolicy, strategy: str) -> None:
     """Over the gateway's own path, the ``RateLimit-*`` values of calls just before, at and after the window
