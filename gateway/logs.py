@@ -266,23 +266,29 @@ def configure_logging(level: str, format: Literal["text", "json"] = "text") -> L
 class _Sink:
     """Where :func:`line_sink` hands lines: the gateway's handler, and how its writer formats."""
 
-    __slots__ = ("format", "handler", "put")
+    __slots__ = ("_head", "format", "handler", "put")
 
     def __init__(self, handler: _WriterHandler, format: Literal["text", "json"]) -> None:
         self.handler = handler
         self.format = format
         #: Hand the writer a whole line (one beginning with :meth:`head`).
         self.put = handler.put
+        self._head: tuple[int, str, str] = (-1, "", "")
 
     def write_text(self, logger: logging.Logger, message: str) -> None:
         """Write what ``logger.info(message)`` would, formatted here (``text``: TextFormatter's line)."""
         self.put(self.head(logger) + message)
 
-    @staticmethod
-    def head(logger: logging.Logger) -> str:
+    def head(self, logger: logging.Logger) -> str:
         """What a ``text`` line of ``logger`` written now starts with: ``2026-12-01T10:00:00.123Z
-        room_gateway.access: `` (a caller making the rest of the line hands the whole to :attr:`put`)."""
-        return f"{_now()} {logger.name}: "
+        room_gateway.access: `` (a caller making the rest of the line hands the whole to :attr:`put`). Under
+        load, lines come several a millisecond: the last one's head is kept (one tuple, replaced whole)."""
+        milliseconds = time.time_ns() // 1_000_000  # see _now
+        last, name, head = self._head
+        if last != milliseconds or name != logger.name:
+            head = f"{_milliseconds_text(milliseconds)} {logger.name}: "
+            self._head = (milliseconds, logger.name, head)
+        return head
 
     def write_json(self, logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
         """Write what ``logger.info(message, extra={"access": fields})`` would (``json``: JsonFormatter's
