@@ -37,8 +37,9 @@ from uvicorn.protocols.http.httptools_impl import (
 #: they are. Only for names and values made by the gateway (see the module docstring).
 HEAD = "room_gateway.head"
 
-_PLAIN, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION = range(4)
+_PLAIN, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _CONTENT_TYPE = range(5)
 _KINDS = {
+    b"content-type": _CONTENT_TYPE,
     b"content-length": _CONTENT_LENGTH,
     b"transfer-encoding": _TRANSFER_ENCODING,
     b"connection": _CONNECTION,
@@ -47,6 +48,9 @@ _KINDS = {
 #: (Starlette's, the surfaces'), so few; the table stops growing at this size.
 _NAMES: dict[bytes, tuple[bytes, int]] = {}
 _NAMES_SIZE = 512
+#: Content types found valid (not secrets: media types), up to this many.
+_TYPES: set[bytes] = set()
+_TYPES_SIZE = 64
 
 #: uvicorn's default headers (the ``date`` line, and configured ones) as the last list it made, encoded.
 _defaults: tuple[object, bytes] = (None, b"")
@@ -92,9 +96,15 @@ class Cycle(RequestResponseCycle):
             for name, value in message.get("headers", ()):
                 known = _NAMES.get(name)
                 lowered, kind = known if known is not None else _name(name)
-                if HEADER_VALUE_RE.search(value):
-                    raise RuntimeError("Invalid HTTP header value.")
-                if kind:
+                if kind == _CONTENT_TYPE:
+                    if value not in _TYPES:  # types repeat (a handful per app): each one checked once
+                        if HEADER_VALUE_RE.search(value):
+                            raise RuntimeError("Invalid HTTP header value.")
+                        if len(_TYPES) < _TYPES_SIZE:
+                            _TYPES.add(value)
+                elif not (kind == _CONTENT_LENGTH and value.isdigit()) and HEADER_VALUE_RE.search(value):
+                    raise RuntimeError("Invalid HTTP header value.")  # (ASCII digits hold no control byte)
+                elif kind:
                     if kind == _CONTENT_LENGTH:
                         if self.chunked_encoding is None:
                             self.expected_content_length = int(value.decode())
