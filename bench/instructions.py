@@ -2,7 +2,7 @@
 (req/s and even CPU time do, on a shared 2-core box). Three views:
 
     .venv/bin/python bench/instructions.py inproc [--calls 300] [--log] [--no-limit]
-    .venv/bin/python bench/instructions.py http [--calls 1500] [--tracing]  # REST GET, HTTP/1.1 (h2load --h1)
+    .venv/bin/python bench/instructions.py http [--calls 1500] [--tracing] [--rounds 3]  # REST GET, HTTP/1.1
     .venv/bin/python bench/instructions.py grpc [--calls 800]     # gRPC GetVariable (h2load)
     .venv/bin/python bench/instructions.py grpc --only "access log off" --only "writes coalesced" --no-bare
     .venv/bin/python bench/instructions.py grpc-inproc [--calls 1000]  # the gRPC limits alone, in-process
@@ -59,12 +59,13 @@ def main() -> None:
         "--only", action="append", default=[], help="http, grpc: only the configurations naming this"
     )
     parser.add_argument("--no-bare", action="store_true", help="http, grpc: no bare peer (ratios left out)")
+    parser.add_argument("--rounds", type=int, default=1, help="http, grpc: times each (median)")
     parser.add_argument(
         "--keep", type=Path, help="keep each run's callgrind output in this directory (callgrind_annotate)"
     )
     args = parser.parse_args()
-    global KEEP
-    KEEP = args.keep
+    global KEEP, ROUNDS
+    KEEP, ROUNDS = args.keep, args.rounds
     if args.view == "inproc":
         inproc(
             args.calls or 300, [*(["--log"] if args.log else []), *(["--no-limit"] if args.no_limit else [])]
@@ -83,6 +84,8 @@ def main() -> None:
 
 #: Where each run's callgrind output is kept (``--keep``; ``None``: not kept).
 KEEP: Path | None = None
+#: How often each served configuration is counted (``--rounds``): the median is reported.
+ROUNDS = 1
 
 #: A bench gateway's tracing section (``--tracing``).
 TRACING = "tracing:\n  enabled: true\n"
@@ -167,8 +170,10 @@ def served(view: str, calls: int, only: list[str], bare_peer: bool, *, tracing: 
             )
             target = http if view == "http" else grpc
             load = _load(view, target, {"x-api-key": KEY}, calls, seed=http)
-            ours = per_call([sys.executable, *command], calls, load)
-            report(f"{view} GetVariable, {name}", bare, ours)
+            counts = sorted(per_call([sys.executable, *command], calls, load) for _ in range(ROUNDS))
+            if len(counts) > 1:  # rows move by a few k (the log writer's wake-ups follow the clock)
+                print(f"({name}: rounds {', '.join(f'{c / 1000:,.1f}k' for c in counts)})", flush=True)
+            report(f"{view} GetVariable, {name}", bare, counts[len(counts) // 2])
 
 
 def _collector() -> int:
