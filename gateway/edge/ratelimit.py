@@ -55,11 +55,11 @@ def add_rate_limit_headers(headers: list[tuple[bytes, bytes]], verdict: Verdict)
 
 #: The ``RateLimit-*`` lines by limit, reset and remaining count: what a window's calls answer, made once
 #: per value (the shipped 20/second limit: some twenty a window). Nested dicts of ints: a tuple key would
-#: be hashed per call. A window keeps at most :data:`_WINDOW_LINES` of them (a large limit's counts
-#: mostly differ: formatted per call then, not cached); the limits and resets are few (bounded as above).
-_LINES: dict[int, dict[int, dict[int, bytes]]] = {}
+#: be hashed per call. Per limit and reset, the text before and after the remaining count, and the lines
+#: made: at most :data:`_WINDOW_LINES` (a large limit's counts mostly differ: joined per call then, not
+#: kept). The limits and resets are few (bounded as above).
+_LINES: dict[int, dict[int, tuple[bytes, bytes, dict[int, bytes]]]] = {}
 _WINDOW_LINES = 256
-_FORMAT = b"ratelimit-limit: %d\r\nratelimit-remaining: %d\r\nratelimit-reset: %d\r\n"
 
 
 def rate_limit_lines(verdict: Verdict) -> bytes:
@@ -78,12 +78,17 @@ def rate_limit_lines(verdict: Verdict) -> bytes:
     if window is None:
         if len(resets) >= _CACHE_SIZE:
             resets.clear()
-        window = resets[reset] = {}
-    lines = window.get(usage.remaining)
+        window = resets[reset] = (
+            b"ratelimit-limit: %d\r\nratelimit-remaining: " % usage.limit,
+            b"\r\nratelimit-reset: %d\r\n" % reset,
+            {},
+        )
+    before, after, made = window
+    lines = made.get(usage.remaining)
     if lines is None:
-        lines = _FORMAT % (usage.limit, usage.remaining, reset)
-        if len(window) < _WINDOW_LINES:
-            window[usage.remaining] = lines
+        lines = before + b"%d" % usage.remaining + after
+        if len(made) < _WINDOW_LINES:
+            made[usage.remaining] = lines
     if verdict.limited is not None:
         lines += b"retry-after: %d\r\n" % verdict.limited.retry_after
     return lines
