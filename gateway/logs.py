@@ -47,8 +47,11 @@ class Formatter(logging.Formatter):
         return text
 
 
-#: The last second formatted by :func:`_timestamp` and its text (one ``strftime`` per second, not per line).
+#: The last second formatted by :func:`_timestamp` and its text (one ``strftime`` per second, not per line),
+#: and the last millisecond and its whole text (under load, lines come several a millisecond). Each one
+#: tuple: read whole, whichever thread wrote it last.
 _second: tuple[int, str] = (-1, "")
+_millisecond: tuple[int, str] = (-1, "")
 
 
 #: ``.000Z`` … ``.999Z``: a line's milliseconds, formatted once.
@@ -56,14 +59,30 @@ _MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 def _timestamp(created: float) -> str:
-    """``2026-12-01T10:00:00.123Z`` (UTC, milliseconds)."""
-    global _second
-    whole = int(created)
-    second, text = _second  # one tuple: read whole, whichever thread wrote it last
+    """``2026-12-01T10:00:00.123Z`` (UTC, milliseconds) of a record's time."""
+    return _milliseconds_text(int(created * 1000))
+
+
+def _now() -> str:
+    """:func:`_timestamp` of now, for a line made without a record."""
+    # time_ns: integer milliseconds without int() of a float (a type call: ~1k instructions a line).
+    return _milliseconds_text(time.time_ns() // 1_000_000)
+
+
+def _milliseconds_text(milliseconds: int) -> str:
+    """:func:`_timestamp` of milliseconds since the epoch."""
+    global _second, _millisecond
+    last, text = _millisecond
+    if last == milliseconds:
+        return text
+    whole, fraction = divmod(milliseconds, 1000)
+    second, text = _second
     if second != whole:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
         _second = (whole, text)
-    return text + _MILLISECONDS[int((created - whole) * 1000)]
+    text += _MILLISECONDS[fraction]
+    _millisecond = (milliseconds, text)
+    return text
 
 
 class TextFormatter(Formatter):
@@ -146,7 +165,9 @@ class LogWriter:
     last looked, then sleeps :data:`LINGER_SECONDS` before it takes them all: under load that is one
     wake-up, one GIL hand-over and one ``write`` per period, where a queue wakes the writer once per
     hand-over (strace: a futex storm of ~1,200 calls a second, which cost the access log ~20% of a GET's
-    throughput), and a lock taken per line cost the event loop a lock round trip per call.
+    throughput), and a lock taken per line cost the event loop a lock round trip per call. The wake-up is a
+    plain lock released by whoever finds the writer asleep (a ``threading.Event``'s ``set`` and ``wait`` run
+    a condition variable's Python code each time: several thousand instructions per wake-up, on the loop).
 
     :param stream: where lines go (stderr).
     :param formatter: formats each record.
@@ -156,19 +177,27 @@ class LogWriter:
         self.stream = stream
         self.formatter = formatter
         self._held: deque[logging.LogRecord | str] = deque()
-        self._wake = threading.Event()
+        self._wake = threading.Lock()  # held while the writer may sleep: released to wake it
+        self._wake.acquire()
+        self._awake = False  # woken, and not yet taking what was handed over
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="room-gateway log writer", daemon=True)
 
     def put(self, item: logging.LogRecord | str) -> None:
         """Hand the writer a record, or a line formatted already (:func:`line_sink`), in order."""
         self._held.append(item)
-        # Wake the writer unless it is awake already (it clears the event, then drains to empty, so an item
-        # appended after the clear is taken now or by the next wake-up). Not "the deque's length is 1": two
+        # Wake the writer unless it is awake already (it says it is not, then drains to empty, so an item
+        # appended after that is taken now or by the next wake-up). Not "the deque's length is 1": two
         # threads appending at once would both see 2, and their lines would wait for the next item.
-        wake = self._wake
-        if not wake.is_set():
-            wake.set()
+        if not self._awake:
+            self._awake = True
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            self._wake.release()
+        except RuntimeError:  # released already: another thread woke the writer at the same moment
+            pass
 
     def start(self) -> None:
         self._thread.start()
@@ -176,24 +205,25 @@ class LogWriter:
     def stop(self) -> None:
         """Write what is held, then end the thread."""
         self._stopping = True
-        self._wake.set()
+        self._release()
         self._thread.join()
         self._write(self._take())  # what other threads handed over while the writer ended
 
     def _take(self) -> list[str]:
-        held = self._held
+        take = self._held.popleft
         items = []
-        while held:  # to empty: an item handed over meanwhile saw a non-empty deque, so woke no one
-            items.append(held.popleft())
-        return [item if isinstance(item, str) else self._format(item) for item in items]
+        while self._held:  # to empty: an item handed over meanwhile found the writer awake, so woke no one
+            item = take()
+            items.append(item if isinstance(item, str) else self._format(item))
+        return items
 
     def _run(self) -> None:
         while not self._stopping:
-            self._wake.wait()
+            self._wake.acquire()
             if not self._stopping:
                 time.sleep(LINGER_SECONDS)
-            # Cleared before taking: an item handed over from now on is taken now or wakes us again.
-            self._wake.clear()
+            # Said before taking: an item handed over from now on is taken now or wakes us again.
+            self._awake = False
             self._write(self._take())
 
     def _format(self, record: logging.LogRecord) -> str:
@@ -209,7 +239,8 @@ class LogWriter:
         if not lines:
             return
         try:
-            self.stream.write("\n".join(lines) + "\n")
+            lines.append("")  # the last line's newline, in the same join
+            self.stream.write("\n".join(lines))
             self.stream.flush()
         except (OSError, ValueError):  # stderr closed or gone: nothing left to tell
             pass
@@ -235,20 +266,34 @@ def configure_logging(level: str, format: Literal["text", "json"] = "text") -> L
 class _Sink:
     """Where :func:`line_sink` hands lines: the gateway's handler, and how its writer formats."""
 
-    __slots__ = ("format", "handler")
+    __slots__ = ("_head", "format", "handler", "put")
 
     def __init__(self, handler: _WriterHandler, format: Literal["text", "json"]) -> None:
         self.handler = handler
         self.format = format
+        #: Hand the writer a whole line (one beginning with :meth:`head`).
+        self.put = handler.put
+        self._head: tuple[int, str, str] = (-1, "", "")
 
     def write_text(self, logger: logging.Logger, message: str) -> None:
         """Write what ``logger.info(message)`` would, formatted here (``text``: TextFormatter's line)."""
-        self.handler.put(f"{_timestamp(time.time())} {logger.name}: {message}")
+        self.put(self.head(logger) + message)
+
+    def head(self, logger: logging.Logger) -> str:
+        """What a ``text`` line of ``logger`` written now starts with: ``2026-12-01T10:00:00.123Z
+        room_gateway.access: `` (a caller making the rest of the line hands the whole to :attr:`put`). Under
+        load, lines come several a millisecond: the last one's head is kept (one tuple, replaced whole)."""
+        milliseconds = time.time_ns() // 1_000_000  # see _now
+        last, name, head = self._head
+        if last != milliseconds or name != logger.name:
+            head = f"{_milliseconds_text(milliseconds)} {logger.name}: "
+            self._head = (milliseconds, logger.name, head)
+        return head
 
     def write_json(self, logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
         """Write what ``logger.info(message, extra={"access": fields})`` would (``json``: JsonFormatter's
         line of a record with ``access`` fields)."""
-        line = {"time": _timestamp(time.time()), "level": "info", "logger": logger.name, "message": message}
+        line = {"time": _now(), "level": "info", "logger": logger.name, "message": message}
         line.update(fields)
         self.handler.put(orjson.dumps(line, default=str).decode())
 

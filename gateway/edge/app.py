@@ -242,7 +242,11 @@ class Edge(ObservedCalls):
         try:
             try:
                 if limiter is not None and limiter.by_ip:
-                    ip = client_ip(limiter, scope)
+                    if limiter.trusted_proxies:
+                        ip = client_ip(limiter, scope)
+                    else:  # the peer, as client_ip says, without its call (no proxy to believe)
+                        client = scope.get("client")
+                        ip = client[0] if client else ""
                     if limiter.local:  # counted here: no coroutine to await
                         limiter.check_now(limiter.by_ip, ip, verdict)
                     else:

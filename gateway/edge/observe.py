@@ -26,8 +26,19 @@ from typing import TYPE_CHECKING, Any
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.edge.accesslog import AccessLine, http_text, key_name, log, logged_path, write_access_line
-from gateway.edge.ratelimit import add_rate_limit_headers
+from gateway.auth.policy import Principal
+from gateway.edge.accesslog import (
+    LOGGED_KEYS,
+    LOGGED_PATHS,
+    AccessLine,
+    http_text,
+    key_name,
+    log,
+    logged_path,
+    write_access_line,
+)
+from gateway.edge.cycle import HEAD
+from gateway.edge.ratelimit import add_rate_limit_headers, rate_limit_lines
 from gateway.edge.routing import PRINCIPAL, TranscodedRoute
 from gateway.logs import line_sink
 from gateway.observability.calls import CURRENT, Call, MethodRecorder, code_of_status
@@ -38,6 +49,7 @@ if TYPE_CHECKING:  # tracing is an optional extra
     from gateway.observability.tracing import Tracing
 
 _REQUEST_ID = b"x-request-id"
+_REQUEST_ID_LINE = b"x-request-id: %s\r\n"
 _TRACEPARENT = b"traceparent"
 _ROUTE = "route"  # where Starlette's router (and the edge, for native routes) leaves the route served
 TRANSPORT = "rest"
@@ -49,15 +61,27 @@ class ObservedSend:
     when a limit applied and the CORS headers of :attr:`cors` for an allowed origin (the edge sets both).
     One object per call instead of a closure per concern: each ``send`` wrapper was a coroutine frame per
     message (bench/RESULTS.md).
+
+    On the gateway's own server (``own_lines``: the scope offers :data:`~gateway.edge.cycle.HEAD`) the request
+    id and the ``RateLimit-*`` headers go as header lines it writes unchecked: both are made here, from a
+    checked id and numbers (uvicorn's checks of them per header were ~14k instructions of a REST GET).
     """
 
-    __slots__ = ("cors", "echoed", "send", "span", "status", "tracing", "verdict")
+    __slots__ = ("cors", "echoed", "own_lines", "send", "span", "status", "tracing", "verdict")
 
-    def __init__(self, send: Send, echoed: tuple[bytes, bytes], span: Any, tracing: Tracing | None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        echoed: tuple[bytes, bytes],
+        span: Any,
+        tracing: Tracing | None,
+        own_lines: bool = False,
+    ) -> None:
         self.send = send
         self.echoed = echoed
         self.span = span
         self.tracing = tracing
+        self.own_lines = own_lines
         self.status = 0
         #: The call's rate-limit verdict, read as the response starts (``None``: no limit applied).
         self.verdict: Verdict | None = None
@@ -67,13 +91,22 @@ class ObservedSend:
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            verdict = self.verdict
+            if self.own_lines:
+                lines = _REQUEST_ID_LINE % self.echoed[1]
+                if verdict is not None:
+                    lines = rate_limit_lines(verdict) + lines
+                message[HEAD] = message.get(HEAD, b"") + lines
+                if self.cors is None and self.span is None:
+                    await self.send(message)
+                    return
             headers = message.get("headers")
             if not isinstance(headers, list):  # a list is ours to extend, as Starlette's middlewares do
                 headers = message["headers"] = list(headers or ())
-            verdict = self.verdict
-            if verdict is not None:
-                add_rate_limit_headers(headers, verdict)
-            headers.append(self.echoed)
+            if not self.own_lines:
+                if verdict is not None:
+                    add_rate_limit_headers(headers, verdict)
+                headers.append(self.echoed)
             if self.cors is not None:
                 headers.extend(self.cors)
             if self.span is not None:
@@ -131,7 +164,14 @@ class ObservedCalls:
         span = None
         if tracing is not None:
             span = tracing.server_span(scope["method"], traceparent, call)
-        observed = ObservedSend(send, (_REQUEST_ID, call.request_id.encode("ascii")), span, tracing)
+        extensions = scope.get("extensions")
+        observed = ObservedSend(
+            send,
+            (_REQUEST_ID, call.request_id.encode("ascii")),
+            span,
+            tracing,
+            extensions is not None and HEAD in extensions,
+        )
         try:
             await self.app(scope, receive, observed)
         finally:
@@ -167,15 +207,30 @@ class ObservedCalls:
         logger = self.logger
         sink = line_sink(logger)
         method = scope.get("method", "-")
-        path = logged_path(scope)
-        key = key_name(scope.get(PRINCIPAL))
+        # The path and the key name as made safe for an earlier line (a dict lookup each, not a call).
+        path = LOGGED_PATHS.get(scope.get("raw_path")) or logged_path(scope)  # type: ignore[arg-type]
+        principal = scope.get(PRINCIPAL)
+        key = (LOGGED_KEYS.get(principal.name) if type(principal) is Principal else None) or key_name(
+            principal
+        )
         client = scope.get("client")
         address = str(client[0]) if client else "-"
         if sink is not None and sink.format == "text":
-            # The usual case: the line straight from the fields, no AccessLine and no record (each
-            # frame and tuple on the way was ~1k instructions; the access line cost 26k of a GET).
-            sink.write_text(
-                logger, http_text(method, path, status, key, seconds, address, call.request_id, call.trace_id)
+            # The usual case: the whole line straight from the fields, made at once, no AccessLine and no
+            # record (each frame and tuple on the way was ~1k instructions; the access line cost 26k of a
+            # GET).
+            sink.put(
+                http_text(
+                    method,
+                    path,
+                    status,
+                    key,
+                    seconds,
+                    address,
+                    call.request_id,
+                    call.trace_id,
+                    sink.head(logger),
+                )
             )
             return
         line = AccessLine(

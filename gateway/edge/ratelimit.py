@@ -53,6 +53,47 @@ def add_rate_limit_headers(headers: list[tuple[bytes, bytes]], verdict: Verdict)
         headers.append((b"retry-after", b"%d" % verdict.limited.retry_after))
 
 
+#: The ``RateLimit-*`` lines by limit, reset and remaining count: what a window's calls answer, made once
+#: per value (the shipped 20/second limit: some twenty a window). Nested dicts of ints: a tuple key would
+#: be hashed per call. Per limit and reset, the text before and after the remaining count, and the lines
+#: made: at most :data:`_WINDOW_LINES` (a large limit's counts mostly differ: joined per call then, not
+#: kept). The limits and resets are few (bounded as above).
+_LINES: dict[int, dict[int, tuple[bytes, bytes, dict[int, bytes]]]] = {}
+_WINDOW_LINES = 256
+
+
+def rate_limit_lines(verdict: Verdict) -> bytes:
+    """:func:`add_rate_limit_headers` as header lines (``ratelimit-limit: 20\\r\\n…``) for the gateway's own
+    response path (:data:`gateway.edge.cycle.HEAD`): numbers only, nothing to check."""
+    usage = verdict.usage
+    if usage is None:
+        return b""
+    reset = math.ceil(usage.reset)
+    resets = _LINES.get(usage.limit)
+    if resets is None:
+        if len(_LINES) >= _CACHE_SIZE:
+            _LINES.clear()
+        resets = _LINES[usage.limit] = {}
+    window = resets.get(reset)
+    if window is None:
+        if len(resets) >= _CACHE_SIZE:
+            resets.clear()
+        window = resets[reset] = (
+            b"ratelimit-limit: %d\r\nratelimit-remaining: " % usage.limit,
+            b"\r\nratelimit-reset: %d\r\n" % reset,
+            {},
+        )
+    before, after, made = window
+    lines = made.get(usage.remaining)
+    if lines is None:
+        lines = before + b"%d" % usage.remaining + after
+        if len(made) < _WINDOW_LINES:
+            made[usage.remaining] = lines
+    if verdict.limited is not None:
+        lines += b"retry-after: %d\r\n" % verdict.limited.retry_after
+    return lines
+
+
 def rate_limit_headers(verdict: Verdict) -> list[tuple[bytes, bytes]]:
     """The ``RateLimit-*`` (and, when refused, ``Retry-After``) headers of ``verdict``."""
     headers: list[tuple[bytes, bytes]] = []

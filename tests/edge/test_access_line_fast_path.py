@@ -30,6 +30,7 @@ def gateway_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     stream = io.StringIO()
     monkeypatch.setattr(logs.sys, "stderr", stream)
     monkeypatch.setattr(logs.time, "time", lambda: 1_800_000_000.5)
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_800_000_000_500_000_000)  # lines without records
     for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):  # configure_logging's
         monkeypatch.setattr(logging, name, getattr(logging, name))
     writer = logs.configure_logging("info", "text")

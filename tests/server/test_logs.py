@@ -107,6 +107,7 @@ def test_access_lines_without_records_write_what_records_would(
     stream = io.StringIO()
     monkeypatch.setattr(logs.sys, "stderr", stream)
     monkeypatch.setattr(logs.time, "time", lambda: 1_800_000_000.5)
+    monkeypatch.setattr(logs.time, "time_ns", lambda: 1_800_000_000_500_000_000)  # lines without records
     monkeypatch.setattr(logging, "_srcfile", logging._srcfile)  # configure_logging changes these
     monkeypatch.setattr(logging, "logThreads", logging.logThreads)
     monkeypatch.setattr(logging, "logProcesses", logging.logProcesses)
@@ -196,3 +197,33 @@ def test_a_line_put_beside_another_threads_append_wakes_the_writer() -> None:
     finally:
         writer.stop()
     assert written_before_stop == ["other thread", "ours"]
+
+
+def test_a_lines_head_is_its_own_millisecond_and_logger(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head kept from the last line (same millisecond, same logger) never stands for another's."""
+    from gateway import logs
+
+    sink = logs._Sink(_WriterHandler(LogWriter(io.StringIO(), Formatter())), "text")
+    access, other = logging.getLogger("room_gateway.access"), logging.getLogger("room_gateway.other")
+    base = 1_800_000_000_000  # 2027-01-15T08:00:00.000Z, in milliseconds
+    heads = []
+    for milliseconds, nanos, logger in [
+        (0, 100, access),
+        (0, 900_000, access),  # the same millisecond: the head kept
+        (0, 950_000, other),  # another logger in it
+        (1, 0, other),
+        (999, 999_999, access),
+        (1000, 0, access),  # the next second
+    ]:
+        monkeypatch.setattr(
+            logs.time, "time_ns", lambda ms=milliseconds, ns=nanos: (base + ms) * 1_000_000 + ns
+        )
+        heads.append(sink.head(logger))
+    assert heads == [
+        "2027-01-15T08:00:00.000Z room_gateway.access: ",
+        "2027-01-15T08:00:00.000Z room_gateway.access: ",
+        "2027-01-15T08:00:00.000Z room_gateway.other: ",
+        "2027-01-15T08:00:00.001Z room_gateway.other: ",
+        "2027-01-15T08:00:00.999Z room_gateway.access: ",
+        "2027-01-15T08:00:01.000Z room_gateway.access: ",
+    ]
