@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
@@ -95,6 +95,8 @@ class Binder:
         self.tag = method.descriptor.containing_service.full_name
         self.request_class = message_factory.GetMessageClass(method.input)
         self.reply_class = message_factory.GetMessageClass(method.output)
+        self._flat_request = _flat_request(method.input)
+        self._flat_reply = _flat_reply(method.output)
         self._path = [
             (v.field_path, schema.field_at(method.input, v.field_path)) for v in binding.template.variables
         ]
@@ -132,6 +134,11 @@ class Binder:
             _put(request, field_path, _scalar(field, values[field_path]))
         if query_string:
             self._bind_query(request, query_string)
+        flat = self._flat_request
+        if flat is not None:
+            data = _flat_message(self.request_class, flat, request)
+            if data is not None:
+                return data
         message: Message = self.request_class()
         try:
             json_format.ParseDict(request, message)
@@ -163,7 +170,98 @@ class Binder:
     def reply(self, data: bytes) -> Any:
         """A reply message's bytes as proto3 JSON."""
         message: Message = self.reply_class.FromString(data)
+        flat = self._flat_reply
+        if flat is not None:
+            names, defaults = flat
+            found: dict[str, Any] = {}
+            try:
+                for field, value in message.ListFields():
+                    name, wide = names[field]
+                    found[name] = str(value) if wide else value
+            except KeyError:  # an extension: json_format's way
+                pass
+            else:
+                for name, default in defaults:
+                    if name not in found:
+                        found[name] = default
+                return found
         return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+# Flat messages: json_format walks every field and value in Python (~5 us a request, ~2.5 us a reply, the
+# largest part of a REST call's own work here). For a message whose fields are all singular strings, bools
+# and integers without presence (most requests and replies), the same conversion is a dict of names: the
+# request built by the message's constructor, the reply read from ``ListFields``. Anything else — another
+# type, a value of another JSON type, a nested object, a null, a constructor's refusal (a lone surrogate, an
+# integer out of range) — goes through json_format as before, so its results and error texts stay its own.
+_FLAT_TYPES: dict[int, type] = {
+    FieldDescriptor.CPPTYPE_STRING: str,
+    FieldDescriptor.CPPTYPE_BOOL: bool,
+    FieldDescriptor.CPPTYPE_INT32: int,
+    FieldDescriptor.CPPTYPE_UINT32: int,
+    FieldDescriptor.CPPTYPE_INT64: int,
+    FieldDescriptor.CPPTYPE_UINT64: int,
+}
+_WIDE = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})  # strings in proto3 JSON
+
+
+def _flat_fields(descriptor: Descriptor) -> list[FieldDescriptor] | None:
+    """``descriptor``'s fields when each is a flat scalar (see above); ``None`` otherwise."""
+    if descriptor.full_name.startswith("google.protobuf."):  # well-known types have JSON forms of their own
+        return None
+    fields = list(descriptor.fields)
+    for field in fields:
+        if (
+            field.is_repeated
+            or field.has_presence
+            or field.cpp_type not in _FLAT_TYPES
+            or field.type == FieldDescriptor.TYPE_BYTES
+        ):
+            return None
+    return fields
+
+
+def _flat_request(descriptor: Descriptor) -> dict[str, tuple[str, type]] | None:
+    """JSON key (lowerCamel and proto name, as json_format accepts both) → (field name, JSON value type)."""
+    fields = _flat_fields(descriptor)
+    if fields is None:
+        return None
+    keys: dict[str, tuple[str, type]] = {}
+    for field in fields:
+        keys[field.name] = keys[field.json_name] = (field.name, _FLAT_TYPES[field.cpp_type])
+    return keys
+
+
+def _flat_message(
+    message_class: Any, keys: dict[str, tuple[str, type]], request: dict[str, Any]
+) -> bytes | None:
+    """A flat request's bytes, as json_format would give them; ``None``: json_format's way."""
+    values: dict[str, Any] = {}
+    for key, value in request.items():
+        entry = keys.get(key)
+        if entry is None or type(value) is not entry[1]:  # ``is``: a bool is no integer in proto3 JSON
+            return None
+        values[entry[0]] = value  # a field given by both its names: the last wins, as in json_format
+    try:
+        data: bytes = message_class(**values).SerializeToString()
+    except Exception:  # json_format's own error text for it
+        return None
+    return data
+
+
+def _flat_reply(
+    descriptor: Descriptor,
+) -> tuple[dict[FieldDescriptor, tuple[str, bool]], list[tuple[str, Any]]] | None:
+    """A flat reply's JSON names by field, and its defaults in declaration order: ``MessageToDict``'s output
+    (the fields set by number, then the others, as it orders them)."""
+    fields = _flat_fields(descriptor)
+    if fields is None:
+        return None
+    names = {f: (f.json_name, f.cpp_type in _WIDE) for f in fields}
+    defaults = [
+        (f.json_name, str(f.default_value) if f.cpp_type in _WIDE else f.default_value) for f in fields
+    ]
+    return names, defaults
 
 
 def _scalar(field: FieldDescriptor, text: str) -> Any:
