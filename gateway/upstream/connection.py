@@ -103,7 +103,7 @@ def encode_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> bytes:
 class Headers:
     """The HEADERS of one method's calls, encoded once; :meth:`block` adds a call's timeout and metadata."""
 
-    __slots__ = ("_fixed",)
+    __slots__ = ("_fixed", "_timed", "_timeout")
 
     def __init__(self, path: str, authority: str, tls: bool) -> None:
         self._fixed = b"".join(
@@ -117,11 +117,18 @@ class Headers:
                 literal("user-agent", USER_AGENT.encode("ascii")),
             )
         )
+        # The last timeout's block: a unary call whose client sets none has the upstream's default, the
+        # same on every call (REST calls always).
+        self._timeout: float | None = None
+        self._timed = self._fixed
 
     def block(self, timeout: float | None, metadata: bytes) -> bytes:
         if timeout is None:
             return self._fixed + metadata
-        return self._fixed + literal("grpc-timeout", encode_timeout(timeout).encode("ascii")) + metadata
+        if timeout != self._timeout:
+            self._timed = self._fixed + literal("grpc-timeout", encode_timeout(timeout).encode("ascii"))
+            self._timeout = timeout
+        return self._timed + metadata
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:

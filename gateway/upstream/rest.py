@@ -417,9 +417,7 @@ class UpstreamReplies(ListenStream[Any]):
         self._closed = False
 
     @classmethod
-    async def open(
-        cls, route: UpstreamRoute, request: bytes, client: _Headers
-    ) -> UpstreamReplies:
+    async def open(cls, route: UpstreamRoute, request: bytes, client: _Headers) -> UpstreamReplies:
         """Open the call upstream and send its request; an error before the first reply is raised here,
         so that it is answered with its HTTP status rather than inside a 200 stream."""
         proxy = route.proxy

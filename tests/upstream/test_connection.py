@@ -118,6 +118,14 @@ def test_headers_decode_as_sent() -> None:
     assert len(decoder.header_table.dynamic_entries) == 0  # nothing indexed: no state between calls
 
 
+def test_each_call_gets_its_own_timeout() -> None:
+    """The last timeout's block is kept: a call with another timeout (or none) is not sent the kept one."""
+    headers = Headers("/t.T/Chat", "up:50051", tls=False)
+    sent = [headers.block(t, b"") for t in (1.5, 1.5, 0.2, None, 1.5, 30.0)]
+    timeouts = [dict(Decoder().decode(block)).get("grpc-timeout") for block in sent]
+    assert timeouts == ["1500m", "1500m", "200m", None, "1500m", "30S"]
+
+
 async def test_a_stream_far_beyond_the_windows_both_ways(served: tuple[Service, int]) -> None:
     """200 messages of 10 KB each way through 64 KiB windows: sends wait for WINDOW_UPDATE, and the
     upstream's replies are credited back as they are read."""
