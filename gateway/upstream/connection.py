@@ -48,7 +48,7 @@ from grpclib.metadata import decode_grpc_message, encode_timeout
 from hpack.exceptions import HPACKError
 
 from gateway.coalesce import CoalescingTransport
-from gateway.rpc.headerblocks import FRAME, CachingDecoder, literal_field
+from gateway.rpc.headerblocks import FRAME, CachingDecoder, integer, literal_field, string
 from gateway.rpc.wire import RawDetails, RawMessage
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -60,6 +60,8 @@ _HEADER_TABLE_SIZE, _ENABLE_PUSH, _MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
 _INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE, _MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
 _DEFAULT_WINDOW = 65_535
 _DEFAULT_FRAME = 16_384
+#: The most of the upstream's HPACK table this client uses (RFC 7541's default, which every peer allows).
+TABLE_SIZE = 4096
 
 #: The windows this client gives the upstream: what one stream, and the connection, may have in flight.
 STREAM_WINDOW = 4 * 1024 * 1024
@@ -100,28 +102,120 @@ def encode_metadata(metadata: Sequence[tuple[str, str | bytes]]) -> bytes:
     return b"".join(out)
 
 
-class Headers:
-    """The HEADERS of one method's calls, encoded once; :meth:`block` adds a call's timeout and metadata."""
+class HeaderTable:
+    """This client's view of the upstream's HPACK dynamic table (RFC 7541 §2.3.2, §4), one per connection.
 
-    __slots__ = ("_fixed",)
+    Only the calls' fixed fields — ``:path``, ``:authority``, ``te``, ``content-type``, ``user-agent``: no
+    secrets — are ever inserted; metadata stays never indexed, the timeout a literal. The first call of a
+    method sends them as literals with incremental indexing, the next ones as indices: a literal costs the
+    upstream's decoder several times an index (hpack's: ~57k instructions of a proxied call's 96k extra).
+    The table follows the upstream's ``SETTINGS_HEADER_TABLE_SIZE`` (:meth:`resize`), evicting as its
+    decoder will.
+    """
+
+    __slots__ = ("_entries", "_inserted", "_max", "_numbers", "_size", "_updates", "changes")
+
+    def __init__(self) -> None:
+        self._max = TABLE_SIZE
+        self._size = 0
+        self._entries: deque[tuple[tuple[bytes, bytes], int, int]] = deque()  # oldest first: field, size, №
+        self._numbers: dict[tuple[bytes, bytes], int] = {}  # field → its insertion number, while held
+        self._inserted = 0
+        self._updates: list[int] = []  # size updates due at the start of the next block (§4.2)
+        #: Counts what moves indices: a block encoded before another change is still right.
+        self.changes = 0
+
+    def resize(self, allowed: int) -> None:
+        """The upstream's ``SETTINGS_HEADER_TABLE_SIZE`` (acknowledged at once: the next block may use it)."""
+        size = min(allowed, TABLE_SIZE)
+        if size == self._max and not self._updates:
+            return
+        # A size lowered then raised before the next block: both are announced, the smallest first (§4.2).
+        self._updates = [min(size, *self._updates)] if self._updates else [size]
+        if size != self._updates[0]:
+            self._updates.append(size)
+        self._max = size
+        self._evict(self._updates[0])
+        self.changes += 1
+
+    def updates(self) -> bytes:
+        """The size updates due (§6.3), once; ``b""`` mostly."""
+        if not self._updates:
+            return b""
+        out = b"".join(integer(size, 5, 0x20) for size in self._updates)
+        self._updates = []
+        return out
+
+    def field(self, name: bytes, value: bytes) -> bytes:
+        """One fixed field: its index when the upstream holds it, else a literal that inserts it."""
+        key = (name, value)
+        number = self._numbers.get(key)
+        if number is not None:
+            return integer(62 + self._inserted - 1 - number, 7, 0x80)  # §6.1; 62: the first dynamic index
+        size = len(name) + len(value) + 32  # §4.1
+        if size > self._max:
+            return literal_field(name, value, never_indexed=False)
+        self._evict(self._max - size)
+        self._entries.append((key, size, self._inserted))
+        self._numbers[key] = self._inserted
+        self._inserted += 1
+        self._size += size
+        self.changes += 1
+        return b"\x40" + string(name) + string(value)  # §6.2.1, the name as a literal
+
+    def _evict(self, room: int) -> None:
+        """Evict the oldest entries until the table holds at most ``room`` bytes (§4.3, §4.4)."""
+        while self._size > room:
+            key, size, number = self._entries.popleft()
+            self._size -= size
+            if self._numbers.get(key) == number:
+                del self._numbers[key]
+
+
+class Headers:
+    """The HEADERS of one method's calls; :meth:`block` adds a call's timeout and metadata."""
+
+    __slots__ = ("_fields", "_fixed", "_indexed", "_timed", "_timeout")
 
     def __init__(self, path: str, authority: str, tls: bool) -> None:
-        self._fixed = b"".join(
-            (
-                b"\x83",  # :method POST (static index 3)
-                b"\x87" if tls else b"\x86",  # :scheme https / http (7 / 6)
-                literal(":path", path.encode("ascii")),
-                literal(":authority", authority.encode("ascii")),
-                literal("te", b"trailers"),
-                literal("content-type", b"application/grpc"),
-                literal("user-agent", USER_AGENT.encode("ascii")),
-            )
+        self._fields = (
+            (b":path", path.encode("ascii")),
+            (b":authority", authority.encode("ascii")),
+            (b"te", b"trailers"),
+            (b"content-type", b"application/grpc"),
+            (b"user-agent", USER_AGENT.encode("ascii")),
         )
+        start = b"\x83" + (b"\x87" if tls else b"\x86")  # :method POST, :scheme https / http (3, 7 / 6)
+        self._fixed = start + b"".join(literal_field(n, v, never_indexed=False) for n, v in self._fields)
+        # The last timeout's literal: a unary call whose client sets none has the upstream's default, the
+        # same on every call (REST calls always).
+        self._timeout: float | None = None
+        self._timed = b""
+        #: The fields as indices into one connection's table, while its indices stay: (table, changes, block).
+        self._indexed: tuple[HeaderTable, int, bytes] | None = None
 
-    def block(self, timeout: float | None, metadata: bytes) -> bytes:
+    def block(self, timeout: float | None, metadata: bytes, table: HeaderTable | None = None) -> bytes:
+        """The block of one call; with ``table`` (the connection's, just before the block is written: its
+        indices hold from then on), the fixed fields indexed."""
+        if table is None:
+            fixed = self._fixed
+        else:
+            updates = table.updates()
+            indexed = self._indexed
+            if indexed is not None and indexed[0] is table and indexed[1] == table.changes:
+                fixed = updates + indexed[2]
+            else:
+                before = table.changes
+                fields = self._fixed[:2] + b"".join(table.field(n, v) for n, v in self._fields)
+                if table.changes == before:  # all indices: the same bytes until the table changes
+                    self._indexed = (table, before, fields)
+                fixed = updates + fields
         if timeout is None:
-            return self._fixed + metadata
-        return self._fixed + literal("grpc-timeout", encode_timeout(timeout).encode("ascii")) + metadata
+            return fixed + metadata
+        if timeout != self._timeout:
+            self._timed = literal("grpc-timeout", encode_timeout(timeout).encode("ascii"))
+            self._timeout = timeout
+        return fixed + self._timed + metadata
 
 
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -403,6 +497,7 @@ class _Connection(asyncio.Protocol):
         self._on_lost = on_lost
         self.transport: CoalescingTransport | None = None
         self.decoder = CachingDecoder()  # an upstream repeats its answers' blocks too
+        self.table = HeaderTable()  # what the upstream's decoder holds of our blocks
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.calls: dict[int, Call] = {}
         self.next_id = 1
@@ -550,12 +645,12 @@ class _Connection(asyncio.Protocol):
                 self.max_streams = value
                 self._grant_slots()
             elif code == _HEADER_TABLE_SIZE:
-                pass  # our encoder never indexes: the upstream's table size does not matter to it
+                self.table.resize(value)  # in force from our ACK below, before any block we write next
         self.write(_frame(_SETTINGS, _ACK, 0))
 
     # -- streams ---------------------------------------------------------------------------------------
 
-    async def open(self, headers: bytes) -> Call:
+    async def open(self, fixed: Headers, seconds: float | None, metadata: bytes) -> Call:
         """A new stream, its HEADERS written (the request stream stays open for messages)."""
         while len(self.calls) >= self.max_streams and not self.lost:
             waiter = asyncio.get_running_loop().create_future()
@@ -570,6 +665,7 @@ class _Connection(asyncio.Protocol):
         call = Call(self, self.next_id)
         self.next_id += 2
         self.calls[call.stream_id] = call
+        headers = fixed.block(seconds, metadata, self.table)  # encoded as written: the table's order
         if len(headers) <= self.max_frame:
             self.write(_frame(_HEADERS, _END_HEADERS, call.stream_id, headers))
         else:
@@ -713,7 +809,7 @@ class UpstreamConnection:
             connection = await self._connect()
         if seconds is not None and seconds <= 0:
             raise TimeoutError("the deadline has passed")
-        call = await connection.open(self.headers(path).block(seconds, metadata))
+        call = await connection.open(self.headers(path), seconds, metadata)
         if seconds is not None:
             call.deadline(seconds)
         if message is not None:

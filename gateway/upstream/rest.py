@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
@@ -95,6 +94,8 @@ class Binder:
         self.tag = method.descriptor.containing_service.full_name
         self.request_class = message_factory.GetMessageClass(method.input)
         self.reply_class = message_factory.GetMessageClass(method.output)
+        self._flat_request = _flat_request(method.input)
+        self._flat_reply = _flat_reply(method.output)
         self._path = [
             (v.field_path, schema.field_at(method.input, v.field_path)) for v in binding.template.variables
         ]
@@ -132,6 +133,11 @@ class Binder:
             _put(request, field_path, _scalar(field, values[field_path]))
         if query_string:
             self._bind_query(request, query_string)
+        flat = self._flat_request
+        if flat is not None:
+            data = _flat_message(self.request_class, flat, request)
+            if data is not None:
+                return data
         message: Message = self.request_class()
         try:
             json_format.ParseDict(request, message)
@@ -163,7 +169,98 @@ class Binder:
     def reply(self, data: bytes) -> Any:
         """A reply message's bytes as proto3 JSON."""
         message: Message = self.reply_class.FromString(data)
+        flat = self._flat_reply
+        if flat is not None:
+            names, defaults = flat
+            found: dict[str, Any] = {}
+            try:
+                for field, value in message.ListFields():
+                    name, wide = names[field]
+                    found[name] = str(value) if wide else value
+            except KeyError:  # an extension: json_format's way
+                pass
+            else:
+                for name, default in defaults:
+                    if name not in found:
+                        found[name] = default
+                return found
         return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+# Flat messages: json_format walks every field and value in Python (~5 us a request, ~2.5 us a reply, the
+# largest part of a REST call's own work here). For a message whose fields are all singular strings, bools
+# and integers without presence (most requests and replies), the same conversion is a dict of names: the
+# request built by the message's constructor, the reply read from ``ListFields``. Anything else — another
+# type, a value of another JSON type, a nested object, a null, a constructor's refusal (a lone surrogate, an
+# integer out of range) — goes through json_format as before, so its results and error texts stay its own.
+_FLAT_TYPES: dict[int, type] = {
+    FieldDescriptor.CPPTYPE_STRING: str,
+    FieldDescriptor.CPPTYPE_BOOL: bool,
+    FieldDescriptor.CPPTYPE_INT32: int,
+    FieldDescriptor.CPPTYPE_UINT32: int,
+    FieldDescriptor.CPPTYPE_INT64: int,
+    FieldDescriptor.CPPTYPE_UINT64: int,
+}
+_WIDE = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})  # strings in proto3 JSON
+
+
+def _flat_fields(descriptor: Descriptor) -> list[FieldDescriptor] | None:
+    """``descriptor``'s fields when each is a flat scalar (see above); ``None`` otherwise."""
+    if descriptor.full_name.startswith("google.protobuf."):  # well-known types have JSON forms of their own
+        return None
+    fields = list(descriptor.fields)
+    for field in fields:
+        if (
+            field.is_repeated
+            or field.has_presence
+            or field.cpp_type not in _FLAT_TYPES
+            or field.type == FieldDescriptor.TYPE_BYTES
+        ):
+            return None
+    return fields
+
+
+def _flat_request(descriptor: Descriptor) -> dict[str, tuple[str, type]] | None:
+    """JSON key (lowerCamel and proto name, as json_format accepts both) → (field name, JSON value type)."""
+    fields = _flat_fields(descriptor)
+    if fields is None:
+        return None
+    keys: dict[str, tuple[str, type]] = {}
+    for field in fields:
+        keys[field.name] = keys[field.json_name] = (field.name, _FLAT_TYPES[field.cpp_type])
+    return keys
+
+
+def _flat_message(
+    message_class: Any, keys: dict[str, tuple[str, type]], request: dict[str, Any]
+) -> bytes | None:
+    """A flat request's bytes, as json_format would give them; ``None``: json_format's way."""
+    values: dict[str, Any] = {}
+    for key, value in request.items():
+        entry = keys.get(key)
+        if entry is None or type(value) is not entry[1]:  # ``is``: a bool is no integer in proto3 JSON
+            return None
+        values[entry[0]] = value  # a field given by both its names: the last wins, as in json_format
+    try:
+        data: bytes = message_class(**values).SerializeToString()
+    except Exception:  # json_format's own error text for it
+        return None
+    return data
+
+
+def _flat_reply(
+    descriptor: Descriptor,
+) -> tuple[dict[FieldDescriptor, tuple[str, bool]], list[tuple[str, Any]]] | None:
+    """A flat reply's JSON names by field, and its defaults in declaration order: ``MessageToDict``'s output
+    (the fields set by number, then the others, as it orders them)."""
+    fields = _flat_fields(descriptor)
+    if fields is None:
+        return None
+    names = {f: (f.json_name, f.cpp_type in _WIDE) for f in fields}
+    defaults = [
+        (f.json_name, str(f.default_value) if f.cpp_type in _WIDE else f.default_value) for f in fields
+    ]
+    return names, defaults
 
 
 def _scalar(field: FieldDescriptor, text: str) -> Any:
@@ -266,9 +363,9 @@ class UpstreamRoute(BaseRoute):
             if rooms:
                 await self.proxy.check_room(principal, self.method, request)
             if self.method.server_streaming:
-                replies = await UpstreamReplies.open(self, request, _client_metadata(scope))
+                replies = await UpstreamReplies.open(self, request, _Headers(scope))
             else:
-                payload = await self._unary(request, _client_metadata(scope))
+                payload = await self._unary(request, _Headers(scope))
         except ClientDisconnected:
             return
         except GatewayError as exc:
@@ -293,10 +390,10 @@ class UpstreamRoute(BaseRoute):
             return
         await send_json(send, 200, payload)
 
-    async def _unary(self, request: bytes, client: list[tuple[str, str]]) -> bytes:
+    async def _unary(self, request: bytes, client: _Headers) -> bytes:
         proxy = self.proxy
         try:
-            metadata = proxy.upstream_metadata(_Pairs(client))
+            metadata = proxy.upstream_metadata(client)
             async with await proxy.channel.call(
                 self.method.path, metadata, seconds=proxy.timeout, message=request
             ) as upstream:
@@ -320,14 +417,12 @@ class UpstreamReplies(ListenStream[Any]):
         self._closed = False
 
     @classmethod
-    async def open(
-        cls, route: UpstreamRoute, request: bytes, client: list[tuple[str, str]]
-    ) -> UpstreamReplies:
+    async def open(cls, route: UpstreamRoute, request: bytes, client: _Headers) -> UpstreamReplies:
         """Open the call upstream and send its request; an error before the first reply is raised here,
         so that it is answered with its HTTP status rather than inside a 200 stream."""
         proxy = route.proxy
         try:
-            metadata = proxy.upstream_metadata(_Pairs(client))
+            metadata = proxy.upstream_metadata(client)
             upstream = await proxy.channel.call(route.method.path, metadata, message=request)
         except Exception as exc:
             raise proxy.error(exc) from None
@@ -365,18 +460,24 @@ class UpstreamReplies(ListenStream[Any]):
         self._upstream.close()  # RST_STREAM when it has not ended: the upstream stops sending
 
 
-class _Pairs:
-    """A REST call's headers with the metadata interface the proxy reads (``getall``)."""
+class _Headers:
+    """A REST call's headers with the metadata interface the proxy reads (``getall``): only the values of
+    the few keys it forwards are decoded (decoding every header was ~1 us a call)."""
 
-    def __init__(self, pairs: Sequence[tuple[str, str]]) -> None:
-        self._pairs = pairs
+    __slots__ = ("_by_name", "_headers")
+
+    def __init__(self, scope: Scope) -> None:
+        self._headers: list[tuple[bytes, bytes]] = scope["headers"]
+        self._by_name: dict[bytes, list[bytes]] | None = None
 
     def getall(self, key: str, default: Any = ()) -> list[str]:
-        return [v for k, v in self._pairs if k == key] or list(default)
-
-
-def _client_metadata(scope: Scope) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
+        by_name = self._by_name
+        if by_name is None:  # once per call, on the first key asked for
+            by_name = self._by_name = {}
+            for name, value in self._headers:
+                by_name.setdefault(name.lower(), []).append(value)
+        found = by_name.get(key.encode("latin-1"))
+        return [v.decode("latin-1") for v in found] if found else list(default)
 
 
 def _same(item: Any) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from gateway.rpc.h2limits import Http2Limits
 from gateway.rpc.protocol import GuardedServer
 from gateway.rpc.wire import PassThroughDetailsCodec, RawCodec, RawDetails, RawMessage
 from gateway.upstream import connection as upstream_connection
-from gateway.upstream.connection import Headers, UpstreamConnection, encode_metadata
+from gateway.upstream.connection import Headers, HeaderTable, UpstreamConnection, encode_metadata
 
 SMALL_WINDOW = 65_535  # HTTP/2's smallest initial window: a few messages fill it
 
@@ -116,6 +117,62 @@ def test_headers_decode_as_sent() -> None:
         ("trace-bin", base64.b64encode(b"\x00\x01\xfe").decode().rstrip("=")),
     ]
     assert len(decoder.header_table.dynamic_entries) == 0  # nothing indexed: no state between calls
+
+
+def test_each_call_gets_its_own_timeout() -> None:
+    """The last timeout's block is kept: a call with another timeout (or none) is not sent the kept one."""
+    headers = Headers("/t.T/Chat", "up:50051", tls=False)
+    sent = [headers.block(t, b"") for t in (1.5, 1.5, 0.2, None, 1.5, 30.0)]
+    timeouts = [dict(Decoder().decode(block)).get("grpc-timeout") for block in sent]
+    assert timeouts == ["1500m", "1500m", "200m", None, "1500m", "30S"]
+
+
+def _expected(path: str, timeout: str | None, metadata: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    fixed = [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "up:50051")]
+    fixed += [("te", "trailers"), ("content-type", "application/grpc"), ("user-agent", "room-gateway")]
+    return fixed + ([("grpc-timeout", timeout)] if timeout else []) + metadata
+
+
+def test_indexed_blocks_decode_as_sent_through_evictions_and_resizes() -> None:
+    """hpack's decoder, as the upstream's, reads every block as sent while the fixed fields are indexed, the
+    table evicts (long paths), and the upstream resizes it (SETTINGS_HEADER_TABLE_SIZE, 0 included, and
+    lowered then raised between two blocks); metadata is never inserted."""
+    chance = random.Random(15)
+    paths = [f"/t.T/{'m' * chance.randint(1, 600)}{i}" for i in range(12)]
+    methods = {path: Headers(path, "up:50051", tls=False) for path in paths}
+    table, decoder = HeaderTable(), Decoder()
+    indexed = 0
+    for _ in range(3000):
+        if chance.random() < 0.02:
+            for _ in range(chance.choice((1, 1, 2))):
+                size = chance.choice((0, 100, 700, 2000, 4096, 8192))
+                table.resize(size)
+                decoder.max_allowed_table_size = size  # as h2 does on our ACK
+        path = chance.choice(paths)
+        metadata = [("x-api-key", "secret"), ("x-request-id", str(chance.random()))]
+        block = methods[path].block(chance.choice((None, 1.5)), encode_metadata(metadata), table)
+        timeout = "1500m" if b"grpc-timeout" in block else None
+        assert [tuple(h) for h in decoder.decode(block)] == _expected(path, timeout, metadata)
+        indexed += block.count(b"/t.T/") == 0
+        assert all(b"secret" not in entry for entry in map(bytes, _entries(decoder)))
+    assert indexed > 1500  # most blocks send the path as an index
+
+
+def test_a_table_lowered_then_raised_announces_both() -> None:
+    """RFC 7541 §4.2: the smallest size since the last block first, then the final one, once (hpack's
+    decoder does not check it, so this is checked on the bytes)."""
+    table = HeaderTable()
+    table.resize(4096)
+    assert table.updates() == b""  # no change: nothing to announce
+    table.resize(100)
+    table.resize(50)
+    table.resize(4096)
+    assert table.updates() == b"\x3f\x13" + b"\x3f\xe1\x1f"  # 50, then 4096 (5-bit prefix integers)
+    assert table.updates() == b""
+
+
+def _entries(decoder: Decoder) -> list[bytes]:
+    return [b"".join(entry) for entry in decoder.header_table.dynamic_entries]
 
 
 async def test_a_stream_far_beyond_the_windows_both_ways(served: tuple[Service, int]) -> None:
