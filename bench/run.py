@@ -45,6 +45,9 @@ class Result:
     #: The server process's CPU (user + system) per request during the measurement: steadier than req/s on
     #: a machine that does other work, since time the server waits for a core is not counted.
     cpu_us: float = 0.0
+    #: The system (kernel) part of ``cpu_us``: valgrind's instruction counts see none of it, so a gap
+    #: between their ratio and the clock's is either here or in instructions per cycle (RESULTS.md).
+    sys_us: float = 0.0
 
 
 def free_port() -> int:
@@ -69,8 +72,13 @@ class Proc:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the process has used so far (Linux ``/proc``)."""
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User and system CPU seconds the process has used so far (``/proc/<pid>/stat``)."""
         fields = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def stop(self) -> None:
         self.p.send_signal(signal.SIGTERM)
@@ -147,16 +155,26 @@ def wrk(
     if lua:
         cmd += ["-s", script.name]
     subprocess.run([*cmd[:4], "-d2s", *cmd[5:], url], capture_output=True, check=True)  # warm-up
-    cpu = server.cpu_seconds() if server else 0.0
+    before = server.cpu_split() if server else (0.0, 0.0)
     out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-    cpu = server.cpu_seconds() - cpu if server else 0.0
+    user, system = _used(server, before)
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: .*", out)
     errors = (int(bad.group(1)) if bad else 0) + (1 if socket_errors else 0)
-    return Result(name, rps, p99, errors, cpu_per_request(cpu, rps, args))
+    return Result(
+        name, rps, p99, errors, cpu_per_request(user + system, rps, args), cpu_per_request(system, rps, args)
+    )
+
+
+def _used(server: Proc | None, before: tuple[float, float]) -> tuple[float, float]:
+    """User and system CPU seconds ``server`` used since ``before`` (its :meth:`Proc.cpu_split`)."""
+    if server is None:
+        return 0.0, 0.0
+    user, system = server.cpu_split()
+    return user - before[0], system - before[1]
 
 
 def cpu_per_request(cpu_seconds: float, rps: float, args: argparse.Namespace) -> float:
@@ -198,19 +216,26 @@ def h2load(
             base += ["-H", f"{key}: {value}"]
         url = f"http://127.0.0.1:{port}/roomgateway.v1.RoomService/{method}"
         subprocess.run([*base, "-D", "2", url], capture_output=True, check=True)  # warm-up
-        cpu = server.cpu_seconds() if server else 0.0
+        before = server.cpu_split() if server else (0.0, 0.0)
         out = subprocess.run(
             [*base, "-D", str(args.duration), "--log-file", str(log), url],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
-        cpu = server.cpu_seconds() - cpu if server else 0.0
+        user, system = _used(server, before)
         rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
         failed = int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
         times = [int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line]
         p99 = statistics.quantiles(times, n=100)[98] if len(times) > 100 else max(times)
-        return Result(name, rps, p99, failed, cpu_per_request(cpu, rps, args))
+        return Result(
+            name,
+            rps,
+            p99,
+            failed,
+            cpu_per_request(user + system, rps, args),
+            cpu_per_request(system, rps, args),
+        )
 
 
 def grpc_check(port: int, key: str | None) -> None:
@@ -313,15 +338,15 @@ def main() -> None:
 def report(results: list[tuple[Result, Result]], args: argparse.Namespace) -> None:
     lines = [
         "| pair | bare req/s | gateway req/s | ratio | bare p99 | gateway p99 | bare CPU/req "
-        "| gateway CPU/req | CPU ratio | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| gateway CPU/req | CPU ratio | system part, bare / gateway | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for bare, ours in results:
         lines.append(
             f"| {ours.name} vs {bare.name} | {bare.rps:,.0f} | {ours.rps:,.0f} | "
             f"**{ours.rps / bare.rps:.0%}** | {bare.p99_ms:.1f} ms | {ours.p99_ms:.1f} ms | "
             f"{bare.cpu_us:.0f} µs | {ours.cpu_us:.0f} µs | **{bare.cpu_us / max(ours.cpu_us, 1e-9):.0%}** | "
-            f"{bare.errors + ours.errors} |"
+            f"{bare.sys_us:.0f} / {ours.sys_us:.0f} µs | {bare.errors + ours.errors} |"
         )
     by_pair: dict[str, list[tuple[float, float]]] = {}
     for bare, ours in results:
