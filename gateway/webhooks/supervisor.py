@@ -81,8 +81,8 @@ class Supervisor:
         self._task = asyncio.create_task(self._supervise(), name="webhooks worker")
 
     async def ready(self) -> None:
-        """Wait until a worker has its deliverers running (tests, benchmarks; serving does not wait), at
-        most :data:`READY_SECONDS`."""
+        """Wait until the current worker has its deliverers running (tests, benchmarks; serving does not
+        wait), at most :data:`READY_SECONDS`."""
         async with asyncio.timeout(READY_SECONDS):
             await self._ready.wait()
 
@@ -145,6 +145,7 @@ class Supervisor:
 
     async def _run_one(self) -> int:
         """Start a worker, serve its channel until it ends; its exit status."""
+        self._ready.clear()  # ready() is about this worker
         ours, theirs = socket.socketpair()
         try:
             self._process = process = await asyncio.create_subprocess_exec(
