@@ -172,7 +172,11 @@ async def test_the_worker_of_a_gateway_killed_with_kill_9_exits_too(
     receiver = Receiver().start()
     try:
         gateway = await asyncio.to_thread(start_hooked, f"sqlite:///{tmp_path / 'rooms.db'}", receiver.url)
-        await eventually(lambda: WORKER_STARTED.search(gateway.log) is not None, what="the worker's start")
+        # Its log lines come on the gateway's output, in its format, named as the worker's.
+        await eventually(
+            lambda: "room_gateway.webhooks[worker]: webhooks worker (pid" in gateway.log,
+            what="the worker's line saying it delivers",
+        )
         pid = worker_pid(gateway)
         assert not gone(pid)
         gateway.proc.kill()

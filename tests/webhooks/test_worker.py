@@ -95,7 +95,7 @@ async def test_sqlite_written_by_the_gateway_and_its_worker_at_once_fails_no_wri
 
 
 async def test_a_worker_killed_mid_delivery_is_restarted_and_loses_nothing(
-    receiver: Receiver, tmp_path: Path
+    receiver: Receiver, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     lock, seen = threading.Lock(), [0]
 
@@ -122,6 +122,7 @@ async def test_a_worker_killed_mid_delivery_is_restarted_and_loses_nothing(
         os.kill(first, signal.SIGKILL)  # mid-delivery: attempts claimed, some sent, not all settled
         await receiver.until(lambda _: supervisor.pid not in (None, first), timeout=10)
         assert supervisor.started == 2
+        assert "webhooks worker killed by SIGKILL; restarting in 0.5s" in caplog.text
         await supervisor.ready()
         # The dead worker's claims are due again when their leases end (twice the timeout, plus 5 s).
         await receiver.until(lambda r: len(r.delivered) == 151, timeout=20)
