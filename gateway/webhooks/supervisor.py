@@ -66,6 +66,7 @@ class Supervisor:
         self._ready = asyncio.Event()
         self._stopping = False
         self._wake_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Workers started so far (the first included): restarts are ``started - 1``.
         self.started = 0
 
@@ -76,6 +77,7 @@ class Supervisor:
         return process.pid if process is not None and process.returncode is None else None
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self._backend.outbox is not None:
             self._backend.outbox.on_written(self.wake)
         self._task = asyncio.create_task(self._supervise(), name="webhooks worker")
@@ -89,10 +91,10 @@ class Supervisor:
     def wake(self) -> None:
         # Many writes a loop turn make one byte; a byte still unsent (the worker is behind on reading)
         # already wakes it.
-        if self._wake_pending or self._writer is None:
+        if self._wake_pending or self._writer is None or self._loop is None:
             return
         self._wake_pending = True
-        asyncio.get_running_loop().call_soon(self._send_wake)
+        self._loop.call_soon(self._send_wake)
 
     def _send_wake(self) -> None:
         self._wake_pending = False
