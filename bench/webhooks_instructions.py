@@ -3,17 +3,18 @@
     .venv/bin/python bench/webhooks_instructions.py drain [--messages 500] [--no-http] [--dilate 50]
     .venv/bin/python bench/webhooks_instructions.py put [--calls 200] [--writers 32]
                                                     [--backend sqlite|postgresql] [--dilate 50]
+                                                    [--delivery inline|process]
     .venv/bin/python bench/webhooks_instructions.py parts [--calls 500]
 
-``drain``: ``--messages`` changes written with the deliverers stopped, then counted while the deliverers
-(64 in flight) send them all to ``bench/webhooks.py``'s receiver (its own process, not counted):
-instructions per delivery. ``--no-http`` makes every post an instant 204 without a request, so that the
-HTTP client's share is the difference. ``put``: ``--calls`` in-process REST PUTs by ``--writers`` callers
-(1: one after another; ``bench/webhooks.py``'s gateway and ASGI client) without an endpoint, with one
-configured but its deliverers not started (the write path alone), and with them running (counted until
-every PUT is delivered): instructions per PUT. ``parts``: a message's body and its Standard Webhooks
-signature alone, per message. The backend's claims and settles while counted (calls, messages) go to
-stderr.
+``drain``: ``--messages`` changes written with the deliverers stopped, then counted while the deliverers (64
+in flight) send them all to ``bench/webhooks.py``'s receiver (its own process, not counted): instructions per
+delivery. ``--no-http`` makes every post an instant 204 without a request, so that the HTTP client's share is
+the difference. ``put``: ``--calls`` in-process REST PUTs by ``--writers`` callers (1: one after another;
+``bench/webhooks.py``'s gateway and ASGI client) without an endpoint, with one configured but its deliverers
+not started (the write path alone), and with them running (counted until every PUT is delivered): instructions
+per PUT — with ``--delivery process``, those of the serving process while the worker process delivers beside
+it, natively (valgrind does not follow children). ``parts``: a message's body and its Standard Webhooks
+signature alone, per message. The backend's claims and settles while counted (calls, messages) go to stderr.
 
 Each runs under ``valgrind --tool=callgrind`` with instrumentation on only around what is counted
 (``bench/instructions.py``'s ``per_call``). ``--dilate`` stretches the deliverers' timers (lanes, lingers)
@@ -39,8 +40,9 @@ POSTGRES = os.environ.get("ROOM_GATEWAY_TEST_POSTGRESQL_URL", "postgresql://post
 
 
 def _delivered(gw: Any) -> float:
-    loop = gw.webhooks.loops["bench"]
-    return float(loop._outcomes["delivered"]._value.get())
+    # The gateway's own counter: the loops' (inline), or what the worker's snapshots added (process).
+    counter = gw.metrics.webhook_deliveries.labels(endpoint="bench", outcome="delivered")
+    return float(counter._value.get())
 
 
 async def _until_delivered(gw: Any, count: float) -> None:
@@ -86,8 +88,14 @@ def _done() -> None:
 async def child(args: argparse.Namespace) -> None:
     from webhooks import client, gateway
 
+    from gateway.config import Webhooks
     from gateway.webhooks import deliverer
 
+    # --delivery inline (the default here): the deliverers in the counted process, a delivery costs what it
+    # costs wherever it runs; process: the worker runs natively beside it (valgrind does not follow
+    # children), so a PUT counts what the serving process pays with its deliveries elsewhere. An older tree
+    # (--root) has no such setting and delivers in its process.
+    inline = {"delivery": args.delivery} if "delivery" in Webhooks.model_fields else {}
     if args.no_http:
 
         async def instant(self: Any, *_: Any, **__: Any) -> int:
@@ -101,7 +109,7 @@ async def child(args: argparse.Namespace) -> None:
             deliverer.BURST_SECONDS *= args.dilate  # type: ignore[misc]
     url = args.url
     if args.mode == "drain":
-        async with gateway(url, args.receiver, start_deliverers=False) as gw, client(gw) as http:
+        async with gateway(url, args.receiver, start_deliverers=False, **inline) as gw, client(gw) as http:
             room = "drain-" + uuid.uuid4().hex[:8]
             for i in range(args.count):
                 await http.put(f"/v1/rooms/{room}/variables/v", json={"value": {"i": i, "text": "x" * 200}})
@@ -112,7 +120,10 @@ async def child(args: argparse.Namespace) -> None:
             _done()
         return
     receiver = None if args.variant == "none" else args.receiver
-    async with gateway(url, receiver, start_deliverers=args.variant == "running") as gw, client(gw) as http:
+    async with (
+        gateway(url, receiver, start_deliverers=args.variant == "running", **inline) as gw,
+        client(gw) as http,
+    ):
         room = "put-" + uuid.uuid4().hex[:8]
         for i in range(50):  # warm-up, and the room's creation
             await http.put(f"/v1/rooms/{room}/variables/v{i % 8}", json={"value": {"i": i}})
@@ -178,6 +189,13 @@ def main() -> None:
         "a 5 ms linger gathers one attempt where it gathers many natively; 50 keeps the lanes and batches "
         "near the native ones",
     )
+    parser.add_argument(
+        "--delivery",
+        default="inline",
+        choices=("inline", "process"),
+        help="webhooks.delivery: inline counts the deliveries in the counted process; process leaves them "
+        "to the worker process (not counted: valgrind does not follow children)",
+    )
     parser.add_argument("--root", help="import the gateway from this tree")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -207,7 +225,7 @@ def main() -> None:
     base = [sys.executable, __file__, args.mode, "--child", *(["--no-http"] if args.no_http else [])]
     if args.dilate is not None:
         base += ["--dilate", str(args.dilate)]
-    base += ["--writers", str(args.writers)]
+    base += ["--writers", str(args.writers), "--delivery", args.delivery]
     if args.mode == "parts":
         count = per_call([*base, "--count", str(args.calls)], args.calls, _handshake, env=env)
         print(f"body and signature: {count / 1000:,.1f}k instructions a message", flush=True)

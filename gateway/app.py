@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute
 
 from gateway.auth.policy import AuthPolicy
 from gateway.auth.tokens import room_token_issuer
-from gateway.config import GatewayConfig, unknown_surface
+from gateway.config import GatewayConfig, delivery_of, unknown_surface
 from gateway.config_loader import api_keys
 from gateway.core.backend import Backend
 from gateway.core.presence import PresenceRegistry
@@ -45,8 +45,9 @@ from gateway.upstream.surface import (
     ready_with_upstreams,
     upstream_surfaces,
 )
-from gateway.webhooks.deliverer import Deliverers, outbox_of
+from gateway.webhooks.deliverer import Deliverers, Delivery, outbox_of
 from gateway.webhooks.manager import WebhookManager
+from gateway.webhooks.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from gateway.observability.tracing import Tracing
@@ -79,7 +80,9 @@ class Gateway:
     listeners: dict[str, str] = field(default_factory=dict)
     #: The front-proxy upstreams (their channels are closed when the gateway stops).
     upstreams: tuple[UpstreamSurface, ...] = ()
-    webhooks: Deliverers | None = None  # None: no webhook endpoint configured
+    #: The deliverers (``inline``) or their worker process's supervisor (``process``); ``None``: no webhook
+    #: endpoint configured.
+    webhooks: Delivery | None = None
 
 
 def create_gateway(config: GatewayConfig, *, plugin_manager: pluggy.PluginManager | None = None) -> Gateway:
@@ -181,8 +184,9 @@ def _cors(config: GatewayConfig) -> Cors | None:
     return Cors(cors.allow_origins, cors.max_age_seconds) if cors.allow_origins else None
 
 
-def _webhooks(config: GatewayConfig, backend: Backend, metrics: Metrics) -> Deliverers | None:
-    """The webhook deliverers, and the backend told which endpoints to write outbox messages for; ``None``
+def _webhooks(config: GatewayConfig, backend: Backend, metrics: Metrics) -> Delivery | None:
+    """The webhook deliverers — in this process, or the supervisor of the worker process that runs them
+    (``webhooks.delivery``) — and the backend told which endpoints to write outbox messages for; ``None``
     without endpoints (the write path then does no outbox work).
 
     :raises ConfigError: endpoints are configured but the backend has no outbox.
@@ -195,6 +199,8 @@ def _webhooks(config: GatewayConfig, backend: Backend, metrics: Metrics) -> Deli
             "(supports_outbox); use memory://, sqlite://, postgresql:// or redis://"
         )
     backend.outbox = outbox_of(config.webhooks)
+    if delivery_of(config.backend, config.webhooks) == "process":
+        return Supervisor(config, backend, metrics)
     return Deliverers(config.webhooks, backend, metrics)
 
 

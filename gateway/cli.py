@@ -71,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(command=_status)
 
+    # Internal: the webhook worker that `serve` starts itself (gateway.webhooks.supervisor); not listed.
+    worker = commands.add_parser("webhooks-worker")
+    worker.add_argument("--fd", type=int, required=True)
+    worker.set_defaults(command=_webhooks_worker)
+
     keys = commands.add_parser("keys", help="API keys").add_subparsers(
         title="commands", required=True, metavar="COMMAND"
     )
@@ -101,6 +106,19 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         writer.stop()
+
+
+def _webhooks_worker(args: argparse.Namespace) -> int:
+    from gateway.webhooks import worker
+
+    status = worker.EXIT_FAILURE
+
+    async def run() -> None:
+        nonlocal status
+        status = await worker.run(args.fd)
+
+    _run(run)
+    return status
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -590,6 +590,15 @@ class Webhooks(_Strict):
     #: wake its deliverers at once).
     poll_seconds: float = Field(default=1.0, gt=0)
     retention: WebhookRetention = WebhookRetention()
+    #: Where the deliverers run: ``process``, a worker child of the gateway process
+    #: (:mod:`gateway.webhooks.supervisor`), or ``inline``, in the gateway's own event loop. Default
+    #: (``None``): ``process`` where the outbox is shared between processes (a SQLite file, PostgreSQL,
+    #: Redis), ``inline`` for ``memory://`` and ``sqlite:///:memory:``, which only their process sees
+    #: (:func:`delivery_of`; docs/webhooks.md says why).
+    delivery: Literal["process", "inline"] | None = None
+    #: The worker's ``nice`` increment (0 to 19, ``process`` only): under a burst the writes, which clients
+    #: wait for, get the CPU first; the durable outbox keeps the deliveries until the worker catches up.
+    worker_nice: int = Field(default=10, ge=0, le=19)
 
     @model_validator(mode="after")
     def _failed_kept_past_the_schedule(self) -> Webhooks:
@@ -609,6 +618,25 @@ class Webhooks(_Strict):
         if duplicates:
             raise ValueError(f"webhook endpoint names must be unique: {duplicates}")
         return value
+
+
+def shared_outbox(backend: str) -> bool:
+    """Whether another process opening ``backend`` sees the same outbox: a SQLite file, PostgreSQL,
+    Redis — not ``memory://`` nor ``sqlite:///:memory:``. A scheme of a third-party backend counts as
+    shared (``webhooks.delivery: inline`` says otherwise)."""
+    scheme, _, rest = backend.partition("://")
+    if scheme == "memory":
+        return False
+    if scheme.startswith("sqlite"):
+        return rest.lstrip("/") not in ("", ":memory:") and "mode=memory" not in rest
+    return True
+
+
+def delivery_of(backend: str, webhooks: Webhooks) -> Literal["process", "inline"]:
+    """``webhooks.delivery`` as it applies to ``backend``: its value, else the default for the backend."""
+    if webhooks.delivery is not None:
+        return webhooks.delivery
+    return "process" if shared_outbox(backend) else "inline"
 
 
 class GatewayConfig(_Strict):
@@ -659,6 +687,16 @@ class GatewayConfig(_Strict):
         if twice:
             raise ValueError(f"a service is served by one upstream only: {twice}")
         return value
+
+    @model_validator(mode="after")
+    def _worker_shares_the_outbox(self) -> GatewayConfig:
+        if self.webhooks.delivery == "process" and not shared_outbox(self.backend):
+            raise ValueError(
+                f"webhooks.delivery: process needs an outbox that another process can open, and "
+                f"{self.backend.partition('://')[0]}:// with this URL lives in the gateway's process only; "
+                "use inline, or a SQLite file, PostgreSQL or Redis"
+            )
+        return self
 
     @model_validator(mode="after")
     def _upstream_permissions(self) -> GatewayConfig:

@@ -1,8 +1,9 @@
 """The runner: uvicorn (HTTP) and grpclib (gRPC) in one process and one event loop, drained on SIGTERM.
 
-Order of life: open the backend → start the presence heartbeat and webhook deliverers → bind both
-listeners → serve → on ``SIGTERM``/``SIGINT`` drain → stop the deliverers and the heartbeat (after the
-streams' leaves are written) → close the backend last. Draining (bounded by ``shutdown_grace_seconds``):
+Order of life: open the backend → start the presence heartbeat and webhook deliverers (or their worker
+process, :mod:`gateway.webhooks.supervisor`) → bind both listeners → serve → on ``SIGTERM``/``SIGINT``
+drain → stop the deliverers (or the worker) and the heartbeat (after the streams' leaves are written) →
+close the backend last. Draining (bounded by ``shutdown_grace_seconds``):
 
 1. stop taking work: uvicorn closes its listener and idle keep-alive connections; new gRPC calls are
    refused with UNAVAILABLE (clients retry elsewhere);

@@ -1,6 +1,7 @@
 """The deliverers: one loop per endpoint that claims due messages, posts them and settles each attempt.
 
-Every instance runs them; the backend's claims (:meth:`~gateway.core.backend.Backend.outbox_claim`, a lease
+Every instance runs them — in its own event loop, or in its worker process (:mod:`.supervisor`,
+``webhooks.delivery``); the backend's claims (:meth:`~gateway.core.backend.Backend.outbox_claim`, a lease
 per attempt) share the work so that no attempt is sent twice. A loop keeps at most the endpoint's
 ``max_in_flight`` attempts running, so one slow receiver holds up only its own messages, and wakes when this
 instance writes messages (``Outbox.on_written``), when an attempt ends, or every ``poll_seconds`` (for what
@@ -32,6 +33,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import aiohttp
 import certifi
@@ -403,8 +405,24 @@ class EndpointLoop:
         log.warning("webhooks %s: disabled (%s)", self.name, reason)
 
 
+class Delivery(Protocol):
+    """What the gateway and the management API drive deliveries by, wherever they run:
+    :class:`Deliverers` in the gateway's own event loop (``webhooks.delivery: inline``), or
+    :class:`~gateway.webhooks.supervisor.Supervisor`'s worker process (``process``)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def wake(self) -> None:
+        """Messages were written or made due (``:retry``, ``:replay``, ``:test``): claim now."""
+
+    def refresh(self, name: str) -> None:
+        """Endpoint ``name`` was enabled or disabled through the API: read its state again."""
+
+
 class Deliverers:
-    """Every endpoint's loop, started and stopped with the gateway."""
+    """Every endpoint's loop, started and stopped with the gateway (:class:`Delivery`)."""
 
     def __init__(self, config: Webhooks, backend: Backend, metrics: Metrics, clock: Clock = _now) -> None:
         self.config = config
@@ -429,6 +447,11 @@ class Deliverers:
     def wake(self) -> None:
         for loop in self.loops.values():
             loop.wake()
+
+    def refresh(self, name: str) -> None:
+        loop = self.loops.get(name)
+        if loop is not None:
+            loop.refresh()
 
     async def stop(self) -> None:
         for loop in self.loops.values():

@@ -18,16 +18,17 @@ from gateway.core.models import (
 )
 from gateway.core.outbox import EndpointState, MessageStatus, OutboxMessage, new_message_id
 from gateway.errors import InvalidArgument, NotFound
-from gateway.webhooks.deliverer import Deliverers
+from gateway.webhooks.deliverer import Delivery
 
 #: Messages listed at most (and by default).
 MAX_LISTED = 1000
 
 
 class WebhookManager:
-    """What ``webhooks:manage`` may do, over the backend's outbox and this instance's deliverers."""
+    """What ``webhooks:manage`` may do, over the backend's outbox and this instance's deliverers (in its
+    loop or its worker process: the state is the backend's, the wake-ups go where they run)."""
 
-    def __init__(self, config: Webhooks, backend: Backend, deliverers: Deliverers) -> None:
+    def __init__(self, config: Webhooks, backend: Backend, deliverers: Delivery) -> None:
         self._endpoints = {e.name: e for e in config.endpoints}
         self._backend = backend
         self._deliverers = deliverers
@@ -84,9 +85,7 @@ class WebhookManager:
         self._known(name)
         state = await self._backend.get_endpoint_state(name)
         await self._backend.save_endpoint_state(name, EndpointState(True, "", None, state.last_success_time))
-        loop = self._deliverers.loops.get(name)
-        if loop is not None:
-            loop.refresh()
+        self._deliverers.refresh(name)
         return await self._endpoint(name)
 
     async def test(self, name: str) -> SendWebhookTestResponse:

@@ -1,12 +1,15 @@
 """Webhooks that lose nothing, with real ``room-gateway serve`` processes and a real receiver that verifies
 every signature with ``standardwebhooks``: ``kill -9`` under write load while the receiver is down, then
 every acknowledged change reaches it once restarted (SQLite, PostgreSQL, Redis); two instances on one
-PostgreSQL or Redis deliver every message, none twice."""
+PostgreSQL or Redis deliver every message, none twice; the webhook worker of a gateway killed with
+``kill -9`` does not outlive it. These gateways deliver in their worker process (the default on these
+stores), so the kill -9 tests cover it too."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +28,7 @@ WRITERS = 6
 BEFORE_KILL = 150
 
 StartHooked = Callable[[str, str], GatewayProcess]
+WORKER_STARTED = re.compile(r"webhooks worker started \(pid (\d+)\)")
 
 
 def hooked_config(backend: str, url: str) -> str:
@@ -142,5 +146,41 @@ async def test_two_instances_deliver_every_message_once(
         twice = {message_id: n for message_id, n in receiver.attempts.items() if n > 1}
         assert not twice, f"sent more than once: {twice}"
         assert receiver.bad_signatures == 0
+    finally:
+        receiver.stop()
+
+
+def worker_pid(gateway: GatewayProcess) -> int:
+    """The pid of the webhook worker that ``gateway`` logged starting (its last one)."""
+    found = [int(m.group(1)) for line in gateway.lines if (m := WORKER_STARTED.search(line))]
+    assert found, f"no webhook worker started:\n{gateway.log}"
+    return found[-1]
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie not yet reaped by its new parent counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            return any(line.startswith("State:\tZ") for line in status)
+    except FileNotFoundError:
+        return True
+
+
+async def test_the_worker_of_a_gateway_killed_with_kill_9_exits_too(
+    start_hooked: StartHooked, tmp_path: Path
+) -> None:
+    receiver = Receiver().start()
+    try:
+        gateway = await asyncio.to_thread(start_hooked, f"sqlite:///{tmp_path / 'rooms.db'}", receiver.url)
+        # Its log lines come on the gateway's output, in its format, named as the worker's.
+        await eventually(
+            lambda: "room_gateway.webhooks[worker]: webhooks worker (pid" in gateway.log,
+            what="the worker's line saying it delivers",
+        )
+        pid = worker_pid(gateway)
+        assert not gone(pid)
+        gateway.proc.kill()
+        assert gateway.wait(WAIT) == -9
+        await eventually(lambda: gone(pid), what=f"the orphaned worker {pid} to exit")
     finally:
         receiver.stop()

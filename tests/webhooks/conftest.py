@@ -1,4 +1,8 @@
-"""A gateway with webhooks, built and run in the test's event loop, and a verifying receiver."""
+"""A gateway with webhooks, built and run in the test's event loop, and a verifying receiver.
+
+``backend_url`` runs each test on ``memory://`` (deliveries in the test's process: ``inline``) and on a
+SQLite file (in the gateway's worker process, the default there: ``process``), so both modes are covered
+without a test written twice."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pytest
 
 from gateway.app import Gateway, create_gateway
 from gateway.config import GatewayConfig
+from gateway.webhooks.supervisor import Supervisor
 from tests.conftest import ADMIN_KEY, READER_KEY
 from tests.webhooks.receiver import SECRET, Receiver
 
@@ -43,6 +48,8 @@ async def running(config: GatewayConfig) -> AsyncIterator[tuple[Gateway, httpx.A
     await gateway.backend.open()
     assert gateway.webhooks is not None
     await gateway.webhooks.start()
+    if isinstance(gateway.webhooks, Supervisor):  # process mode: its worker delivering before the test
+        await gateway.webhooks.ready()
     try:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(gateway.http_app),

@@ -92,9 +92,9 @@ async def test_filters_by_type_and_room(receiver: Receiver) -> None:
 async def test_delivered_messages_are_pruned_after_their_retention(
     receiver: Receiver, backend_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(deliverer, "PRUNE_SECONDS", 0.05)
+    monkeypatch.setattr(deliverer, "PRUNE_SECONDS", 0.05)  # in this process: inline
     retention = {"delivered_seconds": 0.3, "failed_seconds": 1e6}
-    config = webhook_config(backend_url, {"app": receiver.url}, retention=retention)
+    config = webhook_config(backend_url, {"app": receiver.url}, retention=retention, delivery="inline")
     async with running(config) as (_, client):
         assert (await client.post("/v1/rooms", json={"roomId": "lobby"})).status_code == 200
         await receiver.until(lambda r: len(r.delivered) == 1)
