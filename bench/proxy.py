@@ -19,6 +19,7 @@ across runs (bench/RESULTS.md: the machine varies).
 
     python bench/proxy.py serve-upstream PORT     # the upstream, on its own
     python bench/proxy.py instructions [--calls 2000] [--only grpc]   # instructions a call (see below)
+    python bench/proxy.py cpu [--duration 5] [--rounds 2]             # CPU a call, per process (see below)
 
 ``instructions`` counts what each process spends per call (``valgrind --tool=callgrind``, counting on only
 while h2load sends ``--calls`` calls on 8 connections after a warm-up, as bench/instructions.py does): the
@@ -27,13 +28,22 @@ upstream) during native and proxied REST calls; and h2load itself (its count for
 count for ``calls``, so that its start-up cancels out). These are the figures of the model in
 bench/RESULTS.md: on two cores, with each server one event loop, the proxied rate is bounded by the
 gateway's core and by the two cores shared by all three processes.
+
+``cpu`` runs the unary loads of the clock mode (h2load, ``--connections`` connections, direct then proxied)
+and reads what each process spent on them: user and system CPU (``/proc/<pid>/stat``; h2load's from its
+``wait4`` usage), read and write system calls (``/proc/<pid>/io``) and context switches
+(``/proc/<pid>/status``), each per call. CPU per call does not count the time a process waits for a core,
+so it means something on a loaded machine too, where req/s does not; and unlike instructions it has the
+kernel's share. The model of ``instructions`` is then printed with CPU-µs in place of instructions.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import os
 import re
 import shutil
 import statistics
@@ -277,6 +287,135 @@ def instructions(calls: int, only_grpc: bool = False) -> None:
         print(f"{name}: {value / 1000:,.1f}k instructions a call", flush=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Usage:
+    """What a process has spent so far: CPU seconds, system calls, context switches."""
+
+    user: float
+    system: float
+    reads: int = 0
+    writes: int = 0
+    voluntary: int = 0
+    involuntary: int = 0
+
+    @classmethod
+    def of(cls, pid: int) -> Usage:
+        """A running process's (Linux ``/proc``; every thread's CPU and I/O, the main thread's switches)."""
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        status = dict(
+            line.split(":\t", 1)
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ":\t" in line
+        )
+        return cls(
+            int(stat[11]) / tick,
+            int(stat[12]) / tick,
+            int(io["syscr"]),
+            int(io["syscw"]),
+            int(status["voluntary_ctxt_switches"]),
+            int(status["nonvoluntary_ctxt_switches"]),
+        )
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            *(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other), strict=True))
+        )
+
+
+def h2load_usage(port: int, args: argparse.Namespace, headers: dict[str, str]) -> tuple[int, float, Usage]:
+    """h2load on ``bench.Echo/Say`` at ``port`` (after a warm-up): the calls that succeeded, req/s, and
+    h2load's own usage (``wait4``: no system call counts)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        body = Path(tmp) / "req.bin"
+        body.write_bytes(struct.pack(">?I", False, len(REQUEST)) + REQUEST)
+        argv = ["h2load", "-c", str(args.connections), "-m", "1", "-t", str(args.threads), "-d", str(body)]
+        argv += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+        for key, value in headers.items():
+            argv += ["-H", f"{key}: {value}"]
+        url = f"http://127.0.0.1:{port}{SAY}"
+        subprocess.run([*argv, "-D", "2", url], capture_output=True, check=True)  # warm-up
+        out_path = Path(tmp) / "out.txt"
+        with out_path.open("w") as out_file:
+            proc = subprocess.Popen([*argv, "-D", str(args.duration), url], stdout=out_file)
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+        out = out_path.read_text()
+        assert proc.returncode == 0, out
+        calls = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
+        rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+        own = Usage(usage.ru_utime, usage.ru_stime, voluntary=usage.ru_nvcsw, involuntary=usage.ru_nivcsw)
+        return calls, rps, own
+
+
+def measured(
+    port: int, args: argparse.Namespace, headers: dict[str, str], servers: dict[str, Proc]
+) -> tuple[int, float, dict[str, Usage]]:
+    """One h2load load, and what each of ``servers`` and h2load spent on it."""
+    before = {name: Usage.of(proc.p.pid) for name, proc in servers.items()}
+    calls, rps, own = h2load_usage(port, args, headers)
+    spent = {name: Usage.of(proc.p.pid) - before[name] for name, proc in servers.items()}
+    return calls, rps, {**spent, "h2load": own}
+
+
+def cpu(args: argparse.Namespace) -> None:
+    """The ``cpu`` mode (module docstring)."""
+    rows: list[tuple[int, str, int, float, dict[str, Usage]]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        upstream, http, grpc = free_port(), free_port(), free_port()
+        (Path(tmp) / "bench.proto").write_text(PROTO)
+        config = Path(tmp) / "gateway.yaml"
+        config.write_text(
+            gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=upstream))
+        )
+        up = Proc([sys.executable, __file__, "serve-upstream", str(upstream)])
+        procs = [up]
+        try:
+            wait_port(upstream)
+            command = ["-m", "gateway", "serve", "--config", str(config), "--log-level", "warning"]
+            gw = Proc([sys.executable, *command])
+            procs.append(gw)
+            wait_port(http)
+            wait_port(grpc)
+            check(grpc, http)
+            for n in range(1, args.rounds + 1):
+                rows.append((n, "direct", *measured(upstream, args, {}, {"upstream": up})))
+                rows.append(
+                    (n, "proxied", *measured(grpc, args, {"x-api-key": KEY}, {"gateway": gw, "upstream": up}))
+                )
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+    lines = [
+        "| round | load | req/s | process | user µs/call | system µs/call | CPU µs/call | reads/call | "
+        "writes/call | voluntary / involuntary switches/call |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+    ]
+    per_call: dict[tuple[str, str], list[float]] = {}
+    for n, load, calls, rps, usages in rows:
+        for name, u in usages.items():
+            total = (u.user + u.system) / calls * 1e6
+            per_call.setdefault((load, name), []).append(total)
+            io = f"{u.reads / calls:.2f} | {u.writes / calls:.2f}" if name != "h2load" else "— | —"
+            lines.append(
+                f"| {n} | {load} | {rps:,.0f} | {name} | {u.user / calls * 1e6:.1f} | "
+                f"{u.system / calls * 1e6:.1f} | {total:.1f} | {io} | "
+                f"{u.voluntary / calls:.2f} / {u.involuntary / calls:.2f} |"
+            )
+    print("\n".join(lines))
+    median = {key: statistics.median(values) for key, values in per_call.items()}
+    c_up, c_gw = median["direct", "upstream"], median["proxied", "gateway"]
+    c_up2, c_h2 = median["proxied", "upstream"], median["proxied", "h2load"]
+    limits = (c_up / c_gw, c_up / c_up2, 2 * c_up / (c_gw + c_up2 + c_h2))
+    print(
+        f"\nthe model by CPU-µs (medians): C_up {c_up:.1f}, C_gw {c_gw:.1f}, C_up' {c_up2:.1f}, C_h2load "
+        f"{c_h2:.1f} → min({limits[0]:.1%}, {limits[1]:.1%}, {limits[2]:.1%}) = {min(limits):.1%}; measured "
+        f"proxied/direct req/s: "
+        + ", ".join(f"{p[3] / d[3]:.1%}" for d, p in zip(rows[::2], rows[1::2], strict=True))
+    )
+
+
 def main() -> None:
     if sys.argv[1:2] == ["serve-upstream"]:
         serve_upstream(int(sys.argv[2]))
@@ -288,12 +427,16 @@ def main() -> None:
         options = counting.parse_args(sys.argv[2:])
         instructions(options.calls, only_grpc=options.only == "grpc")
         return
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--duration", type=int, default=10)
+    measuring_cpu = sys.argv[1:2] == ["cpu"]
+    parser = argparse.ArgumentParser(prog="proxy.py cpu" if measuring_cpu else None)
+    parser.add_argument("--duration", type=int, default=5 if measuring_cpu else 10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--rounds", type=int, default=2 if measuring_cpu else 3)
+    args = parser.parse_args(sys.argv[2:] if measuring_cpu else sys.argv[1:])
+    if measuring_cpu:
+        cpu(args)
+        return
     for tool in ("h2load", "wrk"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install nghttp2-client wrk")
