@@ -3,8 +3,8 @@ the proxy vs the native REST GetVariable, side by side in one run.
 
     python bench/proxy.py [--duration 10] [--connections 64] [--rounds 3]
 
-Two processes: a grpclib upstream (``bench.Echo/Say``, which answers the request's bytes: the upstream's
-own cost is as small as a gRPC server's can be) and a gateway with that upstream in ``upstreams:`` (rate
+Two processes: an upstream (``bench.Echo/Say``, which answers the request's bytes: the upstream's own cost
+is as small as a gRPC server's can be) and a gateway with that upstream in ``upstreams:`` (rate
 limits counted on every call but never refusing, access log off, as bench/run.py). Each round measures, back
 to back:
 
@@ -20,6 +20,11 @@ across runs (bench/RESULTS.md: the machine varies).
     python bench/proxy.py serve-upstream PORT     # the upstream, on its own
     python bench/proxy.py instructions [--calls 2000] [--only grpc]   # instructions a call (see below)
     python bench/proxy.py cpu [--duration 5] [--rounds 2]             # CPU a call, per process (see below)
+
+Every mode takes ``--upstream grpclib|node``: the upstream is a grpclib server (the default, the one issue
+15 names) or nice-grpc over @grpc/grpc-js on Node (the stack of WorkAdventure's Room API server, the real
+drop-in case; bench/node, its npm packages installed by the bench with ``npm ci``), both answering the
+request's bytes.
 
 ``instructions`` counts what each process spends per call (``valgrind --tool=callgrind``, counting on only
 while h2load sends ``--calls`` calls on 8 connections after a warm-up, as bench/instructions.py does): the
@@ -80,6 +85,8 @@ upstreams:
 #: The request of every call: Msg{room: "bench-room", text: "hello"}, as protobuf writes it.
 REQUEST = b"\n\nbench-room\x12\x05hello"
 SAY = "/bench.Echo/Say"
+#: What may serve bench.Echo/Say (``--upstream``): grpclib, the issue's, is the default.
+UPSTREAMS = ("grpclib", "node")
 
 
 def serve_upstream(port: int) -> None:
@@ -103,6 +110,23 @@ def serve_upstream(port: int) -> None:
         await server.wait_closed()
 
     uvloop.run(run())
+
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+
+
+def upstream_command(kind: str) -> list[str]:
+    """The argv of an upstream serving ``bench.Echo/Say`` (its port appended): ``grpclib`` (the default,
+    the issue's), or ``node`` — nice-grpc over @grpc/grpc-js, WorkAdventure's Room API stack — whose npm
+    packages are installed into bench/node/node_modules from its package-lock.json (``npm ci``) once."""
+    if kind == "grpclib":
+        return [sys.executable, __file__, "serve-upstream"]
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise SystemExit("--upstream node needs node and npm")
+    if not (NODE_DIR / "node_modules" / ".package-lock.json").exists():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=600)
+    return [node, str(NODE_DIR / "server.mjs")]
 
 
 def h2load(name: str, port: int, args: argparse.Namespace, headers: dict[str, str]) -> Result:
@@ -230,7 +254,7 @@ def h2load_instructions(url: str, calls: int, body: Path, headers: dict[str, str
     return (totals[1] - totals[0]) / calls
 
 
-def instructions(calls: int, only_grpc: bool = False) -> None:
+def instructions(calls: int, only_grpc: bool = False, upstream_kind: str = "grpclib") -> None:
     """Instructions per call of each process (module docstring); ``only_grpc``: the proxied gRPC call alone
     (the gateway and the upstream), a quicker count while working on the gateway's gRPC side."""
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -240,7 +264,7 @@ def instructions(calls: int, only_grpc: bool = False) -> None:
         json_body = tmp / "req.json"
         json_body.write_text(json.dumps({"room": "bench-room", "text": "hello"}))
         (tmp / "bench.proto").write_text(PROTO)
-        upstream_argv = [sys.executable, __file__, "serve-upstream"]
+        upstream_argv = upstream_command(upstream_kind)
         figures: dict[str, float] = {}
 
         if not only_grpc:
@@ -369,7 +393,7 @@ def cpu(args: argparse.Namespace) -> None:
         config.write_text(
             gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=upstream))
         )
-        up = Proc([sys.executable, __file__, "serve-upstream", str(upstream)])
+        up = Proc([*upstream_command(args.upstream), str(upstream)])
         procs = [up]
         try:
             wait_port(upstream)
@@ -424,8 +448,9 @@ def main() -> None:
         counting = argparse.ArgumentParser(prog="proxy.py instructions")
         counting.add_argument("--calls", type=int, default=2000)
         counting.add_argument("--only", choices=["grpc"], help="the proxied gRPC call alone (quicker)")
+        counting.add_argument("--upstream", choices=UPSTREAMS, default="grpclib")
         options = counting.parse_args(sys.argv[2:])
-        instructions(options.calls, only_grpc=options.only == "grpc")
+        instructions(options.calls, only_grpc=options.only == "grpc", upstream_kind=options.upstream)
         return
     measuring_cpu = sys.argv[1:2] == ["cpu"]
     parser = argparse.ArgumentParser(prog="proxy.py cpu" if measuring_cpu else None)
@@ -433,6 +458,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2 if measuring_cpu else 3)
+    parser.add_argument("--upstream", choices=UPSTREAMS, default="grpclib", help="what serves bench.Echo/Say")
     args = parser.parse_args(sys.argv[2:] if measuring_cpu else sys.argv[1:])
     if measuring_cpu:
         cpu(args)
@@ -447,7 +473,7 @@ def main() -> None:
         config = Path(tmp) / "gateway.yaml"
         upstreams = UPSTREAM.format(upstream=upstream)
         config.write_text(gateway_config(http, grpc, access_log=False, extra=upstreams))
-        procs = [Proc([sys.executable, __file__, "serve-upstream", str(upstream)])]
+        procs = [Proc([*upstream_command(args.upstream), str(upstream)])]
         try:
             wait_port(upstream)
             command = ["-m", "gateway", "serve", "--config", str(config), "--log-level", "warning"]
@@ -505,7 +531,7 @@ def report(rounds: list[dict[str, Result]], args: argparse.Namespace) -> None:
     print(
         f"\nmedian proxied/direct gRPC: {grpc_ratio:.1%} (target ≥ 70%); median proxied REST/native REST "
         f"GetVariable: {rest_ratio:.1%} (target ≥ 60%); {args.connections} connections, {args.threads} "
-        f"threads, {args.duration} s per measurement"
+        f"threads, {args.duration} s per measurement, {args.upstream} upstream"
     )
 
 
