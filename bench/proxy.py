@@ -18,7 +18,7 @@ Targets (issue 15): proxied ≥ 70% of direct, proxied REST ≥ 60% of native RE
 across runs (bench/RESULTS.md: the machine varies).
 
     python bench/proxy.py serve-upstream PORT     # the upstream, on its own
-    python bench/proxy.py instructions [--calls 2000] [--only grpc]   # instructions a call (see below)
+    python bench/proxy.py instructions [--calls 2000] [--only grpc] [--keep DIR]   # instructions a call
     python bench/proxy.py cpu [--duration 5] [--rounds 2]             # CPU a call, per process (see below)
 
 Every mode takes ``--upstream grpclib|node``: the upstream is a grpclib server (the default, the one issue
@@ -202,10 +202,12 @@ class Counted:
     def off(self) -> None:
         instrument(self.proc, False)  # type: ignore[arg-type]
 
-    def total(self) -> int:
-        """Stop the process; the instructions counted."""
+    def total(self, keep: Path | None = None, name: str = "") -> int:
+        """Stop the process; the instructions counted (its callgrind output copied to ``keep/name.out``)."""
         self.proc.terminate()
         self.proc.wait(120)
+        if keep is not None:
+            shutil.copy(self.out, keep / f"{re.sub(r'[^a-z]+', '-', name.lower()).strip('-')}.out")
         found = re.search(r"^totals: (\d+)", self.out.read_text(), re.MULTILINE)
         assert found is not None, "no totals in the callgrind output"
         return int(found.group(1))
@@ -254,7 +256,9 @@ def h2load_instructions(url: str, calls: int, body: Path, headers: dict[str, str
     return (totals[1] - totals[0]) / calls
 
 
-def instructions(calls: int, only_grpc: bool = False, upstream_kind: str = "grpclib") -> None:
+def instructions(
+    calls: int, only_grpc: bool = False, upstream_kind: str = "grpclib", keep: Path | None = None
+) -> None:
     """Instructions per call of each process (module docstring); ``only_grpc``: the proxied gRPC call alone
     (the gateway and the upstream), a quicker count while working on the gateway's gRPC side."""
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -275,7 +279,7 @@ def instructions(calls: int, only_grpc: bool = False, upstream_kind: str = "grpc
             figures["h2load, per gRPC call"] = h2load_instructions(
                 f"http://127.0.0.1:{port}{SAY}", calls, grpc_body, {}, tmp
             )
-            figures["upstream, called directly"] = direct.total() / calls
+            figures["upstream, called directly"] = direct.total(keep, "upstream direct") / calls
 
         port, http, grpc = free_port(), free_port(), free_port()
         config = tmp / "gateway.yaml"
@@ -289,8 +293,8 @@ def instructions(calls: int, only_grpc: bool = False, upstream_kind: str = "grpc
         seed(http)
         key = {"x-api-key": KEY}
         count_calls([gateway, upstream], f"http://127.0.0.1:{grpc}{SAY}", calls, grpc_body, key)
-        figures["gateway, proxied gRPC"] = gateway.total() / calls
-        figures["upstream, proxied gRPC"] = upstream.total() / calls
+        figures["gateway, proxied gRPC"] = gateway.total(keep, "gateway proxied gRPC") / calls
+        figures["upstream, proxied gRPC"] = upstream.total(keep, "upstream proxied gRPC") / calls
 
         rest = [("native REST GET", VAR_PATH, None), ("proxied REST POST", SAY, json_body)]
         for name, path, body in [] if only_grpc else rest:
@@ -305,8 +309,8 @@ def instructions(calls: int, only_grpc: bool = False, upstream_kind: str = "grpc
             seed(http)
             headers = {**key, **({"content-type": "application/json"} if body else {})}
             count_calls([gateway, upstream], f"http://127.0.0.1:{http}{path}", calls, body, headers, h1=True)
-            figures[f"gateway, {name}"] = gateway.total() / calls
-            figures[f"upstream, {name}"] = upstream.total() / calls
+            figures[f"gateway, {name}"] = gateway.total(keep, f"gateway {name}") / calls
+            figures[f"upstream, {name}"] = upstream.total(keep, f"upstream {name}") / calls
     for name, value in figures.items():
         print(f"{name}: {value / 1000:,.1f}k instructions a call", flush=True)
 
@@ -449,8 +453,15 @@ def main() -> None:
         counting.add_argument("--calls", type=int, default=2000)
         counting.add_argument("--only", choices=["grpc"], help="the proxied gRPC call alone (quicker)")
         counting.add_argument("--upstream", choices=UPSTREAMS, default="grpclib")
+        counting.add_argument(
+            "--keep", type=Path, help="copy each process's callgrind output into this folder"
+        )
         options = counting.parse_args(sys.argv[2:])
-        instructions(options.calls, only_grpc=options.only == "grpc", upstream_kind=options.upstream)
+        if options.keep is not None:
+            options.keep.mkdir(parents=True, exist_ok=True)
+        instructions(
+            options.calls, only_grpc=options.only == "grpc", upstream_kind=options.upstream, keep=options.keep
+        )
         return
     measuring_cpu = sys.argv[1:2] == ["cpu"]
     parser = argparse.ArgumentParser(prog="proxy.py cpu" if measuring_cpu else None)

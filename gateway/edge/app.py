@@ -191,6 +191,7 @@ class Edge(ObservedCalls):
         self.router = router
         self.routes: list[BaseRoute] = router.routes  # every route, for introspection
         self._exact = exact
+        self._exact_paths = exact.paths
         self.policy = policy
         #: HTTP method → its routes with a custom verb (``…:listen``), and the others, in matching order.
         self._by_method: dict[str, tuple[list[TranscodedRoute], list[TranscodedRoute]]] = {}
@@ -220,9 +221,10 @@ class Edge(ObservedCalls):
         # A fixed path by one lookup: a native route, or a surface's own route (served below, after the
         # stages, as the router would: the call is counted by its route only once it reaches it).
         own: tuple[PathRoute, Scope] | None = None
-        found = self._exact.find(scope)
+        raw_path = raw_route_path(scope)
+        found = self._exact.find(scope) if raw_path in self._exact_paths else None  # no call for most paths
         if found is None:
-            route = self._native_route(scope)
+            route = self._native_route(scope, raw_path)
         elif isinstance(found[0], TranscodedRoute):
             route = found[0]
             scope.update(found[1])
@@ -293,12 +295,12 @@ class Edge(ObservedCalls):
             if token is not None:
                 end_call(token)
 
-    def _native_route(self, scope: Scope) -> TranscodedRoute | None:
-        """The native route serving this method and path (putting the template's match in the scope)."""
+    def _native_route(self, scope: Scope, path: str) -> TranscodedRoute | None:
+        """The native route serving this method and raw route path (putting the template's match in the
+        scope)."""
         by_method = self._by_method.get(scope["method"])
         if by_method is None:
             return None
-        path = raw_route_path(scope)
         verbs, plain = by_method
         # Custom verbs first (route_order), but only for a path that can end in one: a path without a
         # colon skips them (a frame each; GetVariable came after three of them).

@@ -308,7 +308,8 @@ class ExactRoutes:
     """
 
     def __init__(self, routes: Sequence[BaseRoute]) -> None:
-        self._table: dict[str, tuple[BaseRoute, ...]] = {}
+        #: Fixed path → the routes the scan would try for it, in order (read it to skip :meth:`find`'s call).
+        self.paths: dict[str, tuple[BaseRoute, ...]] = {}
         #: Fixed paths left to the scan: another route reaches them first.
         self.shadowed: set[str] = set()
         paths = dict.fromkeys(path for route in routes if (path := _exact_path(route)) is not None)
@@ -323,19 +324,19 @@ class ExactRoutes:
                     break  # a parameterised route (or a mount) takes the path from here on
                 found.append(route)
             if found:
-                self._table[path] = tuple(found)
+                self.paths[path] = tuple(found)
             else:
                 self.shadowed.add(path)
 
     def __contains__(self, path: str) -> bool:
-        return path in self._table
+        return path in self.paths
 
     def find(self, scope: Scope) -> tuple[BaseRoute, Scope] | None:
         """The route the router would serve an HTTP request with, and its child scope (what Starlette's
         router adds to the scope), when the request's path is a fixed one and a route of it takes its
         method; ``None``: scan."""
         path = raw_route_path(scope)
-        routes = self._table.get(path)
+        routes = self.paths.get(path)
         if routes is None or path != route_path(scope):
             return None
         for route in routes:
