@@ -213,8 +213,17 @@ class Counted:
         return int(found.group(1))
 
 
-def _h2load_argv(url: str, calls: int, body: Path | None, headers: dict[str, str], h1: bool) -> list[str]:
-    argv = ["h2load", "-n", str(calls), "-c", "8", *(["-d", str(body)] if body is not None else [])]
+def _h2load_argv(
+    url: str, calls: int, body: Path | None, headers: dict[str, str], h1: bool, connections: int = 8
+) -> list[str]:
+    argv = [
+        "h2load",
+        "-n",
+        str(calls),
+        "-c",
+        str(connections),
+        *(["-d", str(body)] if body is not None else []),
+    ]
     argv += ["--h1"] if h1 else ["-H", "content-type: application/grpc", "-H", "te: trailers"]
     for key, value in headers.items():
         argv += ["-H", f"{key}: {value}"]
@@ -228,23 +237,31 @@ def _run_h2load(argv: list[str], calls: int) -> None:
 
 
 def count_calls(
-    servers: list[Counted], url: str, calls: int, body: Path | None, headers: dict[str, str], h1: bool = False
+    servers: list[Counted],
+    url: str,
+    calls: int,
+    body: Path | None,
+    headers: dict[str, str],
+    h1: bool = False,
+    connections: int = 8,
 ) -> None:
     """A warm-up, then ``calls`` calls counted in every one of ``servers``."""
-    _run_h2load(_h2load_argv(url, 300, body, headers, h1), 300)
+    _run_h2load(_h2load_argv(url, 300, body, headers, h1, connections), 300)
     for server in servers:
         server.on()
-    _run_h2load(_h2load_argv(url, calls, body, headers, h1), calls)
+    _run_h2load(_h2load_argv(url, calls, body, headers, h1, connections), calls)
     for server in servers:
         server.off()
 
 
-def h2load_instructions(url: str, calls: int, body: Path, headers: dict[str, str], tmp: Path) -> float:
+def h2load_instructions(
+    url: str, calls: int, body: Path, headers: dict[str, str], tmp: Path, connections: int = 8
+) -> float:
     """h2load's own instructions per call (``2 * calls`` minus ``calls``: its start-up cancels out)."""
     totals = []
     for n in (calls, 2 * calls):
         out = tmp / f"h2load.{n}.out"
-        argv = _h2load_argv(url, n, body, headers, False)
+        argv = _h2load_argv(url, n, body, headers, False, connections)
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv],
             capture_output=True,
@@ -257,10 +274,15 @@ def h2load_instructions(url: str, calls: int, body: Path, headers: dict[str, str
 
 
 def instructions(
-    calls: int, only_grpc: bool = False, upstream_kind: str = "grpclib", keep: Path | None = None
+    calls: int,
+    only_grpc: bool = False,
+    upstream_kind: str = "grpclib",
+    keep: Path | None = None,
+    connections: int = 8,
 ) -> None:
     """Instructions per call of each process (module docstring); ``only_grpc``: the proxied gRPC call alone
-    (the gateway and the upstream), a quicker count while working on the gateway's gRPC side."""
+    (the gateway and the upstream), a quicker count while working on the gateway's gRPC side;
+    ``connections``: h2load's (the clock mode's 64 batch more calls per turn of the event loops)."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         grpc_body = tmp / "req.bin"
@@ -275,9 +297,10 @@ def instructions(
             port = free_port()
             direct = Counted([*upstream_argv, str(port)], tmp / "direct.out")
             wait_port(port, 300)
-            count_calls([direct], f"http://127.0.0.1:{port}{SAY}", calls, grpc_body, {})
+            url = f"http://127.0.0.1:{port}{SAY}"
+            count_calls([direct], url, calls, grpc_body, {}, connections=connections)
             figures["h2load, per gRPC call"] = h2load_instructions(
-                f"http://127.0.0.1:{port}{SAY}", calls, grpc_body, {}, tmp
+                url, calls, grpc_body, {}, tmp, connections
             )
             figures["upstream, called directly"] = direct.total(keep, "upstream direct") / calls
 
@@ -292,7 +315,8 @@ def instructions(
         wait_port(http, 300)
         seed(http)
         key = {"x-api-key": KEY}
-        count_calls([gateway, upstream], f"http://127.0.0.1:{grpc}{SAY}", calls, grpc_body, key)
+        url = f"http://127.0.0.1:{grpc}{SAY}"
+        count_calls([gateway, upstream], url, calls, grpc_body, key, connections=connections)
         figures["gateway, proxied gRPC"] = gateway.total(keep, "gateway proxied gRPC") / calls
         figures["upstream, proxied gRPC"] = upstream.total(keep, "upstream proxied gRPC") / calls
 
@@ -308,7 +332,8 @@ def instructions(
             wait_port(http, 300)
             seed(http)
             headers = {**key, **({"content-type": "application/json"} if body else {})}
-            count_calls([gateway, upstream], f"http://127.0.0.1:{http}{path}", calls, body, headers, h1=True)
+            url = f"http://127.0.0.1:{http}{path}"
+            count_calls([gateway, upstream], url, calls, body, headers, h1=True, connections=connections)
             figures[f"gateway, {name}"] = gateway.total(keep, f"gateway {name}") / calls
             figures[f"upstream, {name}"] = upstream.total(keep, f"upstream {name}") / calls
     for name, value in figures.items():
@@ -456,11 +481,16 @@ def main() -> None:
         counting.add_argument(
             "--keep", type=Path, help="copy each process's callgrind output into this folder"
         )
+        counting.add_argument("--connections", type=int, default=8, help="h2load's connections")
         options = counting.parse_args(sys.argv[2:])
         if options.keep is not None:
             options.keep.mkdir(parents=True, exist_ok=True)
         instructions(
-            options.calls, only_grpc=options.only == "grpc", upstream_kind=options.upstream, keep=options.keep
+            options.calls,
+            only_grpc=options.only == "grpc",
+            upstream_kind=options.upstream,
+            keep=options.keep,
+            connections=options.connections,
         )
         return
     measuring_cpu = sys.argv[1:2] == ["cpu"]
