@@ -57,7 +57,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from instructions import instrument
 from run import KEY, VAR_PATH, Proc, Result, free_port, gateway_config, seed, wait_port, wrk
@@ -187,10 +187,16 @@ def check(grpc: int, http: int) -> None:
 class Counted:
     """A process run under callgrind, counting only between :meth:`on` and :meth:`off`."""
 
+    #: ``--cache-sim=yes`` with ``instructions --cache-sim``: callgrind simulates the caches too.
+    options: ClassVar[list[str]] = []
+
     def __init__(self, argv: list[str], out: Path) -> None:
         self.out = out
+        #: Every event counted (``Ir``; with the cache simulation ``I1mr``, ``D1mr``, ``DLmr``…).
+        self.events: dict[str, int] = {}
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", *self.options]
         self.proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *argv],
+            [*valgrind, f"--callgrind-out-file={out}", *argv],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd=Path(__file__).resolve().parent.parent,
@@ -208,9 +214,18 @@ class Counted:
         self.proc.wait(120)
         if keep is not None:
             shutil.copy(self.out, keep / f"{re.sub(r'[^a-z]+', '-', name.lower()).strip('-')}.out")
-        found = re.search(r"^totals: (\d+)", self.out.read_text(), re.MULTILINE)
-        assert found is not None, "no totals in the callgrind output"
-        return int(found.group(1))
+        text = self.out.read_text()
+        names = re.search(r"^events: (.*)$", text, re.MULTILINE)
+        found = re.search(r"^totals: (.*)$", text, re.MULTILINE)
+        assert names is not None and found is not None, "no totals in the callgrind output"
+        self.events = dict(zip(names.group(1).split(), map(int, found.group(1).split()), strict=False))
+        if self.options:
+            misses.append((name, self.events))
+        return self.events["Ir"]
+
+
+#: Each counted process's events, by its name (printed per call with ``--cache-sim``).
+misses: list[tuple[str, dict[str, int]]] = []
 
 
 def _h2load_argv(
@@ -338,6 +353,14 @@ def instructions(
             figures[f"upstream, {name}"] = upstream.total(keep, f"upstream {name}") / calls
     for name, value in figures.items():
         print(f"{name}: {value / 1000:,.1f}k instructions a call", flush=True)
+    for name, events in misses if Counted.options else ():
+        per_call = {key: value / calls for key, value in events.items()}
+        data = per_call.get("D1mr", 0) + per_call.get("D1mw", 0)
+        last = per_call.get("ILmr", 0) + per_call.get("DLmr", 0) + per_call.get("DLmw", 0)
+        print(
+            f"{name}: a call's L1 misses, instructions {per_call.get('I1mr', 0):,.0f}, data {data:,.0f}; "
+            f"last-level {last:,.0f} (simulated)"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,11 +373,14 @@ class Usage:
     writes: int = 0
     voluntary: int = 0
     involuntary: int = 0
+    #: CPU seconds of the threads but the main one (the event loop's)
+    threads: float = 0.0
 
     @classmethod
     def of(cls, pid: int) -> Usage:
         """A running process's (Linux ``/proc``; every thread's CPU and I/O, the main thread's switches)."""
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        main = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         tick = os.sysconf("SC_CLK_TCK")
         io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
         status = dict(
@@ -369,6 +395,7 @@ class Usage:
             int(io["syscw"]),
             int(status["voluntary_ctxt_switches"]),
             int(status["nonvoluntary_ctxt_switches"]),
+            (int(stat[11]) + int(stat[12]) - int(main[11]) - int(main[12])) / tick,
         )
 
     def __sub__(self, other: Usage) -> Usage:
@@ -442,8 +469,8 @@ def cpu(args: argparse.Namespace) -> None:
                 proc.stop()
     lines = [
         "| round | load | req/s | process | user µs/call | system µs/call | CPU µs/call | reads/call | "
-        "writes/call | voluntary / involuntary switches/call |",
-        "|---:|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "writes/call | voluntary / involuntary switches/call | other threads µs/call |",
+        "|---:|---|---:|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     per_call: dict[tuple[str, str], list[float]] = {}
     for n, load, calls, rps, usages in rows:
@@ -454,7 +481,7 @@ def cpu(args: argparse.Namespace) -> None:
             lines.append(
                 f"| {n} | {load} | {rps:,.0f} | {name} | {u.user / calls * 1e6:.1f} | "
                 f"{u.system / calls * 1e6:.1f} | {total:.1f} | {io} | "
-                f"{u.voluntary / calls:.2f} / {u.involuntary / calls:.2f} |"
+                f"{u.voluntary / calls:.2f} / {u.involuntary / calls:.2f} | {u.threads / calls * 1e6:.1f} |"
             )
     print("\n".join(lines))
     median = {key: statistics.median(values) for key, values in per_call.items()}
@@ -482,9 +509,12 @@ def main() -> None:
             "--keep", type=Path, help="copy each process's callgrind output into this folder"
         )
         counting.add_argument("--connections", type=int, default=8, help="h2load's connections")
+        counting.add_argument("--cache-sim", action="store_true", help="simulate the caches too (slower)")
         options = counting.parse_args(sys.argv[2:])
         if options.keep is not None:
             options.keep.mkdir(parents=True, exist_ok=True)
+        if options.cache_sim:
+            Counted.options = ["--cache-sim=yes"]
         instructions(
             options.calls,
             only_grpc=options.only == "grpc",
