@@ -34,12 +34,13 @@ count for ``calls``, so that its start-up cancels out). These are the figures of
 bench/RESULTS.md: on two cores, with each server one event loop, the proxied rate is bounded by the
 gateway's core and by the two cores shared by all three processes.
 
-``cpu`` runs the unary loads of the clock mode (h2load, ``--connections`` connections, direct then proxied)
-and reads what each process spent on them: user and system CPU (``/proc/<pid>/stat``; h2load's from its
-``wait4`` usage), read and write system calls (``/proc/<pid>/io``) and context switches
-(``/proc/<pid>/status``), each per call. CPU per call does not count the time a process waits for a core,
-so it means something on a loaded machine too, where req/s does not; and unlike instructions it has the
-kernel's share. The model of ``instructions`` is then printed with CPU-µs in place of instructions.
+``cpu`` runs the loads of the clock mode (h2load direct and proxied, wrk on the native REST GET and on the
+proxied REST call; ``--connections`` connections) and reads what each process spent on them: user and
+system CPU (``/proc/<pid>/stat``; the load generator's, as ``client``, from its ``wait4`` usage), read and
+write system calls (``/proc/<pid>/io``) and context switches (``/proc/<pid>/status``), each per call. CPU
+per call does not count the time a process waits for a core, so it means something on a loaded machine
+too, where req/s does not; and unlike instructions it has the kernel's share. The model of
+``instructions`` is then printed with CPU-µs in place of instructions, for gRPC and for REST.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -85,6 +87,11 @@ upstreams:
 #: The request of every call: Msg{room: "bench-room", text: "hello"}, as protobuf writes it.
 REQUEST = b"\n\nbench-room\x12\x05hello"
 SAY = "/bench.Echo/Say"
+#: wrk's script of the proxied REST call: ``POST /bench.Echo/Say`` with the request as JSON.
+POST_LUA = (
+    'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+    f"wrk.body = {json.dumps(json.dumps({'room': 'bench-room', 'text': 'hello'}))}\n"
+)
 #: What may serve bench.Echo/Say (``--upstream``): grpclib, the issue's, is the default.
 UPSTREAMS = ("grpclib", "node")
 
@@ -129,18 +136,26 @@ def upstream_command(kind: str) -> list[str]:
     return [node, str(NODE_DIR / "server.mjs")]
 
 
+def h2load_warmed(
+    port: int, args: argparse.Namespace, headers: dict[str, str], tmp: Path
+) -> tuple[list[str], str]:
+    """h2load's argv (but its duration) and URL for ``bench.Echo/Say`` at ``port``, after a 2 s warm-up."""
+    body = tmp / "req.bin"
+    body.write_bytes(struct.pack(">?I", False, len(REQUEST)) + REQUEST)
+    argv = ["h2load", "-c", str(args.connections), "-m", "1", "-t", str(args.threads), "-d", str(body)]
+    argv += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    for key, value in headers.items():
+        argv += ["-H", f"{key}: {value}"]
+    url = f"http://127.0.0.1:{port}{SAY}"
+    subprocess.run([*argv, "-D", "2", url], capture_output=True, check=True)
+    return argv, url
+
+
 def h2load(name: str, port: int, args: argparse.Namespace, headers: dict[str, str]) -> Result:
     """h2load on ``bench.Echo/Say`` at ``port``."""
     with tempfile.TemporaryDirectory() as tmp:
-        body = Path(tmp) / "req.bin"
-        body.write_bytes(struct.pack(">?I", False, len(REQUEST)) + REQUEST)
         log = Path(tmp) / "log.tsv"
-        base = ["h2load", "-c", str(args.connections), "-m", "1", "-t", str(args.threads), "-d", str(body)]
-        base += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-        for key, value in headers.items():
-            base += ["-H", f"{key}: {value}"]
-        url = f"http://127.0.0.1:{port}{SAY}"
-        subprocess.run([*base, "-D", "2", url], capture_output=True, check=True)  # warm-up
+        base, url = h2load_warmed(port, args, headers, Path(tmp))
         out = subprocess.run(
             [*base, "-D", str(args.duration), "--log-file", str(log), url],
             capture_output=True,
@@ -404,39 +419,51 @@ class Usage:
         )
 
 
+def client_usage(argv: list[str], tmp: Path) -> tuple[str, Usage]:
+    """Run a load generator; its output, and its own usage (``wait4``: no system call counts)."""
+    out_path = tmp / "out.txt"
+    with out_path.open("w") as out_file:
+        proc = subprocess.Popen(argv, stdout=out_file)
+        _, status, usage = os.wait4(proc.pid, 0)
+    out = out_path.read_text()
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return out, Usage(usage.ru_utime, usage.ru_stime, voluntary=usage.ru_nvcsw, involuntary=usage.ru_nivcsw)
+
+
 def h2load_usage(port: int, args: argparse.Namespace, headers: dict[str, str]) -> tuple[int, float, Usage]:
     """h2load on ``bench.Echo/Say`` at ``port`` (after a warm-up): the calls that succeeded, req/s, and
-    h2load's own usage (``wait4``: no system call counts)."""
+    h2load's own usage."""
     with tempfile.TemporaryDirectory() as tmp:
-        body = Path(tmp) / "req.bin"
-        body.write_bytes(struct.pack(">?I", False, len(REQUEST)) + REQUEST)
-        argv = ["h2load", "-c", str(args.connections), "-m", "1", "-t", str(args.threads), "-d", str(body)]
-        argv += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-        for key, value in headers.items():
-            argv += ["-H", f"{key}: {value}"]
-        url = f"http://127.0.0.1:{port}{SAY}"
-        subprocess.run([*argv, "-D", "2", url], capture_output=True, check=True)  # warm-up
-        out_path = Path(tmp) / "out.txt"
-        with out_path.open("w") as out_file:
-            proc = subprocess.Popen([*argv, "-D", str(args.duration), url], stdout=out_file)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-        out = out_path.read_text()
-        assert proc.returncode == 0, out
+        argv, url = h2load_warmed(port, args, headers, Path(tmp))
+        out, own = client_usage([*argv, "-D", str(args.duration), url], Path(tmp))
         calls = int(re.search(r"(\d+) succeeded", out).group(1))  # type: ignore[union-attr]
         rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
-        own = Usage(usage.ru_utime, usage.ru_stime, voluntary=usage.ru_nvcsw, involuntary=usage.ru_nivcsw)
+        return calls, rps, own
+
+
+def wrk_usage(url: str, args: argparse.Namespace, lua: str | None) -> tuple[int, float, Usage]:
+    """wrk on ``url`` with the bench key (after a warm-up), as :func:`h2load_usage`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", "-H", f"X-API-Key: {KEY}"]
+        if lua:
+            (Path(tmp) / "post.lua").write_text(lua)
+            argv += ["-s", str(Path(tmp) / "post.lua")]
+        subprocess.run([*argv, "-d2s", url], capture_output=True, check=True)  # warm-up
+        out, own = client_usage([*argv, f"-d{args.duration}s", url], Path(tmp))
+        assert "Non-2xx" not in out, out
+        calls = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
         return calls, rps, own
 
 
 def measured(
-    port: int, args: argparse.Namespace, headers: dict[str, str], servers: dict[str, Proc]
+    load: Callable[[], tuple[int, float, Usage]], servers: dict[str, Proc]
 ) -> tuple[int, float, dict[str, Usage]]:
-    """One h2load load, and what each of ``servers`` and h2load spent on it."""
+    """One load, and what each of ``servers`` and the load generator (``client``) spent on it."""
     before = {name: Usage.of(proc.p.pid) for name, proc in servers.items()}
-    calls, rps, own = h2load_usage(port, args, headers)
+    calls, rps, own = load()
     spent = {name: Usage.of(proc.p.pid) - before[name] for name, proc in servers.items()}
-    return calls, rps, {**spent, "h2load": own}
+    return calls, rps, {**spent, "client": own}
 
 
 def cpu(args: argparse.Namespace) -> None:
@@ -459,11 +486,17 @@ def cpu(args: argparse.Namespace) -> None:
             wait_port(http)
             wait_port(grpc)
             check(grpc, http)
+            both = {"gateway": gw, "upstream": up}
+            native_url, say_url = f"http://127.0.0.1:{http}{VAR_PATH}", f"http://127.0.0.1:{http}{SAY}"
+            loads: list[tuple[str, Callable[[], tuple[int, float, Usage]], dict[str, Proc]]] = [
+                ("direct", lambda: h2load_usage(upstream, args, {}), {"upstream": up}),
+                ("proxied", lambda: h2load_usage(grpc, args, {"x-api-key": KEY}), both),
+                ("native REST", lambda: wrk_usage(native_url, args, None), {"gateway": gw}),
+                ("proxied REST", lambda: wrk_usage(say_url, args, POST_LUA), both),
+            ]
             for n in range(1, args.rounds + 1):
-                rows.append((n, "direct", *measured(upstream, args, {}, {"upstream": up})))
-                rows.append(
-                    (n, "proxied", *measured(grpc, args, {"x-api-key": KEY}, {"gateway": gw, "upstream": up}))
-                )
+                for name, run, servers in loads:
+                    rows.append((n, name, *measured(run, servers)))
         finally:
             for proc in reversed(procs):
                 proc.stop()
@@ -477,7 +510,7 @@ def cpu(args: argparse.Namespace) -> None:
         for name, u in usages.items():
             total = (u.user + u.system) / calls * 1e6
             per_call.setdefault((load, name), []).append(total)
-            io = f"{u.reads / calls:.2f} | {u.writes / calls:.2f}" if name != "h2load" else "— | —"
+            io = f"{u.reads / calls:.2f} | {u.writes / calls:.2f}" if name != "client" else "— | —"
             lines.append(
                 f"| {n} | {load} | {rps:,.0f} | {name} | {u.user / calls * 1e6:.1f} | "
                 f"{u.system / calls * 1e6:.1f} | {total:.1f} | {io} | "
@@ -485,15 +518,20 @@ def cpu(args: argparse.Namespace) -> None:
             )
     print("\n".join(lines))
     median = {key: statistics.median(values) for key, values in per_call.items()}
-    c_up, c_gw = median["direct", "upstream"], median["proxied", "gateway"]
-    c_up2, c_h2 = median["proxied", "upstream"], median["proxied", "h2load"]
-    limits = (c_up / c_gw, c_up / c_up2, 2 * c_up / (c_gw + c_up2 + c_h2))
-    print(
-        f"\nthe model by CPU-µs (medians): C_up {c_up:.1f}, C_gw {c_gw:.1f}, C_up' {c_up2:.1f}, C_h2load "
-        f"{c_h2:.1f} → min({limits[0]:.1%}, {limits[1]:.1%}, {limits[2]:.1%}) = {min(limits):.1%}; measured "
-        f"proxied/direct req/s: "
-        + ", ".join(f"{p[3] / d[3]:.1%}" for d, p in zip(rows[::2], rows[1::2], strict=True))
-    )
+    rates = {(n, load): rps for n, load, _, rps, _ in rows}
+    for title, (base, on) in {
+        "unary gRPC": ("direct", "proxied"),
+        "REST": ("native REST", "proxied REST"),
+    }.items():
+        alone = median[base, "upstream" if base == "direct" else "gateway"]
+        c_gw, c_up, c_client = median[on, "gateway"], median[on, "upstream"], median[on, "client"]
+        limits = (alone / c_gw, alone / c_up, 2 * alone / (c_gw + c_up + c_client))
+        measured_ratios = ", ".join(f"{rates[n, on] / rates[n, base]:.1%}" for n in range(1, args.rounds + 1))
+        print(
+            f"\n{title}, the model by CPU-µs a call (medians): {base} {alone:.1f}; {on}: gateway {c_gw:.1f}, "
+            f"upstream {c_up:.1f}, client {c_client:.1f} → min({limits[0]:.1%}, {limits[1]:.1%}, "
+            f"{limits[2]:.1%}) = {min(limits):.1%}; measured {on}/{base} req/s: {measured_ratios}"
+        )
 
 
 def main() -> None:
@@ -552,10 +590,7 @@ def main() -> None:
             wait_port(http)
             wait_port(grpc)
             check(grpc, http)
-            lua = (
-                'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                f"wrk.body = {json.dumps(json.dumps({'room': 'bench-room', 'text': 'hello'}))}\n"
-            )
+            lua = POST_LUA
             for _ in range(args.rounds):
                 rounds.append(
                     {
