@@ -548,11 +548,16 @@ def main() -> None:
         )
         counting.add_argument("--connections", type=int, default=8, help="h2load's connections")
         counting.add_argument("--cache-sim", action="store_true", help="simulate the caches too (slower)")
+        counting.add_argument(
+            "--last-level", type=int, help="--cache-sim: the simulated last level's bytes (e.g. a core's L2)"
+        )
         options = counting.parse_args(sys.argv[2:])
         if options.keep is not None:
             options.keep.mkdir(parents=True, exist_ok=True)
         if options.cache_sim:
             Counted.options = ["--cache-sim=yes"]
+            if options.last_level:  # callgrind simulates two levels: L1 and this one (default: the host's L3)
+                Counted.options.append(f"--LL={options.last_level},16,64")
         instructions(
             options.calls,
             only_grpc=options.only == "grpc",
