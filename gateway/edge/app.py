@@ -56,6 +56,9 @@ from gateway.edge.routing import (
     MATCH,
     PRINCIPAL,
     ROUTE,
+    ExactRouter,
+    ExactRoutes,
+    PathRoute,
     TranscodedRoute,
     raw_route_path,
     route_order,
@@ -139,12 +142,15 @@ def create_http_app(
     ]
     if console:  # its files are public: the console signs in with a key, as any client
         self_authenticated_prefixes = (*self_authenticated_prefixes, CONSOLE_PREFIX)
-    router = Starlette(routes=all_routes, exception_handlers={HTTPException: _http_exception})
-    # Transcoded routes match the raw path; a slash redirect computed on the decoded one would be wrong.
-    router.router.redirect_slashes = False
+    router = Starlette(exception_handlers={HTTPException: _http_exception})
+    # Fixed paths by one lookup (the surfaces' routes came after ~30 others). Transcoded routes match the
+    # raw path; a slash redirect computed on the decoded one would be wrong.
+    exact = ExactRouter(all_routes, redirect_slashes=False)
+    router.router = exact
     return Edge(
         routes,
         router,
+        exact.exact,
         dispatcher.policy,
         limiter=limiter,
         self_authenticated_prefixes=self_authenticated_prefixes,
@@ -160,6 +166,7 @@ class Edge(ObservedCalls):
 
     :param routes: the native routes, in matching order (:func:`~gateway.edge.routing.route_order`).
     :param router: every route, native ones first: what is not a native call goes there.
+    :param exact: the router's fixed paths (:class:`~gateway.edge.routing.ExactRoutes`).
     :param policy: authenticates callers.
     :param limiter: the rate-limit policy (``None``: nothing is limited).
     :param self_authenticated_prefixes: path prefixes whose routes authenticate themselves (surfaces).
@@ -172,6 +179,7 @@ class Edge(ObservedCalls):
         self,
         routes: Sequence[TranscodedRoute],
         router: Starlette,
+        exact: ExactRoutes,
         policy: AuthPolicy,
         *,
         limiter: RateLimiter | None,
@@ -182,6 +190,8 @@ class Edge(ObservedCalls):
     ) -> None:
         self.router = router
         self.routes: list[BaseRoute] = router.routes  # every route, for introspection
+        self._exact = exact
+        self._exact_paths = exact.paths
         self.policy = policy
         #: HTTP method → its routes with a custom verb (``…:listen``), and the others, in matching order.
         self._by_method: dict[str, tuple[list[TranscodedRoute], list[TranscodedRoute]]] = {}
@@ -208,7 +218,21 @@ class Edge(ObservedCalls):
         if path == "/" and self._console and wants_html(scope):
             authenticated = False  # a browser, sent to the console; API clients keep their JSON 401
         # Matched first, so that a call refused by a limit or by authentication is counted by its method.
-        route = self._native_route(scope)
+        # A fixed path by one lookup: a native route, or a surface's own route (served below, after the
+        # stages, as the router would: the call is counted by its route only once it reaches it).
+        own: tuple[PathRoute, Scope] | None = None
+        raw_path = raw_route_path(scope)
+        found = self._exact.find(scope) if raw_path in self._exact_paths else None  # no call for most paths
+        if found is None:
+            route = self._native_route(scope, raw_path)
+        elif isinstance(found[0], TranscodedRoute):
+            route = found[0]
+            scope.update(found[1])
+            scope[ROUTE] = route
+        else:
+            route = None
+            if isinstance(found[0], PathRoute):
+                own = found[0], found[1]
         cors = self._cors
         if cors is not None:
             origin = cors.allowed(scope)
@@ -261,18 +285,22 @@ class Edge(ObservedCalls):
                 return
             if route is not None:
                 await route.handle(scope, receive, send)
+            elif own is not None:  # it answers everything itself: no need of Starlette's error middleware
+                scope[ROUTE] = own[0]
+                scope.update(own[1])
+                await own[0].handle(scope, receive, send)
             else:
                 await self.router(scope, receive, send)
         finally:
             if token is not None:
                 end_call(token)
 
-    def _native_route(self, scope: Scope) -> TranscodedRoute | None:
-        """The native route serving this method and path (putting the template's match in the scope)."""
+    def _native_route(self, scope: Scope, path: str) -> TranscodedRoute | None:
+        """The native route serving this method and raw route path (putting the template's match in the
+        scope)."""
         by_method = self._by_method.get(scope["method"])
         if by_method is None:
             return None
-        path = raw_route_path(scope)
         verbs, plain = by_method
         # Custom verbs first (route_order), but only for a path that can end in one: a path without a
         # colon skips them (a frame each; GetVariable came after three of them).

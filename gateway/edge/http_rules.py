@@ -88,6 +88,16 @@ class PathTemplate:
     def variables(self) -> tuple[Variable, ...]:
         return tuple(s for s in self.segments if isinstance(s, Variable))
 
+    @functools.cached_property
+    def fixed_path(self) -> str | None:
+        """The one raw path the template matches when it has no variable and no wildcard (``/v1/rooms``,
+        ``/bench.Echo/Say``, ``/v1/connections:invalidate``), as :attr:`pattern` matches it; else ``None``."""
+        literals = [s.text for s in self.segments if isinstance(s, Literal)]
+        if len(literals) != len(self.segments):
+            return None
+        path = "".join("/" + quote(text, safe=_LITERAL_SAFE) for text in literals)
+        return path + (":" + quote(self.verb, safe=_LITERAL_SAFE) if self.verb is not None else "")
+
     @property
     def literal_count(self) -> int:
         return sum(isinstance(s, Literal) for s in self.segments)

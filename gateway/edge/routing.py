@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import Counter
-from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.routing import BaseRoute, Match, Mount, NoMatchFound, Route, Router, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from gateway.auth.policy import Principal
@@ -86,7 +86,19 @@ def _below_root(path: str, root: str) -> str:
     return path[len(root) :] if path[len(root)] == "/" else path
 
 
-class TranscodedRoute(BaseRoute):
+class PathRoute(BaseRoute):
+    """A route of the gateway's own, matched by its path template and HTTP method alone (``matches`` reads
+    nothing else of the scope, and a path it does not match is ``Match.NONE`` whatever the method), and
+    answering every outcome itself, errors included (so the edge may call it without Starlette's error
+    middleware, as it always has the native routes).
+
+    :ivar exact_path: the one raw path the route matches, when its template has no variable or wildcard.
+    """
+
+    exact_path: str | None = None
+
+
+class TranscodedRoute(PathRoute):
     """One HTTP binding of a native method.
 
     :param binding: the parsed HttpRule binding.
@@ -115,6 +127,7 @@ class TranscodedRoute(BaseRoute):
         self.methods = {binding.http_method}
         self.path = binding.template.template
         self._pattern: re.Pattern[str] = binding.template.pattern
+        self.exact_path = binding.template.fixed_path
         self._verb_suffix = ":" + binding.template.verb if binding.template.verb else ""
         self._http_method = binding.http_method
         self.transcoder = transcoder
@@ -253,3 +266,115 @@ def route_order(route: TranscodedRoute) -> tuple[int, int]:
     """Custom verbs first, then the most literal segments first (more specific templates win)."""
     template = route.binding.template
     return (0 if template.verb else 1, -template.literal_count)
+
+
+# Routes whose matching is known to be by path (and HTTP method) only: the exact-path table may probe them.
+# Anything else (a ``Host``, a plugin's own ``BaseRoute``) may match on anything: the table stops before it.
+_PATH_MATCHED = (Route, Mount, WebSocketRoute)
+
+
+def _exact_path(route: BaseRoute) -> str | None:
+    """The one path ``route`` matches, when it has one (a template or path without parameters)."""
+    if isinstance(route, PathRoute):
+        return route.exact_path
+    if type(route) is Route and not route.param_convertors:
+        return route.path
+    return None
+
+
+def _matches_by_path(route: BaseRoute) -> bool:
+    return isinstance(route, PathRoute) or type(route) in _PATH_MATCHED
+
+
+class ExactRoutes:
+    """The routes of fixed paths (``/healthz``, ``/openapi.json``, an upstream's auto-mapped ``POST
+    /{package}.{Service}/{Method}``, ``POST /v1/rooms``) found by one dict lookup, where Starlette's router
+    tries every route in order: a proxied REST call came after ~30 routes' regular expressions (~220k
+    instructions of its ~740k, bench/RESULTS.md).
+
+    Starlette serves the first route that matches fully (path and method), else the first that matches
+    the path only (its 405). The table keeps, for each fixed path, the routes that match it in order, up
+    to the first one that is not that path's own (a parameterised route, a mount, a route whose matching
+    is unknown): from there only the full scan knows. :meth:`find` answers the first full match among
+    them, and nothing when there is none (a wrong method, HEAD or OPTIONS on a POST route: the caller's
+    scan then gives today's 404/405) — so whatever it finds is what the scan would have found. A fixed path
+    that a parameterised route (or a route of unknown matching) reaches first is left out altogether
+    (:attr:`shadowed`).
+
+    Keys are route paths as sent; a request whose path decodes to something else (``%`` escapes) is not
+    looked up, since raw-path routes and Starlette's decoded-path ones would see different strings.
+
+    :param routes: every route, in the router's order.
+    """
+
+    def __init__(self, routes: Sequence[BaseRoute]) -> None:
+        #: Fixed path → the routes the scan would try for it, in order (read it to skip :meth:`find`'s call).
+        self.paths: dict[str, tuple[BaseRoute, ...]] = {}
+        #: Fixed paths left to the scan: another route reaches them first.
+        self.shadowed: set[str] = set()
+        paths = dict.fromkeys(path for route in routes if (path := _exact_path(route)) is not None)
+        for path in paths:
+            found: list[BaseRoute] = []
+            for route in routes:
+                if not _matches_by_path(route):
+                    break
+                if route.matches(_probe(path))[0] is Match.NONE:
+                    continue
+                if _exact_path(route) != path:
+                    break  # a parameterised route (or a mount) takes the path from here on
+                found.append(route)
+            if found:
+                self.paths[path] = tuple(found)
+            else:
+                self.shadowed.add(path)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.paths
+
+    def find(self, scope: Scope) -> tuple[BaseRoute, Scope] | None:
+        """The route the router would serve an HTTP request with, and its child scope (what Starlette's
+        router adds to the scope), when the request's path is a fixed one and a route of it takes its
+        method; ``None``: scan."""
+        path = raw_route_path(scope)
+        routes = self.paths.get(path)
+        if routes is None or path != route_path(scope):
+            return None
+        for route in routes:
+            match, child = route.matches(scope)
+            if match is Match.FULL:
+                return route, child
+        return None
+
+
+def _probe(path: str) -> Scope:
+    """A request for ``path`` (whose method does not matter for ``Match.NONE``: see :class:`PathRoute`)."""
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "raw_path": path.encode("latin-1"),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+    }
+
+
+class ExactRouter(Router):
+    """Starlette's router with the :class:`ExactRoutes` lookup first (its routes are fixed at creation)."""
+
+    def __init__(self, routes: Sequence[BaseRoute], *, redirect_slashes: bool = True) -> None:
+        super().__init__(routes, redirect_slashes=redirect_slashes)
+        self.exact = ExactRoutes(self.routes)
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            found = self.exact.find(scope)
+            if found is not None:
+                route, child = found
+                if "router" not in scope:
+                    scope["router"] = self
+                scope[ROUTE] = route
+                scope.update(child)
+                await route.handle(scope, receive, send)
+                return
+        await super().app(scope, receive, send)

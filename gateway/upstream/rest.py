@@ -27,7 +27,7 @@ import orjson
 from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.routing import Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
 from gateway import schema
@@ -42,7 +42,7 @@ from gateway.edge.responses import (
     send_error,
     send_json,
 )
-from gateway.edge.routing import CountedStream, raw_route_path
+from gateway.edge.routing import CountedStream, PathRoute, raw_route_path
 from gateway.edge.streams import StreamFormat, negotiate, pump
 from gateway.edge.transcoder import parse_json, query_fields, query_pairs
 from gateway.errors import Code, GatewayError, InvalidArgument
@@ -291,7 +291,7 @@ def _put(request: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     container[name] = value
 
 
-class UpstreamRoute(BaseRoute):
+class UpstreamRoute(PathRoute):
     """One HTTP binding of an upstream method (matched on the raw path, as the native routes).
 
     :param binder: builds its requests.
@@ -316,6 +316,7 @@ class UpstreamRoute(BaseRoute):
         self.proxy = proxy
         template = binder.binding.template
         self.template = template.template
+        self.exact_path = template.fixed_path
         # The edge's observer labels a surface's route by its ``path``: an upstream's calls are counted
         # and logged under the proto method's name, as the native API's are (API.md, "Operability"), for
         # every binding of the method alike.
