@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -133,15 +134,28 @@ def put_lua(room: str) -> str:
     )
 
 
+def cpu_split(proc: run.Proc) -> tuple[float, float]:
+    """The serving process's user and system CPU seconds so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{proc.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def put_round(tmp: Path, store: str, receiver: str | None, args: argparse.Namespace) -> dict[str, Any]:
     gw = Served(tmp, store, receiver)
     try:
         room = "put-" + uuid.uuid4().hex[:8]
         wrk_args = argparse.Namespace(threads=2, connections=args.connections, duration=args.duration)
         url = f"{gw.base}/v1/rooms/{room}/variables/v0"
+        before = cpu_split(gw.proc)
         result = run.wrk("PUT", url, wrk_args, headers={"X-API-Key": KEY}, lua=put_lua(room), server=gw.proc)
         ended = time.time()
-        row: dict[str, Any] = {"rps": result.rps, "errors": result.errors, "cpu_us": result.cpu_us}
+        user, system = (b - a for a, b in zip(before, cpu_split(gw.proc), strict=True))
+        row: dict[str, Any] = {
+            "rps": result.rps,
+            "errors": result.errors,
+            "cpu_us": result.cpu_us,
+            "system_share": system / max(user + system, 1e-9),  # warm-up and window
+        }
         if receiver is not None:
             at_end = [a for a, _ in webhooks.arrivals(receiver, room) if a <= ended]
             in_window = sum(1 for a in at_end if a >= ended - args.duration)
@@ -295,8 +309,9 @@ def report(puts: list[Any], paced: list[Any], args: argparse.Namespace) -> None:
         f"PUT over HTTP: wrk -t2 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds, medians",
         "",
         "| backend | PUT/s without | PUT/s with one endpoint | ratio | errors | rounds (without / with) "
-        "| delivered/s in the window | backlog at its end | gateway CPU/PUT without / with |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| delivered/s in the window | backlog at its end | gateway CPU/PUT without / with "
+        "| its system share without / with |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for name, without, with_ in puts:
         rounds = " / ".join(", ".join(f"{r['rps']:.0f}" for r in rows) for rows in (without, with_))
@@ -305,7 +320,8 @@ def report(puts: list[Any], paced: list[Any], args: argparse.Namespace) -> None:
             f"| {median(with_, 'rps') / median(without, 'rps'):.2f} "
             f"| {sum(r['errors'] for r in without + with_)} | {rounds} "
             f"| {median(with_, 'delivered_in_window'):.0f} | {median(with_, 'backlog'):.0f} "
-            f"| {median(without, 'cpu_us'):.0f} / {median(with_, 'cpu_us'):.0f} µs |"
+            f"| {median(without, 'cpu_us'):.0f} / {median(with_, 'cpu_us'):.0f} µs "
+            f"| {median(without, 'system_share'):.0%} / {median(with_, 'system_share'):.0%} |"
         )
     lines += [
         "",
