@@ -327,7 +327,11 @@ async def main(args: argparse.Namespace) -> None:
     (OUT / "webhooks.md").write_text(table + "\n")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:2] == ["served"]:
+    import webhooks_served  # a served gateway, the load from other processes
+
+    webhooks_served.main(sys.argv[2:])
+elif __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

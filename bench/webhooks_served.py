@@ -1,0 +1,346 @@
+"""Webhooks with a served gateway (issue 14), the load from other processes:
+
+    .venv/bin/python bench/webhooks.py served [--backends sqlite,postgresql] [--duration 5]
+                                       [--rate 1000[,500,200]] [--rounds 2] [--writers 3] [--connections 64]
+
+bench/webhooks.py writes through ASGI in its own process, with httpx's ASGI transport (~3.4 M instructions
+a PUT, mostly the client): it never writes more than a few hundred PUTs/s, so it cannot measure the latency
+at 1,000 writes/s. Here the gateway is a real ``python -m gateway serve`` (the worker as shipped, started by
+``serve``; a fresh SQLite file or PostgreSQL schema for every gateway), the receiver is bench/webhooks.py's
+own process, and the writers are other processes:
+
+- **PUT/s**: ``wrk -t2 -c{--connections} -d{--duration}s`` (after a 2 s warm-up, bench/run.py's ``wrk``)
+  of REST PUTs over 64 variables of one room, a gateway without ``webhooks:`` against one with one endpoint
+  subscribed to everything, the order alternated over ``--rounds``; medians and the ratio (issue 14:
+  ≥ 0.85). Non-2xx responses and socket errors are counted as errors. With the endpoint, the worker
+  delivers during the window: the deliveries that arrived in it and the backlog left at its end are shown.
+- **Latency**: ``--rate`` PUTs/s for ``--duration`` s from ``--writers`` processes, each an asyncio loop
+  with aiohttp keep-alive connections sending its share on a schedule (the i-th PUT at ``i / rate`` s,
+  not after the previous response); p50/p99 from each change's body ``timestamp`` to its arrival at the
+  receiver (issue 14: < 250 ms at 1,000/s), the rate achieved, errors. A writer does not start a PUT
+  after the window: a gateway that lags is shown by the rate achieved, not given more time.
+
+The gateway's CPU per PUT (user + system of the serving process over wrk's window, not the worker's) is
+steadier than PUT/s on a shared machine, as in bench/run.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import run  # bench/run.py: Proc, free_port, wait_port, wrk
+import webhooks  # bench/webhooks.py: the receiver, its arrivals, the latencies
+
+KEY = webhooks.KEY
+VARIABLES = 64  # the variables of the room written, so that the writes are not all one row
+
+
+def config(tmp: Path, backend: str, receiver: str | None) -> tuple[Path, int]:
+    """A ``gateway.yaml`` on ``backend`` (shipped defaults except: no rate limit, no access log, as
+    bench/webhooks.py), with one endpoint subscribed to everything when ``receiver`` is given."""
+    http, grpc = run.free_port(), run.free_port()
+    hooks = ""
+    if receiver is not None:
+        hooks = textwrap.dedent(
+            f"""\
+            webhooks:
+              poll_seconds: 0.5
+              endpoints:
+                - {{name: bench, url: "{receiver}/hooks", secret: "{webhooks.SECRET}", max_in_flight: 64}}
+            """
+        )
+    path = tmp / f"gateway-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
+            backend: "{backend}"
+            rate_limits: {{limits: []}}
+            access_log: false
+            auth:
+              keys:
+                - {{name: bench, key: "{KEY}", permissions: ["*"]}}
+            """
+        )
+        + hooks
+    )
+    return path, http
+
+
+class Served:
+    """``python -m gateway serve`` on a fresh store; with ``receiver``, started once a first write has
+    arrived there (the worker is then up and delivering)."""
+
+    def __init__(self, tmp: Path, store: str, receiver: str | None) -> None:
+        path, self.port = config(tmp, store, receiver)
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = run.Proc([sys.executable, "-m", "gateway", "serve", "--config", str(path)])
+        run.wait_port(self.port, 60)
+        self.room = "served-" + uuid.uuid4().hex[:8]
+        httpx.put(
+            f"{self.base}/v1/rooms/{self.room}/variables/ready",
+            json={"value": 0},
+            headers={"X-API-Key": KEY},
+            timeout=30,
+        ).raise_for_status()
+        if receiver is not None:
+            deadline = time.monotonic() + 30
+            while not webhooks.arrivals(receiver, self.room):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the worker delivered nothing in 30 s")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def settle(receiver: str, room: str, timeout: float = 30.0) -> list[tuple[float, str]]:
+    """The room's arrivals once they stop growing for 1 s (or after ``timeout``)."""
+    found, deadline, last = webhooks.arrivals(receiver, room), time.monotonic() + timeout, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = webhooks.arrivals(receiver, room)
+        if len(now) != len(found):
+            found, last = now, time.monotonic()
+        elif time.monotonic() - last > 1.0:
+            break
+    return found
+
+
+def put_lua(room: str) -> str:
+    return textwrap.dedent(
+        f"""\
+        local i = 0
+        wrk.headers["Content-Type"] = "application/json"  -- with -H's key: format(nil headers) uses them
+        local body = {json.dumps(json.dumps({"value": {"points": 42}}))}
+        request = function()
+          i = i + 1
+          return wrk.format("PUT", "/v1/rooms/{room}/variables/v" .. (i % {VARIABLES}), nil, body)
+        end
+        """
+    )
+
+
+def cpu_split(proc: run.Proc) -> tuple[float, float]:
+    """The serving process's user and system CPU seconds so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{proc.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def put_round(tmp: Path, store: str, receiver: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    gw = Served(tmp, store, receiver)
+    try:
+        room = "put-" + uuid.uuid4().hex[:8]
+        wrk_args = argparse.Namespace(threads=2, connections=args.connections, duration=args.duration)
+        url = f"{gw.base}/v1/rooms/{room}/variables/v0"
+        before = cpu_split(gw.proc)
+        result = run.wrk("PUT", url, wrk_args, headers={"X-API-Key": KEY}, lua=put_lua(room), server=gw.proc)
+        ended = time.time()
+        user, system = (b - a for a, b in zip(before, cpu_split(gw.proc), strict=True))
+        row: dict[str, Any] = {
+            "rps": result.rps,
+            "errors": result.errors,
+            "cpu_us": result.cpu_us,
+            "system_share": system / max(user + system, 1e-9),  # warm-up and window
+        }
+        if receiver is not None:
+            at_end = [a for a, _ in webhooks.arrivals(receiver, room) if a <= ended]
+            in_window = sum(1 for a in at_end if a >= ended - args.duration)
+            total = len(settle(receiver, room))  # every write of warm-up and window, once drained
+            row |= {"delivered_in_window": in_window / args.duration, "backlog": total - len(at_end)}
+        return row
+    finally:
+        gw.stop()
+
+
+# -- the paced writers (their own processes) -------------------------------------------------------------
+
+
+async def _writer(spec: dict[str, Any]) -> None:
+    """Share ``k`` of ``n`` of ``total`` PUTs at ``rate``/s: PUT ``i`` (``i % n == k``) is sent at
+    ``start + i / rate`` by one of ``connections`` callers, or once one is free when the gateway lags."""
+    import aiohttp
+
+    mine = iter(range(spec["k"], spec["total"], spec["n"]))
+    ok = errors = 0
+    base, room, rate, start = spec["base"], spec["room"], spec["rate"], spec["start"]
+    connector = aiohttp.TCPConnector(limit=spec["connections"])
+    async with aiohttp.ClientSession(base, connector=connector, headers={"X-API-Key": KEY}) as http:
+
+        async def caller() -> None:
+            nonlocal ok, errors
+            for i in mine:
+                lag = start + i / rate - time.time()
+                if lag > 0:
+                    await asyncio.sleep(lag)
+                elif time.time() > start + spec["duration"]:
+                    break  # the window is over: a gateway that lags is not given the rest of the schedule
+                try:
+                    async with http.put(
+                        f"/v1/rooms/{room}/variables/v{i % VARIABLES}", json={"value": i}
+                    ) as response:
+                        await response.read()
+                        ok, errors = (ok + 1, errors) if response.status < 300 else (ok, errors + 1)
+                except aiohttp.ClientError:
+                    errors += 1
+
+        await asyncio.gather(*(caller() for _ in range(spec["connections"])))
+    print(json.dumps({"ok": ok, "errors": errors, "ended": time.time()}))
+
+
+def paced_round(
+    tmp: Path, store: str, receiver: str, rate: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    gw = Served(tmp, store, receiver)
+    try:
+        room = "paced-" + uuid.uuid4().hex[:8]
+        total = int(rate * args.duration)
+        start = time.time() + 3.0  # the writers' imports and connections first
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, "--writer", json.dumps(spec)], stdout=subprocess.PIPE, text=True
+            )
+            for spec in (
+                {
+                    "base": gw.base,
+                    "room": room,
+                    "rate": rate,
+                    "total": total,
+                    "n": args.writers,
+                    "k": k,
+                    "start": start,
+                    "connections": max(1, args.connections // args.writers),
+                    "duration": args.duration,
+                }
+                for k in range(args.writers)
+            )
+        ]
+        done = [json.loads(p.communicate(timeout=args.duration + 120)[0]) for p in procs]
+        found = settle(receiver, room)
+    finally:
+        gw.stop()
+    late = webhooks._latencies(found)
+    ok = sum(d["ok"] for d in done)
+    return {
+        "rate": rate,
+        "written_per_s": ok / (max(d["ended"] for d in done) - start),
+        "errors": sum(d["errors"] for d in done),
+        "delivered": len(found),
+        "written": ok + 1,  # and room.created
+        "p50_ms": 1000 * late[len(late) // 2] if late else float("nan"),
+        "p99_ms": 1000 * late[max(0, int(len(late) * 0.99) - 1)] if late else float("nan"),
+    }
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="webhooks.py served", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--duration", type=int, default=5, help="seconds (whole: wrk's -d)")
+    parser.add_argument("--rate", default="1000", help="writes/s, comma-separated for several rows")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--writers", type=int, default=3, help="writer processes of the paced load")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--writer", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.writer:
+        asyncio.run(_writer(json.loads(args.writer)))
+        return
+    schemas: list[str] = []
+
+    def fresh(name: str, tmp: Path) -> str:
+        if name == "sqlite":
+            return f"sqlite:///{tmp / uuid.uuid4().hex[:8]}.db"
+        schemas.append(f"bench_served_{uuid.uuid4().hex[:8]}")
+        return f"{args.postgres_url}?schema={schemas[-1]}"
+
+    puts, paced = [], []
+    try:
+        with webhooks.receiver_process() as receiver, tempfile.TemporaryDirectory() as directory:
+            tmp = Path(directory)
+            for name in args.backends.split(","):
+                without, with_ = [], []
+                for round_ in range(args.rounds):
+                    order = [None, receiver] if round_ % 2 == 0 else [receiver, None]
+                    for hook in order:
+                        row = put_round(tmp, fresh(name, tmp), hook, args)
+                        (without if hook is None else with_).append(row)
+                        print(f"{name} {'with' if hook else 'without'}: {row}", file=sys.stderr)
+                puts.append((name, without, with_))
+                for rate in (float(r) for r in args.rate.split(",")):
+                    row = paced_round(tmp, fresh(name, tmp), receiver, rate, args)
+                    print(f"{name} paced: {row}", file=sys.stderr)
+                    paced.append((name, row))
+    finally:
+        if schemas:
+            asyncio.run(_drop(args.postgres_url, schemas))
+    report(puts, paced, args)
+
+
+async def _drop(url: str, schemas: list[str]) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    conn = await asyncpg.connect(url)
+    for schema in schemas:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.close()
+
+
+def report(puts: list[Any], paced: list[Any], args: argparse.Namespace) -> None:
+    def median(rows: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    lines = [
+        f"PUT over HTTP: wrk -t2 -c{args.connections} -d{args.duration:g}s, {args.rounds} rounds, medians",
+        "",
+        "| backend | PUT/s without | PUT/s with one endpoint | ratio | errors | rounds (without / with) "
+        "| delivered/s in the window | backlog at its end | gateway CPU/PUT without / with "
+        "| its system share without / with |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for name, without, with_ in puts:
+        rounds = " / ".join(", ".join(f"{r['rps']:.0f}" for r in rows) for rows in (without, with_))
+        lines.append(
+            f"| {name} | {median(without, 'rps'):.0f} | {median(with_, 'rps'):.0f} "
+            f"| {median(with_, 'rps') / median(without, 'rps'):.2f} "
+            f"| {sum(r['errors'] for r in without + with_)} | {rounds} "
+            f"| {median(with_, 'delivered_in_window'):.0f} | {median(with_, 'backlog'):.0f} "
+            f"| {median(without, 'cpu_us'):.0f} / {median(with_, 'cpu_us'):.0f} µs "
+            f"| {median(without, 'system_share'):.0%} / {median(with_, 'system_share'):.0%} |"
+        )
+    lines += [
+        "",
+        f"Paced writes: {args.writers} writer processes, {args.duration:g} s, aiohttp keep-alive",
+        "",
+        "| backend | asked writes/s | achieved | errors | delivered / written | write→delivery p50 | p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(
+            f"| {name} | {r['rate']:.0f} | {r['written_per_s']:.0f} | {r['errors']} "
+            f"| {r['delivered']} / {r['written']} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms |"
+            for name, r in paced
+        ),
+    ]
+    table = "\n".join(lines)
+    print(table)
+    webhooks.OUT.mkdir(exist_ok=True)
+    (webhooks.OUT / "webhooks_served.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    main(sys.argv[1:])
