@@ -227,3 +227,79 @@ def test_a_lines_head_is_its_own_millisecond_and_logger(monkeypatch: pytest.Monk
         "2027-01-15T08:00:00.999Z room_gateway.access: ",
         "2027-01-15T08:00:01.000Z room_gateway.access: ",
     ]
+
+
+def test_lines_and_records_handed_over_together_keep_their_order() -> None:
+    """The writer joins what it took in one ``join``; records among the lines are formatted in place."""
+    stream = io.StringIO()
+    writer = LogWriter(stream, Formatter())
+    record = logging.LogRecord("room_gateway.x", logging.WARNING, __file__, 1, "record %d", (2,), None)
+    for item in ["line 1", record, "line 3"]:
+        writer._held.append(item)  # held before the writer starts: one batch
+    writer.start()
+    writer.stop()
+    assert stream.getvalue() == "line 1\nroom_gateway.x: WARNING: record 2\nline 3\n"
+
+
+def test_a_handler_attached_to_the_root_or_a_parent_takes_lines_off_the_fast_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """line_sink's one-expression check of the usual shape, and its walk for the others, both see a
+    handler, a filter, a disabled logger or propagation stopped, from the next line on."""
+    from gateway import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logs._sink
+    monkeypatch.setattr(logs.sys, "stderr", io.StringIO())
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):  # configure_logging's
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    writer = logs.configure_logging("info", "text")
+    child = logging.getLogger("room_gateway_test_sink.parent.child")  # under a parent, not the root
+    parent = logging.getLogger("room_gateway_test_sink.parent")
+    top = logging.getLogger("room_gateway_test_sink_top")  # right under the root
+    try:
+        assert logs.line_sink(top) is not None and logs.line_sink(child) is not None
+        extra = logging.NullHandler()
+        for attached in (root, parent, top):
+            attached.addHandler(extra)
+            assert logs.line_sink(top if attached is not parent else child) is None
+            attached.removeHandler(extra)
+            assert logs.line_sink(top) is not None and logs.line_sink(child) is not None
+        root.addFilter(logging.Filter("x"))
+        assert logs.line_sink(top) is None and logs.line_sink(child) is None
+        root.filters.clear()
+        for logger in (top, parent):
+            logger.propagate = False
+            assert logs.line_sink(top if logger is top else child) is None
+            logger.propagate = True
+            logger.disabled = True
+            assert logs.line_sink(top if logger is top else child) is None
+            logger.disabled = False
+        root.handlers.append(extra)  # two handlers at the root, however added
+        assert logs.line_sink(top) is None
+        root.handlers.remove(extra)
+        assert logs.line_sink(top) is logs._sink
+    finally:
+        writer.stop()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logs._sink = saved[2]
+
+
+def test_a_lines_head_after_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept second is used only for times inside it: a wall clock set back gets its own head."""
+    from gateway import logs
+
+    sink = logs._Sink(_WriterHandler(LogWriter(io.StringIO(), Formatter())), "text")
+    access = logging.getLogger("room_gateway.access")
+    base = 1_800_000_000_000  # 2027-01-15T08:00:00.000Z, in milliseconds
+    heads = []
+    for milliseconds in (1500, 1499, 999, 61_000):
+        monkeypatch.setattr(logs.time, "time_ns", lambda ms=milliseconds: (base + ms) * 1_000_000)
+        heads.append(sink.head(access))
+    assert heads == [
+        "2027-01-15T08:00:01.500Z room_gateway.access: ",
+        "2027-01-15T08:00:01.499Z room_gateway.access: ",
+        "2027-01-15T08:00:00.999Z room_gateway.access: ",
+        "2027-01-15T08:01:01.000Z room_gateway.access: ",
+    ]
