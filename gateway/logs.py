@@ -21,6 +21,7 @@ Formats (``logging.format``): ``text`` (:class:`TextFormatter`, the time first) 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
@@ -294,9 +295,9 @@ class _Sink:
         self.format = format
         #: Hand the writer a whole line (one beginning with :meth:`head`).
         self.put = handler.put
-        #: The current second's head: its first millisecond, its text, the logger's tails, the logger's
-        #: name (one tuple, replaced whole).
-        self._head: tuple[int, str, tuple[str, ...], str] = (0, "", (), "")
+        #: The current second's head: where it began on the monotonic clock (``time.perf_counter``), its
+        #: text, the logger's tails, the logger's name (one tuple, replaced whole).
+        self._head: tuple[float, str, tuple[str, ...], str] = (-math.inf, "", (), "")
 
     def write_text(self, logger: logging.Logger, message: str) -> None:
         """Write what ``logger.info(message)`` would, formatted here (``text``: TextFormatter's line)."""
@@ -304,19 +305,27 @@ class _Sink:
 
     def head(self, logger: logging.Logger) -> str:
         """What a ``text`` line of ``logger`` written now starts with: ``2026-12-01T10:00:00.123Z
-        room_gateway.access: `` (a caller making the rest of the line hands the whole to :attr:`put`). The
-        second's text and the logger's millisecond tails are kept: a line within the same second costs a
-        subtraction and an index (a millisecond's text made per line was ~2.5k instructions)."""
-        milliseconds = time.time_ns() // 1_000_000  # see _now
+        room_gateway.access: `` (a caller making the rest of the line hands the whole to :attr:`put`).
+
+        The second's text and the logger's millisecond tails are kept, and the wall clock is read once a
+        second: within it, a line's millisecond is the monotonic clock's time since (float arithmetic and
+        an index, where a millisecond's text from ``time_ns`` per line was ~2.5k instructions). A wall
+        clock set forward or back shows from the next second on.
+        """
         start, text, tails, name = self._head
-        into = milliseconds - start
-        if 0 <= into < 1000 and name == logger.name:
-            return text + tails[into]
-        start = milliseconds - milliseconds % 1000
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start // 1000))
+        into = (time.perf_counter() - start) * 1000.0
+        if 0.0 <= into < 1000.0 and name == logger.name:
+            return text + tails[into.__floor__()]
+        return self._new_head(logger)
+
+    def _new_head(self, logger: logging.Logger) -> str:
+        now, wall = time.perf_counter(), time.time()
+        second = math.floor(wall)
+        start = now - (wall - second)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         tails = _head_tails(logger.name)
         self._head = (start, text, tails, logger.name)
-        return text + tails[milliseconds - start]
+        return text + tails[min(999, math.floor((now - start) * 1000.0))]
 
     def write_json(self, logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
         """Write what ``logger.info(message, extra={"access": fields})`` would (``json``: JsonFormatter's

@@ -108,6 +108,7 @@ def test_access_lines_without_records_write_what_records_would(
     monkeypatch.setattr(logs.sys, "stderr", stream)
     monkeypatch.setattr(logs.time, "time", lambda: 1_800_000_000.5)
     monkeypatch.setattr(logs.time, "time_ns", lambda: 1_800_000_000_500_000_000)  # lines without records
+    monkeypatch.setattr(logs.time, "perf_counter", lambda: 5000.0)  # (text: a head's millisecond)
     monkeypatch.setattr(logging, "_srcfile", logging._srcfile)  # configure_logging changes these
     monkeypatch.setattr(logging, "logThreads", logging.logThreads)
     monkeypatch.setattr(logging, "logProcesses", logging.logProcesses)
@@ -200,24 +201,25 @@ def test_a_line_put_beside_another_threads_append_wakes_the_writer() -> None:
 
 
 def test_a_lines_head_is_its_own_millisecond_and_logger(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The head kept from the last line (same millisecond, same logger) never stands for another's."""
+    """The head kept from the last line (same second, same logger) never stands for another's: its
+    millisecond is the monotonic clock's since the wall clock was read."""
     from gateway import logs
 
     sink = logs._Sink(_WriterHandler(LogWriter(io.StringIO(), Formatter())), "text")
     access, other = logging.getLogger("room_gateway.access"), logging.getLogger("room_gateway.other")
-    base = 1_800_000_000_000  # 2027-01-15T08:00:00.000Z, in milliseconds
+    base = 1_800_000_000  # 2027-01-15T08:00:00Z
     heads = []
-    for milliseconds, nanos, logger in [
-        (0, 100, access),
-        (0, 900_000, access),  # the same millisecond: the head kept
-        (0, 950_000, other),  # another logger in it
-        (1, 0, other),
-        (999, 999_999, access),
-        (1000, 0, access),  # the next second
+    for moment, logger in [
+        (0.0001, access),
+        (0.0009, access),  # the same millisecond
+        (0.00095, other),  # another logger in it
+        (0.0012, other),
+        (0.9995, access),
+        (1.0002, access),  # the next second
+        (61.25, access),  # a minute on
     ]:
-        monkeypatch.setattr(
-            logs.time, "time_ns", lambda ms=milliseconds, ns=nanos: (base + ms) * 1_000_000 + ns
-        )
+        monkeypatch.setattr(logs.time, "perf_counter", lambda t=moment: 5000.0 + t)
+        monkeypatch.setattr(logs.time, "time", lambda t=moment: base + t)
         heads.append(sink.head(logger))
     assert heads == [
         "2027-01-15T08:00:00.000Z room_gateway.access: ",
@@ -226,6 +228,7 @@ def test_a_lines_head_is_its_own_millisecond_and_logger(monkeypatch: pytest.Monk
         "2027-01-15T08:00:00.001Z room_gateway.other: ",
         "2027-01-15T08:00:00.999Z room_gateway.access: ",
         "2027-01-15T08:00:01.000Z room_gateway.access: ",
+        "2027-01-15T08:01:01.250Z room_gateway.access: ",
     ]
 
 
@@ -286,20 +289,23 @@ def test_a_handler_attached_to_the_root_or_a_parent_takes_lines_off_the_fast_way
         logs._sink = saved[2]
 
 
-def test_a_lines_head_after_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kept second is used only for times inside it: a wall clock set back gets its own head."""
+def test_a_lines_head_after_the_wall_clock_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within a second a line's time moves with the monotonic clock; a wall clock set back (or forward)
+    shows from the next second on, and the monotonic clock never makes a second's text run past it."""
     from gateway import logs
 
     sink = logs._Sink(_WriterHandler(LogWriter(io.StringIO(), Formatter())), "text")
     access = logging.getLogger("room_gateway.access")
-    base = 1_800_000_000_000  # 2027-01-15T08:00:00.000Z, in milliseconds
+    base = 1_800_000_000  # 2027-01-15T08:00:00Z
     heads = []
-    for milliseconds in (1500, 1499, 999, 61_000):
-        monkeypatch.setattr(logs.time, "time_ns", lambda ms=milliseconds: (base + ms) * 1_000_000)
+    for moment, step in [(0.5, 1.0), (0.6, -1.0), (1.2, -1.0), (1.3, 30.0), (2.25, 30.0)]:
+        monkeypatch.setattr(logs.time, "perf_counter", lambda t=moment: 5000.0 + t)
+        monkeypatch.setattr(logs.time, "time", lambda t=moment, s=step: base + t + s)
         heads.append(sink.head(access))
     assert heads == [
         "2027-01-15T08:00:01.500Z room_gateway.access: ",
-        "2027-01-15T08:00:01.499Z room_gateway.access: ",
-        "2027-01-15T08:00:00.999Z room_gateway.access: ",
-        "2027-01-15T08:01:01.000Z room_gateway.access: ",
+        "2027-01-15T08:00:01.600Z room_gateway.access: ",  # set back 2 s: seen from the next second
+        "2027-01-15T08:00:00.200Z room_gateway.access: ",
+        "2027-01-15T08:00:00.300Z room_gateway.access: ",  # set forward: the same
+        "2027-01-15T08:00:32.250Z room_gateway.access: ",
     ]
