@@ -309,3 +309,34 @@ def test_a_lines_head_after_the_wall_clock_steps(monkeypatch: pytest.MonkeyPatch
         "2027-01-15T08:00:00.300Z room_gateway.access: ",  # set forward: the same
         "2027-01-15T08:00:32.250Z room_gateway.access: ",
     ]
+
+
+def test_the_writer_stays_awake_while_lines_keep_coming() -> None:
+    """Lines put round after round are each written within a few lingers, with one wake-up asked of the
+    putting side in all (the writer keeps looking while its rounds find lines), and one more once it slept."""
+    stream = io.StringIO()
+    writer = LogWriter(stream, Formatter())
+    wake_ups = []
+    release = writer._release
+    writer._release = lambda: (wake_ups.append(1), release())[1]  # type: ignore[method-assign]
+    writer.start()
+    try:
+        for i in range(12):
+            writer.put(f"line {i}")
+            deadline = time.monotonic() + 20 * LINGER_SECONDS
+            while f"line {i}\n" not in stream.getvalue() and time.monotonic() < deadline:
+                time.sleep(LINGER_SECONDS / 8)
+            assert f"line {i}\n" in stream.getvalue()  # written by the writer's rounds, not at stop
+        assert len(wake_ups) <= 6  # the first line's (more only when a round found none: a starved machine)
+        deadline = time.monotonic() + 20 * LINGER_SECONDS
+        while writer._awake and time.monotonic() < deadline:  # no lines: the writer goes to sleep
+            time.sleep(LINGER_SECONDS)
+        assert not writer._awake
+        before = len(wake_ups)
+        writer.put("after a sleep")
+        deadline = time.monotonic() + 20 * LINGER_SECONDS
+        while "after a sleep\n" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(LINGER_SECONDS / 8)
+        assert "after a sleep\n" in stream.getvalue() and len(wake_ups) == before + 1
+    finally:
+        writer.stop()
