@@ -21,10 +21,10 @@ Formats (``logging.format``): ``text`` (:class:`TextFormatter`, the time first) 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import threading
 import time
-from collections import deque
 from typing import Any, Literal, TextIO
 
 import orjson
@@ -160,14 +160,17 @@ class _WriterHandler(logging.Handler):
 class LogWriter:
     """The writer thread: formats what it was handed and writes it with one write and one flush.
 
-    Lines and records are appended to a deque (no lock, no queue, no per-turn hand-over: ``append`` and
-    ``popleft`` are atomic, and only the writer pops). The writer is woken only by the first item after it
-    last looked, then sleeps :data:`LINGER_SECONDS` before it takes them all: under load that is one
-    wake-up, one GIL hand-over and one ``write`` per period, where a queue wakes the writer once per
-    hand-over (strace: a futex storm of ~1,200 calls a second, which cost the access log ~20% of a GET's
-    throughput), and a lock taken per line cost the event loop a lock round trip per call. The wake-up is a
-    plain lock released by whoever finds the writer asleep (a ``threading.Event``'s ``set`` and ``wait`` run
-    a condition variable's Python code each time: several thousand instructions per wake-up, on the loop).
+    Lines and records are appended to a list (no lock, no queue, no per-turn hand-over: ``append``, and
+    the writer's slice and delete of what it found, are each atomic, and only the writer removes). Lines
+    are joined in one ``join``; records among them are formatted first (the join's ``TypeError`` says
+    so). The writer is woken only by the first item after it last looked, then sleeps
+    :data:`LINGER_SECONDS` before it takes them all, and keeps doing so while each round finds lines (no
+    wake-up asked of the event loop meanwhile): under load that is one GIL hand-over and one ``write`` per
+    period, where a queue wakes the writer once per hand-over (strace: a futex storm of
+    ~1,200 calls a second, which cost the access log ~20% of a GET's throughput), and a lock taken per line
+    cost the event loop a lock round trip per call. The wake-up is a plain lock released by whoever finds
+    the writer asleep (a ``threading.Event``'s ``set`` and ``wait`` run a condition variable's Python code
+    each time: several thousand instructions per wake-up, on the loop).
 
     :param stream: where lines go (stderr).
     :param formatter: formats each record.
@@ -176,7 +179,7 @@ class LogWriter:
     def __init__(self, stream: TextIO, formatter: logging.Formatter) -> None:
         self.stream = stream
         self.formatter = formatter
-        self._held: deque[logging.LogRecord | str] = deque()
+        self._held: list[logging.LogRecord | str] = []
         self._wake = threading.Lock()  # held while the writer may sleep: released to wake it
         self._wake.acquire()
         self._awake = False  # woken, and not yet taking what was handed over
@@ -187,7 +190,7 @@ class LogWriter:
         """Hand the writer a record, or a line formatted already (:func:`line_sink`), in order."""
         self._held.append(item)
         # Wake the writer unless it is awake already (it says it is not, then drains to empty, so an item
-        # appended after that is taken now or by the next wake-up). Not "the deque's length is 1": two
+        # appended after that is taken now or by the next wake-up). Not "the list's length is 1": two
         # threads appending at once would both see 2, and their lines would wait for the next item.
         if not self._awake:
             self._awake = True
@@ -209,19 +212,28 @@ class LogWriter:
         self._thread.join()
         self._write(self._take())  # what other threads handed over while the writer ended
 
-    def _take(self) -> list[str]:
-        take = self._held.popleft
-        items = []
-        while self._held:  # to empty: an item handed over meanwhile found the writer awake, so woke no one
-            item = take()
-            items.append(item if isinstance(item, str) else self._format(item))
+    def _take(self) -> list[logging.LogRecord | str]:
+        # One slice and one delete, each a single C operation under the GIL: what other threads append
+        # meanwhile lands after the first ``count`` items and stays for the next round (they found the
+        # writer awake, or woke it). Item by item, the take was ~0.7k instructions a line.
+        held = self._held
+        count = len(held)
+        items = held[:count]
+        del held[:count]
         return items
 
     def _run(self) -> None:
         while not self._stopping:
             self._wake.acquire()
-            if not self._stopping:
+            # Awake while lines keep coming: a round per LINGER_SECONDS with no wake-up asked of whoever
+            # puts (a wake-up is a lock release on the loop and one more GIL hand-over here: ~4k
+            # instructions a round, where a round under valgrind's pace is a few lines).
+            while not self._stopping:
                 time.sleep(LINGER_SECONDS)
+                items = self._take()
+                if not items:
+                    break
+                self._write(items)
             # Said before taking: an item handed over from now on is taken now or wakes us again.
             self._awake = False
             self._write(self._take())
@@ -235,12 +247,16 @@ class LogWriter:
             text += "\n" + record.exc_text
         return text
 
-    def _write(self, lines: list[str]) -> None:
-        if not lines:
+    def _write(self, items: list[logging.LogRecord | str]) -> None:
+        if not items:
             return
+        items.append("")  # the last line's newline, in the same join
         try:
-            lines.append("")  # the last line's newline, in the same join
-            self.stream.write("\n".join(lines))
+            text = "\n".join(items)  # type: ignore[arg-type]  # records among them: TypeError, below
+        except TypeError:  # records among the lines: formatted here, off the event loop
+            text = "\n".join([item if isinstance(item, str) else self._format(item) for item in items])
+        try:
+            self.stream.write(text)
             self.stream.flush()
         except (OSError, ValueError):  # stderr closed or gone: nothing left to tell
             pass
@@ -263,17 +279,33 @@ def configure_logging(level: str, format: Literal["text", "json"] = "text") -> L
     return writer
 
 
+#: Per logger name, what follows a second's text in a ``text`` line's head: ``.000Z name: `` …
+#: ``.999Z name: `` (made once per logger, for the few loggers whose lines take :func:`line_sink`'s way).
+_HEAD_TAILS: dict[str, tuple[str, ...]] = {}
+
+
+def _head_tails(name: str) -> tuple[str, ...]:
+    tails = _HEAD_TAILS.get(name)
+    if tails is None:
+        tails = _HEAD_TAILS[name] = tuple(f"{fraction} {name}: " for fraction in _MILLISECONDS)
+    return tails
+
+
 class _Sink:
     """Where :func:`line_sink` hands lines: the gateway's handler, and how its writer formats."""
 
-    __slots__ = ("_head", "format", "handler", "put")
+    __slots__ = ("_head", "format", "handler", "handlers", "put")
 
     def __init__(self, handler: _WriterHandler, format: Literal["text", "json"]) -> None:
         self.handler = handler
+        #: What the root's handlers are while lines may take this way (compared as a list: one C call).
+        self.handlers: list[logging.Handler] = [handler]
         self.format = format
         #: Hand the writer a whole line (one beginning with :meth:`head`).
         self.put = handler.put
-        self._head: tuple[int, str, str] = (-1, "", "")
+        #: The current second's head: where it began on the monotonic clock (``time.perf_counter``), its
+        #: text, the logger's tails, the logger's name (one tuple, replaced whole).
+        self._head: tuple[float, str, tuple[str, ...], str] = (-math.inf, "", (), "")
 
     def write_text(self, logger: logging.Logger, message: str) -> None:
         """Write what ``logger.info(message)`` would, formatted here (``text``: TextFormatter's line)."""
@@ -281,14 +313,27 @@ class _Sink:
 
     def head(self, logger: logging.Logger) -> str:
         """What a ``text`` line of ``logger`` written now starts with: ``2026-12-01T10:00:00.123Z
-        room_gateway.access: `` (a caller making the rest of the line hands the whole to :attr:`put`). Under
-        load, lines come several a millisecond: the last one's head is kept (one tuple, replaced whole)."""
-        milliseconds = time.time_ns() // 1_000_000  # see _now
-        last, name, head = self._head
-        if last != milliseconds or name != logger.name:
-            head = f"{_milliseconds_text(milliseconds)} {logger.name}: "
-            self._head = (milliseconds, logger.name, head)
-        return head
+        room_gateway.access: `` (a caller making the rest of the line hands the whole to :attr:`put`).
+
+        The second's text and the logger's millisecond tails are kept, and the wall clock is read once a
+        second: within it, a line's millisecond is the monotonic clock's time since (float arithmetic and
+        an index, where a millisecond's text from ``time_ns`` per line was ~2.5k instructions). A wall
+        clock set forward or back shows from the next second on.
+        """
+        start, text, tails, name = self._head
+        into = (time.perf_counter() - start) * 1000.0
+        if 0.0 <= into < 1000.0 and name == logger.name:
+            return text + tails[into.__floor__()]
+        return self._new_head(logger)
+
+    def _new_head(self, logger: logging.Logger) -> str:
+        now, wall = time.perf_counter(), time.time()
+        second = math.floor(wall)
+        start = now - (wall - second)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        tails = _head_tails(logger.name)
+        self._head = (start, text, tails, logger.name)
+        return text + tails[min(999, math.floor((now - start) * 1000.0))]
 
     def write_json(self, logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
         """Write what ``logger.info(message, extra={"access": fields})`` would (``json``: JsonFormatter's
@@ -312,12 +357,19 @@ def line_sink(logger: logging.Logger) -> _Sink | None:
     sink = _sink
     if sink is None:
         return None
+    root = logging.root
+    if (  # the usual shape, checked in one expression: the logger right under the root, nothing attached
+        logger.parent is root
+        and not (logger.handlers or logger.filters or logger.disabled or root.filters)
+        and logger.propagate
+        and root.handlers == sink.handlers
+    ):
+        return sink
     current: logging.Logger | None = logger
     while current is not None and current.parent is not None:  # up to the root, which has none
         if current.handlers or current.filters or current.disabled or not current.propagate:
             return None
         current = current.parent
-    root = logging.root
-    if root.filters or len(root.handlers) != 1 or root.handlers[0] is not sink.handler:
+    if root.filters or root.handlers != sink.handlers:
         return None
     return sink

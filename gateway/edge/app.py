@@ -50,7 +50,7 @@ from gateway.edge.json_codec import Codecs
 from gateway.edge.metrics import INFO_PATH, InfoEndpoint, metrics_routes
 from gateway.edge.observe import ObservedCalls, ObservedSend
 from gateway.edge.openapi import Documented, openapi_document
-from gateway.edge.ratelimit import client_ip, with_rate_limit_headers
+from gateway.edge.ratelimit import client_ip, usage_lines, with_rate_limit_headers
 from gateway.edge.responses import error_response, send_error, with_headers
 from gateway.edge.routing import (
     MATCH,
@@ -68,7 +68,7 @@ from gateway.edge.transcoder import Transcoder
 from gateway.errors import Code, GatewayError
 from gateway.observability.metrics import Metrics
 from gateway.observability.observer import Observer
-from gateway.ratelimit import RateLimiter, Verdict, begin_call, end_call
+from gateway.ratelimit import LocalWindows, RateLimiter, Usage, Verdict, begin_call, end_call
 
 
 def create_http_app(
@@ -200,6 +200,12 @@ class Edge(ObservedCalls):
             (verbs if route.binding.template.verb else plain).append(route)
         self._limiter = limiter if limiter is not None and limiter.quotas else None
         self._key_limiter = limiter if limiter is not None and limiter.by_key else None
+        #: The one limit counting a call, when it is a ``by: ip`` limit counted here (the shipped default):
+        #: on the gateway's own server its lines are made as it counts, without a Verdict or a Usage.
+        only = limiter.quotas[0].counter if limiter is not None and len(limiter.quotas) == 1 else None
+        self._ip_window = (
+            only if isinstance(only, LocalWindows) and limiter is not None and limiter.by_ip else None
+        )
         self._self_authenticated = self_authenticated_prefixes
         self.observer = observer
         self._cors = cors
@@ -254,7 +260,10 @@ class Edge(ObservedCalls):
                 return
         limiter = self._limiter if not public else None
         verdict = token = None
-        if limiter is not None:
+        window = (
+            self._ip_window if limiter is not None and type(send) is ObservedSend and send.own_lines else None
+        )
+        if limiter is not None and window is None:  # (the one limit's lines are made as it counts, below)
             verdict = Verdict()
             if isinstance(send, ObservedSend):  # always, through ObservedCalls: one send wrapper, not two
                 send.verdict = verdict
@@ -271,7 +280,16 @@ class Edge(ObservedCalls):
                     else:  # the peer, as client_ip says, without its call (no proxy to believe)
                         client = scope.get("client")
                         ip = client[0] if client else ""
-                    if limiter.local:  # counted here: no coroutine to await
+                    if window is not None:  # counted here, its lines made from the count
+                        allowed, remaining, reset = window.count_now(ip)
+                        if allowed:
+                            send.limit_lines = usage_lines(window.amount, remaining, reset)  # type: ignore[attr-defined]  # window: an ObservedSend
+                        else:  # refused: a verdict and the error, as any limit's refusal
+                            usage = Usage(window.amount, remaining, reset)
+                            verdict = send.verdict = Verdict()  # type: ignore[attr-defined]
+                            verdict.count(False, usage)
+                            limiter.refuse("ip", usage, verdict)
+                    elif limiter.local:  # counted here: no coroutine to await
                         limiter.check_now(limiter.by_ip, ip, verdict)
                     else:
                         await limiter.check(limiter.by_ip, ip, verdict)

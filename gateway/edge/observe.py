@@ -67,7 +67,7 @@ class ObservedSend:
     checked id and numbers (uvicorn's checks of them per header were ~14k instructions of a REST GET).
     """
 
-    __slots__ = ("cors", "echoed", "own_lines", "send", "span", "status", "tracing", "verdict")
+    __slots__ = ("cors", "echoed", "limit_lines", "own_lines", "send", "span", "status", "tracing", "verdict")
 
     def __init__(
         self,
@@ -85,6 +85,9 @@ class ObservedSend:
         self.status = 0
         #: The call's rate-limit verdict, read as the response starts (``None``: no limit applied).
         self.verdict: Verdict | None = None
+        #: On the gateway's own server, the ``RateLimit-*`` lines of a call that one limit alone counted and
+        #: allowed, made as it was counted (:func:`gateway.edge.ratelimit.usage_lines`: no verdict made).
+        self.limit_lines = b""
         #: The CORS headers of an allowed origin (the edge sets them; ``None``: not a CORS call).
         self.cors: list[tuple[bytes, bytes]] | None = None
 
@@ -93,7 +96,7 @@ class ObservedSend:
             self.status = message["status"]
             verdict = self.verdict
             if self.own_lines:
-                lines = _REQUEST_ID_LINE % self.echoed[1]
+                lines = self.limit_lines + _REQUEST_ID_LINE % self.echoed[1]
                 if verdict is not None:
                     lines = rate_limit_lines(verdict) + lines
                 message[HEAD] = message.get(HEAD, b"") + lines

@@ -63,34 +63,42 @@ _WINDOW_LINES = 256
 
 
 def rate_limit_lines(verdict: Verdict) -> bytes:
-    """:func:`add_rate_limit_headers` as header lines (``ratelimit-limit: 20\\r\\n…``) for the gateway's own
+    """:func:`add_rate_limit_headers` as header lines (``ratelimit-limit: 20\r\n…``) for the gateway's own
     response path (:data:`gateway.edge.cycle.HEAD`): numbers only, nothing to check."""
     usage = verdict.usage
     if usage is None:
         return b""
-    reset = math.ceil(usage.reset)
-    resets = _LINES.get(usage.limit)
+    lines = usage_lines(usage.limit, usage.remaining, usage.reset)
+    if verdict.limited is not None:
+        lines += b"retry-after: %d\r\n" % verdict.limited.retry_after
+    return lines
+
+
+def usage_lines(limit: int, remaining: int, reset: float) -> bytes:
+    """The ``RateLimit-*`` lines of one limit's usage (:class:`~gateway.ratelimit.Usage`'s fields: the edge's
+    path for a call that one limit alone counts, :meth:`LocalWindows.count_now
+    <gateway.ratelimit.LocalWindows.count_now>`, passes them without making one)."""
+    seconds = math.ceil(reset)
+    resets = _LINES.get(limit)
     if resets is None:
         if len(_LINES) >= _CACHE_SIZE:
             _LINES.clear()
-        resets = _LINES[usage.limit] = {}
-    window = resets.get(reset)
+        resets = _LINES[limit] = {}
+    window = resets.get(seconds)
     if window is None:
         if len(resets) >= _CACHE_SIZE:
             resets.clear()
-        window = resets[reset] = (
-            b"ratelimit-limit: %d\r\nratelimit-remaining: " % usage.limit,
-            b"\r\nratelimit-reset: %d\r\n" % reset,
+        window = resets[seconds] = (
+            b"ratelimit-limit: %d\r\nratelimit-remaining: " % limit,
+            b"\r\nratelimit-reset: %d\r\n" % seconds,
             {},
         )
     before, after, made = window
-    lines = made.get(usage.remaining)
+    lines = made.get(remaining)
     if lines is None:
-        lines = before + b"%d" % usage.remaining + after
+        lines = before + b"%d" % remaining + after
         if len(made) < _WINDOW_LINES:
-            made[usage.remaining] = lines
-    if verdict.limited is not None:
-        lines += b"retry-after: %d\r\n" % verdict.limited.retry_after
+            made[remaining] = lines
     return lines
 
 

@@ -40,11 +40,16 @@ class LocalWindows:
             "fixed-window": self._fixed,
             "sliding-window-counter": self._sliding,
         }[strategy]
-        #: :meth:`hit` without an ``await`` (nothing here waits). The moving window, the default, is
-        #: counted in one frame: each Python call a hit went through cost ~1k instructions (a REST GET
-        #: is ~300k, bench/RESULTS.md).
+        #: :meth:`hit` without an ``await`` (nothing here waits).
         self.hit_now: Callable[[str], tuple[bool, Usage]] = (
-            self._moving if self._windows is None else self._hit_now
+            self._moving_usage if self._windows is None else self._hit_now
+        )
+        #: :meth:`hit_now`'s answer as ``(allowed, remaining, reset)``, no :class:`Usage` made: the
+        #: REST edge's path for one limit (:mod:`gateway.edge.ratelimit`). The moving window, the default,
+        #: is counted in one frame: each Python call and object a hit went through cost ~1k instructions
+        #: (a REST GET is ~250k, bench/RESULTS.md).
+        self.count_now: Callable[[str], tuple[bool, int, float]] = (
+            self._moving if self._windows is None else self._count_now
         )
         self._log: dict[str, deque[float]] = {}
         self._fixed_windows: dict[str, list[float]] = {}  # [count, window end]
@@ -60,7 +65,15 @@ class LocalWindows:
             self._sweep(now)
         return self._windows(identifier, now)  # type: ignore[misc]  # set: hit_now is _moving otherwise
 
-    def _moving(self, identifier: str) -> tuple[bool, Usage]:
+    def _count_now(self, identifier: str) -> tuple[bool, int, float]:
+        allowed, usage = self._hit_now(identifier)
+        return allowed, usage.remaining, usage.reset
+
+    def _moving_usage(self, identifier: str) -> tuple[bool, Usage]:
+        allowed, remaining, reset = self._moving(identifier)
+        return allowed, Usage(self.amount, remaining, reset)
+
+    def _moving(self, identifier: str) -> tuple[bool, int, float]:
         # The times of the last `amount` counted calls, oldest first: exact, O(1) amortized.
         now = self._clock()
         if now >= self._next_sweep:  # as _hit_now does, here to spare the default a frame
@@ -73,9 +86,9 @@ class LocalWindows:
             hits.popleft()
         amount = self.amount
         if len(hits) >= amount:
-            return False, Usage(amount, 0, hits[0] - cutoff)
+            return False, 0, hits[0] - cutoff
         hits.append(now)
-        return True, Usage(amount, amount - len(hits), hits[0] - cutoff)
+        return True, amount - len(hits), hits[0] - cutoff
 
     def _fixed(self, identifier: str, now: float) -> tuple[bool, Usage]:
         window = self._fixed_windows.get(identifier)

@@ -207,7 +207,7 @@ class RateLimiter:
             verdict.count(allowed, usage)
         refused = verdict.refused
         if refused is not None:
-            self._refuse(quotas[0].by, refused, verdict)
+            self.refuse(quotas[0].by, refused, verdict)
 
     def check_now(self, quotas: tuple[Quota, ...], identifier: str, verdict: Verdict | None) -> None:
         """:meth:`check` without an ``await``, when every count is in this process (:attr:`local`): the
@@ -215,16 +215,22 @@ class RateLimiter:
         if verdict is None:
             verdict = Verdict()
         for quota in quotas:
-            allowed, usage = quota.counter.hit_now(identifier)  # type: ignore[attr-defined]  # self.local: all LocalWindows
+            counter: LocalWindows = quota.counter  # type: ignore[assignment]  # self.local: all LocalWindows
+            allowed, remaining, reset = counter.count_now(identifier)
+            usage = Usage(counter.amount, remaining, reset)
             if allowed and verdict.usage is None:  # the call's first limit, allowing: as Verdict.count
                 verdict.usage = usage
             else:
                 verdict.count(allowed, usage)
         refused = verdict.refused
         if refused is not None:
-            self._refuse(quotas[0].by, refused, verdict)
+            self.refuse(quotas[0].by, refused, verdict)
 
-    def _refuse(self, by: str, usage: Usage, verdict: Verdict) -> None:
+    def refuse(self, by: str, usage: Usage, verdict: Verdict) -> None:
+        """Refuse a call over a limit of ``by`` (``usage``: that limit's): count it, say it in ``verdict``.
+
+        :raises RateLimited: always.
+        """
         self._refusals[by].inc()
         error = RateLimited(usage)
         verdict.usage, verdict.limited = usage, error

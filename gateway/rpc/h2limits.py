@@ -103,7 +103,7 @@ class Admission:
         address = self._limited(peer)
         if address is None or self._windows is None:
             return True
-        allowed, _ = self._windows.hit_now(str(address))
+        allowed = self._windows.count_now(str(address))[0]
         if not allowed:
             self._refused(address)
         return allowed
@@ -115,7 +115,7 @@ class Admission:
         address = self._limited(peer)
         if address is not None and self._windows is not None:
             for _ in range(self._windows.amount):
-                self._windows.hit_now(str(address))
+                self._windows.count_now(str(address))
 
     def _refused(self, address: _Address) -> None:
         self.refused += 1

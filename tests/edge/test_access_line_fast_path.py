@@ -31,6 +31,7 @@ def gateway_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
     monkeypatch.setattr(logs.sys, "stderr", stream)
     monkeypatch.setattr(logs.time, "time", lambda: 1_800_000_000.5)
     monkeypatch.setattr(logs.time, "time_ns", lambda: 1_800_000_000_500_000_000)  # lines without records
+    monkeypatch.setattr(logs.time, "perf_counter", lambda: 5000.0)  # (text: a head's millisecond)
     for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):  # configure_logging's
         monkeypatch.setattr(logging, name, getattr(logging, name))
     writer = logs.configure_logging("info", "text")

@@ -357,6 +357,22 @@ def test_local_moving_window_is_exact_over_time() -> None:
     assert hit(1001.35) == (False, 0)
 
 
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+def test_count_now_counts_as_hit_now(strategy: str) -> None:
+    """The edge's path for one limit (count_now: no Usage made) counts and answers as hit_now does, refusals
+    and a window's turn included (two windows on one hand-moved clock, hit at the same moments)."""
+    import limits
+
+    now = [1000.0]
+    counted = LocalWindows(limits.parse("3/second"), strategy, clock=lambda: now[0])
+    hit = LocalWindows(limits.parse("3/second"), strategy, clock=lambda: now[0])
+    for at in (1000.0, 1000.1, 1000.2, 1000.3, 1000.95, 1001.0, 1001.05, 1001.5, 1002.9, 1003.0, 1005.0):
+        now[0] = at
+        allowed, usage = hit.hit_now("x")
+        assert counted.count_now("x") == (allowed, usage.remaining, usage.reset), at
+        assert usage.limit == counted.amount
+
+
 async def test_metrics_need_a_key_for_every_room(dispatcher: Dispatcher) -> None:
     """Deployment-wide counters: a key limited to some rooms (or a room token) may not read them."""
     limited_key = "limited-metrics-key-0123456789"

@@ -108,6 +108,7 @@ def test_access_lines_without_records_write_what_records_would(
     monkeypatch.setattr(logs.sys, "stderr", stream)
     monkeypatch.setattr(logs.time, "time", lambda: 1_800_000_000.5)
     monkeypatch.setattr(logs.time, "time_ns", lambda: 1_800_000_000_500_000_000)  # lines without records
+    monkeypatch.setattr(logs.time, "perf_counter", lambda: 5000.0)  # (text: a head's millisecond)
     monkeypatch.setattr(logging, "_srcfile", logging._srcfile)  # configure_logging changes these
     monkeypatch.setattr(logging, "logThreads", logging.logThreads)
     monkeypatch.setattr(logging, "logProcesses", logging.logProcesses)
@@ -200,24 +201,25 @@ def test_a_line_put_beside_another_threads_append_wakes_the_writer() -> None:
 
 
 def test_a_lines_head_is_its_own_millisecond_and_logger(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The head kept from the last line (same millisecond, same logger) never stands for another's."""
+    """The head kept from the last line (same second, same logger) never stands for another's: its
+    millisecond is the monotonic clock's since the wall clock was read."""
     from gateway import logs
 
     sink = logs._Sink(_WriterHandler(LogWriter(io.StringIO(), Formatter())), "text")
     access, other = logging.getLogger("room_gateway.access"), logging.getLogger("room_gateway.other")
-    base = 1_800_000_000_000  # 2027-01-15T08:00:00.000Z, in milliseconds
+    base = 1_800_000_000  # 2027-01-15T08:00:00Z
     heads = []
-    for milliseconds, nanos, logger in [
-        (0, 100, access),
-        (0, 900_000, access),  # the same millisecond: the head kept
-        (0, 950_000, other),  # another logger in it
-        (1, 0, other),
-        (999, 999_999, access),
-        (1000, 0, access),  # the next second
+    for moment, logger in [
+        (0.0001, access),
+        (0.0009, access),  # the same millisecond
+        (0.00095, other),  # another logger in it
+        (0.0012, other),
+        (0.9995, access),
+        (1.0002, access),  # the next second
+        (61.25, access),  # a minute on
     ]:
-        monkeypatch.setattr(
-            logs.time, "time_ns", lambda ms=milliseconds, ns=nanos: (base + ms) * 1_000_000 + ns
-        )
+        monkeypatch.setattr(logs.time, "perf_counter", lambda t=moment: 5000.0 + t)
+        monkeypatch.setattr(logs.time, "time", lambda t=moment: base + t)
         heads.append(sink.head(logger))
     assert heads == [
         "2027-01-15T08:00:00.000Z room_gateway.access: ",
@@ -226,4 +228,115 @@ def test_a_lines_head_is_its_own_millisecond_and_logger(monkeypatch: pytest.Monk
         "2027-01-15T08:00:00.001Z room_gateway.other: ",
         "2027-01-15T08:00:00.999Z room_gateway.access: ",
         "2027-01-15T08:00:01.000Z room_gateway.access: ",
+        "2027-01-15T08:01:01.250Z room_gateway.access: ",
     ]
+
+
+def test_lines_and_records_handed_over_together_keep_their_order() -> None:
+    """The writer joins what it took in one ``join``; records among the lines are formatted in place."""
+    stream = io.StringIO()
+    writer = LogWriter(stream, Formatter())
+    record = logging.LogRecord("room_gateway.x", logging.WARNING, __file__, 1, "record %d", (2,), None)
+    for item in ["line 1", record, "line 3"]:
+        writer._held.append(item)  # held before the writer starts: one batch
+    writer.start()
+    writer.stop()
+    assert stream.getvalue() == "line 1\nroom_gateway.x: WARNING: record 2\nline 3\n"
+
+
+def test_a_handler_attached_to_the_root_or_a_parent_takes_lines_off_the_fast_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """line_sink's one-expression check of the usual shape, and its walk for the others, both see a
+    handler, a filter, a disabled logger or propagation stopped, from the next line on."""
+    from gateway import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logs._sink
+    monkeypatch.setattr(logs.sys, "stderr", io.StringIO())
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):  # configure_logging's
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    writer = logs.configure_logging("info", "text")
+    child = logging.getLogger("room_gateway_test_sink.parent.child")  # under a parent, not the root
+    parent = logging.getLogger("room_gateway_test_sink.parent")
+    top = logging.getLogger("room_gateway_test_sink_top")  # right under the root
+    try:
+        assert logs.line_sink(top) is not None and logs.line_sink(child) is not None
+        extra = logging.NullHandler()
+        for attached in (root, parent, top):
+            attached.addHandler(extra)
+            assert logs.line_sink(top if attached is not parent else child) is None
+            attached.removeHandler(extra)
+            assert logs.line_sink(top) is not None and logs.line_sink(child) is not None
+        root.addFilter(logging.Filter("x"))
+        assert logs.line_sink(top) is None and logs.line_sink(child) is None
+        root.filters.clear()
+        for logger in (top, parent):
+            logger.propagate = False
+            assert logs.line_sink(top if logger is top else child) is None
+            logger.propagate = True
+            logger.disabled = True
+            assert logs.line_sink(top if logger is top else child) is None
+            logger.disabled = False
+        root.handlers.append(extra)  # two handlers at the root, however added
+        assert logs.line_sink(top) is None
+        root.handlers.remove(extra)
+        assert logs.line_sink(top) is logs._sink
+    finally:
+        writer.stop()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logs._sink = saved[2]
+
+
+def test_a_lines_head_after_the_wall_clock_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within a second a line's time moves with the monotonic clock; a wall clock set back (or forward)
+    shows from the next second on, and the monotonic clock never makes a second's text run past it."""
+    from gateway import logs
+
+    sink = logs._Sink(_WriterHandler(LogWriter(io.StringIO(), Formatter())), "text")
+    access = logging.getLogger("room_gateway.access")
+    base = 1_800_000_000  # 2027-01-15T08:00:00Z
+    heads = []
+    for moment, step in [(0.5, 1.0), (0.6, -1.0), (1.2, -1.0), (1.3, 30.0), (2.25, 30.0)]:
+        monkeypatch.setattr(logs.time, "perf_counter", lambda t=moment: 5000.0 + t)
+        monkeypatch.setattr(logs.time, "time", lambda t=moment, s=step: base + t + s)
+        heads.append(sink.head(access))
+    assert heads == [
+        "2027-01-15T08:00:01.500Z room_gateway.access: ",
+        "2027-01-15T08:00:01.600Z room_gateway.access: ",  # set back 2 s: seen from the next second
+        "2027-01-15T08:00:00.200Z room_gateway.access: ",
+        "2027-01-15T08:00:00.300Z room_gateway.access: ",  # set forward: the same
+        "2027-01-15T08:00:32.250Z room_gateway.access: ",
+    ]
+
+
+def test_the_writer_stays_awake_while_lines_keep_coming() -> None:
+    """Lines put round after round are each written within a few lingers, with one wake-up asked of the
+    putting side in all (the writer keeps looking while its rounds find lines), and one more once it slept."""
+    stream = io.StringIO()
+    writer = LogWriter(stream, Formatter())
+    wake_ups = []
+    release = writer._release
+    writer._release = lambda: (wake_ups.append(1), release())[1]  # type: ignore[method-assign]
+    writer.start()
+    try:
+        for i in range(12):
+            writer.put(f"line {i}")
+            deadline = time.monotonic() + 20 * LINGER_SECONDS
+            while f"line {i}\n" not in stream.getvalue() and time.monotonic() < deadline:
+                time.sleep(LINGER_SECONDS / 8)
+            assert f"line {i}\n" in stream.getvalue()  # written by the writer's rounds, not at stop
+        assert len(wake_ups) <= 6  # the first line's (more only when a round found none: a starved machine)
+        deadline = time.monotonic() + 20 * LINGER_SECONDS
+        while writer._awake and time.monotonic() < deadline:  # no lines: the writer goes to sleep
+            time.sleep(LINGER_SECONDS)
+        assert not writer._awake
+        before = len(wake_ups)
+        writer.put("after a sleep")
+        deadline = time.monotonic() + 20 * LINGER_SECONDS
+        while "after a sleep\n" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(LINGER_SECONDS / 8)
+        assert "after a sleep\n" in stream.getvalue() and len(wake_ups) == before + 1
+    finally:
+        writer.stop()
