@@ -367,6 +367,7 @@ def report(results: list[tuple[Result, Result]], args: argparse.Namespace) -> No
         f"{args.connections} connections, {args.threads} load threads, {args.duration} s per measurement, "
         f"access log {args.access_log}, {args.rounds} round(s)."
     )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     (args.out.parent / "last-run.md").write_text(header + "\n\n" + table + "\n")
     print(f"\n{header}\n(table also in {args.out.parent / 'last-run.md'}; copy it into {args.out})")
 
