@@ -94,15 +94,21 @@ COUNTED_LIMIT = '[{by: ip, limit: "1000000/second"}]'
 
 
 def gateway_config(
-    http: int, grpc: int, *, access_log: bool, limits: str = COUNTED_LIMIT, extra: str = ""
+    http: int,
+    grpc: int,
+    *,
+    access_log: bool,
+    limits: str = COUNTED_LIMIT,
+    extra: str = "",
+    backend: str = "memory://",
 ) -> str:
-    """A bench gateway's ``gateway.yaml``: memory backend, the bench key, ``limits`` counted, ``extra``
-    (more top-level sections) appended."""
+    """A bench gateway's ``gateway.yaml``: ``backend`` (default memory), the bench key, ``limits`` counted,
+    ``extra`` (more top-level sections) appended."""
     return (
         textwrap.dedent(
             f"""\
             listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
-            backend: "memory://"
+            backend: "{backend}"
             rate_limits:
               limits: {limits}
             grpc:

@@ -45,13 +45,14 @@ import httpx
 import run  # bench/run.py: Proc, free_port, wait_port, wrk
 import webhooks  # bench/webhooks.py: the receiver, its arrivals, the latencies
 
-KEY = webhooks.KEY
+KEY = run.KEY  # the key run.gateway_config configures
 VARIABLES = 64  # the variables of the room written, so that the writes are not all one row
 
 
 def config(tmp: Path, backend: str, receiver: str | None) -> tuple[Path, int]:
-    """A ``gateway.yaml`` on ``backend`` (shipped defaults except: no rate limit, no access log, as
-    bench/webhooks.py), with one endpoint subscribed to everything when ``receiver`` is given."""
+    """A ``gateway.yaml`` on ``backend`` with the shipped defaults (the access log on, a per-IP limit counted
+    that never refuses: bench/run.py's), with one endpoint subscribed to everything when ``receiver`` is
+    given."""
     http, grpc = run.free_port(), run.free_port()
     hooks = ""
     if receiver is not None:
@@ -64,20 +65,7 @@ def config(tmp: Path, backend: str, receiver: str | None) -> tuple[Path, int]:
             """
         )
     path = tmp / f"gateway-{uuid.uuid4().hex[:6]}.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""\
-            listen: {{http: "127.0.0.1:{http}", grpc: "127.0.0.1:{grpc}"}}
-            backend: "{backend}"
-            rate_limits: {{limits: []}}
-            access_log: false
-            auth:
-              keys:
-                - {{name: bench, key: "{KEY}", permissions: ["*"]}}
-            """
-        )
-        + hooks
-    )
+    path.write_text(run.gateway_config(http, grpc, access_log=True, extra=hooks, backend=backend))
     return path, http
 
 
