@@ -63,7 +63,7 @@ _WINDOW_LINES = 256
 
 
 def rate_limit_lines(verdict: Verdict) -> bytes:
-    """:func:`add_rate_limit_headers` as header lines (``ratelimit-limit: 20\r\n…``) for the gateway's own
+    """:func:`add_rate_limit_headers` as header lines (``ratelimit-limit: 20\\r\\n…``) for the gateway's own
     response path (:data:`gateway.edge.cycle.HEAD`): numbers only, nothing to check."""
     usage = verdict.usage
     if usage is None:
