@@ -79,6 +79,18 @@ def test_value_limits_in_the_domain() -> None:
     ]:
         with pytest.raises(InvalidArgument, match=words):
             limits.check(bad)
+    # What the serialized text cannot prove by itself is walked: brackets inside strings, nulls beside
+    # numbers (orjson writes NaN as null), and an integer orjson cannot write (an answer, not a 500).
+    assert limits.check({"a": "[[[[{{{{"}) == {"a": "[[[[{{{{"}
+    assert limits.check([None, [1.5, None]]) == [None, [1.5, None]]
+    for bad, words in [
+        ({"a": "[[[[", "b": [[[[1]]]]}, "nested deeper than 3"),
+        ([None, float("inf")], "NaN or Infinity"),
+        ([2**70], "integer"),
+        (["x", {"a": {1: None}}], "non-string"),
+    ]:
+        with pytest.raises(InvalidArgument, match=words):
+            limits.check(bad)
     # A hostile depth does not exhaust the stack (the walk is iterative).
     with pytest.raises(InvalidArgument, match="nested"):
         validation.json_value(nested(100_000))
