@@ -250,25 +250,28 @@ def main() -> None:
         print(f"body and signature: {count / 1000:,.1f}k instructions a message", flush=True)
         return
     prefixes: list[str] = []
-    with receiver_process() as receiver, tempfile.TemporaryDirectory() as tmp:
-        variants = ["drain"] if args.mode == "drain" else ["none", "paused", "running"]
-        for variant in variants:
-            if args.backend == "sqlite":
-                url = f"sqlite:///{Path(tmp) / f'{variant}.db'}"
-            elif args.backend == "redis":  # a fresh key prefix, its keys deleted at the end
-                prefixes.append(f"bench-wi-{uuid.uuid4().hex[:8]}:")
-                url = f"{args.redis_url}?prefix={prefixes[-1]}"
-            else:
-                url = f"{POSTGRES}?schema=bench_wi_{uuid.uuid4().hex[:8]}"
-            count = args.messages if args.mode == "drain" else args.calls
-            argv = [*base, "--url", url, "--receiver", receiver, "--variant", variant, "--count", str(count)]
-            per = per_call(argv, count, _handshake, env=env)
-            what = "a delivery" if args.mode == "drain" else "a PUT"
-            print(f"{args.mode} {args.backend} {variant}: {per / 1000:,.1f}k instructions {what}", flush=True)
-    if prefixes:
-        from webhooks_served import _drop_keys
+    try:
+        with receiver_process() as receiver, tempfile.TemporaryDirectory() as tmp:
+            variants = ["drain"] if args.mode == "drain" else ["none", "paused", "running"]
+            for variant in variants:
+                if args.backend == "sqlite":
+                    url = f"sqlite:///{Path(tmp) / f'{variant}.db'}"
+                elif args.backend == "redis":  # a fresh key prefix, its keys deleted at the end
+                    prefixes.append(f"bench-wi-{uuid.uuid4().hex[:8]}:")
+                    url = f"{args.redis_url}?prefix={prefixes[-1]}"
+                else:
+                    url = f"{POSTGRES}?schema=bench_wi_{uuid.uuid4().hex[:8]}"
+                count = args.messages if args.mode == "drain" else args.calls
+                argv = [*base, "--url", url, "--receiver", receiver, "--variant", variant]
+                per = per_call([*argv, "--count", str(count)], count, _handshake, env=env)
+                what = "a delivery" if args.mode == "drain" else "a PUT"
+                label = f"{args.mode} {args.backend} {variant}"
+                print(f"{label}: {per / 1000:,.1f}k instructions {what}", flush=True)
+    finally:  # a run cut short too: its Redis keys are deleted
+        if prefixes:
+            from webhooks_served import _drop_keys
 
-        asyncio.run(_drop_keys(args.redis_url, prefixes))
+            asyncio.run(_drop_keys(args.redis_url, prefixes))
 
 
 if __name__ == "__main__":
