@@ -1,6 +1,7 @@
 """Instructions per delivery and per PUT with webhooks (issue 14), counted by valgrind:
 
     .venv/bin/python bench/webhooks_instructions.py drain [--messages 500] [--no-http] [--dilate 50]
+                                                    [--backend sqlite|postgresql|redis] [--uvloop]
     .venv/bin/python bench/webhooks_instructions.py put [--calls 200] [--writers 32]
                                                     [--backend sqlite|postgresql] [--dilate 50]
                                                     [--delivery inline|process]
@@ -15,6 +16,8 @@ not started (the write path alone), and with them running (counted until every P
 per PUT — with ``--delivery process``, those of the serving process while the worker process delivers beside
 it, natively (valgrind does not follow children). ``parts``: a message's body and its Standard Webhooks
 signature alone, per message. The backend's claims and settles while counted (calls, messages) go to stderr.
+``--uvloop`` runs the counted process on uvloop, as the worker process (``python -m gateway webhooks-worker``)
+and ``serve`` do; without it, asyncio's own loop (the figures of sessions 5 to 7).
 
 Each runs under ``valgrind --tool=callgrind`` with instrumentation on only around what is counted
 (``bench/instructions.py``'s ``per_call``). ``--dilate`` stretches the deliverers' timers (lanes, lingers)
@@ -176,7 +179,11 @@ def main() -> None:
     parser.add_argument("mode", choices=("drain", "put", "parts"))
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql"))
+    parser.add_argument("--backend", default="sqlite", choices=("sqlite", "postgresql", "redis"))
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--uvloop", action="store_true", help="run the counted process on uvloop, as the worker does"
+    )
     parser.add_argument("--no-http", action="store_true")
     parser.add_argument(
         "--writers", type=int, default=1, help="put: concurrent callers (bench/webhooks.py 32)"
@@ -197,6 +204,7 @@ def main() -> None:
         "to the worker process (not counted: valgrind does not follow children)",
     )
     parser.add_argument("--root", help="import the gateway from this tree")
+    parser.add_argument("--keep", help="keep each run's callgrind output in this folder (callgrind_annotate)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--receiver", help=argparse.SUPPRESS)
@@ -211,11 +219,20 @@ def main() -> None:
     if args.child:
         if args.mode == "parts":
             parts_child(args.count)
+        elif args.uvloop:
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(child(args))
         else:
             asyncio.run(child(args))
         return
+    import instructions
     from instructions import _handshake, per_call
     from webhooks import receiver_process
+
+    if args.keep:
+        instructions.KEEP = Path(args.keep)
 
     env = dict(os.environ)
     if args.root:
@@ -226,22 +243,35 @@ def main() -> None:
     if args.dilate is not None:
         base += ["--dilate", str(args.dilate)]
     base += ["--writers", str(args.writers), "--delivery", args.delivery]
+    if args.uvloop:
+        base.append("--uvloop")
     if args.mode == "parts":
         count = per_call([*base, "--count", str(args.calls)], args.calls, _handshake, env=env)
         print(f"body and signature: {count / 1000:,.1f}k instructions a message", flush=True)
         return
-    with receiver_process() as receiver, tempfile.TemporaryDirectory() as tmp:
-        variants = ["drain"] if args.mode == "drain" else ["none", "paused", "running"]
-        for variant in variants:
-            if args.backend == "sqlite":
-                url = f"sqlite:///{Path(tmp) / f'{variant}.db'}"
-            else:
-                url = f"{POSTGRES}?schema=bench_wi_{uuid.uuid4().hex[:8]}"
-            count = args.messages if args.mode == "drain" else args.calls
-            argv = [*base, "--url", url, "--receiver", receiver, "--variant", variant, "--count", str(count)]
-            per = per_call(argv, count, _handshake, env=env)
-            what = "a delivery" if args.mode == "drain" else "a PUT"
-            print(f"{args.mode} {args.backend} {variant}: {per / 1000:,.1f}k instructions {what}", flush=True)
+    prefixes: list[str] = []
+    try:
+        with receiver_process() as receiver, tempfile.TemporaryDirectory() as tmp:
+            variants = ["drain"] if args.mode == "drain" else ["none", "paused", "running"]
+            for variant in variants:
+                if args.backend == "sqlite":
+                    url = f"sqlite:///{Path(tmp) / f'{variant}.db'}"
+                elif args.backend == "redis":  # a fresh key prefix, its keys deleted at the end
+                    prefixes.append(f"bench-wi-{uuid.uuid4().hex[:8]}:")
+                    url = f"{args.redis_url}?prefix={prefixes[-1]}"
+                else:
+                    url = f"{POSTGRES}?schema=bench_wi_{uuid.uuid4().hex[:8]}"
+                count = args.messages if args.mode == "drain" else args.calls
+                argv = [*base, "--url", url, "--receiver", receiver, "--variant", variant]
+                per = per_call([*argv, "--count", str(count)], count, _handshake, env=env)
+                what = "a delivery" if args.mode == "drain" else "a PUT"
+                label = f"{args.mode} {args.backend} {variant}"
+                print(f"{label}: {per / 1000:,.1f}k instructions {what}", flush=True)
+    finally:  # a run cut short too: its Redis keys are deleted
+        if prefixes:
+            from webhooks_served import _drop_keys
+
+            asyncio.run(_drop_keys(args.redis_url, prefixes))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/webhooks.py served [--backends sqlite,postgresql,redis] [--duration 5]
                                        [--rate 1000[,500,200]] [--rounds 2] [--writers 3] [--connections 64]
+                                       [--worker-nice 10[,5,0]]
 
 bench/webhooks.py writes through ASGI in its own process, with httpx's ASGI transport (~3.4 M instructions
 a PUT, mostly the client): it never writes more than a few hundred PUTs/s, so it cannot measure the latency
@@ -23,6 +24,9 @@ receiver is bench/webhooks.py's own process, and the writers are other processes
 
 The gateway's CPU per PUT (user + system of the serving process over wrk's window, not the worker's) is
 steadier than PUT/s on a shared machine, as in bench/run.py.
+
+``--worker-nice`` sets ``webhooks.worker_nice`` (unset: the shipped default); several values, comma-separated,
+run every backend's rows once per value, so that the priorities compare within one run.
 """
 
 from __future__ import annotations
@@ -49,10 +53,10 @@ KEY = run.KEY  # the key run.gateway_config configures
 VARIABLES = 64  # the variables of the room written, so that the writes are not all one row
 
 
-def config(tmp: Path, backend: str, receiver: str | None) -> tuple[Path, int]:
+def config(tmp: Path, backend: str, receiver: str | None, nice: int | None = None) -> tuple[Path, int]:
     """A ``gateway.yaml`` on ``backend`` with the shipped defaults (the access log on, a per-IP limit counted
     that never refuses: bench/run.py's), with one endpoint subscribed to everything when ``receiver`` is
-    given."""
+    given, its worker at ``nice`` (unset: the shipped default)."""
     http, grpc = run.free_port(), run.free_port()
     hooks = ""
     if receiver is not None:
@@ -64,6 +68,8 @@ def config(tmp: Path, backend: str, receiver: str | None) -> tuple[Path, int]:
                 - {{name: bench, url: "{receiver}/hooks", secret: "{webhooks.SECRET}", max_in_flight: 64}}
             """
         )
+        if nice is not None:
+            hooks += f"  worker_nice: {nice}\n"
     path = tmp / f"gateway-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(run.gateway_config(http, grpc, access_log=True, extra=hooks, backend=backend))
     return path, http
@@ -73,8 +79,8 @@ class Served:
     """``python -m gateway serve`` on a fresh store; with ``receiver``, started once a first write has
     arrived there (the worker is then up and delivering)."""
 
-    def __init__(self, tmp: Path, store: str, receiver: str | None) -> None:
-        path, self.port = config(tmp, store, receiver)
+    def __init__(self, tmp: Path, store: str, receiver: str | None, nice: int | None = None) -> None:
+        path, self.port = config(tmp, store, receiver, nice)
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc = run.Proc([sys.executable, "-m", "gateway", "serve", "--config", str(path)])
         run.wait_port(self.port, 60)
@@ -129,8 +135,10 @@ def cpu_split(proc: run.Proc) -> tuple[float, float]:
     return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
-def put_round(tmp: Path, store: str, receiver: str | None, args: argparse.Namespace) -> dict[str, Any]:
-    gw = Served(tmp, store, receiver)
+def put_round(
+    tmp: Path, store: str, receiver: str | None, args: argparse.Namespace, nice: int | None
+) -> dict[str, Any]:
+    gw = Served(tmp, store, receiver, nice)
     try:
         room = "put-" + uuid.uuid4().hex[:8]
         wrk_args = argparse.Namespace(threads=2, connections=args.connections, duration=args.duration)
@@ -191,9 +199,9 @@ async def _writer(spec: dict[str, Any]) -> None:
 
 
 def paced_round(
-    tmp: Path, store: str, receiver: str, rate: float, args: argparse.Namespace
+    tmp: Path, store: str, receiver: str, rate: float, args: argparse.Namespace, nice: int | None
 ) -> dict[str, Any]:
-    gw = Served(tmp, store, receiver)
+    gw = Served(tmp, store, receiver, nice)
     try:
         room = "paced-" + uuid.uuid4().hex[:8]
         total = int(rate * args.duration)
@@ -246,6 +254,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--worker-nice",
+        help="webhooks.worker_nice, comma-separated: every row once per value (unset: the shipped default)",
+    )
     parser.add_argument("--writer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.writer:
@@ -267,19 +279,21 @@ def main(argv: list[str]) -> None:
     try:
         with webhooks.receiver_process() as receiver, tempfile.TemporaryDirectory() as directory:
             tmp = Path(directory)
-            for name in args.backends.split(","):
+            nices = [None] if args.worker_nice is None else [int(n) for n in args.worker_nice.split(",")]
+            for name, nice in ((name, nice) for name in args.backends.split(",") for nice in nices):
+                label = name if nice is None else f"{name}, nice {nice}"
                 without, with_ = [], []
                 for round_ in range(args.rounds):
                     order = [None, receiver] if round_ % 2 == 0 else [receiver, None]
                     for hook in order:
-                        row = put_round(tmp, fresh(name, tmp), hook, args)
+                        row = put_round(tmp, fresh(name, tmp), hook, args, nice)
                         (without if hook is None else with_).append(row)
-                        print(f"{name} {'with' if hook else 'without'}: {row}", file=sys.stderr)
-                puts.append((name, without, with_))
+                        print(f"{label} {'with' if hook else 'without'}: {row}", file=sys.stderr)
+                puts.append((label, without, with_))
                 for rate in (float(r) for r in args.rate.split(",")):
-                    row = paced_round(tmp, fresh(name, tmp), receiver, rate, args)
-                    print(f"{name} paced: {row}", file=sys.stderr)
-                    paced.append((name, row))
+                    row = paced_round(tmp, fresh(name, tmp), receiver, rate, args, nice)
+                    print(f"{label} paced: {row}", file=sys.stderr)
+                    paced.append((label, row))
     finally:
         if schemas:
             asyncio.run(_drop(args.postgres_url, schemas))

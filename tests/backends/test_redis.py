@@ -143,8 +143,68 @@ def test_the_scripts_complete_the_wire_head_without_decoding_values() -> None:
     # Lua fills gateway.core.wire's tail format in (string.format) and never touches the JSON: cjson would
     # turn big integers into doubles and {} into [].
     assert "string.format(ARGV[8], epoch" in scripts.PRELUDE
-    every = [getattr(scripts, name) for name in dir(scripts) if name.isupper()]
-    assert every and not any("cjson" in script for script in every if isinstance(script, str))
+    every = {name: getattr(scripts, name) for name in dir(scripts) if name.isupper()}
+    # CLAIM and SETTLE quote and unquote whole strings with cjson (the stored records among them), never a
+    # value inside one: test_claims_read_back_the_stored_records_exactly holds them to it.
+    quoting = {"CLAIM", "SETTLE"}
+    assert every and not any(
+        "cjson" in script for name, script in every.items() if isinstance(script, str) and name not in quoting
+    )
+
+
+def test_claims_read_back_the_stored_records_exactly(redis_server: str, session_prefix: str) -> None:
+    # The claim's reply is cjson's array of the stored strings: a value that cjson would change if it
+    # decoded it (a big integer, an empty object, escapes, non-ASCII) comes back as written, and so does
+    # the previous value.
+    from gateway.core.outbox import Attempt, Outbox, Route, Settled
+
+    async def main() -> None:
+        backend = RedisBackend(backend_url(redis_server, session_prefix))
+        endpoint = f"exact-{uuid.uuid4().hex[:6]}"
+        backend.outbox = Outbox([Route(endpoint)])
+        await backend.open()
+        try:
+            room = fresh_room("exact")
+            await backend.create_room(room)
+            before = {"n": 12345678901234567890123, "empty": {}, "list": []}
+            after = {"text": 'é😀 "quoted" \\ / \t\u0001', "n": 2**63 + 1, "f": 0.1, "empty": {}}
+            await backend.set_variable(room.room_id, "v", before, expected_version=None, now=NOW)
+            await backend.set_variable(room.room_id, "v", after, expected_version=1, now=NOW)
+            at = NOW + timedelta(seconds=1)
+            claimed = await backend.outbox_claim(endpoint, now=at, lease_seconds=30, limit=10)
+            # All due at once: ties come in the sorted set's order (of the random ids), so by seq here.
+            created, first, second = sorted(claimed, key=lambda m: m.change.seq if m.change else 0)
+            kinds = [m.type for m in (created, first, second)]
+            assert kinds == ["room.created", "variable.set", "variable.set"]
+            assert first.change is not None and first.change.variable is not None
+            assert first.change.variable.value == before and first.previous is None
+            assert second.change is not None and second.change.variable is not None
+            assert second.change.variable.value == after
+            assert second.previous is not None and second.previous.value == before
+            assert (second.room_id, second.attempts, second.log) == (room.room_id, 1, ())
+            assert second.due_time == at + timedelta(seconds=30) and second.created_time == NOW
+            assert await backend.outbox_claim(endpoint, now=at, lease_seconds=30, limit=10) == []
+            # Settled at once (one script for the three), one failing: the log and the state as written.
+            failed = Attempt(at, 500, 1.5, "")
+            states = await backend.outbox_settle(
+                [
+                    Settled(created, Attempt(at, 204, 1.0)),
+                    Settled(first, failed, at + timedelta(seconds=5)),
+                    Settled(second, Attempt(at, 200, 2.0)),
+                ]
+            )
+            assert states[0] == states[1] == states[2] and states[0] is not None
+            assert states[0].last_success_time == at and states[0].failing_since is None  # after the batch
+            [again] = await backend.outbox_claim(
+                endpoint, now=at + timedelta(seconds=5), lease_seconds=30, limit=10
+            )
+            assert (again.id, again.attempts, again.log) == (first.id, 2, (failed,))
+            assert again.change is not None and again.change.variable is not None
+            assert again.change.variable.value == before
+        finally:
+            await backend.close()
+
+    run(main)
 
 
 def test_records_log_entries_and_notifications_are_exact_wire_messages(
@@ -214,6 +274,45 @@ def test_every_write_is_one_round_trip(redis_server: str, session_prefix: str) -
             await backend.publish_event(room.room_id, Event("e", 1, NOW))
             await backend.save_room(room, ChangeKind.ROOM_CLOSED)
             assert calls == ["EVALSHA"] * 5
+        finally:
+            await backend.close()
+
+    run(main)
+
+
+def test_a_batch_of_settles_is_one_script(redis_server: str, session_prefix: str) -> None:
+    # The deliverers settle what ended meanwhile at once: one EVALSHA for the batch, whatever its size
+    # (it was one a settle, pipelined), and a stale attempt in it is told apart.
+    from gateway.core.outbox import Attempt, Outbox, Route, Settled
+
+    async def main() -> None:
+        backend = RedisBackend(backend_url(redis_server, session_prefix))
+        endpoint = f"batch-{uuid.uuid4().hex[:6]}"
+        backend.outbox = Outbox([Route(endpoint)])
+        await backend.open()
+        try:
+            room = fresh_room("batch")
+            await backend.create_room(room)
+            for i in range(20):
+                await backend.set_variable(room.room_id, f"v{i}", i, expected_version=None, now=NOW)
+            claimed = await backend.outbox_claim(endpoint, now=NOW, lease_seconds=30, limit=100)
+            assert len(claimed) == 21
+            stale = dataclasses.replace(claimed[3], attempts=0)  # an attempt claimed again since
+            settled = [Settled(m, Attempt(NOW, 204, 1.0)) for m in claimed]
+            settled[3] = Settled(stale, Attempt(NOW, 204, 1.0))
+            calls: list[str] = []
+            client = backend._redis
+            original = client.execute_command
+
+            async def counted(*args: Any, **options: Any) -> Any:
+                calls.append(str(args[0]))
+                return await original(*args, **options)
+
+            client.execute_command = counted  # type: ignore[method-assign]
+            states = await backend.outbox_settle(settled)
+            assert calls == ["EVALSHA"]
+            assert [state is None for state in states] == [i == 3 for i in range(21)]
+            assert await backend.outbox_backlog(endpoint) == 1  # the stale one is still pending
         finally:
             await backend.close()
 

@@ -73,6 +73,21 @@ async def test_the_worker_delivers_and_its_metrics_are_the_gateways(
     assert max(receiver.attempts.values()) == 1
 
 
+@pytest.mark.parametrize("nice", [None, 0, 12])
+async def test_the_worker_runs_at_its_priority(receiver: Receiver, tmp_path: Path, nice: int | None) -> None:
+    # +5 by default (session 8: at +10 the worker fell seconds behind busy writes), whatever is configured
+    # otherwise, above the gateway's own (capped at 19, as nice(2) does).
+    extra = {} if nice is None else {"worker_nice": nice}
+    config = webhook_config(f"sqlite:///{tmp_path / 'rooms.db'}", {"app": receiver.url}, **extra)
+    assert config.webhooks.worker_nice == (5 if nice is None else nice)
+    async with running(config) as (gateway, _):
+        assert isinstance(gateway.webhooks, Supervisor)
+        pid = gateway.webhooks.pid
+        assert pid is not None
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, ours + config.webhooks.worker_nice)
+
+
 async def test_sqlite_written_by_the_gateway_and_its_worker_at_once_fails_no_write(
     receiver: Receiver, tmp_path: Path
 ) -> None:

@@ -42,6 +42,7 @@ from datetime import datetime
 from typing import Any
 
 # Absolute imports: ``redis`` is redis-py here, never this package (room_gateway_plugins.redis).
+import orjson
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -437,38 +438,53 @@ class RedisBackend(Backend):
     ) -> list[OutboxMessage]:
         base = outbox_redis.base(self.keys.prefix, endpoint)
         now_ms = codec.milliseconds(now)
+        lease_end = now_ms + math.ceil(lease_seconds * 1000)
         reply = await self._claim(
-            keys=[base + ":due"],
-            args=[str(now_ms), str(now_ms + math.ceil(lease_seconds * 1000)), str(limit), base + ":m:"],
+            keys=[base + ":due"], args=[str(now_ms), str(lease_end), str(limit), base + ":m:"]
         )
-        return [
-            outbox_redis.message_of(endpoint, one, flat)
-            for one, flat in zip(reply[::2], reply[1::2], strict=True)
-        ]
+        return outbox_redis.claimed_of(endpoint, codec.from_milliseconds(lease_end), reply)
 
     async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
         if not settled:
             return []
-        # One round trip for the batch: the scripts pipelined (each one atomic on its own).
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for one in settled:
+        # One script an endpoint for its whole batch (the deliverers settle one endpoint's at a time): a
+        # script per attempt, even pipelined, packed a command and parsed the state's fields for each.
+        by_endpoint: dict[str, list[int]] = {}
+        for index, one in enumerate(settled):
+            by_endpoint.setdefault(one.message.endpoint, []).append(index)
+        calls: list[tuple[list[int], list[str], list[str | bytes]]] = []
+        for endpoint, indexes in by_endpoint.items():
+            base = outbox_redis.base(self.keys.prefix, endpoint)
+            items: list[str] = []
+            for index in indexes:
+                one = settled[index]
                 message, attempt = one.message, one.attempt
-                base = outbox_redis.base(self.keys.prefix, message.endpoint)
-                await self._settle(
-                    keys=[base + ":due", f"{base}:m:{message.id}", base + ":state"],
-                    args=[
-                        str(message.attempts),
-                        one.status.value,
-                        "" if one.due_time is None else str(codec.milliseconds(one.due_time)),
-                        dumps_log([*message.log, attempt]),
-                        message.id,
-                        "1" if attempt.succeeded else "0",
-                        str(codec.milliseconds(attempt.time)),
-                    ],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
-        return [None if reply is None else outbox_redis.state_of(reply) for reply in replies]
+                items += [
+                    message.id,
+                    str(message.attempts),
+                    one.status.value,
+                    "" if one.due_time is None else str(codec.milliseconds(one.due_time)),
+                    dumps_log([*message.log, attempt]),
+                    "1" if attempt.succeeded else "0",
+                    str(codec.milliseconds(attempt.time)),
+                ]
+            args: list[str | bytes] = [base + ":m:", orjson.dumps(items)]
+            calls.append((indexes, [base + ":due", base + ":state"], args))
+        if len(calls) == 1:
+            replies = [await self._settle(keys=calls[0][1], args=calls[0][2])]
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for _, keys, args in calls:
+                    await self._settle(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+        states: list[EndpointState | None] = [None] * len(settled)
+        for (indexes, _, _), reply in zip(calls, replies, strict=True):
+            recorded, fields = reply
+            state = outbox_redis.state_of(fields)  # after the endpoint's batch (the contract allows it)
+            for index, done in zip(indexes, _text(recorded), strict=True):
+                if done == "1":
+                    states[index] = state
+        return states
 
     async def outbox_messages(
         self, endpoint: str, *, status: MessageStatus | None, limit: int

@@ -20,7 +20,9 @@ routing and ACL checks); these do not, and cannot without a round trip more:
   does not exist before the script runs; declaring it would mean ids without the seq, one per logged
   change passed in, and a variable number of keys after each script's own.
 - CLAIM, REPLAY and PRUNE read message ids from a sorted set and then touch those messages' hashes
-  (``ARGV[4]``/``ARGV[3]`` is their key prefix): the names are only known inside the script.
+  (``ARGV[4]``/``ARGV[3]`` is their key prefix): the names are only known inside the script. SETTLE
+  takes a batch of attempts, any number, with their ids after the prefix in ``ARGV[1]``: naming each
+  hash in ``KEYS`` too would only pass every id twice.
 
 On one server, which is what this backend serves, Redis runs such scripts as written (a script is atomic
 whatever keys it touches). A Redis Cluster would need every key of a room and of an endpoint in one hash
@@ -34,10 +36,12 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from gateway.core import wire
 from gateway.core.models import Change
 from gateway.core.outbox import EndpointState, MessageStatus, OutboxMessage, dumps_log, loads_log
-from room_gateway_plugins.redis import codec
+from room_gateway_plugins.redis import codec, scripts
 
 
 def base(prefix: str, endpoint: str) -> str:
@@ -67,22 +71,57 @@ def time_of(ms: bytes | str | None) -> datetime | None:
 def message_of(endpoint: str, message_id: bytes | str, flat: list[Any]) -> OutboxMessage:
     """A message from its hash's fields as HGETALL lists them."""
     fields = {_text(k): v for k, v in zip(flat[::2], flat[1::2], strict=True)}
-    payload = fields.get("payload")
+    return _message(
+        endpoint,
+        message_id,
+        MessageStatus(_text(fields["status"])),
+        int(fields["attempts"]),
+        time_of(fields.get("due")),
+        fields.get("room"),
+        fields.get("payload"),
+        fields.get("previous"),
+        fields.get("created"),
+        fields.get("log"),
+    )
+
+
+def claimed_of(endpoint: str, lease_end: datetime, reply: bytes | list[Any]) -> list[OutboxMessage]:
+    """The messages of CLAIM's reply (a JSON array, :data:`~.scripts.CLAIMED_FIELDS` items a message;
+    an empty list when none was due), pending and due at their lease's end."""
+    if not reply:
+        return []
+    flat = orjson.loads(reply)  # type: ignore[arg-type]  # not a list: the array's text
+    step = scripts.CLAIMED_FIELDS
+    return [
+        _message(endpoint, one[0], MessageStatus.PENDING, int(one[1]), lease_end, *one[2:])
+        for one in (flat[i : i + step] for i in range(0, len(flat), step))
+    ]
+
+
+def _message(
+    endpoint: str,
+    message_id: bytes | str,
+    status: MessageStatus,
+    attempts: int,
+    due_time: datetime | None,
+    room: bytes | str | None,
+    payload: bytes | str | None,
+    previous: bytes | str | None,
+    created: bytes | str | None,
+    log: bytes | str | None,
+) -> OutboxMessage:
     change = wire.change_of(payload) if payload else None
-    previous = None
-    if fields.get("previous") and change is not None:
-        previous = codec.loads_variable(fields["previous"])
     return OutboxMessage(
         id=_text(message_id),
         endpoint=endpoint,
-        room_id=_text(fields.get("room", b"")),
+        room_id=_text(room or b""),
         change=change,
-        previous=previous,
-        status=MessageStatus(_text(fields["status"])),
-        attempts=int(fields["attempts"]),
-        due_time=time_of(fields.get("due")),
-        created_time=time_of(fields.get("created")),
-        log=loads_log(fields.get("log")),
+        previous=codec.loads_variable(previous) if previous and change is not None else None,
+        status=status,
+        attempts=attempts,
+        due_time=due_time,
+        created_time=time_of(created),
+        log=loads_log(log),
     )
 
 

@@ -21,7 +21,7 @@ into arrays. The epoch is the store's, created here when it has none (the first 
 data), so a flushed Redis starts a new epoch with no round trip to learn it; every script answers it.
 
 Every key a script touches is passed in ``KEYS``, except the webhook outbox's (``ARGV[9]`` of the logging
-scripts; CLAIM, REPLAY, PRUNE): :mod:`room_gateway_plugins.redis.outbox` says which and why.
+scripts; CLAIM, SETTLE, REPLAY, PRUNE): :mod:`room_gateway_plugins.redis.outbox` says which and why.
 """
 
 from __future__ import annotations
@@ -446,7 +446,16 @@ EPOCH = _epoch(1) + "return epoch\n"
 
 #: Claim due messages: each one's due time moves to the lease's end and its attempts grow by one, in one
 #: step, so two instances never claim one attempt. KEYS[1] due. ARGV[1] now (ms), ARGV[2] the lease's end
-#: (ms), ARGV[3] limit, ARGV[4] the messages' key prefix. Returns {id, fields, id, fields, …}.
+#: (ms), ARGV[3] limit, ARGV[4] the messages' key prefix. Returns an empty list when none is due, else one
+#: JSON array (cjson), :data:`CLAIMED_FIELDS` (seven) items a message: its id, its attempts (this one
+#: counted), then its room, payload, previous, created and log (``false`` when absent). A message in
+#: ``:due`` is pending, and its due time is the lease's end: neither is read back.
+#:
+#: Why one JSON string: redis-py's reply parser without hiredis is pure Python, a dozen calls for each
+#: string of a reply; HGETALL's lists of 16 made a claim of 64 messages 1,100 strings, and its parsing
+#: was the largest part of a claim (bench/webhooks_instructions.py drain, session 8). The stored strings
+#: are only quoted here (cjson encodes them, never decodes a value), so what is read back is what was
+#: written; orjson parses the array in one call.
 CLAIM = """
 local limit = tonumber(ARGV[3])
 if limit <= 0 then
@@ -456,38 +465,62 @@ local out = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, limit)) do
   local key = ARGV[4] .. id
   redis.call('ZADD', KEYS[1], ARGV[2], id)
-  redis.call('HINCRBY', key, 'attempts', 1)
+  local attempts = redis.call('HINCRBY', key, 'attempts', 1)
   redis.call('HSET', key, 'due', ARGV[2])
+  local f = redis.call('HMGET', key, 'room', 'payload', 'previous', 'created', 'log')
   out[#out + 1] = id
-  out[#out + 1] = redis.call('HGETALL', key)
+  out[#out + 1] = attempts
+  for i = 1, 5 do
+    out[#out + 1] = f[i]
+  end
 end
-return out
+if #out == 0 then
+  return {}
+end
+return cjson.encode(out)
 """
+#: The number of items :data:`CLAIM`'s array has a message.
+CLAIMED_FIELDS = 7
 
-#: Settle a claimed attempt if it is still the message's latest and the message is pending, and record the
-#: outcome in the endpoint's state. KEYS[1] due, KEYS[2] the message, KEYS[3] the state. ARGV[1] the
-#: attempt's number, ARGV[2] the new status, ARGV[3] the next due time (ms; '' when settled), ARGV[4] the
-#: log, ARGV[5] the id, ARGV[6] '1' for a success, ARGV[7] the attempt's time (ms). Returns the state's
-#: fields, or nil when the attempt was stale.
+#: Settle claimed attempts of one endpoint, in their order, each if it is still the message's latest and
+#: the message is pending, recording each outcome in the endpoint's state. KEYS[1] due, KEYS[2] the state.
+#: ARGV[1] the messages' key prefix, ARGV[2] a JSON array (every item a string) of
+#: :data:`SETTLED_FIELDS` (seven) items an attempt: the message's id, the attempt's number, the new status,
+#: the next due time (ms; '' when settled), the log, '1' for a success and the attempt's time (ms).
+#: Returns {a string of '1' (recorded) or '0' (stale) an attempt, then the state's fields after the
+#: batch}. One script, one argument and one state for a batch: a script per attempt, pipelined, packed
+#: seven arguments and parsed the state's eight fields for each (the pure-Python parser, as for CLAIM).
+#: cjson decodes only strings here (the log stays its text), so nothing is turned into a double.
 SETTLE = """
-local status, attempts = unpack(redis.call('HMGET', KEYS[2], 'status', 'attempts'))
-if status ~= 'pending' or attempts ~= ARGV[1] then
-  return nil
+local prefix, settled, stride = ARGV[1], cjson.decode(ARGV[2]), 7
+local done = {}
+for i = 1, #settled, stride do
+  local id = settled[i]
+  local key = prefix .. id
+  local status, attempts = unpack(redis.call('HMGET', key, 'status', 'attempts'))
+  if status ~= 'pending' or attempts ~= settled[i + 1] then
+    done[#done + 1] = '0'
+  else
+    local due = settled[i + 3]
+    redis.call('HSET', key, 'status', settled[i + 2], 'log', settled[i + 4], 'due', due)
+    if due == '' then
+      redis.call('ZREM', KEYS[1], id)
+    else
+      redis.call('ZADD', KEYS[1], due, id)
+    end
+    if settled[i + 5] == '1' then
+      redis.call('HDEL', KEYS[2], 'failing_since')
+      redis.call('HSET', KEYS[2], 'last_success', settled[i + 6])
+    else
+      redis.call('HSETNX', KEYS[2], 'failing_since', settled[i + 6])
+    end
+    done[#done + 1] = '1'
+  end
 end
-redis.call('HSET', KEYS[2], 'status', ARGV[2], 'log', ARGV[4], 'due', ARGV[3])
-if ARGV[3] == '' then
-  redis.call('ZREM', KEYS[1], ARGV[5])
-else
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[5])
-end
-if ARGV[6] == '1' then
-  redis.call('HDEL', KEYS[3], 'failing_since')
-  redis.call('HSET', KEYS[3], 'last_success', ARGV[7])
-else
-  redis.call('HSETNX', KEYS[3], 'failing_since', ARGV[7])
-end
-return redis.call('HGETALL', KEYS[3])
+return {table.concat(done), redis.call('HGETALL', KEYS[2])}
 """
+#: The number of items :data:`SETTLE`'s array has an attempt.
+SETTLED_FIELDS = 7
 
 #: Make a message pending and due now. KEYS[1] due, KEYS[2] the message. ARGV[1] the id, ARGV[2] now (ms).
 #: Returns 1, or 0 when there is no such message.
