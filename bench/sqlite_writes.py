@@ -9,6 +9,7 @@ every change (its messages written, none delivered). Counted while they run: cal
 aiosqlite thread (each a hand-off through the GIL), statements SQLite ran on that connection (its trace
 callback: ``BEGIN``, ``SAVEPOINT``, ``COMMIT`` and the trigger's statements included), and commits; printed
 per write, with the writes per second by the clock (noise on a shared machine: the counts compare).
+``--busy MS`` keeps the event loop busy meanwhile, as a served gateway's is (see its help).
 """
 
 from __future__ import annotations
@@ -60,9 +61,22 @@ async def measure(args: argparse.Namespace, folder: Path) -> dict[str, float]:
                     "bench-room", f"v{i % 64}", {"points": i}, expected_version=None, now=backend_now()
                 )
 
+        done = asyncio.Event()
+
+        async def busy() -> None:  # the event loop's other work (a served gateway parses HTTP meanwhile)
+            while not done.is_set():
+                until = time.perf_counter() + args.busy / 1000
+                while time.perf_counter() < until:
+                    pass
+                await asyncio.sleep(0)
+
+        burner = asyncio.create_task(busy()) if args.busy else None
         start = time.perf_counter()
         await asyncio.gather(*(write() for _ in range(args.writers)))
         elapsed = time.perf_counter() - start
+        done.set()
+        if burner is not None:
+            await burner
         aiosqlite.Connection._execute = execute  # type: ignore[method-assign]
         await writer.set_trace_callback(None)  # type: ignore[arg-type]  # None: off, as in sqlite3
         commits = sum(1 for s in statements if s.strip().upper().startswith("COMMIT"))
@@ -88,6 +102,13 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--outbox", action="store_true", help="one webhook endpoint taking every change")
     parser.add_argument("--memory", action="store_true", help="sqlite:///:memory: instead of a file")
+    parser.add_argument(
+        "--busy",
+        type=float,
+        default=0.0,
+        help="keep the event loop busy meanwhile: a task spinning this many ms between yields, as a served "
+        "gateway's HTTP work holds the GIL that the writer's thread needs back after each SQLite call",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         figures = asyncio.run(measure(args, Path(folder)))
