@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from room_gateway_plugins.sql import SQLiteBackend, sqlite
 from room_gateway_plugins.sql.writer import GroupCommit, LostTransaction
 
 from gateway.core.hub import Topic
-from gateway.core.models import Change
+from gateway.core.models import Change, ChangeKind, Event
 from gateway.errors import Aborted, Unavailable
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -98,6 +98,24 @@ async def test_concurrent_writes_share_one_commit_in_order(tmp_path: Path) -> No
         changes = [change for change in notified if isinstance(change, Change)]
         assert [change.variable.value for change in changes if change.variable] == list(range(20))
         assert [change.seq for change in changes] == list(range(2, 22))
+
+
+async def test_events_and_variable_writes_share_groups_in_seq_order(tmp_path: Path) -> None:
+    async with opened(f"sqlite:///{tmp_path / 'rooms.db'}") as backend:
+        await backend.set_variable("r", "v", -1, expected_version=None, now=T0)
+        statements = await traced(backend)
+        calls: list[Awaitable[object]] = []
+        for i in range(10):
+            calls.append(backend.set_variable("r", "v", i, expected_version=None, now=T0))
+            calls.append(backend.publish_event("r", Event("e", i, T0)))
+        outcomes = await asyncio.gather(*calls)
+        assert commits(statements) == 1, statements
+        events = [outcome for outcome in outcomes if isinstance(outcome, Change)]
+        assert [event.seq for event in events] == list(range(3, 22, 2))
+        page = await backend.read_changes("r", after_seq=1, limit=100)
+        kinds = [change.kind for change in page.changes]
+        assert kinds == [ChangeKind.VARIABLE_SET, ChangeKind.EVENT] * 10
+        assert [change.seq for change in page.changes] == list(range(2, 22))
 
 
 async def test_a_conflict_fails_its_own_write_only(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@
 One connection writes, used by one task at a time: SQLite serializes writers anyway, and a single writer
 rules out ``database is locked`` between our own tasks. Notifications — the logged changes — are delivered
 to the in-process hub right after their write commits, under the same lock, so in commit (= seq) order.
-Variable writes skip SQLAlchemy: each is one synchronous function on the writer connection's thread, and
-the writes that queue while a transaction is in flight are committed together in the next one, each in a
-savepoint of its own (:mod:`.writer`); the other writes are SQLAlchemy transactions, their log appends one
-trip each.
+Variable writes and logged events skip SQLAlchemy: each is one synchronous function on the writer
+connection's thread, and the writes that queue while a transaction is in flight are committed together in
+the next one, each in a savepoint of its own (:mod:`.writer`); the other writes are SQLAlchemy
+transactions, their log appends one trip each.
 
 Reads of a file database go through a small pool of read-only connections instead, without that lock: in
 WAL mode readers never wait for the writer, and each read sees every commit made before it began (so a
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from gateway.core.backend import History, VariableWrite
-from gateway.core.models import Change, ChangeKind, Variable
+from gateway.core.models import Change, ChangeKind, Event, Variable
 from gateway.core.outbox import new_message_id
 from gateway.core.wire import Message
 from gateway.errors import Unavailable
@@ -204,6 +204,17 @@ class SQLiteBackend(SqlBackend):
 
         outcome = await self._writer.run(work, after)
         return None if outcome is None else outcome[0]
+
+    async def publish_event(self, room_id: str, event: Event) -> Change:
+        if not self.history.events:
+            return await super().publish_event(room_id, event)  # live only: nothing written
+        # Logged: a write like a variable's, in the same groups (so in seq order with them).
+        change = Change(0, self.epoch, ChangeKind.EVENT, event.time, event=event)
+        targets = self._targets(room_id, ChangeKind.EVENT)
+        return await self._writer.run(
+            lambda conn: self._log_on(conn, room_id, change, None, targets),
+            lambda logged: self._logged(room_id, logged, targets),
+        )
 
     def _compiled_statement(self, statement: Any) -> CompiledStatement:
         compiled = self._statements.get(statement)
