@@ -215,6 +215,7 @@ async def test_nothing_is_acknowledged_before_its_commit(tmp_path: Path) -> None
         queued = [asyncio.create_task(writer.run(insert(key), after)) for key in ("y", "z")]
         await asyncio.sleep(0.05)
         assert not first.done() and not any(task.done() for task in queued)  # its commit has not happened
+        assert seen == []  # nor has any delivery
         release.set()
         assert await first == "x" and [await task for task in queued] == ["y", "z"]
         assert seen == [[("x",)], [("y",)], [("z",)]]  # each after() found its row committed, in order
@@ -278,6 +279,16 @@ async def test_a_locked_database_is_unavailable_then_recovers(
         variable = await backend.set_variable("r", "v", 9, expected_version=None, now=T0)
         assert variable is not None and variable.version == 2
         assert (await backend.read_changes("r", after_seq=0, limit=10)).changes[-1].seq == 2
+
+
+async def test_a_closed_writer_connection_is_unavailable_then_replaced(tmp_path: Path) -> None:
+    async with opened(f"sqlite:///{tmp_path / 'rooms.db'}") as backend:
+        await backend.set_variable("r", "v", 0, expected_version=None, now=T0)
+        await (await writer_of(backend)).close()  # gone under the backend (not a 500: a store fault)
+        with pytest.raises(Unavailable):
+            await backend.set_variable("r", "v", 1, expected_version=None, now=T0)
+        variable = await backend.set_variable("r", "v", 2, expected_version=None, now=T0)
+        assert variable is not None and variable.version == 2
 
 
 async def test_memory_databases_write_in_groups_too() -> None:

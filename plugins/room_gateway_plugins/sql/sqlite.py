@@ -45,6 +45,7 @@ from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql.base import (
     CURRENT_VERSION,
     SqlBackend,
+    StoreUnreachable,
     Transaction,
     check_unwritten,
     variable_change,
@@ -153,7 +154,12 @@ class SQLiteBackend(SqlBackend):
             driver = (await conn.get_raw_connection()).driver_connection
             if driver is None:
                 raise Unavailable("the SQLite connection is closed")
-            yield driver
+            try:
+                yield driver
+            except StoreUnreachable:
+                # As SQLAlchemy does on a disconnect: the pool opens a new connection for the next use.
+                await conn.invalidate()
+                raise
 
     @contextlib.asynccontextmanager
     async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:

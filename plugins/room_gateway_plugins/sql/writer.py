@@ -54,7 +54,7 @@ async def on_thread(driver: aiosqlite.Connection, work: Callable[[sqlite3.Connec
     try:
         result = await execute(call)
     except ValueError as exc:
-        if not driver._running:  # "Connection closed" (aiosqlite's): the backend is closing
+        if not driver._running or driver._connection is None:  # aiosqlite's "Connection closed"
             raise StoreUnreachable("the SQLite connection is closed") from exc
         raise
     return result
