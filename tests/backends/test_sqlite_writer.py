@@ -221,6 +221,28 @@ async def test_nothing_is_acknowledged_before_its_commit(tmp_path: Path) -> None
         assert seen == [[("x",)], [("y",)], [("z",)]]  # each after() found its row committed, in order
 
 
+async def test_a_write_cancelled_in_flight_is_still_followed_up(tmp_path: Path) -> None:
+    """Its caller is gone, but the write commits: its change must still reach the listeners."""
+    async with group_commit(tmp_path / "g.db") as (writer, committed):
+        held, release = threading.Event(), threading.Event()
+        followed: list[str] = []
+
+        def blocking(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO t VALUES ('x')")
+            held.set()
+            release.wait(5)
+            return "x"
+
+        call = asyncio.create_task(writer.run(blocking, followed.append))
+        await asyncio.to_thread(held.wait, 5)
+        call.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await writer.close()
+        assert followed == ["x"] and committed("SELECT k FROM t") == [("x",)]
+
+
 async def test_a_refused_commit_fails_every_write_of_its_group(tmp_path: Path) -> None:
     async with group_commit(tmp_path / "g.db") as (writer, committed):
 
