@@ -19,6 +19,7 @@ from typing import Any
 import aiosqlite
 import pytest
 from room_gateway_plugins.sql import SQLiteBackend, sqlite
+from room_gateway_plugins.sql import writer as writer_module
 from room_gateway_plugins.sql.writer import GroupCommit, LostTransaction
 
 from gateway.core.hub import Topic
@@ -98,6 +99,18 @@ async def test_concurrent_writes_share_one_commit_in_order(tmp_path: Path) -> No
         changes = [change for change in notified if isinstance(change, Change)]
         assert [change.variable.value for change in changes if change.variable] == list(range(20))
         assert [change.seq for change in changes] == list(range(2, 22))
+
+
+async def test_a_group_is_at_most_max_group_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer_module, "MAX_GROUP", 8)
+    async with opened(f"sqlite:///{tmp_path / 'rooms.db'}") as backend:
+        await backend.set_variable("r", "v", -1, expected_version=None, now=T0)
+        statements = await traced(backend)
+        await asyncio.gather(
+            *(backend.set_variable("r", f"v{i}", i, expected_version=None, now=T0) for i in range(20))
+        )
+        assert commits(statements) == 3, statements  # 8 + 8 + 4
+        assert len((await backend.get_contents("r")).contents) == 21
 
 
 async def test_events_and_variable_writes_share_groups_in_seq_order(tmp_path: Path) -> None:

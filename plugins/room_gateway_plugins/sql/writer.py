@@ -34,6 +34,11 @@ from room_gateway_plugins.sql.base import StoreUnreachable
 _R = TypeVar("_R")
 _T = TypeVar("_T")
 
+#: Writes in one transaction at most. A group holds SQLite's write lock for all its writes (a fraction of a ms
+#: each here): a burst of thousands in one would keep another process that writes the file (the delivery
+#: worker's claims) waiting for long, up to its busy timeout, and answer the burst's first callers late.
+MAX_GROUP = 256
+
 #: A write's statements, run on the writer connection's thread inside the group's transaction. It may
 #: raise: its savepoint is then rolled back and its caller gets the exception.
 Work = Callable[[sqlite3.Connection], _R]
@@ -153,8 +158,8 @@ class GroupCommit:
                 async with self._serial:
                     # Taken under the lock: what queued while the last group (or another transaction on the
                     # connection) was in flight is all in this one.
-                    group = [queued for queued in self._queue if not queued.future.cancelled()]
-                    self._queue = []
+                    taken, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+                    group = [queued for queued in taken if not queued.future.cancelled()]
                     if group:
                         await self._commit(group)
         finally:
