@@ -117,6 +117,29 @@ _SNAPSHOT = (
 )
 
 
+#: The version a compare-and-set is compared with when its write changed no row (``0``: unset), with the
+#: parameters of :meth:`SqlBackend._variable_statement`.
+CURRENT_VERSION = sa.select(variables.c.version).where(
+    variables.c.room_id == sa.bindparam("w_room_id"),
+    variables.c.name == sa.bindparam("w_name"),
+    variables.c.value.is_not(None),
+)
+
+
+def variable_change(write: VariableWrite, version: int) -> tuple[Variable, Change]:
+    """The variable as ``write`` left it at ``version``, and the change to log (seq and epoch to come)."""
+    variable = write.written(version)
+    kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
+    return variable, Change(0, "", kind, variable.update_time, variable=variable)
+
+
+def check_unwritten(write: VariableWrite, current: int) -> None:
+    """Raise the compare-and-set's conflict of a write that changed no row, the variable being at
+    ``current``; return if it is none (deleting an unset variable: the write answers ``None``)."""
+    if write.expected_version is not None and write.expected_version != current:
+        raise write.conflict(current)
+
+
 class StoreUnreachable(ConnectionError):
     """A driver error that SQLAlchemy classified as a lost or refused connection (see ``handle_error``)."""
 
@@ -299,10 +322,7 @@ class SqlBackend(Backend):
         kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
         if outbox is None or not outbox.targets(write.room_id, kind):
             return None
-        row = await self._variable_before(tx, write)
-        if row is None or row[0] is None:
-            return None
-        return outbox_sql.previous_text(row[0], row[1])
+        return outbox_sql.previous_of(await self._variable_before(tx, write))
 
     async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
         """The variable's row (value, version) as ``write`` finds it, no other writer changing it before
@@ -395,40 +415,33 @@ class SqlBackend(Backend):
         )
 
     async def write_variable(self, write: VariableWrite) -> Variable | None:
-        room_id, name, expected_version = write.room_id, write.name, write.expected_version
-        text = None if write.deletes else jsontext.dumps(write.value).decode()
-        statement: Any
-        if text is None and expected_version == 0:
-            statement = None  # delete only if unset: nothing to write either way
-        else:
-            statement = self._variable_write(text is None, expected_version)
-        params = {
-            "w_room_id": room_id,
-            "w_name": name,
-            "w_value": text,
-            "w_now": write.now,
-            "w_expected": expected_version,
-        }
+        statement, params = self._variable_statement(write)
         async with self._tx() as tx:
             previous = await self._previous(tx, write) if self.outbox is not None else None
             written = (await tx.conn.execute(statement, params)).first() if statement is not None else None
             if written is None:
-                current = await self._current_version(tx, room_id, name)
-                if expected_version is not None and expected_version != current:
-                    raise write.conflict(current)
-                return None  # deleting an unset variable
-            variable = write.written(written.version)
-            kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
-            change = Change(0, "", kind, variable.update_time, variable=variable)
-            await self._log(tx, room_id, change, previous)
+                check_unwritten(write, (await tx.conn.execute(CURRENT_VERSION, params)).scalar() or 0)
+                return None
+            variable, change = variable_change(write, written.version)
+            await self._log(tx, write.room_id, change, previous)
         return variable
 
-    async def _current_version(self, tx: Transaction, room_id: str, name: str) -> int:
-        """The version a compare-and-set is compared with: ``0`` when unset."""
-        query = sa.select(variables.c.version).where(
-            variables.c.room_id == room_id, variables.c.name == name, variables.c.value.is_not(None)
-        )
-        return (await tx.conn.execute(query)).scalar() or 0
+    def _variable_statement(self, write: VariableWrite) -> tuple[Any, dict[str, Any]]:
+        """The statement of ``write`` (:meth:`_variable_write`; ``None`` for a delete-only-if-unset, which
+        has nothing to write either way) and its parameters, :data:`CURRENT_VERSION`'s too."""
+        text = None if write.deletes else jsontext.dumps(write.value).decode()
+        expected_version = write.expected_version
+        statement = None
+        if text is not None or expected_version != 0:
+            statement = self._variable_write(text is None, expected_version)
+        params = {
+            "w_room_id": write.room_id,
+            "w_name": write.name,
+            "w_value": text,
+            "w_now": write.now,
+            "w_expected": expected_version,
+        }
+        return statement, params
 
     def _variable_write(self, deletes: bool, expected_version: int | None) -> Any:
         """The statement of a variable write of this shape, with its values as bound parameters

@@ -130,6 +130,14 @@ def previous_text(value_text: str, version: int) -> str:
     return f'{{"value":{value_text},"version":{version}}}'
 
 
+def previous_of(row: Sequence[Any] | None) -> str | None:
+    """The ``previous`` of a write's messages from the variable's row (value, version) before it: ``None``
+    when there was none or it was unset."""
+    if row is None or row[0] is None:
+        return None
+    return previous_text(row[0], row[1])
+
+
 def message_of(row: Any) -> OutboxMessage:
     # One mapping for the row's eleven reads: each attribute read of a SQLAlchemy Row first fails the plain
     # lookup (an AttributeError formatted and dropped), ten times the cost of a key (callgrind of a claim).

@@ -4,6 +4,10 @@
 One connection writes, used by one task at a time: SQLite serializes writers anyway, and a single writer
 rules out ``database is locked`` between our own tasks. Notifications — the logged changes — are delivered
 to the in-process hub right after their write commits, under the same lock, so in commit (= seq) order.
+Variable writes and logged events skip SQLAlchemy: each is one synchronous function on the writer
+connection's thread, and the writes that queue while a transaction is in flight are committed together in
+the next one, each in a savepoint of its own (:mod:`.writer`); the other writes are SQLAlchemy
+transactions, their log appends one trip each.
 
 Reads of a file database go through a small pool of read-only connections instead, without that lock: in
 WAL mode readers never wait for the writer, and each read sees every commit made before it began (so a
@@ -20,9 +24,11 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -30,15 +36,24 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from gateway.core.backend import History, VariableWrite
-from gateway.core.models import Change
+from gateway.core.models import Change, ChangeKind, Event, Variable
+from gateway.core.outbox import new_message_id
 from gateway.core.wire import Message
 from gateway.errors import Unavailable
 from room_gateway_plugins.sql import changelog
 from room_gateway_plugins.sql import outbox as outbox_sql
-from room_gateway_plugins.sql.base import SqlBackend, Transaction
+from room_gateway_plugins.sql.base import (
+    CURRENT_VERSION,
+    SqlBackend,
+    StoreUnreachable,
+    Transaction,
+    check_unwritten,
+    variable_change,
+)
 from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement, ReaderPool
 from room_gateway_plugins.sql.tables import log_meta
+from room_gateway_plugins.sql.writer import GroupCommit, on_thread
 
 #: The log's append, one statement: the seq after the head, spliced into the wire message; the trigger
 #: ``changes_appended`` (:mod:`.migrations`) then moves the head and trims retention.
@@ -72,6 +87,9 @@ class SQLiteBackend(SqlBackend):
         self._append: CompiledStatement | None = None
         self._previous_read: CompiledStatement | None = None
         self._message_insert: CompiledStatement | None = None
+        #: The write path's statements (variable writes by shape, CURRENT_VERSION), compiled when first run.
+        self._statements: dict[Any, CompiledStatement] = {}
+        self._writer = GroupCommit(self._lock, self._writer_connection)
 
     async def open(self) -> None:
         await super().open()  # creates and migrates the schema first: readers find it in place
@@ -98,6 +116,7 @@ class SQLiteBackend(SqlBackend):
     async def close(self) -> None:
         readers, self._readers = self._readers, None
         try:
+            await self._writer.close()  # the writes queued before the close are committed or failed
             await super().close()
         finally:
             if readers is not None:
@@ -129,6 +148,20 @@ class SQLiteBackend(SqlBackend):
         return self._lock
 
     @contextlib.asynccontextmanager
+    async def _writer_connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer's aiosqlite connection, for a group of :attr:`_writer` (under the lock already)."""
+        async with self.engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            if driver is None:
+                raise Unavailable("the SQLite connection is closed")
+            try:
+                yield driver
+            except StoreUnreachable:
+                # As SQLAlchemy does on a disconnect: the pool opens a new connection for the next use.
+                await conn.invalidate()
+                raise
+
+    @contextlib.asynccontextmanager
     async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
         # synchronous=NORMAL for this one commit: in WAL mode it survives a crash of the process, not a
         # power cut, and the next FULL commit's fsync makes it durable too (the WAL is written in order).
@@ -144,49 +177,127 @@ class SQLiteBackend(SqlBackend):
             finally:
                 await driver.execute("PRAGMA synchronous=FULL")
 
+    async def write_variable(self, write: VariableWrite) -> Variable | None:
+        # One trip through the writer's thread, in a group commit (.writer): not through SQLAlchemy's
+        # adaptation, whose nine trips a write (each a GIL hand-off, all under the writer lock with the
+        # commit's fsync) bounded the writes per second (bench/sqlite_writes.py).
+        statement, params = self._variable_statement(write)
+        compiled = None if statement is None else self._compiled_statement(statement)
+        current = self._compiled_statement(CURRENT_VERSION)
+        previous_read = self._previous_read
+        if previous_read is None:
+            raise Unavailable("backend is not open")
+        kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
+        targets = self._targets(write.room_id, kind)
+        room_id = write.room_id
+
+        def work(conn: sqlite3.Connection) -> tuple[Variable, Change] | None:
+            previous = None
+            if targets:
+                sql, parameters = previous_read.bind({"p_room_id": room_id, "p_name": write.name})
+                previous = outbox_sql.previous_of(conn.execute(sql, parameters).fetchone())
+            written = None if compiled is None else conn.execute(*compiled.bind(params)).fetchone()
+            if written is None:
+                found = conn.execute(*current.bind(params)).fetchone()
+                check_unwritten(write, 0 if found is None else found[0])
+                return None
+            variable, change = variable_change(write, written[0])
+            return variable, self._log_on(conn, room_id, change, previous, targets)
+
+        def after(outcome: tuple[Variable, Change] | None) -> None:
+            if outcome is not None:
+                self._logged(room_id, outcome[1], targets)
+
+        outcome = await self._writer.run(work, after)
+        return None if outcome is None else outcome[0]
+
+    async def publish_event(self, room_id: str, event: Event) -> Change:
+        if not self.history.events:
+            return await super().publish_event(room_id, event)  # live only: nothing written
+        # Logged: a write like a variable's, in the same groups (so in seq order with them).
+        change = Change(0, self.epoch, ChangeKind.EVENT, event.time, event=event)
+        targets = self._targets(room_id, ChangeKind.EVENT)
+        return await self._writer.run(
+            lambda conn: self._log_on(conn, room_id, change, None, targets),
+            lambda logged: self._logged(room_id, logged, targets),
+        )
+
+    def _compiled_statement(self, statement: Any) -> CompiledStatement:
+        compiled = self._statements.get(statement)
+        if compiled is None:
+            compiled = self._statements[statement] = CompiledStatement(statement, self.engine.dialect)
+        return compiled
+
+    def _targets(self, room_id: str, kind: ChangeKind) -> tuple[str, ...]:
+        """The endpoints a change goes to (none without an outbox)."""
+        return () if self.outbox is None else self.outbox.targets(room_id, kind)
+
     async def _log(
         self, tx: Transaction, room_id: str, change: Change, previous: str | None = None
     ) -> Change:
+        # On the transaction's own connection, so in the transaction, but in one trip through aiosqlite's
+        # thread for the append and the messages, where SQLAlchemy's adaptation takes about five a statement.
+        targets = self._targets(room_id, change.kind)
+        driver = await _driver(tx)
+        logged = await on_thread(driver, lambda conn: self._log_on(conn, room_id, change, previous, targets))
+        tx.after_commit.append(lambda: self._logged(room_id, logged, targets))
+        return logged
+
+    def _log_on(
+        self,
+        conn: sqlite3.Connection,
+        room_id: str,
+        change: Change,
+        previous: str | None,
+        targets: tuple[str, ...],
+    ) -> Change:
+        """Append ``change`` to the room's log on the writer's thread (the trigger ``changes_appended``
+        moves the head and trims, :mod:`.migrations`) with its messages for ``targets``; return it logged."""
+        append = self._append
+        if append is None:
+            raise Unavailable("backend is not open")
         change = dataclasses.replace(change, epoch=self.epoch)
         before, after = changelog.around_seq(room_id, change)
         params = {"room_id": room_id, "kind": change.kind.value, "time": change.time}
-        if self._append is None:
-            raise Unavailable("backend is not open")
-        sql, parameters = self._append.bind({**params, "before": before, "after": after})
-        # On the transaction's own connection, so in the write's transaction, but in one trip through
-        # aiosqlite's thread where SQLAlchemy's adaptation takes about five (as the readers do, .readers):
-        # the append was most of what the log cost a write (issue 11's PUT benchmark).
-        [(seq,)] = await (await _driver(tx)).execute_fetchall(sql, parameters)
+        [(seq,)] = conn.execute(*append.bind({**params, "before": before, "after": after})).fetchall()
         change = dataclasses.replace(change, seq=seq)
-        tx.after_commit.append(lambda: self.hub.deliver(room_id, change))
-        if self.outbox is not None:
-            await self._enqueue(tx, room_id, change, f"{before}{seq}{after}", previous)
+        if targets and self.outbox is not None:
+            found = outbox_sql.rows(
+                targets,
+                new_message_id(),
+                room_id,
+                change,
+                f"{before}{seq}{after}",
+                previous,
+                self.outbox.first_delay,
+            )
+            conn.executemany(*self._bound_messages(found))
         return change
 
-    # The outbox's statements on the write path run on the raw connection too, for the same reason as the
-    # append: through SQLAlchemy they were the two most costly steps a webhook added to a PUT.
+    def _logged(self, room_id: str, change: Change, targets: tuple[str, ...]) -> None:
+        """After the commit of a change :meth:`_log_on` appended: its delivery, its messages' wake-up."""
+        self.hub.deliver(room_id, change)
+        if targets and self.outbox is not None:
+            self.outbox.written()
 
-    async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
-        if self._previous_read is None:
-            raise Unavailable("backend is not open")
-        sql, parameters = self._previous_read.bind({"p_room_id": write.room_id, "p_name": write.name})
-        found = await (await _driver(tx)).execute_fetchall(sql, parameters)
-        return next(((value, version) for value, version in found), None)
-
-    async def _insert_messages(self, tx: Transaction, rows: list[dict[str, Any]]) -> None:
+    def _bound_messages(self, rows: list[dict[str, Any]]) -> tuple[str, list[tuple[Any, ...]]]:
         insert = self._message_insert
         if insert is None:
             raise Unavailable("backend is not open")
         bound = [insert.bind({"m_" + key: value for key, value in row.items()}) for row in rows]
-        await (await _driver(tx)).executemany(bound[0][0], [parameters for _, parameters in bound])
+        return bound[0][0], [parameters for _, parameters in bound]
+
+    async def _insert_messages(self, tx: Transaction, rows: list[dict[str, Any]]) -> None:
+        # ROOM_DELETED's (base.delete_room): on the raw connection, one trip.
+        await (await _driver(tx)).executemany(*self._bound_messages(rows))
 
     async def _emit(self, tx: Transaction, message: Message, text: str) -> None:
         tx.after_commit.append(lambda: message.deliver(self.hub))
 
 
-async def _driver(tx: Transaction) -> Any:
+async def _driver(tx: Transaction) -> aiosqlite.Connection:
     """The aiosqlite connection under ``tx``'s, to run a compiled statement in one trip through its thread."""
-    driver = (await tx.conn.get_raw_connection()).driver_connection
+    driver: aiosqlite.Connection | None = (await tx.conn.get_raw_connection()).driver_connection
     if driver is None:
         raise Unavailable("the SQLite connection is closed")
     return driver
