@@ -398,8 +398,7 @@ class UpstreamRoute(PathRoute):
             async with await proxy.channel.call(
                 self.method.path, metadata, seconds=proxy.timeout, message=request
             ) as upstream:
-                reply = await upstream.recv_message()
-                await upstream.recv_trailing_metadata()
+                reply = await upstream.unary_reply()
         except Exception as exc:
             raise proxy.error(exc) from None
         if reply is None:
