@@ -719,26 +719,44 @@ class _Connection(asyncio.Protocol):
 
     # -- streams ---------------------------------------------------------------------------------------
 
-    async def open(self, fixed: Headers, seconds: float | None, metadata: bytes) -> Call:
-        """A new stream, its HEADERS written (the request stream stays open for messages)."""
+    async def slot(self) -> None:
+        """Wait until a stream may be opened (the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS``), or the
+        connection is lost."""
         while len(self.calls) >= self.max_streams and not self.lost:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.loop.create_future()
             self.slot_waiters.append(waiter)
             try:
                 await waiter
             finally:
                 with contextlib.suppress(ValueError):
                     self.slot_waiters.remove(waiter)
+
+    def open(self, fixed: Headers, seconds: float | None, metadata: bytes, message: bytes | None) -> Call:
+        """A new stream (a slot free: :meth:`slot`), its HEADERS written, the deadline kept (:meth:`watch`);
+        with ``message``, the request too and the request stream ended, in the same write, when the windows
+        take it whole (:attr:`Call.sent_end`; else the caller sends it as they allow)."""
         if self.lost or self.going_away:
             raise StreamTerminatedError("Connection lost")
-        call = Call(self, self.next_id)
+        stream_id = self.next_id
+        call = Call(self, stream_id)
         self.next_id += 2
-        self.calls[call.stream_id] = call
+        self.calls[stream_id] = call
         headers = fixed.block(seconds, metadata, self.table)  # encoded as written: the table's order
         if len(headers) <= self.max_frame:
-            self.write(_frame(_HEADERS, _END_HEADERS, call.stream_id, headers))
+            frames = _frame(_HEADERS, _END_HEADERS, stream_id, headers)
         else:
-            self.write(self._split_headers(call.stream_id, headers))
+            frames = self._split_headers(stream_id, headers)
+        if seconds is not None:
+            self.watch(call, seconds)
+        if message is not None:
+            data = message_frame(message)
+            size = len(data)
+            if size <= call.window and size <= self.window and size <= self.max_frame:
+                call.window -= size
+                self.window -= size
+                frames += _frame(_DATA, _END_STREAM, stream_id, data)
+                call.sent_end = True
+        self.write(frames)
         return call
 
     def _split_headers(self, stream_id: int, headers: bytes) -> bytes:
@@ -809,7 +827,8 @@ class _Connection(asyncio.Protocol):
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.stream_id, None)
         self.window_waiters.discard(call)
-        self._grant_slots()
+        if self.slot_waiters:
+            self._grant_slots()
         if self.going_away and not self.calls:
             self._close(_NO_ERROR, "")
 
@@ -912,10 +931,10 @@ class UpstreamConnection:
             connection = await self._connect()
         if seconds is not None and seconds <= 0:
             raise TimeoutError("the deadline has passed")
-        call = await connection.open(self.headers(path), seconds, metadata)
-        if seconds is not None:
-            connection.watch(call, seconds)
-        if message is not None:
+        if len(connection.calls) >= connection.max_streams:
+            await connection.slot()
+        call = connection.open(self.headers(path), seconds, metadata, message)
+        if message is not None and not call.sent_end:  # beyond a window or a frame: sent as they allow
             try:
                 await call.send_message(message, end=True)
             except BaseException:

@@ -364,9 +364,9 @@ class UpstreamRoute(PathRoute):
             if rooms:
                 await self.proxy.check_room(principal, self.method, request)
             if self.method.server_streaming:
-                replies = await UpstreamReplies.open(self, request, _Headers(scope))
+                replies = await UpstreamReplies.open(self, request, self._client(scope))
             else:
-                payload = await self._unary(request, _Headers(scope))
+                payload = await self._unary(request, self._client(scope))
         except ClientDisconnected:
             return
         except GatewayError as exc:
@@ -391,14 +391,20 @@ class UpstreamRoute(PathRoute):
             return
         await send_json(send, 200, payload)
 
+    def _client(self, scope: Scope) -> _Headers:
+        return _Headers(scope["headers"], self.proxy.forwarded_names)
+
     async def _unary(self, request: bytes, client: _Headers) -> bytes:
         proxy = self.proxy
         try:
             metadata = proxy.upstream_metadata(client)
-            async with await proxy.channel.call(
+            upstream = await proxy.channel.call(
                 self.method.path, metadata, seconds=proxy.timeout, message=request
-            ) as upstream:
+            )
+            try:
                 reply = await upstream.unary_reply()
+            finally:  # (not ``async with``: two coroutines a call less)
+                upstream.close()
         except Exception as exc:
             raise proxy.error(exc) from None
         if reply is None:
@@ -462,19 +468,22 @@ class UpstreamReplies(ListenStream[Any]):
 
 class _Headers:
     """A REST call's headers with the metadata interface the proxy reads (``getall``): only the values of
-    the few keys it forwards are decoded (decoding every header was ~1 us a call)."""
+    the few keys it forwards (``names``) are kept and decoded (decoding every header was ~1 us a call, and
+    sorting them all by name half of that)."""
 
-    __slots__ = ("_by_name", "_headers")
+    __slots__ = ("_by_name", "_forwarded")
 
-    def __init__(self, scope: Scope) -> None:
-        self._headers: list[tuple[bytes, bytes]] = scope["headers"]
+    def __init__(self, headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> None:
+        self._forwarded = [(n, v) for n, v in headers if n.lower() in names]  # mostly none
         self._by_name: dict[bytes, list[bytes]] | None = None
 
     def getall(self, key: str, default: Any = ()) -> list[str]:
+        if not self._forwarded:
+            return list(default)
         by_name = self._by_name
         if by_name is None:  # once per call, on the first key asked for
             by_name = self._by_name = {}
-            for name, value in self._headers:
+            for name, value in self._forwarded:
                 by_name.setdefault(name.lower(), []).append(value)
         found = by_name.get(key.encode("latin-1"))
         return [v.decode("latin-1") for v in found] if found else list(default)
