@@ -425,7 +425,7 @@ class Call:
         the first are dropped as they arrive, as :meth:`recv_trailing_metadata` drops them."""
         self._whole = True
         while not self.ended:
-            await self._wait()
+            await self._wait()  # mostly once: the upstream's answer comes in one read
         if self._initial is None:
             if not self._headers:
                 self._raise_error()
@@ -631,13 +631,13 @@ class _Connection(asyncio.Protocol):
         if kind == _DATA:
             call = self.calls.get(stream_id)
             size = len(payload)
-            data = _unpadded(payload, flags)
+            data = _unpadded(payload) if flags & _PADDED else payload
             if call is None:  # a stream we reset: its bytes still count against the connection
                 self.consumed(None, size)
                 return
             call.data_received(data, size, bool(flags & _END_STREAM))
         elif kind == _HEADERS:
-            block = _unpadded(payload, flags)
+            block = _unpadded(payload) if flags & _PADDED else payload
             if flags & _PRIORITY_FLAG:
                 block = block[5:]
             if flags & _END_HEADERS:
@@ -876,9 +876,8 @@ class _ConnectionError(Exception):
     """The upstream broke HTTP/2: the connection is closed (GOAWAY PROTOCOL_ERROR)."""
 
 
-def _unpadded(payload: memoryview, flags: int) -> memoryview:
-    if not flags & _PADDED:
-        return payload
+def _unpadded(payload: memoryview) -> memoryview:
+    """A PADDED frame's payload without its padding."""
     if not payload:
         raise _ConnectionError("a padded frame without its pad length")
     pad = payload[0]
@@ -933,7 +932,8 @@ class UpstreamConnection:
             raise TimeoutError("the deadline has passed")
         if len(connection.calls) >= connection.max_streams:
             await connection.slot()
-        call = connection.open(self.headers(path), seconds, metadata, message)
+        fixed = self._headers.get(path) or self.headers(path)
+        call = connection.open(fixed, seconds, metadata, message)
         if message is not None and not call.sent_end:  # beyond a window or a frame: sent as they allow
             try:
                 await call.send_message(message, end=True)

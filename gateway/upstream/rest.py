@@ -108,8 +108,10 @@ class Binder:
                 self.query[".".join(path)] = entry
                 self.query[".".join(json_path)] = entry
 
-    def bind(self, match: re.Match[str], query_string: bytes, body: bytes, content_type: str | None) -> bytes:
-        """The request message's bytes.
+    def bind(
+        self, match: re.Match[str] | None, query_string: bytes, body: bytes, content_type: str | None
+    ) -> bytes:
+        """The request message's bytes (``match``: the path's, ``None`` for a template without variables).
 
         :raises InvalidArgument: bad input of any kind (415 for a non-JSON body).
         """
@@ -125,12 +127,13 @@ class Binder:
                 request = parsed
             else:
                 request = {binding.body: parsed}
-        try:
-            values = binding.template.decode(match)
-        except UnicodeDecodeError:
-            raise InvalidArgument("the URL path is not valid UTF-8") from None
-        for field_path, field in self._path:
-            _put(request, field_path, _scalar(field, values[field_path]))
+        if match is not None:  # ``None``: an exact path, no variables
+            try:
+                values = binding.template.decode(match)
+            except UnicodeDecodeError:
+                raise InvalidArgument("the URL path is not valid UTF-8") from None
+            for field_path, field in self._path:
+                _put(request, field_path, _scalar(field, values[field_path]))
         if query_string:
             self._bind_query(request, query_string)
         flat = self._flat_request
@@ -335,11 +338,16 @@ class UpstreamRoute(PathRoute):
         if scope["type"] != "http":
             return Match.NONE, {}
         path = raw_route_path(scope)
-        if self._verb and not path.endswith(self._verb):
-            return Match.NONE, {}
-        match = self.binder.binding.template.pattern.fullmatch(path)
-        if match is None:
-            return Match.NONE, {}
+        match: re.Match[str] | None = None
+        if self.exact_path is not None:  # the one path its pattern matches (auto-mapped): nothing to bind
+            if path != self.exact_path:
+                return Match.NONE, {}
+        else:
+            if self._verb and not path.endswith(self._verb):
+                return Match.NONE, {}
+            match = self.binder.binding.template.pattern.fullmatch(path)
+            if match is None:
+                return Match.NONE, {}
         return (Match.FULL if scope["method"] in self.methods else Match.PARTIAL), {_MATCH: match}
 
     def url_path_for(self, name: str, /, **path_params: Any) -> Any:
