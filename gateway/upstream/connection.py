@@ -19,8 +19,11 @@ HTTP/2 (RFC 9113) itself, only as a gRPC client needs it:
   and what the upstream sends is credited back only once the caller has taken it (:meth:`Call.recv_message`),
   so a slow reader stops the upstream at its window, and nothing piles up here;
 - **streams**: the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` is respected (a call waits for a slot); a
-  call's deadline is sent as ``grpc-timeout`` and kept here too (its stream is reset when it passes:
-  ``TimeoutError``); a call left early (the client cancelled) resets its stream (RST_STREAM CANCEL);
+  call's deadline is sent as ``grpc-timeout`` and kept here too, on one timer per connection armed for the
+  nearest deadline (its stream is reset when it passes: ``TimeoutError``); a call left early (the client
+  cancelled) resets its stream (RST_STREAM CANCEL);
+- **unary answers** (REST's calls) are read whole (:meth:`Call.unary_reply`): the caller is woken once, when
+  the stream ends, not at each frame, and the request goes out with its HEADERS in one write;
 - **the connection** is made on the first call and made again on the next call after it is lost or the
   upstream sends GOAWAY; the calls it carried fail with ``StreamTerminatedError`` (UNAVAILABLE), as do
   streams the upstream resets. PINGs are answered; TLS negotiates ``h2`` by ALPN.
