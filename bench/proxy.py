@@ -18,7 +18,7 @@ Targets (issue 15): proxied ≥ 70% of direct, proxied REST ≥ 60% of native RE
 across runs (bench/RESULTS.md: the machine varies).
 
     python bench/proxy.py serve-upstream PORT     # the upstream, on its own
-    python bench/proxy.py instructions [--calls 2000] [--only grpc] [--keep DIR]   # instructions a call
+    python bench/proxy.py instructions [--calls 2000] [--only grpc|rest] [--keep DIR]   # instructions a call
     python bench/proxy.py cpu [--duration 5] [--rounds 2]             # CPU a call, per process (see below)
 
 Every mode takes ``--upstream grpclib|node``: the upstream is a grpclib server (the default, the one issue
@@ -305,13 +305,14 @@ def h2load_instructions(
 
 def instructions(
     calls: int,
-    only_grpc: bool = False,
+    only: str | None = None,
     upstream_kind: str = "grpclib",
     keep: Path | None = None,
     connections: int = 8,
 ) -> None:
-    """Instructions per call of each process (module docstring); ``only_grpc``: the proxied gRPC call alone
-    (the gateway and the upstream), a quicker count while working on the gateway's gRPC side;
+    """Instructions per call of each process (module docstring); ``only``: ``grpc``, the proxied gRPC call
+    alone (the gateway and the upstream), a quicker count while working on the gateway's gRPC side, or
+    ``rest``, the native REST GET and the proxied REST call alone (the REST proxy path's);
     ``connections``: h2load's (the clock mode's 64 batch more calls per turn of the event loops)."""
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -323,7 +324,7 @@ def instructions(
         upstream_argv = upstream_command(upstream_kind)
         figures: dict[str, float] = {}
 
-        if not only_grpc:
+        if only is None:
             port = free_port()
             direct = Counted([*upstream_argv, str(port)], tmp / "direct.out")
             wait_port(port, 300)
@@ -334,24 +335,27 @@ def instructions(
             )
             figures["upstream, called directly"] = direct.total(keep, "upstream direct") / calls
 
-        port, http, grpc = free_port(), free_port(), free_port()
         config = tmp / "gateway.yaml"
-        config.write_text(gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=port)))
-        upstream = Counted([*upstream_argv, str(port)], tmp / "upstream.out")
-        wait_port(port, 300)
         gateway_argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
-        gateway = Counted([*gateway_argv, "--log-level", "warning"], tmp / "gateway.out")
-        wait_port(grpc, 300)
-        wait_port(http, 300)
-        seed(http)
         key = {"x-api-key": KEY}
-        url = f"http://127.0.0.1:{grpc}{SAY}"
-        count_calls([gateway, upstream], url, calls, grpc_body, key, connections=connections)
-        figures["gateway, proxied gRPC"] = gateway.total(keep, "gateway proxied gRPC") / calls
-        figures["upstream, proxied gRPC"] = upstream.total(keep, "upstream proxied gRPC") / calls
+        if only != "rest":
+            port, http, grpc = free_port(), free_port(), free_port()
+            config.write_text(
+                gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=port))
+            )
+            upstream = Counted([*upstream_argv, str(port)], tmp / "upstream.out")
+            wait_port(port, 300)
+            gateway = Counted([*gateway_argv, "--log-level", "warning"], tmp / "gateway.out")
+            wait_port(grpc, 300)
+            wait_port(http, 300)
+            seed(http)
+            url = f"http://127.0.0.1:{grpc}{SAY}"
+            count_calls([gateway, upstream], url, calls, grpc_body, key, connections=connections)
+            figures["gateway, proxied gRPC"] = gateway.total(keep, "gateway proxied gRPC") / calls
+            figures["upstream, proxied gRPC"] = upstream.total(keep, "upstream proxied gRPC") / calls
 
         rest = [("native REST GET", VAR_PATH, None), ("proxied REST POST", SAY, json_body)]
-        for name, path, body in [] if only_grpc else rest:
+        for name, path, body in [] if only == "grpc" else rest:
             port, http, grpc = free_port(), free_port(), free_port()
             config.write_text(
                 gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=port))
@@ -541,7 +545,9 @@ def main() -> None:
     if sys.argv[1:2] == ["instructions"]:
         counting = argparse.ArgumentParser(prog="proxy.py instructions")
         counting.add_argument("--calls", type=int, default=2000)
-        counting.add_argument("--only", choices=["grpc"], help="the proxied gRPC call alone (quicker)")
+        counting.add_argument(
+            "--only", choices=["grpc", "rest"], help="the proxied gRPC call, or the two REST calls, alone"
+        )
         counting.add_argument("--upstream", choices=UPSTREAMS, default="grpclib")
         counting.add_argument(
             "--keep", type=Path, help="copy each process's callgrind output into this folder"
@@ -560,7 +566,7 @@ def main() -> None:
                 Counted.options.append(f"--LL={options.last_level},16,64")
         instructions(
             options.calls,
-            only_grpc=options.only == "grpc",
+            only=options.only,
             upstream_kind=options.upstream,
             keep=options.keep,
             connections=options.connections,

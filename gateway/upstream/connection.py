@@ -19,8 +19,11 @@ HTTP/2 (RFC 9113) itself, only as a gRPC client needs it:
   and what the upstream sends is credited back only once the caller has taken it (:meth:`Call.recv_message`),
   so a slow reader stops the upstream at its window, and nothing piles up here;
 - **streams**: the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` is respected (a call waits for a slot); a
-  call's deadline is sent as ``grpc-timeout`` and kept here too (its stream is reset when it passes:
-  ``TimeoutError``); a call left early (the client cancelled) resets its stream (RST_STREAM CANCEL);
+  call's deadline is sent as ``grpc-timeout`` and kept here too, on one timer per connection armed for the
+  nearest deadline (its stream is reset when it passes: ``TimeoutError``); a call left early (the client
+  cancelled) resets its stream (RST_STREAM CANCEL);
+- **unary answers** (REST's calls) are read whole (:meth:`Call.unary_reply`): the caller is woken once, when
+  the stream ends, not at each frame, and the request goes out with its HEADERS in one write;
 - **the connection** is made on the first call and made again on the next call after it is lost or the
   upstream sends GOAWAY; the calls it carried fail with ``StreamTerminatedError`` (UNAVAILABLE), as do
   streams the upstream resets. PINGs are answered; TLS negotiates ``h2`` by ALPN.
@@ -66,6 +69,10 @@ TABLE_SIZE = 4096
 #: The windows this client gives the upstream: what one stream, and the connection, may have in flight.
 STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
+#: How early the deadlines' timer may fire and still expire a call: the event loop's timers are kept in
+#: milliseconds (uvloop's, libuv's) and may run a fraction of one before the time asked, as a timer per call
+#: did; without it a timer due within the millisecond would be armed again and again until it passed.
+_TIMER_SLACK = 0.001
 #: The largest header list accepted from the upstream (bytes, as RFC 9113 counts them).
 MAX_HEADER_LIST = 64 * 1024
 USER_AGENT = "room-gateway"
@@ -239,15 +246,16 @@ class Call:
     __slots__ = (
         "_connection",
         "_error",
-        "_event",
         "_headers",
         "_initial",
         "_messages",
         "_pending",
-        "_timer",
         "_trailers",
+        "_waiter",
+        "_whole",
         "_window_event",
         "ended",
+        "expires",
         "finished",
         "initial_metadata",
         "sent_end",
@@ -262,13 +270,17 @@ class Call:
         self.stream_id = stream_id
         self.window = connection.peer_window  # what we may still send on this stream
         self.unacknowledged = 0  # bytes taken by the reader, not yet credited back to the stream
-        self._event = asyncio.Event()  # something arrived (headers, a message, the end, an error)
+        # The reader's wait for something to arrive (headers, a message, the end, an error): a bare future,
+        # made only when the reader has to wait (an ``asyncio.Event`` a call was ~6 Python frames a frame).
+        self._waiter: asyncio.Future[None] | None = None
+        self._whole = False  # read by :meth:`unary_reply`: woken at the end only, everything credited at once
         self._window_event: asyncio.Event | None = None
         self._headers: list[list[tuple[str, str]]] = []  # header lists received, not yet read
         self._pending = bytearray()  # DATA received, not yet a whole message
         self._messages: deque[tuple[RawMessage, int]] = deque()  # whole messages, and their bytes on the wire
         self._error: BaseException | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        #: The deadline, on the event loop's clock (kept by the connection: :meth:`_Connection.watch`)
+        self.expires: float | None = None
         self._initial: list[tuple[str, str]] | None = None
         self._trailers: list[tuple[str, str]] | None = None
         self.ended = False  # the upstream ended the stream (or it was reset, or the connection lost)
@@ -331,8 +343,19 @@ class Call:
         return self._headers.pop(0)
 
     async def _wait(self) -> None:
-        self._event.clear()
-        await self._event.wait()
+        """Wait until the connection tells the call something (:meth:`_wake`). One reader at a time: a
+        call's answer is read by one task (what :meth:`close` wakes, from another, is that reader)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = self._connection.loop.create_future()
+        await waiter
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def recv_initial_metadata(self) -> None:
         """Wait for the answer's headers (:attr:`initial_metadata`).
@@ -342,6 +365,10 @@ class Call:
         headers = await self._next_headers()
         if headers is None:
             raise StreamTerminatedError("the upstream ended the stream without headers")
+        self._initial_headers(headers)
+
+    def _initial_headers(self, headers: list[tuple[str, str]]) -> None:
+        """Check the answer's first headers (see :meth:`recv_initial_metadata`)."""
         values = dict(headers)
         status = values.get(":status")
         if status != "200":
@@ -358,7 +385,8 @@ class Call:
             self._finish(headers, values)
             return
         self._initial = headers
-        self.initial_metadata = metadata_of(headers)
+        if not self._whole:
+            self.initial_metadata = metadata_of(headers)
 
     async def recv_message(self) -> RawMessage | None:
         """The next reply message; ``None`` once the upstream has sent its last."""
@@ -391,10 +419,45 @@ class Call:
             self._trailers = headers
             self._finish(headers, dict(headers))
 
+    async def unary_reply(self) -> RawMessage | None:
+        """The one reply of a call, once the upstream has ended its stream, its status checked: what
+        :meth:`recv_message` then :meth:`recv_trailing_metadata` answer, with the same errors, after one
+        wake-up instead of one per frame. The metadata is not decoded (:attr:`initial_metadata` and
+        :attr:`trailing_metadata` stay empty: REST answers carry none). Flow control holds as the upstream
+        sends: what arrives is credited back at once (the whole answer is wanted anyway), and replies after
+        the first are dropped as they arrive, as :meth:`recv_trailing_metadata` drops them."""
+        self._whole = True
+        while not self.ended:
+            await self._wait()  # mostly once: the upstream's answer comes in one read
+        if self._initial is None:
+            if not self._headers:
+                self._raise_error()
+                raise StreamTerminatedError("the upstream ended the stream without headers")
+            self._initial_headers(self._headers.pop(0))
+        reply = None
+        messages = self._messages
+        if messages:  # arrived before :attr:`_whole` was set: not yet credited
+            reply = messages[0][0]
+            for _, size in messages:
+                self._connection.consumed(self, size)
+            messages.clear()
+        self._raise_error()
+        if self._trailers is None:
+            if self._pending:
+                raise GRPCError(Status.INTERNAL, "the upstream ended its stream inside a message")
+            if not self._headers:
+                raise StreamTerminatedError("the upstream ended the stream without trailers")
+            self._trailers = headers = self._headers.pop(0)
+            self._finish(headers, dict(headers))
+        return reply
+
     def _finish(self, headers: list[tuple[str, str]], values: dict[str, str]) -> None:
         self.finished = True
-        self.trailing_metadata = metadata_of(headers)
         raw = values.get("grpc-status")
+        if not self._whole:
+            self.trailing_metadata = metadata_of(headers)
+        if raw == "0":  # OK, the usual answer: no enum lookup
+            return
         if raw is None:
             raise GRPCError(Status.UNKNOWN, "Missing grpc-status header")
         try:
@@ -421,12 +484,18 @@ class Call:
         self._headers.append(headers)
         if end:
             self.ended = True
-        self._event.set()
+            self._wake()
+        elif not self._whole:
+            self._wake()
 
     def data_received(self, data: bytes | memoryview, flow: int, end: bool) -> None:
         pending = self._pending
         pending += data
         credit = flow  # the frame's whole length (padding included) counts against the window
+        whole = self._whole
+        if whole:  # taken at once (:meth:`unary_reply`)
+            self._connection.consumed(self, credit)
+            credit = 0
         while len(pending) >= 5:
             length = int.from_bytes(pending[1:5], "big")
             if len(pending) < 5 + length:
@@ -434,7 +503,8 @@ class Call:
             if pending[0]:
                 self.fail(GRPCError(Status.INTERNAL, "the upstream sent a compressed message"))
                 return
-            self._messages.append((RawMessage(pending[5 : 5 + length]), credit))
+            if not whole or not self._messages:  # a unary call's later replies are dropped
+                self._messages.append((RawMessage(pending[5 : 5 + length]), credit))
             credit = 0
             del pending[: 5 + length]
         if credit:  # part of a message: credited with the message it completes (or as soon as it ends)
@@ -445,32 +515,29 @@ class Call:
                 self._connection.consumed(self, credit)
         if end:
             self.ended = True
-        self._event.set()
+            self._wake()
+        elif not whole:
+            self._wake()
 
     def fail(self, error: BaseException) -> None:
         """End the call with ``error`` (a reset, a lost connection, the deadline)."""
         if self._error is None:
             self._error = error
         self.ended = True
-        self._event.set()
+        self._wake()
         self.window_opened()
 
     def close(self) -> None:
         """Leave the call: reset it upstream when it has not ended, and free its slot. A read still waiting
         (another task's) ends with ``StreamTerminatedError``."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.expires = None
         self._connection.release(self, reset=not (self.ended and self.sent_end))
         if not self.ended:
             self.fail(StreamTerminatedError("the call was closed"))
 
-    def deadline(self, timeout: float) -> None:
-        """Fail the call with ``TimeoutError`` (and reset it) once ``timeout`` seconds have passed."""
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._expired)
-
-    def _expired(self) -> None:
-        self._timer = None
+    def expired(self) -> None:
+        """The deadline passed (the connection's timer): fail the call with ``TimeoutError`` and reset it."""
+        self.expires = None
         if not self.finished:
             self.fail(TimeoutError("the upstream call's deadline passed"))
             self._connection.release(self, reset=True)
@@ -500,6 +567,11 @@ class _Connection(asyncio.Protocol):
         self.table = HeaderTable()  # what the upstream's decoder holds of our blocks
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.calls: dict[int, Call] = {}
+        self.loop = asyncio.get_running_loop()
+        # One timer for the calls' deadlines, armed for the nearest (:meth:`watch`): a timer per call was a
+        # uvloop timer made and cancelled every call.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self.next_id = 1
         self.window = _DEFAULT_WINDOW  # the connection's send window
         self.peer_window = _DEFAULT_WINDOW  # SETTINGS_INITIAL_WINDOW_SIZE of the peer
@@ -516,7 +588,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
-        self.transport = CoalescingTransport(transport, asyncio.get_running_loop())
+        self.transport = CoalescingTransport(transport, self.loop)
         settings = struct.pack(
             ">HLHLHLHL",
             _ENABLE_PUSH, 0,
@@ -562,13 +634,13 @@ class _Connection(asyncio.Protocol):
         if kind == _DATA:
             call = self.calls.get(stream_id)
             size = len(payload)
-            data = _unpadded(payload, flags)
+            data = _unpadded(payload) if flags & _PADDED else payload
             if call is None:  # a stream we reset: its bytes still count against the connection
                 self.consumed(None, size)
                 return
             call.data_received(data, size, bool(flags & _END_STREAM))
         elif kind == _HEADERS:
-            block = _unpadded(payload, flags)
+            block = _unpadded(payload) if flags & _PADDED else payload
             if flags & _PRIORITY_FLAG:
                 block = block[5:]
             if flags & _END_HEADERS:
@@ -650,26 +722,44 @@ class _Connection(asyncio.Protocol):
 
     # -- streams ---------------------------------------------------------------------------------------
 
-    async def open(self, fixed: Headers, seconds: float | None, metadata: bytes) -> Call:
-        """A new stream, its HEADERS written (the request stream stays open for messages)."""
+    async def slot(self) -> None:
+        """Wait until a stream may be opened (the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS``), or the
+        connection is lost."""
         while len(self.calls) >= self.max_streams and not self.lost:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self.loop.create_future()
             self.slot_waiters.append(waiter)
             try:
                 await waiter
             finally:
                 with contextlib.suppress(ValueError):
                     self.slot_waiters.remove(waiter)
+
+    def open(self, fixed: Headers, seconds: float | None, metadata: bytes, message: bytes | None) -> Call:
+        """A new stream (a slot free: :meth:`slot`), its HEADERS written, the deadline kept (:meth:`watch`);
+        with ``message``, the request too and the request stream ended, in the same write, when the windows
+        take it whole (:attr:`Call.sent_end`; else the caller sends it as they allow)."""
         if self.lost or self.going_away:
             raise StreamTerminatedError("Connection lost")
-        call = Call(self, self.next_id)
+        stream_id = self.next_id
+        call = Call(self, stream_id)
         self.next_id += 2
-        self.calls[call.stream_id] = call
+        self.calls[stream_id] = call
         headers = fixed.block(seconds, metadata, self.table)  # encoded as written: the table's order
         if len(headers) <= self.max_frame:
-            self.write(_frame(_HEADERS, _END_HEADERS, call.stream_id, headers))
+            frames = _frame(_HEADERS, _END_HEADERS, stream_id, headers)
         else:
-            self.write(self._split_headers(call.stream_id, headers))
+            frames = self._split_headers(stream_id, headers)
+        if seconds is not None:
+            self.watch(call, seconds)
+        if message is not None:
+            data = message_frame(message)
+            size = len(data)
+            if size <= call.window and size <= self.window and size <= self.max_frame:
+                call.window -= size
+                self.window -= size
+                frames += _frame(_DATA, _END_STREAM, stream_id, data)
+                call.sent_end = True
+        self.write(frames)
         return call
 
     def _split_headers(self, stream_id: int, headers: bytes) -> bytes:
@@ -681,6 +771,37 @@ class _Connection(asyncio.Protocol):
                 _frame(_CONTINUATION, _END_HEADERS if i == len(chunks) - 1 else 0, stream_id, chunk)
             )
         return b"".join(frames)
+
+    def watch(self, call: Call, seconds: float) -> None:
+        """Fail ``call`` with ``TimeoutError`` (and reset it) once ``seconds`` have passed."""
+        at = self.loop.time() + seconds
+        call.expires = at
+        timer = self._timer
+        if timer is None or at < self._timer_at:  # mostly not: a unary call's default deadline is the last's
+            if timer is not None:
+                timer.cancel()
+            self._arm(at)
+
+    def _arm(self, at: float) -> None:
+        self._timer = self.loop.call_at(at, self._expire)
+        self._timer_at = at
+
+    def _expire(self) -> None:
+        """The nearest deadline is due: expire the calls whose deadline has passed, and arm the timer for
+        the next (the calls since ended are gone from :attr:`calls`, their deadlines with them)."""
+        self._timer = None
+        now = self.loop.time() + _TIMER_SLACK
+        nearest: float | None = None
+        for call in list(self.calls.values()):
+            at = call.expires
+            if at is None:
+                continue
+            if at <= now:
+                call.expired()
+            elif nearest is None or at < nearest:
+                nearest = at
+        if nearest is not None and not self.lost:
+            self._arm(nearest)
 
     def send_data(self, call: Call, data: bytes, end: bool) -> None:
         call.window -= len(data)
@@ -709,7 +830,8 @@ class _Connection(asyncio.Protocol):
     def _forget(self, call: Call) -> None:
         self.calls.pop(call.stream_id, None)
         self.window_waiters.discard(call)
-        self._grant_slots()
+        if self.slot_waiters:
+            self._grant_slots()
         if self.going_away and not self.calls:
             self._close(_NO_ERROR, "")
 
@@ -741,6 +863,9 @@ class _Connection(asyncio.Protocol):
         if self.lost:
             return
         self.lost = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._on_lost(self)
         for call in list(self.calls.values()):
             call.fail(error)
@@ -754,9 +879,8 @@ class _ConnectionError(Exception):
     """The upstream broke HTTP/2: the connection is closed (GOAWAY PROTOCOL_ERROR)."""
 
 
-def _unpadded(payload: memoryview, flags: int) -> memoryview:
-    if not flags & _PADDED:
-        return payload
+def _unpadded(payload: memoryview) -> memoryview:
+    """A PADDED frame's payload without its padding."""
     if not payload:
         raise _ConnectionError("a padded frame without its pad length")
     pad = payload[0]
@@ -809,10 +933,11 @@ class UpstreamConnection:
             connection = await self._connect()
         if seconds is not None and seconds <= 0:
             raise TimeoutError("the deadline has passed")
-        call = await connection.open(self.headers(path), seconds, metadata)
-        if seconds is not None:
-            call.deadline(seconds)
-        if message is not None:
+        if len(connection.calls) >= connection.max_streams:
+            await connection.slot()
+        fixed = self._headers.get(path) or self.headers(path)
+        call = connection.open(fixed, seconds, metadata, message)
+        if message is not None and not call.sent_end:  # beyond a window or a frame: sent as they allow
             try:
                 await call.send_message(message, end=True)
             except BaseException:

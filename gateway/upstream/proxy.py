@@ -102,6 +102,8 @@ class UpstreamProxy:
         self._dispatcher = dispatcher
         self._metadata = encode_metadata(list(metadata.items()))  # the same for every call: encoded once
         self._forward = (*FORWARDED, *forward)
+        #: The forwarded keys as ASGI header names (REST calls: :class:`gateway.upstream.rest.UpstreamRoute`).
+        self.forwarded_names = frozenset(key.encode("latin-1") for key in self._forward)
         self._timeout = timeout
         limiter = dispatcher.limiter
         self._room_limit = limiter.check_room if limiter is not None and limiter.by_room else None
@@ -127,7 +129,8 @@ class UpstreamProxy:
         if request_id is not None:
             sent.append(("x-request-id", request_id))
         for key in self._forward:
-            sent.extend((key, value) for value in client.getall(key, ()))
+            for value in client.getall(key, ()):
+                sent.append((key, value))
         for key, value in sent:
             if isinstance(value, str) and _VALUE.fullmatch(value) is None:
                 raise InvalidArgument(f"metadata {key!r} is not printable ASCII")

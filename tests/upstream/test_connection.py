@@ -28,7 +28,8 @@ SMALL_WINDOW = 65_535  # HTTP/2's smallest initial window: a few messages fill i
 
 
 class Service:
-    """``/t.T/Chat`` echoes each message; ``/t.T/Slow`` answers after 0.2 s; ``/t.T/Many`` streams 200
+    """``/t.T/Chat`` echoes each message; ``/t.T/Slow`` answers after 0.2 s (``slow_cancelled`` when it is
+    cancelled); ``/t.T/Many`` streams 200
     messages of 10 KB; ``/t.T/Fail`` answers NOT_FOUND with details and trailing metadata."""
 
     def __init__(self) -> None:
@@ -36,6 +37,7 @@ class Service:
         self.most = 0
         self.sent = 0
         self.cancelled = asyncio.Event()
+        self.slow_cancelled = asyncio.Event()
 
     def __mapping__(self) -> dict[str, Handler]:
         return {
@@ -55,6 +57,9 @@ class Service:
         self.most = max(self.most, self.running)
         try:
             await asyncio.sleep(0.2)
+        except asyncio.CancelledError:
+            self.slow_cancelled.set()
+            raise
         finally:
             self.running -= 1
         await stream.send_message(request)
@@ -285,5 +290,148 @@ async def test_a_deadline_resets_the_call(served: tuple[Service, int]) -> None:
         async with await upstream.call("/t.T/Slow", b"", seconds=0.05, message=b"x") as call:
             with pytest.raises(TimeoutError):
                 await call.recv_message()
+    finally:
+        upstream.close()
+
+
+# -- unary_reply: the one reply of a call, read once the stream has ended (REST's unary calls) -----------
+
+
+async def test_a_unary_reply_and_its_status(served: tuple[Service, int]) -> None:
+    """The reply, and an error status with its message and details as the other readers raise it."""
+    _, port = served
+    upstream = UpstreamConnection("127.0.0.1", port)
+    try:
+        async with await upstream.call("/t.T/Slow", b"", seconds=5, message=b"hi") as call:
+            assert await call.unary_reply() == b"hi"
+            assert call.finished
+        async with await upstream.call("/t.T/Fail", b"", message=b"x") as call:
+            with pytest.raises(GRPCError) as failed:
+                await call.unary_reply()  # trailers-only
+        assert failed.value.status is Status.NOT_FOUND
+        assert failed.value.message == "no such thing: é"
+        assert failed.value.details == RawDetails(b"\x08\x05")
+        assert call.trailing_metadata == []  # not decoded: REST answers carry none
+    finally:
+        upstream.close()
+
+
+async def test_a_unary_reply_credits_what_arrives(
+    small_stream_window: int, served: tuple[Service, int]
+) -> None:
+    """2 MB of replies through a 100 kB stream window: read at the end only, the stream would stop at the
+    window unless what arrives is credited back at once; the first reply is kept, the others dropped."""
+    service, port = served
+    upstream = UpstreamConnection("127.0.0.1", port)
+    try:
+        async with await upstream.call("/t.T/Many", b"", message=b"go") as call:
+            async with asyncio.timeout(20):  # a window never credited back would hang here
+                assert await call.unary_reply() == b"m" * 10_000
+        assert service.sent == 200
+    finally:
+        upstream.close()
+
+
+async def test_a_cancelled_unary_reply_resets_the_call(served: tuple[Service, int]) -> None:
+    """The reader is cancelled (a REST client gone, the edge's deadline): the stream is reset upstream,
+    whose handler is cancelled, and the connection serves the next call."""
+    service, port = served
+    upstream = UpstreamConnection("127.0.0.1", port)
+    try:
+
+        async def one() -> bytes | None:
+            async with await upstream.call("/t.T/Slow", b"", message=b"x") as call:
+                return await call.unary_reply()
+
+        task = asyncio.create_task(one())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(service.slow_cancelled.wait(), 5)
+        assert await one() == b"x"
+    finally:
+        upstream.close()
+
+
+# -- deadlines: one timer per connection, armed for the nearest ---------------------------------------
+
+
+@pytest.fixture
+async def silent() -> AsyncIterator[tuple[int, bytearray]]:
+    """An upstream that reads and never answers (so only the client's own deadline ends a call), and what
+    it has read."""
+    received = bytearray()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65_536):
+            received.extend(data)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1], received
+    server.close()
+
+
+def _resets(data: bytes) -> dict[int, int]:
+    """The RST_STREAM frames among what the client wrote: stream id → error code."""
+    pos, found = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), {}
+    while pos + 9 <= len(data):
+        length = int.from_bytes(data[pos : pos + 3], "big")
+        kind, stream_id = data[pos + 3], int.from_bytes(data[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+        if kind == 0x3:
+            found[stream_id] = int.from_bytes(data[pos + 9 : pos + 13], "big")
+        pos += 9 + length
+    return found
+
+
+async def test_each_deadline_expires_its_own_call(silent: tuple[int, bytearray]) -> None:
+    """Deadlines of 0.6, 0.2 (earlier than the timer's: it is armed again) and 0.4 s on one connection,
+    and a call without one: each call with a deadline fails with TimeoutError at its own time and is
+    reset (RST_STREAM CANCEL); the call without one is left alone."""
+    port, received = silent
+    upstream = UpstreamConnection("127.0.0.1", port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ended: dict[float | None, float] = {}
+
+    async def one(seconds: float | None) -> None:
+        async with await upstream.call("/t.T/Slow", b"", seconds=seconds, message=b"x") as call:
+            try:
+                with pytest.raises(TimeoutError):
+                    await call.unary_reply()
+            finally:
+                ended[seconds] = loop.time() - started
+
+    try:
+        calls = [asyncio.create_task(one(s)) for s in (0.6, 0.2, 0.4)]
+        endless = asyncio.create_task(one(None))
+        async with asyncio.timeout(10):
+            await asyncio.gather(*calls)
+        await asyncio.sleep(0.1)
+        assert not endless.done()
+        endless.cancel()
+        assert ended[0.2] < ended[0.4] < ended[0.6] < 3
+        for seconds in (0.2, 0.4, 0.6):
+            assert ended[seconds] >= seconds - 0.002  # the event loop's timers are kept in milliseconds
+        await asyncio.sleep(0.1)
+        assert _resets(bytes(received)) == {1: 0x8, 3: 0x8, 5: 0x8, 7: 0x8}  # the cancelled one too
+    finally:
+        upstream.close()
+
+
+async def test_a_deadline_after_the_timer_fired_for_none(silent: tuple[int, bytearray]) -> None:
+    """A call finished before its deadline leaves the timer armed; when it fires for nobody, a later call's
+    deadline is kept all the same."""
+    port, _ = silent
+    upstream = UpstreamConnection("127.0.0.1", port)
+    try:
+        async with await upstream.call("/t.T/Slow", b"", seconds=0.1, message=b"x"):
+            pass  # left at once: reset, its deadline gone with it
+        await asyncio.sleep(0.2)  # the timer fires and finds no call
+        async with await upstream.call("/t.T/Slow", b"", seconds=0.2, message=b"x") as call:
+            async with asyncio.timeout(5):
+                with pytest.raises(TimeoutError):
+                    await call.unary_reply()
     finally:
         upstream.close()

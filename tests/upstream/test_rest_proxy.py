@@ -193,3 +193,35 @@ def test_metrics_name_the_method_and_count_open_streams(front: GatewayProcess) -
         while metric("room_gateway_streams_open", "Repeat") != 0.0:
             assert time.monotonic() < deadline, "the stream is still counted open after the client left"
             time.sleep(0.05)
+
+
+def test_a_rest_deadline_and_an_upstream_that_comes_back(
+    start_echo: StartEcho, start_front: StartFront
+) -> None:
+    """A REST call past the upstream's ``timeout_seconds`` is 504 DEADLINE_EXCEEDED (its stream reset, the
+    connection serving on); the upstream stopped, calls are 503; back on the same port, they succeed again
+    without a restart."""
+    echo = start_echo()
+    front = start_front(front_config(echo_upstream(echo.port, timeout=0.5)))
+
+    def say(body: str) -> tuple[int, Any]:
+        status, text = curl(
+            "-X", "POST", f"{front.http_url}/v1/rooms/r/say", "-H", f"X-API-Key: {ADMIN_KEY}",
+            "-H", "Content-Type: application/json", "-d", body,
+        )  # fmt: skip
+        return status, json.loads(text)
+
+    assert say('{"text": "one"}') == (200, {"text": "one", "room": "r", "index": 0})
+    started = time.monotonic()
+    status, late = say('{"text": "late", "delayMs": 3000}')
+    assert (status, late["error"]["status"]) == (504, "DEADLINE_EXCEEDED")
+    assert time.monotonic() - started < 2.5
+    assert say('{"text": "two"}') == (200, {"text": "two", "room": "r", "index": 0})
+    echo.stop()
+    status, down = say('{"text": "down"}')
+    assert (status, down["error"]["status"]) == (503, "UNAVAILABLE")
+    start_echo(echo.port)  # back, on the same port
+    deadline = time.monotonic() + 10
+    while (status := say('{"text": "back"}')[0]) != 200:
+        assert status == 503 and time.monotonic() < deadline
+        time.sleep(0.1)
