@@ -7,11 +7,12 @@ all it was handed since it last looked with one ``write`` and one ``flush``: one
 (the access log) would otherwise cost a wake-up of the writer and a system call per call, each fighting the
 event loop for the GIL (:class:`LogWriter`).
 
-Access lines take a shorter way (:func:`line_sink`) when the process logs through the gateway's own writer
-and nothing else listens: the line is formatted on the loop (a ``%``-format and, per second, one
+Access lines take a shorter way (:func:`write_info`) when the process logs through the gateway's own writer
+in ``text`` and nothing else listens: the line is made on the loop (one f-string and, per second, one
 ``strftime``) and handed to the writer as a string, with no :class:`logging.LogRecord` and no trip through
 the logging machinery; the writer only joins and writes. Whenever a handler or filter is attached anywhere
-between the access logger and the root (tests, embedders), records go the usual way.
+between the access logger and the root (tests, embedders), records go the usual way. A ``json`` line
+takes a like way (:func:`line_sink`, then :meth:`_Sink.write_json`).
 
 Formats (``logging.format``): ``text`` (:class:`TextFormatter`, the time first) or ``json``
 (:class:`JsonFormatter`, one object a line). Every record made during a call carries the call's request id
@@ -144,6 +145,7 @@ class _WriterHandler(logging.Handler):
 
     def __init__(self, writer: LogWriter) -> None:
         super().__init__()
+        self.writer = writer
         self.put = writer.put
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -192,9 +194,14 @@ class LogWriter:
         # Wake the writer unless it is awake already (it says it is not, then drains to empty, so an item
         # appended after that is taken now or by the next wake-up). Not "the list's length is 1": two
         # threads appending at once would both see 2, and their lines would wait for the next item.
+        # (write_info appends and checks the same way, without this call.)
         if not self._awake:
-            self._awake = True
-            self._release()
+            self.wake()
+
+    def wake(self) -> None:
+        """Wake the writer, asleep since it last found nothing held (an item was just appended)."""
+        self._awake = True
+        self._release()
 
     def _release(self) -> None:
         try:
@@ -292,41 +299,26 @@ def _head_tails(name: str) -> tuple[str, ...]:
 
 
 class _Sink:
-    """Where :func:`line_sink` hands lines: the gateway's handler, and how its writer formats."""
+    """Where :func:`write_info` and :func:`line_sink` hand lines: the gateway's handler and writer, and how
+    the writer formats."""
 
-    __slots__ = ("_head", "format", "handler", "handlers", "put")
+    __slots__ = ("_head", "_held", "_writer", "format", "handler", "handlers")
 
     def __init__(self, handler: _WriterHandler, format: Literal["text", "json"]) -> None:
         self.handler = handler
         #: What the root's handlers are while lines may take this way (compared as a list: one C call).
         self.handlers: list[logging.Handler] = [handler]
         self.format = format
-        #: Hand the writer a whole line (one beginning with :meth:`head`).
-        self.put = handler.put
+        #: The writer, and the list it takes lines from (appended to by :func:`write_info` itself).
+        self._writer = handler.writer
+        self._held = handler.writer._held
         #: The current second's head: where it began on the monotonic clock (``time.perf_counter``), its
         #: text, the logger's tails, the logger's name (one tuple, replaced whole).
         self._head: tuple[float, str, tuple[str, ...], str] = (-math.inf, "", (), "")
 
-    def write_text(self, logger: logging.Logger, message: str) -> None:
-        """Write what ``logger.info(message)`` would, formatted here (``text``: TextFormatter's line)."""
-        self.put(self.head(logger) + message)
-
-    def head(self, logger: logging.Logger) -> str:
-        """What a ``text`` line of ``logger`` written now starts with: ``2026-12-01T10:00:00.123Z
-        room_gateway.access: `` (a caller making the rest of the line hands the whole to :attr:`put`).
-
-        The second's text and the logger's millisecond tails are kept, and the wall clock is read once a
-        second: within it, a line's millisecond is the monotonic clock's time since (float arithmetic and
-        an index, where a millisecond's text from ``time_ns`` per line was ~2.5k instructions). A wall
-        clock set forward or back shows from the next second on.
-        """
-        start, text, tails, name = self._head
-        into = (time.perf_counter() - start) * 1000.0
-        if 0.0 <= into < 1000.0 and name == logger.name:
-            return text + tails[into.__floor__()]
-        return self._new_head(logger)
-
     def _new_head(self, logger: logging.Logger) -> str:
+        """:func:`write_info`'s head of a line of ``logger`` in a second (or of a logger) not kept: the
+        wall clock read, and the second's text made, once a second."""
         now, wall = time.perf_counter(), time.time()
         second = math.floor(wall)
         start = now - (wall - second)
@@ -344,6 +336,59 @@ class _Sink:
 
 
 _sink: _Sink | None = None
+
+
+_INFO = logging.INFO
+
+
+def write_info(logger: logging.Logger, message: str, now: float | None = None) -> bool:
+    """Write what ``logger.info(message)`` would, as a ``text`` line made here with no
+    :class:`logging.LogRecord` (``TextFormatter``'s line: time, logger, message), when the gateway's writer
+    alone would handle it (:func:`line_sink`) in ``text`` and INFO is enabled for ``logger``; else write
+    nothing and return ``False`` (the caller logs the usual way, or not at all).
+
+    Checked per line, so a handler, filter, level or ``logging.disable`` set later applies from the next
+    line on. The usual shape — ``logger`` right under the root with nothing attached, the root's handlers
+    exactly the writer's, INFO enabled — is checked in one expression; the call is the line's one frame
+    here (the level, the check, the head and the hand-over to the writer were a call each: ~1k
+    instructions of the line in all).
+
+    The line's head — ``2026-12-01T10:00:00.123Z room_gateway.access: `` — comes from the second's text
+    and the logger's millisecond tails, kept; the wall clock is read once a second: within it, a line's
+    millisecond is the monotonic clock's time since (float arithmetic and an index, where a millisecond's
+    text from ``time_ns`` per line was ~2.5k instructions). A wall clock set forward or back shows from the
+    next second on.
+
+    :param now: ``time.perf_counter()`` read by the caller just before (the end of the call the line is
+        about), for one clock reading less.
+    """
+    sink = _sink
+    if sink is None:
+        return False
+    root = logging.root
+    if not (
+        logger.parent is root
+        and not (logger.handlers or logger.filters or logger.disabled or root.filters)
+        and logger.propagate
+        and root.handlers == sink.handlers
+        and sink.format == "text"
+        # isEnabledFor(INFO) (``disabled`` checked above) from the level cache it keeps, which setLevel
+        # and logging.disable clear (private, in CPython since 3.7; half the call's ~0.8k instructions).
+        and (logger._cache.get(_INFO) or logger.isEnabledFor(_INFO))  # type: ignore[attr-defined]
+    ) and (sink.format != "text" or line_sink(logger) is not sink or not logger.isEnabledFor(_INFO)):
+        return False
+    start, text, tails, name = sink._head
+    into = ((time.perf_counter() if now is None else now) - start) * 1000.0
+    if 0.0 <= into < 1000.0 and name == logger.name:
+        line = f"{text}{tails[into.__floor__()]}{message}"  # one string made, head and message
+    else:
+        line = sink._new_head(logger) + message
+    # LogWriter.put, without its call: appended, then the writer woken unless it is awake already.
+    sink._held.append(line)
+    writer = sink._writer
+    if not writer._awake:
+        writer.wake()
+    return True
 
 
 def line_sink(logger: logging.Logger) -> _Sink | None:

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from starlette.types import Scope
 
 from gateway.auth.policy import Principal
-from gateway.logs import line_sink
+from gateway.logs import line_sink, write_info
 
 LOGGER_NAME = "room_gateway.access"
 log = logging.getLogger(LOGGER_NAME)
@@ -88,6 +88,8 @@ def _safe_name(name: str) -> str:
 _LINE = "%s %s %s key=%s %.1fms client=%s request_id=%s%s"  # gRPC's line, and any record's message
 #: ``0.0ms`` … ``99.9ms``: the usual latencies' text, made once (a float's ``%.1f`` was ~5k instructions).
 _LATENCIES = tuple(f"{tenths // 10}.{tenths % 10}ms" for tenths in range(1000))
+#: ``"100"`` … ``"599"``: the statuses' text, made once (an int formatted in the line was ~0.7k instructions).
+_STATUSES: dict[int | str, int | str] = {status: str(status) for status in range(100, 600)}
 
 
 def http_text(
@@ -99,19 +101,16 @@ def http_text(
     client: str,
     request_id: str,
     trace_id: str | None,
-    head: str = "",
 ) -> str:
     """A REST call's line, ``GET /v1/rooms/lobby 200 key=admin 1.3ms client=127.0.0.1 request_id=…``, from
-    fields made safe already (:func:`logged_path`, :func:`key_name`), after ``head`` (a text line's time
-    and logger, :meth:`gateway.logs._Sink.head`: the whole line made at once)."""
+    fields made safe already (:func:`logged_path`, :func:`key_name`)."""
     # Tenths of a millisecond, rounded as %.1f rounds; __round__ is a method call, where int() or round()
     # of a float cost a type's or a builtin's call, ~1k instructions.
     tenths = (seconds * 10000).__round__()
     latency = _LATENCIES[tenths] if tenths < 1000 else f"{tenths // 10}.{tenths % 10}ms"
     trace = f" trace_id={trace_id}" if trace_id else ""
-    return (
-        f"{head}{method} {path} {status} key={key} {latency} client={client} request_id={request_id}{trace}"
-    )
+    status = _STATUSES.get(status, status)
+    return f"{method} {path} {status} key={key} {latency} client={client} request_id={request_id}{trace}"
 
 
 class AccessLine(NamedTuple):
@@ -178,16 +177,20 @@ class AccessLine(NamedTuple):
         return fields
 
 
-def write_access_line(logger: logging.Logger, line: AccessLine) -> None:
+def write_access_line(logger: logging.Logger, line: AccessLine, text: str | None = None) -> None:
     """Write one access line of either transport (its fields attached as ``record.access``)::
 
     GET /v1/rooms/lobby 200 key=admin 1.3ms client=127.0.0.1 request_id=4f1c0a9e2b7d3c58
     grpc /roomgateway.v1.RoomService/GetRoom OK key=admin 0.8ms client=127.0.0.1 request_id=…
+
+    :param text: ``line.text()``, when the caller made it already.
     """
+    if text is None:
+        text = line.text()
+    if write_info(logger, text):  # text format, only the gateway's writer listening: the line itself
+        return
     sink = line_sink(logger)
-    if sink is None:  # other handlers listen: a record, as any logger call makes
+    if sink is None or sink.format == "text":  # other handlers listen: a record, as any logger call makes
         logger.info(_LINE, *line._args(line.transport == "http"), extra={"access": line.fields()})
-    elif sink.format == "text":  # only the gateway's writer listens: the line itself (gateway.logs)
-        sink.write_text(logger, line.text())
-    else:
-        sink.write_json(logger, line.text(), line.fields())
+    elif logger.isEnabledFor(logging.INFO):  # json, only the gateway's writer listening
+        sink.write_json(logger, text, line.fields())

@@ -9,7 +9,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -200,12 +200,32 @@ def test_a_line_put_beside_another_threads_append_wakes_the_writer() -> None:
     assert written_before_stop == ["other thread", "ours"]
 
 
+def _heads(monkeypatch: pytest.MonkeyPatch) -> Callable[[logging.Logger], str]:
+    """What a text line of a logger written now starts with (``write_info``'s line of an empty message),
+    the process's logging being a writer's alone, at INFO (pytest's log capture taken off the root)."""
+    from gateway import logs
+
+    writer = LogWriter(io.StringIO(), Formatter())  # not started: lines stay held
+    handler = _WriterHandler(writer)
+    monkeypatch.setattr(logs, "_sink", logs._Sink(handler, "text"))
+    monkeypatch.setattr(logging.root, "handlers", [handler])
+    monkeypatch.setattr(logging.root, "level", logging.INFO)
+
+    def head(logger: logging.Logger) -> str:
+        assert logs.write_info(logger, "")
+        line = writer._held.pop()
+        assert isinstance(line, str)
+        return line
+
+    return head
+
+
 def test_a_lines_head_is_its_own_millisecond_and_logger(monkeypatch: pytest.MonkeyPatch) -> None:
     """The head kept from the last line (same second, same logger) never stands for another's: its
     millisecond is the monotonic clock's since the wall clock was read."""
     from gateway import logs
 
-    sink = logs._Sink(_WriterHandler(LogWriter(io.StringIO(), Formatter())), "text")
+    head = _heads(monkeypatch)
     access, other = logging.getLogger("room_gateway.access"), logging.getLogger("room_gateway.other")
     base = 1_800_000_000  # 2027-01-15T08:00:00Z
     heads = []
@@ -220,7 +240,7 @@ def test_a_lines_head_is_its_own_millisecond_and_logger(monkeypatch: pytest.Monk
     ]:
         monkeypatch.setattr(logs.time, "perf_counter", lambda t=moment: 5000.0 + t)
         monkeypatch.setattr(logs.time, "time", lambda t=moment: base + t)
-        heads.append(sink.head(logger))
+        heads.append(head(logger))
     assert heads == [
         "2027-01-15T08:00:00.000Z room_gateway.access: ",
         "2027-01-15T08:00:00.000Z room_gateway.access: ",
@@ -294,14 +314,14 @@ def test_a_lines_head_after_the_wall_clock_steps(monkeypatch: pytest.MonkeyPatch
     shows from the next second on, and the monotonic clock never makes a second's text run past it."""
     from gateway import logs
 
-    sink = logs._Sink(_WriterHandler(LogWriter(io.StringIO(), Formatter())), "text")
+    head = _heads(monkeypatch)
     access = logging.getLogger("room_gateway.access")
     base = 1_800_000_000  # 2027-01-15T08:00:00Z
     heads = []
     for moment, step in [(0.5, 1.0), (0.6, -1.0), (1.2, -1.0), (1.3, 30.0), (2.25, 30.0)]:
         monkeypatch.setattr(logs.time, "perf_counter", lambda t=moment: 5000.0 + t)
         monkeypatch.setattr(logs.time, "time", lambda t=moment, s=step: base + t + s)
-        heads.append(sink.head(access))
+        heads.append(head(access))
     assert heads == [
         "2027-01-15T08:00:01.500Z room_gateway.access: ",
         "2027-01-15T08:00:01.600Z room_gateway.access: ",  # set back 2 s: seen from the next second
@@ -340,3 +360,73 @@ def test_the_writer_stays_awake_while_lines_keep_coming() -> None:
         assert "after a sleep\n" in stream.getvalue() and len(wake_ups) == before + 1
     finally:
         writer.stop()
+
+
+def test_a_level_set_or_logging_disabled_at_runtime_applies_from_the_next_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """write_info checks the level per line from the logger's level cache: setLevel (the logger's or the
+    root's) and logging.disable, which clear that cache, take its lines off from the next one; lines it
+    writes wake the writer as ``put`` does."""
+    from gateway import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logs._sink
+    stream = io.StringIO()
+    monkeypatch.setattr(logs.sys, "stderr", stream)
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):  # configure_logging's
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    writer = logs.configure_logging("info", "text")
+    top = logging.getLogger("room_gateway_test_levels")  # right under the root
+    try:
+        assert logs.write_info(top, "first") and logs.write_info(top, "cached")  # the cache filled, then read
+        for off, on in [
+            (lambda: top.setLevel(logging.WARNING), lambda: top.setLevel(logging.NOTSET)),
+            (lambda: root.setLevel(logging.WARNING), lambda: root.setLevel(logging.INFO)),
+            (lambda: logging.disable(logging.INFO), lambda: logging.disable(logging.NOTSET)),
+        ]:
+            off()
+            assert not logs.write_info(top, "off") and not top.isEnabledFor(logging.INFO)
+            on()
+            assert logs.write_info(top, "on")
+        deadline = time.monotonic() + 20 * LINGER_SECONDS
+        while stream.getvalue().count("\n") < 5 and time.monotonic() < deadline:  # woken by write_info
+            time.sleep(LINGER_SECONDS / 4)
+        written_before_stop = [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()]
+    finally:
+        logging.disable(logging.NOTSET)
+        writer.stop()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logs._sink = saved[2]
+    assert written_before_stop == ["first", "cached", "on", "on", "on"]
+
+
+def test_write_info_leaves_json_and_other_listeners_to_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the json format, or a handler attached under the root, write_info writes nothing."""
+    from gateway import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logs._sink
+    monkeypatch.setattr(logs.sys, "stderr", io.StringIO())
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):  # configure_logging's
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    child = logging.getLogger("room_gateway_test_json.child")
+    parent = logging.getLogger("room_gateway_test_json")
+    try:
+        writer = logs.configure_logging("info", "json")
+        assert not logs.write_info(child, "x") and logs.line_sink(child) is logs._sink
+        writer.stop()
+        writer = logs.configure_logging("info", "text")
+        assert logs.write_info(child, "x")  # under a parent: the walk finds nothing attached
+        extra = logging.NullHandler()
+        parent.addHandler(extra)
+        try:
+            assert not logs.write_info(child, "x")
+        finally:
+            parent.removeHandler(extra)
+    finally:
+        writer.stop()
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logs._sink = saved[2]
