@@ -184,9 +184,7 @@ async def _serve_main_listeners(
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await grpc_calls.finish(force)
-        if force.is_set():
-            http.force_exit = True
-        await http_task
+        await _http_drained(http, http_task, force)
     finally:
         gateway.grpc_server.close()  # cancels the gRPC calls still running
         await gateway.grpc_server.wait_closed()
@@ -195,6 +193,40 @@ async def _serve_main_listeners(
             http_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, SystemExit):
                 await http_task
+
+
+#: After a forced stop, how long requests cut off from their clients get to end (they only unwind).
+_FORCED_CALLS_SECONDS = 1.0
+
+
+async def _http_drained(http: uvicorn.Server, http_task: asyncio.Task[None], force: asyncio.Event) -> None:
+    """Wait for uvicorn's own drain (the requests in flight, up to the grace), cut short by ``force`` —
+    which may come while it waits: uvicorn reads ``force_exit`` between its checks, not only before."""
+    if not force.is_set():
+        forced = asyncio.create_task(force.wait())
+        try:
+            await asyncio.wait({http_task, forced}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
+    if force.is_set():
+        http.force_exit = True
+    await http_task
+    if http.force_exit:
+        # What uvicorn no longer waits for is ended here, while the loop still runs: each request still in
+        # flight sees its client disconnect (and ends as a disconnected call does) instead of being
+        # cancelled when the loop closes, which uvicorn logs as an error with a traceback.
+        state = http.server_state
+        for connection in list(state.connections):
+            connection.transport.close()
+        if state.tasks:
+            await asyncio.wait(set(state.tasks), timeout=_FORCED_CALLS_SECONDS)
+        # A forced uvicorn skips the application's lifespan shutdown and leaves its lifespan task waiting
+        # for that message; cancelled when the loop closes, uvicorn logs it as an error with a traceback.
+        # The gateway's lifespan has nothing to wait for, so end it as uvicorn would have.
+        lifespan = getattr(http, "lifespan", None)
+        done = getattr(lifespan, "shutdown_event", None)
+        if lifespan is not None and isinstance(done, asyncio.Event) and not done.is_set():
+            await lifespan.shutdown()
 
 
 class _HttpServer(uvicorn.Server):

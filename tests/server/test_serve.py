@@ -148,3 +148,29 @@ def test_the_log_never_shows_the_key(start_gateway: StartGateway) -> None:
     gateway.terminate()
     assert gateway.wait(15) == 0
     assert KEY not in gateway.log
+
+
+async def test_a_second_sigterm_stops_at_once_without_a_traceback(start_gateway: StartGateway) -> None:
+    """The forced stop skips uvicorn's wait for the application's shutdown; the lifespan is still ended,
+    rather than left waiting for a message and then cancelled with the loop (which uvicorn logs as an
+    error with its traceback)."""
+    gateway = start_gateway(grace=30)
+    host, port = gateway.http_url.removeprefix("http://").rsplit(":", 1)
+    # A request whose body is still coming: the drain waits for it (up to the 30 s grace).
+    with socket.create_connection((host, int(port)), timeout=10) as held:
+        held.sendall(
+            b"PUT /v1/rooms/lobby/variables/v HTTP/1.1\r\nHost: gw\r\nX-API-Key: "
+            + KEY.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        await asyncio.sleep(0.3)
+        gateway.terminate()
+        await asyncio.sleep(0.5)  # the drain has begun, the request still open
+        started = time.monotonic()
+        gateway.terminate()
+        code = await asyncio.to_thread(gateway.wait, 20)
+    assert code == 0, gateway.log
+    assert time.monotonic() - started < 10, "the second SIGTERM did not cut the 30 s grace short"
+    assert "SIGTERM again" in gateway.log
+    assert "Traceback" not in gateway.log, gateway.log
+    assert "stopped" in gateway.lines[-1]
