@@ -152,20 +152,29 @@ def test_the_scripts_complete_the_wire_head_without_decoding_values() -> None:
     )
 
 
+async def outbox_room(url: str, name: str) -> tuple[RedisBackend, str, Room]:
+    """An open backend with one webhook endpoint (``name-…``) for every change, and a room created in it
+    (its ``room.created`` message queued)."""
+    from gateway.core.outbox import Outbox, Route
+
+    backend = RedisBackend(url)
+    endpoint = f"{name}-{uuid.uuid4().hex[:6]}"
+    backend.outbox = Outbox([Route(endpoint)])
+    await backend.open()
+    room = fresh_room(name)
+    await backend.create_room(room)
+    return backend, endpoint, room
+
+
 def test_claims_read_back_the_stored_records_exactly(redis_server: str, session_prefix: str) -> None:
     # The claim's reply is cjson's array of the stored strings: a value that cjson would change if it
     # decoded it (a big integer, an empty object, escapes, non-ASCII) comes back as written, and so does
     # the previous value.
-    from gateway.core.outbox import Attempt, Outbox, Route, Settled
+    from gateway.core.outbox import Attempt, Settled
 
     async def main() -> None:
-        backend = RedisBackend(backend_url(redis_server, session_prefix))
-        endpoint = f"exact-{uuid.uuid4().hex[:6]}"
-        backend.outbox = Outbox([Route(endpoint)])
-        await backend.open()
+        backend, endpoint, room = await outbox_room(backend_url(redis_server, session_prefix), "exact")
         try:
-            room = fresh_room("exact")
-            await backend.create_room(room)
             before = {"n": 12345678901234567890123, "empty": {}, "list": []}
             after = {"text": 'é😀 "quoted" \\ / \t\u0001', "n": 2**63 + 1, "f": 0.1, "empty": {}}
             await backend.set_variable(room.room_id, "v", before, expected_version=None, now=NOW)
@@ -254,19 +263,25 @@ async def open_backends(url: str, count: int, **kwargs: Any) -> list[RedisBacken
     return backends
 
 
+def counted_commands(backend: RedisBackend) -> list[str]:
+    """The names of the commands ``backend`` sends from now on, in order (a round trip each)."""
+    calls: list[str] = []
+    client = backend._redis
+    original = client.execute_command
+
+    async def counted(*args: Any, **options: Any) -> Any:
+        calls.append(str(args[0]))
+        return await original(*args, **options)
+
+    client.execute_command = counted  # type: ignore[method-assign]
+    return calls
+
+
 def test_every_write_is_one_round_trip(redis_server: str, session_prefix: str) -> None:
     async def main() -> None:
         [backend] = await open_backends(backend_url(redis_server, session_prefix), 1)
         try:
-            calls: list[str] = []
-            client = backend._redis
-            original = client.execute_command
-
-            async def counted(*args: Any, **options: Any) -> Any:
-                calls.append(str(args[0]))
-                return await original(*args, **options)
-
-            client.execute_command = counted  # type: ignore[method-assign]
+            calls = counted_commands(backend)
             room = fresh_room()
             await backend.create_room(room)
             await backend.set_variable(room.room_id, "x", 1, expected_version=None, now=NOW)
@@ -283,16 +298,11 @@ def test_every_write_is_one_round_trip(redis_server: str, session_prefix: str) -
 def test_a_batch_of_settles_is_one_script(redis_server: str, session_prefix: str) -> None:
     # The deliverers settle what ended meanwhile at once: one EVALSHA for the batch, whatever its size
     # (it was one a settle, pipelined), and a stale attempt in it is told apart.
-    from gateway.core.outbox import Attempt, Outbox, Route, Settled
+    from gateway.core.outbox import Attempt, Settled
 
     async def main() -> None:
-        backend = RedisBackend(backend_url(redis_server, session_prefix))
-        endpoint = f"batch-{uuid.uuid4().hex[:6]}"
-        backend.outbox = Outbox([Route(endpoint)])
-        await backend.open()
+        backend, endpoint, room = await outbox_room(backend_url(redis_server, session_prefix), "batch")
         try:
-            room = fresh_room("batch")
-            await backend.create_room(room)
             for i in range(20):
                 await backend.set_variable(room.room_id, f"v{i}", i, expected_version=None, now=NOW)
             claimed = await backend.outbox_claim(endpoint, now=NOW, lease_seconds=30, limit=100)
@@ -300,15 +310,7 @@ def test_a_batch_of_settles_is_one_script(redis_server: str, session_prefix: str
             stale = dataclasses.replace(claimed[3], attempts=0)  # an attempt claimed again since
             settled = [Settled(m, Attempt(NOW, 204, 1.0)) for m in claimed]
             settled[3] = Settled(stale, Attempt(NOW, 204, 1.0))
-            calls: list[str] = []
-            client = backend._redis
-            original = client.execute_command
-
-            async def counted(*args: Any, **options: Any) -> Any:
-                calls.append(str(args[0]))
-                return await original(*args, **options)
-
-            client.execute_command = counted  # type: ignore[method-assign]
+            calls = counted_commands(backend)
             states = await backend.outbox_settle(settled)
             assert calls == ["EVALSHA"]
             assert [state is None for state in states] == [i == 3 for i in range(21)]
