@@ -338,7 +338,10 @@ def instructions(
         config = tmp / "gateway.yaml"
         gateway_argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
         key = {"x-api-key": KEY}
-        if only != "rest":
+
+        def counted_pair() -> tuple[Counted, Counted, int, int]:
+            """A counted upstream and a counted gateway in front of it, seeded: both, and the gateway's
+            HTTP and gRPC ports."""
             port, http, grpc = free_port(), free_port(), free_port()
             config.write_text(
                 gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=port))
@@ -349,6 +352,10 @@ def instructions(
             wait_port(grpc, 300)
             wait_port(http, 300)
             seed(http)
+            return gateway, upstream, http, grpc
+
+        if only != "rest":
+            gateway, upstream, http, grpc = counted_pair()
             url = f"http://127.0.0.1:{grpc}{SAY}"
             count_calls([gateway, upstream], url, calls, grpc_body, key, connections=connections)
             figures["gateway, proxied gRPC"] = gateway.total(keep, "gateway proxied gRPC") / calls
@@ -356,15 +363,7 @@ def instructions(
 
         rest = [("native REST GET", VAR_PATH, None), ("proxied REST POST", SAY, json_body)]
         for name, path, body in [] if only == "grpc" else rest:
-            port, http, grpc = free_port(), free_port(), free_port()
-            config.write_text(
-                gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=port))
-            )
-            upstream = Counted([*upstream_argv, str(port)], tmp / "upstream.out")
-            wait_port(port, 300)
-            gateway = Counted([*gateway_argv, "--log-level", "warning"], tmp / "gateway.out")
-            wait_port(http, 300)
-            seed(http)
+            gateway, upstream, http, grpc = counted_pair()
             headers = {**key, **({"content-type": "application/json"} if body else {})}
             url = f"http://127.0.0.1:{http}{path}"
             count_calls([gateway, upstream], url, calls, body, headers, h1=True, connections=connections)
