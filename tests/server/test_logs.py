@@ -32,6 +32,20 @@ def written() -> Iterator[tuple[logging.Logger, LogWriter, io.StringIO]]:
         logger.removeHandler(handler)
 
 
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """The root logger's handlers and level, and the gateway's line sink, as they were before the test
+    (which sets up the gateway's own logging and stops its writer itself)."""
+    from gateway import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, logs._sink
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    logs._sink = saved[2]
+
+
 def test_records_from_the_event_loop_are_written_in_order(
     written: tuple[logging.Logger, LogWriter, io.StringIO],
 ) -> None:
@@ -91,6 +105,7 @@ def test_records_from_other_threads_and_tracebacks(
     assert text.endswith("room_gateway.test_logs: after\n")
 
 
+@pytest.mark.usefixtures("root_logging")
 @pytest.mark.parametrize("format", ["text", "json"])
 def test_access_lines_without_records_write_what_records_would(
     format: str, monkeypatch: pytest.MonkeyPatch
@@ -102,8 +117,6 @@ def test_access_lines_without_records_write_what_records_would(
 
     fields = AccessLine("http", "GET", "/v1/rooms/x", "GetRoom", "native", 200, "OK", "admin", 0.00124,
                         "127.0.0.1", "00ff00ff00ff00ff")  # fmt: skip
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, logs._sink
     stream = io.StringIO()
     monkeypatch.setattr(logs.sys, "stderr", stream)
     monkeypatch.setattr(logs.time, "time", lambda: 1_800_000_000.5)
@@ -129,9 +142,6 @@ def test_access_lines_without_records_write_what_records_would(
             log.removeHandler(extra)
     finally:
         writer.stop()
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-        logs._sink = saved[2]
     assert len(records) == 1  # the second line only
     first, second = stream.getvalue().splitlines()
     if format == "json":
@@ -264,6 +274,7 @@ def test_lines_and_records_handed_over_together_keep_their_order() -> None:
     assert stream.getvalue() == "line 1\nroom_gateway.x: WARNING: record 2\nline 3\n"
 
 
+@pytest.mark.usefixtures("root_logging")
 def test_a_handler_attached_to_the_root_or_a_parent_takes_lines_off_the_fast_way(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -272,7 +283,6 @@ def test_a_handler_attached_to_the_root_or_a_parent_takes_lines_off_the_fast_way
     from gateway import logs
 
     root = logging.getLogger()
-    saved = root.handlers[:], root.level, logs._sink
     monkeypatch.setattr(logs.sys, "stderr", io.StringIO())
     for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):  # configure_logging's
         monkeypatch.setattr(logging, name, getattr(logging, name))
@@ -304,9 +314,6 @@ def test_a_handler_attached_to_the_root_or_a_parent_takes_lines_off_the_fast_way
         assert logs.line_sink(top) is logs._sink
     finally:
         writer.stop()
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-        logs._sink = saved[2]
 
 
 def test_a_lines_head_after_the_wall_clock_steps(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -362,6 +369,7 @@ def test_the_writer_stays_awake_while_lines_keep_coming() -> None:
         writer.stop()
 
 
+@pytest.mark.usefixtures("root_logging")
 def test_a_level_set_or_logging_disabled_at_runtime_applies_from_the_next_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -371,7 +379,6 @@ def test_a_level_set_or_logging_disabled_at_runtime_applies_from_the_next_line(
     from gateway import logs
 
     root = logging.getLogger()
-    saved = root.handlers[:], root.level, logs._sink
     stream = io.StringIO()
     monkeypatch.setattr(logs.sys, "stderr", stream)
     for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):  # configure_logging's
@@ -396,18 +403,14 @@ def test_a_level_set_or_logging_disabled_at_runtime_applies_from_the_next_line(
     finally:
         logging.disable(logging.NOTSET)
         writer.stop()
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-        logs._sink = saved[2]
     assert written_before_stop == ["first", "cached", "on", "on", "on"]
 
 
+@pytest.mark.usefixtures("root_logging")
 def test_write_info_leaves_json_and_other_listeners_to_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the json format, or a handler attached under the root, write_info writes nothing."""
     from gateway import logs
 
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level, logs._sink
     monkeypatch.setattr(logs.sys, "stderr", io.StringIO())
     for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):  # configure_logging's
         monkeypatch.setattr(logging, name, getattr(logging, name))
@@ -427,6 +430,3 @@ def test_write_info_leaves_json_and_other_listeners_to_records(monkeypatch: pyte
             parent.removeHandler(extra)
     finally:
         writer.stop()
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-        logs._sink = saved[2]
