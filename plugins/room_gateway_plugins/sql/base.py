@@ -239,7 +239,8 @@ class SqlBackend(Backend):
     @contextlib.asynccontextmanager
     async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
         """A transaction of the outbox's delivery bookkeeping (claims, settles, pruning) whose commit need
-        not wait for the disk (each dialect says how).
+        not wait for the disk (each dialect says how; SQLite runs its bookkeeping on its writer's thread
+        instead, :mod:`.writer`, and so never comes here).
 
         A claim or a settle lost to a power cut (never to a crash of the process: the database has it) is
         an attempt sent again — at-least-once allows it — while waiting for the disk made each one an fsync

@@ -36,6 +36,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import await_
 
 from gateway.core.backend import History, VariableWrite
 from gateway.core.models import Change, ChangeKind, Event, Variable
@@ -55,7 +56,7 @@ from room_gateway_plugins.sql.base import (
 from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement, ReaderPool
 from room_gateway_plugins.sql.tables import log_meta
-from room_gateway_plugins.sql.writer import DURABLE, GroupCommit, on_thread
+from room_gateway_plugins.sql.writer import DURABLE, GroupCommit, begin, on_thread
 
 #: The log's append, one statement: the seq after the head, spliced into the wire message; the trigger
 #: ``changes_appended`` (:mod:`.migrations`) then moves the head and trims retention.
@@ -349,9 +350,18 @@ def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     # WAL: readers (a backup, sqlite3 on the console) do not block the gateway's writes. Memory: ignored.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(DURABLE)  # the bookkeeping's groups alone commit less durably (.writer)
+    # From here on a taken write lock is polled by writer.begin, not waited for by SQLite's busy handler
+    # (the connection's timeout served the pragmas above, as it serves its readers).
+    cursor.execute("PRAGMA busy_timeout=0")
     cursor.close()
 
 
 def _on_begin(conn: sa.Connection) -> None:
     if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # As the group commits begin theirs (writer.begin), in one trip; the begin event runs in
+        # SQLAlchemy's greenlet, where await_ awaits on the event loop.
+        driver = conn.connection.driver_connection
+        if driver is None:
+            raise Unavailable("the SQLite connection is closed")
+        timeout = BUSY_TIMEOUT
+        await_(on_thread(driver, lambda raw: begin(raw, timeout)))

@@ -113,27 +113,25 @@ def begin(conn: sqlite3.Connection, timeout: float) -> None:
     """``BEGIN IMMEDIATE`` on ``conn``, trying again every :data:`LOCK_POLL_SECONDS` while another
     connection holds the write lock, for ``timeout`` seconds at most (then ``database is locked``).
 
-    The connection's busy handler is off meanwhile (SQLite's sleeps grow to 100 ms, see the module's
-    docstring), and back on for the transaction's statements and for the connection's other users.
+    ``conn`` has no busy handler of its own (``PRAGMA busy_timeout=0``: SQLite's sleeps grow to 100 ms, see
+    the module's docstring): every transaction of the writer connection begins here, its group commits'
+    and (through :func:`sqlalchemy.util.await_`) SQLAlchemy's. Once it has begun, the write lock is its own
+    until the commit: in WAL mode nothing in the transaction waits for another connection.
     """
-    conn.execute("PRAGMA busy_timeout=0")
-    try:
-        deadline = None
-        while True:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
-                    raise
-                polled = time.monotonic()
-                if deadline is None:
-                    deadline = polled + timeout
-                elif polled >= deadline:
-                    raise
-            time.sleep(LOCK_POLL_SECONDS)  # the GIL released: the event loop runs on
-    finally:
-        conn.execute(f"PRAGMA busy_timeout={round(timeout * 1000)}")
+    deadline = None
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            polled = time.monotonic()
+            if deadline is None:
+                deadline = polled + timeout
+            elif polled >= deadline:
+                raise
+        time.sleep(LOCK_POLL_SECONDS)  # the GIL released: the event loop runs on
 
 
 def transaction(
