@@ -230,3 +230,14 @@ async def test_pruning_is_one_trip(tmp_path: Path) -> None:
             pruned = await backend.outbox_prune(ENDPOINT, delivered_before=LATER, failed_before=T0, limit=2)
         assert trips == [True] and pruned == 2
         assert len(await backend.outbox_messages(ENDPOINT, status=None, limit=10)) == 1
+
+
+async def test_a_closed_writer_connection_is_replaced_for_sqlalchemy_transactions_too(tmp_path: Path) -> None:
+    """Their BEGIN runs on the writer's thread (writer.begin), not through SQLAlchemy's cursor: a closed
+    connection must still be invalidated, as SQLAlchemy does on a disconnect, so the next one recovers."""
+    async with opened(tmp_path / "rooms.db") as backend:
+        await (await writer_of(backend)).close()
+        with pytest.raises(Unavailable):
+            await backend.save_endpoint_state(ENDPOINT, EndpointState(disabled_reason="x"))
+        await backend.save_endpoint_state(ENDPOINT, EndpointState(disabled_reason="y"))
+        assert (await backend.get_endpoint_state(ENDPOINT)).disabled_reason == "y"

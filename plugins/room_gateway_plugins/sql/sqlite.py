@@ -364,4 +364,10 @@ def _on_begin(conn: sa.Connection) -> None:
         if driver is None:
             raise Unavailable("the SQLite connection is closed")
         timeout = BUSY_TIMEOUT
-        await_(on_thread(driver, lambda raw: begin(raw, timeout)))
+        try:
+            await_(on_thread(driver, lambda raw: begin(raw, timeout)))
+        except StoreUnreachable:
+            # As SQLAlchemy does on a disconnect (and did when it ran the BEGIN itself): the pool opens a
+            # new connection for the next transaction.
+            conn.invalidate()
+            raise
