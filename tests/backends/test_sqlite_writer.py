@@ -177,7 +177,7 @@ async def group_commit(path: Path) -> AsyncIterator[tuple[GroupCommit, Callable[
             return other.execute(query).fetchall()
 
     try:
-        yield GroupCommit(asyncio.Lock(), connect), committed
+        yield GroupCommit(asyncio.Lock(), connect, busy_timeout=5.0), committed
     finally:
         await driver.close()
 

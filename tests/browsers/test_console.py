@@ -139,7 +139,6 @@ def test_console_end_to_end(page: Any, gateway: GatewayProcess) -> None:
     expect(page.locator("tbody")).to_contain_text("DELETED")  # the list shows the tombstone
 
 
-
 def test_refusals_are_explained(page: Any, gateway: GatewayProcess) -> None:
     """A 403 from the gateway names what is missing; 401, 429 and 503 each say what to do."""
     page.goto(gateway.url + "/console/")

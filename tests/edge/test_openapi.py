@@ -16,10 +16,7 @@ async def test_openapi_document(client: httpx.AsyncClient) -> None:
     assert doc["openapi"] == "3.1.0"
     operations = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
     for binding in bindings():
-        names = {
-            v.field_path: schema.camel_case(v.field_path[-1])
-            for v in binding.template.variables
-        }
+        names = {v.field_path: schema.camel_case(v.field_path[-1]) for v in binding.template.variables}
         assert (binding.http_method, binding.template.openapi_path(names)) in operations
     list_rooms = doc["paths"]["/v1/rooms"]["get"]
     assert [(p["name"], p["in"]) for p in list_rooms["parameters"]] == [

@@ -177,6 +177,8 @@ class SqlBackend(Backend):
         self._schema_found: int | None = None
         #: :meth:`_variable_write`'s statements by shape.
         self._variable_writes: dict[tuple[bool, bool, bool], Any] = {}
+        #: :meth:`_record`'s statements by shape.
+        self._records: dict[bool, Any] = {}
 
     # -- what a dialect provides ----------------------------------------------------------------------------
 
@@ -237,7 +239,8 @@ class SqlBackend(Backend):
     @contextlib.asynccontextmanager
     async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
         """A transaction of the outbox's delivery bookkeeping (claims, settles, pruning) whose commit need
-        not wait for the disk (each dialect says how).
+        not wait for the disk (each dialect says how; SQLite runs its bookkeeping on its writer's thread
+        instead, :mod:`.writer`, and so never comes here).
 
         A claim or a settle lost to a power cut (never to a crash of the process: the database has it) is
         an attempt sent again — at-least-once allows it — while waiting for the disk made each one an fsync
@@ -532,32 +535,36 @@ class SqlBackend(Backend):
     async def outbox_claim(
         self, endpoint: str, *, now: datetime, lease_seconds: float, limit: int
     ) -> list[OutboxMessage]:
-        lease_end = now + timedelta(seconds=lease_seconds)
+        params = outbox_sql.claim_params(endpoint, now, lease_seconds, limit)
         async with self._bookkeeping_tx() as tx:
-            found = (await tx.conn.execute(outbox_sql.claim(endpoint, now, lease_end, limit))).all()
-        return sorted((outbox_sql.message_of(row) for row in found), key=lambda m: m.due_time or now)
+            found = (await tx.conn.execute(outbox_sql.CLAIM, params)).all()
+        return outbox_sql.claimed(found, now)
 
     async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
         if not settled:
             return []
-        endpoint = settled[0].message.endpoint
-        if any(one.message.endpoint != endpoint for one in settled):
-            raise ValueError("a batch of settled attempts is of one endpoint")
+        endpoint = outbox_sql.batch_endpoint(settled)
         # Three statements for the whole batch, not two a message: the rows' attempts (locked on
         # PostgreSQL, so that no claim moves them meanwhile), the outcomes of the current ones (one
         # executemany), and the endpoint's state once, from the batch's outcomes folded in order.
         async with self._bookkeeping_tx() as tx:
-            ids = [one.message.id for one in settled]
-            rows = await tx.conn.execute(outbox_sql.current(endpoint, ids))
-            found = {message_id: attempts for message_id, attempts in rows}  # unpacked: no attribute reads
-            live = [one for one in settled if found.get(one.message.id) == one.message.attempts]
+            found = await tx.conn.execute(outbox_sql.CURRENT, outbox_sql.current_params(endpoint, settled))
+            live = outbox_sql.still_current(settled, found)
             if not live:
                 return [None] * len(settled)
             await tx.conn.execute(outbox_sql.SETTLE, [outbox_sql.settle_params(one) for one in live])
-            upsert = outbox_sql.record_outcomes(self._insert(webhook_endpoints), endpoint, live)
-            state = outbox_sql.state_of((await tx.conn.execute(upsert)).first())
-        kept = {id(one) for one in live}
-        return [state if id(one) in kept else None for one in settled]
+            succeeded, params = outbox_sql.outcomes_params(endpoint, live)
+            state = outbox_sql.state_of((await tx.conn.execute(self._record(succeeded), params)).first())
+        return outbox_sql.states(settled, live, state)
+
+    def _record(self, succeeded: bool) -> Any:
+        """:func:`.outbox.record_outcomes` of this shape, in the dialect's ``INSERT``, made once."""
+        record = self._records.get(succeeded)
+        if record is None:
+            record = self._records[succeeded] = outbox_sql.record_outcomes(
+                self._insert(webhook_endpoints), succeeded
+            )
+        return record
 
     async def outbox_messages(
         self, endpoint: str, *, status: MessageStatus | None, limit: int
@@ -602,22 +609,25 @@ class SqlBackend(Backend):
             if self.outbox is not None:
                 tx.after_commit.append(self.outbox.written)
 
+    # The backlog and the state are reads (once a poll interval a loop): outside a write transaction, on
+    # SQLite on the readers, without the write lock that the writes and the claims need.
+
     async def outbox_backlog(self, endpoint: str) -> int:
-        async with self._tx() as tx:
-            count: int = (await tx.conn.execute(outbox_sql.backlog(endpoint))).scalar_one()
+        [row] = await self._fetch(outbox_sql.BACKLOG, b_endpoint=endpoint)
+        count: int = row.pending
         return count
 
     async def outbox_prune(
         self, endpoint: str, *, delivered_before: datetime, failed_before: datetime, limit: int
     ) -> int:
-        statement = outbox_sql.prune(endpoint, delivered_before, failed_before, limit)
+        params = outbox_sql.prune_params(endpoint, delivered_before, failed_before, limit)
         async with self._bookkeeping_tx() as tx:  # lost to a power cut: pruned again next time
-            pruned: int = (await tx.conn.execute(statement)).rowcount
+            pruned: int = (await tx.conn.execute(outbox_sql.PRUNE, params)).rowcount
         return pruned
 
     async def get_endpoint_state(self, endpoint: str) -> EndpointState:
-        async with self._tx() as tx:
-            return outbox_sql.state_of((await tx.conn.execute(outbox_sql.state(endpoint))).first())
+        found = await self._fetch(outbox_sql.STATE, e_name=endpoint)
+        return outbox_sql.state_of(found[0] if found else None)
 
     async def save_endpoint_state(self, endpoint: str, state: EndpointState) -> None:
         values = outbox_sql.state_values(state)

@@ -4,13 +4,21 @@ A change's messages are inserted in the change's own transaction (one ``INSERT``
 PostgreSQL a CTE of the log's append statement), so they commit or vanish with it. A claim is one
 ``UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING``: on PostgreSQL, concurrent claimers
 on other instances skip the rows one of them is taking instead of waiting for it, and each row's
-``due_time`` moves past the lease in the same statement; SQLite has one writer (the gateway process that
-owns the file), which runs its claims one at a time.
+``due_time`` moves past the lease in the same statement. On SQLite a claim's, a settle's and a pruning's
+statements run as one function on the writer connection's thread, in one ``BEGIN IMMEDIATE`` … ``COMMIT``
+(:mod:`.writer`): the write lock keeps every other process (the gateway, another worker) out of the file
+from the first statement to the commit, so two claimers never take the same attempt and a settle's stale
+check holds until its update.
+
+The statements are built once, their values bound parameters, so that SQLite's backend compiles each once
+(:class:`~.readers.CompiledStatement`) and PostgreSQL's runs them through SQLAlchemy with the same
+parameters; the Python around them (which attempts are still current, the endpoint's state after a batch)
+is here once for both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,6 +41,7 @@ _M = webhook_messages
 _PENDING = MessageStatus.PENDING.value
 _DELIVERED = MessageStatus.DELIVERED.value
 _FAILED = MessageStatus.FAILED.value
+_TIME = _M.c.created_time.type
 
 
 def rows(
@@ -138,58 +147,102 @@ def previous_of(row: Sequence[Any] | None) -> str | None:
     return previous_text(row[0], row[1])
 
 
-def message_of(row: Any) -> OutboxMessage:
-    # One mapping for the row's eleven reads: each attribute read of a SQLAlchemy Row first fails the plain
-    # lookup (an AttributeError formatted and dropped), ten times the cost of a key (callgrind of a claim).
-    m = row._mapping
+def message_of(row: Sequence[Any]) -> OutboxMessage:
+    """The message of a row of ``webhook_messages``, its columns in the table's order (SQLAlchemy's rows and
+    :class:`~.readers.CompiledRead`'s alike): unpacked, not read by name, which cost ten times as much on
+    SQLAlchemy's rows (callgrind of a claim)."""
+    endpoint, message_id, room_id, payload, before, status, attempts, due, created, log = row
     change = None
-    payload = m["payload"]
     if payload is not None:
         note = wire.decode(payload).note
         change = note if isinstance(note, Change) else None
     previous = None
-    before = m["previous"]
     if before is not None and change is not None and change.variable is not None:
         found = jsontext.loads(before)
         previous = Variable(change.variable.name, found["value"], found["version"])
     return OutboxMessage(
-        id=m["id"],
-        endpoint=m["endpoint"],
-        room_id=m["room_id"],
+        id=message_id,
+        endpoint=endpoint,
+        room_id=room_id,
         change=change,
         previous=previous,
-        status=MessageStatus(m["status"]),
-        attempts=m["attempts"],
-        due_time=m["due_time"],
-        created_time=m["created_time"],
-        log=loads_log(m["log"]),
+        status=MessageStatus(status),
+        attempts=attempts,
+        due_time=due,
+        created_time=created,
+        log=loads_log(log),
     )
 
 
-def claim(endpoint: str, now: datetime, lease_end: datetime, limit: int) -> sa.Update:
+def _claim() -> sa.Update:
     due = (
         sa.select(_M.c.id)
-        .where(_M.c.endpoint == endpoint, _M.c.status == _PENDING, _M.c.due_time <= now)
+        .where(
+            _M.c.endpoint == sa.bindparam("c_endpoint"),
+            _M.c.status == _PENDING,
+            _M.c.due_time <= sa.bindparam("c_now", type_=_M.c.due_time.type),
+        )
         .order_by(_M.c.due_time)
-        .limit(max(0, limit))
+        .limit(sa.bindparam("c_limit", type_=sa.Integer))
         .with_for_update(skip_locked=True)
     )
     return (
         _M.update()
-        .where(_M.c.endpoint == endpoint, _M.c.id.in_(due.scalar_subquery()))
-        .values(attempts=_M.c.attempts + 1, due_time=lease_end)
+        .where(_M.c.endpoint == sa.bindparam("c_endpoint"), _M.c.id.in_(due.scalar_subquery()))
+        .values(attempts=_M.c.attempts + 1, due_time=sa.bindparam("c_lease_end", type_=_M.c.due_time.type))
         .returning(*_M.c)
     )
 
 
-def current(endpoint: str, ids: Sequence[str]) -> sa.Select[Any]:
-    """The attempt numbers of the pending messages among ``ids``, their rows locked (PostgreSQL) until the
-    settle's transaction ends."""
-    return (
-        sa.select(_M.c.id, _M.c.attempts)
-        .where(_M.c.endpoint == endpoint, _M.c.id.in_(ids), _M.c.status == _PENDING)
-        .with_for_update()
+#: A claim of up to ``c_limit`` due messages of ``c_endpoint``: each one's attempt counted and its
+#: ``due_time`` moved to ``c_lease_end``, the rows returned (:func:`claim_params`, :func:`claimed`).
+CLAIM = _claim()
+
+
+def claim_params(endpoint: str, now: datetime, lease_seconds: float, limit: int) -> dict[str, Any]:
+    return {
+        "c_endpoint": endpoint,
+        "c_now": now,
+        "c_lease_end": now + timedelta(seconds=lease_seconds),
+        "c_limit": max(0, limit),
+    }
+
+
+def claimed(rows: Iterable[Sequence[Any]], now: datetime) -> list[OutboxMessage]:
+    """The messages of a claim's rows, oldest due first."""
+    return sorted((message_of(row) for row in rows), key=lambda m: m.due_time or now)
+
+
+#: The attempt numbers of the pending messages among ``q_ids`` (expanding) of ``q_endpoint``, their rows
+#: locked (PostgreSQL) until the settle's transaction ends.
+CURRENT = (
+    sa.select(_M.c.id, _M.c.attempts)
+    .where(
+        _M.c.endpoint == sa.bindparam("q_endpoint"),
+        _M.c.id.in_(sa.bindparam("q_ids", expanding=True)),
+        _M.c.status == _PENDING,
     )
+    .with_for_update()
+)
+
+
+def batch_endpoint(settled: Sequence[Settled]) -> str:
+    """The one endpoint of a batch of settled attempts (not empty)."""
+    endpoint = settled[0].message.endpoint
+    if any(one.message.endpoint != endpoint for one in settled):
+        raise ValueError("a batch of settled attempts is of one endpoint")
+    return endpoint
+
+
+def current_params(endpoint: str, settled: Sequence[Settled]) -> dict[str, Any]:
+    return {"q_endpoint": endpoint, "q_ids": [one.message.id for one in settled]}
+
+
+def still_current(settled: Sequence[Settled], found: Iterable[tuple[str, int]]) -> list[Settled]:
+    """The attempts of ``settled`` that are still their message's current one, given :data:`CURRENT`'s
+    rows (id, attempts): a late settle of an attempt claimed again since (its lease ran out) is dropped."""
+    attempts = {message_id: number for message_id, number in found}  # not dict(): a Result has keys()
+    return [one for one in settled if attempts.get(one.message.id) == one.message.attempts]
 
 
 #: A settled attempt's outcome, run once per batch with :func:`settle_params` of each (executemany).
@@ -215,25 +268,21 @@ def settle_params(settled: Settled) -> dict[str, Any]:
     }
 
 
-def record_outcomes(insert: Any, endpoint: str, settled: Sequence[Settled]) -> Any:
-    """The upsert of the endpoint's state after ``settled``'s attempts, in order, returning the state: a
-    success sets ``last_success_time`` and clears ``failing_since``, a failure sets ``failing_since`` unless
-    it is set."""
-    last_success = None
-    first_failure = None  # since the last success of the batch
-    for one in settled:
-        if one.attempt.succeeded:
-            last_success, first_failure = one.attempt.time, None
-        elif first_failure is None:
-            first_failure = one.attempt.time
+def record_outcomes(insert: Any, succeeded: bool) -> Any:
+    """The upsert of an endpoint's state after a batch's attempts, returning the state, with
+    :func:`outcomes_params`: when one ``succeeded``, it sets ``last_success_time`` and ``failing_since``
+    (the first failure after the batch's last success, or none); else it sets ``failing_since`` unless it is
+    set. One statement per shape, made once by the backend (its dialect's ``insert``)."""
     ends = webhook_endpoints.c
-    if last_success is not None:
+    first_failure = sa.bindparam("r_failing_since", type_=ends.failing_since.type)
+    last_success = sa.bindparam("r_last_success", type_=ends.last_success_time.type)
+    if succeeded:
         change: dict[str, Any] = {"failing_since": first_failure, "last_success_time": last_success}
     else:
         change = {"failing_since": sa.func.coalesce(ends.failing_since, first_failure)}
     return (
         insert.values(
-            name=endpoint,
+            name=sa.bindparam("r_endpoint"),
             enabled=True,
             disabled_reason="",
             failing_since=first_failure,
@@ -242,6 +291,28 @@ def record_outcomes(insert: Any, endpoint: str, settled: Sequence[Settled]) -> A
         .on_conflict_do_update(index_elements=[ends.name], set_=change)
         .returning(*webhook_endpoints.c)
     )
+
+
+def outcomes_params(endpoint: str, settled: Sequence[Settled]) -> tuple[bool, dict[str, Any]]:
+    """Whether :func:`record_outcomes` is of a batch with a success, and its parameters, from ``settled``'s
+    attempts folded in order: a success clears the failures before it."""
+    last_success = None
+    first_failure = None  # since the last success of the batch
+    for one in settled:
+        if one.attempt.succeeded:
+            last_success, first_failure = one.attempt.time, None
+        elif first_failure is None:
+            first_failure = one.attempt.time
+    params = {"r_endpoint": endpoint, "r_failing_since": first_failure, "r_last_success": last_success}
+    return last_success is not None, params
+
+
+def states(
+    settled: Sequence[Settled], live: Sequence[Settled], state: EndpointState | None
+) -> list[EndpointState | None]:
+    """A settle's answer: the endpoint's state for each attempt recorded, ``None`` for each dropped."""
+    kept = {id(one) for one in live}
+    return [state if id(one) in kept else None for one in settled]
 
 
 def listing(endpoint: str, status: MessageStatus | None, limit: int) -> sa.Select[Any]:
@@ -264,25 +335,42 @@ def since(endpoint: str, time: datetime) -> sa.Select[Any]:
     return sa.select(_M).where(_M.c.endpoint == endpoint, _M.c.created_time >= time)
 
 
-def prune(endpoint: str, delivered_before: datetime, failed_before: datetime, limit: int) -> sa.Delete:
-    """Delete up to ``limit`` settled messages created before their status' cutoff, oldest first (the
-    ``webhook_messages_created`` index), never a pending one."""
+def _prune() -> sa.Delete:
     old = (
         sa.select(_M.c.id)
         .where(
-            _M.c.endpoint == endpoint,
-            _M.c.created_time < max(delivered_before, failed_before),
-            ((_M.c.status == _DELIVERED) & (_M.c.created_time < delivered_before))
-            | ((_M.c.status == _FAILED) & (_M.c.created_time < failed_before)),
+            _M.c.endpoint == sa.bindparam("p_endpoint"),
+            _M.c.created_time < sa.bindparam("p_before", type_=_TIME),
+            ((_M.c.status == _DELIVERED) & (_M.c.created_time < sa.bindparam("p_delivered", type_=_TIME)))
+            | ((_M.c.status == _FAILED) & (_M.c.created_time < sa.bindparam("p_failed", type_=_TIME))),
         )
         .order_by(_M.c.created_time)
-        .limit(max(0, limit))
+        .limit(sa.bindparam("p_limit", type_=sa.Integer))
     )
-    return _M.delete().where(_M.c.endpoint == endpoint, _M.c.id.in_(old.scalar_subquery()))
+    return _M.delete().where(_M.c.endpoint == sa.bindparam("p_endpoint"), _M.c.id.in_(old.scalar_subquery()))
 
 
-def backlog(endpoint: str) -> sa.Select[Any]:
-    return sa.select(sa.func.count()).where(_M.c.endpoint == endpoint, _M.c.status == _PENDING)
+#: Delete up to ``p_limit`` settled messages created before their status' cutoff, oldest first (the
+#: ``webhook_messages_created`` index), never a pending one (:func:`prune_params`).
+PRUNE = _prune()
+
+
+def prune_params(
+    endpoint: str, delivered_before: datetime, failed_before: datetime, limit: int
+) -> dict[str, Any]:
+    return {
+        "p_endpoint": endpoint,
+        "p_before": max(delivered_before, failed_before),
+        "p_delivered": delivered_before,
+        "p_failed": failed_before,
+        "p_limit": max(0, limit),
+    }
+
+
+#: The pending messages of ``b_endpoint``, counted.
+BACKLOG = sa.select(sa.func.count().label("pending")).where(
+    _M.c.endpoint == sa.bindparam("b_endpoint"), _M.c.status == _PENDING
+)
 
 
 def state_of(row: Any) -> EndpointState:
@@ -300,5 +388,5 @@ def state_values(state: EndpointState) -> dict[str, Any]:
     }
 
 
-def state(endpoint: str) -> sa.Select[Any]:
-    return sa.select(webhook_endpoints).where(webhook_endpoints.c.name == endpoint)
+#: The state of endpoint ``e_name`` (no row: never settled nor saved, :func:`state_of`).
+STATE = sa.select(webhook_endpoints).where(webhook_endpoints.c.name == sa.bindparam("e_name"))

@@ -23,6 +23,7 @@ import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ReturnsRows
 
 from room_gateway_plugins.sql.base import StoreUnreachable
 
@@ -90,11 +91,12 @@ class CompiledStatement:
 
 
 class CompiledRead(CompiledStatement):
-    """A SELECT compiled once by ``dialect``: its SQL, its parameters in order, its rows."""
+    """A statement with rows (a SELECT, or a write ``RETURNING`` them) compiled once by ``dialect``: its SQL,
+    its parameters in order, its rows."""
 
-    def __init__(self, statement: sa.Select[*tuple[Any, ...]], dialect: Dialect) -> None:
+    def __init__(self, statement: ReturnsRows, dialect: Dialect) -> None:
         super().__init__(statement, dialect)
-        columns = statement.selected_columns
+        columns = statement.exported_columns
         # The attribute names SQLAlchemy's rows have (row.value, row.version, …): the columns' keys.
         row = collections.namedtuple("Row", columns.keys())  # type: ignore[misc]  # names known at run time
         self._make: Callable[[Iterable[Any]], tuple[Any, ...]] = row._make

@@ -6,8 +6,9 @@ rules out ``database is locked`` between our own tasks. Notifications — the lo
 to the in-process hub right after their write commits, under the same lock, so in commit (= seq) order.
 Variable writes and logged events skip SQLAlchemy: each is one synchronous function on the writer
 connection's thread, and the writes that queue while a transaction is in flight are committed together in
-the next one, each in a savepoint of its own (:mod:`.writer`); the other writes are SQLAlchemy
-transactions, their log appends one trip each.
+the next one, each in a savepoint of its own (:mod:`.writer`). So are the webhook outbox's claims, settles
+and prunings (one function and one trip each, committed without waiting for the disk); the other writes are
+SQLAlchemy transactions, their log appends one trip each.
 
 Reads of a file database go through a small pool of read-only connections instead, without that lock: in
 WAL mode readers never wait for the writer, and each read sees every commit made before it began (so a
@@ -26,6 +27,7 @@ import dataclasses
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import aiosqlite
@@ -34,10 +36,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import await_
 
 from gateway.core.backend import History, VariableWrite
 from gateway.core.models import Change, ChangeKind, Event, Variable
-from gateway.core.outbox import new_message_id
+from gateway.core.outbox import EndpointState, OutboxMessage, Settled, new_message_id
 from gateway.core.wire import Message
 from gateway.errors import Unavailable
 from room_gateway_plugins.sql import changelog
@@ -53,7 +56,7 @@ from room_gateway_plugins.sql.base import (
 from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement, ReaderPool
 from room_gateway_plugins.sql.tables import log_meta
-from room_gateway_plugins.sql.writer import GroupCommit, on_thread
+from room_gateway_plugins.sql.writer import DURABLE, GroupCommit, begin, on_thread
 
 #: The log's append, one statement: the seq after the head, spliced into the wire message; the trigger
 #: ``changes_appended`` (:mod:`.migrations`) then moves the head and trims retention.
@@ -83,13 +86,14 @@ class SQLiteBackend(SqlBackend):
         super().__init__(url, history=history)
         self._lock = asyncio.Lock()
         self._readers: ReaderPool | None = None
-        self._compiled: dict[sa.Select[*tuple[Any, ...]], CompiledRead] = {}
+        #: Statements with rows (reads, ``RETURNING``), compiled when first run.
+        self._compiled: dict[Any, CompiledRead] = {}
         self._append: CompiledStatement | None = None
         self._previous_read: CompiledStatement | None = None
         self._message_insert: CompiledStatement | None = None
         #: The write path's statements (variable writes by shape, CURRENT_VERSION), compiled when first run.
         self._statements: dict[Any, CompiledStatement] = {}
-        self._writer = GroupCommit(self._lock, self._writer_connection)
+        self._writer = GroupCommit(self._lock, self._writer_connection, busy_timeout=BUSY_TIMEOUT)
 
     async def open(self) -> None:
         await super().open()  # creates and migrates the schema first: readers find it in place
@@ -126,11 +130,15 @@ class SQLiteBackend(SqlBackend):
         readers = self._readers
         if readers is None:  # :memory:, or not open (the writer's engine says so)
             return await super()._fetch(statement, **params)
+        compiled = self._compiled_read(statement)
+        sql, parameters = compiled.bind(params)
+        return compiled.rows(await readers.fetchall(sql, parameters))
+
+    def _compiled_read(self, statement: Any) -> CompiledRead:
         compiled = self._compiled.get(statement)
         if compiled is None:
             compiled = self._compiled[statement] = CompiledRead(statement, self.engine.dialect)
-        sql, parameters = compiled.bind(params)
-        return compiled.rows(await readers.fetchall(sql, parameters))
+        return compiled
 
     def _make_engine(self) -> AsyncEngine:
         url = make_url(self.url).set(drivername="sqlite+aiosqlite")
@@ -160,22 +168,6 @@ class SQLiteBackend(SqlBackend):
                 # As SQLAlchemy does on a disconnect: the pool opens a new connection for the next use.
                 await conn.invalidate()
                 raise
-
-    @contextlib.asynccontextmanager
-    async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
-        # synchronous=NORMAL for this one commit: in WAL mode it survives a crash of the process, not a
-        # power cut, and the next FULL commit's fsync makes it durable too (the WAL is written in order).
-        # SQLite refuses to change it inside a transaction, hence on the raw connection around it.
-        async with self._lock, self.engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            if driver is None:
-                raise Unavailable("the SQLite connection is closed")
-            await driver.execute("PRAGMA synchronous=NORMAL")
-            try:
-                async with conn.begin():
-                    yield Transaction(conn)
-            finally:
-                await driver.execute("PRAGMA synchronous=FULL")
 
     async def write_variable(self, write: VariableWrite) -> Variable | None:
         # One trip through the writer's thread, in a group commit (.writer): not through SQLAlchemy's
@@ -221,6 +213,52 @@ class SQLiteBackend(SqlBackend):
             lambda conn: self._log_on(conn, room_id, change, None, targets),
             lambda logged: self._logged(room_id, logged, targets),
         )
+
+    # -- the webhook outbox's bookkeeping: one function on the writer's thread each (.writer), not durable --
+
+    async def outbox_claim(
+        self, endpoint: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> list[OutboxMessage]:
+        claim = self._compiled_read(outbox_sql.CLAIM)
+        sql, parameters = claim.bind(outbox_sql.claim_params(endpoint, now, lease_seconds, limit))
+        rows = await self._writer.run(lambda conn: claim.rows(conn.execute(sql, parameters)), durable=False)
+        return outbox_sql.claimed(rows, now)
+
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        if not settled:
+            return []
+        endpoint = outbox_sql.batch_endpoint(settled)
+        current = self._compiled_read(outbox_sql.CURRENT)
+        update = self._compiled_statement(outbox_sql.SETTLE)
+        records = {succeeded: self._compiled_read(self._record(succeeded)) for succeeded in (True, False)}
+        # Bound before the trip, for every attempt: the writer's thread holds the write lock meanwhile.
+        current_sql, current_parameters = current.bind(outbox_sql.current_params(endpoint, settled))
+        updates = {id(one): update.bind(outbox_sql.settle_params(one)) for one in settled}
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Settled], Any]:
+            live = outbox_sql.still_current(settled, conn.execute(current_sql, current_parameters))
+            if not live:
+                return live, None
+            bound = [updates[id(one)] for one in live]
+            conn.executemany(bound[0][0], [parameters for _, parameters in bound])
+            succeeded, params = outbox_sql.outcomes_params(endpoint, live)
+            record = records[succeeded]
+            [row] = record.rows(conn.execute(*record.bind(params)))
+            return live, row
+
+        live, row = await self._writer.run(work, durable=False)
+        return outbox_sql.states(settled, live, None if row is None else outbox_sql.state_of(row))
+
+    async def outbox_prune(
+        self, endpoint: str, *, delivered_before: datetime, failed_before: datetime, limit: int
+    ) -> int:
+        prune = self._compiled_statement(outbox_sql.PRUNE)
+        params = outbox_sql.prune_params(endpoint, delivered_before, failed_before, limit)
+        sql, parameters = prune.bind(params)
+        pruned: int = await self._writer.run(
+            lambda conn: conn.execute(sql, parameters).rowcount, durable=False
+        )
+        return pruned
 
     def _compiled_statement(self, statement: Any) -> CompiledStatement:
         compiled = self._statements.get(statement)
@@ -311,10 +349,25 @@ def _on_connect(dbapi_connection: Any, connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL: readers (a backup, sqlite3 on the console) do not block the gateway's writes. Memory: ignored.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")  # a committed write survives a power cut, not only a crash
+    cursor.execute(DURABLE)  # the bookkeeping's groups alone commit less durably (.writer)
+    # From here on a taken write lock is polled by writer.begin, not waited for by SQLite's busy handler
+    # (the connection's timeout served the pragmas above, as it serves its readers).
+    cursor.execute("PRAGMA busy_timeout=0")
     cursor.close()
 
 
 def _on_begin(conn: sa.Connection) -> None:
     if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # As the group commits begin theirs (writer.begin), in one trip; the begin event runs in
+        # SQLAlchemy's greenlet, where await_ awaits on the event loop.
+        driver = conn.connection.driver_connection
+        if driver is None:
+            raise Unavailable("the SQLite connection is closed")
+        timeout = BUSY_TIMEOUT
+        try:
+            await_(on_thread(driver, lambda raw: begin(raw, timeout)))
+        except StoreUnreachable:
+            # As SQLAlchemy does on a disconnect (and did when it ran the BEGIN itself): the pool opens a
+            # new connection for the next transaction.
+            conn.invalidate()
+            raise

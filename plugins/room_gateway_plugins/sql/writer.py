@@ -16,6 +16,21 @@ crash or a power cut; a group whose ``BEGIN`` or ``COMMIT`` fails (``database is
 timeout, a disk error) fails every write in it. Writes run, commit and are followed up (their ``after``:
 the hub's delivery of the change) in the order they were queued, under the backend's writer lock, so seq
 order is commit order is notification order.
+
+The webhook outbox's bookkeeping (claims, settles, pruning) runs here too, each one function and so one
+trip: in the delivery worker's process alone, in an ``inline`` gateway's in the writes' groups. Its work
+need not wait for the disk (``durable=False``, :meth:`GroupCommit.run`): a group of such work alone
+commits with ``synchronous=NORMAL``, which survives a crash of the process but not a power cut — an
+attempt claimed or recorded again, as at-least-once delivery allows.
+
+**Waiting for the write lock.** Another process writes the same file — the gateway's delivery worker, a
+backup tool — so ``BEGIN IMMEDIATE`` may find the write lock taken. SQLite's own busy handler sleeps
+1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms between its tries, and a writer that commits group after
+group frees the lock only between two of them (a fraction of a ms, the event loop's turn): a worker that
+slept 25 ms mostly woke to find the lock taken again, and its claims and settles waited up to seconds
+beside 1,000 writes a second (bench/sqlite_outbox.py ``wait``). :func:`begin` instead tries again every
+:data:`LOCK_POLL_SECONDS` on the connection's thread (still one trip), up to the busy timeout, and then
+raises ``database is locked`` (UNAVAILABLE; the next transaction tries afresh).
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,6 +54,14 @@ _T = TypeVar("_T")
 #: each here): a burst of thousands in one would keep another process that writes the file (the delivery
 #: worker's claims) waiting for long, up to its busy timeout, and answer the burst's first callers late.
 MAX_GROUP = 256
+
+#: Seconds between two tries of a write lock that another connection holds (:func:`begin`).
+LOCK_POLL_SECONDS = 0.0005
+
+#: The writer connection's durability (set when it is opened), and that of a group of bookkeeping alone.
+DURABLE = "PRAGMA synchronous=FULL"  # a committed write survives a power cut, not only a crash
+LAZY = "PRAGMA synchronous=NORMAL"  # in WAL mode: survives a crash of the process; the next FULL commit's
+# fsync makes it durable too (the WAL is written in order). SQLite refuses to change it in a transaction.
 
 #: A write's statements, run on the writer connection's thread inside the group's transaction. It may
 #: raise: its savepoint is then rolled back and its caller gets the exception.
@@ -77,6 +101,7 @@ class _Queued:
     work: Work[Any]
     after: Callable[[Any], None] | None
     future: asyncio.Future[Any]
+    durable: bool
 
 
 class LostTransaction(sqlite3.OperationalError):
@@ -84,15 +109,51 @@ class LostTransaction(sqlite3.OperationalError):
     every write in it is undone, so every one of them fails with this (UNAVAILABLE, as a driver error)."""
 
 
-def transaction(works: Sequence[Work[Any]], conn: sqlite3.Connection) -> list[Any]:
+def begin(conn: sqlite3.Connection, timeout: float) -> None:
+    """``BEGIN IMMEDIATE`` on ``conn``, trying again every :data:`LOCK_POLL_SECONDS` while another
+    connection holds the write lock, for ``timeout`` seconds at most (then ``database is locked``).
+
+    ``conn`` has no busy handler of its own (``PRAGMA busy_timeout=0``: SQLite's sleeps grow to 100 ms, see
+    the module's docstring): every transaction of the writer connection begins here, its group commits'
+    and (through :func:`sqlalchemy.util.await_`) SQLAlchemy's. Once it has begun, the write lock is its own
+    until the commit: in WAL mode nothing in the transaction waits for another connection.
+    """
+    deadline = None
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            polled = time.monotonic()
+            if deadline is None:
+                deadline = polled + timeout
+            elif polled >= deadline:
+                raise
+        time.sleep(LOCK_POLL_SECONDS)  # the GIL released: the event loop runs on
+
+
+def transaction(
+    works: Sequence[Work[Any]], conn: sqlite3.Connection, *, timeout: float, durable: bool = True
+) -> list[Any]:
     """Run ``works`` in one transaction on ``conn``: each write's outcome, or :class:`_Failed`, in order.
 
     Raises (everything rolled back) when the transaction itself fails. One write alone needs no savepoint:
     its failure rolls the transaction back.
+
+    :param timeout: seconds to wait for the write lock (:func:`begin`).
+    :param durable: ``False``: the commit need not wait for the disk (:data:`LAZY`).
     """
+    if not durable:
+        conn.execute(LAZY)
+        try:
+            return transaction(works, conn, timeout=timeout)
+        finally:
+            conn.execute(DURABLE)
     isolate = len(works) > 1
     outcomes: list[Any] = []
-    conn.execute("BEGIN IMMEDIATE")
+    begin(conn, timeout)
     try:
         for work in works:
             if isolate:
@@ -122,26 +183,34 @@ class GroupCommit:
 
     :param serial: the lock every use of the writer connection holds (the backend's other transactions).
     :param connect: the writer connection (aiosqlite's, under SQLAlchemy's), for one group.
+    :param busy_timeout: seconds a group waits for a write lock that another process holds.
     """
 
     def __init__(
         self,
         serial: asyncio.Lock,
         connect: Callable[[], contextlib.AbstractAsyncContextManager[aiosqlite.Connection]],
+        *,
+        busy_timeout: float,
     ) -> None:
         self._serial = serial
         self._connect = connect
+        self._busy_timeout = busy_timeout
         self._queue: list[_Queued] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def run(self, work: Work[_R], after: Callable[[_R], None] | None = None) -> _R:
+    async def run(
+        self, work: Work[_R], after: Callable[[_R], None] | None = None, *, durable: bool = True
+    ) -> _R:
         """Run ``work`` in the next group; return its outcome once the group has committed.
 
         :param after: called with the outcome right after the commit, before the next group runs (so in
             commit order) — even when the caller was cancelled meanwhile: the write is in the database.
+        :param durable: ``False``: bookkeeping whose commit need not wait for the disk; a group commits
+            durably when any of its work must.
         """
         future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(work, after, future))
+        self._queue.append(_Queued(work, after, future, durable))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush(), name="room-gateway sqlite group commit")
         return await future
@@ -167,9 +236,13 @@ class GroupCommit:
 
     async def _commit(self, group: list[_Queued]) -> None:
         works = [queued.work for queued in group]
+        durable = any(queued.durable for queued in group)
+        timeout = self._busy_timeout
         try:
             async with self._connect() as driver:
-                outcomes = await on_thread(driver, lambda conn: transaction(works, conn))
+                outcomes = await on_thread(
+                    driver, lambda conn: transaction(works, conn, timeout=timeout, durable=durable)
+                )
         except asyncio.CancelledError:
             for queued in group:
                 queued.future.cancel()
