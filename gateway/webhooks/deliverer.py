@@ -104,10 +104,11 @@ class EndpointLoop:
 
     Claimed messages wait in a queue for a *lane*: a task that sends them one after another, each request on
     a keep-alive connection of the endpoint's pool (:class:`~gateway.webhooks.http.Pool`, at most
-    ``max_in_flight`` connections). One lane starts with the first message; another opens whenever a request has run for
-    :data:`WIDEN_SECONDS` while messages wait (each running request opens one per period, so lanes double),
-    up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver is so served by one or two
-    connections, a slow one by as many as it needs: one request per claimed message at once opened a
+    ``max_in_flight`` connections). One lane starts with the first message; another opens whenever a
+    request has run for :data:`WIDEN_SECONDS` while messages wait (each running request opens one per
+    period, so lanes double), up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver
+    is so served by one or two connections, a slow one by as many as it needs: one request per claimed
+    message at once opened a
     connection each (64 under bench/webhooks.py).
     """
 
