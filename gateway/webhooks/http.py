@@ -378,12 +378,16 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         self._fail(TimeoutError())
 
-    def _finish(self, keep: bool) -> None:
+    def _end(self) -> asyncio.Future[int] | None:
+        """The request's future, taken off the connection (idle again), its timer stopped."""
         waiter, self._waiter = self._waiter, None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if waiter is not None and not waiter.done():
+        return waiter if waiter is not None and not waiter.done() else None
+
+    def _finish(self, keep: bool) -> None:
+        if (waiter := self._end()) is not None:
             waiter.set_result(self._status)
         if keep and self._transport is not None and not self._pool.closed:
             self._pool._idled(self)
@@ -391,11 +395,7 @@ class _Connection(asyncio.Protocol):
             self.drop()
 
     def _fail(self, exc: BaseException) -> None:
-        waiter, self._waiter = self._waiter, None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if waiter is not None and not waiter.done():
+        if (waiter := self._end()) is not None:
             waiter.set_exception(exc)
         self.drop()
 

@@ -106,11 +106,18 @@ async def serving(answer: Answer = ok, tls: ssl.SSLContext | None = None) -> Asy
         await server.stop()
 
 
-def pool(url: str, *, timeout: float = 2.0, max_connections: int = 4, **options: object) -> Pool:
+def pool(
+    url: str,
+    *,
+    timeout: float = 2.0,
+    max_connections: int = 4,
+    ssl_context: ssl.SSLContext | None = None,
+    proxy: str | None = None,
+) -> Pool:
     return Pool(
         url,
-        ssl_context=options.pop("ssl_context", None),  # type: ignore[arg-type]
-        proxy=options.pop("proxy", None),  # type: ignore[arg-type]
+        ssl_context=ssl_context,
+        proxy=proxy,
         max_connections=max_connections,
         timeout=timeout,
         max_answer_bytes=deliverer.MAX_ANSWER_BYTES,
@@ -136,12 +143,13 @@ async def test_a_chunked_answer_is_read_to_its_end_and_its_connection_reused() -
 
 async def test_the_request_carries_host_length_and_the_given_headers() -> None:
     async with serving() as server:
-        client = pool(f"http://127.0.0.1:{server.port}/in?x=1")
+        client = pool(f"http://app:pa%20ss@127.0.0.1:{server.port}/in?x=1#frag")
         assert await client.post({**HEADERS, "webhook-signature": "v1,abc"}, b'{"a":1}') == 200
         client.close()
     head = server.heads[0].decode()
     assert head.startswith("POST /in?x=1 HTTP/1.1\r\n")
-    for line in (f"Host: 127.0.0.1:{server.port}", "Content-Length: 7", "webhook-signature: v1,abc"):
+    lines = [f"Host: 127.0.0.1:{server.port}", "Content-Length: 7", "webhook-signature: v1,abc"]
+    for line in [*lines, "Authorization: Basic YXBwOnBhIHNz"]:  # app:pa ss, from the URL
         assert f"\r\n{line}\r\n" in head
 
 
