@@ -6,7 +6,8 @@ Each client posts the same request as a deliverer (a ~600-byte JSON body, the St
 timeout, no redirects), reads the answer to its end and goes on, ``--calls`` times one after another, to
 ``bench/webhooks.py``'s receiver (its own process, not counted). Counted by ``valgrind --tool=callgrind``
 with instrumentation on only around the calls (after a warm-up of 50), as ``bench/instructions.py`` does.
-``raw`` is the floor: an asyncio protocol writing the bytes itself and reading the status line.
+``raw`` is the floor: an asyncio protocol writing the bytes itself and reading the status line; ``gateway``
+the deliverers' own client (``gateway/webhooks/http.py``).
 A client whose package is not installed is skipped.
 """
 
@@ -135,6 +136,21 @@ async def _aiohttp_bare(url: str) -> tuple[Post, Callable[[], Awaitable[None]]]:
     return post, session.close
 
 
+async def _gateway(url: str) -> tuple[Post, Callable[[], Awaitable[None]]]:
+    """The deliverers' own client (gateway/webhooks/http.py): a pool of one connection, as a lane posts."""
+    from gateway.webhooks.http import Pool
+
+    pool = Pool(url, ssl_context=None, proxy=None, max_connections=1, timeout=TIMEOUT, max_answer_bytes=65536)
+
+    async def post() -> int:
+        return await pool.post(HEADERS, BODY)
+
+    async def close() -> None:
+        pool.close()
+
+    return post, close
+
+
 async def _curl_cffi(url: str) -> tuple[Post, Callable[[], Awaitable[None]]]:
     from curl_cffi.requests import AsyncSession
 
@@ -201,6 +217,7 @@ async def _raw(url: str) -> tuple[Post, Callable[[], Awaitable[None]]]:
 
 CLIENTS = {
     "raw": _raw,
+    "gateway": _gateway,
     "httpx": _httpx,
     "httpx-post": _httpx_post,
     "httpcore": _httpcore,

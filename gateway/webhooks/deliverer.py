@@ -11,13 +11,14 @@ An attempt is a 2xx within ``timeout_seconds``; anything else is retried on ``re
 (each entry the delay after the previous attempt, the first included) until the schedule runs out and the
 message is ``failed``. An endpoint with no success for ``disable_after_seconds`` since its first failure is
 disabled (its messages wait; ``:enable`` resumes them). Each lane of a loop sends on a keep-alive
-connection of the endpoint's ``aiohttp`` session (:class:`EndpointLoop`).
+connection of the endpoint's pool (:class:`~gateway.webhooks.http.Pool`, :class:`EndpointLoop`).
 
-The client is aiohttp's, not httpx's: posting one webhook over a kept-alive HTTP/1.1 connection took 2.62 M
-instructions with httpx (httpcore alone 1.82 M: its pool, anyio's cancel scopes, h11's pure-Python parser)
-and 0.43 M with aiohttp's ``ClientSession`` (its C parser), on the same request and answer
-(``bench/http_clients.py``, session 6); httpx's request alone cost more than a whole REST PUT, so in one
-process the deliveries could not keep up with the writes they were for (``bench/RESULTS.md``).
+The client is the gateway's own (:mod:`gateway.webhooks.http`: an asyncio protocol per connection, the
+answer parsed by httptools), not a library's: posting one webhook over a kept-alive HTTP/1.1 connection took
+2.62 M instructions with httpx (its pool, anyio's cancel scopes, h11's pure-Python parser) and ~0.4 M with
+aiohttp's ``ClientSession`` (session 6) — half of a whole delivery in the worker on Redis (session 8) —
+against the few tens of thousands of a protocol that writes the request's bytes itself
+(``bench/http_clients.py``, ``bench/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-import aiohttp
 import certifi
 
 from gateway.config import WebhookEndpoint, Webhooks
@@ -43,6 +43,7 @@ from gateway.core.backend import Backend
 from gateway.core.outbox import Attempt, EndpointState, Outbox, OutboxMessage, Route, Settled
 from gateway.errors import GatewayError
 from gateway.observability.metrics import Metrics
+from gateway.webhooks.http import HTTPError, Pool
 from gateway.webhooks.payload import Signer, body
 
 log = logging.getLogger("room_gateway.webhooks")
@@ -102,11 +103,12 @@ class EndpointLoop:
     """Delivery to one endpoint.
 
     Claimed messages wait in a queue for a *lane*: a task that sends them one after another, each request on
-    a keep-alive connection of the endpoint's session (aiohttp's pool, at most ``max_in_flight``
-    connections). One lane starts with the first message; another opens whenever a request has run for
-    :data:`WIDEN_SECONDS` while messages wait (each running request opens one per period, so lanes double),
-    up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver is so served by one or two
-    connections, a slow one by as many as it needs: one request per claimed message at once opened a
+    a keep-alive connection of the endpoint's pool (:class:`~gateway.webhooks.http.Pool`, at most
+    ``max_in_flight`` connections). One lane starts with the first message; another opens whenever a
+    request has run for :data:`WIDEN_SECONDS` while messages wait (each running request opens one per
+    period, so lanes double), up to ``max_in_flight``; a lane ends when the queue is empty. A fast receiver
+    is so served by one or two connections, a slow one by as many as it needs: one request per claimed
+    message at once opened a
     connection each (64 under bench/webhooks.py).
     """
 
@@ -123,11 +125,15 @@ class EndpointLoop:
         self.name = endpoint.name
         self._config = config
         self._backend = backend
-        self._ssl_context = ssl_context
-        #: The connections: made when :meth:`run` starts (in its loop), closed when it ends.
-        self._session: aiohttp.ClientSession | None = None
-        self._timeout = aiohttp.ClientTimeout(total=endpoint.timeout_seconds)
-        self._proxy = env_proxy(endpoint.url)
+        #: The connections: opened as lanes need them, closed when :meth:`run` ends.
+        self._pool = Pool(
+            endpoint.url,
+            ssl_context=ssl_context,
+            proxy=env_proxy(endpoint.url),
+            max_connections=endpoint.max_in_flight,
+            timeout=endpoint.timeout_seconds,
+            max_answer_bytes=MAX_ANSWER_BYTES,
+        )
         self._clock = clock
         self._signer = Signer(endpoint.secret.get_secret_value())
         self._wake = asyncio.Event()
@@ -169,16 +175,6 @@ class EndpointLoop:
 
     async def run(self) -> None:
         """Claim and send until cancelled; store errors are logged and waited out."""
-        # No cookie jar: a receiver's cookies are nothing a webhook sends back. The answer is counted as it
-        # comes (auto_decompress off), never decoded.
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=self.endpoint.max_in_flight,
-                ssl=self._ssl_context if self._ssl_context is not None else True,  # None: http:// only
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-        )
         settler = asyncio.create_task(self._settler(), name=f"webhooks {self.name} settler")
         try:
             while not self.stopping:
@@ -208,7 +204,7 @@ class EndpointLoop:
             # What ended before the stop is recorded; an attempt cut short is claimed again after its lease.
             with contextlib.suppress(GatewayError):
                 await self._settle_batch()
-            await self._session.close()
+            self._pool.close()
 
     async def _round(self) -> bool:
         """Claim what fits in the free slots; ``True`` when more may be due right away."""
@@ -310,7 +306,7 @@ class EndpointLoop:
         status, error = 0, ""
         try:
             status = await self._post(content, headers)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (HTTPError, TimeoutError) as exc:
             error = type(exc).__name__  # never the message: it may quote the URL
         seconds = time.perf_counter() - clock
         self._duration.observe(seconds)
@@ -320,28 +316,13 @@ class EndpointLoop:
     async def _post(self, content: bytes, headers: dict[str, str]) -> int:
         """Post one attempt; its status code.
 
-        The answer's body is read and dropped, at most :data:`MAX_ANSWER_BYTES`: a body read to its end
-        leaves the connection idle, so the pool keeps it for the next attempt, while one released unread is
-        closed, and each attempt then paid a TCP connect and close (the profile of bench/webhooks.py: a
-        connect() per delivery). A receiver answering more than the cap loses its connection, never makes
-        us download everything.
+        The answer's body is read to its end and dropped, at most :data:`MAX_ANSWER_BYTES`: read to its end,
+        the connection goes back to the pool for the next attempt, while one left unread is closed, and each
+        attempt then paid a TCP connect and close (the profile of bench/webhooks.py: a connect() per
+        delivery). A receiver answering more than the cap loses its connection, never makes us download
+        everything.
         """
-        assert self._session is not None, "posted outside run()"
-        async with self._session.post(
-            self.endpoint.url,
-            data=content,
-            headers=headers,
-            allow_redirects=False,
-            timeout=self._timeout,
-            proxy=self._proxy,
-        ) as response:
-            received = 0
-            while chunk := await response.content.readany():
-                received += len(chunk)
-                if received > MAX_ANSWER_BYTES:
-                    response.close()  # the connection with it
-                    break
-            return response.status
+        return await self._pool.post(headers, content)
 
     async def _settle(self, message: OutboxMessage, attempt: Attempt) -> None:
         schedule = self._config.retry_schedule_seconds
