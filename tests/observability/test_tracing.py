@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
 
 import httpx
 import pytest
@@ -17,11 +20,16 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import Span as SdkSpan
+from opentelemetry.trace import get_current_span
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway._gen.google import protobuf as wkt
 from gateway._gen.roomgateway.v1 import RoomServiceStub, SetVariableRequest, Variable
 from gateway.config import GatewayConfig
 from gateway.edge.accesslog import LOGGER_NAME
+from gateway.observability.tracing import Tracing, parse_traceparent
 from tests.security.live import ADMIN_KEY, LiveGateway, live_config, live_gateway
 
 REST_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -251,3 +259,146 @@ def test_sample_ratio_out_of_range_is_a_config_error(ratio: object) -> None:
 def test_sample_ratio_defaults_to_the_sdk_sampler() -> None:
     assert GatewayConfig.model_validate({"tracing": {"enabled": True}}).tracing.sample_ratio is None
     assert GatewayConfig.model_validate({"tracing": {"sample_ratio": "0.25"}}).tracing.sample_ratio == 0.25
+
+
+class _Started(SpanProcessor):
+    """A span processor of the gateway's provider noting the name of every span the SDK starts."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def on_start(self, span: SdkSpan, parent_context: object = None) -> None:
+        self.names.append(span.name)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        pass
+
+
+class _OpenTelemetryCalls:
+    """The OpenTelemetry functions run in this thread (the event loop's: the gateway's and the client's
+    side of a call) while the block runs, by ``sys.setprofile``."""
+
+    def __init__(self) -> None:
+        self.called: set[str] = set()
+
+    def _profile(self, frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call" and "/opentelemetry/" in frame.f_code.co_filename:
+            module = frame.f_code.co_filename.rpartition("/opentelemetry/")[2]
+            self.called.add(f"{module}:{frame.f_code.co_name}")
+
+    def __enter__(self) -> set[str]:
+        sys.setprofile(self._profile)
+        return self.called
+
+    def __exit__(self, *exc: object) -> None:
+        sys.setprofile(None)
+
+
+#: What an unsampled call may run of OpenTelemetry: the ids of its own span (and of a trace it starts).
+_ID_GENERATOR = {"sdk/trace/id_generator.py:generate_span_id", "sdk/trace/id_generator.py:generate_trace_id"}
+
+
+@pytest.mark.parametrize(
+    ("tracing", "traceparent"),
+    [
+        ({"sample_ratio": 0}, None),
+        ({"sample_ratio": 0.5}, f"00-{REST_TRACE}-{PARENT_SPAN}-00"),
+        ({}, f"00-{REST_TRACE}-{PARENT_SPAN}-00"),  # the default sampler (parent-based, every new trace)
+        ({"sample_ratio": 0}, f"00-{REST_TRACE}-nothex"),  # malformed: a new trace, at the ratio
+    ],
+    ids=["ratio 0", "caller's sampled=0", "caller's sampled=0, ratio unset", "ratio 0, malformed"],
+)
+async def test_an_unsampled_call_runs_no_opentelemetry_code(
+    tracing: dict[str, float], traceparent: str | None, receiver: list[Span]
+) -> None:
+    """An unsampled call — the caller's ``traceparent`` says so, or the ratio does — starts no SDK span
+    (none reaches a span processor), attaches no context and runs no propagator: over REST and gRPC it
+    runs nothing of OpenTelemetry but the ids of its ``traceparent``, which still carries the caller's
+    trace; a sampled call still goes through the SDK."""
+    async with live_gateway(live_config(tracing={"enabled": True, **tracing})) as gw:
+        assert gw.gateway is not None and gw.gateway.observer is not None
+        tracer = gw.gateway.observer.tracing
+        assert tracer is not None
+        started = _Started()
+        tracer.provider.add_span_processor(started)  # type: ignore[attr-defined]  # the SDK's provider
+        async with httpx.AsyncClient(base_url=gw.http_url) as client:
+            await _rest_traceparent(client, traceparent)  # the connection made, the caches filled
+            with _OpenTelemetryCalls() as called:
+                rest = await _rest_traceparent(client, traceparent)
+                grpc = await _grpc_traceparent(gw, traceparent)
+            assert called <= _ID_GENERATOR, called
+            assert started.names == []
+            assert rest["flags"] in ("00", "02") and grpc["flags"] in ("00", "02")
+            if traceparent is not None and "nothex" not in traceparent:
+                assert rest["trace"] == grpc["trace"] == REST_TRACE
+            sampled = await _rest_traceparent(client, f"00-{REST_TRACE}-{PARENT_SPAN}-01")
+        assert sampled["flags"] == "01"
+        # The server span and its backend operations' (the open-room check's read, the write).
+        assert started.names[0] == "PUT" and "write_variable" in started.names[1:]
+
+
+def test_operations_outside_a_sampled_call_make_no_span() -> None:
+    """A backend operation makes a CLIENT span only below a call the gateway sampled: not outside calls,
+    not below a span of someone else's made current."""
+    from opentelemetry import context, trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    started = _Started()
+    provider.add_span_processor(started)
+    tracing = Tracing(provider, sample_ratio=1)
+
+    async def operation() -> str:
+        return "done"
+
+    traced = tracing.client_spans(operation, "memory", "read_variable")
+
+    def run() -> None:
+        coroutine = traced()
+        with pytest.raises(StopIteration):
+            coroutine.send(None)
+
+    run()
+    other = provider.get_tracer("other").start_span("elsewhere")
+    token = context.attach(trace.set_span_in_context(other))
+    try:
+        assert get_current_span().is_recording()
+        run()
+    finally:
+        context.detach(token)
+    assert started.names == ["elsewhere"]
+
+
+_SDK_PROPAGATOR = TraceContextTextMapPropagator()
+_TRACEPARENTS = [
+    f"00-{REST_TRACE}-{PARENT_SPAN}-01",
+    f"00-{REST_TRACE}-{PARENT_SPAN}-00",
+    f"00-{REST_TRACE}-{PARENT_SPAN}-03",
+    f" \t00-{REST_TRACE}-{PARENT_SPAN}-01 \t",
+    f"01-{REST_TRACE}-{PARENT_SPAN}-01-future-fields",
+    f"00-{REST_TRACE}-{PARENT_SPAN}-01-extra",
+    f"01-{REST_TRACE}-{PARENT_SPAN}-01",
+    f"ff-{REST_TRACE}-{PARENT_SPAN}-01",
+    f"00-{'0' * 32}-{PARENT_SPAN}-01",
+    f"00-{REST_TRACE}-{'0' * 16}-01",
+    f"00-{REST_TRACE.upper()}-{PARENT_SPAN}-01",
+    f"00-{REST_TRACE}-{PARENT_SPAN}-1",
+    f"00-{REST_TRACE}-{PARENT_SPAN}",
+    f"00-{REST_TRACE}-{PARENT_SPAN}-01-{'x' * 500}",
+    f"0-{REST_TRACE}-{PARENT_SPAN}-01",
+    "",
+    "garbage",
+]
+
+
+@pytest.mark.parametrize("value", _TRACEPARENTS)
+def test_traceparent_is_read_as_the_sdk_propagator_reads_it(value: str) -> None:
+    """The gateway's reading of ``traceparent`` (W3C Trace Context) is the SDK propagator's: the same trace
+    id, parent id and flags of a valid one, nothing of an invalid one."""
+    remote = get_current_span(_SDK_PROPAGATOR.extract({"traceparent": value})).get_span_context()
+    expected = (
+        (f"{remote.trace_id:032x}", f"{remote.span_id:016x}", f"{int(remote.trace_flags):02x}")
+        if remote.is_valid
+        else None
+    )
+    assert parse_traceparent(value) == expected
