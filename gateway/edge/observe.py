@@ -63,8 +63,9 @@ class ObservedSend:
     message (bench/RESULTS.md).
 
     On the gateway's own server (``own_lines``: the scope offers :data:`~gateway.edge.cycle.HEAD`) the request
-    id and the ``RateLimit-*`` headers go as header lines it writes unchecked: both are made here, from a
-    checked id and numbers (uvicorn's checks of them per header were ~14k instructions of a REST GET).
+    id, the ``RateLimit-*`` headers and the ``traceparent`` go as header lines it writes unchecked: all are
+    made here, from a checked id, numbers and hex digits (uvicorn's checks of them per header were ~14k
+    instructions of a REST GET).
     """
 
     __slots__ = ("cors", "echoed", "limit_lines", "own_lines", "send", "span", "status", "tracing", "verdict")
@@ -99,8 +100,10 @@ class ObservedSend:
                 lines = self.limit_lines + _REQUEST_ID_LINE % self.echoed[1]
                 if verdict is not None:
                     lines = rate_limit_lines(verdict) + lines
+                if self.span is not None:  # hex digits and dashes, made by the gateway (response_line)
+                    lines += self.tracing.response_line(self.span)  # type: ignore[union-attr]
                 message[HEAD] = message.get(HEAD, b"") + lines
-                if self.cors is None and self.span is None:
+                if self.cors is None:
                     await self.send(message)
                     return
             headers = message.get("headers")
@@ -110,10 +113,10 @@ class ObservedSend:
                 if verdict is not None:
                     add_rate_limit_headers(headers, verdict)
                 headers.append(self.echoed)
+                if self.span is not None:
+                    headers.extend(self.tracing.response_headers(self.span))  # type: ignore[union-attr]
             if self.cors is not None:
                 headers.extend(self.cors)
-            if self.span is not None:
-                headers.extend(self.tracing.response_headers(self.span))  # type: ignore[union-attr]
         await self.send(message)
 
 

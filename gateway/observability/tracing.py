@@ -257,6 +257,12 @@ class Tracing:
         """The ``traceparent`` of the server span, as response headers."""
         return [(b"traceparent", server.traceparent.encode("ascii"))]
 
+    def response_line(self, server: ServerSpan) -> bytes:
+        """The ``traceparent`` of the server span as a header line (``traceparent: …\\r\\n``), for the
+        gateway's own server to write unchecked: it is made of hex digits and dashes only (the ids are
+        formatted here, a caller's trace id and flags matched as hex by :func:`parse_traceparent`)."""
+        return b"traceparent: %s\r\n" % server.traceparent.encode("ascii")
+
     def end_server_span(
         self, server: ServerSpan, recorder: MethodRecorder, scope: Scope, status: int, code: str
     ) -> None:
