@@ -28,7 +28,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.policy import Principal
 from gateway.edge.accesslog import (
-    LOGGED_KEYS,
     LOGGED_PATHS,
     AccessLine,
     http_text,
@@ -192,13 +191,12 @@ class ObservedCalls:
                 tracing.end_server_span(span, recorder, scope, status, code)  # type: ignore[union-attr]
             if observer.access_log:
                 # The line made here, not in a method (a call was ~0.3k instructions of its ~13k); the path
-                # and the key name as made safe for an earlier line (a dict lookup each, not a call).
+                # as made safe for an earlier line (a dict lookup, not a call), the key's name as its
+                # principal keeps it.
                 path = LOGGED_PATHS.get(scope.get("raw_path")) or logged_path(scope)  # type: ignore[arg-type]
                 principal = scope.get(PRINCIPAL)
-                key = (LOGGED_KEYS.get(principal.name) if type(principal) is Principal else None) or key_name(
-                    principal
-                )
-                address = str(client[0]) if client else "-"
+                key = principal.logged_name if type(principal) is Principal else key_name(principal)
+                address = client[0] if client else "-"  # ASGI: the host is a str
                 text = http_text(
                     scope["method"], path, status, key, seconds, address, call.request_id, call.trace_id
                 )
