@@ -415,3 +415,41 @@ def test_traceparent_is_read_as_the_sdk_propagator_reads_it(value: str) -> None:
         else None
     )
     assert parse_traceparent(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("sampler", "argument", "ratio"),
+    [
+        (None, None, 1.0),  # the SDK's default: parentbased_always_on
+        ("parentbased_always_on", None, 1.0),
+        ("ParentBased_Always_Off", None, 0.0),  # the SDK lower-cases the name
+        ("parentbased_traceidratio", "0.25", 0.25),
+        ("parentbased_traceidratio", "half", 1.0),  # the SDK's rule: not a number means 1.0
+        ("parentbased_traceidratio", "1.5", None),  # refused by the SDK: left to it
+        ("always_on", None, None),  # not parent-based: the SDK decides every call
+        ("traceidratio", "0.5", None),
+        ("no_such_sampler", None, None),
+    ],
+)
+def test_the_standard_parent_based_samplers_are_decided_by_the_gateway(
+    sampler: str | None, argument: str | None, ratio: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from gateway.observability.tracing import ratio_from_environment
+
+    for name, value in (("OTEL_TRACES_SAMPLER", sampler), ("OTEL_TRACES_SAMPLER_ARG", argument)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert ratio_from_environment() == ratio
+    tracing = Tracing(sample_ratio=None)
+    try:
+        assert tracing.sample_ratio == ratio
+        if ratio is not None:  # decided here: the SDK's sampler keeps what it is given
+            assert tracing.provider.sampler is ALWAYS_ON
+        else:  # the environment's sampler, as the SDK reads it
+            assert tracing.provider.sampler is not ALWAYS_ON or sampler == "always_on"
+    finally:
+        tracing.shutdown()
