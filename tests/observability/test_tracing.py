@@ -31,6 +31,8 @@ from gateway.config import GatewayConfig
 from gateway.edge.accesslog import LOGGER_NAME
 from gateway.observability.tracing import Tracing, parse_traceparent
 from tests.security.live import ADMIN_KEY, LiveGateway, live_config, live_gateway
+from tests.upstream.conftest import ADMIN_KEY as UPSTREAM_ADMIN_KEY
+from tests.upstream.conftest import StartEcho, StartFront, echo_upstream, front_config
 
 REST_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 GRPC_TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -453,3 +455,34 @@ def test_the_standard_parent_based_samplers_are_decided_by_the_gateway(
             assert tracing.provider.sampler is not ALWAYS_ON or sampler == "always_on"
     finally:
         tracing.shutdown()
+
+
+async def test_an_unsampled_call_through_the_front_proxy_passes_its_traceparent_on(
+    start_front: StartFront, start_echo: StartEcho, echo_pb2: tuple[object, Any]
+) -> None:
+    """Through the front proxy (tracing on, nothing sampled), the upstream receives the caller's
+    ``traceparent`` exactly as sent, and the caller's answer keeps its trace."""
+    echo = start_echo()
+    front = start_front(
+        front_config(echo_upstream(echo.port)) + "tracing: {enabled: true, sample_ratio: 0}\n"
+    )
+    pb = echo_pb2[1]
+    sent = f"00-{GRPC_TRACE}-{PARENT_SPAN}-00"
+    channel = Channel(*front.grpc_address)
+    try:
+        async with channel.request(
+            "/echo.v1.Echo/Whoami",
+            Cardinality.UNARY_UNARY,
+            pb.EchoRequest,
+            pb.Seen,
+            metadata={"x-api-key": UPSTREAM_ADMIN_KEY, "traceparent": sent},
+        ) as stream:
+            await stream.send_message(pb.EchoRequest(), end=True)
+            seen = await stream.recv_message()
+            await stream.recv_trailing_metadata()
+            answered = (stream.initial_metadata or {}).get("traceparent")
+    finally:
+        channel.close()
+    keys = dict(line.split("=", 1) for line in seen.metadata)
+    assert keys["traceparent"] == sent
+    assert isinstance(answered, str) and answered.startswith(f"00-{GRPC_TRACE}-") and answered.endswith("-00")
