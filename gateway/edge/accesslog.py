@@ -59,30 +59,10 @@ def _safe_path(raw: bytes) -> str:
     return "".join(chr(byte) if byte in _PRINTABLE else f"%{byte:02X}" for byte in raw)
 
 
-#: Key names made safe already (a room token's name comes from its minter: bounded, cleared when full).
-LOGGED_KEYS: dict[str, str] = {}
-
-
 def key_name(principal: object) -> str:
-    """The name of the key (or room token holder) that made the call, escaped as a path is; ``-`` for none.
-
-    A room token's name may come from a caller (its ``userName``): it must not forge log lines either.
-    """
-    if not isinstance(principal, Principal):
-        return "-"
-    logged = LOGGED_KEYS.get(principal.name)
-    if logged is None:
-        if len(LOGGED_KEYS) >= _LOGGED_SIZE:
-            LOGGED_KEYS.clear()
-        logged = LOGGED_KEYS[principal.name] = _safe_name(principal.name)
-    return logged
-
-
-def _safe_name(name: str) -> str:
-    name = name[:256]
-    if name.isprintable() and " " not in name:
-        return name
-    return "".join(c if c.isprintable() and c != " " else f"%{ord(c):02X}" for c in name)
+    """The name of the key (or room token holder) that made the call, escaped as a path is
+    (:attr:`Principal.logged_name <gateway.auth.policy.Principal.logged_name>`); ``-`` for none."""
+    return principal.logged_name if isinstance(principal, Principal) else "-"
 
 
 _LINE = "%s %s %s key=%s %.1fms client=%s request_id=%s%s"  # gRPC's line, and any record's message

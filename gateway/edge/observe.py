@@ -28,7 +28,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth.policy import Principal
 from gateway.edge.accesslog import (
-    LOGGED_KEYS,
     LOGGED_PATHS,
     AccessLine,
     http_text,
@@ -63,8 +62,9 @@ class ObservedSend:
     message (bench/RESULTS.md).
 
     On the gateway's own server (``own_lines``: the scope offers :data:`~gateway.edge.cycle.HEAD`) the request
-    id and the ``RateLimit-*`` headers go as header lines it writes unchecked: both are made here, from a
-    checked id and numbers (uvicorn's checks of them per header were ~14k instructions of a REST GET).
+    id, the ``RateLimit-*`` headers and the ``traceparent`` go as header lines it writes unchecked: all are
+    made here, from a checked id, numbers and hex digits (uvicorn's checks of them per header were ~14k
+    instructions of a REST GET).
     """
 
     __slots__ = ("cors", "echoed", "limit_lines", "own_lines", "send", "span", "status", "tracing", "verdict")
@@ -99,8 +99,10 @@ class ObservedSend:
                 lines = self.limit_lines + _REQUEST_ID_LINE % self.echoed[1]
                 if verdict is not None:
                     lines = rate_limit_lines(verdict) + lines
+                if self.span is not None:  # hex digits and dashes, made by the gateway (response_line)
+                    lines += self.tracing.response_line(self.span)  # type: ignore[union-attr]
                 message[HEAD] = message.get(HEAD, b"") + lines
-                if self.cors is None and self.span is None:
+                if self.cors is None:
                     await self.send(message)
                     return
             headers = message.get("headers")
@@ -110,10 +112,10 @@ class ObservedSend:
                 if verdict is not None:
                     add_rate_limit_headers(headers, verdict)
                 headers.append(self.echoed)
+                if self.span is not None:
+                    headers.extend(self.tracing.response_headers(self.span))  # type: ignore[union-attr]
             if self.cors is not None:
                 headers.extend(self.cors)
-            if self.span is not None:
-                headers.extend(self.tracing.response_headers(self.span))  # type: ignore[union-attr]
         await self.send(message)
 
 
@@ -136,7 +138,8 @@ class ObservedCalls:
         self.app = app
         self.observer = observer
         self.logger = logger
-        self._read_headers = observer.takes_request_ids or observer.tracing is not None
+        self._takes_request_ids = observer.takes_request_ids
+        self._reads_traceparent = observer.tracing is not None
         self._unrouted = observer.recorder(TRANSPORT, "native", "-")
         #: id(route) → (its recorder, whether it streams)
         self._routes: dict[int, tuple[MethodRecorder, bool]] = {
@@ -154,11 +157,15 @@ class ObservedCalls:
         start = time.perf_counter()
         observer = self.observer
         given = traceparent = None
-        if self._read_headers:
+        if self._takes_request_ids:
             for name, value in scope["headers"]:
                 if name == _REQUEST_ID:
                     given = value.decode("latin-1")
                 elif name == _TRACEPARENT:
+                    traceparent = value
+        elif self._reads_traceparent:  # tracing alone: one comparison a header (two were ~1.2k a call)
+            for name, value in scope["headers"]:
+                if name == _TRACEPARENT:
                     traceparent = value
         client = scope.get("client")
         call = Call(observer.request_id(client[0] if client else None, given))
@@ -189,13 +196,12 @@ class ObservedCalls:
                 tracing.end_server_span(span, recorder, scope, status, code)  # type: ignore[union-attr]
             if observer.access_log:
                 # The line made here, not in a method (a call was ~0.3k instructions of its ~13k); the path
-                # and the key name as made safe for an earlier line (a dict lookup each, not a call).
+                # as made safe for an earlier line (a dict lookup, not a call), the key's name as its
+                # principal keeps it.
                 path = LOGGED_PATHS.get(scope.get("raw_path")) or logged_path(scope)  # type: ignore[arg-type]
                 principal = scope.get(PRINCIPAL)
-                key = (LOGGED_KEYS.get(principal.name) if type(principal) is Principal else None) or key_name(
-                    principal
-                )
-                address = str(client[0]) if client else "-"
+                key = principal.logged_name if type(principal) is Principal else key_name(principal)
+                address = client[0] if client else "-"  # ASGI: the host is a str
                 text = http_text(
                     scope["method"], path, status, key, seconds, address, call.request_id, call.trace_id
                 )

@@ -22,7 +22,7 @@ from gateway.errors import GatewayError, Unavailable
 from gateway.observability.metrics import Metrics
 
 if TYPE_CHECKING:
-    from gateway.observability.tracing import Tracing
+    from gateway.observability.tracing import ClientSpan, Tracing
 
 
 def backend_label(backend: Backend) -> str:
@@ -39,10 +39,9 @@ def instrument(backend: Backend, metrics: Metrics, tracing: Tracing | None = Non
         if method is None:
             continue
         method, driver_errors = _unwrapped(backend, name, method)
+        spans = tracing.client_span(label, name) if tracing is not None else None
         timed = _timed(method, name, up, metrics.backend_duration.labels(label, name),
-                       metrics.backend_errors.labels(label, name), driver_errors)  # fmt: skip
-        if tracing is not None:
-            timed = tracing.client_spans(timed, label, name)
+                       metrics.backend_errors.labels(label, name), driver_errors, spans)  # fmt: skip
         setattr(backend, name, timed)
 
 
@@ -82,17 +81,23 @@ def _timed(
     duration: Any,
     errors: Any,
     driver_errors: tuple[type[BaseException], ...] = (),
+    spans: ClientSpan | None = None,
 ) -> Callable[..., Awaitable[Any]]:
     """``method`` timed and counted; driver errors (of an unwrapped method) turned into UNAVAILABLE as
-    :func:`gateway.core.backend._wrap_driver_errors` does."""
+    :func:`gateway.core.backend._wrap_driver_errors` does; with ``spans`` (tracing on), run in a CLIENT
+    span when a sampled call is running — in this one frame, not a wrapper of its own."""
     closing = operation == "close"
+    sampled, in_span = spans if spans is not None else (None, None)
 
     @functools.wraps(method)
     async def timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
             try:
-                result = await method(*args, **kwargs)
+                if sampled is not None and sampled():
+                    result = await in_span(method, args, kwargs)  # type: ignore[misc]  # set with sampled
+                else:
+                    result = await method(*args, **kwargs)
             except GatewayError:
                 raise
             except driver_errors as exc:

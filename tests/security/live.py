@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.app import create_gateway
+from gateway.app import Gateway, create_gateway
 from gateway.config import GatewayConfig
 from gateway.server import serve
 
@@ -24,6 +24,8 @@ _LISTENING = re.compile(r"(http|grpc) listening on (\S+):(\d+)$")
 class LiveGateway:
     http: tuple[str, int]
     grpc: tuple[str, int]
+    #: The gateway served (its parts: the observer, the backend, …).
+    gateway: Gateway | None = None
 
     @property
     def http_url(self) -> str:
@@ -74,7 +76,8 @@ async def live_gateway(config: GatewayConfig) -> AsyncIterator[LiveGateway]:
     previous = logger.level
     logger.setLevel(logging.INFO)
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(create_gateway(config), stop=stop, handle_signals=False))
+    gateway = create_gateway(config)
+    task = asyncio.create_task(serve(gateway, stop=stop, handle_signals=False))
     try:
         waiting = asyncio.create_task(handler.ready.wait())
         await asyncio.wait({waiting, task}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
@@ -82,7 +85,7 @@ async def live_gateway(config: GatewayConfig) -> AsyncIterator[LiveGateway]:
         if task.done():
             task.result()
         assert handler.ready.is_set(), "the gateway did not start"
-        yield LiveGateway(handler.found["http"], handler.found["grpc"])
+        yield LiveGateway(handler.found["http"], handler.found["grpc"], gateway)
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)

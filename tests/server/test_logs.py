@@ -430,3 +430,21 @@ def test_write_info_leaves_json_and_other_listeners_to_records(monkeypatch: pyte
             parent.removeHandler(extra)
     finally:
         writer.stop()
+
+
+def test_a_principal_is_logged_by_its_escaped_name() -> None:
+    """An access line's ``key=`` is the principal's name made safe when the principal is made (a room
+    token's name comes from its minter: it must not forge lines): spaces and unprintables escaped, at most
+    256 characters; ``-`` for no principal."""
+    from gateway.auth.policy import Principal
+    from gateway.edge.accesslog import key_name
+
+    assert key_name(Principal("admin", frozenset())) == "admin"
+    forging = Principal("token:ann\nGET /v1/rooms 200 key=admin", frozenset())
+    assert forging.logged_name == "token:ann%0AGET%20/v1/rooms%20200%20key=admin"
+    assert key_name(forging) == forging.logged_name
+    assert key_name(Principal("x" * 300, frozenset())) == "x" * 256
+    assert key_name(None) == key_name("admin") == "-"
+    # Made with the principal, not part of what it is.
+    assert Principal("a b", frozenset()) == Principal("a b", frozenset())
+    assert "logged_name" not in repr(Principal("a b", frozenset()))
