@@ -406,13 +406,7 @@ class UpstreamRoute(PathRoute):
         proxy = self.proxy
         try:
             metadata = proxy.upstream_metadata(client)
-            upstream = await proxy.channel.call(
-                self.method.path, metadata, seconds=proxy.timeout, message=request
-            )
-            try:
-                reply = await upstream.unary_reply()
-            finally:  # (not ``async with``: two coroutines a call less)
-                upstream.close()
+            reply = await proxy.channel.unary(self.method.path, metadata, request, seconds=proxy.timeout)
         except Exception as exc:
             raise proxy.error(exc) from None
         if reply is None:
