@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,15 +15,22 @@ from typing import Any
 import pytest
 from grpclib.config import Configuration
 from grpclib.const import Cardinality, Handler, Status
-from grpclib.exceptions import GRPCError
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.server import Stream
 from hpack import Decoder
 
 from gateway.rpc.h2limits import Http2Limits
+from gateway.rpc.headerblocks import literal_field, string
 from gateway.rpc.protocol import GuardedServer
 from gateway.rpc.wire import PassThroughDetailsCodec, RawCodec, RawDetails, RawMessage
 from gateway.upstream import connection as upstream_connection
-from gateway.upstream.connection import Headers, HeaderTable, UpstreamConnection, encode_metadata
+from gateway.upstream.connection import (
+    Headers,
+    HeaderTable,
+    UpstreamConnection,
+    encode_metadata,
+    message_frame,
+)
 
 SMALL_WINDOW = 65_535  # HTTP/2's smallest initial window: a few messages fill it
 
@@ -422,3 +430,136 @@ async def test_a_deadline_after_the_timer_fired_for_none(
     async with asyncio.timeout(5):
         with pytest.raises(TimeoutError):
             await upstream.unary("/t.T/Slow", b"", b"x", seconds=0.2)
+
+
+# -- the answer as the upstream frames it: scripted bytes ---------------------------------------------
+
+
+def _h2(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+_HEADERS, _DATA, _WINDOW_UPDATE = 0x1, 0x0, 0x8
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
+#: ``:status 200`` (static index 8), ``content-type: application/grpc`` (a literal without indexing).
+_START = b"\x88" + literal_field(b"content-type", b"application/grpc", never_indexed=False)
+
+
+def _indexed(name: bytes, value: bytes) -> bytes:
+    """A literal with incremental indexing, its name a literal (RFC 7541 §6.2.1): the field becomes the
+    newest entry of the decoder's table, dynamic index 62 (``\\xbe``)."""
+    return b"\x40" + string(name) + string(value)
+
+
+def _answer(stream_id: int, message: bytes, trailers: bytes) -> bytes:
+    data = message_frame(message)
+    return (
+        _h2(_HEADERS, _END_HEADERS, stream_id, _START)
+        + _h2(_DATA, 0, stream_id, data)
+        + _h2(_HEADERS, _END_HEADERS | _END_STREAM, stream_id, trailers)
+    )
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[int, dict[int, bytes]]]:
+    """An upstream that answers each stream the client opens with the bytes scripted for its id (ignoring
+    the rest of what it reads), and the script (filled by the test)."""
+    script: dict[int, bytes] = {}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(24)  # the preface
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                head = await reader.readexactly(9)
+                await reader.readexactly(int.from_bytes(head[:3], "big"))
+                stream_id = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+                if head[3] == _HEADERS and stream_id in script:
+                    writer.write(script.pop(stream_id))
+                    await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1], script
+    server.close()
+
+
+async def test_a_kept_header_block_means_what_the_table_says(
+    scripted: tuple[int, dict[int, bytes]], connect: Connect
+) -> None:
+    """The same trailers' bytes (``\\xbe``: the newest entry of the upstream's table) mean ``grpc-status: 0``,
+    then, once a later block has inserted ``grpc-status: 13``, INTERNAL: a block kept with its checks
+    while the table was unchanged is read again after the table changes."""
+    port, script = scripted
+    upstream = connect(port)
+    script[1] = _answer(1, b"a", _indexed(b"grpc-status", b"0"))
+    script[3] = _answer(3, b"b", b"\xbe")
+    script[5] = _answer(5, b"c", b"\xbe")  # the kept block, and its verdict
+    script[7] = _answer(7, b"d", _indexed(b"grpc-message", b"no") + _indexed(b"grpc-status", b"13"))
+    script[9] = _answer(9, b"e", b"\xbe")  # the kept bytes, now ``grpc-status: 13``
+    script[11] = _answer(11, b"f", b"\xbe\xbf")  # and ``grpc-message: no``
+    for reply in (b"a", b"b", b"c"):
+        assert await upstream.unary("/t.T/Slow", b"", b"x") == reply
+    for message in ("no", None, "no"):
+        with pytest.raises(GRPCError) as failed:
+            await upstream.unary("/t.T/Slow", b"", b"x")
+        assert failed.value.status is Status.INTERNAL
+        assert failed.value.message == message
+
+
+async def test_a_reply_however_its_frames_cut_it(
+    scripted: tuple[int, dict[int, bytes]], connect: Connect
+) -> None:
+    """A reply split across DATA frames (inside its length prefix and its bytes), padded, followed by a
+    second reply in the same frame (dropped), trailers with a priority; a stream that ends inside a message
+    is INTERNAL; headers that end the stream are no trailers; trailers without a status are UNKNOWN."""
+    port, script = scripted
+    upstream = connect(port)
+    data = message_frame(b"hello world")
+    trailers = literal_field(b"grpc-status", b"0", never_indexed=False)
+    start = _h2(_HEADERS, _END_HEADERS, 1, _START)
+    script[1] = (
+        start
+        + _h2(_DATA, 0, 1, data[:3])
+        + _h2(_DATA, 0, 1, data[3:8])
+        + _h2(_DATA, _PADDED, 1, b"\x04" + data[8:] + b"\x00" * 4)
+        + _h2(_HEADERS, _END_HEADERS | _END_STREAM | _PRIORITY, 1, b"\x00\x00\x00\x00\x10" + trailers)
+    )
+    script[3] = (
+        _h2(_HEADERS, _END_HEADERS, 3, _START)
+        + _h2(_DATA, 0, 3, message_frame(b"one") + message_frame(b"two"))
+        + _h2(_HEADERS, _END_HEADERS | _END_STREAM, 3, trailers)
+    )
+    script[5] = (
+        _h2(_HEADERS, _END_HEADERS, 5, _START)
+        + _h2(_DATA, 0, 5, message_frame(b"one") + data[:7])
+        + _h2(_HEADERS, _END_HEADERS | _END_STREAM, 5, trailers)
+    )
+    script[7] = _h2(_HEADERS, _END_HEADERS | _END_STREAM, 7, _START)
+    script[9] = _answer(9, b"z", literal_field(b"why", b"none", never_indexed=False))
+    assert await upstream.unary("/t.T/Slow", b"", b"x") == b"hello world"
+    assert await upstream.unary("/t.T/Slow", b"", b"x") == b"one"
+    with pytest.raises(GRPCError) as failed:
+        await upstream.unary("/t.T/Slow", b"", b"x")
+    assert (failed.value.status, failed.value.message) == (
+        Status.INTERNAL,
+        "the upstream ended its stream inside a message",
+    )
+    with pytest.raises(StreamTerminatedError, match="without trailers"):
+        await upstream.unary("/t.T/Slow", b"", b"x")
+    with pytest.raises(GRPCError) as failed:
+        await upstream.unary("/t.T/Slow", b"", b"x")
+    assert (failed.value.status, failed.value.message) == (Status.UNKNOWN, "Missing grpc-status header")
+
+
+async def test_an_answer_before_the_request_is_all_sent(
+    scripted: tuple[int, dict[int, bytes]], connect: Connect
+) -> None:
+    """A request beyond the upstream's window waits for WINDOW_UPDATE; the upstream answers first, then
+    opens its windows: the reply that came before the call was read whole is its reply, credited."""
+    port, script = scripted
+    upstream = connect(port)
+    opened = _h2(_WINDOW_UPDATE, 0, 0, (1 << 20).to_bytes(4, "big"))
+    opened += _h2(_WINDOW_UPDATE, 0, 1, (1 << 20).to_bytes(4, "big"))
+    script[1] = _answer(1, b"early", literal_field(b"grpc-status", b"0", never_indexed=False)) + opened
+    async with asyncio.timeout(5):
+        assert await upstream.unary("/t.T/Slow", b"", b"r" * 100_000) == b"early"
