@@ -399,10 +399,13 @@ class UpstreamRoute(PathRoute):
             return
         await send_json(send, 200, payload)
 
-    def _client(self, scope: Scope) -> _Headers:
-        return _Headers(scope["headers"], self.proxy.forwarded_names)
+    def _client(self, scope: Scope) -> _Headers | None:
+        """The client's headers the proxy forwards (``None``: none of them, mostly)."""
+        names = self.proxy.forwarded_names
+        forwarded = [(n, v) for n, v in scope["headers"] if n.lower() in names]
+        return _Headers(forwarded) if forwarded else None
 
-    async def _unary(self, request: bytes, client: _Headers) -> bytes:
+    async def _unary(self, request: bytes, client: _Headers | None) -> bytes:
         proxy = self.proxy
         try:
             metadata = proxy.upstream_metadata(client)
@@ -425,7 +428,7 @@ class UpstreamReplies(ListenStream[Any]):
         self._closed = False
 
     @classmethod
-    async def open(cls, route: UpstreamRoute, request: bytes, client: _Headers) -> UpstreamReplies:
+    async def open(cls, route: UpstreamRoute, request: bytes, client: _Headers | None) -> UpstreamReplies:
         """Open the call upstream and send its request; an error before the first reply is raised here,
         so that it is answered with its HTTP status rather than inside a 200 stream."""
         proxy = route.proxy
@@ -469,25 +472,19 @@ class UpstreamReplies(ListenStream[Any]):
 
 
 class _Headers:
-    """A REST call's headers with the metadata interface the proxy reads (``getall``): only the values of
-    the few keys it forwards (``names``) are kept and decoded (decoding every header was ~1 us a call, and
+    """A REST call's forwarded headers with the metadata interface the proxy reads (``getall``): only the
+    values of the few keys it forwards are kept and decoded (decoding every header was ~1 us a call, and
     sorting them all by name half of that)."""
 
-    __slots__ = ("_by_name", "_forwarded")
+    __slots__ = ("_by_name",)
 
-    def __init__(self, headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> None:
-        self._forwarded = [(n, v) for n, v in headers if n.lower() in names]  # mostly none
-        self._by_name: dict[bytes, list[bytes]] | None = None
+    def __init__(self, forwarded: list[tuple[bytes, bytes]]) -> None:
+        self._by_name: dict[bytes, list[bytes]] = {}
+        for name, value in forwarded:
+            self._by_name.setdefault(name.lower(), []).append(value)
 
     def getall(self, key: str, default: Any = ()) -> list[str]:
-        if not self._forwarded:
-            return list(default)
-        by_name = self._by_name
-        if by_name is None:  # once per call, on the first key asked for
-            by_name = self._by_name = {}
-            for name, value in self._forwarded:
-                by_name.setdefault(name.lower(), []).append(value)
-        found = by_name.get(key.encode("latin-1"))
+        found = self._by_name.get(key.encode("latin-1"))
         return [v.decode("latin-1") for v in found] if found else list(default)
 
 
