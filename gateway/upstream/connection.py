@@ -310,7 +310,7 @@ class Call:
         "window",
     )
 
-    def __init__(self, connection: _Connection, stream_id: int) -> None:
+    def __init__(self, connection: _Connection, stream_id: int, *, whole: bool = False) -> None:
         self._connection = connection
         self.stream_id = stream_id
         self.window = connection.peer_window  # what we may still send on this stream
@@ -318,13 +318,13 @@ class Call:
         # The reader's wait for something to arrive (headers, a message, the end, an error): a bare future,
         # made only when the reader has to wait (an ``asyncio.Event`` a call was ~6 Python frames a frame).
         self._waiter: asyncio.Future[None] | None = None
-        self._whole = False  # read whole (:meth:`whole`): woken at the end only, everything credited at once
+        self._whole = whole  # read whole (:meth:`whole`): woken at the end only, everything credited at once
         self._window_event: asyncio.Event | None = None
         self._headers: list[Block] = []  # header blocks received, not yet read
         self._pending = bytearray()  # DATA received, not yet a whole message
         self._messages: deque[tuple[RawMessage, int]] = deque()  # whole messages, and their bytes on the wire
         self._error: BaseException | None = None
-        #: The deadline, on the event loop's clock (kept by the connection: :meth:`_Connection.watch`)
+        #: The deadline, on the event loop's clock (kept by the connection: :meth:`_Connection.open`)
         self.expires: float | None = None
         self._initial: list[tuple[str, str]] | None = None
         self._trailers: list[tuple[str, str]] | None = None
@@ -494,7 +494,8 @@ class Call:
                 self._initial_headers(block)
         messages = self._messages
         reply = messages[0][0] if messages else None
-        self._raise_error()
+        if self._error is not None:
+            raise self._error
         if self._trailers is None:
             if self._pending:
                 raise GRPCError(Status.INTERNAL, "the upstream ended its stream inside a message")
@@ -644,7 +645,7 @@ class _Connection(asyncio.Protocol):
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.calls: dict[int, Call] = {}
         self.loop = asyncio.get_running_loop()
-        # One timer for the calls' deadlines, armed for the nearest (:meth:`watch`): a timer per call was a
+        # One timer for the calls' deadlines, armed for the nearest (:meth:`open`): a timer per call was a
         # uvloop timer made and cancelled every call.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -769,13 +770,13 @@ class _Connection(asyncio.Protocol):
             if call is not None:
                 code = int.from_bytes(payload[:4], "big")
                 call.fail(StreamTerminatedError(f"the upstream reset the stream (error code {code})"))
-                self._forget(call)
+                self.release(call)
         elif kind == _GOAWAY:
             last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
             self.going_away = True
             for call in [c for i, c in self.calls.items() if i > last]:
                 call.fail(StreamTerminatedError("the upstream is going away (GOAWAY)"))
-                self._forget(call)
+                self.release(call)
             self._on_lost(self)  # no new calls here
             if not self.calls:
                 self._close(_NO_ERROR, "")
@@ -784,15 +785,19 @@ class _Connection(asyncio.Protocol):
         # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5).
 
     def _headers(self, stream_id: int, flags: int, data: bytes | bytearray | memoryview) -> None:
-        block = self.block(bytes(data))
+        key = bytes(data)
+        block = self._blocks.get(key) if self._table.changes == self._blocks_at else None
+        if block is None:
+            block = self.block(key)
         call = self.calls.get(stream_id)
         if call is not None:
             call.headers_received(block, bool(flags & _END_STREAM))
 
     def block(self, data: bytes) -> Block:
         """A header block of the upstream's, decoded and read (:class:`Block`): the one kept for these
-        bytes while the decoder's table has not changed, else decoded (and kept when it did not change the
-        table: decoding it again would give the same headers, as :class:`CachingDecoder` reasons)."""
+        bytes while the decoder's table has not changed (:meth:`_headers` looks there first), else decoded
+        (and kept when it did not change the table: decoding it again would give the same headers, as
+        :class:`CachingDecoder` reasons)."""
         table = self._table
         changes = table.changes
         blocks = self._blocks
@@ -846,32 +851,52 @@ class _Connection(asyncio.Protocol):
                 with contextlib.suppress(ValueError):
                     self.slot_waiters.remove(waiter)
 
-    def open(self, fixed: Headers, seconds: float | None, metadata: bytes, message: bytes | None) -> Call:
-        """A new stream (a slot free: :meth:`slot`), its HEADERS written, the deadline kept (:meth:`watch`);
+    def open(
+        self,
+        fixed: Headers,
+        seconds: float | None,
+        metadata: bytes,
+        message: bytes | None,
+        *,
+        whole: bool = False,
+    ) -> Call:
+        """A new stream (a slot free: :meth:`slot`), its HEADERS written, the deadline kept (one timer per
+        connection, armed for the nearest deadline: a call that expires is reset, ``TimeoutError``);
         with ``message``, the request too and the request stream ended, in the same write, when the windows
-        take it whole (:attr:`Call.sent_end`; else the caller sends it as they allow)."""
+        take it whole (:attr:`Call.sent_end`; else the caller sends it as they allow); ``whole``: the call
+        is read whole (:meth:`Call.whole`)."""
         if self.lost or self.going_away:
             raise StreamTerminatedError("Connection lost")
         stream_id = self.next_id
-        call = Call(self, stream_id)
+        call = Call(self, stream_id, whole=whole)
         self.next_id += 2
         self.calls[stream_id] = call
         headers = fixed.block(seconds, metadata, self.table)  # encoded as written: the table's order
-        if len(headers) <= self.max_frame:
-            frames = _frame(_HEADERS, _END_HEADERS, stream_id, headers)
+        # The frames written out here, as :func:`_frame` and :func:`message_frame` write them (three
+        # function calls less on every call).
+        size = len(headers)
+        if size <= self.max_frame:
+            frames = FRAME.pack(size >> 8, size & 0xFF, _HEADERS, _END_HEADERS, stream_id) + headers
         else:
             frames = self._split_headers(stream_id, headers)
-        if seconds is not None:
-            self.watch(call, seconds)
+        if seconds is not None:  # the deadline kept: the timer armed when it is the nearest
+            at = call.expires = self.loop.time() + seconds
+            timer = self._timer
+            if timer is None or at < self._timer_at:  # mostly not: a unary call's deadline is the last's
+                if timer is not None:
+                    timer.cancel()
+                self._arm(at)
         if message is not None:
-            data = message_frame(message)
-            size = len(data)
+            length = len(message)
+            size = length + 5
             if size <= call.window and size <= self.window and size <= self.max_frame:
                 call.window -= size
                 self.window -= size
-                frames += _frame(_DATA, _END_STREAM, stream_id, data)
+                frames += FRAME.pack(size >> 8, size & 0xFF, _DATA, _END_STREAM, stream_id)
+                frames += b"\x00" + length.to_bytes(4, "big") + message
                 call.sent_end = True
-        self.write(frames)
+        if self.transport is not None:  # (not lost: tested above)
+            self.transport.write(frames)
         return call
 
     def _split_headers(self, stream_id: int, headers: bytes) -> bytes:
@@ -883,16 +908,6 @@ class _Connection(asyncio.Protocol):
                 _frame(_CONTINUATION, _END_HEADERS if i == len(chunks) - 1 else 0, stream_id, chunk)
             )
         return b"".join(frames)
-
-    def watch(self, call: Call, seconds: float) -> None:
-        """Fail ``call`` with ``TimeoutError`` (and reset it) once ``seconds`` have passed."""
-        at = self.loop.time() + seconds
-        call.expires = at
-        timer = self._timer
-        if timer is None or at < self._timer_at:  # mostly not: a unary call's default deadline is the last's
-            if timer is not None:
-                timer.cancel()
-            self._arm(at)
 
     def _arm(self, at: float) -> None:
         self._timer = self.loop.call_at(at, self._expire)
@@ -932,16 +947,16 @@ class _Connection(asyncio.Protocol):
                 self.write(_frame(_WINDOW_UPDATE, 0, call.stream_id, struct.pack(">L", call.unacknowledged)))
                 call.unacknowledged = 0
 
-    def release(self, call: Call, *, reset: bool) -> None:
-        if self.calls.get(call.stream_id) is not call:
+    def release(self, call: Call, *, reset: bool = False) -> None:
+        """Forget ``call`` (a call of :attr:`calls`; ``reset``: RST_STREAM CANCEL it first)."""
+        calls = self.calls
+        if calls.get(call.stream_id) is not call:
             return
         if reset and not self.lost:
             self.write(_frame(_RST_STREAM, 0, call.stream_id, struct.pack(">L", _CANCEL)))
-        self._forget(call)
-
-    def _forget(self, call: Call) -> None:
-        self.calls.pop(call.stream_id, None)
-        self.window_waiters.discard(call)
+        del calls[call.stream_id]
+        if self.window_waiters:
+            self.window_waiters.discard(call)
         if self.slot_waiters:
             self._grant_slots()
         if self.going_away and not self.calls:
@@ -1076,12 +1091,13 @@ class UpstreamConnection:
             and len(connection.calls) < connection.max_streams
             and (seconds is None or seconds > 0)
         ):
-            call = connection.open(self._headers.get(path) or self.headers(path), seconds, metadata, message)
+            fixed = self._headers.get(path) or self.headers(path)
+            call = connection.open(fixed, seconds, metadata, message, whole=True)
             if not call.sent_end:
                 await _send_request(call, message)
         else:
             call = await self.call(path, metadata, seconds=seconds, message=message)
-        call.whole()
+            call.whole()
         try:
             while not call.ended:
                 await call.arrival()  # mostly once: the upstream's answer comes in one read
