@@ -217,11 +217,11 @@ class Headers:
         if table is None:
             fixed = self._fixed
         else:
-            updates = table.updates()
             indexed = self._indexed
             if indexed is not None and indexed[0] is table and indexed[1] == table.changes:
-                fixed = updates + indexed[2]
+                fixed = indexed[2]  # and no size update due: a resize counts among the changes
             else:
+                updates = table.updates()
                 before = table.changes
                 fields = self._fixed[:2] + b"".join(table.field(n, v) for n, v in self._fields)
                 if table.changes == before:  # all indices: the same bytes until the table changes

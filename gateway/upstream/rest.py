@@ -374,8 +374,18 @@ class UpstreamRoute(PathRoute):
                 await self.proxy.check_room(principal, self.method, request)
             if self.method.server_streaming:
                 replies = await UpstreamReplies.open(self, request, self._client(scope))
-            else:
-                payload = await self._unary(request, self._client(scope))
+            else:  # the upstream call here, not in a coroutine of its own: one frame less to suspend
+                proxy = self.proxy
+                try:
+                    metadata = proxy.upstream_metadata(self._client(scope))
+                    reply = await proxy.channel.unary(
+                        self.method.path, metadata, request, seconds=self._seconds
+                    )
+                except Exception as exc:
+                    raise proxy.error(exc) from None
+                if reply is None:
+                    raise GatewayError(f"upstream {proxy.name!r} sent no reply", code=Code.INTERNAL)
+                payload = orjson.dumps(self.binder.reply(reply))
         except ClientDisconnected:
             return
         except GatewayError as exc:
@@ -410,17 +420,6 @@ class UpstreamRoute(PathRoute):
                     forwarded = []
                 forwarded.append((name, value))
         return _Headers(forwarded) if forwarded else None
-
-    async def _unary(self, request: bytes, client: _Headers | None) -> bytes:
-        proxy = self.proxy
-        try:
-            metadata = proxy.upstream_metadata(client)
-            reply = await proxy.channel.unary(self.method.path, metadata, request, seconds=self._seconds)
-        except Exception as exc:
-            raise proxy.error(exc) from None
-        if reply is None:
-            raise GatewayError(f"upstream {proxy.name!r} sent no reply", code=Code.INTERNAL)
-        return orjson.dumps(self.binder.reply(reply))
 
 
 class UpstreamReplies(ListenStream[Any]):

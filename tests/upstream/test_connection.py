@@ -511,7 +511,8 @@ async def test_a_reply_however_its_frames_cut_it(
 ) -> None:
     """A reply split across DATA frames (inside its length prefix and its bytes), padded, followed by a
     second reply in the same frame (dropped), trailers with a priority; a stream that ends inside a message
-    is INTERNAL; headers that end the stream are no trailers; trailers without a status are UNKNOWN."""
+    is INTERNAL; headers that end the stream are no trailers; trailers without a status are UNKNOWN; an OK
+    answer may hold no reply."""
     port, script = scripted
     upstream = connect(port)
     data = message_frame(b"hello world")
@@ -536,6 +537,9 @@ async def test_a_reply_however_its_frames_cut_it(
     )
     script[7] = _h2(_HEADERS, _END_HEADERS | _END_STREAM, 7, _START)
     script[9] = _answer(9, b"z", literal_field(b"why", b"none", never_indexed=False))
+    script[11] = _h2(_HEADERS, _END_HEADERS, 11, _START) + _h2(
+        _HEADERS, _END_HEADERS | _END_STREAM, 11, trailers
+    )
     assert await upstream.unary("/t.T/Slow", b"", b"x") == b"hello world"
     assert await upstream.unary("/t.T/Slow", b"", b"x") == b"one"
     with pytest.raises(GRPCError) as failed:
@@ -549,6 +553,7 @@ async def test_a_reply_however_its_frames_cut_it(
     with pytest.raises(GRPCError) as failed:
         await upstream.unary("/t.T/Slow", b"", b"x")
     assert (failed.value.status, failed.value.message) == (Status.UNKNOWN, "Missing grpc-status header")
+    assert await upstream.unary("/t.T/Slow", b"", b"x") is None  # OK, without a reply
 
 
 async def test_an_answer_before_the_request_is_all_sent(
