@@ -50,6 +50,7 @@ from gateway.observability.calls import MethodRecorder
 from gateway.surfaces import caller
 from gateway.upstream.connection import Call
 from gateway.upstream.descriptors import UpstreamMethod
+from gateway.upstream.flat_reply import FlatReply
 from gateway.upstream.proxy import UpstreamProxy
 
 log = logging.getLogger(__name__)
@@ -171,31 +172,22 @@ class Binder:
 
     def reply(self, data: bytes) -> Any:
         """A reply message's bytes as proto3 JSON."""
-        message: Message = self.reply_class.FromString(data)
         flat = self._flat_reply
         if flat is not None:
-            names, defaults = flat
-            found: dict[str, Any] = {}
-            try:
-                for field, value in message.ListFields():
-                    name, wide = names[field]
-                    found[name] = str(value) if wide else value
-            except KeyError:  # an extension: json_format's way
-                pass
-            else:
-                for name, default in defaults:
-                    if name not in found:
-                        found[name] = default
+            found = flat.read(data)
+            if found is not None:
                 return found
+        message: Message = self.reply_class.FromString(data)
         return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 # Flat messages: json_format walks every field and value in Python (~5 us a request, ~2.5 us a reply, the
 # largest part of a REST call's own work here). For a message whose fields are all singular strings, bools
 # and integers without presence (most requests and replies), the same conversion is a dict of names: the
-# request built by the message's constructor, the reply read from ``ListFields``. Anything else — another
-# type, a value of another JSON type, a nested object, a null, a constructor's refusal (a lone surrogate, an
-# integer out of range) — goes through json_format as before, so its results and error texts stay its own.
+# request built by the message's constructor, the reply read from its bytes (:mod:`flat_reply`). Anything
+# else — another type, a value of another JSON type, a nested object, a null, a constructor's refusal (a lone
+# surrogate, an integer out of range) — goes through json_format as before, so its results and error texts
+# stay its own.
 _FLAT_TYPES: dict[int, type] = {
     FieldDescriptor.CPPTYPE_STRING: str,
     FieldDescriptor.CPPTYPE_BOOL: bool,
@@ -204,7 +196,6 @@ _FLAT_TYPES: dict[int, type] = {
     FieldDescriptor.CPPTYPE_INT64: int,
     FieldDescriptor.CPPTYPE_UINT64: int,
 }
-_WIDE = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})  # strings in proto3 JSON
 
 
 def _flat_fields(descriptor: Descriptor) -> list[FieldDescriptor] | None:
@@ -251,19 +242,10 @@ def _flat_message(
     return data
 
 
-def _flat_reply(
-    descriptor: Descriptor,
-) -> tuple[dict[FieldDescriptor, tuple[str, bool]], list[tuple[str, Any]]] | None:
-    """A flat reply's JSON names by field, and its defaults in declaration order: ``MessageToDict``'s output
-    (the fields set by number, then the others, as it orders them)."""
+def _flat_reply(descriptor: Descriptor) -> FlatReply | None:
+    """A flat reply's reader, from its wire bytes (:mod:`gateway.upstream.flat_reply`)."""
     fields = _flat_fields(descriptor)
-    if fields is None:
-        return None
-    names = {f: (f.json_name, f.cpp_type in _WIDE) for f in fields}
-    defaults = [
-        (f.json_name, str(f.default_value) if f.cpp_type in _WIDE else f.default_value) for f in fields
-    ]
-    return names, defaults
+    return FlatReply(fields) if fields is not None else None
 
 
 def _scalar(field: FieldDescriptor, text: str) -> Any:
