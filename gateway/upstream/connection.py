@@ -22,8 +22,10 @@ HTTP/2 (RFC 9113) itself, only as a gRPC client needs it:
   call's deadline is sent as ``grpc-timeout`` and kept here too, on one timer per connection armed for the
   nearest deadline (its stream is reset when it passes: ``TimeoutError``); a call left early (the client
   cancelled) resets its stream (RST_STREAM CANCEL);
-- **unary answers** (REST's calls) are read whole (:meth:`Call.unary_reply`): the caller is woken once, when
-  the stream ends, not at each frame, and the request goes out with its HEADERS in one write;
+- **unary answers** (REST's calls) are read whole (:meth:`UpstreamConnection.unary`): the caller is woken
+  once, when the stream ends, not at each frame, and the request goes out with its HEADERS in one write;
+  the answer's header blocks, which the upstream repeats, are decoded and checked once (:class:`Block`), and
+  a DATA frame holding a whole message is taken as it is;
 - **the connection** is made on the first call and made again on the next call after it is lost or the
   upstream sends GOAWAY; the calls it carried fail with ``StreamTerminatedError`` (UNAVAILABLE), as do
   streams the upstream resets. PINGs are answered; TLS negotiates ``h2`` by ALPN.
@@ -51,13 +53,21 @@ from grpclib.metadata import decode_grpc_message, encode_timeout
 from hpack.exceptions import HPACKError
 
 from gateway.coalesce import CoalescingTransport
-from gateway.rpc.headerblocks import FRAME, CachingDecoder, integer, literal_field, string
+from gateway.rpc.headerblocks import (
+    DECODED_BLOCKS,
+    FRAME,
+    CachingDecoder,
+    integer,
+    literal_field,
+    string,
+)
 from gateway.rpc.wire import RawDetails, RawMessage
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS = 0x0, 0x1, 0x2, 0x3, 0x4
 _PUSH_PROMISE, _PING, _GOAWAY, _WINDOW_UPDATE, _CONTINUATION = 0x5, 0x6, 0x7, 0x8, 0x9
 _END_STREAM, _ACK, _END_HEADERS, _PADDED, _PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+_PADDED_OR_PRIORITY = _PADDED | _PRIORITY_FLAG
 _NO_ERROR, _PROTOCOL_ERROR, _CANCEL = 0x0, 0x1, 0x8
 _HEADER_TABLE_SIZE, _ENABLE_PUSH, _MAX_CONCURRENT_STREAMS = 0x1, 0x2, 0x3
 _INITIAL_WINDOW_SIZE, _MAX_FRAME_SIZE, _MAX_HEADER_LIST_SIZE = 0x4, 0x5, 0x6
@@ -207,11 +217,11 @@ class Headers:
         if table is None:
             fixed = self._fixed
         else:
-            updates = table.updates()
             indexed = self._indexed
             if indexed is not None and indexed[0] is table and indexed[1] == table.changes:
-                fixed = updates + indexed[2]
+                fixed = indexed[2]  # and no size update due: a resize counts among the changes
             else:
+                updates = table.updates()
                 before = table.changes
                 fields = self._fixed[:2] + b"".join(table.field(n, v) for n, v in self._fields)
                 if table.changes == before:  # all indices: the same bytes until the table changes
@@ -235,12 +245,47 @@ def message_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
+class Block:
+    """One header block of the upstream's answers, decoded and read once: an upstream repeats the same
+    blocks (the same bytes, indices into its table) call after call, so the connection keeps them while its
+    decoder's table is unchanged (:meth:`_Connection.block`) and each call checks two flags instead of
+    filing and testing its headers again.
+
+    :param headers: the block's header list.
+    """
+
+    __slots__ = ("headers", "ok_end", "plain_start", "values")
+
+    def __init__(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
+        self.values = dict(headers)
+        #: The answer's first headers, as :meth:`Call.recv_initial_metadata` takes them without a word: no
+        #: error, and not trailers-only.
+        self.plain_start = _start_error(self.values) is None and "grpc-status" not in self.values
+        #: Trailers of an OK call (``grpc-status: 0``).
+        self.ok_end = self.values.get("grpc-status") == "0"
+
+
+def _start_error(values: dict[str, str]) -> GRPCError | None:
+    """What is wrong with an answer's first headers for a gRPC client (grpclib's checks and texts)."""
+    status = values.get(":status")
+    if status != "200":
+        return GRPCError(_HTTP_STATUS.get(status or "", Status.UNKNOWN), f"Received :status = {status!r}")
+    content_type = values.get("content-type")
+    if content_type is None:
+        return GRPCError(Status.UNKNOWN, "Missing content-type header")
+    base, _, subtype = content_type.partition("+")
+    if base != "application/grpc" or subtype not in ("", "proto"):
+        return GRPCError(Status.UNKNOWN, f"Invalid content-type: {content_type!r}")
+    return None
+
+
 class Call:
     """One gRPC call on an upstream connection (made by :meth:`UpstreamConnection.call`).
 
     Read in order: :meth:`recv_initial_metadata`, :meth:`recv_message` until ``None``,
-    :meth:`recv_trailing_metadata`. Leave it with :meth:`close` (an ``async with`` does it): a call not
-    finished by then is reset upstream.
+    :meth:`recv_trailing_metadata` (or whole, :meth:`UpstreamConnection.unary`). Leave it with :meth:`close`
+    (an ``async with`` does it): a call not finished by then is reset upstream.
     """
 
     __slots__ = (
@@ -265,7 +310,7 @@ class Call:
         "window",
     )
 
-    def __init__(self, connection: _Connection, stream_id: int) -> None:
+    def __init__(self, connection: _Connection, stream_id: int, *, whole: bool = False) -> None:
         self._connection = connection
         self.stream_id = stream_id
         self.window = connection.peer_window  # what we may still send on this stream
@@ -273,13 +318,13 @@ class Call:
         # The reader's wait for something to arrive (headers, a message, the end, an error): a bare future,
         # made only when the reader has to wait (an ``asyncio.Event`` a call was ~6 Python frames a frame).
         self._waiter: asyncio.Future[None] | None = None
-        self._whole = False  # read by :meth:`unary_reply`: woken at the end only, everything credited at once
+        self._whole = whole  # read whole (:meth:`whole`): woken at the end only, everything credited at once
         self._window_event: asyncio.Event | None = None
-        self._headers: list[list[tuple[str, str]]] = []  # header lists received, not yet read
+        self._headers: list[Block] = []  # header blocks received, not yet read
         self._pending = bytearray()  # DATA received, not yet a whole message
         self._messages: deque[tuple[RawMessage, int]] = deque()  # whole messages, and their bytes on the wire
         self._error: BaseException | None = None
-        #: The deadline, on the event loop's clock (kept by the connection: :meth:`_Connection.watch`)
+        #: The deadline, on the event loop's clock (kept by the connection: :meth:`_Connection.open`)
         self.expires: float | None = None
         self._initial: list[tuple[str, str]] | None = None
         self._trailers: list[tuple[str, str]] | None = None
@@ -334,7 +379,7 @@ class Call:
 
     # -- receiving -------------------------------------------------------------------------------------
 
-    async def _next_headers(self) -> list[tuple[str, str]] | None:
+    async def _next_headers(self) -> Block | None:
         while not self._headers:
             if self.ended or self._messages:
                 self._raise_error()
@@ -343,12 +388,15 @@ class Call:
         return self._headers.pop(0)
 
     async def _wait(self) -> None:
-        """Wait until the connection tells the call something (:meth:`_wake`). One reader at a time: a
-        call's answer is read by one task (what :meth:`close` wakes, from another, is that reader)."""
+        await self.arrival()
+
+    def arrival(self) -> asyncio.Future[None]:
+        """What to await until the connection tells the call something (:meth:`_wake`). One reader at a
+        time: a call's answer is read by one task (what :meth:`close` wakes, from another, is that reader)."""
         waiter = self._waiter
         if waiter is None or waiter.done():
             waiter = self._waiter = self._connection.loop.create_future()
-        await waiter
+        return waiter
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -362,27 +410,22 @@ class Call:
 
         :raises GRPCError: a trailers-only answer (its status is not OK), or not a gRPC answer.
         """
-        headers = await self._next_headers()
-        if headers is None:
+        block = await self._next_headers()
+        if block is None:
             raise StreamTerminatedError("the upstream ended the stream without headers")
-        self._initial_headers(headers)
+        self._initial_headers(block)
 
-    def _initial_headers(self, headers: list[tuple[str, str]]) -> None:
+    def _initial_headers(self, block: Block) -> None:
         """Check the answer's first headers (see :meth:`recv_initial_metadata`)."""
-        values = dict(headers)
-        status = values.get(":status")
-        if status != "200":
-            raise GRPCError(_HTTP_STATUS.get(status or "", Status.UNKNOWN), f"Received :status = {status!r}")
-        content_type = values.get("content-type")
-        if content_type is None:
-            raise GRPCError(Status.UNKNOWN, "Missing content-type header")
-        base, _, subtype = content_type.partition("+")
-        if base != "application/grpc" or subtype not in ("", "proto"):
-            raise GRPCError(Status.UNKNOWN, f"Invalid content-type: {content_type!r}")
-        if "grpc-status" in values:  # trailers-only
+        headers = block.headers
+        if not block.plain_start:
+            error = _start_error(block.values)
+            if error is not None:
+                raise error
+            # trailers-only
             self._initial = []
             self._trailers = headers
-            self._finish(headers, values)
+            self._finish(block)
             return
         self._initial = headers
         if not self._whole:
@@ -413,49 +456,65 @@ class Call:
         while await self.recv_message() is not None:  # replies nobody asked for are dropped
             pass
         if self._trailers is None:
-            headers = await self._next_headers()
-            if headers is None:
+            block = await self._next_headers()
+            if block is None:
                 raise StreamTerminatedError("the upstream ended the stream without trailers")
-            self._trailers = headers
-            self._finish(headers, dict(headers))
+            self._trailers = block.headers
+            self._finish(block)
 
-    async def unary_reply(self) -> RawMessage | None:
-        """The one reply of a call, once the upstream has ended its stream, its status checked: what
-        :meth:`recv_message` then :meth:`recv_trailing_metadata` answer, with the same errors, after one
-        wake-up instead of one per frame. The metadata is not decoded (:attr:`initial_metadata` and
-        :attr:`trailing_metadata` stay empty: REST answers carry none). Flow control holds as the upstream
-        sends: what arrives is credited back at once (the whole answer is wanted anyway), and replies after
-        the first are dropped as they arrive, as :meth:`recv_trailing_metadata` drops them."""
+    def whole(self) -> None:
+        """Read this call whole (:meth:`UpstreamConnection.unary`, then :meth:`reply`): the reader is woken
+        once, when the stream has ended, not at each frame; what arrives is credited back at once (the
+        whole answer is wanted anyway), and replies after the first are dropped as they arrive, as
+        :meth:`recv_trailing_metadata` drops them, so flow control holds as the upstream sends. The
+        metadata is not decoded (:attr:`initial_metadata` and :attr:`trailing_metadata` stay empty: REST
+        answers carry none)."""
         self._whole = True
-        while not self.ended:
-            await self._wait()  # mostly once: the upstream's answer comes in one read
-        if self._initial is None:
-            if not self._headers:
-                self._raise_error()
-                raise StreamTerminatedError("the upstream ended the stream without headers")
-            self._initial_headers(self._headers.pop(0))
-        reply = None
         messages = self._messages
-        if messages:  # arrived before :attr:`_whole` was set: not yet credited
-            reply = messages[0][0]
+        if messages:  # arrived before (the request sent as the windows allowed): not yet credited
+            first = messages[0]
             for _, size in messages:
                 self._connection.consumed(self, size)
             messages.clear()
-        self._raise_error()
+            messages.append(first)
+
+    def reply(self) -> RawMessage | None:
+        """The one reply of a call read whole, once the upstream has ended its stream (:attr:`ended`), its
+        status checked: what :meth:`recv_message` then :meth:`recv_trailing_metadata` answer, with the same
+        errors."""
+        headers = self._headers
+        if self._initial is None:
+            if not headers:
+                self._raise_error()
+                raise StreamTerminatedError("the upstream ended the stream without headers")
+            block = headers.pop(0)
+            if block.plain_start:  # the usual answer (:meth:`_initial_headers`'s first test)
+                self._initial = block.headers
+            else:
+                self._initial_headers(block)
+        messages = self._messages
+        reply = messages[0][0] if messages else None
+        if self._error is not None:
+            raise self._error
         if self._trailers is None:
             if self._pending:
                 raise GRPCError(Status.INTERNAL, "the upstream ended its stream inside a message")
-            if not self._headers:
+            if not headers:
                 raise StreamTerminatedError("the upstream ended the stream without trailers")
-            self._trailers = headers = self._headers.pop(0)
-            self._finish(headers, dict(headers))
+            block = headers.pop(0)
+            self._trailers = block.headers
+            if block.ok_end:  # the usual answer (:meth:`_finish`'s first test)
+                self.finished = True
+            else:
+                self._finish(block)
         return reply
 
-    def _finish(self, headers: list[tuple[str, str]], values: dict[str, str]) -> None:
+    def _finish(self, block: Block) -> None:
         self.finished = True
+        values = block.values
         raw = values.get("grpc-status")
         if not self._whole:
-            self.trailing_metadata = metadata_of(headers)
+            self.trailing_metadata = metadata_of(block.headers)
         if raw == "0":  # OK, the usual answer: no enum lookup
             return
         if raw is None:
@@ -480,8 +539,8 @@ class Call:
 
     # -- what the connection tells the call ---------------------------------------------------------------
 
-    def headers_received(self, headers: list[tuple[str, str]], end: bool) -> None:
-        self._headers.append(headers)
+    def headers_received(self, block: Block, end: bool) -> None:
+        self._headers.append(block)
         if end:
             self.ended = True
             self._wake()
@@ -490,12 +549,25 @@ class Call:
 
     def data_received(self, data: bytes | memoryview, flow: int, end: bool) -> None:
         pending = self._pending
-        pending += data
         credit = flow  # the frame's whole length (padding included) counts against the window
         whole = self._whole
-        if whole:  # taken at once (:meth:`unary_reply`)
+        if whole:  # taken at once (:meth:`whole`)
             self._connection.consumed(self, credit)
             credit = 0
+            # The usual answer: one frame holding one whole message, taken without the pending buffer.
+            if (
+                not pending
+                and len(data) > 4
+                and not data[0]
+                and int.from_bytes(data[1:5], "big") == len(data) - 5
+            ):
+                if not self._messages:  # a unary call's later replies are dropped
+                    self._messages.append((RawMessage(data[5:]), 0))
+                if end:
+                    self.ended = True
+                    self._wake()
+                return
+        pending += data
         while len(pending) >= 5:
             length = int.from_bytes(pending[1:5], "big")
             if len(pending) < 5 + length:
@@ -564,11 +636,16 @@ class _Connection(asyncio.Protocol):
         self._on_lost = on_lost
         self.transport: CoalescingTransport | None = None
         self.decoder = CachingDecoder()  # an upstream repeats its answers' blocks too
+        # The blocks decoded without changing the decoder's table, read (:class:`Block`), while that table
+        # is as it was (its count of changes): the same bytes are then the same headers.
+        self._blocks: dict[bytes, Block] = {}
+        self._table: Any = self.decoder.header_table  # the decoder's, which counts its changes
+        self._blocks_at = 0
         self.table = HeaderTable()  # what the upstream's decoder holds of our blocks
         self.decoder.max_header_list_size = MAX_HEADER_LIST
         self.calls: dict[int, Call] = {}
         self.loop = asyncio.get_running_loop()
-        # One timer for the calls' deadlines, armed for the nearest (:meth:`watch`): a timer per call was a
+        # One timer for the calls' deadlines, armed for the nearest (:meth:`open`): a timer per call was a
         # uvloop timer made and cancelled every call.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -618,8 +695,22 @@ class _Connection(asyncio.Protocol):
                 length = high << 8 | low
                 if end - pos - 9 < length:
                     break
-                self._frame(kind, flags, stream_id & 0x7FFFFFFF, view[pos + 9 : pos + 9 + length])
+                payload = view[pos + 9 : pos + 9 + length]
                 pos += 9 + length
+                stream_id &= 0x7FFFFFFF
+                # An answer's frames, the usual ones, read here: a HEADERS block whole in its frame, and DATA
+                # of a call still open, neither padded nor with a priority (everything else: :meth:`_frame`).
+                if kind <= _HEADERS and not flags & _PADDED_OR_PRIORITY and self._block is None:
+                    if kind == _HEADERS:
+                        if flags & _END_HEADERS:
+                            self._headers(stream_id, flags, payload)
+                            continue
+                    else:
+                        call = self.calls.get(stream_id)
+                        if call is not None:
+                            call.data_received(payload, length, bool(flags & _END_STREAM))
+                            continue
+                self._frame(kind, flags, stream_id, payload)
         except _ConnectionError as exc:
             self._close(_PROTOCOL_ERROR, str(exc))
             return
@@ -679,13 +770,13 @@ class _Connection(asyncio.Protocol):
             if call is not None:
                 code = int.from_bytes(payload[:4], "big")
                 call.fail(StreamTerminatedError(f"the upstream reset the stream (error code {code})"))
-                self._forget(call)
+                self.release(call)
         elif kind == _GOAWAY:
             last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
             self.going_away = True
             for call in [c for i, c in self.calls.items() if i > last]:
                 call.fail(StreamTerminatedError("the upstream is going away (GOAWAY)"))
-                self._forget(call)
+                self.release(call)
             self._on_lost(self)  # no new calls here
             if not self.calls:
                 self._close(_NO_ERROR, "")
@@ -693,14 +784,40 @@ class _Connection(asyncio.Protocol):
             raise _ConnectionError("PUSH_PROMISE, which our SETTINGS refuse")
         # PRIORITY and unknown frame types are ignored (RFC 9113 §5.5).
 
-    def _headers(self, stream_id: int, flags: int, block: bytes | bytearray | memoryview) -> None:
-        try:
-            headers = self.decoder.decode(bytes(block))
-        except (HPACKError, UnicodeDecodeError) as exc:  # the decoder's table is lost with either
-            raise _ConnectionError(f"cannot decode a header block: {exc}") from None
+    def _headers(self, stream_id: int, flags: int, data: bytes | bytearray | memoryview) -> None:
+        key = bytes(data)
+        block = self._blocks.get(key) if self._table.changes == self._blocks_at else None
+        if block is None:
+            block = self.block(key)
         call = self.calls.get(stream_id)
         if call is not None:
-            call.headers_received(headers, bool(flags & _END_STREAM))  # type: ignore[arg-type]  # str pairs
+            call.headers_received(block, bool(flags & _END_STREAM))
+
+    def block(self, data: bytes) -> Block:
+        """A header block of the upstream's, decoded and read (:class:`Block`): the one kept for these
+        bytes while the decoder's table has not changed (:meth:`_headers` looks there first), else decoded
+        (and kept when it did not change the table: decoding it again would give the same headers, as
+        :class:`CachingDecoder` reasons)."""
+        table = self._table
+        changes = table.changes
+        blocks = self._blocks
+        if changes != self._blocks_at:  # a block changed the table (inserted, resized, failed half-way)
+            blocks.clear()
+            self._blocks_at = changes
+        else:
+            found = blocks.get(data)
+            if found is not None:
+                return found
+        try:
+            headers = self.decoder.decode(data)
+        except (HPACKError, UnicodeDecodeError) as exc:  # the decoder's table is lost with either
+            raise _ConnectionError(f"cannot decode a header block: {exc}") from None
+        block = Block(headers)  # type: ignore[arg-type]  # str pairs
+        if table.changes == changes:
+            if len(blocks) >= DECODED_BLOCKS:
+                blocks.clear()
+            blocks[data] = block
+        return block
 
     def _settings(self, payload: memoryview) -> None:
         for offset in range(0, len(payload) - len(payload) % 6, 6):
@@ -734,32 +851,52 @@ class _Connection(asyncio.Protocol):
                 with contextlib.suppress(ValueError):
                     self.slot_waiters.remove(waiter)
 
-    def open(self, fixed: Headers, seconds: float | None, metadata: bytes, message: bytes | None) -> Call:
-        """A new stream (a slot free: :meth:`slot`), its HEADERS written, the deadline kept (:meth:`watch`);
+    def open(
+        self,
+        fixed: Headers,
+        seconds: float | None,
+        metadata: bytes,
+        message: bytes | None,
+        *,
+        whole: bool = False,
+    ) -> Call:
+        """A new stream (a slot free: :meth:`slot`), its HEADERS written, the deadline kept (one timer per
+        connection, armed for the nearest deadline: a call that expires is reset, ``TimeoutError``);
         with ``message``, the request too and the request stream ended, in the same write, when the windows
-        take it whole (:attr:`Call.sent_end`; else the caller sends it as they allow)."""
+        take it whole (:attr:`Call.sent_end`; else the caller sends it as they allow); ``whole``: the call
+        is read whole (:meth:`Call.whole`)."""
         if self.lost or self.going_away:
             raise StreamTerminatedError("Connection lost")
         stream_id = self.next_id
-        call = Call(self, stream_id)
+        call = Call(self, stream_id, whole=whole)
         self.next_id += 2
         self.calls[stream_id] = call
         headers = fixed.block(seconds, metadata, self.table)  # encoded as written: the table's order
-        if len(headers) <= self.max_frame:
-            frames = _frame(_HEADERS, _END_HEADERS, stream_id, headers)
+        # The frames written out here, as :func:`_frame` and :func:`message_frame` write them (three
+        # function calls less on every call).
+        size = len(headers)
+        if size <= self.max_frame:
+            frames = FRAME.pack(size >> 8, size & 0xFF, _HEADERS, _END_HEADERS, stream_id) + headers
         else:
             frames = self._split_headers(stream_id, headers)
-        if seconds is not None:
-            self.watch(call, seconds)
+        if seconds is not None:  # the deadline kept: the timer armed when it is the nearest
+            at = call.expires = self.loop.time() + seconds
+            timer = self._timer
+            if timer is None or at < self._timer_at:  # mostly not: a unary call's deadline is the last's
+                if timer is not None:
+                    timer.cancel()
+                self._arm(at)
         if message is not None:
-            data = message_frame(message)
-            size = len(data)
+            length = len(message)
+            size = length + 5
             if size <= call.window and size <= self.window and size <= self.max_frame:
                 call.window -= size
                 self.window -= size
-                frames += _frame(_DATA, _END_STREAM, stream_id, data)
+                frames += FRAME.pack(size >> 8, size & 0xFF, _DATA, _END_STREAM, stream_id)
+                frames += b"\x00" + length.to_bytes(4, "big") + message
                 call.sent_end = True
-        self.write(frames)
+        if self.transport is not None:  # (not lost: tested above)
+            self.transport.write(frames)
         return call
 
     def _split_headers(self, stream_id: int, headers: bytes) -> bytes:
@@ -771,16 +908,6 @@ class _Connection(asyncio.Protocol):
                 _frame(_CONTINUATION, _END_HEADERS if i == len(chunks) - 1 else 0, stream_id, chunk)
             )
         return b"".join(frames)
-
-    def watch(self, call: Call, seconds: float) -> None:
-        """Fail ``call`` with ``TimeoutError`` (and reset it) once ``seconds`` have passed."""
-        at = self.loop.time() + seconds
-        call.expires = at
-        timer = self._timer
-        if timer is None or at < self._timer_at:  # mostly not: a unary call's default deadline is the last's
-            if timer is not None:
-                timer.cancel()
-            self._arm(at)
 
     def _arm(self, at: float) -> None:
         self._timer = self.loop.call_at(at, self._expire)
@@ -820,16 +947,16 @@ class _Connection(asyncio.Protocol):
                 self.write(_frame(_WINDOW_UPDATE, 0, call.stream_id, struct.pack(">L", call.unacknowledged)))
                 call.unacknowledged = 0
 
-    def release(self, call: Call, *, reset: bool) -> None:
-        if self.calls.get(call.stream_id) is not call:
+    def release(self, call: Call, *, reset: bool = False) -> None:
+        """Forget ``call`` (a call of :attr:`calls`; ``reset``: RST_STREAM CANCEL it first)."""
+        calls = self.calls
+        if calls.get(call.stream_id) is not call:
             return
         if reset and not self.lost:
             self.write(_frame(_RST_STREAM, 0, call.stream_id, struct.pack(">L", _CANCEL)))
-        self._forget(call)
-
-    def _forget(self, call: Call) -> None:
-        self.calls.pop(call.stream_id, None)
-        self.window_waiters.discard(call)
+        del calls[call.stream_id]
+        if self.window_waiters:
+            self.window_waiters.discard(call)
         if self.slot_waiters:
             self._grant_slots()
         if self.going_away and not self.calls:
@@ -873,6 +1000,16 @@ class _Connection(asyncio.Protocol):
         for waiter in self.slot_waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+async def _send_request(call: Call, message: bytes) -> None:
+    """Send a request the windows did not take whole at once, and end the request stream (the call closed
+    if that fails)."""
+    try:
+        await call.send_message(message, end=True)
+    except BaseException:
+        call.close()
+        raise
 
 
 class _ConnectionError(Exception):
@@ -938,12 +1075,35 @@ class UpstreamConnection:
         fixed = self._headers.get(path) or self.headers(path)
         call = connection.open(fixed, seconds, metadata, message)
         if message is not None and not call.sent_end:  # beyond a window or a frame: sent as they allow
-            try:
-                await call.send_message(message, end=True)
-            except BaseException:
-                call.close()
-                raise
+            await _send_request(call, message)
         return call
+
+    async def unary(
+        self, path: str, metadata: bytes, message: bytes, *, seconds: float | None = None
+    ) -> RawMessage | None:
+        """One unary call read whole (:meth:`Call.whole`: REST's calls): its one reply, once the upstream
+        has ended the stream, its status checked (:meth:`Call.reply`); the call closed (reset upstream when
+        left early: cancelled, failed). The parameters and errors are :meth:`call`'s, and the upstream's
+        status as :class:`~grpclib.exceptions.GRPCError`."""
+        connection = self._connection
+        if (
+            connection is not None  # the usual case, opened at once: no coroutine, nothing to wait for
+            and len(connection.calls) < connection.max_streams
+            and (seconds is None or seconds > 0)
+        ):
+            fixed = self._headers.get(path) or self.headers(path)
+            call = connection.open(fixed, seconds, metadata, message, whole=True)
+            if not call.sent_end:
+                await _send_request(call, message)
+        else:
+            call = await self.call(path, metadata, seconds=seconds, message=message)
+            call.whole()
+        try:
+            while not call.ended:
+                await call.arrival()  # mostly once: the upstream's answer comes in one read
+            return call.reply()
+        finally:
+            call.close()
 
     async def _connect(self) -> _Connection:
         if self._connecting is None:

@@ -40,6 +40,7 @@ from gateway.errors import Code, GatewayError, InvalidArgument, PermissionDenied
 from gateway.observability.calls import current_request_id
 from gateway.rpc.auth import current_principal
 from gateway.rpc.errors import grpc_error
+from gateway.rpc.headerblocks import literal_field
 from gateway.rpc.wire import RawMessage
 from gateway.upstream.address import parse_url
 from gateway.upstream.connection import Call, UpstreamConnection, encode_metadata
@@ -120,21 +121,27 @@ class UpstreamProxy:
         }
 
     def upstream_metadata(self, client: Any) -> bytes:
-        """What the upstream receives, encoded: ``metadata``, the request id, and the forwarded client keys.
+        """What the upstream receives, encoded: ``metadata``, the request id, and the forwarded client keys
+        (``client``: its metadata, ``getall``; ``None`` when it carries none of them).
 
         :raises InvalidArgument: a forwarded value HTTP/2 cannot carry to the upstream (not printable ASCII).
         """
-        sent: list[tuple[str, str | bytes]] = []
+        encoded = self._metadata
         request_id = current_request_id()
-        if request_id is not None:
-            sent.append(("x-request-id", request_id))
+        if request_id is not None:  # on every call: encoded as :func:`encode_metadata` does, without a list
+            if _VALUE.fullmatch(request_id) is None:
+                raise InvalidArgument("metadata 'x-request-id' is not printable ASCII")
+            encoded += literal_field(b"x-request-id", request_id.encode("ascii"), never_indexed=True)
+        if client is None:
+            return encoded
+        sent: list[tuple[str, str | bytes]] = []
         for key in self._forward:
             for value in client.getall(key, ()):
                 sent.append((key, value))
         for key, value in sent:
             if isinstance(value, str) and _VALUE.fullmatch(value) is None:
                 raise InvalidArgument(f"metadata {key!r} is not printable ASCII")
-        return self._metadata + encode_metadata(sent)
+        return encoded + encode_metadata(sent)
 
     @property
     def timeout(self) -> float:

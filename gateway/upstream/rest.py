@@ -50,6 +50,7 @@ from gateway.observability.calls import MethodRecorder
 from gateway.surfaces import caller
 from gateway.upstream.connection import Call
 from gateway.upstream.descriptors import UpstreamMethod
+from gateway.upstream.flat_reply import FlatReply
 from gateway.upstream.proxy import UpstreamProxy
 
 log = logging.getLogger(__name__)
@@ -171,31 +172,22 @@ class Binder:
 
     def reply(self, data: bytes) -> Any:
         """A reply message's bytes as proto3 JSON."""
-        message: Message = self.reply_class.FromString(data)
         flat = self._flat_reply
         if flat is not None:
-            names, defaults = flat
-            found: dict[str, Any] = {}
-            try:
-                for field, value in message.ListFields():
-                    name, wide = names[field]
-                    found[name] = str(value) if wide else value
-            except KeyError:  # an extension: json_format's way
-                pass
-            else:
-                for name, default in defaults:
-                    if name not in found:
-                        found[name] = default
+            found = flat.read(data)
+            if found is not None:
                 return found
+        message: Message = self.reply_class.FromString(data)
         return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
 # Flat messages: json_format walks every field and value in Python (~5 us a request, ~2.5 us a reply, the
 # largest part of a REST call's own work here). For a message whose fields are all singular strings, bools
 # and integers without presence (most requests and replies), the same conversion is a dict of names: the
-# request built by the message's constructor, the reply read from ``ListFields``. Anything else — another
-# type, a value of another JSON type, a nested object, a null, a constructor's refusal (a lone surrogate, an
-# integer out of range) — goes through json_format as before, so its results and error texts stay its own.
+# request built by the message's constructor, the reply read from its bytes (:mod:`flat_reply`). Anything
+# else — another type, a value of another JSON type, a nested object, a null, a constructor's refusal (a lone
+# surrogate, an integer out of range) — goes through json_format as before, so its results and error texts
+# stay its own.
 _FLAT_TYPES: dict[int, type] = {
     FieldDescriptor.CPPTYPE_STRING: str,
     FieldDescriptor.CPPTYPE_BOOL: bool,
@@ -204,7 +196,6 @@ _FLAT_TYPES: dict[int, type] = {
     FieldDescriptor.CPPTYPE_INT64: int,
     FieldDescriptor.CPPTYPE_UINT64: int,
 }
-_WIDE = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})  # strings in proto3 JSON
 
 
 def _flat_fields(descriptor: Descriptor) -> list[FieldDescriptor] | None:
@@ -251,19 +242,10 @@ def _flat_message(
     return data
 
 
-def _flat_reply(
-    descriptor: Descriptor,
-) -> tuple[dict[FieldDescriptor, tuple[str, bool]], list[tuple[str, Any]]] | None:
-    """A flat reply's JSON names by field, and its defaults in declaration order: ``MessageToDict``'s output
-    (the fields set by number, then the others, as it orders them)."""
+def _flat_reply(descriptor: Descriptor) -> FlatReply | None:
+    """A flat reply's reader, from its wire bytes (:mod:`gateway.upstream.flat_reply`)."""
     fields = _flat_fields(descriptor)
-    if fields is None:
-        return None
-    names = {f: (f.json_name, f.cpp_type in _WIDE) for f in fields}
-    defaults = [
-        (f.json_name, str(f.default_value) if f.cpp_type in _WIDE else f.default_value) for f in fields
-    ]
-    return names, defaults
+    return FlatReply(fields) if fields is not None else None
 
 
 def _scalar(field: FieldDescriptor, text: str) -> Any:
@@ -330,6 +312,7 @@ class UpstreamRoute(PathRoute):
         self._verb = ":" + template.verb if template.verb else ""
         self._max_body = max_body_bytes
         self._keepalive = keepalive_seconds
+        self._seconds = proxy.timeout  # a REST call's deadline: the proxy's, fixed at its creation
 
     def __repr__(self) -> str:
         return f"UpstreamRoute({self.binder.binding.http_method} {self.template} → {self.method.path})"
@@ -373,8 +356,18 @@ class UpstreamRoute(PathRoute):
                 await self.proxy.check_room(principal, self.method, request)
             if self.method.server_streaming:
                 replies = await UpstreamReplies.open(self, request, self._client(scope))
-            else:
-                payload = await self._unary(request, self._client(scope))
+            else:  # the upstream call here, not in a coroutine of its own: one frame less to suspend
+                proxy = self.proxy
+                try:
+                    metadata = proxy.upstream_metadata(self._client(scope))
+                    reply = await proxy.channel.unary(
+                        self.method.path, metadata, request, seconds=self._seconds
+                    )
+                except Exception as exc:
+                    raise proxy.error(exc) from None
+                if reply is None:
+                    raise GatewayError(f"upstream {proxy.name!r} sent no reply", code=Code.INTERNAL)
+                payload = orjson.dumps(self.binder.reply(reply))
         except ClientDisconnected:
             return
         except GatewayError as exc:
@@ -399,25 +392,16 @@ class UpstreamRoute(PathRoute):
             return
         await send_json(send, 200, payload)
 
-    def _client(self, scope: Scope) -> _Headers:
-        return _Headers(scope["headers"], self.proxy.forwarded_names)
-
-    async def _unary(self, request: bytes, client: _Headers) -> bytes:
-        proxy = self.proxy
-        try:
-            metadata = proxy.upstream_metadata(client)
-            upstream = await proxy.channel.call(
-                self.method.path, metadata, seconds=proxy.timeout, message=request
-            )
-            try:
-                reply = await upstream.unary_reply()
-            finally:  # (not ``async with``: two coroutines a call less)
-                upstream.close()
-        except Exception as exc:
-            raise proxy.error(exc) from None
-        if reply is None:
-            raise GatewayError(f"upstream {proxy.name!r} sent no reply", code=Code.INTERNAL)
-        return orjson.dumps(self.binder.reply(reply))
+    def _client(self, scope: Scope) -> _Headers | None:
+        """The client's headers the proxy forwards (``None``: none of them, mostly)."""
+        names = self.proxy.forwarded_names
+        forwarded = None
+        for name, value in scope["headers"]:  # (a loop, not a comprehension: one frame a call less)
+            if name.lower() in names:
+                if forwarded is None:
+                    forwarded = []
+                forwarded.append((name, value))
+        return _Headers(forwarded) if forwarded else None
 
 
 class UpstreamReplies(ListenStream[Any]):
@@ -431,7 +415,7 @@ class UpstreamReplies(ListenStream[Any]):
         self._closed = False
 
     @classmethod
-    async def open(cls, route: UpstreamRoute, request: bytes, client: _Headers) -> UpstreamReplies:
+    async def open(cls, route: UpstreamRoute, request: bytes, client: _Headers | None) -> UpstreamReplies:
         """Open the call upstream and send its request; an error before the first reply is raised here,
         so that it is answered with its HTTP status rather than inside a 200 stream."""
         proxy = route.proxy
@@ -475,25 +459,19 @@ class UpstreamReplies(ListenStream[Any]):
 
 
 class _Headers:
-    """A REST call's headers with the metadata interface the proxy reads (``getall``): only the values of
-    the few keys it forwards (``names``) are kept and decoded (decoding every header was ~1 us a call, and
+    """A REST call's forwarded headers with the metadata interface the proxy reads (``getall``): only the
+    values of the few keys it forwards are kept and decoded (decoding every header was ~1 us a call, and
     sorting them all by name half of that)."""
 
-    __slots__ = ("_by_name", "_forwarded")
+    __slots__ = ("_by_name",)
 
-    def __init__(self, headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> None:
-        self._forwarded = [(n, v) for n, v in headers if n.lower() in names]  # mostly none
-        self._by_name: dict[bytes, list[bytes]] | None = None
+    def __init__(self, forwarded: list[tuple[bytes, bytes]]) -> None:
+        self._by_name: dict[bytes, list[bytes]] = {}
+        for name, value in forwarded:
+            self._by_name.setdefault(name.lower(), []).append(value)
 
     def getall(self, key: str, default: Any = ()) -> list[str]:
-        if not self._forwarded:
-            return list(default)
-        by_name = self._by_name
-        if by_name is None:  # once per call, on the first key asked for
-            by_name = self._by_name = {}
-            for name, value in self._forwarded:
-                by_name.setdefault(name.lower(), []).append(value)
-        found = by_name.get(key.encode("latin-1"))
+        found = self._by_name.get(key.encode("latin-1"))
         return [v.decode("latin-1") for v in found] if found else list(default)
 
 

@@ -133,3 +133,52 @@ def test_other_replies_are_message_to_dicts() -> None:
     message = message_factory.GetMessageClass(other)(name="n", ratio=0.5, tags=["a"])
     expected = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
     assert _reply(other, message.SerializeToString()) == expected
+
+
+def _message_to_dict(descriptor: Descriptor, data: bytes) -> Any:
+    try:
+        message = message_factory.GetMessageClass(descriptor).FromString(data)
+    except Exception as exc:  # the parser's refusal: the reader must refuse too (its caller then raises)
+        return type(exc)
+    return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+
+
+def test_flat_replies_from_any_bytes_are_the_parsers() -> None:
+    """The wire reader against the parser on bytes a reply may hold: every field set, at its extremes,
+    given twice, at its default, as a 10-byte varint; and those bytes cut, with a byte changed, with
+    unknown fields, wrong wire types, invalid UTF-8. Whatever it takes is MessageToDict's dict, key order
+    included; what it leaves (``None``) the parser reads."""
+    message_class = message_factory.GetMessageClass(FLAT)
+    reader = rest._flat_reply(FLAT)
+    assert reader is not None
+    chance = random.Random(15)
+    samples = {
+        "room_id": ["", "r", "héllo", "x" * 200], "text": ["", "✓"], "ok": [False, True],
+        "count": [0, -1, -(2**31), 2**31 - 1], "big": [0, -1, -(2**63), 2**63 - 1], "small": [0, 2**32 - 1],
+        "huge": [0, 2**64 - 1], "signed": [0, -1, 2**31 - 1, -(2**31)],
+    }  # fmt: skip
+    extras = [b"", b"\xc8\x01\x05", b"\x0d\x01\x00\x00\x00", b"\x42\x02\xff\xfe", b"\x08\x02", b"\x08"]
+    taken = 0
+    for _ in range(3000):
+        chosen = chance.sample(sorted(samples), chance.randint(0, len(samples)))
+        data = message_class(**{n: chance.choice(samples[n]) for n in chosen}).SerializeToString()
+        if chance.random() < 0.3:  # a field given twice (the last wins), or a default on the wire
+            data += message_class(**{n: chance.choice(samples[n]) for n in chosen[:2]}).SerializeToString()
+            data += bytes((chance.choice([1, 2, 3, 4]) << 3,)) + b"\x00"  # a varint 0 (an int or a bool)
+        if chance.random() < 0.3:
+            data += chance.choice(extras)
+        if data and chance.random() < 0.3:
+            cut = chance.randrange(len(data))
+            data = (
+                data[:cut]
+                if chance.random() < 0.5
+                else data[:cut] + bytes((chance.randrange(256),)) + data[cut + 1 :]
+            )
+        got = reader.read(data)
+        if got is None:
+            continue
+        taken += 1
+        expected = _message_to_dict(FLAT, data)
+        assert isinstance(expected, dict), (data, got)
+        assert list(got.items()) == list(expected.items()), data
+    assert taken > 1500

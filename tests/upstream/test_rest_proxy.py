@@ -80,6 +80,34 @@ def test_an_auto_mapped_route(front: GatewayProcess) -> None:
     assert status == 200, body
     seen = json.loads(body)["metadata"]
     assert not any(ADMIN_KEY in line for line in seen)  # the client's key did not go upstream
+    keys = dict(line.split("=", 1) for line in seen)
+    assert "x-request-id" in keys and "x-client-tag" not in keys and "traceparent" not in keys
+
+
+def test_a_rest_call_forwards_the_configured_headers(front: GatewayProcess) -> None:
+    """``forward_metadata`` and the trace context reach the upstream from a REST call as from a gRPC one,
+    with the request id; other headers do not."""
+    status, body = curl(
+        "-X", "POST", f"{front.http_url}/echo.v1.Echo/Whoami",
+        "-H", f"X-API-Key: {ADMIN_KEY}", "-H", "Content-Type: application/json", "-d", "{}",
+        "-H", "X-Client-Tag: tag-1", "-H", "X-Client-Tag: tag-2", "-H", "X-Other: not-forwarded",
+        "-H", "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    )  # fmt: skip
+    assert status == 200, body
+    seen = json.loads(body)["metadata"]
+    assert [line for line in seen if line.startswith("x-client-tag=")] == [
+        "x-client-tag=tag-1",
+        "x-client-tag=tag-2",
+    ]
+    keys = dict(line.split("=", 1) for line in seen)
+    assert keys["traceparent"].startswith("00-0af7651916cd43dd8448eb211c80319c-")
+    assert "x-request-id" in keys and "x-other" not in keys
+    status, body = curl(
+        "-X", "POST", f"{front.http_url}/echo.v1.Echo/Whoami",
+        "-H", f"X-API-Key: {ADMIN_KEY}", "-H", "Content-Type: application/json", "-d", "{}",
+        "-H", "X-Client-Tag: caf\xc3\xa9",
+    )  # fmt: skip
+    assert status == 400 and "not printable ASCII" in body, body  # HTTP/2 cannot carry it upstream
 
 
 def test_a_server_stream_as_sse_and_ndjson(front: GatewayProcess) -> None:
