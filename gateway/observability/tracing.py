@@ -9,8 +9,9 @@ Imported only when tracing is switched on: off, the gateway neither imports Open
   ``service.name`` (default ``room-gateway``), ``service.version`` and ``service.instance.id``.
 - **Sampling**: parent-based, decided here before the SDK is called: a call with a valid ``traceparent``
   follows its sampled flag, other calls are sampled at ``tracing.sample_ratio`` — or, unset, at what the
-  standard ``OTEL_TRACES_SAMPLER`` (``parentbased_always_on``, the default, ``parentbased_always_off``,
-  ``parentbased_traceidratio`` with ``OTEL_TRACES_SAMPLER_ARG``) says. An unsampled call makes no SDK span,
+  standard ``OTEL_TRACES_SAMPLER`` (``parentbased_always_on``, ``parentbased_always_off``,
+  ``parentbased_traceidratio`` with ``OTEL_TRACES_SAMPLER_ARG``) says, and with neither at
+  :data:`DEFAULT_SAMPLE_RATIO` (one in a hundred, Kong's default). An unsampled call makes no SDK span,
   attaches no context and runs no propagator: its ``traceparent`` is parsed and answered here, and its
   backend operations test a context variable of the gateway's (the SDK's non-recording span and the
   propagator's context were ~25k instructions of a REST GET). The SDK's sampler is then ``always_on``: it
@@ -110,12 +111,21 @@ def _remote_parent(parent: tuple[str, str, str]) -> context.Context:
     return trace.set_span_in_context(trace.NonRecordingSpan(span_context), _NO_PARENT)
 
 
+#: The share of new traces sampled when neither ``tracing.sample_ratio`` nor ``OTEL_TRACES_SAMPLER`` says:
+#: one in a hundred, Kong's default (``tracing_sampling_rate = 0.01``). The SDK's own default (every
+#: trace) makes a traced REST call cost ~3.8 untraced ones (bench/RESULTS.md): switching tracing on
+#: should not quadruple a gateway's CPU, and a caller that samples its trace is still always followed.
+DEFAULT_SAMPLE_RATIO = 0.01
+
+
 def ratio_from_environment() -> float | None:
     """The share of new traces sampled when ``OTEL_TRACES_SAMPLER`` names one of the standard parent-based
-    samplers (unset: ``parentbased_always_on``); ``None`` for any other sampler (``always_on``,
-    ``traceidratio``, a plugin's, a name the SDK does not know) or a ratio the SDK would refuse: the
-    SDK's sampler then decides every call, as it always did."""
-    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").lower()
+    samplers (unset or blank: :data:`DEFAULT_SAMPLE_RATIO`, not the SDK's every trace); ``None`` for any
+    other sampler (``always_on``, ``traceidratio``, a plugin's, a name the SDK does not know) or a ratio
+    the SDK would refuse: the SDK's sampler then decides every call, as it always did."""
+    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "").strip().lower()
+    if not sampler:
+        return DEFAULT_SAMPLE_RATIO
     if sampler == "parentbased_always_on":
         return 1.0
     if sampler == "parentbased_always_off":

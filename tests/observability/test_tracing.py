@@ -422,7 +422,8 @@ def test_traceparent_is_read_as_the_sdk_propagator_reads_it(value: str) -> None:
 @pytest.mark.parametrize(
     ("sampler", "argument", "ratio"),
     [
-        (None, None, 1.0),  # the SDK's default: parentbased_always_on
+        (None, None, 0.01),  # the gateway's default (Kong's), not the SDK's parentbased_always_on
+        (" ", None, 0.01),  # blank is unset
         ("parentbased_always_on", None, 1.0),
         ("ParentBased_Always_Off", None, 0.0),  # the SDK lower-cases the name
         ("parentbased_traceidratio", "0.25", 0.25),
