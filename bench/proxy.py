@@ -21,10 +21,13 @@ across runs (bench/RESULTS.md: the machine varies).
     python bench/proxy.py instructions [--calls 2000] [--only grpc|rest] [--keep DIR]   # instructions a call
     python bench/proxy.py cpu [--duration 5] [--rounds 2]             # CPU a call, per process (see below)
 
-Every mode takes ``--upstream grpclib|node``: the upstream is a grpclib server (the default, the one issue
-15 names) or nice-grpc over @grpc/grpc-js on Node (the stack of WorkAdventure's Room API server, the real
-drop-in case; bench/node, its npm packages installed by the bench with ``npm ci``), both answering the
-request's bytes.
+Every mode takes ``--upstream grpclib|node|cpp``: the upstream is a grpclib server (the default, the one
+issue 15 names), nice-grpc over @grpc/grpc-js on Node (the stack of WorkAdventure's Room API server, the
+real drop-in case; bench/node, its npm packages installed by the bench with ``npm ci``) or gRPC C++'s
+callback server (bench/cpp, built by the bench with g++ against Debian's ``libgrpc++-dev``: the upstream
+whose own CPU per call is smallest, so the ratios are nearest the gateway's own), each answering the
+request's bytes. On two cores the upstream's CPU is taken from the gateway's: with the grpclib upstream a
+proxied REST call's ratio says more about grpclib's cost than about the proxy's.
 
 ``instructions`` counts what each process spends per call (``valgrind --tool=callgrind``, counting on only
 while h2load sends ``--calls`` calls on 8 connections after a warm-up, as bench/instructions.py does): the
@@ -93,7 +96,7 @@ POST_LUA = (
     f"wrk.body = {json.dumps(json.dumps({'room': 'bench-room', 'text': 'hello'}))}\n"
 )
 #: What may serve bench.Echo/Say (``--upstream``): grpclib, the issue's, is the default.
-UPSTREAMS = ("grpclib", "node")
+UPSTREAMS = ("grpclib", "node", "cpp")
 
 
 def serve_upstream(port: int) -> None:
@@ -120,14 +123,39 @@ def serve_upstream(port: int) -> None:
 
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
+CPP_DIR = Path(__file__).resolve().parent / "cpp"
+
+
+def cpp_upstream() -> Path:
+    """bench/cpp/echo_server.cc built into bench/cpp/build/ (again when the source is newer)."""
+    source, binary = CPP_DIR / "echo_server.cc", CPP_DIR / "build" / "echo_server"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    compiler, pkg_config = shutil.which("g++"), shutil.which("pkg-config")
+    flags = None
+    if pkg_config is not None:
+        found = subprocess.run([pkg_config, "--cflags", "--libs", "grpc++"], capture_output=True, text=True)
+        flags = found.stdout.split() if found.returncode == 0 else None
+    if compiler is None or flags is None:
+        raise SystemExit(
+            "--upstream cpp needs g++ and gRPC C++ (Debian: apt-get install g++ pkg-config libgrpc++-dev)"
+        )
+    binary.parent.mkdir(exist_ok=True)
+    subprocess.run(
+        [compiler, "-std=c++17", "-O2", "-o", str(binary), str(source), *flags], check=True, timeout=600
+    )
+    return binary
 
 
 def upstream_command(kind: str) -> list[str]:
     """The argv of an upstream serving ``bench.Echo/Say`` (its port appended): ``grpclib`` (the default,
-    the issue's), or ``node`` — nice-grpc over @grpc/grpc-js, WorkAdventure's Room API stack — whose npm
-    packages are installed into bench/node/node_modules from its package-lock.json (``npm ci``) once."""
+    the issue's); ``node`` — nice-grpc over @grpc/grpc-js, WorkAdventure's Room API stack — whose npm
+    packages are installed into bench/node/node_modules from its package-lock.json (``npm ci``) once; or
+    ``cpp`` — gRPC C++'s callback server, compiled once (:func:`cpp_upstream`)."""
     if kind == "grpclib":
         return [sys.executable, __file__, "serve-upstream"]
+    if kind == "cpp":
+        return [str(cpp_upstream())]
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
         raise SystemExit("--upstream node needs node and npm")
