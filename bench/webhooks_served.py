@@ -23,7 +23,8 @@ receiver is bench/webhooks.py's own process, and the writers are other processes
   after the window: a gateway that lags is shown by the rate achieved, not given more time.
 
 The gateway's CPU per PUT (user + system of the serving process over wrk's window, not the worker's) is
-steadier than PUT/s on a shared machine, as in bench/run.py.
+steadier than PUT/s on a shared machine, as in bench/run.py. On PostgreSQL, the server's CPU per PUT too
+(every ``postgres`` process on the machine, over wrk's warm-up and window).
 
 ``--worker-nice`` sets ``webhooks.worker_nice`` (unset: the shipped default); several values, comma-separated,
 run every backend's rows once per value, so that the priorities compare within one run.
@@ -135,6 +136,25 @@ def cpu_split(proc: run.Proc) -> tuple[float, float]:
     return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu(name: str) -> float:
+    """CPU seconds (user + system) used so far by the processes named ``name`` (``postgres``: the
+    PostgreSQL server's, its connections' backends included; ended processes are not counted)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        if text[text.index("(") + 1 : text.rindex(")")] == name:
+            fields = text.rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+#: wrk's warm-up before each window (bench/run.py's ``wrk``), counted in the database's CPU a PUT.
+WARM_UP_SECONDS = 2
+
+
 def put_round(
     tmp: Path, store: str, receiver: str | None, args: argparse.Namespace, nice: int | None
 ) -> dict[str, Any]:
@@ -143,15 +163,20 @@ def put_round(
         room = "put-" + uuid.uuid4().hex[:8]
         wrk_args = argparse.Namespace(threads=2, connections=args.connections, duration=args.duration)
         url = f"{gw.base}/v1/rooms/{room}/variables/v0"
-        before = cpu_split(gw.proc)
+        before, database = cpu_split(gw.proc), server_cpu("postgres")
         result = run.wrk("PUT", url, wrk_args, headers={"X-API-Key": KEY}, lua=put_lua(room), server=gw.proc)
         ended = time.time()
         user, system = (b - a for a, b in zip(before, cpu_split(gw.proc), strict=True))
+        # Warm-up and window, over the PUTs of both at the window's rate (warm-up's is much the same).
+        puts = max(result.rps * (args.duration + WARM_UP_SECONDS), 1)
         row: dict[str, Any] = {
             "rps": result.rps,
             "errors": result.errors,
             "cpu_us": result.cpu_us,
             "system_share": system / max(user + system, 1e-9),  # warm-up and window
+            "database_us": (server_cpu("postgres") - database) / puts * 1e6
+            if store.startswith("postgresql")
+            else None,
         }
         if receiver is not None:
             at_end = [a for a, _ in webhooks.arrivals(receiver, room) if a <= ended]
@@ -332,18 +357,23 @@ def report(puts: list[Any], paced: list[Any], args: argparse.Namespace) -> None:
         "",
         "| backend | PUT/s without | PUT/s with one endpoint | ratio | errors | rounds (without / with) "
         "| delivered/s in the window | backlog at its end | gateway CPU/PUT without / with "
-        "| its system share without / with |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| its system share without / with | PostgreSQL's CPU/PUT without / with |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name, without, with_ in puts:
         rounds = " / ".join(", ".join(f"{r['rps']:.0f}" for r in rows) for rows in (without, with_))
+        database = (
+            f"{median(without, 'database_us'):.0f} / {median(with_, 'database_us'):.0f} µs"
+            if without[0]["database_us"] is not None
+            else "—"
+        )
         lines.append(
             f"| {name} | {median(without, 'rps'):.0f} | {median(with_, 'rps'):.0f} "
             f"| {median(with_, 'rps') / median(without, 'rps'):.2f} "
             f"| {sum(r['errors'] for r in without + with_)} | {rounds} "
             f"| {median(with_, 'delivered_in_window'):.0f} | {median(with_, 'backlog'):.0f} "
             f"| {median(without, 'cpu_us'):.0f} / {median(with_, 'cpu_us'):.0f} µs "
-            f"| {median(without, 'system_share'):.0%} / {median(with_, 'system_share'):.0%} |"
+            f"| {median(without, 'system_share'):.0%} / {median(with_, 'system_share'):.0%} | {database} |"
         )
     lines += [
         "",
