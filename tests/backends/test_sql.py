@@ -526,6 +526,52 @@ async def test_a_postgresql_write_is_two_statements(postgres: str) -> None:
         assert all("pg_notify" in statement for statement in statements[1::2]), statements
 
 
+async def test_a_process_sends_postgresql_one_writer_of_a_room_at_a_time(postgres: str) -> None:
+    """Concurrent writes of one room's variables from one process queue in the process for the room's head
+    (:mod:`.roomqueue`): none of its connections waits for a lock in PostgreSQL (writes of one variable
+    still meet at its row), every write lands, and the queue keeps nothing once they are done — a
+    transaction that fails after taking its turn too."""
+    room_id = fresh()
+    async with opened(PostgresBackend(postgres)) as backend:
+        assert isinstance(backend, PostgresBackend)
+        watcher = await asyncpg.connect(POSTGRES_URL)
+        writing = True
+        lock_waits = 0
+
+        async def watch() -> None:
+            nonlocal lock_waits
+            while writing:
+                lock_waits += await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                await asyncio.sleep(0)
+
+        watching = asyncio.ensure_future(watch())
+        try:
+            results = await asyncio.gather(
+                *(
+                    backend.set_variable(room_id, f"v{i}", i, expected_version=None, now=T0)
+                    for i in range(200)
+                )
+            )
+        finally:
+            writing = False
+            await watching
+            await watcher.close()
+        assert lock_waits == 0
+        assert all(v is not None and v.version == 1 for v in results)
+        page = await backend.read_changes(room_id, after_seq=0, limit=1000)
+        assert [c.seq for c in page.changes] == list(range(1, 201))
+        assert len(backend._writers) == 0
+        with pytest.raises(RuntimeError, match="after its turn"):
+            async with backend._tx() as tx:
+                await backend._before_head(tx, room_id)
+                raise RuntimeError("failed after its turn")
+        assert len(backend._writers) == 0
+        assert (await backend.set_variable(room_id, "v0", "next", expected_version=None, now=T0)) is not None
+
+
 async def test_concurrent_writers_on_two_instances_log_gap_free(postgres: str) -> None:
     """Writes of every kind through two instances at once: seqs 1..N with none lost or repeated, in the
     log and on a room listener of each instance, in the same order."""

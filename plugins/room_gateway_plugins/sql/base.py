@@ -151,6 +151,8 @@ class Transaction:
     conn: AsyncConnection
     #: Run after commit (SQLite delivers to its in-process hub only once the write is durable).
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    #: Run when the transaction ends, committed or not (a lock of this process's, held until then).
+    on_end: list[Callable[[], None]] = field(default_factory=list)
 
 
 class SqlBackend(Backend):
@@ -196,6 +198,10 @@ class SqlBackend(Backend):
         """Held around every transaction (SQLite: one connection, used by one task at a time)."""
         return contextlib.nullcontext()
 
+    async def _before_head(self, tx: Transaction, room_id: str) -> None:
+        """Called by a variable write before it takes the room's head row lock (:meth:`_log`), holding no
+        head lock yet: a dialect may queue its writers of one room here (PostgreSQL, :mod:`.roomqueue`)."""
+
     @abc.abstractmethod
     async def _emit(self, tx: Transaction, message: Message, text: str) -> None:
         """Send ``message`` (whose wire text is ``text``) to its listeners, on every instance, when ``tx``
@@ -230,9 +236,15 @@ class SqlBackend(Backend):
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Transaction]:
         async with self._serial():
-            async with self.engine.begin() as conn:
-                tx = Transaction(conn)
-                yield tx
+            tx: Transaction | None = None
+            try:
+                async with self.engine.begin() as conn:
+                    tx = Transaction(conn)
+                    yield tx
+            finally:
+                if tx is not None:
+                    for end in tx.on_end:
+                        end()
             for deliver in tx.after_commit:
                 deliver()
 
@@ -426,6 +438,7 @@ class SqlBackend(Backend):
                 check_unwritten(write, (await tx.conn.execute(CURRENT_VERSION, params)).scalar() or 0)
                 return None
             variable, change = variable_change(write, written.version)
+            await self._before_head(tx, write.room_id)
             await self._log(tx, write.room_id, change, previous)
         return variable
 

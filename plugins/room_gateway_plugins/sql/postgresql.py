@@ -28,6 +28,9 @@ the ``pg_notify`` in data-modifying CTEs, the seq spliced into the message by th
 :func:`~gateway.core.wire.head`) — so logging costs a write no round trip over its notification. The
 change's webhook messages, when it has some, are one more CTE of it.
 
+**Writers of a room** queue in the process for its head row (:mod:`.roomqueue`): PostgreSQL sees one
+variable write of a room at a time from each process.
+
 **Payloads** are the messages of :mod:`gateway.core.wire`, the format the Redis backend publishes too. A
 payload must be shorter than 8000 bytes. A larger message is stored in ``notification_bodies`` (in the same
 transaction) and ``#`` followed by its id is sent instead (no message starts with ``#``); receivers read it
@@ -60,6 +63,7 @@ from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql.base import SqlBackend, Transaction
 from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.listener import Listener
+from room_gateway_plugins.sql.roomqueue import RoomQueue
 from room_gateway_plugins.sql.tables import notification_bodies
 
 log = logging.getLogger(__name__)
@@ -139,6 +143,7 @@ class PostgresBackend(SqlBackend):
         self._namespace = namespace
         self._signal_channel = _channel(namespace, "signals")
         self._incoming: asyncio.Queue[str] = asyncio.Queue()
+        self._writers = RoomQueue()  # one writer of a room at a time from this process (:mod:`.roomqueue`)
         self._reader: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
 
@@ -248,6 +253,9 @@ class PostgresBackend(SqlBackend):
             yield Transaction(conn)
 
     # -- notifications out -----------------------------------------------------------------------------------
+
+    async def _before_head(self, tx: Transaction, room_id: str) -> None:
+        tx.on_end.append(await self._writers.enter(room_id))
 
     async def _log(
         self, tx: Transaction, room_id: str, change: Change, previous: str | None = None
