@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -373,6 +374,10 @@ async def test_server_going_away_and_coming_back(postgres: str) -> None:
         sub = await backend.subscribe(Topic("variable", room_id, "x"))
         await writer.set_variable(room_id, "x", "back", expected_version=None, now=T0)
         assert (await receive(sub)).variable.value == "back"  # type: ignore[attr-defined]
+        # Its own writes and reads (on asyncpg directly, .direct) are back too, without a restart.
+        assert (await backend.set_variable(room_id, "x", "again", expected_version=None, now=T0)) is not None
+        assert (await receive(sub)).variable.value == "again"  # type: ignore[attr-defined]
+        assert await backend.get_room(room_id) is None  # never created: read, not failed
         sub.close()
     await proxy.cut()
 
@@ -515,15 +520,30 @@ async def test_a_postgresql_write_is_two_statements(postgres: str) -> None:
         await backend.set_variable(room_id, "x", 0, expected_version=None, now=T0)  # warm the pool
         statements: list[str] = []
         engine = backend.engine.sync_engine
-        listener = lambda *args: statements.append(args[2])  # noqa: E731
-        sa.event.listen(engine, "before_cursor_execute", listener)
+        through_sqlalchemy = lambda *args: statements.append(args[2])  # noqa: E731
+        # What each pooled connection sends, whoever sends it (writes run on asyncpg directly: .direct).
+        sent = lambda query: statements.append(query.query)  # noqa: E731
+        logged: list[Any] = []
+
+        def log_on(dbapi_connection: Any, *_: Any) -> None:
+            driver = dbapi_connection.driver_connection
+            driver.add_query_logger(sent)
+            logged.append(driver)
+
+        sa.event.listen(engine, "before_cursor_execute", through_sqlalchemy)
+        sa.event.listen(engine, "checkout", log_on)
         try:
             await backend.set_variable(room_id, "x", 1, expected_version=None, now=T0)
             await backend.set_variable(room_id, "x", 2, expected_version=2, now=T0)
         finally:
-            sa.event.remove(engine, "before_cursor_execute", listener)
-        assert len(statements) == 4, statements
-        assert all("pg_notify" in statement for statement in statements[1::2]), statements
+            sa.event.remove(engine, "before_cursor_execute", through_sqlalchemy)
+            sa.event.remove(engine, "checkout", log_on)
+            for driver in logged:
+                driver.remove_query_logger(sent)
+        written = [s for s in statements if s.strip().upper() not in ("BEGIN", "COMMIT", "BEGIN;", "COMMIT;")]
+        assert len(written) == 4, statements
+        assert all("pg_notify" in statement for statement in written[1::2]), statements
+        assert len(statements) == 8, statements  # and one BEGIN and one COMMIT a write
 
 
 async def test_a_process_sends_postgresql_one_writer_of_a_room_at_a_time(postgres: str) -> None:
@@ -570,6 +590,37 @@ async def test_a_process_sends_postgresql_one_writer_of_a_room_at_a_time(postgre
                 raise RuntimeError("failed after its turn")
         assert len(backend._writers) == 0
         assert (await backend.set_variable(room_id, "v0", "next", expected_version=None, now=T0)) is not None
+
+
+async def test_postgresql_writes_cancelled_in_flight_leave_the_pool_working(postgres: str) -> None:
+    """Writes cancelled at every stage (waiting for a connection, mid-statement, mid-commit) stay
+    cancellations; the connections they held are not given back in an unknown state, so the next write
+    works at once; and what was acknowledged is exactly what the log holds."""
+    room_id = fresh()
+    async with opened(PostgresBackend(postgres)) as backend:
+        assert isinstance(backend, PostgresBackend)
+        acknowledged = 0
+        for delay in (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016) * 3:
+            writes = [
+                asyncio.ensure_future(
+                    backend.set_variable(room_id, f"v{i}", i, expected_version=None, now=T0)
+                )
+                for i in range(30)
+            ]
+            await asyncio.sleep(delay)
+            for write in writes:
+                write.cancel()
+            for outcome in await asyncio.gather(*writes, return_exceptions=True):
+                if isinstance(outcome, Variable):
+                    acknowledged += 1
+                else:
+                    assert isinstance(outcome, asyncio.CancelledError), outcome
+            assert (
+                await backend.set_variable(room_id, "next", delay, expected_version=None, now=T0) is not None
+            )
+            acknowledged += 1
+        page = await backend.read_changes(room_id, after_seq=0, limit=10_000)
+        assert [c.seq for c in page.changes] == list(range(1, acknowledged + 1))
 
 
 async def test_concurrent_writers_on_two_instances_log_gap_free(postgres: str) -> None:

@@ -234,11 +234,13 @@ class SqlBackend(Backend):
             await conn.execute(sa.text("SELECT 1"))
 
     @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Transaction]:
+    async def _tx(self, *, hot: bool = False) -> AsyncIterator[Transaction]:
+        """A write transaction (``hot``: a variable write's, which a dialect may run on its driver
+        directly, :meth:`_begin`)."""
         async with self._serial():
             tx: Transaction | None = None
             try:
-                async with self.engine.begin() as conn:
+                async with self._begin(hot=hot) as conn:
                     tx = Transaction(conn)
                     yield tx
             finally:
@@ -247,6 +249,11 @@ class SqlBackend(Backend):
                         end()
             for deliver in tx.after_commit:
                 deliver()
+
+    def _begin(self, *, hot: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        """The connection of a write transaction, committed when the block ends: SQLAlchemy's
+        (PostgreSQL runs its ``hot`` ones on asyncpg directly, :mod:`.direct`)."""
+        return self.engine.begin()
 
     @contextlib.asynccontextmanager
     async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
@@ -431,7 +438,7 @@ class SqlBackend(Backend):
 
     async def write_variable(self, write: VariableWrite) -> Variable | None:
         statement, params = self._variable_statement(write)
-        async with self._tx() as tx:
+        async with self._tx(hot=True) as tx:
             previous = await self._previous(tx, write) if self.outbox is not None else None
             written = (await tx.conn.execute(statement, params)).first() if statement is not None else None
             if written is None:

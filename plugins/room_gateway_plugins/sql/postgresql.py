@@ -45,7 +45,8 @@ import dataclasses
 import hashlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import sqlalchemy as sa
@@ -58,7 +59,7 @@ from gateway.core.hub import LocalHub, Subscription, Topic
 from gateway.core.models import Change, RoomSignal
 from gateway.core.outbox import new_message_id
 from gateway.errors import Unavailable
-from room_gateway_plugins.sql import changelog
+from room_gateway_plugins.sql import changelog, direct
 from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql.base import SqlBackend, Transaction
 from room_gateway_plugins.sql.columns import UTCDateTime
@@ -144,6 +145,7 @@ class PostgresBackend(SqlBackend):
         self._signal_channel = _channel(namespace, "signals")
         self._incoming: asyncio.Queue[str] = asyncio.Queue()
         self._writers = RoomQueue()  # one writer of a room at a time from this process (:mod:`.roomqueue`)
+        self._statements: direct.Statements | None = None  # compiled for asyncpg itself (:mod:`.direct`)
         self._reader: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
 
@@ -253,6 +255,20 @@ class PostgresBackend(SqlBackend):
             yield Transaction(conn)
 
     # -- notifications out -----------------------------------------------------------------------------------
+
+    def _begin(self, *, hot: bool) -> contextlib.AbstractAsyncContextManager[Any]:
+        if not hot:
+            return super()._begin(hot=hot)
+        return direct.transaction(self.engine, self._compiled())
+
+    async def _fetch(self, statement: sa.Select[*tuple[Any, ...]], **params: Any) -> Sequence[Any]:
+        async with direct.checked_out(self.engine) as conn:  # autocommit, as SQLAlchemy's
+            return (await direct.DirectConnection(conn, self._compiled()).execute(statement, params)).all()
+
+    def _compiled(self) -> direct.Statements:
+        if self._statements is None:
+            self._statements = direct.Statements(self.engine.dialect)
+        return self._statements
 
     async def _before_head(self, tx: Transaction, room_id: str) -> None:
         tx.on_end.append(await self._writers.enter(room_id))

@@ -1,0 +1,159 @@
+"""PostgreSQL's hot statements on a pooled connection's asyncpg connection, not through SQLAlchemy's run.
+
+Through SQLAlchemy's asyncio adaptation a variable write cost the gateway ~770 CPU-µs on its own (one at a
+time; ~1,070 with 60 at once), a room read ~255: each statement is a greenlet spawned and switched, an
+execution context, a result proxy, and ``begin()`` its own. The same transaction on the asyncpg connection
+itself cost ~170 (bench/RESULTS.md, session 12). So a variable write (:meth:`.postgresql.PostgresBackend.
+_write_tx`) and the reads of :meth:`.base.SqlBackend._fetch` run here, on a connection checked out of
+SQLAlchemy's pool as any other (one pool, its size and its recovery), while the rest of the backend keeps
+SQLAlchemy.
+
+Nothing is written twice. The statements stay the SQLAlchemy Core constructs of :mod:`.base`,
+:mod:`.outbox` and :mod:`.postgresql`, compiled once by the engine's own dialect
+(:class:`~.readers.CompiledStatement`, :class:`~.readers.CompiledRead`, as the SQLite backend does for its
+readers): the same SQL text, with the same casts, as SQLAlchemy sends, and values through the same bind
+and result processors. :class:`DirectConnection` answers ``execute`` as an ``AsyncConnection`` does, for
+the part of its result that the backend reads (``first``, ``one``, ``scalar``, ``scalar_one``,
+``scalars``, ``all``, ``rowcount``), so the backend's write code is one and the same on either.
+
+A connection error (asyncpg's, or the socket's) is :class:`~.base.StoreUnreachable`, as SQLAlchemy's
+``handle_error`` hook makes it elsewhere, and the pool's connections are invalidated, as SQLAlchemy does on
+a disconnect, so that the next calls connect afresh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from room_gateway_plugins.sql.base import StoreUnreachable
+from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement
+
+#: Statements compiled once and kept: the backend's are module constants or cached per shape, so this
+#: bounds only what a caller builds anew on each call (a large payload's log rows): those are compiled
+#: each time and the oldest dropped.
+_KEPT = 512
+#: asyncpg's errors that mean the connection is gone, besides ``OSError``.
+_LOST = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError)
+
+
+class DirectResult:
+    """The rows of one statement (or, for one without, its row count), read as SQLAlchemy's result."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: Sequence[Any], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Any:
+        if len(self._rows) != 1:
+            raise sa.exc.NoResultFound("no row") if not self._rows else sa.exc.MultipleResultsFound("rows")
+        return self._rows[0]
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalars(self) -> list[Any]:
+        return [row[0] for row in self._rows]
+
+    def all(self) -> list[Any]:
+        return list(self._rows)
+
+    def __iter__(self) -> Any:
+        return iter(self._rows)
+
+
+class Statements:
+    """Statements compiled by one dialect, each once (:data:`_KEPT` at most)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._compiled: dict[int, tuple[sa.ClauseElement, CompiledStatement]] = {}
+
+    def __call__(self, statement: sa.ClauseElement) -> CompiledStatement:
+        found = self._compiled.get(id(statement))
+        if found is not None and found[0] is statement:  # the id of a live statement: that statement
+            return found[1]
+        returns_rows = getattr(statement, "is_select", False) or bool(getattr(statement, "_returning", ()))
+        if isinstance(statement, sa.TextClause):  # text(): its rows, when it has any, read by position
+            compiled: CompiledStatement = CompiledStatement(statement, self._dialect)
+        elif returns_rows:
+            compiled = CompiledRead(statement, self._dialect)  # type: ignore[arg-type]  # checked above
+        else:
+            compiled = CompiledStatement(statement, self._dialect)
+        if len(self._compiled) >= _KEPT:
+            del self._compiled[next(iter(self._compiled))]
+        self._compiled[id(statement)] = (statement, compiled)  # the statement kept: its id stays its own
+        return compiled
+
+
+class DirectConnection:
+    """``execute`` of SQLAlchemy statements on one asyncpg connection (see the module)."""
+
+    __slots__ = ("_conn", "_statements")
+
+    def __init__(self, conn: asyncpg.Connection, statements: Statements) -> None:
+        self._conn = conn
+        self._statements = statements
+
+    async def execute(
+        self, statement: sa.ClauseElement, params: Mapping[str, Any] | None = None
+    ) -> DirectResult:
+        compiled = self._statements(statement)
+        sql, args = compiled.bind(params or {})
+        if isinstance(compiled, CompiledRead):
+            rows = compiled.rows(await self._conn.fetch(sql, *args))
+            return DirectResult(rows, len(rows))
+        if isinstance(statement, sa.TextClause):
+            records = await self._conn.fetch(sql, *args)
+            return DirectResult(records, len(records))
+        status = await self._conn.execute(sql, *args)  # "UPDATE 3", "INSERT 0 1", "DELETE 0"
+        count = status.rsplit(" ", 1)[-1]
+        return DirectResult((), int(count) if count.isdigit() else -1)
+
+
+@contextlib.asynccontextmanager
+async def checked_out(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """The asyncpg connection of a connection checked out of ``engine``'s pool, given back after.
+
+    :raises StoreUnreachable: the server cannot be reached, or the connection was lost meanwhile (then
+        invalidated, so that the pool does not hand it out again).
+    """
+    async with engine.connect() as conn:  # SQLAlchemy's pool: its connect errors are classified already
+        raw = await conn.get_raw_connection()
+        try:
+            yield raw.driver_connection
+        except (OSError, *_LOST) as exc:
+            # What SQLAlchemy does on a disconnect it sees itself: every connection of the pool made before
+            # now is replaced at its next checkout (the server went away: they are all lost), so one call
+            # answers UNAVAILABLE and the next ones connect afresh. The pool's own (underscored) method,
+            # the one its ``Connection`` calls.
+            engine.sync_engine.pool._invalidate(raw, exc)
+            raise StoreUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            # Cancelled (the client went away), maybe with a statement in flight: the connection's state
+            # is unknown, so it is closed rather than given back (SQLAlchemy does the same), and the
+            # cancellation stays a cancellation.
+            raw.invalidate()
+            raise
+
+
+@contextlib.asynccontextmanager
+async def transaction(engine: AsyncEngine, statements: Statements) -> AsyncIterator[DirectConnection]:
+    """A transaction on a checked-out connection's asyncpg connection: committed when the block ends,
+    rolled back when it raises."""
+    async with checked_out(engine) as conn, conn.transaction():
+        yield DirectConnection(conn, statements)
