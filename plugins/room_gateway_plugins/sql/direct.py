@@ -1,9 +1,9 @@
 """PostgreSQL's hot statements on a pooled connection's asyncpg connection, not through SQLAlchemy's run.
 
-Through SQLAlchemy's asyncio adaptation a variable write cost the gateway ~770 CPU-µs on its own (one at a
-time; ~1,070 with 60 at once), a room read ~255: each statement is a greenlet spawned and switched, an
-execution context, a result proxy, and ``begin()`` its own. The same transaction on the asyncpg connection
-itself cost ~170 (bench/RESULTS.md, session 12). So a variable write (:meth:`.postgresql.PostgresBackend.
+Through SQLAlchemy's asyncio adaptation a variable write cost the gateway ~880 CPU-µs on its own (one at a
+time; ~1,200 with 60 at once), a room read ~280: each statement is a greenlet spawned and switched, an
+execution context, a result proxy, and ``begin()`` its own. A transaction of the same shape on the asyncpg
+connection itself costs ~190; here a write costs ~480 and a read ~165 (bench/postgresql_writes.py). So a variable write (:meth:`.postgresql.PostgresBackend.
 _write_tx`) and the reads of :meth:`.base.SqlBackend._fetch` run here, on a connection checked out of
 SQLAlchemy's pool as any other (one pool, its size and its recovery), while the rest of the backend keeps
 SQLAlchemy.
