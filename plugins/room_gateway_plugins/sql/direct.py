@@ -3,10 +3,11 @@
 Through SQLAlchemy's asyncio adaptation a variable write cost the gateway ~880 CPU-µs on its own (one at a
 time; ~1,200 with 60 at once), a room read ~280: each statement is a greenlet spawned and switched, an
 execution context, a result proxy, and ``begin()`` its own. A transaction of the same shape on the asyncpg
-connection itself costs ~190; here a write costs ~480 and a read ~165 (bench/postgresql_writes.py). So a variable write (:meth:`.postgresql.PostgresBackend.
-_write_tx`) and the reads of :meth:`.base.SqlBackend._fetch` run here, on a connection checked out of
-SQLAlchemy's pool as any other (one pool, its size and its recovery), while the rest of the backend keeps
-SQLAlchemy.
+connection itself costs ~190; here a write costs ~480 and a read ~165
+(bench/postgresql_writes.py). So a variable write (:meth:`.base.SqlBackend._tx` with ``hot``), the reads
+of :meth:`.base.SqlBackend._fetch` and the webhook outbox's bookkeeping (claims, settles, prunings) run
+here, on a connection checked out of SQLAlchemy's pool as any other (one pool, its size and its
+recovery), while the rest of the backend keeps SQLAlchemy.
 
 Nothing is written twice. The statements stay the SQLAlchemy Core constructs of :mod:`.base`,
 :mod:`.outbox` and :mod:`.postgresql`, compiled once by the engine's own dialect
@@ -110,9 +111,17 @@ class DirectConnection:
         self._statements = statements
 
     async def execute(
-        self, statement: sa.ClauseElement, params: Mapping[str, Any] | None = None
+        self,
+        statement: sa.ClauseElement,
+        params: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     ) -> DirectResult:
+        """Run ``statement`` with ``params``; with a list of them, once each (``executemany``: no rows)."""
         compiled = self._statements(statement)
+        if isinstance(params, Sequence):
+            bound = [compiled.bind(one) for one in params]
+            if bound:
+                await self._conn.executemany(bound[0][0], [args for _, args in bound])
+            return DirectResult((), len(bound))
         sql, args = compiled.bind(params or {})
         if isinstance(compiled, CompiledRead):
             rows = compiled.rows(await self._conn.fetch(sql, *args))
@@ -123,6 +132,10 @@ class DirectConnection:
         status = await self._conn.execute(sql, *args)  # "UPDATE 3", "INSERT 0 1", "DELETE 0"
         count = status.rsplit(" ", 1)[-1]
         return DirectResult((), int(count) if count.isdigit() else -1)
+
+    async def exec_driver_sql(self, sql: str) -> None:
+        """Run SQL text as it is (a ``SET LOCAL``)."""
+        await self._conn.execute(sql)
 
 
 @contextlib.asynccontextmanager
