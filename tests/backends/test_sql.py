@@ -623,6 +623,36 @@ async def test_postgresql_writes_cancelled_in_flight_leave_the_pool_working(post
         assert [c.seq for c in page.changes] == list(range(1, acknowledged + 1))
 
 
+async def test_postgresql_connections_the_server_ends_cost_one_call(postgres: str) -> None:
+    """The server ends every pooled connection (``pg_terminate_backend``: an admin shutdown, as a restart
+    does): the first call that meets one answers UNAVAILABLE and invalidates the pool, so the calls after
+    it connect afresh and succeed."""
+    room_id = fresh()
+    pid = sa.select(sa.func.pg_backend_pid().label("pid"))
+    async with opened(PostgresBackend(postgres)) as backend:
+        await asyncio.gather(
+            *(backend.set_variable(room_id, f"v{i}", i, expected_version=None, now=T0) for i in range(8))
+        )
+        pids = {
+            row.pid for rows in await asyncio.gather(*(backend._fetch(pid) for _ in range(8))) for row in rows
+        }
+        killer = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await killer.fetch("SELECT pg_terminate_backend(p) FROM unnest($1::int[]) AS p", list(pids))
+        finally:
+            await killer.close()
+        outcomes = []
+        for i in range(6):
+            try:
+                outcomes.append(
+                    await backend.set_variable(room_id, "after", i, expected_version=None, now=T0)
+                )
+            except Unavailable:
+                outcomes.append(None)
+        assert outcomes.count(None) <= 1, outcomes
+        assert outcomes[-1] is not None and await backend.get_room(room_id) is None
+
+
 async def test_concurrent_writers_on_two_instances_log_gap_free(postgres: str) -> None:
     """Writes of every kind through two instances at once: seqs 1..N with none lost or repeated, in the
     log and on a room listener of each instance, in the same order."""

@@ -40,8 +40,15 @@ from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement
 #: bounds only what a caller builds anew on each call (a large payload's log rows): those are compiled
 #: each time and the oldest dropped.
 _KEPT = 512
-#: asyncpg's errors that mean the connection is gone, besides ``OSError``.
-_LOST = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError)
+#: asyncpg's errors that mean the connection is gone, besides ``OSError``: SQLSTATE class 08, the server
+#: shutting down or restarting (57P01 to 57P03; not 57014, a cancelled statement), a closed connection.
+_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
 
 
 class DirectResult:
