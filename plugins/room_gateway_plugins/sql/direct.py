@@ -85,26 +85,25 @@ class DirectResult:
 
 
 class Statements:
-    """Statements compiled by one dialect, each once (:data:`_KEPT` at most)."""
+    """Statements compiled by one dialect, each once (:data:`_KEPT` at most), kept by the statement itself
+    as the SQLite backend keeps its compiled reads (a statement hashes by identity)."""
 
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
-        self._compiled: dict[int, tuple[sa.ClauseElement, CompiledStatement]] = {}
+        self._compiled: dict[sa.ClauseElement, CompiledStatement] = {}
 
     def __call__(self, statement: sa.ClauseElement) -> CompiledStatement:
-        found = self._compiled.get(id(statement))
-        if found is not None and found[0] is statement:  # the id of a live statement: that statement
-            return found[1]
-        returns_rows = getattr(statement, "is_select", False) or bool(getattr(statement, "_returning", ()))
-        if isinstance(statement, sa.TextClause):  # text(): its rows, when it has any, read by position
-            compiled: CompiledStatement = CompiledStatement(statement, self._dialect)
-        elif returns_rows:
-            compiled = CompiledRead(statement, self._dialect)  # type: ignore[arg-type]  # checked above
-        else:
-            compiled = CompiledStatement(statement, self._dialect)
+        compiled = self._compiled.get(statement)
+        if compiled is not None:
+            return compiled
+        # Named rows for a SELECT or a RETURNING; text() has no columns to name: read by position.
+        named = not isinstance(statement, sa.TextClause) and (
+            getattr(statement, "is_select", False) or bool(getattr(statement, "_returning", ()))
+        )
+        compiled = (CompiledRead if named else CompiledStatement)(statement, self._dialect)  # type: ignore[arg-type]
         if len(self._compiled) >= _KEPT:
             del self._compiled[next(iter(self._compiled))]
-        self._compiled[id(statement)] = (statement, compiled)  # the statement kept: its id stays its own
+        self._compiled[statement] = compiled
         return compiled
 
 

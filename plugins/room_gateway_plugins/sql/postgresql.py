@@ -241,22 +241,7 @@ class PostgresBackend(SqlBackend):
             raise
         return sub
 
-    async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
-        params = {"p_room_id": write.room_id, "p_name": write.name, "p_now": write.now}
-        row = (await tx.conn.execute(outbox_sql.LOCK_PREVIOUS, params)).one()
-        return row.value, row.version
-
-    @contextlib.asynccontextmanager
-    async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
-        # The commit returns before its WAL record is flushed ("Asynchronous Commit" in PostgreSQL's
-        # manual): a server crash may lose the last of them, never corrupts nor reorders them.
-        # On asyncpg directly (.direct), as the variable writes: the delivery worker's CPU is taken from
-        # the same cores as the gateway's.
-        async with direct.transaction(self.engine, self._compiled()) as conn:
-            await conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
-            yield Transaction(conn)  # type: ignore[arg-type]  # answers execute as an AsyncConnection
-
-    # -- notifications out -----------------------------------------------------------------------------------
+    # -- writes and reads: on asyncpg directly (:mod:`.direct`), one writer of a room at a time -------------
 
     def _begin(self, *, hot: bool) -> contextlib.AbstractAsyncContextManager[Any]:
         if not hot:
@@ -273,7 +258,24 @@ class PostgresBackend(SqlBackend):
         return self._statements
 
     async def _before_head(self, tx: Transaction, room_id: str) -> None:
-        tx.on_end.append(await self._writers.enter(room_id))
+        tx.on_end.append(await self._writers.enter(room_id))  # :mod:`.roomqueue`
+
+    async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
+        params = {"p_room_id": write.room_id, "p_name": write.name, "p_now": write.now}
+        row = (await tx.conn.execute(outbox_sql.LOCK_PREVIOUS, params)).one()
+        return row.value, row.version
+
+    @contextlib.asynccontextmanager
+    async def _bookkeeping_tx(self) -> AsyncIterator[Transaction]:
+        # The commit returns before its WAL record is flushed ("Asynchronous Commit" in PostgreSQL's
+        # manual): a server crash may lose the last of them, never corrupts nor reorders them.
+        # On asyncpg directly (.direct), as the variable writes: the delivery worker's CPU is taken from
+        # the same cores as the gateway's.
+        async with direct.transaction(self.engine, self._compiled()) as conn:
+            await conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            yield Transaction(conn)  # type: ignore[arg-type]  # answers execute as an AsyncConnection
+
+    # -- notifications out -----------------------------------------------------------------------------------
 
     async def _log(
         self, tx: Transaction, room_id: str, change: Change, previous: str | None = None
