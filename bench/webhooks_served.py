@@ -130,25 +130,28 @@ def put_lua(room: str) -> str:
     )
 
 
-def cpu_split(proc: run.Proc) -> tuple[float, float]:
-    """The serving process's user and system CPU seconds so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{proc.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_of(pid: int | str) -> tuple[float, float]:
+    """A process's user and system CPU seconds so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_split(proc: run.Proc) -> tuple[float, float]:
+    """The serving process's user and system CPU seconds so far."""
+    return _cpu_of(proc.p.pid)
 
 
 def server_cpu(name: str) -> float:
     """CPU seconds (user + system) used so far by the processes named ``name`` (``postgres``: the
     PostgreSQL server's, its connections' backends included; ended processes are not counted)."""
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    total = 0.0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
         try:
-            text = stat.read_text()
+            if comm.read_text().strip() == name:
+                total += sum(_cpu_of(comm.parent.name))
         except OSError:  # ended meanwhile
             continue
-        if text[text.index("(") + 1 : text.rindex(")")] == name:
-            fields = text.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 #: wrk's warm-up before each window (bench/run.py's ``wrk``), counted in the database's CPU a PUT.
