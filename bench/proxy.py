@@ -5,8 +5,8 @@ the proxy vs the native REST GetVariable, side by side in one run.
 
 Two processes: an upstream (``bench.Echo/Say``, which answers the request's bytes: the upstream's own cost
 is as small as a gRPC server's can be) and a gateway with that upstream in ``upstreams:`` (rate
-limits counted on every call but never refusing, access log off, as bench/run.py). Each round measures, back
-to back:
+limits counted on every call but never refusing, the access log on as shipped — ``--access-log off``
+measures without it —, as bench/run.py). Each round measures, back to back:
 
 - ``direct``: h2load on the upstream's port, ``/bench.Echo/Say``;
 - ``proxied``: h2load on the gateway's gRPC port, the same call with a gateway key;
@@ -497,6 +497,12 @@ def measured(
     return calls, rps, {**spent, "client": own}
 
 
+def log_level(args: argparse.Namespace) -> list[str]:
+    """The gateway's ``--log-level``: the shipped ``info`` with the access log on (its lines are INFO), else
+    ``warning`` (no start-up lines either)."""
+    return [] if args.access_log == "on" else ["--log-level", "warning"]
+
+
 def cpu(args: argparse.Namespace) -> None:
     """The ``cpu`` mode (module docstring)."""
     rows: list[tuple[int, str, int, float, dict[str, Usage]]] = []
@@ -505,13 +511,15 @@ def cpu(args: argparse.Namespace) -> None:
         (Path(tmp) / "bench.proto").write_text(PROTO)
         config = Path(tmp) / "gateway.yaml"
         config.write_text(
-            gateway_config(http, grpc, access_log=False, extra=UPSTREAM.format(upstream=upstream))
+            gateway_config(
+                http, grpc, access_log=args.access_log == "on", extra=UPSTREAM.format(upstream=upstream)
+            )
         )
         up = Proc([*upstream_command(args.upstream), str(upstream)])
         procs = [up]
         try:
             wait_port(upstream)
-            command = ["-m", "gateway", "serve", "--config", str(config), "--log-level", "warning"]
+            command = ["-m", "gateway", "serve", "--config", str(config), *log_level(args)]
             gw = Proc([sys.executable, *command])
             procs.append(gw)
             wait_port(http)
@@ -606,6 +614,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2 if measuring_cpu else 3)
     parser.add_argument("--upstream", choices=UPSTREAMS, default="grpclib", help="what serves bench.Echo/Say")
+    parser.add_argument(
+        "--access-log",
+        choices=("on", "off"),
+        default="on",
+        help="the gateway's access log (default on, as shipped; its lines go to this script's stderr)",
+    )
     args = parser.parse_args(sys.argv[2:] if measuring_cpu else sys.argv[1:])
     if measuring_cpu:
         cpu(args)
@@ -619,11 +633,11 @@ def main() -> None:
         (Path(tmp) / "bench.proto").write_text(PROTO)
         config = Path(tmp) / "gateway.yaml"
         upstreams = UPSTREAM.format(upstream=upstream)
-        config.write_text(gateway_config(http, grpc, access_log=False, extra=upstreams))
+        config.write_text(gateway_config(http, grpc, access_log=args.access_log == "on", extra=upstreams))
         procs = [Proc([*upstream_command(args.upstream), str(upstream)])]
         try:
             wait_port(upstream)
-            command = ["-m", "gateway", "serve", "--config", str(config), "--log-level", "warning"]
+            command = ["-m", "gateway", "serve", "--config", str(config), *log_level(args)]
             procs.append(Proc([sys.executable, *command]))
             wait_port(http)
             wait_port(grpc)
@@ -675,7 +689,7 @@ def report(rounds: list[dict[str, Result]], args: argparse.Namespace) -> None:
     print(
         f"\nmedian proxied/direct gRPC: {grpc_ratio:.1%} (target ≥ 70%); median proxied REST/native REST "
         f"GetVariable: {rest_ratio:.1%} (target ≥ 60%); {args.connections} connections, {args.threads} "
-        f"threads, {args.duration} s per measurement, {args.upstream} upstream"
+        f"threads, {args.duration} s per measurement, {args.upstream} upstream, access log {args.access_log}"
     )
 
 
