@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from room_gateway_plugins.sql import SQLiteBackend, base, changelog, presence, sqlite
+import sqlalchemy as sa
+from room_gateway_plugins.sql import SQLiteBackend, base, changelog, presence, readers, sqlite, tables
 from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
@@ -216,3 +217,28 @@ def test_a_compiled_statement_binds_as_sqlalchemy_would() -> None:
     assert listing.bind({"start": "a", "limit": 5})[1] == ("a", 5, 0)  # OFFSET's default
     among = CompiledRead(base._ROOMS_AMONG, dialect)
     assert among.bind({"room_ids": ["a", "b"]})[1] == ("a", "b")
+
+
+def test_compiled_statements_are_kept_once_each_by_kind() -> None:
+    """The one cache of both SQL backends (``readers.Compiled``): a statement is compiled once per kind and
+    then handed out again; inferred, a SELECT or a ``RETURNING`` reads rows by name and anything else by
+    position; and statements built anew on every call are bounded, the oldest dropped first."""
+    dialect = sqlite_dialect.dialect(paramstyle="qmark")
+    compiled = readers.Compiled(dialect)
+    read = compiled.read(base._ROOMS_FROM)
+    assert isinstance(read, CompiledRead) and compiled.read(base._ROOMS_FROM) is read
+    by_position = compiled.statement(base.CURRENT_VERSION)  # a SELECT its caller reads by position
+    assert type(by_position) is CompiledStatement and compiled.statement(base.CURRENT_VERSION) is by_position
+    assert compiled(base._ROOMS_FROM) is read  # a SELECT, inferred: named rows
+    assert compiled(sqlite._APPEND) is compiled.statement(sqlite._APPEND)  # no RETURNING: by position
+    returning = sa.update(tables.variables).values(version=1).returning(tables.variables.c.version)
+    assert isinstance(compiled(returning), CompiledRead)
+    text = sa.text("SELECT 1")
+    assert type(compiled(text)) is CompiledStatement
+
+    built = [sa.select(tables.variables.c.version).where(tables.variables.c.name == str(n)) for n in range(3)]
+    first = compiled.read(built[0])
+    for statement in built[1:] + [sa.select(sa.literal(n).label("n")) for n in range(readers.KEPT)]:
+        compiled.read(statement)
+    assert compiled.read(built[0]) is not first  # dropped, compiled again
+    assert compiled.read(base._ROOMS_FROM) is not read  # the oldest goes first, whatever it is

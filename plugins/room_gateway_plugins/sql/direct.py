@@ -11,11 +11,11 @@ recovery), while the rest of the backend keeps SQLAlchemy.
 
 Nothing is written twice. The statements stay the SQLAlchemy Core constructs of :mod:`.base`,
 :mod:`.outbox` and :mod:`.postgresql`, compiled once by the engine's own dialect
-(:class:`~.readers.CompiledStatement`, :class:`~.readers.CompiledRead`, as the SQLite backend does for its
-readers): the same SQL text, with the same casts, as SQLAlchemy sends, and values through the same bind
-and result processors. :class:`DirectConnection` answers ``execute`` as an ``AsyncConnection`` does, for
-the part of its result that the backend reads (``first``, ``one``, ``scalar``, ``scalar_one``,
-``scalars``, ``all``, ``rowcount``), so the backend's write code is one and the same on either.
+(:class:`~.readers.Compiled`, the cache the SQLite backend keeps its statements in too): the same SQL
+text, with the same casts, as SQLAlchemy sends, and values through the same bind and result processors.
+:class:`DirectConnection` answers ``execute`` as an ``AsyncConnection`` does, for the part of its result
+that the backend reads (``first``, ``one``, ``scalar``, ``scalar_one``, ``scalars``, ``all``,
+``rowcount``), so the backend's write code is one and the same on either.
 
 A connection error (asyncpg's, or the socket's) is :class:`~.base.StoreUnreachable`, as SQLAlchemy's
 ``handle_error`` hook makes it elsewhere, and the pool's connections are invalidated, as SQLAlchemy does on
@@ -30,16 +30,11 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from room_gateway_plugins.sql.base import StoreUnreachable
-from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement
+from room_gateway_plugins.sql.readers import Compiled, CompiledRead
 
-#: Statements compiled once and kept: the backend's are module constants or cached per shape, so this
-#: bounds only what a caller builds anew on each call (a large payload's log rows): those are compiled
-#: each time and the oldest dropped.
-_KEPT = 512
 #: asyncpg's errors that mean the connection is gone, besides ``OSError``: SQLSTATE class 08, the server
 #: shutting down or restarting (57P01 to 57P03; not 57014, a cancelled statement), a closed connection.
 _LOST = (
@@ -84,35 +79,12 @@ class DirectResult:
         return iter(self._rows)
 
 
-class Statements:
-    """Statements compiled by one dialect, each once (:data:`_KEPT` at most), kept by the statement itself
-    as the SQLite backend keeps its compiled reads (a statement hashes by identity)."""
-
-    def __init__(self, dialect: Dialect) -> None:
-        self._dialect = dialect
-        self._compiled: dict[sa.ClauseElement, CompiledStatement] = {}
-
-    def __call__(self, statement: sa.ClauseElement) -> CompiledStatement:
-        compiled = self._compiled.get(statement)
-        if compiled is not None:
-            return compiled
-        # Named rows for a SELECT or a RETURNING; text() has no columns to name: read by position.
-        named = not isinstance(statement, sa.TextClause) and (
-            getattr(statement, "is_select", False) or bool(getattr(statement, "_returning", ()))
-        )
-        compiled = (CompiledRead if named else CompiledStatement)(statement, self._dialect)  # type: ignore[arg-type]
-        if len(self._compiled) >= _KEPT:
-            del self._compiled[next(iter(self._compiled))]
-        self._compiled[statement] = compiled
-        return compiled
-
-
 class DirectConnection:
     """``execute`` of SQLAlchemy statements on one asyncpg connection (see the module)."""
 
     __slots__ = ("_conn", "_statements")
 
-    def __init__(self, conn: asyncpg.Connection, statements: Statements) -> None:
+    def __init__(self, conn: asyncpg.Connection, statements: Compiled) -> None:
         self._conn = conn
         self._statements = statements
 
@@ -171,7 +143,7 @@ async def checked_out(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
 
 
 @contextlib.asynccontextmanager
-async def transaction(engine: AsyncEngine, statements: Statements) -> AsyncIterator[DirectConnection]:
+async def transaction(engine: AsyncEngine, statements: Compiled) -> AsyncIterator[DirectConnection]:
     """A transaction on a checked-out connection's asyncpg connection: committed when the block ends,
     rolled back when it raises."""
     async with checked_out(engine) as conn, conn.transaction():

@@ -64,6 +64,7 @@ from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql.base import SqlBackend, Transaction
 from room_gateway_plugins.sql.columns import UTCDateTime
 from room_gateway_plugins.sql.listener import Listener
+from room_gateway_plugins.sql.readers import Compiled
 from room_gateway_plugins.sql.roomqueue import RoomQueue
 from room_gateway_plugins.sql.tables import notification_bodies
 
@@ -145,7 +146,7 @@ class PostgresBackend(SqlBackend):
         self._signal_channel = _channel(namespace, "signals")
         self._incoming: asyncio.Queue[str] = asyncio.Queue()
         self._writers = RoomQueue()  # one writer of a room at a time from this process (:mod:`.roomqueue`)
-        self._statements: direct.Statements | None = None  # compiled for asyncpg itself (:mod:`.direct`)
+        self._statements: Compiled | None = None  # compiled for asyncpg itself (:mod:`.direct`)
         self._reader: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
 
@@ -252,9 +253,9 @@ class PostgresBackend(SqlBackend):
         async with direct.checked_out(self.engine) as conn:  # autocommit, as SQLAlchemy's
             return (await direct.DirectConnection(conn, self._compiled()).execute(statement, params)).all()
 
-    def _compiled(self) -> direct.Statements:
+    def _compiled(self) -> Compiled:
         if self._statements is None:
-            self._statements = direct.Statements(self.engine.dialect)
+            self._statements = Compiled(self.engine.dialect)
         return self._statements
 
     async def _before_head(self, tx: Transaction, room_id: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import sqlalchemy as sa
@@ -119,6 +119,56 @@ class CompiledRead(CompiledStatement):
                 values[index] = process(values[index])
             made.append(make(values))
         return made
+
+
+_C = TypeVar("_C", bound=CompiledStatement)
+
+#: Statements of each kind a :class:`Compiled` keeps at most. A backend's statements are module constants or
+#: cached per shape, so this bounds only what a caller builds anew on each call (PostgreSQL's log rows of a
+#: large payload): those are compiled each time and the oldest dropped.
+KEPT = 512
+
+
+class Compiled:
+    """Statements compiled by one dialect, each once and kept by the statement itself (a statement hashes by
+    identity): the one cache of both SQL backends' statements run without SQLAlchemy's execution (SQLite's
+    raw connections, PostgreSQL's asyncpg ones, :mod:`.direct`)."""
+
+    __slots__ = ("_dialect", "_reads", "_statements")
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._dialect = dialect
+        self._reads: dict[sa.ClauseElement, CompiledRead] = {}
+        self._statements: dict[sa.ClauseElement, CompiledStatement] = {}
+
+    def read(self, statement: ReturnsRows) -> CompiledRead:
+        """``statement`` compiled with its rows named (a SELECT, a write ``RETURNING``)."""
+        compiled = self._reads.get(statement)
+        if compiled is None:
+            compiled = _keep(self._reads, statement, CompiledRead(statement, self._dialect))
+        return compiled
+
+    def statement(self, statement: sa.ClauseElement) -> CompiledStatement:
+        """``statement`` compiled with its rows, if any, read by position (or only its row count)."""
+        compiled = self._statements.get(statement)
+        if compiled is None:
+            compiled = _keep(self._statements, statement, CompiledStatement(statement, self._dialect))
+        return compiled
+
+    def __call__(self, statement: sa.ClauseElement) -> CompiledStatement:
+        """``statement`` compiled as its kind says: rows named for a SELECT or a ``RETURNING``, by position
+        otherwise (``text()`` has no columns to name)."""
+        named = not isinstance(statement, sa.TextClause) and (
+            getattr(statement, "is_select", False) or bool(getattr(statement, "_returning", ()))
+        )
+        return self.read(statement) if named else self.statement(statement)  # type: ignore[arg-type]
+
+
+def _keep(kept: dict[sa.ClauseElement, _C], statement: sa.ClauseElement, compiled: _C) -> _C:
+    if len(kept) >= KEPT:
+        del kept[next(iter(kept))]
+    kept[statement] = compiled
+    return compiled
 
 
 class ReaderPool:

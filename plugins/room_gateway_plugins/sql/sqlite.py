@@ -54,7 +54,7 @@ from room_gateway_plugins.sql.base import (
     variable_change,
 )
 from room_gateway_plugins.sql.columns import UTCDateTime
-from room_gateway_plugins.sql.readers import CompiledRead, CompiledStatement, ReaderPool
+from room_gateway_plugins.sql.readers import Compiled, CompiledStatement, ReaderPool
 from room_gateway_plugins.sql.tables import log_meta
 from room_gateway_plugins.sql.writer import DURABLE, GroupCommit, begin, on_thread
 
@@ -86,20 +86,20 @@ class SQLiteBackend(SqlBackend):
         super().__init__(url, history=history)
         self._lock = asyncio.Lock()
         self._readers: ReaderPool | None = None
-        #: Statements with rows (reads, ``RETURNING``), compiled when first run.
-        self._compiled: dict[Any, CompiledRead] = {}
+        #: Every statement run on a raw connection, compiled when first run (reads, the write path's by
+        #: shape, the outbox's); made at :meth:`open`, with the engine's dialect.
+        self._statements: Compiled | None = None
         self._append: CompiledStatement | None = None
         self._previous_read: CompiledStatement | None = None
         self._message_insert: CompiledStatement | None = None
-        #: The write path's statements (variable writes by shape, CURRENT_VERSION), compiled when first run.
-        self._statements: dict[Any, CompiledStatement] = {}
         self._writer = GroupCommit(self._lock, self._writer_connection, busy_timeout=BUSY_TIMEOUT)
 
     async def open(self) -> None:
         await super().open()  # creates and migrates the schema first: readers find it in place
-        self._append = CompiledStatement(_APPEND, self.engine.dialect)
-        self._previous_read = CompiledStatement(outbox_sql.PREVIOUS, self.engine.dialect)
-        self._message_insert = CompiledStatement(outbox_sql.INSERT, self.engine.dialect)
+        statements = self._statements = Compiled(self.engine.dialect)
+        self._append = statements.statement(_APPEND)
+        self._previous_read = statements.statement(outbox_sql.PREVIOUS)
+        self._message_insert = statements.statement(outbox_sql.INSERT)
         async with self._tx() as tx:  # what the append's trigger trims to (migrations._SQLITE_APPENDED)
             settings = {
                 "max_changes": self.history.max_changes,
@@ -130,15 +130,14 @@ class SQLiteBackend(SqlBackend):
         readers = self._readers
         if readers is None:  # :memory:, or not open (the writer's engine says so)
             return await super()._fetch(statement, **params)
-        compiled = self._compiled_read(statement)
+        compiled = self._compiled().read(statement)
         sql, parameters = compiled.bind(params)
         return compiled.rows(await readers.fetchall(sql, parameters))
 
-    def _compiled_read(self, statement: Any) -> CompiledRead:
-        compiled = self._compiled.get(statement)
-        if compiled is None:
-            compiled = self._compiled[statement] = CompiledRead(statement, self.engine.dialect)
-        return compiled
+    def _compiled(self) -> Compiled:
+        if self._statements is None:
+            raise Unavailable("backend is not open")
+        return self._statements
 
     def _make_engine(self) -> AsyncEngine:
         url = make_url(self.url).set(drivername="sqlite+aiosqlite")
@@ -174,8 +173,9 @@ class SQLiteBackend(SqlBackend):
         # adaptation, whose nine trips a write (each a GIL hand-off, all under the writer lock with the
         # commit's fsync) bounded the writes per second (bench/sqlite_writes.py).
         statement, params = self._variable_statement(write)
-        compiled = None if statement is None else self._compiled_statement(statement)
-        current = self._compiled_statement(CURRENT_VERSION)
+        statements = self._compiled()
+        compiled = None if statement is None else statements.statement(statement)
+        current = statements.statement(CURRENT_VERSION)
         previous_read = self._previous_read
         if previous_read is None:
             raise Unavailable("backend is not open")
@@ -219,7 +219,7 @@ class SQLiteBackend(SqlBackend):
     async def outbox_claim(
         self, endpoint: str, *, now: datetime, lease_seconds: float, limit: int
     ) -> list[OutboxMessage]:
-        claim = self._compiled_read(outbox_sql.CLAIM)
+        claim = self._compiled().read(outbox_sql.CLAIM)
         sql, parameters = claim.bind(outbox_sql.claim_params(endpoint, now, lease_seconds, limit))
         rows = await self._writer.run(lambda conn: claim.rows(conn.execute(sql, parameters)), durable=False)
         return outbox_sql.claimed(rows, now)
@@ -228,9 +228,10 @@ class SQLiteBackend(SqlBackend):
         if not settled:
             return []
         endpoint = outbox_sql.batch_endpoint(settled)
-        current = self._compiled_read(outbox_sql.CURRENT)
-        update = self._compiled_statement(outbox_sql.SETTLE)
-        records = {succeeded: self._compiled_read(self._record(succeeded)) for succeeded in (True, False)}
+        statements = self._compiled()
+        current = statements.read(outbox_sql.CURRENT)
+        update = statements.statement(outbox_sql.SETTLE)
+        records = {succeeded: statements.read(self._record(succeeded)) for succeeded in (True, False)}
         # Bound before the trip, for every attempt: the writer's thread holds the write lock meanwhile.
         current_sql, current_parameters = current.bind(outbox_sql.current_params(endpoint, settled))
         updates = {id(one): update.bind(outbox_sql.settle_params(one)) for one in settled}
@@ -252,19 +253,13 @@ class SQLiteBackend(SqlBackend):
     async def outbox_prune(
         self, endpoint: str, *, delivered_before: datetime, failed_before: datetime, limit: int
     ) -> int:
-        prune = self._compiled_statement(outbox_sql.PRUNE)
+        prune = self._compiled().statement(outbox_sql.PRUNE)
         params = outbox_sql.prune_params(endpoint, delivered_before, failed_before, limit)
         sql, parameters = prune.bind(params)
         pruned: int = await self._writer.run(
             lambda conn: conn.execute(sql, parameters).rowcount, durable=False
         )
         return pruned
-
-    def _compiled_statement(self, statement: Any) -> CompiledStatement:
-        compiled = self._statements.get(statement)
-        if compiled is None:
-            compiled = self._statements[statement] = CompiledStatement(statement, self.engine.dialect)
-        return compiled
 
     def _targets(self, room_id: str, kind: ChangeKind) -> tuple[str, ...]:
         """The endpoints a change goes to (none without an outbox)."""
