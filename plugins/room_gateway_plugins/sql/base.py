@@ -71,6 +71,7 @@ try:
         asyncpg.PostgresConnectionError,  # SQLSTATE class 08
         asyncpg.InterfaceError,  # "connection is closed", "another operation is in progress" after a drop
         asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 cannot connect now
+        asyncpg.InternalClientError,  # "cannot switch to state …": a protocol left mid-operation (.direct)
     )
 except ImportError:  # installed without PostgreSQL support
     _ASYNCPG_ERRORS = ()
