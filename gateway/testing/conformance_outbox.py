@@ -274,6 +274,34 @@ class OutboxContract:
             assert (second.previous.value, second.previous.version) == (first.change.variable.value, 1)
 
     @scenario
+    async def test_concurrent_writes_of_a_set_variable_each_carry_the_version_before(self, ctx: Ctx) -> None:
+        # Writers of a variable that exists, from two instances at once: each message's previous is the
+        # version just before its own, with that version's value — never the same one read by two writers.
+        every, _, outbox = self._routes(ctx)
+        one = await self._backend(ctx, outbox)
+        two = await self._backend(ctx, outbox) if self.shared else one
+        room = ctx.room()
+        await one.create_room(room)
+        await one.set_variable(room.room_id, "v", {"by": "seed"}, expected_version=None, now=ctx.tick())
+        now = ctx.tick()
+        await asyncio.gather(
+            *(
+                backend.set_variable(room.room_id, "v", {"by": f"{n}-{i}"}, expected_version=None, now=now)
+                for i in range(6)
+                for n, backend in enumerate((one, two))
+            )
+        )
+        sets = [m for m in await self._claim_all(one, every, ctx) if m.change and m.change.variable]
+        by_version = {m.change.variable.version: m for m in sets if m.change and m.change.variable}
+        assert sorted(by_version) == list(range(1, 14))
+        for version in range(2, 14):
+            previous = by_version[version].previous
+            assert previous is not None, f"version {version}: no previous"
+            before = by_version[version - 1].change
+            assert before is not None and before.variable is not None
+            assert (previous.value, previous.version) == (before.variable.value, version - 1)
+
+    @scenario
     async def test_settled_messages_are_pruned_in_bounded_batches(self, ctx: Ctx) -> None:
         every, _, outbox = self._routes(ctx)
         backend = await self._backend(ctx, outbox)
