@@ -15,7 +15,7 @@ from datetime import timedelta
 import pytest
 
 from gateway.core.backend import Backend, History
-from gateway.core.models import UNSET, ChangeKind, Event, Member, RoomSignal, RoomStatus, SignalKind
+from gateway.core.models import UNSET, ChangeKind, Event, Member, Room, RoomSignal, RoomStatus, SignalKind
 from gateway.core.outbox import Attempt, EndpointState, MessageStatus, Outbox, OutboxMessage, Route, Settled
 
 # Imported by gateway.testing.conformance once it has defined these (its BackendContract mixes this in).
@@ -41,6 +41,16 @@ class OutboxContract:
             first_delay_seconds=1.0,
         )
         return every, some, outbox
+
+    async def _two_outbox_instances(self, ctx: Ctx) -> tuple[str, Backend, Backend, Room]:
+        """The endpoint taking every change, two instances of the backend on one store (one, twice, for a
+        store of its own), and a room created through the first."""
+        every, _, outbox = self._routes(ctx)
+        one = await self._backend(ctx, outbox)
+        two = await self._backend(ctx, outbox) if self.shared else one
+        room = ctx.room()
+        await one.create_room(room)
+        return every, one, two, room
 
     async def _backend(self, ctx: Ctx, outbox: Outbox, history: History | None = None) -> Backend:
         backend = await ctx.backend(history, outbox=outbox)
@@ -211,11 +221,7 @@ class OutboxContract:
 
     @scenario
     async def test_two_claimers_never_get_the_same_attempt(self, ctx: Ctx) -> None:
-        every, _, outbox = self._routes(ctx)
-        one = await self._backend(ctx, outbox)
-        two = await self._backend(ctx, outbox) if self.shared else one
-        room = ctx.room()
-        await one.create_room(room)
+        every, one, two, room = await self._two_outbox_instances(ctx)
         for i in range(40):
             await one.set_variable(room.room_id, "v", i, expected_version=None, now=ctx.tick())
         at = ctx.now + timedelta(seconds=60)
@@ -247,11 +253,7 @@ class OutboxContract:
     async def test_concurrent_first_writes_each_carry_the_value_before(self, ctx: Ctx) -> None:
         # Two writers setting a variable that has no row yet: the second one's message has the first one's
         # value as previous (a lock on a row that does not exist yet locks nothing).
-        every, _, outbox = self._routes(ctx)
-        one = await self._backend(ctx, outbox)
-        two = await self._backend(ctx, outbox) if self.shared else one
-        room = ctx.room()
-        await one.create_room(room)
+        every, one, two, room = await self._two_outbox_instances(ctx)
         now = ctx.tick()
         names = [f"v{i}" for i in range(8)]
         await asyncio.gather(
@@ -277,11 +279,7 @@ class OutboxContract:
     async def test_concurrent_writes_of_a_set_variable_each_carry_the_version_before(self, ctx: Ctx) -> None:
         # Writers of a variable that exists, from two instances at once: each message's previous is the
         # version just before its own, with that version's value — never the same one read by two writers.
-        every, _, outbox = self._routes(ctx)
-        one = await self._backend(ctx, outbox)
-        two = await self._backend(ctx, outbox) if self.shared else one
-        room = ctx.room()
-        await one.create_room(room)
+        every, one, two, room = await self._two_outbox_instances(ctx)
         await one.set_variable(room.room_id, "v", {"by": "seed"}, expected_version=None, now=ctx.tick())
         now = ctx.tick()
         await asyncio.gather(
