@@ -9,7 +9,9 @@ by primary key from a WAL file: 2.4k reads/s through ``AsyncConnection.execute``
 
 Nothing is written twice. The statements stay SQLAlchemy Core constructs (:mod:`.base`), turned into SQL
 text and positional parameters by the engine's own dialect (:class:`CompiledRead`); values come back
-through the column types' result processors, as SQLAlchemy itself would return them.
+through the column types' result processors, as SQLAlchemy itself would return them. The compiled
+statements and their cache (:class:`Compiled`) are PostgreSQL's too, for the statements it runs on asyncpg
+directly (:mod:`.direct`).
 """
 
 from __future__ import annotations
