@@ -54,7 +54,7 @@ from room_gateway_plugins.sql.base import (
     variable_change,
 )
 from room_gateway_plugins.sql.columns import UTCDateTime
-from room_gateway_plugins.sql.readers import Compiled, CompiledStatement, ReaderPool
+from room_gateway_plugins.sql.readers import Compiled, ReaderPool
 from room_gateway_plugins.sql.tables import log_meta
 from room_gateway_plugins.sql.writer import DURABLE, GroupCommit, begin, on_thread
 
@@ -89,17 +89,11 @@ class SQLiteBackend(SqlBackend):
         #: Every statement run on a raw connection, compiled when first run (reads, the write path's by
         #: shape, the outbox's); made at :meth:`open`, with the engine's dialect.
         self._statements: Compiled | None = None
-        self._append: CompiledStatement | None = None
-        self._previous_read: CompiledStatement | None = None
-        self._message_insert: CompiledStatement | None = None
         self._writer = GroupCommit(self._lock, self._writer_connection, busy_timeout=BUSY_TIMEOUT)
 
     async def open(self) -> None:
         await super().open()  # creates and migrates the schema first: readers find it in place
-        statements = self._statements = Compiled(self.engine.dialect)
-        self._append = statements.statement(_APPEND)
-        self._previous_read = statements.statement(outbox_sql.PREVIOUS)
-        self._message_insert = statements.statement(outbox_sql.INSERT)
+        self._statements = Compiled(self.engine.dialect)
         async with self._tx() as tx:  # what the append's trigger trims to (migrations._SQLITE_APPENDED)
             settings = {
                 "max_changes": self.history.max_changes,
@@ -176,9 +170,7 @@ class SQLiteBackend(SqlBackend):
         statements = self._compiled()
         compiled = None if statement is None else statements.statement(statement)
         current = statements.statement(CURRENT_VERSION)
-        previous_read = self._previous_read
-        if previous_read is None:
-            raise Unavailable("backend is not open")
+        previous_read = statements.statement(outbox_sql.PREVIOUS)
         kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
         targets = self._targets(write.room_id, kind)
         room_id = write.room_id
@@ -286,9 +278,7 @@ class SQLiteBackend(SqlBackend):
     ) -> Change:
         """Append ``change`` to the room's log on the writer's thread (the trigger ``changes_appended``
         moves the head and trims, :mod:`.migrations`) with its messages for ``targets``; return it logged."""
-        append = self._append
-        if append is None:
-            raise Unavailable("backend is not open")
+        append = self._compiled().statement(_APPEND)
         change = dataclasses.replace(change, epoch=self.epoch)
         before, after = changelog.around_seq(room_id, change)
         params = {"room_id": room_id, "kind": change.kind.value, "time": change.time}
@@ -314,9 +304,7 @@ class SQLiteBackend(SqlBackend):
             self.outbox.written()
 
     def _bound_messages(self, rows: list[dict[str, Any]]) -> tuple[str, list[tuple[Any, ...]]]:
-        insert = self._message_insert
-        if insert is None:
-            raise Unavailable("backend is not open")
+        insert = self._compiled().statement(outbox_sql.INSERT)
         bound = [insert.bind({"m_" + key: value for key, value in row.items()}) for row in rows]
         return bound[0][0], [parameters for _, parameters in bound]
 
