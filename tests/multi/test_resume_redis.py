@@ -93,7 +93,13 @@ async def resume_across_a_kill(
         snapshot = (await on_a.get(f"/v1/rooms/{ROOM}/contents")).json()
         start, epoch = int(snapshot["seq"]), snapshot["epoch"]
         a_dead = asyncio.Event()
+        at_kill = [0]  # acknowledged writes when A was killed
         deadline = time.monotonic() + MAX_SECONDS
+
+        def b_done() -> bool:
+            # AFTER_KILL writes acknowledged after the kill, not so many in all: under load, B's writers
+            # could finish before the kill, and A's listener would then have had every change already.
+            return a_dead.is_set() and len(acknowledged) >= at_kill[0] + AFTER_KILL
 
         async def writer(http: httpx.AsyncClient, worker: str, until: Callable[[], bool]) -> None:
             for n in range(100_000):
@@ -110,17 +116,13 @@ async def resume_across_a_kill(
         async with sse(on_a, listen_path, frames, last_id=first_id):
             writers = [
                 *(asyncio.create_task(writer(on_a, f"a{i}", a_dead.is_set)) for i in range(WRITERS)),
-                *(
-                    asyncio.create_task(
-                        writer(on_b, f"b{i}", lambda: len(acknowledged) >= BEFORE_KILL + AFTER_KILL)
-                    )
-                    for i in range(WRITERS)
-                ),
+                *(asyncio.create_task(writer(on_b, f"b{i}", b_done)) for i in range(WRITERS)),
             ]
             await eventually(
                 lambda: len(acknowledged) >= BEFORE_KILL and frames.ids, what="writes and frames"
             )
             a.proc.kill()  # SIGKILL: no drain, no goodbye to the listener
+            at_kill[0] = len(acknowledged)
             a_dead.set()
             assert await asyncio.to_thread(a.wait, WAIT) == -9
             await asyncio.sleep(0.2)  # the stream on A is cut
