@@ -22,6 +22,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
+from gateway.core.cancelled import stop_if_cancelled
+
 #: The ceiling of the first delay, the largest ceiling (seconds).
 BASE, CAP = 0.1, 5.0
 #: Seconds a connection must have stayed up for the backoff to start over once it is lost: a server that
@@ -143,10 +145,8 @@ class Reconnector:
                 await self._session(attempt.connected)
             except Exception as exc:
                 error = exc
-            if this.cancelling():
-                # Cancelled during a call that swallowed the CancelledError (redis-py does so at times):
-                # stop, rather than reconnect a backend that is closing.
-                raise asyncio.CancelledError
+            # Cancelled during a call that swallowed it: stop, rather than reconnect a closing backend.
+            stop_if_cancelled(this)
             if attempt.connected_at is not None:
                 ever_connected, failures = True, 0
                 if self._clock() - attempt.connected_at >= self._healthy_after:

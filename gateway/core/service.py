@@ -38,6 +38,7 @@ from gateway.auth.policy import Principal
 from gateway.auth.tokens import RoomTokenIssuer, TokenClaims, micros, token_info
 from gateway.core import validation
 from gateway.core.backend import Backend, LogPage
+from gateway.core.cancelled import stop_if_cancelled
 from gateway.core.hub import Subscription, Topic
 from gateway.core.models import (
     ENDING_KINDS,
@@ -553,6 +554,9 @@ class RoomService:
                     )
             elif first is not None:
                 position, epoch = first.head_seq, first.epoch
+            # Before the wait for live changes: a cancellation that a backend read swallowed (opening the
+            # stream, the replay) would otherwise leave the stream waiting for ever, and its closer with it.
+            stop_if_cancelled()
             async for note in sub:
                 if isinstance(note, RoomSignal):
                     raise _stream_end(note, room_id)
@@ -567,6 +571,7 @@ class RoomService:
                     elif gaps and note.seq > position + 1:
                         async for missed in self._fill(room_id, position, note.seq, epoch, keep):
                             yield missed
+                        stop_if_cancelled()  # (as above: _fill read the log)
                     position = note.seq
                 if keep(note):
                     yield note

@@ -224,3 +224,42 @@ async def test_the_hub_delivers_to_whoever_listens_in_the_room_now() -> None:
         assert await asyncio.wait_for(sub.__anext__(), 1) is set_x
         assert await asyncio.wait_for(sub.__anext__(), 1) is ending
     assert other._queue.empty()
+
+
+class _SwallowingBackend(MemoryBackend):
+    """A backend whose log read loses a cancellation delivered during it, as redis-py's calls do at times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = asyncio.Event()
+
+    async def read_changes(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.reading.set()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            pass  # lost: the call answers as if nothing happened
+        return await super().read_changes(*args, **kwargs)
+
+
+async def test_a_stream_cancelled_during_a_read_that_swallows_it_still_ends() -> None:
+    backend = _SwallowingBackend()
+    await backend.open()
+    try:
+        service = RoomService(backend)
+        await service.create_room({"room_id": "lobby"})
+        await service.set_variable("lobby", "score", 1)
+
+        async def listen() -> None:
+            stream = await service.listen_room("lobby", after_seq=0)
+            async for _ in stream:
+                pass
+
+        task = asyncio.create_task(listen())
+        await asyncio.wait_for(backend.reading.wait(), 5)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert task in done, "the stream went on to wait for live changes, its cancellation lost"
+        assert task.cancelled()
+    finally:
+        await backend.close()

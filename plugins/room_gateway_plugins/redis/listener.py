@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.core.backend import driver_unavailable
+from gateway.core.cancelled import stop_if_cancelled
 from gateway.core.reconnect import Reconnector
 from gateway.errors import Unavailable
 
@@ -234,7 +235,7 @@ class ChannelListener:
         while True:
             command = await session.outbox.get()
             await session.connection.send_command(*command, check_health=False)
-            _stop_if_cancelled(this)
+            stop_if_cancelled(this)
 
     async def _read(self, session: _Session) -> None:
         pinged = False
@@ -243,7 +244,7 @@ class ChannelListener:
         while True:
             # A read with a timeout returns None when nothing came (redis-py's PubSub.get_message does so).
             response = await session.connection.read_response(timeout=self._health_interval)
-            _stop_if_cancelled(this)
+            stop_if_cancelled(this)
             if response is None:
                 if pinged:
                     raise RedisTimeoutError(f"no answer to PING within {self._health_interval} s")
@@ -262,16 +263,3 @@ class ChannelListener:
             elif kind == b"subscribe":
                 session.confirmed(response[1])
             # "unsubscribe" and "pong" replies need nothing.
-
-
-def _stop_if_cancelled(task: asyncio.Task[None]) -> None:
-    """End ``task`` if it was asked to stop during a call that swallowed the cancellation.
-
-    redis-py may not let a ``CancelledError`` through: an I/O call that fails while it is delivered
-    disconnects and goes on (seen with ``send_command`` after the server dropped the connection), and a read
-    whose own timeout fires at the same moment answers ``None`` (Python 3.11's ``asyncio.timeout``). The
-    loop would then wait for its next command forever, and :meth:`ChannelListener.close`, waiting for it,
-    would hang the backend's close (and the gateway's shutdown).
-    """
-    if task.cancelling():
-        raise asyncio.CancelledError
