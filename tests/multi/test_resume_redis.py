@@ -93,13 +93,13 @@ async def resume_across_a_kill(
         snapshot = (await on_a.get(f"/v1/rooms/{ROOM}/contents")).json()
         start, epoch = int(snapshot["seq"]), snapshot["epoch"]
         a_dead = asyncio.Event()
-        at_kill = [0]  # acknowledged writes when A was killed
+        at_kill = 0  # acknowledged writes when A was killed (set then; b_done reads it)
         deadline = time.monotonic() + MAX_SECONDS
 
         def b_done() -> bool:
             # AFTER_KILL writes acknowledged after the kill, not so many in all: under load, B's writers
             # could finish before the kill, and A's listener would then have had every change already.
-            return a_dead.is_set() and len(acknowledged) >= at_kill[0] + AFTER_KILL
+            return a_dead.is_set() and len(acknowledged) >= at_kill + AFTER_KILL
 
         async def writer(http: httpx.AsyncClient, worker: str, until: Callable[[], bool]) -> None:
             for n in range(100_000):
@@ -122,7 +122,7 @@ async def resume_across_a_kill(
                 lambda: len(acknowledged) >= BEFORE_KILL and frames.ids, what="writes and frames"
             )
             a.proc.kill()  # SIGKILL: no drain, no goodbye to the listener
-            at_kill[0] = len(acknowledged)
+            at_kill = len(acknowledged)
             a_dead.set()
             assert await asyncio.to_thread(a.wait, WAIT) == -9
             await asyncio.sleep(0.2)  # the stream on A is cut
