@@ -395,6 +395,9 @@ class RoomService:
             if current is not None:
                 last = current.version
                 yield current
+            # Before the wait for live changes, as a room stream's: the read of the current value may
+            # have swallowed a cancellation.
+            stop_if_cancelled()
             async for note in sub:
                 if isinstance(note, RoomSignal):
                     raise _stream_end(note, sub.topic.room_id)

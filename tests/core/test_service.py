@@ -227,31 +227,47 @@ async def test_the_hub_delivers_to_whoever_listens_in_the_room_now() -> None:
 
 
 class _SwallowingBackend(MemoryBackend):
-    """A backend whose log read loses a cancellation delivered during it, as redis-py's calls do at times."""
+    """A backend whose reads lose a cancellation delivered during them, as redis-py's calls do at times."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reading = asyncio.Event()
 
-    async def read_changes(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    async def _lose_a_cancellation(self) -> None:
         self.reading.set()
         try:
             await asyncio.sleep(1)
         except asyncio.CancelledError:
             pass  # lost: the call answers as if nothing happened
+
+    async def read_changes(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        await self._lose_a_cancellation()
         return await super().read_changes(*args, **kwargs)
 
+    async def get_variable(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not self.reading.is_set():  # the first read only: set_variable's own reads go through
+            await self._lose_a_cancellation()
+        return await super().get_variable(*args, **kwargs)
 
-async def test_a_stream_cancelled_during_a_read_that_swallows_it_still_ends() -> None:
+
+_OPENERS = {
+    "room": lambda service: service.listen_room("lobby", after_seq=0),  # reads the log
+    "variable": lambda service: service.listen_variable("lobby", "score"),  # reads the variable
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_OPENERS))
+async def test_a_stream_cancelled_during_a_read_that_swallows_it_still_ends(kind: str) -> None:
     backend = _SwallowingBackend()
     await backend.open()
     try:
         service = RoomService(backend)
         await service.create_room({"room_id": "lobby"})
         await service.set_variable("lobby", "score", 1)
+        backend.reading.clear()
 
         async def listen() -> None:
-            stream = await service.listen_room("lobby", after_seq=0)
+            stream = await _OPENERS[kind](service)
             async for _ in stream:
                 pass
 
