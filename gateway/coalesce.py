@@ -6,7 +6,8 @@ small answer. On loopback under load those two calls were the largest single cos
 third of the event loop's samples, in uvicorn's two ``transport.write`` lines). :class:`CoalescingTransport`
 stands between uvicorn's HTTP protocol and the socket's transport: writes are held, and go out as one
 when the response is complete (:meth:`CoalescingTransport.flush`, called by the protocol), or at the latest
-at the next turn of the event loop, so a stream's chunks (SSE) are never held longer than that.
+at the next turn of the event loop; a stream's chunks (SSE) are not held at all
+(:meth:`CoalescingTransport.write_now`).
 nginx's ``tcp_nopush`` and Linux's ``TCP_CORK`` do the same with a socket option, at the price of two more
 system calls a response.
 
@@ -64,6 +65,23 @@ class CoalescingTransport:
         data = held[0] if len(held) == 1 else b"".join(held)
         held.clear()
         if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Send what is held and ``data`` with one ``write`` now, scheduling nothing: a stream's chunk.
+
+        A write that fans out to thousands of streams wakes their tasks in one turn of the loop. Held until
+        the next turn, every chunk would reach its client only after the last task had run; and the
+        callback each ``write`` schedules is one more object per stream alive meanwhile, allocations that
+        brought the collector's owed full collection (~0.7 s with 10,000 listeners) into that very
+        turn (bench/RESULTS.md, session 16).
+        """
+        held = self._held
+        if held:
+            held.append(data)
+            data = b"".join(held)
+            held.clear()
+        if data and not self._transport.is_closing():
             self._transport.write(data)
 
     def _flush_later(self) -> None:

@@ -33,6 +33,8 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from gateway.coalesce import CoalescingTransport
+
 #: The ASGI extension (and start-message key): header lines as bytes, ``name: value\r\n`` each, written as
 #: they are. Only for names and values made by the gateway (see the module docstring).
 HEAD = "room_gateway.head"
@@ -134,20 +136,24 @@ class Cycle(RequestResponseCycle):
                 )
             body = message.get("body", b"")
             more_body = message.get("more_body", False)
+            # A stream's chunk (more to come) goes at once, with nothing scheduled (write_now); the end of a
+            # response is held until the response completes, its head with it (gateway.coalesce).
+            transport = cast(CoalescingTransport, self.transport)  # a guarded connection's (edge.timeouts)
+            write = transport.write_now if more_body else transport.write
             if self.scope["method"] == "HEAD":
                 self.expected_content_length = 0
             elif self.chunked_encoding:
                 if body:
                     chunk = b"%x\r\n%s\r\n" % (len(body), body)
-                    self.transport.write(chunk if more_body else chunk + b"0\r\n\r\n")
+                    write(chunk if more_body else chunk + b"0\r\n\r\n")
                 elif not more_body:
-                    self.transport.write(b"0\r\n\r\n")
+                    write(b"0\r\n\r\n")
             else:
                 size = len(body)
                 if size > self.expected_content_length:
                     raise RuntimeError("Response content longer than Content-Length")
                 self.expected_content_length -= size
-                self.transport.write(body)
+                write(body)
             if not more_body:
                 if self.expected_content_length != 0:
                     raise RuntimeError("Response content shorter than Content-Length")

@@ -1,5 +1,5 @@
-"""CoalescingTransport: what uvicorn writes for one response leaves in one write, and nothing is held past
-the next turn of the event loop (a stream's chunks), nor past close()."""
+"""CoalescingTransport: what uvicorn writes for one response leaves in one write, a stream's chunk leaves
+at once, and nothing is held past the next turn of the event loop, nor past close()."""
 
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ async def test_writes_of_one_turn_leave_together_and_at_the_latest_next_turn() -
     assert recorder.writes[-1] == b"last" and recorder.closed
 
 
+async def test_a_chunk_written_now_leaves_with_what_is_held_and_schedules_nothing() -> None:
+    recorder = Recorder()
+    transport = CoalescingTransport(recorder, asyncio.get_running_loop())
+    transport.write(b"HTTP/1.1 200 OK\r\n\r\n")  # a stream's head, held
+    transport.write_now(b"data: 1\n\n")
+    assert recorder.writes == [b"HTTP/1.1 200 OK\r\n\r\ndata: 1\n\n"]
+    transport.write_now(b"data: 2\n\n")
+    assert recorder.writes[-1] == b"data: 2\n\n"
+    await asyncio.sleep(0)  # the head's scheduled flush finds nothing left to send
+    assert len(recorder.writes) == 2
+
+
 class CountingTransport:
     """The socket's transport, counting what reaches it (what the kernel is asked to send)."""
 
@@ -85,6 +97,49 @@ async def test_uvicorn_with_the_guarded_protocol_sends_a_response_in_one_write(a
         assert len(sockets) == 1
         assert len(sockets[0].writes) == 3, sockets[0].writes  # uvicorn alone: 6 (head, then body)
         assert all(write.startswith(b"HTTP/1.1 200") and write.endswith(b"}") for write in sockets[0].writes)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def test_a_streams_chunk_reaches_the_socket_before_the_app_yields() -> None:
+    """A fan-out wakes thousands of streams' tasks in one turn: a chunk held until the next turn would reach
+    every client only after the last of them had run (bench/RESULTS.md, session 16)."""
+    sockets: list[CountingTransport] = []
+    seen: list[int] = []
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        for chunk in (b"one", b"two"):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            seen.append(len(sockets[0].writes))  # written by now, before this task gives up the loop
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    class Counted(guarded_protocol(header_timeout=5, max_header_bytes=8192)):  # type: ignore[misc]
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            sockets.append(CountingTransport(transport))
+            super().connection_made(sockets[-1])
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        stream, log_level="warning", lifespan="off", ws="none", http=Counted, access_log=False
+    )  # as the gateway serves (its own access log): the gateway's response path
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+            response = await client.get("/")
+        assert response.status_code == 200 and response.text == "onetwo"
+        assert seen == [1, 2], sockets[0].writes  # the head with the first chunk, then the second alone
+        assert sockets[0].writes[0].startswith(b"HTTP/1.1 200") and sockets[0].writes[0].endswith(b"one\r\n")
     finally:
         server.should_exit = True
         await task
