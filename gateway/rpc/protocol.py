@@ -67,7 +67,7 @@ from gateway.coalesce import CoalescingTransport
 from gateway.errors import GatewayError
 from gateway.rpc.h2limits import FRAME_HEADER_BYTES, Admission, Budget, HeaderBlockScanner, Http2Limits
 from gateway.rpc.headerblocks import ServerConnection
-from gateway.rpc.wire import MessageStream, timeout_refusal
+from gateway.rpc.wire import MessageStream, ReplyStream, timeout_refusal
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,7 @@ class GuardedEvents(EventsProcessor):
         self._data_at_ping = 0  # the connection's bytes of DATA sent, at the last PING
         mapping = getattr(handler, "mapping", {})  # grpclib.server.Handler: path -> const.Handler
         self._unary = {path: not h.cardinality.client_streaming for path, h in mapping.items()}
+        self._streaming = {path for path, h in mapping.items() if h.cardinality.server_streaming}
 
     def process_request_received(self, event: RequestReceived) -> None:
         if self.running >= self.limits.max_concurrent_streams:
@@ -313,14 +314,15 @@ class GuardedEvents(EventsProcessor):
                 if name == "grpc-timeout" and (refusal := timeout_refusal(value)) is not None:
                     self._answer(event.stream_id, refusal)
                     return
-        stream = MessageStream(
+        path = fields.get(":path", "")
+        stream = (ReplyStream if path in self._streaming else MessageStream)(
             self.connection,
             self.h2,
             self.transport,
             stream_id=event.stream_id,
             max_message_bytes=self.limits.max_message_bytes,
             encoding=fields.get("grpc-encoding"),
-            unary=self._unary.get(fields.get(":path", ""), True),
+            unary=self._unary.get(path, True),
             answered=self._resets.refund,
         )
         release = self.register(stream)

@@ -38,7 +38,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import betterproto2
 from google.protobuf import message_factory
@@ -52,6 +52,7 @@ from grpclib.protocol import Stream
 
 from gateway import schema
 from gateway._gen.message_pool import default_message_pool
+from gateway.coalesce import CoalescingTransport
 from gateway.errors import GatewayError, InvalidArgument, ResourceExhausted, Unimplemented
 from gateway.rpc.errors import grpc_error
 from gateway.schema import fields
@@ -154,6 +155,20 @@ class MessageStream(Stream):
             if self._accept_encoding:  # grpclib's metadata refuses grpc-* keys: added here, to the trailers
                 headers = [*headers, ("grpc-accept-encoding", IDENTITY)]
         await super().send_headers(headers, end_stream)
+
+
+class ReplyStream(MessageStream):
+    """A :class:`MessageStream` of a server-streaming method: each message it sends is written at once.
+
+    The connection's transport holds writes until the next turn of the loop (one send for a unary answer's
+    three frames: :class:`gateway.rpc.protocol.LingeringTransport`). A write that fans out to thousands of
+    streams wakes their tasks in one turn, so held messages would reach every client only after the last
+    task had run (bench/fanout.py, session 16). What the connection holds goes with the message.
+    """
+
+    async def send_data(self, data: bytes, end_stream: bool = False) -> None:
+        await super().send_data(data, end_stream)
+        cast(CoalescingTransport, self._transport).flush()
 
 
 class LastMessageCodec(ProtoCodec):
