@@ -4,7 +4,9 @@ at once, and nothing is held past the next turn of the event loop, nor past clos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -74,7 +76,10 @@ class CountingTransport:
         return getattr(self._transport, name)
 
 
-async def test_uvicorn_with_the_guarded_protocol_sends_a_response_in_one_write(app: Starlette) -> None:
+@contextlib.asynccontextmanager
+async def counted_server(app: Any) -> AsyncIterator[tuple[str, list[CountingTransport]]]:
+    """uvicorn on the guarded protocol as the gateway runs it (uvicorn's access log off, so the gateway's
+    own response path, gateway.edge.cycle): its URL, and every connection's socket transport, counted."""
     sockets: list[CountingTransport] = []
 
     class Counted(guarded_protocol(header_timeout=5, max_header_bytes=8192)):  # type: ignore[misc]
@@ -84,30 +89,37 @@ async def test_uvicorn_with_the_guarded_protocol_sends_a_response_in_one_write(a
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none", http=Counted)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="off", ws="none", http=Counted, access_log=False
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
             await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
-            for _ in range(3):  # three answers on one kept-alive connection
-                response = await client.get("/healthz")
-                assert response.status_code == 200 and response.json() == {"status": "ok"}
-        assert len(sockets) == 1
-        assert len(sockets[0].writes) == 3, sockets[0].writes  # uvicorn alone: 6 (head, then body)
-        assert all(write.startswith(b"HTTP/1.1 200") and write.endswith(b"}") for write in sockets[0].writes)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sockets
     finally:
         server.should_exit = True
         await task
         sock.close()
 
 
+async def test_uvicorn_with_the_guarded_protocol_sends_a_response_in_one_write(app: Starlette) -> None:
+    async with counted_server(app) as (url, sockets):
+        async with httpx.AsyncClient(base_url=url) as client:
+            for _ in range(3):  # three answers on one kept-alive connection
+                response = await client.get("/healthz")
+                assert response.status_code == 200 and response.json() == {"status": "ok"}
+        assert len(sockets) == 1
+        assert len(sockets[0].writes) == 3, sockets[0].writes  # uvicorn alone: 6 (head, then body)
+        assert all(write.startswith(b"HTTP/1.1 200") and write.endswith(b"}") for write in sockets[0].writes)
+
+
 async def test_a_streams_chunk_reaches_the_socket_before_the_app_yields() -> None:
     """A fan-out wakes thousands of streams' tasks in one turn: a chunk held until the next turn would reach
     every client only after the last of them had run (bench/RESULTS.md, session 16)."""
-    sockets: list[CountingTransport] = []
     seen: list[int] = []
+    sockets: list[CountingTransport]  # the server's, once it runs (the app reads it while serving)
 
     async def stream(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -120,27 +132,9 @@ async def test_a_streams_chunk_reaches_the_socket_before_the_app_yields() -> Non
             seen.append(len(sockets[0].writes))  # written by now, before this task gives up the loop
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    class Counted(guarded_protocol(header_timeout=5, max_header_bytes=8192)):  # type: ignore[misc]
-        def connection_made(self, transport: asyncio.Transport) -> None:
-            sockets.append(CountingTransport(transport))
-            super().connection_made(sockets[-1])
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        stream, log_level="warning", lifespan="off", ws="none", http=Counted, access_log=False
-    )  # as the gateway serves (its own access log): the gateway's response path
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}") as client:
+    async with counted_server(stream) as (url, sockets):
+        async with httpx.AsyncClient(base_url=url) as client:
             response = await client.get("/")
         assert response.status_code == 200 and response.text == "onetwo"
         assert seen == [1, 2], sockets[0].writes  # the head with the first chunk, then the second alone
         assert sockets[0].writes[0].startswith(b"HTTP/1.1 200") and sockets[0].writes[0].endswith(b"one\r\n")
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
