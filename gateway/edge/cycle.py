@@ -23,6 +23,7 @@ Framing is uvicorn's: ``content-length`` counted, chunked when there is none (st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 from uvicorn._types import ASGISendEvent
@@ -78,7 +79,13 @@ def _default_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
 
 class Cycle(RequestResponseCycle):
     """One request and its response on a guarded connection (:func:`gateway.edge.timeouts.guarded_protocol`):
-    uvicorn's cycle with its own ``send`` (see the module docstring)."""
+    uvicorn's cycle with its own ``send`` (see the module docstring), and a callback for the client's
+    leaving (:attr:`on_disconnect`)."""
+
+    #: Called once, by the connection, when the client goes away during the response: a stream
+    #: (:func:`gateway.edge.streams.pump`) learns so without a task of its own waiting on ``receive()``.
+    #: Found from the app through ``receive.__self__`` (uvicorn hands the app this cycle's ``receive``).
+    on_disconnect: Callable[[], None] | None = None
 
     async def send(self, message: ASGISendEvent) -> None:
         if self.flow.write_paused and not self.disconnected:

@@ -130,6 +130,10 @@ def guarded_protocol(
                 self._timer.cancel()
                 self._timer = None
             super().connection_lost(exc)
+            cycle = self.cycle
+            if isinstance(cycle, Cycle) and cycle.on_disconnect is not None and cycle.disconnected:
+                callback, cycle.on_disconnect = cycle.on_disconnect, None
+                callback()
 
         def data_received(self, data: bytes) -> None:
             if self._rejected:

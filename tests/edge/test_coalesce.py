@@ -90,7 +90,13 @@ async def counted_server(app: Any) -> AsyncIterator[tuple[str, list[CountingTran
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", ws="none", http=Counted, access_log=False
+        app,
+        log_level="warning",
+        lifespan="off",
+        ws="none",
+        http=Counted,
+        access_log=False,
+        timeout_graceful_shutdown=2,  # a stream that never ends fails its test, not hangs it
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ from starlette.applications import Starlette
 
 from tests.conftest import ADMIN_KEY, READER_KEY
 from tests.edge.conftest import AsgiCall
+from tests.edge.test_coalesce import counted_server
 
 NDJSON = {"accept": "application/x-ndjson"}
 
@@ -163,19 +165,29 @@ async def test_listen_needs_the_permission(app: Starlette) -> None:
 # -- a real server: the byte stream as a client sees it -----------------------------------------------------
 
 
-@pytest.fixture
-async def server_url(app: Starlette) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def plain_server(app: Starlette) -> AsyncIterator[str]:
+    """``app`` on plain uvicorn (its own protocol and response path): its URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none")
+    # A stream that never ends fails its test instead of hanging it.
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    await task
-    sock.close()
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+@pytest.fixture
+async def server_url(app: Starlette) -> AsyncIterator[str]:
+    async with plain_server(app) as url:
+        yield url
 
 
 async def test_sse_over_uvicorn_and_client_disconnect(server_url: str, backend: MemoryBackend) -> None:
@@ -199,3 +211,39 @@ async def test_sse_over_uvicorn_and_client_disconnect(server_url: str, backend: 
             assert "id: 2" in received
             assert len(backend.hub) == 1
         await until_no_subscriber(backend)
+
+
+def _watching_tasks() -> list[asyncio.Task[Any]]:
+    """The tasks that wait for a stream's client to leave (other ASGI servers' way)."""
+    return [
+        task for task in asyncio.all_tasks() if getattr(task.get_coro(), "__qualname__", "") == "_Watch.watch"
+    ]
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["gateway-server", "plain-uvicorn"])
+async def test_a_stream_on_the_gateways_server_needs_no_task_of_its_own_to_learn_the_client_left(
+    app: Starlette, backend: MemoryBackend, guarded: bool
+) -> None:
+    """On the gateway's own server the connection tells the stream its client left (Cycle.on_disconnect),
+    and keep-alives come from a timer: no helper task per stream (each was ~9 objects more for the cyclic
+    collector to walk, bench/RESULTS.md, session 16). Elsewhere a task watches ``receive()``."""
+    async with contextlib.AsyncExitStack() as stack:
+        if guarded:
+            url, _ = await stack.enter_async_context(counted_server(app))
+        else:
+            url = await stack.enter_async_context(plain_server(app))
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            await http.put("/v1/rooms/r/variables/v", json={"value": 1}, headers={"X-API-Key": ADMIN_KEY})
+            async with http.stream(
+                "GET", "/v1/rooms/r/variables/v:listen", headers={"X-API-Key": READER_KEY}
+            ) as response:
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                assert await anext(lines) == "id: 1"
+                assert orjson.loads((await anext(lines)).removeprefix("data: "))["value"] == 1
+                assert await anext(lines) == ""
+                assert await anext(lines) == ": keep-alive"  # the app's keep-alive: 0.05 s of silence
+                assert len(backend.hub) == 1
+                assert len(_watching_tasks()) == (0 if guarded else 1)
+            await until_no_subscriber(backend)  # the client left: the stream ended, unsubscribed
+            assert _watching_tasks() == []
