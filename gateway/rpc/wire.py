@@ -38,7 +38,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import betterproto2
 from google.protobuf import message_factory
@@ -168,7 +168,8 @@ class ReplyStream(MessageStream):
 
     async def send_data(self, data: bytes, end_stream: bool = False) -> None:
         await super().send_data(data, end_stream)
-        cast(CoalescingTransport, self._transport).flush()
+        transport: CoalescingTransport = self._transport  # type: ignore[assignment]  # (no cast() call)
+        transport.flush()
 
 
 class LastMessageCodec(ProtoCodec):
