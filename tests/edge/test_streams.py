@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -247,3 +247,29 @@ async def test_a_stream_on_the_gateways_server_needs_no_task_of_its_own_to_learn
                 assert len(_watching_tasks()) == (0 if guarded else 1)
             await until_no_subscriber(backend)  # the client left: the stream ended, unsubscribed
             assert _watching_tasks() == []
+
+
+async def test_keep_alives_to_a_client_that_does_not_read_do_not_pile_up() -> None:
+    """A keep-alive blocked in its send (the client reads nothing, the socket's buffer is full) is the only
+    one in flight: the timer goes on firing, and sends again only once that one is through."""
+    from gateway.edge.streams import _KeepAlive
+
+    started: list[bytes] = []
+    through = asyncio.Event()
+
+    async def blocked_send(message: MutableMapping[str, Any]) -> None:
+        started.append(message["body"])
+        await through.wait()
+
+    keep = _KeepAlive(blocked_send, b": keep-alive\n\n", 0.01)
+    try:
+        await asyncio.sleep(0.1)  # ten intervals
+        assert started == [b": keep-alive\n\n"]
+        through.set()
+        await asyncio.sleep(0.05)
+        assert len(started) >= 2  # on again once it is through
+    finally:
+        await keep.stop()
+    count = len(started)
+    await asyncio.sleep(0.05)
+    assert len(started) == count  # stopped: no timer left
