@@ -50,7 +50,7 @@ from gateway.core.outbox import (
 )
 from gateway.core.wire import Message
 from gateway.errors import AlreadyExists, Unavailable
-from room_gateway_plugins.sql import changelog, migrations
+from room_gateway_plugins.sql import changelog, migrations, pgerrors
 from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql import presence as presence_ops
 from room_gateway_plugins.sql.tables import (
@@ -63,18 +63,6 @@ from room_gateway_plugins.sql.tables import (
     webhook_endpoints,
     webhook_messages,
 )
-
-try:
-    import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
-
-    _ASYNCPG_ERRORS: tuple[type[BaseException], ...] = (
-        asyncpg.PostgresConnectionError,  # SQLSTATE class 08
-        asyncpg.InterfaceError,  # "connection is closed", "another operation is in progress" after a drop
-        asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 cannot connect now
-        asyncpg.InternalClientError,  # "cannot switch to state …": a protocol left mid-operation (.direct)
-    )
-except ImportError:  # installed without PostgreSQL support
-    _ASYNCPG_ERRORS = ()
 
 #: Room ids per ``IN (…)`` query, well under SQLite's limit of bound parameters.
 _IN_CHUNK = 500
@@ -168,7 +156,7 @@ class SqlBackend(Backend):
         sqlalchemy.exc.InterfaceError,
         sqlalchemy.exc.TimeoutError,  # no pooled connection came free in time
         sqlite3.OperationalError,  # the same, raw: SQLite's readers run without SQLAlchemy (readers.py)
-        *_ASYNCPG_ERRORS,
+        *pgerrors.UNAVAILABLE,
     )
 
     supports_outbox = True
@@ -760,7 +748,7 @@ def _classify_error(ctx: sa.engine.ExceptionContext) -> BaseException | None:
     cause: BaseException | None = ctx.original_exception
     unreachable = ctx.is_disconnect
     while cause is not None and not unreachable:
-        unreachable = isinstance(cause, (OSError, *_ASYNCPG_ERRORS))
+        unreachable = isinstance(cause, (OSError, *pgerrors.UNAVAILABLE))
         cause = cause.__cause__
     if unreachable:
         return StoreUnreachable(f"{type(ctx.original_exception).__name__}: {ctx.original_exception}")

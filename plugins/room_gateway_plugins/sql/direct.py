@@ -32,23 +32,12 @@ import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type informat
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from room_gateway_plugins.sql import pgerrors
 from room_gateway_plugins.sql.base import StoreUnreachable
 from room_gateway_plugins.sql.readers import Compiled, CompiledRead
 
-#: asyncpg's errors that mean the connection is gone, besides ``OSError``: SQLSTATE class 08, the server
-#: shutting down or restarting (57P01 to 57P03; not 57014, a cancelled statement), a closed connection, and
-#: a protocol left mid-operation. The last is what a pooled connection the server ended while it was idle
-#: can raise at its next statement, when the server's FATAL error has been read but the socket's close
-#: not yet: "cannot switch to state 15; another operation (2) is in progress" (InternalClientError, about
-#: one run in ten of tests/backends/test_sql.py's pg_terminate_backend test); nothing can run on it again.
-_LOST = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.CrashShutdownError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
+#: A lost connection: the socket's errors and asyncpg's (:data:`.pgerrors.LOST_CONNECTION`).
+_LOST: tuple[type[BaseException], ...] = (OSError, *pgerrors.LOST_CONNECTION)
 
 
 class DirectResult:
@@ -132,7 +121,7 @@ async def checked_out(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
         raw = await conn.get_raw_connection()
         try:
             yield raw.driver_connection
-        except (OSError, *_LOST) as exc:
+        except _LOST as exc:
             # What SQLAlchemy does on a disconnect it sees itself: every connection of the pool made before
             # now is replaced at its next checkout (the server went away: they are all lost), so one call
             # answers UNAVAILABLE and the next ones connect afresh. The pool's own (underscored) method,
