@@ -10,7 +10,6 @@ a change and its log entry appear together, and seqs are gap-free whatever the n
 from __future__ import annotations
 
 import bisect
-import copy
 import dataclasses
 import itertools
 import uuid
@@ -150,23 +149,25 @@ class MemoryBackend(Backend):
             raise AlreadyExists(f"room {room.room_id!r} already exists (ids are never reused)")
         stored = self._rooms[room.room_id] = _stored(room)
         bisect.insort(self._room_ids, room.room_id)
-        self._log(room.room_id, ChangeKind.ROOM_CREATED, stored.update_time, room=copy.copy(stored))
+        self._log(room.room_id, ChangeKind.ROOM_CREATED, stored.update_time, room=stored.__copy__())
 
     async def get_room(self, room_id: str) -> Room | None:
         room = self._rooms.get(room_id)
-        return copy.copy(room) if room is not None else None
+        # Room.__copy__ called as it is, throughout this module: copy.copy's own dispatch was a third of a
+        # read's cost, and every write reads its room (session 16: 3k of a PUT's 249k instructions).
+        return room.__copy__() if room is not None else None
 
     async def save_room(self, room: Room, kind: ChangeKind = ChangeKind.ROOM_UPDATED) -> None:
         stored = self._rooms[room.room_id] = _stored(room)
-        self._log(room.room_id, kind, stored.update_time, room=copy.copy(stored))
+        self._log(room.room_id, kind, stored.update_time, room=stored.__copy__())
 
     async def list_rooms(self, *, start: str, inclusive: bool, limit: int) -> list[Room]:
         ids = self._room_ids
         first = bisect.bisect_left(ids, start) if inclusive else bisect.bisect_right(ids, start)
-        return [copy.copy(self._rooms[one]) for one in ids[first : first + limit]]
+        return [self._rooms[one].__copy__() for one in ids[first : first + limit]]
 
     async def get_rooms(self, room_ids: Sequence[str]) -> list[Room]:
-        return [copy.copy(self._rooms[one]) for one in sorted(set(room_ids)) if one in self._rooms]
+        return [self._rooms[one].__copy__() for one in sorted(set(room_ids)) if one in self._rooms]
 
     async def delete_room(self, room: Room) -> None:
         stored = self._rooms[room.room_id] = _stored(room)
@@ -177,7 +178,7 @@ class MemoryBackend(Backend):
             self.epoch,
             ChangeKind.ROOM_DELETED,
             stored.update_time,
-            room=copy.copy(stored),
+            room=stored.__copy__(),
         )
         if self.outbox is not None:
             self._enqueue(room.room_id, last, None)
@@ -506,7 +507,7 @@ class _Seat:
 
 def _stored(room: Room) -> Room:
     """A copy of ``room`` to keep, its times in UTC."""
-    kept = copy.copy(room)
+    kept = room.__copy__()
     if kept.create_time is not None:
         kept.create_time = times.utc(kept.create_time)
     if kept.update_time is not None:
