@@ -128,8 +128,12 @@ async def main():
         for _ in range(4000):
             await call(method, path, data, app)
         pr.disable()
-        order = "ncalls" if "--calls" in sys.argv else ("cumulative" if "--cumulative" in sys.argv else "tottime")
-        shown = 80 if "--calls" in sys.argv or "--cumulative" in sys.argv else 25
+        if "--calls" in sys.argv:
+            order, shown = "ncalls", 80
+        elif "--cumulative" in sys.argv:
+            order, shown = "cumulative", 80
+        else:
+            order, shown = "tottime", 25
         pstats.Stats(pr, stream=sys.__stdout__).sort_stats(order).print_stats(shown)
     if LOG:
         writer.stop()
