@@ -24,6 +24,7 @@ never holds metadata (keys, tokens), messages or status messages. Calls grpclib 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 import time
@@ -100,8 +101,8 @@ def install_observer(server: Server, observer: Observer, logger: logging.Logger 
         if tracing is not None:
             call.span = tracing.grpc_server_span(event.method_name, event.metadata, call)
         if streaming:  # a unary call runs unwrapped: its principal is noted by the auth listener
-            event.method_func = _counted_stream(event.method_func, recorder)
-        task.add_done_callback(lambda _: _finish(observer, logger, call, recorder))
+            event.method_func = _CountedStream(event.method_func, recorder)
+        task.add_done_callback(functools.partial(_finish, observer, logger, call, recorder))
 
     async def on_headers(event: SendInitialMetadata) -> None:
         call = CURRENT.get()
@@ -128,28 +129,47 @@ def install_observer(server: Server, observer: Observer, logger: logging.Logger 
     listen(server, SendTrailingMetadata, on_trailers)
 
 
-def _counted_stream(handler: Any, recorder: MethodRecorder) -> Any:
-    """``handler`` of a server stream, counted open while it runs and per message sent."""
+class _CountedStream:
+    """A server stream's handler, counted open while it runs and per message sent.
 
-    async def observed(stream: Any) -> None:
+    Objects with slots, not closures: a stream lives long, and each closure was a function and its cells,
+    objects more for the cyclic collector to walk per open stream (bench/RESULTS.md, session 16).
+    """
+
+    __slots__ = ("handler", "recorder")
+
+    def __init__(self, handler: Any, recorder: MethodRecorder) -> None:
+        self.handler = handler
+        self.recorder = recorder
+
+    async def __call__(self, stream: Any) -> None:
+        recorder = self.recorder
         recorder.streams.inc()
-        messages = recorder.messages
-        send = stream.send_message
-
-        async def send_counted(message: Any) -> None:
-            await send(message)
-            messages.inc()
-
-        stream.send_message = send_counted
+        stream.send_message = _CountedSend(stream.send_message, recorder.messages)
         try:
-            await handler(stream)
+            await self.handler(stream)
         finally:
             recorder.streams.dec()
 
-    return observed
+
+class _CountedSend:
+    """A stream's ``send_message``, counting each message sent."""
+
+    __slots__ = ("messages", "send")
+
+    def __init__(self, send: Any, messages: Any) -> None:
+        self.send = send
+        self.messages = messages
+
+    async def __call__(self, message: Any) -> None:
+        await self.send(message)
+        self.messages.inc()
 
 
-def _finish(observer: Observer, logger: logging.Logger, call: _GrpcCall, recorder: MethodRecorder) -> None:
+def _finish(
+    observer: Observer, logger: logging.Logger, call: _GrpcCall, recorder: MethodRecorder, _task: Any = None
+) -> None:
+    """Count, time and log the call, as its task ends (the task: ``add_done_callback``'s argument)."""
     seconds = time.perf_counter() - call.start
     code = call.code or "CANCELLED"
     recorder.finish(code, seconds, call.streaming)
