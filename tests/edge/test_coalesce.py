@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 
 from gateway.coalesce import CoalescingTransport
 from gateway.edge.timeouts import guarded_protocol
+from tests.edge.test_response_path import serving
 
 
 class Recorder(asyncio.Transport):
@@ -78,8 +77,8 @@ class CountingTransport:
 
 @contextlib.asynccontextmanager
 async def counted_server(app: Any) -> AsyncIterator[tuple[str, list[CountingTransport]]]:
-    """uvicorn on the guarded protocol as the gateway runs it (uvicorn's access log off, so the gateway's
-    own response path, gateway.edge.cycle): its URL, and every connection's socket transport, counted."""
+    """``app`` on the guarded protocol as the gateway runs it (:func:`tests.edge.test_response_path.serving`):
+    its URL, and every connection's socket transport, counted."""
     sockets: list[CountingTransport] = []
 
     class Counted(guarded_protocol(header_timeout=5, max_header_bytes=8192)):  # type: ignore[misc]
@@ -87,27 +86,8 @@ async def counted_server(app: Any) -> AsyncIterator[tuple[str, list[CountingTran
             sockets.append(CountingTransport(transport))
             super().connection_made(sockets[-1])
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        lifespan="off",
-        ws="none",
-        http=Counted,
-        access_log=False,
-        timeout_graceful_shutdown=2,  # a stream that never ends fails its test, not hangs it
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sockets
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    async with serving(app, Counted) as port:
+        yield f"http://127.0.0.1:{port}", sockets
 
 
 async def test_uvicorn_with_the_guarded_protocol_sends_a_response_in_one_write(app: Starlette) -> None:

@@ -52,6 +52,7 @@ async def serving(app: Any, protocol: Any, *, idle: float = 5) -> AsyncIterator[
         http=protocol,
         server_header=False,
         timeout_keep_alive=idle,  # type: ignore[arg-type]  # uvicorn says int, a float works
+        timeout_graceful_shutdown=2,  # a stream that never ends fails its test instead of hanging it
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

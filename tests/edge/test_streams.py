@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-import uvicorn
 from room_gateway_plugins.memory import MemoryBackend
 from starlette.applications import Starlette
 
 from tests.conftest import ADMIN_KEY, READER_KEY
 from tests.edge.conftest import AsgiCall
 from tests.edge.test_coalesce import counted_server
+from tests.edge.test_response_path import serving
 
 NDJSON = {"accept": "application/x-ndjson"}
 
@@ -165,29 +164,10 @@ async def test_listen_needs_the_permission(app: Starlette) -> None:
 # -- a real server: the byte stream as a client sees it -----------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def plain_server(app: Starlette) -> AsyncIterator[str]:
-    """``app`` on plain uvicorn (its own protocol and response path): its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    # A stream that never ends fails its test instead of hanging it.
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
 @pytest.fixture
 async def server_url(app: Starlette) -> AsyncIterator[str]:
-    async with plain_server(app) as url:
-        yield url
+    async with serving(app, "auto") as port:  # plain uvicorn: its own protocol and response path
+        yield f"http://127.0.0.1:{port}"
 
 
 async def test_sse_over_uvicorn_and_client_disconnect(server_url: str, backend: MemoryBackend) -> None:
@@ -230,8 +210,8 @@ async def test_a_stream_on_the_gateways_server_needs_no_task_of_its_own_to_learn
     async with contextlib.AsyncExitStack() as stack:
         if guarded:
             url, _ = await stack.enter_async_context(counted_server(app))
-        else:
-            url = await stack.enter_async_context(plain_server(app))
+        else:  # plain uvicorn
+            url = f"http://127.0.0.1:{await stack.enter_async_context(serving(app, 'auto'))}"
         async with httpx.AsyncClient(base_url=url, timeout=5) as http:
             await http.put("/v1/rooms/r/variables/v", json={"value": 1}, headers={"X-API-Key": ADMIN_KEY})
             async with http.stream(
