@@ -276,7 +276,7 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--duration", type=int, default=5, help="seconds (whole: wrk's -d)")
-    parser.add_argument("--rate", default="1000", help="writes/s, comma-separated for several rows")
+    parser.add_argument("--rate", default="1000", help="writes/s, comma-separated for several rows; empty: none")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--writers", type=int, default=3, help="writer processes of the paced load")
     parser.add_argument("--connections", type=int, default=64)
@@ -318,7 +318,7 @@ def main(argv: list[str]) -> None:
                         (without if hook is None else with_).append(row)
                         print(f"{label} {'with' if hook else 'without'}: {row}", file=sys.stderr)
                 puts.append((label, without, with_))
-                for rate in (float(r) for r in args.rate.split(",")):
+                for rate in (float(r) for r in args.rate.split(",") if r):
                     row = paced_round(tmp, fresh(name, tmp), receiver, rate, args, nice)
                     print(f"{label} paced: {row}", file=sys.stderr)
                     paced.append((label, row))

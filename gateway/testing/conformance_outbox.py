@@ -17,6 +17,7 @@ import pytest
 from gateway.core.backend import Backend, History
 from gateway.core.models import UNSET, ChangeKind, Event, Member, Room, RoomSignal, RoomStatus, SignalKind
 from gateway.core.outbox import Attempt, EndpointState, MessageStatus, Outbox, OutboxMessage, Route, Settled
+from gateway.errors import Aborted
 
 # Imported by gateway.testing.conformance once it has defined these (its BackendContract mixes this in).
 from gateway.testing.conformance import Ctx, scenario
@@ -298,6 +299,44 @@ class OutboxContract:
             before = by_version[version - 1].change
             assert before is not None and before.variable is not None
             assert (previous.value, previous.version) == (before.variable.value, version - 1)
+
+    @scenario
+    async def test_every_write_shape_carries_the_value_before(self, ctx: Ctx) -> None:
+        # Compare-and-set against a version and against "unset", deletion, and a write after a deletion:
+        # each written message's previous is the value it replaced (none when the variable was unset), and a
+        # write its guard held back leaves no message.
+        every, _, outbox = self._routes(ctx)
+        backend = await self._backend(ctx, outbox)
+        room = ctx.room()
+        await backend.create_room(room)
+        rid = room.room_id
+
+        async def write(value: object, expected: int | None) -> None:
+            await backend.set_variable(rid, "v", value, expected_version=expected, now=ctx.tick())
+
+        await write("a", 0)  # version 1: unset before
+        await write("b", 1)  # version 2
+        for value, expected in (("x", 0), ("x", 1), (UNSET, 5)):
+            with pytest.raises(Aborted):
+                await write(value, expected)
+        await write(UNSET, None)  # version 3: deleted
+        await write(UNSET, 0)  # deleting an unset variable: nothing written
+        await write("c", 0)  # version 4: unset before
+        await write("d", None)  # version 5
+        await write(UNSET, 5)  # version 6
+        got = [
+            (m.change.variable.version, m.previous and (m.previous.value, m.previous.version))
+            for m in await self._claim_all(backend, every, ctx)
+            if m.change and m.change.variable
+        ]
+        assert sorted(got) == [
+            (1, None),
+            (2, ("a", 1)),
+            (3, ("b", 2)),
+            (4, None),
+            (5, ("c", 4)),
+            (6, ("d", 5)),
+        ]
 
     @scenario
     async def test_settled_messages_are_pruned_in_bounded_batches(self, ctx: Ctx) -> None:

@@ -326,14 +326,23 @@ class SqlBackend(Backend):
     async def _insert_messages(self, tx: Transaction, rows: list[dict[str, Any]]) -> None:
         await tx.conn.execute(webhook_messages.insert(), rows)
 
-    async def _previous(self, tx: Transaction, write: VariableWrite) -> str | None:
-        """The variable's value and version before ``write`` (as the ``previous`` of its messages), when an
-        endpoint takes the write and the variable is set."""
+    async def _written(
+        self, tx: Transaction, write: VariableWrite, statement: Any, params: dict[str, Any]
+    ) -> tuple[Any, str | None]:
+        """Run ``write``'s ``statement`` (:meth:`_variable_statement`): its row (the new ``version``;
+        ``None``: not written) and, when an endpoint takes the write, the variable's value and version
+        before it (the ``previous`` of its messages; ``None`` when it was unset)."""
+        previous = None
+        if self._wants_previous(write):
+            previous = outbox_sql.previous_of(await self._variable_before(tx, write))
+        written = (await tx.conn.execute(statement, params)).first() if statement is not None else None
+        return written, previous
+
+    def _wants_previous(self, write: VariableWrite) -> bool:
+        """Whether a webhook endpoint takes ``write``, so that its messages need the value before it."""
         outbox = self.outbox
         kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
-        if outbox is None or not outbox.targets(write.room_id, kind):
-            return None
-        return outbox_sql.previous_of(await self._variable_before(tx, write))
+        return outbox is not None and bool(outbox.targets(write.room_id, kind))
 
     async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
         """The variable's row (value, version) as ``write`` finds it, no other writer changing it before
@@ -428,8 +437,7 @@ class SqlBackend(Backend):
     async def write_variable(self, write: VariableWrite) -> Variable | None:
         statement, params = self._variable_statement(write)
         async with self._tx(hot=True) as tx:
-            previous = await self._previous(tx, write) if self.outbox is not None else None
-            written = (await tx.conn.execute(statement, params)).first() if statement is not None else None
+            written, previous = await self._written(tx, write, statement, params)
             if written is None:
                 check_unwritten(write, (await tx.conn.execute(CURRENT_VERSION, params)).scalar() or 0)
                 return None
