@@ -145,8 +145,8 @@ def update_keeping_previous(deletes: bool, unset_only: bool, expected: bool) -> 
 
     The row is joined to itself as a subquery that locks it (``FOR UPDATE``): the subquery waits for a
     concurrent writer and then reads the row as that writer committed it, the value this update
-    overwrites. No row (a first write, or a guard that held the write back): nothing is written, and the
-    write takes the general path.
+    overwrites. No row: nothing is written; the variable had no row yet (a first write: :data:`INSERT_FIRST`),
+    or the write's guard held it back.
     """
     before = variables.alias("before")
     old = (
@@ -176,6 +176,23 @@ def update_keeping_previous(deletes: bool, unset_only: bool, expected: bool) -> 
             old.c.version.label("previous_version"),
         )
     )
+
+
+#: A variable's first write on PostgreSQL (the row did not exist when :func:`update_keeping_previous` looked):
+#: written as version 1, nothing before it; no row returned if a concurrent first write of the variable
+#: committed meanwhile (the insert waits for it), which the write's general path then handles.
+INSERT_FIRST = (
+    postgresql.insert(variables)
+    .values(
+        room_id=sa.bindparam("w_room_id"),
+        name=sa.bindparam("w_name"),
+        value=sa.bindparam("w_value", type_=sa.Text),
+        version=1,
+        update_time=sa.bindparam("w_now", type_=variables.c.update_time.type),
+    )
+    .on_conflict_do_nothing(index_elements=[variables.c.room_id, variables.c.name])
+    .returning(variables.c.version)
+)
 
 
 def previous_text(value_text: str, version: int) -> str:

@@ -264,16 +264,24 @@ class PostgresBackend(SqlBackend):
     async def _written(
         self, tx: Transaction, write: VariableWrite, statement: Any, params: dict[str, Any]
     ) -> tuple[Any, str | None]:
-        # A webhook-watched write of an existing variable (the common one) in one statement that also
-        # returns the value it overwrote; a first write, or one its guard holds back, takes the general path
-        # (:data:`.outbox.LOCK_PREVIOUS`, then the write). One round trip and one row version less a write:
-        # PUT with an endpoint 334/338 → 361/394 writes/s here (bench/RESULTS.md, session 17).
-        if statement is not None and self._wants_previous(write):
-            expected = write.expected_version
-            keeping = outbox_sql.update_keeping_previous(write.deletes, expected == 0, bool(expected))
-            row = (await tx.conn.execute(keeping, params)).first()
-            if row is not None:
-                return row, outbox_sql.previous_of((row.previous_value, row.previous_version))
+        # A webhook-watched write in the statements of a write without webhooks: an existing variable's
+        # write returns the value it overwrote (one statement), a first write inserts (two: the update
+        # found no row). Not the general path's lock of the row (:data:`.outbox.LOCK_PREVIOUS`, which
+        # creates it if missing) and then the write: one round trip and one row version less. What is left
+        # to it is a first write racing another one (the insert found the row after all).
+        # bench/RESULTS.md, session 17: PUT with an endpoint ~380 → ~480 writes/s here.
+        if statement is None or not self._wants_previous(write):
+            return await super()._written(tx, write, statement, params)
+        expected = write.expected_version
+        keeping = outbox_sql.update_keeping_previous(write.deletes, expected == 0, bool(expected))
+        row = (await tx.conn.execute(keeping, params)).first()
+        if row is not None:
+            return row, outbox_sql.previous_of((row.previous_value, row.previous_version))
+        if write.deletes or expected:  # only a set variable changes: its guard held the write back
+            return None, None
+        row = (await tx.conn.execute(outbox_sql.INSERT_FIRST, params)).first()
+        if row is not None:
+            return row, None
         return await super()._written(tx, write, statement, params)
 
     async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
