@@ -276,7 +276,9 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--duration", type=int, default=5, help="seconds (whole: wrk's -d)")
-    parser.add_argument("--rate", default="1000", help="writes/s, comma-separated for several rows; empty: none")
+    parser.add_argument(
+        "--rate", default="1000", help="writes/s, comma-separated for several rows; empty: none"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--writers", type=int, default=3, help="writer processes of the paced load")
     parser.add_argument("--connections", type=int, default=64)

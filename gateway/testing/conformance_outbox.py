@@ -15,7 +15,18 @@ from datetime import timedelta
 import pytest
 
 from gateway.core.backend import Backend, History
-from gateway.core.models import UNSET, ChangeKind, Event, Member, Room, RoomSignal, RoomStatus, SignalKind
+from gateway.core.models import (
+    JSON,
+    UNSET,
+    ChangeKind,
+    Event,
+    Member,
+    Room,
+    RoomSignal,
+    RoomStatus,
+    SignalKind,
+    Unset,
+)
 from gateway.core.outbox import Attempt, EndpointState, MessageStatus, Outbox, OutboxMessage, Route, Settled
 from gateway.errors import Aborted
 
@@ -311,7 +322,7 @@ class OutboxContract:
         await backend.create_room(room)
         rid = room.room_id
 
-        async def write(value: object, expected: int | None) -> None:
+        async def write(value: JSON | Unset, expected: int | None) -> None:
             await backend.set_variable(rid, "v", value, expected_version=expected, now=ctx.tick())
 
         await write("a", 0)  # version 1: unset before

@@ -617,7 +617,8 @@ async def test_postgresql_writes_cancelled_in_flight_leave_the_pool_working(post
             await asyncio.sleep(delay)
             for write in writes:
                 write.cancel()
-            for name, outcome in zip(names, await asyncio.gather(*writes, return_exceptions=True)):
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)
+            for name, outcome in zip(names, outcomes, strict=True):
                 if isinstance(outcome, Variable):
                     acknowledged.add(name)
                 else:
