@@ -1,8 +1,8 @@
 # room-gateway tasks. Each sets up .venv itself (python3 -m venv, then pip), so a fresh clone needs only
 # python3 >= 3.11 and make:
 #   make run     install, then start a gateway on the embedded default (gateway.yaml, sqlite:///rooms.db)
-#   make test    install with the dev extra (and chromium), lint (ruff, mypy --strict, tsc on the console), then
-#                run the tests (what CI runs: .ci/run)
+#   make test    install with the dev extra (and chromium, nghttp), lint (ruff, mypy --strict, tsc on the
+#                console), then run the tests (what CI runs: .ci/run)
 #   make proto   regenerate gateway/_gen/ from protos/
 #   make lint, make bench, make check
 
@@ -23,7 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 #: The console's type checker (tsc --checkJs over gateway/console), from its lock file.
 CONSOLE_CHECK := tests/browsers/node
 
-.PHONY: run test check lint proto bench clean chromium
+.PHONY: run test check lint proto bench clean chromium nghttp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ run: $(VENV)/.installed
 	exec $(BIN)/python -m gateway serve $(ARGS)
 
 # The habits are part of the test: a lint or type error fails `make test`, and so CI, before pytest runs.
-test: lint chromium
+test: lint chromium nghttp
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Once, quietly. Where apt-get cannot install it, the browser tests say so and skip (they fail under CI).
@@ -56,6 +56,14 @@ chromium:
 	  $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq chromium >/dev/null 2>&1; } || \
 	  echo "chromium could not be installed: tests/browsers will skip (and fail under CI)"; }
+
+# docs/security.md's gRPC commands read the server's SETTINGS with nghttp (tests/security/test_grpc_docs.py).
+nghttp:
+	@command -v nghttp >/dev/null || { echo "installing nghttp2-client for the gRPC doc commands (apt-get)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq >/dev/null 2>&1 && $(SUDO) apt-get install -y -qq nghttp2-client >/dev/null 2>&1; } || \
+	  echo "nghttp2-client could not be installed: the gRPC doc commands' test will skip (and fail under CI)"; }
 
 check: test
 

@@ -20,20 +20,23 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from room_gateway_plugins.sql import SQLiteBackend, sqlite
+import sqlalchemy as sa
+from room_gateway_plugins.sql import SQLiteBackend, migrations, sqlite
 
+from gateway.core.models import UNSET
 from gateway.core.outbox import Attempt, EndpointState, MessageStatus, Outbox, OutboxMessage, Route, Settled
 from gateway.errors import Unavailable
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 LATER = T0 + timedelta(hours=1)  # every message due
 ENDPOINT = "hook"
+EVERY_ROOM = Route(ENDPOINT)
 
 
 @contextlib.asynccontextmanager
-async def opened(path: Path) -> AsyncIterator[SQLiteBackend]:
+async def opened(path: Path, route: Route = EVERY_ROOM) -> AsyncIterator[SQLiteBackend]:
     backend = SQLiteBackend(f"sqlite:///{path}")
-    backend.outbox = Outbox([Route(ENDPOINT)])
+    backend.outbox = Outbox([route])
     await backend.open()
     try:
         yield backend
@@ -219,6 +222,83 @@ async def test_a_write_lock_held_beyond_the_timeout_is_unavailable_then_recovers
         assert await backend.outbox_backlog(ENDPOINT) == 0
         assert await backend.set_variable("r", "v", 1, expected_version=None, now=T0) is not None
         await backend.save_endpoint_state(ENDPOINT, EndpointState(disabled_reason="x"))
+
+
+# -- the value before a watched write: returned by the write (previous_value), not read before it -----------
+
+
+def on_variables(statements: list[str]) -> list[str]:
+    """The verbs of the statements on ``variables`` among ``statements`` (the writer's trace)."""
+    verbs = ("SELECT", "INSERT INTO variables", "UPDATE variables")
+    return [s.split()[0] for s in statements if s.startswith(verbs) and " variables" in s.split("WHERE")[0]]
+
+
+def kept(path: Path) -> dict[tuple[str, str], str | None]:
+    """``previous_value`` of every variable row, read with a connection of its own."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return {(r, n): p for r, n, p in conn.execute("SELECT room_id, name, previous_value FROM variables")}
+
+
+async def test_a_watched_write_returns_the_value_it_replaced_without_reading_it_first(tmp_path: Path) -> None:
+    """A watched write of a value runs no statement on ``variables`` but itself (the write, the log's append
+    and the messages' insert), and keeps the value it replaced only until the next write of the variable:
+    a deletion (which reads the row before it instead) or a write no endpoint takes clears it."""
+    path = tmp_path / "rooms.db"
+    async with opened(path, Route(ENDPOINT, rooms=("watched",))) as backend:
+        await backend.set_variable("watched", "v", "a", expected_version=None, now=T0)
+        statements: list[str] = []
+        await (await writer_of(backend)).set_trace_callback(statements.append)
+        for value, expected in (("b", None), ("c", 2), (["d"], None)):
+            await backend.set_variable("watched", "v", value, expected_version=expected, now=T0)
+        assert on_variables(statements) == ["INSERT", "UPDATE", "INSERT"]  # the writes alone
+        assert kept(path) == {("watched", "v"): '"c"'}
+        statements.clear()
+        await backend.set_variable("watched", "v", UNSET, expected_version=None, now=T0)
+        assert on_variables(statements) == ["SELECT", "UPDATE"]
+        assert kept(path) == {("watched", "v"): None}
+        await backend.set_variable("watched", "v", "e", expected_version=None, now=T0)
+        await backend.set_variable("other", "v", "x", expected_version=None, now=T0)
+        await backend.set_variable("other", "v", "y", expected_version=None, now=T0)  # no endpoint takes it
+        assert kept(path) == {("watched", "v"): None, ("other", "v"): None}
+        await backend.set_variable("watched", "v", "f", expected_version=6, now=T0)
+        assert kept(path)[("watched", "v")] == '"e"'
+        messages = [m for m in await claim(backend) if m.change and m.change.variable]
+        previous = [
+            (m.change.variable.version, m.previous and (m.previous.value, m.previous.version))
+            for m in messages
+            if m.change and m.change.variable
+        ]
+        assert sorted(previous) == [
+            (1, None),
+            (2, ("a", 1)),
+            (3, ("b", 2)),
+            (4, ("c", 3)),
+            (5, (["d"], 4)),
+            (6, None),
+            (7, ("e", 6)),
+        ]
+
+
+async def test_a_database_of_schema_3_keeps_its_variables_and_their_previous_values(tmp_path: Path) -> None:
+    """Upgraded to 4 (``previous_value``): a variable written before it gets the right ``previous``."""
+    path = tmp_path / "v3.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        v3 = migrations.metadata(3)
+        v3.create_all(conn, tables=[t for t in v3.sorted_tables if t.name != "notification_bodies"])
+        conn.execute(v3.tables["schema_version"].insert().values(version=3))
+        row = {"room_id": "r", "name": "x", "value": "7", "version": 3, "update_time": T0}
+        conn.execute(v3.tables["variables"].insert().values(row))
+        conn.execute(v3.tables["room_heads"].insert().values(room_id="r", head=0))
+        conn.execute(v3.tables["log_meta"].insert().values(name="epoch", value="e"))
+    engine.dispose()
+    async with opened(path) as backend:
+        assert backend._schema_found == 3  # type: ignore[attr-defined]
+        await backend.set_variable("r", "x", 8, expected_version=3, now=T0)
+        [message] = await claim(backend)
+        assert message.previous is not None
+        assert (message.previous.value, message.previous.version) == (7, 3)
+    assert kept(path) == {("r", "x"): "7"}
 
 
 async def test_pruning_is_one_trip(tmp_path: Path) -> None:

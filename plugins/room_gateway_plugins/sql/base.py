@@ -167,7 +167,7 @@ class SqlBackend(Backend):
         self._engine: AsyncEngine | None = None
         self._schema_found: int | None = None
         #: :meth:`_variable_write`'s statements by shape.
-        self._variable_writes: dict[tuple[bool, bool, bool], Any] = {}
+        self._variable_writes: dict[tuple[bool, bool, bool, bool], Any] = {}
         #: :meth:`_record`'s statements by shape.
         self._records: dict[bool, Any] = {}
 
@@ -446,14 +446,16 @@ class SqlBackend(Backend):
             await self._log(tx, write.room_id, change, previous)
         return variable
 
-    def _variable_statement(self, write: VariableWrite) -> tuple[Any, dict[str, Any]]:
+    def _variable_statement(
+        self, write: VariableWrite, keep_previous: bool = False
+    ) -> tuple[Any, dict[str, Any]]:
         """The statement of ``write`` (:meth:`_variable_write`; ``None`` for a delete-only-if-unset, which
         has nothing to write either way) and its parameters, :data:`CURRENT_VERSION`'s too."""
         text = None if write.deletes else jsontext.dumps(write.value).decode()
         expected_version = write.expected_version
         statement = None
         if text is not None or expected_version != 0:
-            statement = self._variable_write(text is None, expected_version)
+            statement = self._variable_write(text is None, expected_version, keep_previous)
         params = {
             "w_room_id": write.room_id,
             "w_name": write.name,
@@ -463,12 +465,20 @@ class SqlBackend(Backend):
         }
         return statement, params
 
-    def _variable_write(self, deletes: bool, expected_version: int | None) -> Any:
+    def _variable_write(
+        self, deletes: bool, expected_version: int | None, keep_previous: bool = False
+    ) -> Any:
         """The statement of a variable write of this shape, with its values as bound parameters
         (``w_room_id``, ``w_name``, ``w_value``, ``w_now``, ``w_expected``: not the columns' names, which
         SQLAlchemy keeps for its own VALUES parameters): built once per shape, since building it
-        took about as long as the rest of the write's Python (issue 11's PUT benchmark)."""
-        shape = (deletes, expected_version is None, expected_version == 0)
+        took about as long as the rest of the write's Python (issue 11's PUT benchmark).
+
+        It returns the new ``version``. With ``keep_previous`` (a write that sets a value) it also keeps the
+        value it replaced in ``previous_value`` and returns it second (``NULL``: unset before; its version
+        is the new one less one): SQLite's way to the ``previous`` of a write's webhook messages without a
+        read before the write. Every other write clears ``previous_value`` (:mod:`.migrations`, v4)."""
+        assert not (deletes and keep_previous), "a deletion keeps no value"
+        shape = (deletes, expected_version is None, expected_version == 0, keep_previous)
         statement = self._variable_writes.get(shape)
         if statement is not None:
             return statement
@@ -476,6 +486,11 @@ class SqlBackend(Backend):
             sa.bindparam("w_value", type_=sa.Text),
             sa.bindparam("w_now", type_=variables.c.update_time.type),
         )
+        # In an UPDATE's SET (an upsert's too) a column names the row before it: its value, replaced.
+        previous = variables.c.value if keep_previous else sa.null()
+        returned = [variables.c.version]
+        if keep_previous:
+            returned.append(variables.c.previous_value)
         if deletes or expected_version:
             # Deletion, or compare-and-set against a set variable: only an existing, set row can change.
             guard = (
@@ -488,8 +503,10 @@ class SqlBackend(Backend):
             statement = (
                 variables.update()
                 .where(guard)
-                .values(value=value, version=variables.c.version + 1, update_time=now)
-                .returning(variables.c.version)
+                .values(
+                    value=value, version=variables.c.version + 1, update_time=now, previous_value=previous
+                )
+                .returning(*returned)
             )
         else:
             # Plain write, or compare-and-set against "unset" (expected_version == 0): an upsert whose update
@@ -509,10 +526,11 @@ class SqlBackend(Backend):
                         "value": sa.literal_column("excluded.value"),
                         "version": variables.c.version + 1,
                         "update_time": sa.literal_column("excluded.update_time"),
+                        "previous_value": previous,
                     },
                     where=variables.c.value.is_(None) if expected_version == 0 else None,
                 )
-                .returning(variables.c.version)
+                .returning(*returned)
             )
         self._variable_writes[shape] = statement
         return statement

@@ -199,11 +199,26 @@ def _apply_v3(conn: sa.Connection, md: sa.MetaData) -> None:
     md.create_all(conn, tables=[md.tables["webhook_messages"], md.tables["webhook_endpoints"]])
 
 
+def _declare_v4(md: sa.MetaData) -> None:
+    # The value a webhook-watched write replaced (issue 14): SQLite's RETURNING sees only the row after the
+    # write, so a write that sets ``previous_value = value`` returns what it overwrote without a read before
+    # it (one statement less on the writer's thread: bench/RESULTS.md, session 18). NULL after every other
+    # write, deletions included, so that a value is kept no longer than the write after it. PostgreSQL
+    # returns the old row from the write itself (``UPDATE … FROM``) and leaves it NULL.
+    md.tables["variables"].append_column(sa.Column("previous_value", sa.Text))
+
+
+def _apply_v4(conn: sa.Connection, md: sa.MetaData) -> None:
+    # Nullable, no default: on both databases a change to the catalog only, whatever the table holds.
+    conn.exec_driver_sql("ALTER TABLE variables ADD COLUMN previous_value TEXT")
+
+
 #: Every migration, in order; ``MIGRATIONS[i].version == i + 1``.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "rooms, variables, notification bodies", _declare_v1, _apply_v1),
     Migration(2, "change log, room heads, epoch, presence", _declare_v2, _apply_v2),
     Migration(3, "webhook outbox and endpoint states", _declare_v3, _apply_v3),
+    Migration(4, "the value a webhook-watched write replaced", _declare_v4, _apply_v4),
 )
 LATEST = MIGRATIONS[-1].version
 

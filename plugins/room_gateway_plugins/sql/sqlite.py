@@ -166,18 +166,22 @@ class SQLiteBackend(SqlBackend):
         # One trip through the writer's thread, in a group commit (.writer): not through SQLAlchemy's
         # adaptation, whose nine trips a write (each a GIL hand-off, all under the writer lock with the
         # commit's fsync) bounded the writes per second (bench/sqlite_writes.py).
-        statement, params = self._variable_statement(write)
+        kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
+        targets = self._targets(write.room_id, kind)
+        # A watched write that sets a value returns the one it replaced (previous_value, .base): no read
+        # before it, a statement less on the writer's thread, where each one waits for the GIL anew.
+        # A watched deletion reads the row before it (a deletion keeps no value).
+        keeps = bool(targets) and not write.deletes
+        statement, params = self._variable_statement(write, keep_previous=keeps)
         statements = self._compiled()
         compiled = None if statement is None else statements.statement(statement)
         current = statements.statement(CURRENT_VERSION)
-        previous_read = statements.statement(outbox_sql.PREVIOUS)
-        kind = ChangeKind.VARIABLE_DELETED if write.deletes else ChangeKind.VARIABLE_SET
-        targets = self._targets(write.room_id, kind)
+        previous_read = statements.statement(outbox_sql.PREVIOUS) if targets and not keeps else None
         room_id = write.room_id
 
         def work(conn: sqlite3.Connection) -> tuple[Variable, Change] | None:
             previous = None
-            if targets:
+            if previous_read is not None:
                 sql, parameters = previous_read.bind({"p_room_id": room_id, "p_name": write.name})
                 previous = outbox_sql.previous_of(conn.execute(sql, parameters).fetchone())
             written = None if compiled is None else conn.execute(*compiled.bind(params)).fetchone()
@@ -185,6 +189,8 @@ class SQLiteBackend(SqlBackend):
                 found = conn.execute(*current.bind(params)).fetchone()
                 check_unwritten(write, 0 if found is None else found[0])
                 return None
+            if keeps:
+                previous = outbox_sql.previous_of((written[1], written[0] - 1))
             variable, change = variable_change(write, written[0])
             return variable, self._log_on(conn, room_id, change, previous, targets)
 
