@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -113,12 +113,13 @@ def receiver_process() -> Any:
         proc.wait(5)
 
 
-def arrivals(url: str, room: str | None = None) -> list[tuple[float, str]]:
-    """(arrival time, body timestamp) of what the receiver got (of ``room`` only, when given): messages
-    that a previous phase's gateway had claimed when it stopped arrive once their leases end, during a
-    later phase, and are not that phase's."""
+def arrivals(url: str, room: str | Collection[str] | None = None) -> list[tuple[float, str]]:
+    """(arrival time, body timestamp) of what the receiver got (of ``room`` only, or of the rooms of a
+    collection, when given): messages that a previous phase's gateway had claimed when it stopped arrive
+    once their leases end, during a later phase, and are not that phase's."""
     found = httpx.get(url + "/stats", timeout=30).json()
-    return [(a, t) for a, t, r in found if room is None or r == room]
+    rooms = {room} if isinstance(room, str) else room
+    return [(a, t) for a, t, r in found if rooms is None or r in rooms]
 
 
 # -- the gateway, in this process ---------------------------------------------------------------------------
