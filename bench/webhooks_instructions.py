@@ -245,6 +245,8 @@ def main() -> None:
     base += ["--writers", str(args.writers), "--delivery", args.delivery]
     if args.uvloop:
         base.append("--uvloop")
+    if args.profile:  # the counted child profiles itself (under valgrind: counts include cProfile's)
+        base += ["--profile", str(Path(args.profile).resolve())]
     if args.mode == "parts":
         count = per_call([*base, "--count", str(args.calls)], args.calls, _handshake, env=env)
         print(f"body and signature: {count / 1000:,.1f}k instructions a message", flush=True)

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -187,3 +190,48 @@ def test_the_worker_gets_the_configuration_as_loaded_secrets_included(tmp_path: 
     settings = read_settings(settings_line(config))
     assert settings.webhooks == config.webhooks  # SecretStr compares its secret
     assert settings.backend == config.backend and settings.history == config.history.to_history()
+
+
+#: The worker's entry point, with a probe: when it starts delivering, how many objects the GC's full
+#: collections would rescan (tracked, not frozen) and how many are frozen.
+_PROBED_WORKER = """
+import asyncio, gc, sys
+from gateway.webhooks import deliverer, worker
+
+start = deliverer.Deliverers.start
+
+async def probed(self):
+    print(len(gc.get_objects()), gc.get_freeze_count(), flush=True)
+    await start(self)
+
+deliverer.Deliverers.start = probed
+sys.exit(asyncio.run(worker.run(int(sys.argv[1]))))
+"""
+
+
+def test_the_worker_keeps_what_start_up_built_out_of_full_collections(tmp_path: Path) -> None:
+    # gc.freeze() once set up, as serve does: else every full collection rescans the modules, the backend
+    # and the deliverers (bench/RESULTS.md, session 19: 9% of a delivery's instructions).
+    config = webhook_config(f"sqlite:///{tmp_path / 'rooms.db'}", {"app": "http://127.0.0.1:9/hooks"})
+    ours, theirs = socket.socketpair()
+    with (
+        ours,
+        theirs,
+        subprocess.Popen(
+            [sys.executable, "-c", _PROBED_WORKER, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as process,
+    ):
+        try:
+            ours.sendall(settings_line(config))
+            assert process.stdout is not None
+            tracked, frozen = map(int, process.stdout.readline().split())
+            ours.settimeout(30)
+            assert ours.recv(64).startswith(b'{"ready": true}')
+        finally:
+            ours.shutdown(socket.SHUT_WR)  # EOF: the gateway is gone, the worker stops
+            assert process.wait(timeout=30) == 0
+    assert frozen > 10_000  # the imported modules alone are tens of thousands of objects
+    assert tracked < frozen / 10
