@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 import tempfile
@@ -74,6 +75,10 @@ def _count_rounds(backend: Any) -> None:
 
 
 def _go() -> None:
+    # What was built before counting is out of the cyclic GC's full collections, as in `serve` and the
+    # worker process (both gc.freeze() once started): else one full collection of it falls in the count
+    # now and then (~55k instructions a delivery in a 1,000-message drain, bench/RESULTS.md session 19).
+    gc.freeze()
     print("ready", flush=True)
     sys.stdin.readline()
     if _PROFILE:
