@@ -18,6 +18,7 @@ import enum
 import fnmatch
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -48,8 +49,13 @@ PREVIOUS_KINDS = frozenset({ChangeKind.VARIABLE_SET, ChangeKind.VARIABLE_DELETED
 
 
 def new_message_id() -> str:
-    """A ``webhook-id``: ``msg_`` and 128 random bits (Standard Webhooks ids are opaque, unique strings)."""
-    return "msg_" + secrets.token_hex(16)
+    """A ``webhook-id`` (Standard Webhooks ids are opaque, unique strings): ``msg_``, the time in
+    milliseconds since the epoch as 12 hex digits, and 80 random bits, so that ids sort by creation time to
+    the millisecond (as UUIDv7's do). Each message is a row keyed by its id: a random key lands each insert
+    on a random page of the store's index, and after a PostgreSQL checkpoint that page's first change writes
+    the whole page to the WAL; a time-ordered one lands at the index's end (bench/outbox_ids.py: beside
+    500,000 messages, ~2,280 WAL bytes an insert with random ids, ~745 with these)."""
+    return f"msg_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 class MessageStatus(enum.Enum):
