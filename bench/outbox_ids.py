@@ -1,33 +1,42 @@
-"""What a webhook message's id costs the store's index: random ids against time-ordered ones, on PostgreSQL.
+"""What a webhook message's id costs the store's index: random ids against time-ordered ones.
 
-    .venv/bin/python bench/outbox_ids.py [--existing 500000] [--inserts 20000] [--rounds 2]
+    .venv/bin/python bench/outbox_ids.py [--backends postgresql,sqlite] [--existing 500000]
+                                         [--inserts 20000] [--rounds 2]
                                          [--url postgresql://postgres@127.0.0.1:5432/test]
 
-For each kind of id, a fresh schema made by ``PostgresBackend`` (its migrations: ``webhook_messages`` with
-its primary key and its two indexes), ``--existing`` delivered messages loaded, ``VACUUM ANALYZE`` and a
-``CHECKPOINT``, then ``--inserts`` pending messages in transactions of 20 (as a busy room's writes
-commit). Printed per insert: the WAL bytes (the server's WAL position) and full-page images
-(``pg_stat_wal``), both the whole server's (run it on a quiet one), and the time. "random" is the id the
-gateway made before session 19 (``msg_`` and 128 random bits); "time-ordered" is
+For each kind of id, a fresh store made by the backend's migrations (``webhook_messages`` with its primary
+key and its two indexes), ``--existing`` delivered messages loaded, then ``--inserts`` pending messages in
+transactions of 20 (as a busy room's writes commit). Printed per insert: the WAL bytes, and the time.
+"random" is the id the gateway made before session 19 (``msg_`` and 128 random bits); "time-ordered" is
 :func:`gateway.core.outbox.new_message_id`. The kinds alternate over ``--rounds``.
 
-A random key lands each insert on a random leaf of the primary key's index, and the first change to a page
-after a checkpoint writes the whole page (8 KiB) to the WAL; a time-ordered key lands at the index's end,
-on pages already written.
+- PostgreSQL: a fresh schema, ``VACUUM ANALYZE`` and a ``CHECKPOINT`` before the inserts; the WAL bytes
+  are the server's WAL position, and the full-page images ``pg_stat_wal``'s, both the whole server's (run
+  it on a quiet one). A random key lands each insert on a random leaf of the primary key's index, and the
+  first change to a page after a checkpoint writes the whole page (8 KiB) to the WAL; a time-ordered key
+  lands at the index's end, on pages already written.
+- SQLite: a fresh file, its WAL checkpointed and truncated before the inserts and not checkpointed during
+  them (``wal_autocheckpoint=0``), ``synchronous=FULL`` as the gateway's writes commit; the WAL bytes are
+  the WAL file's growth. Every commit appends each page it changed, whole (4 KiB): random keys change a
+  leaf of the index per insert, time-ordered ones share the last.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
+import sqlite3
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
-from room_gateway_plugins.sql import PostgresBackend
+from room_gateway_plugins.sql import PostgresBackend, SQLiteBackend
 
 from gateway.core.outbox import new_message_id
 
@@ -54,7 +63,11 @@ async def wal(conn: asyncpg.Connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-async def one(url: str, kind: str, make: Callable[[], str], args: argparse.Namespace) -> None:
+def report(backend: str, kind: str, existing: int, wal_bytes: float, images: str, seconds: float) -> None:
+    print(f"| {backend} | {kind} | {existing:,} | {wal_bytes:,.0f} B | {images} | {seconds * 1e6:.0f} µs |")
+
+
+async def postgresql(url: str, kind: str, make: Callable[[], str], args: argparse.Namespace) -> None:
     schema = f"bench_ids_{uuid.uuid4().hex[:8]}"
     backend = PostgresBackend(f"{url}?schema={schema}")
     await backend.open()  # the schema and its tables, as the gateway makes them
@@ -73,26 +86,66 @@ async def one(url: str, kind: str, make: Callable[[], str], args: argparse.Names
         spent = time.perf_counter() - started
         after = await wal(conn)
         n = args.inserts
-        wal_bytes, images = (after[0] - before[0]) / n, (after[1] - before[1]) / n
-        each = spent / n * 1e6
-        print(f"| {kind} | {args.existing:,} | {wal_bytes:,.0f} B | {images:.3f} | {each:.0f} µs |")
+        images = f"{(after[1] - before[1]) / n:.3f}"
+        report("PostgreSQL", kind, args.existing, (after[0] - before[0]) / n, images, spent / n)
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
 
 
+#: :data:`INSERT` in sqlite3's parameter style.
+SQLITE_INSERT = INSERT.replace("$1", "?").replace("$2", "?").replace("$3", "?").replace("$4", "?4")
+
+
+async def sqlite(kind: str, make: Callable[[], str], args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rooms.db"
+        backend = SQLiteBackend(f"sqlite:///{path}")
+        await backend.open()  # the file and its tables, as the gateway makes them
+        await backend.close()
+        wal_bytes, spent = sqlite_inserts(path, make, args.existing, args.inserts)
+        report("SQLite", kind, args.existing, wal_bytes / args.inserts, "—", spent / args.inserts)
+
+
+def sqlite_inserts(path: Path, make: Callable[[], str], existing: int, inserts: int) -> tuple[int, float]:
+    """The WAL file's growth over ``inserts`` (``existing`` loaded and checkpointed first), and the time."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        now = datetime.now(UTC).isoformat(" ")
+        conn.execute("BEGIN")
+        conn.executemany(SQLITE_INSERT, [(make(), PAYLOAD, "delivered", now) for _ in range(existing)])
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("PRAGMA synchronous=FULL")
+        started = time.perf_counter()
+        for _ in range(0, inserts, BATCH):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(SQLITE_INSERT, [(make(), PAYLOAD, "pending", now) for _ in range(BATCH)])
+            conn.execute("COMMIT")
+        return os.path.getsize(f"{path}-wal"), time.perf_counter() - started
+    finally:
+        conn.close()
+
+
 async def main(args: argparse.Namespace) -> None:
-    print("| ids | messages already there | WAL an insert | full-page images an insert | time an insert |")
-    print("|---|---:|---:|---:|---:|")
-    for _ in range(args.rounds):
-        for kind, make in (("random", random_id), ("time-ordered", new_message_id)):
-            await one(args.url, kind, make, args)
+    print("| store | ids | messages there | WAL an insert | full-page images an insert | time an insert |")
+    print("|---|---|---:|---:|---:|---:|")
+    for backend in args.backends.split(","):
+        for _ in range(args.rounds):
+            for kind, make in (("random", random_id), ("time-ordered", new_message_id)):
+                if backend == "sqlite":
+                    await sqlite(kind, make, args)
+                else:
+                    await postgresql(args.url, kind, make, args)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--backends", default="postgresql,sqlite")
     parser.add_argument("--existing", type=int, default=500_000)
     parser.add_argument("--inserts", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)

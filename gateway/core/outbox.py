@@ -53,8 +53,9 @@ def new_message_id() -> str:
     milliseconds since the epoch as 12 hex digits, and 80 random bits, so that ids sort by creation time to
     the millisecond (as UUIDv7's do). Each message is a row keyed by its id: a random key lands each insert
     on a random page of the store's index, and after a PostgreSQL checkpoint that page's first change writes
-    the whole page to the WAL; a time-ordered one lands at the index's end (bench/outbox_ids.py: beside
-    500,000 messages, ~2,280 WAL bytes an insert with random ids, ~745 with these)."""
+    the whole page to the WAL (SQLite: each commit, every page it changed); a time-ordered one lands at the
+    index's end. bench/outbox_ids.py, beside 500,000 messages: WAL bytes an insert ~2,280 → ~745 on
+    PostgreSQL, ~8,040 → ~3,090 on SQLite."""
     return f"msg_{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
