@@ -8,7 +8,8 @@ on other instances skip the rows one of them is taking instead of waiting for it
 statements run as one function on the writer connection's thread, in one ``BEGIN IMMEDIATE`` … ``COMMIT``
 (:mod:`.writer`): the write lock keeps every other process (the gateway, another worker) out of the file
 from the first statement to the commit, so two claimers never take the same attempt and a settle's stale
-check holds until its update.
+check holds until its update. PostgreSQL settles a batch in one ``UPDATE … FROM unnest(…)`` of its own
+(:meth:`~.postgresql.PostgresBackend._write_outcomes`), its stale check in the update's condition.
 
 The statements are built once, their values bound parameters, so that SQLite's backend compiles each once
 (:class:`~.readers.CompiledStatement`) and PostgreSQL's runs them through SQLAlchemy with the same
@@ -275,7 +276,8 @@ def claimed(rows: Iterable[Sequence[Any]], now: datetime) -> list[OutboxMessage]
 
 
 #: The attempt numbers of the pending messages among ``q_ids`` (expanding) of ``q_endpoint``, their rows
-#: locked (PostgreSQL) until the settle's transaction ends.
+#: locked until the settle's transaction ends where the store locks rows (SQLite holds the file's write
+#: lock instead; PostgreSQL settles without it).
 CURRENT = (
     sa.select(_M.c.id, _M.c.attempts)
     .where(

@@ -57,7 +57,7 @@ from gateway.core import wire
 from gateway.core.backend import History, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
 from gateway.core.models import Change, RoomSignal
-from gateway.core.outbox import new_message_id
+from gateway.core.outbox import Settled, new_message_id
 from gateway.errors import Unavailable
 from room_gateway_plugins.sql import changelog, direct
 from room_gateway_plugins.sql import outbox as outbox_sql
@@ -119,6 +119,20 @@ _ENQUEUE_CTE = """
     )
 """
 _TIMES = (sa.bindparam("time", type_=UTCDateTime()), sa.bindparam("cutoff", type_=UTCDateTime()))
+#: A settle's outcomes in one statement (:meth:`PostgresBackend._write_outcomes`): each attempt's row
+#: written if the attempt is still its message's current one (pending, the same attempt number; the
+#: update locks the row, and a claim that took it meanwhile makes the condition false), the written
+#: attempts returned.
+_SETTLE_CURRENT = sa.text(
+    """
+    UPDATE webhook_messages AS m SET status = v.status, due_time = v.due, log = v.log
+    FROM unnest(CAST(:u_ids AS text[]), CAST(:u_attempts AS integer[]), CAST(:u_statuses AS text[]),
+                CAST(:u_dues AS timestamptz[]), CAST(:u_logs AS text[])) AS v(id, attempts, status, due, log)
+    WHERE m.endpoint = CAST(:u_endpoint AS text) AND m.id = v.id AND m.attempts = v.attempts
+      AND m.status = 'pending'
+    RETURNING m.id, m.attempts
+    """
+)
 _APPEND = sa.text(_APPEND_CTES + _APPEND_SELECT).bindparams(*_TIMES)
 _APPEND_AND_ENQUEUE = sa.text(_APPEND_CTES + _ENQUEUE_CTE + _APPEND_SELECT).bindparams(
     *_TIMES, sa.bindparam("m_due", type_=UTCDateTime())
@@ -283,6 +297,25 @@ class PostgresBackend(SqlBackend):
         if row is not None:
             return row, None
         return await super()._written(tx, write, statement, params)
+
+    async def _write_outcomes(
+        self, tx: Transaction, endpoint: str, settled: Sequence[Settled]
+    ) -> list[Settled]:
+        # One statement, not the general path's locking read and then an update a message: one round trip
+        # less a batch, and ~9% fewer of the worker's instructions a delivery (bench/RESULTS.md, session 19).
+        params = [outbox_sql.settle_params(one) for one in settled]
+        found = await tx.conn.execute(
+            _SETTLE_CURRENT,
+            {
+                "u_endpoint": endpoint,
+                "u_ids": [one["s_id"] for one in params],
+                "u_attempts": [one.message.attempts for one in settled],
+                "u_statuses": [one["s_status"] for one in params],
+                "u_dues": [one["s_due"] for one in params],
+                "u_logs": [one["s_log"] for one in params],
+            },
+        )
+        return outbox_sql.still_current(settled, found)
 
     async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
         params = {"p_room_id": write.room_id, "p_name": write.name, "p_now": write.now}
