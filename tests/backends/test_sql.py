@@ -38,6 +38,7 @@ from gateway.core.models import Change, ChangeKind, Event, Member, Presence, Roo
 from gateway.errors import Unavailable
 from gateway.plugins import Plugins, create_plugin_manager
 from gateway.testing.conformance import BackendContract, SharedBackendContract
+from gateway.testing.conformance_outbox import OutboxContract
 
 POSTGRES_URL = os.environ.get("ROOM_GATEWAY_TEST_POSTGRESQL_URL", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -128,6 +129,22 @@ class TestPostgreSQL(SharedBackendContract):
     @pytest.fixture
     def backend_factory(self, postgres: str) -> Callable[..., Backend]:
         return functools.partial(PostgresBackend, postgres)
+
+
+class _GeneralSettle(PostgresBackend):
+    """PostgreSQL settling through :class:`SqlBackend`'s own path (a locking read, then an update a message),
+    the one a SQL dialect without a settle of its own takes: PostgreSQL's is one statement of its own."""
+
+    _write_outcomes = SqlBackend._write_outcomes
+
+
+class TestPostgreSQLGeneralSettle(OutboxContract):
+    shared = True
+    durable = True
+
+    @pytest.fixture
+    def backend_factory(self, postgres: str) -> Callable[..., Backend]:
+        return functools.partial(_GeneralSettle, postgres)
 
 
 # -- registration -------------------------------------------------------------------------------------------
