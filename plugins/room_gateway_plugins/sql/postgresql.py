@@ -303,13 +303,17 @@ class PostgresBackend(SqlBackend):
     ) -> list[Settled]:
         # One statement, not the general path's locking read and then an update a message: one round trip
         # less a batch, and ~9% fewer of the worker's instructions a delivery (bench/RESULTS.md, session 19).
-        params = [outbox_sql.settle_params(one) for one in settled]
+        # In id order: the plan walks the array into the primary key (a nested loop), so the rows are
+        # locked in id order, as the general path's `id IN (…)` scan locks them, and two settles of the
+        # same messages (one of them late, its lease run out) wait for each other instead of deadlocking.
+        ordered = sorted(settled, key=lambda one: one.message.id)
+        params = [outbox_sql.settle_params(one) for one in ordered]
         found = await tx.conn.execute(
             _SETTLE_CURRENT,
             {
                 "u_endpoint": endpoint,
                 "u_ids": [one["s_id"] for one in params],
-                "u_attempts": [one.message.attempts for one in settled],
+                "u_attempts": [one.message.attempts for one in ordered],
                 "u_statuses": [one["s_status"] for one in params],
                 "u_dues": [one["s_due"] for one in params],
                 "u_logs": [one["s_log"] for one in params],
