@@ -93,8 +93,8 @@ async def postgresql(url: str, kind: str, make: Callable[[], str], args: argpars
         await conn.close()
 
 
-#: :data:`INSERT` in sqlite3's parameter style.
-SQLITE_INSERT = INSERT.replace("$1", "?").replace("$2", "?").replace("$3", "?").replace("$4", "?4")
+#: :data:`INSERT` in sqlite3's numbered parameter style (``?1`` … ``?4``).
+SQLITE_INSERT = INSERT.replace("$", "?")
 
 
 async def sqlite(kind: str, make: Callable[[], str], args: argparse.Namespace) -> None:

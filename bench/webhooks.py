@@ -118,7 +118,7 @@ def arrivals(url: str, room: str | Collection[str] | None = None) -> list[tuple[
     collection, when given): messages that a previous phase's gateway had claimed when it stopped arrive
     once their leases end, during a later phase, and are not that phase's."""
     found = httpx.get(url + "/stats", timeout=30).json()
-    rooms = {room} if isinstance(room, str) else room
+    rooms = {room} if isinstance(room, str) else None if room is None else set(room)
     return [(a, t) for a, t, r in found if rooms is None or r in rooms]
 
 

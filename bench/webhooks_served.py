@@ -108,11 +108,10 @@ class Served:
 def settle(receiver: str, room: str | list[str], timeout: float = 30.0) -> list[tuple[float, str]]:
     """The arrivals of ``room`` (or of every room of a list) once they stop growing for 1 s (or after
     ``timeout``)."""
-    rooms = room if isinstance(room, str) else set(room)
-    found, deadline, last = webhooks.arrivals(receiver, rooms), time.monotonic() + timeout, time.monotonic()
+    found, deadline, last = webhooks.arrivals(receiver, room), time.monotonic() + timeout, time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.25)
-        now = webhooks.arrivals(receiver, rooms)
+        now = webhooks.arrivals(receiver, room)
         if len(now) != len(found):
             found, last = now, time.monotonic()
         elif time.monotonic() - last > 1.0:

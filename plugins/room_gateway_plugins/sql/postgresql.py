@@ -119,6 +119,11 @@ _ENQUEUE_CTE = """
     )
 """
 _TIMES = (sa.bindparam("time", type_=UTCDateTime()), sa.bindparam("cutoff", type_=UTCDateTime()))
+_APPEND = sa.text(_APPEND_CTES + _APPEND_SELECT).bindparams(*_TIMES)
+_APPEND_AND_ENQUEUE = sa.text(_APPEND_CTES + _ENQUEUE_CTE + _APPEND_SELECT).bindparams(
+    *_TIMES, sa.bindparam("m_due", type_=UTCDateTime())
+)
+
 #: A settle's outcomes in one statement (:meth:`PostgresBackend._write_outcomes`): each attempt's row
 #: written if the attempt is still its message's current one (pending, the same attempt number; the
 #: update locks the row, and a claim that took it meanwhile makes the condition false), the written
@@ -132,10 +137,6 @@ _SETTLE_CURRENT = sa.text(
       AND m.status = 'pending'
     RETURNING m.id, m.attempts
     """
-)
-_APPEND = sa.text(_APPEND_CTES + _APPEND_SELECT).bindparams(*_TIMES)
-_APPEND_AND_ENQUEUE = sa.text(_APPEND_CTES + _ENQUEUE_CTE + _APPEND_SELECT).bindparams(
-    *_TIMES, sa.bindparam("m_due", type_=UTCDateTime())
 )
 
 
