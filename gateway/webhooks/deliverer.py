@@ -183,6 +183,13 @@ class EndpointLoop:
                 except GatewayError as exc:  # the store is away: try again at the next poll
                     log.warning("webhooks %s: %s", self.name, exc)
                     more = False
+                except Exception:
+                    # A bug, or a driver error no backend mapped to UNAVAILABLE: ending here would stop
+                    # this endpoint's deliveries until a restart. Logged, then waited out a whole poll
+                    # interval (not cut short by the writes' wake-ups, which would log it at every write).
+                    log.exception("webhooks %s: a claim failed unexpectedly", self.name)
+                    await asyncio.sleep(self._config.poll_seconds)
+                    continue
                 if more:
                     await asyncio.sleep(0)
                     continue
@@ -346,6 +353,10 @@ class EndpointLoop:
                 await self._settle_batch()
             except GatewayError as exc:  # not recorded: claimed again once their leases end
                 log.warning("webhooks %s: %s", self.name, exc)
+            except Exception:
+                # The same, from a bug or an unmapped driver error. The settler must outlive it: without
+                # it no attempt is settled, no slot comes free, and the loop never claims again.
+                log.exception("webhooks %s: a settle failed unexpectedly", self.name)
 
     async def _settle_batch(self) -> None:
         batch, self._finished = self._finished, []

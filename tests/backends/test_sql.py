@@ -683,6 +683,50 @@ async def test_postgresql_connections_the_server_ends_cost_one_call(postgres: st
         assert outcomes[-1] is not None and await backend.get_room(room_id) is None
 
 
+@pytest.mark.parametrize(("sqlstate", "error"), [("40P01", "deadlock_detected"), ("40001", "serialization")])
+async def test_a_rolled_back_postgresql_transaction_is_unavailable_then_recovers(
+    postgres: str, sqlstate: str, error: str
+) -> None:
+    """SQLSTATE class 40 (a deadlock, a serialization failure): the server rolled the transaction back, so
+    the call can be retried as it is — UNAVAILABLE, as for a lost connection, not an error no one maps
+    (a 500, or the end of a webhook deliverer's task). Raised here by the real server, from a trigger, on
+    both paths: a variable write on asyncpg directly (:mod:`.direct`), a room's creation through
+    SQLAlchemy."""
+    room_id = fresh()
+    async with opened(PostgresBackend(postgres)) as backend:
+        schema = backend._schema()
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            await conn.execute(
+                f"""
+                CREATE FUNCTION "{schema}".fail_{sqlstate}() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF NEW.room_id = '{room_id}' THEN
+                        RAISE EXCEPTION '{error}' USING ERRCODE = '{sqlstate}';
+                    END IF;
+                    RETURN NEW;
+                END $$;
+                CREATE TRIGGER fail BEFORE INSERT OR UPDATE ON "{schema}".variables
+                    FOR EACH ROW EXECUTE FUNCTION "{schema}".fail_{sqlstate}();
+                CREATE TRIGGER fail BEFORE INSERT OR UPDATE ON "{schema}".rooms
+                    FOR EACH ROW EXECUTE FUNCTION "{schema}".fail_{sqlstate}();
+                """
+            )
+            try:
+                with pytest.raises(Unavailable):
+                    await backend.set_variable(room_id, "x", 1, expected_version=None, now=T0)
+                with pytest.raises(Unavailable):
+                    await backend.create_room(Room(room_id=room_id, create_time=T0, update_time=T0))
+            finally:
+                await conn.execute(f'DROP FUNCTION "{schema}".fail_{sqlstate}() CASCADE')  # its triggers
+        finally:
+            await conn.close()
+        written = await backend.set_variable(room_id, "x", 1, expected_version=None, now=T0)
+        assert written is not None and written.version == 1  # the failed write left nothing behind
+        await backend.create_room(Room(room_id=room_id, create_time=T0, update_time=T0))
+        assert (await backend.get_room(room_id)) is not None
+
+
 async def test_concurrent_writers_on_two_instances_log_gap_free(postgres: str) -> None:
     """Writes of every kind through two instances at once: seqs 1..N with none lost or repeated, in the
     log and on a room listener of each instance, in the same order."""

@@ -7,11 +7,14 @@ import asyncio
 import ssl
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import certifi
 import httpx
 import pytest
+from room_gateway_plugins.memory import MemoryBackend
 
 from gateway.observability.metrics import Metrics
 from gateway.webhooks import deliverer
@@ -103,6 +106,34 @@ async def test_delivered_messages_are_pruned_after_their_retention(
             if not (await client.get("/v1/webhooks/app/messages")).json().get("messages"):
                 break
         assert (await client.get("/v1/webhooks/app/messages")).json().get("messages", []) == []
+
+
+def failing_once(method: Callable[..., Awaitable[Any]], calls: list[int]) -> Callable[..., Awaitable[Any]]:
+    """``method``, raising an error no backend maps (a bug, an unmapped driver error) at its first call."""
+
+    async def once(self: MemoryBackend, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("injected")
+        return await method(self, *args, **kwargs)
+
+    return once
+
+
+@pytest.mark.parametrize("operation", ["outbox_claim", "outbox_settle"])
+async def test_an_unexpected_error_of_a_claim_or_a_settle_does_not_stop_the_deliveries(
+    receiver: Receiver, operation: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Ended by it, the loop (a claim) or its settler (a settle: no slot ever came free again, so the loop
+    # stopped claiming after max_in_flight, 16, more attempts) left every later message undelivered.
+    calls: list[int] = []
+    monkeypatch.setattr(MemoryBackend, operation, failing_once(getattr(MemoryBackend, operation), calls))
+    async with running(webhook_config("memory://", {"app": receiver.url})) as (_, client):
+        for n in range(40):
+            await put(client, "lobby", f"v{n}", n)
+        await receiver.until(lambda r: len(r.delivered) == 41)  # room.created and 40 variable.set
+    assert len(calls) > 1
+    assert f"a {operation.removeprefix('outbox_')} failed unexpectedly" in caplog.text
 
 
 async def test_deliveries_keep_their_connections_alive(receiver: Receiver) -> None:

@@ -20,12 +20,14 @@ try:
         asyncpg.InterfaceError,
         asyncpg.InternalClientError,
     )
-    #: The store cannot answer now (UNAVAILABLE): a lost connection, or any other intervention of the
+    #: The store cannot answer now (UNAVAILABLE): a lost connection, any other intervention of the
     #: server's operator (SQLSTATE class 57: a statement cancelled by ``statement_timeout``, a dropped
-    #: database), which leaves the connection usable.
+    #: database), or a transaction the server rolled back to resolve a conflict (class 40: a deadlock, a
+    #: serialization failure), which can be retried as it is. Each leaves the connection usable.
     UNAVAILABLE: tuple[type[BaseException], ...] = (
         *LOST_CONNECTION,
         asyncpg.exceptions.OperatorInterventionError,
+        asyncpg.exceptions.TransactionRollbackError,
     )
 except ImportError:  # installed without PostgreSQL support
     LOST_CONNECTION = UNAVAILABLE = ()
