@@ -150,6 +150,31 @@ class OutboxContract:
         assert {m.room_id for m in filtered} == {pub.room_id}
 
     @scenario
+    async def test_large_and_compare_and_set_writes_carry_their_previous(self, ctx: Ctx) -> None:
+        # Larger than a PostgreSQL notification (8000 bytes: sent by reference, by another path than a
+        # small write's), as the value written and as the value replaced, and at an expected version.
+        every, _, outbox = self._routes(ctx)
+        backend = await self._backend(ctx, outbox)
+        room_id, big = ctx.room_id(), {"text": "x" * 20_000}
+        await backend.set_variable(room_id, "v", big, expected_version=None, now=ctx.tick())
+        await backend.set_variable(room_id, "v", {"small": 1}, expected_version=1, now=ctx.tick())
+        await backend.set_variable(room_id, "v", big, expected_version=None, now=ctx.tick())
+        await backend.set_variable(room_id, "w", 1, expected_version=0, now=ctx.tick())
+        with pytest.raises(Aborted):
+            await backend.set_variable(room_id, "v", 0, expected_version=1, now=ctx.tick())
+        got = sorted(
+            (m for m in await self._claim_all(backend, every, ctx) if m.change is not None),
+            key=lambda m: m.change.seq if m.change else 0,
+        )
+        variables = [m.change.variable for m in got if m.change is not None]
+        written = [(v.name, v.version) if v else None for v in variables]
+        assert written == [("v", 1), ("v", 2), ("v", 3), ("w", 1)]  # nothing of the refused write
+        previous = [(m.previous.value, m.previous.version) if m.previous else None for m in got]
+        assert previous == [None, (big, 1), ({"small": 1}, 2), None]
+        assert got[2].change is not None and got[2].change.variable is not None
+        assert got[2].change.variable.value == big
+
+    @scenario
     async def test_live_only_events_write_no_message(self, ctx: Ctx) -> None:
         every, _, outbox = self._routes(ctx)
         backend = await self._backend(ctx, outbox, History(events=False))

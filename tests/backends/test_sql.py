@@ -34,7 +34,8 @@ from room_gateway_plugins.sql.presence import EXPIRING
 from gateway.core import wire
 from gateway.core.backend import Backend, History, Snapshot
 from gateway.core.hub import Topic
-from gateway.core.models import Change, ChangeKind, Event, Member, Presence, Room, RoomStatus, Variable
+from gateway.core.models import UNSET, Change, ChangeKind, Event, Member, Presence, Room, RoomStatus, Variable
+from gateway.core.outbox import Outbox, Route
 from gateway.errors import Unavailable
 from gateway.plugins import Plugins, create_plugin_manager
 from gateway.testing.conformance import BackendContract, SharedBackendContract
@@ -528,13 +529,17 @@ async def test_retention_is_trimmed_in_the_table(
             assert (await conn.execute(count)).scalar_one() == 1
 
 
-async def test_a_postgresql_write_is_two_statements(postgres: str) -> None:
-    """Logging adds no round trip: the variable's statement, then one that appends, trims and notifies
-    (BEGIN and COMMIT as before)."""
-    room_id = fresh()
-    async with opened(PostgresBackend(postgres)) as backend:
+async def test_a_postgresql_variable_write_is_one_statement(postgres: str) -> None:
+    """A variable write, its log's append, its notification and its webhook messages are one statement,
+    sent by itself (no BEGIN, no COMMIT: it commits by itself) — a plain write, a compare-and-set, a
+    deletion, a write an endpoint takes. The statement's row is the write's, logged and notified."""
+    room_id, watched = fresh(), fresh("watched")
+    backend = PostgresBackend(postgres)
+    backend.outbox = Outbox([Route("app", rooms=(watched,))], first_delay_seconds=0)
+    async with opened(backend):
         assert isinstance(backend, PostgresBackend)
         await backend.set_variable(room_id, "x", 0, expected_version=None, now=T0)  # warm the pool
+        sub = await backend.subscribe(Topic("variable", room_id, "x"))
         statements: list[str] = []
         engine = backend.engine.sync_engine
         through_sqlalchemy = lambda *args: statements.append(args[2])  # noqa: E731
@@ -551,16 +556,22 @@ async def test_a_postgresql_write_is_two_statements(postgres: str) -> None:
         sa.event.listen(engine, "checkout", log_on)
         try:
             await backend.set_variable(room_id, "x", 1, expected_version=None, now=T0)
-            await backend.set_variable(room_id, "x", 2, expected_version=2, now=T0)
+            written = await backend.set_variable(room_id, "x", 2, expected_version=2, now=T0)
+            await backend.set_variable(room_id, "x", UNSET, expected_version=None, now=T0)
+            await backend.set_variable(watched, "y", 1, expected_version=None, now=T0)
         finally:
             sa.event.remove(engine, "before_cursor_execute", through_sqlalchemy)
             sa.event.remove(engine, "checkout", log_on)
             for driver in logged:
                 driver.remove_query_logger(sent)
-        written = [s for s in statements if s.strip().upper() not in ("BEGIN", "COMMIT", "BEGIN;", "COMMIT;")]
-        assert len(written) == 4, statements
-        assert all("pg_notify" in statement for statement in written[1::2]), statements
-        assert len(statements) == 8, statements  # and one BEGIN and one COMMIT a write
+        assert len(statements) == 4, statements
+        assert all("pg_notify" in statement for statement in statements), statements
+        assert ["webhook_messages" in statement for statement in statements] == [False] * 3 + [True]
+        assert written is not None and written.version == 3
+        changes = [await receive(sub) for _ in range(3)]
+        assert [(c.seq, c.variable.version) for c in changes] == [(2, 2), (3, 3), (4, 4)]  # type: ignore[attr-defined]
+        assert changes[2].kind is ChangeKind.VARIABLE_DELETED  # type: ignore[attr-defined]
+        sub.close()
 
 
 async def test_a_process_sends_postgresql_one_writer_of_a_room_at_a_time(postgres: str) -> None:

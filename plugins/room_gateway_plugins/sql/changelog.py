@@ -108,6 +108,19 @@ def around_seq(room_id: str, change: Change) -> tuple[str, str]:
     return wire.head(room_id, change, ("seq",)).decode() + _BEFORE_SEQ, _AFTER_SEQ
 
 
+_BEFORE_VERSION, _BETWEEN_VERSION_AND_SEQ, _AFTER_VERSION_AND_SEQ = wire.tail_format(
+    ("version", "seq")
+).split("%d")
+
+
+def around_version_and_seq(room_id: str, change: Change) -> tuple[str, str, str]:
+    """A variable change's wire message before its version, between its version and its seq, and after its
+    seq, for a write that splices in both as the store assigns them (``change.seq`` and the variable's
+    version are ignored)."""
+    head = wire.head(room_id, change, ("version", "seq")).decode()
+    return head + _BEFORE_VERSION, _BETWEEN_VERSION_AND_SEQ, _AFTER_VERSION_AND_SEQ
+
+
 def trim(room_id: str, seq: int, change: Change, history: History) -> sa.Delete:
     """Drop what retention no longer keeps once ``change`` (at ``seq``) is in."""
     return changes.delete().where(

@@ -203,8 +203,9 @@ def _declare_v4(md: sa.MetaData) -> None:
     # The value a webhook-watched write replaced (issue 14): SQLite's RETURNING sees only the row after the
     # write, so a write that sets ``previous_value = value`` returns what it overwrote without a read before
     # it (one statement less on the writer's thread: bench/RESULTS.md, session 18). NULL after every other
-    # write, deletions included, so that a value is kept no longer than the write after it. PostgreSQL
-    # returns the old row from the write itself (``UPDATE … FROM``) and leaves it NULL.
+    # write, deletions included, so that a value is kept no longer than the write after it. PostgreSQL's
+    # one-statement write (.pgstatements) keeps it the same way; its watched deletions return the old row
+    # from the write itself (``UPDATE … FROM``) and leave it NULL.
     md.tables["variables"].append_column(sa.Column("previous_value", sa.Text))
 
 

@@ -19,7 +19,6 @@ is here once for both.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -133,66 +132,6 @@ LOCK_PREVIOUS = (
         index_elements=[variables.c.room_id, variables.c.name], set_={"version": variables.c.version}
     )
     .returning(variables.c.value, variables.c.version)
-)
-
-
-@functools.cache
-def update_keeping_previous(deletes: bool, unset_only: bool, expected: bool) -> sa.Update:
-    """A write of an existing variable on PostgreSQL that returns the row as it was beside the new
-    ``version`` (``previous_value``, ``previous_version``), so that a webhook-watched write costs one
-    statement, not :data:`LOCK_PREVIOUS`'s and the write's two. Its values are the write statement's
-    (``w_*``); ``unset_only``: written only if unset (``expected_version == 0``), ``expected``: only at
-    ``w_expected``; a deletion only deletes a set value.
-
-    The row is joined to itself as a subquery that locks it (``FOR UPDATE``): the subquery waits for a
-    concurrent writer and then reads the row as that writer committed it, the value this update
-    overwrites. No row: nothing is written; the variable had no row yet (a first write: :data:`INSERT_FIRST`),
-    or the write's guard held it back.
-    """
-    before = variables.alias("before")
-    old = (
-        sa.select(before.c.room_id, before.c.name, before.c.value, before.c.version)
-        .where(before.c.room_id == sa.bindparam("w_room_id"), before.c.name == sa.bindparam("w_name"))
-        .with_for_update()
-        .subquery("old")
-    )
-    guard = (variables.c.room_id == old.c.room_id) & (variables.c.name == old.c.name)
-    if deletes or expected:
-        guard &= variables.c.value.is_not(None)
-    if unset_only:
-        guard &= variables.c.value.is_(None)
-    if expected:
-        guard &= variables.c.version == sa.bindparam("w_expected", type_=sa.BigInteger)
-    return (
-        variables.update()
-        .where(guard)
-        .values(
-            value=sa.bindparam("w_value", type_=sa.Text),
-            version=variables.c.version + 1,
-            update_time=sa.bindparam("w_now", type_=variables.c.update_time.type),
-        )
-        .returning(
-            variables.c.version,
-            old.c.value.label("previous_value"),
-            old.c.version.label("previous_version"),
-        )
-    )
-
-
-#: A variable's first write on PostgreSQL (the row did not exist when :func:`update_keeping_previous` looked):
-#: written as version 1, nothing before it; no row returned if a concurrent first write of the variable
-#: committed meanwhile (the insert waits for it), which the write's general path then handles.
-INSERT_FIRST = (
-    postgresql.insert(variables)
-    .values(
-        room_id=sa.bindparam("w_room_id"),
-        name=sa.bindparam("w_name"),
-        value=sa.bindparam("w_value", type_=sa.Text),
-        version=1,
-        update_time=sa.bindparam("w_now", type_=variables.c.update_time.type),
-    )
-    .on_conflict_do_nothing(index_elements=[variables.c.room_id, variables.c.name])
-    .returning(variables.c.version)
 )
 
 

@@ -23,10 +23,11 @@ order, and a room's writers commit in seq order (its head row lock orders them).
 writes come back through its LISTEN connection like everyone else's: delivering them directly as well
 could put a local write ahead of an earlier remote one.
 
-**The log's append is one statement** (:data:`_APPEND`): the head's increment, the log row, the trim and
-the ``pg_notify`` in data-modifying CTEs, the seq spliced into the message by the server (the wire format's
-:func:`~gateway.core.wire.head`) — so logging costs a write no round trip over its notification. The
-change's webhook messages, when it has some, are one more CTE of it.
+**A variable write is one statement**, sent alone (:func:`.pgstatements.variable_write`): the write, the
+head's increment, the log row, the trim, the change's webhook messages and the ``pg_notify`` in
+data-modifying CTEs, the version and the seq spliced into the message by the server (the wire format's
+:func:`~gateway.core.wire.head`): one round trip a write. Any other change is logged by one statement too
+(:data:`.pgstatements.APPEND`) inside its transaction, so logging costs no round trip over its notification.
 
 **Writers of a room** queue in the process for its head row (:mod:`.roomqueue`): PostgreSQL sees one
 variable write of a room at a time from each process.
@@ -56,13 +57,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from gateway.core import wire
 from gateway.core.backend import History, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import Change, RoomSignal
+from gateway.core.models import Change, RoomSignal, Variable
 from gateway.core.outbox import Settled, new_message_id
 from gateway.errors import Unavailable
-from room_gateway_plugins.sql import changelog, direct
+from room_gateway_plugins.sql import changelog, direct, pgstatements
 from room_gateway_plugins.sql import outbox as outbox_sql
-from room_gateway_plugins.sql.base import SqlBackend, Transaction
-from room_gateway_plugins.sql.columns import UTCDateTime
+from room_gateway_plugins.sql.base import (
+    CURRENT_VERSION,
+    SqlBackend,
+    Transaction,
+    check_unwritten,
+    variable_change,
+)
 from room_gateway_plugins.sql.listener import Listener
 from room_gateway_plugins.sql.readers import Compiled
 from room_gateway_plugins.sql.roomqueue import RoomQueue
@@ -83,61 +89,6 @@ COMMAND_TIMEOUT = 30.0
 #: Connections a process keeps open (and as many more under bursts).
 DEFAULT_POOL_SIZE = 20
 _SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_creator_fn")
-
-
-#: The log's append (:meth:`PostgresBackend._log`): head + 1, the row, the trim, the NOTIFY. The CTEs share
-#: one snapshot, so the trim never sees (nor drops) the row being added.
-_APPEND_CTES = """
-    WITH h AS (
-        INSERT INTO room_heads (room_id, head) VALUES (CAST(:room_id AS text), 1)
-        ON CONFLICT (room_id) DO UPDATE SET head = room_heads.head + 1
-        RETURNING head
-    ), c AS (
-        INSERT INTO changes (room_id, seq, kind, time, payload)
-        SELECT CAST(:room_id AS text), h.head, CAST(:kind AS text), CAST(:time AS timestamptz),
-               CAST(:before AS text) || h.head || CAST(:after AS text)
-        FROM h
-        RETURNING seq, payload
-    ), t AS (
-        DELETE FROM changes
-        WHERE room_id = CAST(:room_id AS text)
-          AND (seq <= (SELECT head FROM h) - CAST(:keep AS bigint) OR time < CAST(:cutoff AS timestamptz))
-    )
-"""
-_APPEND_SELECT = """
-    SELECT c.seq, pg_notify(CAST(:channel AS text), c.payload) FROM c
-"""
-#: The change's webhook messages, one row per endpoint of ``m_endpoints``, in the append's statement (so
-#: they cost a write no round trip either): the payload is the logged row's.
-_ENQUEUE_CTE = """
-    , m AS (
-        INSERT INTO webhook_messages
-            (endpoint, id, room_id, payload, previous, status, attempts, due_time, created_time, log)
-        SELECT e, CAST(:m_id AS text), CAST(:room_id AS text), c.payload, CAST(:m_previous AS text),
-               'pending', 0, CAST(:m_due AS timestamptz), CAST(:time AS timestamptz), '[]'
-        FROM c, unnest(CAST(:m_endpoints AS text[])) AS e
-    )
-"""
-_TIMES = (sa.bindparam("time", type_=UTCDateTime()), sa.bindparam("cutoff", type_=UTCDateTime()))
-_APPEND = sa.text(_APPEND_CTES + _APPEND_SELECT).bindparams(*_TIMES)
-_APPEND_AND_ENQUEUE = sa.text(_APPEND_CTES + _ENQUEUE_CTE + _APPEND_SELECT).bindparams(
-    *_TIMES, sa.bindparam("m_due", type_=UTCDateTime())
-)
-
-#: A settle's outcomes in one statement (:meth:`PostgresBackend._write_outcomes`): each attempt's row
-#: written if the attempt is still its message's current one (pending, the same attempt number; the
-#: update locks the row, and a claim that took it meanwhile makes the condition false), the written
-#: attempts returned.
-_SETTLE_CURRENT = sa.text(
-    """
-    UPDATE webhook_messages AS m SET status = v.status, due_time = v.due, log = v.log
-    FROM unnest(CAST(:u_ids AS text[]), CAST(:u_attempts AS integer[]), CAST(:u_statuses AS text[]),
-                CAST(:u_dues AS timestamptz[]), CAST(:u_logs AS text[])) AS v(id, attempts, status, due, log)
-    WHERE m.endpoint = CAST(:u_endpoint AS text) AND m.id = v.id AND m.attempts = v.attempts
-      AND m.status = 'pending'
-    RETURNING m.id, m.attempts
-    """
-)
 
 
 class PostgresBackend(SqlBackend):
@@ -268,6 +219,42 @@ class PostgresBackend(SqlBackend):
         async with direct.checked_out(self.engine) as conn:  # autocommit, as SQLAlchemy's
             return (await direct.DirectConnection(conn, self._compiled()).execute(statement, params)).all()
 
+    async def write_variable(self, write: VariableWrite) -> Variable | None:
+        # One statement (:func:`.pgstatements.variable_write`), sent by itself: it commits by itself. The
+        # general path (a transaction of the write and then the append) keeps what that statement does not
+        # do: a deletion that a webhook endpoint takes (the statement would keep the deleted value in the
+        # row), a deletion only if unset (nothing to write), and a message too large to notify as it is.
+        expected = write.expected_version
+        _, change = variable_change(write, 0)  # its version and seq: the server's, spliced in
+        change = dataclasses.replace(change, epoch=self.epoch)
+        targets = self._targets(write.room_id, change)
+        before, middle, after = changelog.around_version_and_seq(write.room_id, change)
+        if (
+            (write.deletes and (targets or expected == 0))
+            or len(before.encode()) + len(middle) + len(after) + 40 > MAX_PAYLOAD  # 2 x 20 digits: int64s
+        ):
+            return await super().write_variable(write)
+        _, params = self._variable_statement(write)
+        params |= self._append_params(write.room_id, change, before, after) | {"middle": middle}
+        if targets:
+            params |= self._message_params(change, targets)
+        shape = "any" if expected is None else "unset" if expected == 0 else "version"
+        statement = pgstatements.variable_write(write.deletes, shape, bool(targets))
+        release = await self._writers.enter(write.room_id)  # :mod:`.roomqueue`, before a connection
+        try:
+            async with direct.checked_out(self.engine) as raw:
+                conn = direct.DirectConnection(raw, self._compiled())
+                row = (await conn.execute(statement, params)).first()
+        finally:
+            release()
+        if row is None:  # the guard held the write back: a conflict, or deleting an unset variable
+            found = await self._fetch(CURRENT_VERSION, **params)
+            check_unwritten(write, found[0].version if found else 0)
+            return None
+        if targets:
+            self._outbox_written()
+        return write.written(row[0])
+
     def _compiled(self) -> Compiled:
         if self._statements is None:
             self._statements = Compiled(self.engine.dialect)
@@ -275,29 +262,6 @@ class PostgresBackend(SqlBackend):
 
     async def _before_head(self, tx: Transaction, room_id: str) -> None:
         tx.on_end.append(await self._writers.enter(room_id))  # :mod:`.roomqueue`
-
-    async def _written(
-        self, tx: Transaction, write: VariableWrite, statement: Any, params: dict[str, Any]
-    ) -> tuple[Any, str | None]:
-        # A webhook-watched write in the statements of a write without webhooks: an existing variable's
-        # write returns the value it overwrote (one statement), a first write inserts (two: the update
-        # found no row). Not the general path's lock of the row (:data:`.outbox.LOCK_PREVIOUS`, which
-        # creates it if missing) and then the write: one round trip and one row version less. What is left
-        # to it is a first write racing another one (the insert found the row after all).
-        # bench/RESULTS.md, session 17: PUT with an endpoint ~380 → ~480 writes/s here.
-        if statement is None or not self._wants_previous(write):
-            return await super()._written(tx, write, statement, params)
-        expected = write.expected_version
-        keeping = outbox_sql.update_keeping_previous(write.deletes, expected == 0, bool(expected))
-        row = (await tx.conn.execute(keeping, params)).first()
-        if row is not None:
-            return row, outbox_sql.previous_of((row.previous_value, row.previous_version))
-        if write.deletes or expected:  # only a set variable changes: its guard held the write back
-            return None, None
-        row = (await tx.conn.execute(outbox_sql.INSERT_FIRST, params)).first()
-        if row is not None:
-            return row, None
-        return await super()._written(tx, write, statement, params)
 
     async def _write_outcomes(
         self, tx: Transaction, endpoint: str, settled: Sequence[Settled]
@@ -310,7 +274,7 @@ class PostgresBackend(SqlBackend):
         ordered = sorted(settled, key=lambda one: one.message.id)
         params = [outbox_sql.settle_params(one) for one in ordered]
         found = await tx.conn.execute(
-            _SETTLE_CURRENT,
+            pgstatements.SETTLE_CURRENT,
             {
                 "u_endpoint": endpoint,
                 "u_ids": [one["s_id"] for one in params],
@@ -346,7 +310,19 @@ class PostgresBackend(SqlBackend):
         before, after = changelog.around_seq(room_id, change)
         if len(before.encode()) + len(after) + 20 > MAX_PAYLOAD:  # 20 digits: any int64 seq
             return await super()._log(tx, room_id, change, previous)  # sent by reference (:meth:`_emit`)
-        params = {
+        params = self._append_params(room_id, change, before, after)
+        targets = self._targets(room_id, change)
+        if not targets:
+            seq = (await tx.conn.execute(pgstatements.APPEND, params)).scalar_one()
+            return dataclasses.replace(change, seq=seq)
+        messages = self._message_params(change, targets) | {"m_previous": previous}
+        seq = (await tx.conn.execute(pgstatements.APPEND_AND_ENQUEUE, params | messages)).scalar_one()
+        tx.after_commit.append(self._outbox_written)
+        return dataclasses.replace(change, seq=seq)
+
+    def _append_params(self, room_id: str, change: Change, before: str, after: str) -> dict[str, Any]:
+        """The parameters of an append of ``change`` (:mod:`.pgstatements`) but its webhook messages'."""
+        return {
             "room_id": room_id,
             "kind": change.kind.value,
             "time": change.time,
@@ -356,20 +332,25 @@ class PostgresBackend(SqlBackend):
             "cutoff": changelog.cutoff(change, self.history),
             "channel": self._room_channel(room_id),
         }
+
+    def _targets(self, room_id: str, change: Change) -> tuple[str, ...]:
+        """The endpoints that take ``change`` (often none)."""
         outbox = self.outbox
-        targets = outbox.targets(room_id, change.kind) if outbox is not None else ()
-        if outbox is None or not targets:
-            seq = (await tx.conn.execute(_APPEND, params)).scalar_one()
-            return dataclasses.replace(change, seq=seq)
-        messages = {
+        return outbox.targets(room_id, change.kind) if outbox is not None else ()
+
+    def _message_params(self, change: Change, targets: Sequence[str]) -> dict[str, Any]:
+        """The parameters of ``change``'s webhook messages, one per endpoint of ``targets``, but
+        ``previous``."""
+        assert self.outbox is not None
+        return {
             "m_endpoints": list(targets),
             "m_id": new_message_id(),
-            "m_previous": previous,
-            "m_due": outbox_sql.due_time(change, outbox.first_delay),
+            "m_due": outbox_sql.due_time(change, self.outbox.first_delay),
         }
-        seq = (await tx.conn.execute(_APPEND_AND_ENQUEUE, params | messages)).scalar_one()
-        tx.after_commit.append(outbox.written)
-        return dataclasses.replace(change, seq=seq)
+
+    def _outbox_written(self) -> None:
+        if self.outbox is not None:
+            self.outbox.written()
 
     async def _emit(self, tx: Transaction, message: wire.Message, text: str) -> None:
         everyone = isinstance(message.note, RoomSignal) and not message.room_id
