@@ -532,7 +532,8 @@ async def test_retention_is_trimmed_in_the_table(
 async def test_a_postgresql_variable_write_is_one_statement(postgres: str) -> None:
     """A variable write, its log's append, its notification and its webhook messages are one statement,
     sent by itself (no BEGIN, no COMMIT: it commits by itself) — a plain write, a compare-and-set, a
-    deletion, a write an endpoint takes. The statement's row is the write's, logged and notified."""
+    deletion, a write an endpoint takes; and so is a logged event. The statement's row is the write's,
+    logged and notified."""
     room_id, watched = fresh(), fresh("watched")
     backend = PostgresBackend(postgres)
     backend.outbox = Outbox([Route("app", rooms=(watched,))], first_delay_seconds=0)
@@ -559,15 +560,16 @@ async def test_a_postgresql_variable_write_is_one_statement(postgres: str) -> No
             written = await backend.set_variable(room_id, "x", 2, expected_version=2, now=T0)
             await backend.set_variable(room_id, "x", UNSET, expected_version=None, now=T0)
             await backend.set_variable(watched, "y", 1, expected_version=None, now=T0)
+            event = await backend.publish_event(room_id, Event("e", {"n": 1}, T0))
         finally:
             sa.event.remove(engine, "before_cursor_execute", through_sqlalchemy)
             sa.event.remove(engine, "checkout", log_on)
             for driver in logged:
                 driver.remove_query_logger(sent)
-        assert len(statements) == 4, statements
+        assert len(statements) == 5, statements
         assert all("pg_notify" in statement for statement in statements), statements
-        assert ["webhook_messages" in statement for statement in statements] == [False] * 3 + [True]
-        assert written is not None and written.version == 3
+        assert ["webhook_messages" in statement for statement in statements] == [False] * 3 + [True, False]
+        assert written is not None and written.version == 3 and event.seq == 5
         changes = [await receive(sub) for _ in range(3)]
         assert [(c.seq, c.variable.version) for c in changes] == [(2, 2), (3, 3), (4, 4)]  # type: ignore[attr-defined]
         assert changes[2].kind is ChangeKind.VARIABLE_DELETED  # type: ignore[attr-defined]

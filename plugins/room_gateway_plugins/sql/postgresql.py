@@ -26,11 +26,12 @@ could put a local write ahead of an earlier remote one.
 **A variable write is one statement**, sent alone (:func:`.pgstatements.variable_write`): the write, the
 head's increment, the log row, the trim, the change's webhook messages and the ``pg_notify`` in
 data-modifying CTEs, the version and the seq spliced into the message by the server (the wire format's
-:func:`~gateway.core.wire.head`): one round trip a write. Any other change is logged by one statement too
-(:data:`.pgstatements.APPEND`) inside its transaction, so logging costs no round trip over its notification.
+:func:`~gateway.core.wire.head`): one round trip a write. A logged event is its append alone
+(:data:`.pgstatements.APPEND`), sent by itself too. Any other change is logged by that statement inside its
+transaction, so logging costs no round trip over its notification.
 
 **Writers of a room** queue in the process for its head row (:mod:`.roomqueue`): PostgreSQL sees one
-variable write of a room at a time from each process.
+variable write or event of a room at a time from each process.
 
 **Payloads** are the messages of :mod:`gateway.core.wire`, the format the Redis backend publishes too. A
 payload must be shorter than 8000 bytes. A larger message is stored in ``notification_bodies`` (in the same
@@ -57,7 +58,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from gateway.core import wire
 from gateway.core.backend import History, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
-from gateway.core.models import Change, RoomSignal, Variable
+from gateway.core.models import Change, ChangeKind, Event, RoomSignal, Variable
 from gateway.core.outbox import Settled, new_message_id
 from gateway.errors import Unavailable
 from room_gateway_plugins.sql import changelog, direct, pgstatements
@@ -240,13 +241,7 @@ class PostgresBackend(SqlBackend):
             params |= self._message_params(change, targets)
         shape = "any" if expected is None else "unset" if expected == 0 else "version"
         statement = pgstatements.variable_write(write.deletes, shape, bool(targets))
-        release = await self._writers.enter(write.room_id)  # :mod:`.roomqueue`, before a connection
-        try:
-            async with direct.checked_out(self.engine) as raw:
-                conn = direct.DirectConnection(raw, self._compiled())
-                row = (await conn.execute(statement, params)).first()
-        finally:
-            release()
+        row = (await self._write_alone(write.room_id, statement, params)).first()
         if row is None:  # the guard held the write back: a conflict, or deleting an unset variable
             found = await self._fetch(CURRENT_VERSION, **params)
             check_unwritten(write, found[0].version if found else 0)
@@ -254,6 +249,35 @@ class PostgresBackend(SqlBackend):
         if targets:
             self._outbox_written()
         return write.written(row[0])
+
+    async def publish_event(self, room_id: str, event: Event) -> Change:
+        # A logged event is its append alone, one statement sent by itself, on asyncpg directly (as a
+        # variable write): not BEGIN, the append and COMMIT through SQLAlchemy. A live-only event (no head
+        # moved) and one too large to notify take the general path.
+        change = Change(0, self.epoch, ChangeKind.EVENT, event.time, event=event)
+        before, after = changelog.around_seq(room_id, change)
+        if not self.history.events or len(before.encode()) + len(after) + 20 > MAX_PAYLOAD:
+            return await super().publish_event(room_id, event)
+        params = self._append_params(room_id, change, before, after)
+        targets = self._targets(room_id, change)
+        statement = pgstatements.APPEND
+        if targets:
+            statement = pgstatements.APPEND_AND_ENQUEUE
+            params |= self._message_params(change, targets) | {"m_previous": None}
+        seq = (await self._write_alone(room_id, statement, params)).scalar()
+        if targets:
+            self._outbox_written()
+        return dataclasses.replace(change, seq=seq)
+
+    async def _write_alone(self, room_id: str, statement: Any, params: dict[str, Any]) -> direct.DirectResult:
+        """Run a write of ``room_id`` that is one statement, sent by itself (it commits by itself), as the
+        room's one writer from this process (:mod:`.roomqueue`: queued before it takes a connection)."""
+        release = await self._writers.enter(room_id)
+        try:
+            async with direct.checked_out(self.engine) as raw:
+                return await direct.DirectConnection(raw, self._compiled()).execute(statement, params)
+        finally:
+            release()
 
     def _compiled(self) -> Compiled:
         if self._statements is None:

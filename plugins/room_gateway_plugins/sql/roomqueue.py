@@ -9,15 +9,15 @@ Queued here on an
 :class:`asyncio.Lock` per room, a process sends the server one writer of the room at a time; other
 processes' writers still meet at the row, one each.
 
-A variable write, one statement (:meth:`.postgresql.PostgresBackend.write_variable`), takes the queue
-before it checks a connection out and leaves it once the statement has committed: a writer waiting here
-holds no connection and no lock. One that runs as a transaction (the general path) takes the queue just
-before the head lock (:meth:`.base.SqlBackend._before_head`) and leaves it when the transaction ends, so it
-sits in the order every writer takes its locks (the room's rows and variables, then its head, then its log
-and presence): a writer waiting here holds only locks that come before the head, and the writer holding it
-needs only the head and what comes after — no wait here can close a cycle that PostgreSQL's deadlock
-detector would not see. Only variable writes queue (the hot path); the other writes take the row as
-before.
+A variable write or a logged event, one statement (:meth:`.postgresql.PostgresBackend._write_alone`),
+takes the queue before it checks a connection out and leaves it once the statement has committed: a
+writer waiting here holds no connection and no lock. One that runs as a transaction (the general path)
+takes the queue just before the head lock (:meth:`.base.SqlBackend._before_head`) and leaves it when the
+transaction ends, so it sits in the order every writer takes its locks (the room's rows and variables,
+then its head, then its log and presence): a writer waiting here holds only locks that come before the
+head, and the writer holding it needs only the head and what comes after — no wait here can close a
+cycle that PostgreSQL's deadlock detector would not see. Only variable writes and events queue (the hot
+paths); the other writes take the row as before.
 """
 
 from __future__ import annotations
