@@ -133,10 +133,12 @@ class TestPostgreSQL(SharedBackendContract):
 
 
 class _GeneralSettle(PostgresBackend):
-    """PostgreSQL settling through :class:`SqlBackend`'s own path (a locking read, then an update a message),
-    the one a SQL dialect without a settle of its own takes: PostgreSQL's is one statement of its own."""
+    """PostgreSQL claiming and settling through :class:`SqlBackend`'s own path (a transaction; for a settle a
+    locking read, then an update a message, then the endpoint's state), the one a SQL dialect without
+    statements of its own takes: PostgreSQL's are one statement each."""
 
-    _write_outcomes = SqlBackend._write_outcomes
+    outbox_claim = SqlBackend.outbox_claim
+    outbox_settle = SqlBackend.outbox_settle
 
 
 class TestPostgreSQLGeneralSettle(OutboxContract):

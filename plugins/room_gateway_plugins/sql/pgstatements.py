@@ -1,6 +1,6 @@
 """PostgreSQL's hand-written statements: the log's append, a variable write with its append in one
-statement, and a settle of webhook attempts. Each is built from the same pieces of SQL, so that the append
-reads the same wherever it runs.
+statement, and the webhook outbox's claims and settles, each one statement. The appends are built from the
+same pieces of SQL, so that an append reads the same wherever it runs.
 
 **A variable write is one statement** (:func:`variable_write`): the variable's write, the head's increment,
 the log's row, the trim, the change's webhook messages and the ``pg_notify``, as data-modifying CTEs, the
@@ -21,6 +21,7 @@ import functools
 
 import sqlalchemy as sa
 
+from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql.columns import UTCDateTime
 
 _TIMES = (sa.bindparam("time", type_=UTCDateTime()), sa.bindparam("cutoff", type_=UTCDateTime()))
@@ -148,17 +149,61 @@ def variable_write(deletes: bool, expected: str, enqueue: bool) -> sa.TextClause
     return statement.bindparams(*_TIMES, _NOW, *((_DUE,) if enqueue else ()))
 
 
-#: A settle's outcomes in one statement (:meth:`.postgresql.PostgresBackend._write_outcomes`): each
-#: attempt's row written if the attempt is still its message's current one (pending, the same attempt
-#: number; the update locks the row, and a claim that took it meanwhile makes the condition false), the
-#: written attempts returned.
-SETTLE_CURRENT = sa.text(
+# -- the webhook outbox's bookkeeping: each one statement, sent by itself, committed without waiting for
+# the disk -----------------------------------------------------------------------------------------------
+
+#: Joined to a bookkeeping statement: ``set_config(…, true)`` lasts until its transaction ends, and sent by
+#: itself the statement is its own transaction, so its commit does not wait for the WAL's flush
+#: ("Asynchronous Commit" in PostgreSQL's manual; a server crash may lose the last of them, never
+#: corrupts nor reorders them) — as ``SET LOCAL synchronous_commit = off`` did, without a ``BEGIN``, the
+#: ``SET`` and a ``COMMIT`` around it: one round trip, not four (bench/RESULTS.md, session 20).
+_ASYNC_COMMIT = sa.select(
+    sa.literal_column("set_config('synchronous_commit', 'off', true)").label("set")
+).cte("async_commit")
+_ASYNC_COMMIT_SQL = "async_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS set)"
+
+#: A claim (:data:`.outbox.CLAIM`), committed asynchronously.
+CLAIM = outbox_sql.CLAIM.where(_ASYNC_COMMIT.c.set.is_not(None))
+
+
+def _record(succeeded: bool) -> str:
+    """:func:`.outbox.record_outcomes` in SQL, only if the settle ``s`` wrote an attempt."""
+    change = "failing_since = excluded.failing_since, last_success_time = excluded.last_success_time"
+    if not succeeded:
+        change = "failing_since = coalesce(webhook_endpoints.failing_since, excluded.failing_since)"
+    return f"""r AS (
+        INSERT INTO webhook_endpoints (name, enabled, disabled_reason, failing_since, last_success_time)
+        SELECT CAST(:r_endpoint AS text), true, '', CAST(:r_failing_since AS timestamptz),
+               CAST(:r_last_success AS timestamptz)
+        WHERE EXISTS (SELECT FROM s)
+        ON CONFLICT (name) DO UPDATE SET {change}
+        RETURNING enabled, disabled_reason, failing_since, last_success_time
+    )"""
+
+
+@functools.cache
+def settle(succeeded: bool) -> sa.TextClause:
+    """A settle's outcomes and the endpoint's state after them, in one statement committed asynchronously
+    (:meth:`.postgresql.PostgresBackend.outbox_settle`).
+
+    Each attempt's row is written if the attempt is still its message's current one (pending, the same
+    attempt number: the update locks the row, and a claim that took it meanwhile makes the condition
+    false), in id order (the caller sorts them: the plan walks the array into the primary key, so two
+    settles of the same messages wait for each other instead of deadlocking). Then the endpoint's state,
+    as :func:`.outbox.record_outcomes` (``succeeded``: a batch with a success), if any was written. A row
+    per attempt written, each with the state.
     """
-    UPDATE webhook_messages AS m SET status = v.status, due_time = v.due, log = v.log
-    FROM unnest(CAST(:u_ids AS text[]), CAST(:u_attempts AS integer[]), CAST(:u_statuses AS text[]),
-                CAST(:u_dues AS timestamptz[]), CAST(:u_logs AS text[])) AS v(id, attempts, status, due, log)
-    WHERE m.endpoint = CAST(:u_endpoint AS text) AND m.id = v.id AND m.attempts = v.attempts
-      AND m.status = 'pending'
-    RETURNING m.id, m.attempts
+    statement = f"""
+    WITH {_ASYNC_COMMIT_SQL}, s AS (
+        UPDATE webhook_messages AS m SET status = v.status, due_time = v.due, log = v.log
+        FROM unnest(CAST(:u_ids AS text[]), CAST(:u_attempts AS integer[]), CAST(:u_statuses AS text[]),
+                    CAST(:u_dues AS timestamptz[]), CAST(:u_logs AS text[]))
+             AS v(id, attempts, status, due, log), async_commit
+        WHERE m.endpoint = CAST(:u_endpoint AS text) AND m.id = v.id AND m.attempts = v.attempts
+          AND m.status = 'pending' AND async_commit.set IS NOT NULL
+        RETURNING m.id, m.attempts
+    ), {_record(succeeded)}
+    SELECT s.id, s.attempts, r.enabled, r.disabled_reason, r.failing_since, r.last_success_time FROM s, r
     """
-)
+    times = ("r_failing_since", "r_last_success")
+    return sa.text(statement).bindparams(*(sa.bindparam(name, type_=UTCDateTime()) for name in times))

@@ -48,6 +48,7 @@ import hashlib
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
@@ -59,7 +60,7 @@ from gateway.core import wire
 from gateway.core.backend import History, VariableWrite
 from gateway.core.hub import LocalHub, Subscription, Topic
 from gateway.core.models import Change, ChangeKind, Event, RoomSignal, Variable
-from gateway.core.outbox import Settled, new_message_id
+from gateway.core.outbox import EndpointState, OutboxMessage, Settled, new_message_id
 from gateway.errors import Unavailable
 from room_gateway_plugins.sql import changelog, direct, pgstatements
 from room_gateway_plugins.sql import outbox as outbox_sql
@@ -287,28 +288,48 @@ class PostgresBackend(SqlBackend):
     async def _before_head(self, tx: Transaction, room_id: str) -> None:
         tx.on_end.append(await self._writers.enter(room_id))  # :mod:`.roomqueue`
 
-    async def _write_outcomes(
-        self, tx: Transaction, endpoint: str, settled: Sequence[Settled]
-    ) -> list[Settled]:
-        # One statement, not the general path's locking read and then an update a message: one round trip
-        # less a batch, and ~9% fewer of the worker's instructions a delivery (bench/RESULTS.md, session 19).
-        # In id order: the plan walks the array into the primary key (a nested loop), so the rows are
-        # locked in id order, as the general path's `id IN (…)` scan locks them, and two settles of the
-        # same messages (one of them late, its lease run out) wait for each other instead of deadlocking.
-        ordered = sorted(settled, key=lambda one: one.message.id)
+    # -- the webhook outbox: a claim and a settle are one statement each, sent by itself --------------------
+
+    async def outbox_claim(
+        self, endpoint: str, *, now: datetime, lease_seconds: float, limit: int
+    ) -> list[OutboxMessage]:
+        params = outbox_sql.claim_params(endpoint, now, lease_seconds, limit)
+        async with direct.checked_out(self.engine) as raw:
+            found = await direct.DirectConnection(raw, self._compiled()).execute(pgstatements.CLAIM, params)
+        return outbox_sql.claimed(found.all(), now)
+
+    async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
+        # One statement (:func:`.pgstatements.settle`) where the general path takes a transaction of a
+        # locking read, an update a message and the endpoint's state: ~9% fewer of the worker's
+        # instructions a delivery (bench/RESULTS.md, session 19), and one round trip a batch instead of
+        # five (session 20). The endpoint's state is folded from every attempt of the batch, a late one's
+        # too (its lease ran out and its message was claimed again: the general path leaves it out), which
+        # did reach, or fail to reach, the endpoint.
+        if not settled:
+            return []
+        endpoint = outbox_sql.batch_endpoint(settled)
+        ordered = sorted(settled, key=lambda one: one.message.id)  # the rows locked in id order
         params = [outbox_sql.settle_params(one) for one in ordered]
-        found = await tx.conn.execute(
-            pgstatements.SETTLE_CURRENT,
-            {
-                "u_endpoint": endpoint,
-                "u_ids": [one["s_id"] for one in params],
-                "u_attempts": [one.message.attempts for one in ordered],
-                "u_statuses": [one["s_status"] for one in params],
-                "u_dues": [one["s_due"] for one in params],
-                "u_logs": [one["s_log"] for one in params],
-            },
-        )
-        return outbox_sql.still_current(settled, found)
+        succeeded, record = outbox_sql.outcomes_params(endpoint, settled)
+        async with direct.checked_out(self.engine) as raw:
+            found = await direct.DirectConnection(raw, self._compiled()).execute(
+                pgstatements.settle(succeeded),
+                {
+                    "u_endpoint": endpoint,
+                    "u_ids": [one["s_id"] for one in params],
+                    "u_attempts": [one.message.attempts for one in ordered],
+                    "u_statuses": [one["s_status"] for one in params],
+                    "u_dues": [one["s_due"] for one in params],
+                    "u_logs": [one["s_log"] for one in params],
+                }
+                | record,
+            )
+        rows = found.all()
+        if not rows:
+            return [None] * len(settled)
+        state = EndpointState(*rows[0][2:])
+        live = outbox_sql.still_current(settled, ((row[0], row[1]) for row in rows))
+        return outbox_sql.states(settled, live, state)
 
     async def _variable_before(self, tx: Transaction, write: VariableWrite) -> tuple[str | None, int] | None:
         params = {"p_room_id": write.room_id, "p_name": write.name, "p_now": write.now}
