@@ -1,12 +1,14 @@
-"""What a variable write and a room read cost the gateway's process on PostgreSQL, in CPU, in process.
+"""What a variable write, an event and a room read cost the gateway's process on PostgreSQL, in CPU.
 
     .venv/bin/python bench/postgresql_writes.py [--calls 600] [--url postgresql://postgres@127.0.0.1:5432/test]
 
 A ``PostgresBackend`` on a fresh schema (dropped at the end): ``set_variable`` one at a time and 60 at once
-(64 variables of one room, as bench/backends.py loads it), then ``get_room``, each ``--calls`` times; and
-the bare peer, a transaction of the same shape (BEGIN, the variable's upsert, the head's increment, COMMIT)
-on one asyncpg connection. Printed: the process's CPU (``time.process_time``) a call. The process's CPU is
-what the gateway's event loop spends; the server's own is bench/webhooks.py ``served``'s column.
+(64 variables of one room, as bench/backends.py loads it), ``publish_event`` the same two ways to the same
+room, then ``get_room``, each ``--calls`` times; and the bare peer, a transaction of the same shape as the
+write before session 20 (BEGIN, the variable's upsert, the head's increment, COMMIT) on one asyncpg
+connection: the backend's write is one statement since then (one round trip, not four). Printed: the
+process's CPU (``time.process_time``) a call. The process's CPU is what the gateway's event loop spends;
+the server's own is bench/webhooks.py ``served``'s column.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from datetime import UTC, datetime
 import asyncpg
 import uvloop
 from room_gateway_plugins.sql import PostgresBackend
+
+from gateway.core.models import Event
 
 T0 = datetime(2026, 1, 2, tzinfo=UTC)
 ROOM = "bench-room"
@@ -59,6 +63,16 @@ async def main(args: argparse.Namespace) -> None:
                 )
             )
         print(f"set_variable, 60 at once: {per_call(started, args.calls // 60 * 60)} a write")
+        started = time.process_time()
+        for i in range(args.calls):
+            await backend.publish_event(ROOM, Event("e", {"n": i}, T0))
+        print(f"publish_event, one at a time: {per_call(started, args.calls)} an event")
+        started = time.process_time()
+        for first in range(0, args.calls, 60):
+            await asyncio.gather(
+                *(backend.publish_event(ROOM, Event("e", {"n": i}, T0)) for i in range(first, first + 60))
+            )
+        print(f"publish_event, 60 at once: {per_call(started, args.calls // 60 * 60)} an event")
         started = time.process_time()
         for _ in range(args.calls):
             await backend.get_room(ROOM)
