@@ -531,6 +531,33 @@ async def test_retention_is_trimmed_in_the_table(
             assert (await conn.execute(count)).scalar_one() == 1
 
 
+async def test_a_postgresql_backend_opened_with_fewer_max_changes_trims_every_room(postgres: str) -> None:
+    """An append trims only a band below its window (:data:`.changelog.TRIM_BAND`), so what a larger
+    ``max_changes`` kept is dropped when a backend opens with a smaller one; opened again with a larger
+    one, nothing is dropped, and the next smaller one trims again."""
+    rooms = [fresh(), fresh()]
+    count = sa.select(sa.func.count()).select_from(tables.changes).where(tables.changes.c.room_id.in_(rooms))
+
+    async def kept(keep: int) -> int:
+        async with opened(PostgresBackend(postgres, history=History(max_changes=keep))) as backend:
+            assert isinstance(backend, PostgresBackend)
+            async with backend.engine.connect() as conn:
+                return (await conn.execute(count)).scalar_one()  # type: ignore[no-any-return]
+
+    async with opened(PostgresBackend(postgres, history=History(max_changes=200))) as backend:
+        for room_id in rooms:
+            for i in range(150):
+                await backend.set_variable(room_id, "x", i, expected_version=None, now=T0)
+    assert await kept(10) == 20
+    assert await kept(200) == 20
+    async with opened(PostgresBackend(postgres, history=History(max_changes=200))) as backend:
+        for i in range(100):
+            await backend.set_variable(rooms[0], "x", i, expected_version=None, now=T0)
+        page = await backend.read_changes(rooms[0], after_seq=0, limit=1000)
+        assert [c.seq for c in page.changes] == list(range(141, 251))  # 10 kept, then 100 more
+    assert await kept(5) == 10
+
+
 async def test_a_postgresql_variable_write_is_one_statement(postgres: str) -> None:
     """A variable write, its log's append, its notification and its webhook messages are one statement,
     sent by itself (no BEGIN, no COMMIT: it commits by itself) — a plain write, a compare-and-set, a

@@ -301,7 +301,8 @@ class SqlBackend(Backend):
         message = Message(room_id, change)
         text = wire.encode(message).decode()
         await tx.conn.execute(changes.insert().values(changelog.row(room_id, change, text)))
-        await tx.conn.execute(changelog.trim(room_id, seq, change, self.history))
+        for trim in changelog.trim(room_id, seq, change, self.history):
+            await tx.conn.execute(trim)
         await self._emit(tx, message, text)
         if self.outbox is not None:
             await self._enqueue(tx, room_id, change, text, previous)

@@ -8,8 +8,9 @@ the log so that trimming and deletion never make a seq come back.
 
 Each row's payload is the change's :mod:`gateway.core.wire` message, the text PostgreSQL's NOTIFY sends:
 encoded once per write. Retention is trimmed on append, in the same transaction: by count (seqs at or below
-``head - max_changes``, a range of the primary key) and by age (older than the new change's time minus
-``max_age_seconds``, a range of ``changes_room_time``), so a read finds exactly what is retained.
+``head - max_changes``, down to :data:`TRIM_BAND` below it: a range of the primary key) and by age (older
+than the new change's time minus ``max_age_seconds``, a range of ``changes_room_time``), so a read finds
+exactly what is retained.
 """
 
 from __future__ import annotations
@@ -121,9 +122,22 @@ def around_version_and_seq(room_id: str, change: Change) -> tuple[str, str, str]
     return head + _BEFORE_VERSION, _BETWEEN_VERSION_AND_SEQ, _AFTER_VERSION_AND_SEQ
 
 
-def trim(room_id: str, seq: int, change: Change, history: History) -> sa.Delete:
-    """Drop what retention no longer keeps once ``change`` (at ``seq``) is in."""
-    return changes.delete().where(
-        changes.c.room_id == room_id,
-        (changes.c.seq <= seq - history.max_changes) | (changes.c.time < cutoff(change, history)),
+#: How many seqs below the window a count trim looks at: ``head - max_changes - TRIM_BAND`` (exclusive) to
+#: ``head - max_changes``. Every append trims, so what is older was dropped already; on PostgreSQL a range
+#: from the room's first seq met every row dropped since the last vacuum (an index entry each, and a heap
+#: tuple each for a bitmap scan: 7,000 of them and 1.5 ms after 8,000 writes of one room, bench/RESULTS.md,
+#: session 20). Rows left beyond the window when ``max_changes`` is lowered are dropped when a backend
+#: opens with it (:meth:`.postgresql.PostgresBackend.open`).
+TRIM_BAND = 64
+
+
+def trim(room_id: str, seq: int, change: Change, history: History) -> tuple[sa.Delete, sa.Delete]:
+    """The statements that drop what retention no longer keeps once ``change`` (at ``seq``) is in: by count
+    (within :data:`TRIM_BAND`), then by age. Two, not one with an ``OR``: each is a range of its own index
+    whatever plan the server makes of it (:data:`.pgstatements._TRIM` says what one made)."""
+    window = seq - history.max_changes
+    by_count = changes.delete().where(
+        changes.c.room_id == room_id, changes.c.seq <= window, changes.c.seq > window - TRIM_BAND
     )
+    by_age = changes.delete().where(changes.c.room_id == room_id, changes.c.time < cutoff(change, history))
+    return by_count, by_age

@@ -21,6 +21,7 @@ import functools
 
 import sqlalchemy as sa
 
+from room_gateway_plugins.sql import changelog
 from room_gateway_plugins.sql import outbox as outbox_sql
 from room_gateway_plugins.sql.columns import UTCDateTime
 
@@ -58,12 +59,29 @@ def _logged(after_write: bool) -> str:
     )"""
 
 
-#: What retention drops once the new row is in (nothing when no row went in: ``h`` is empty).
-_TRIM = """t AS (
+#: What retention drops once the new row is in (nothing when no row went in: ``h`` is empty): by count,
+#: within :data:`.changelog.TRIM_BAND` below the window, and by age — two statements, each a range of its
+#: own index whatever plan the server makes. One ``DELETE`` with their ``OR`` got, as the server's
+#: generic plan (its own choice after five runs of a prepared statement, made when the table was still
+#: empty), a scan of every index entry of the room's in ``changes_room_time``, dead rows included: the
+#: server's CPU a write grew from ~0.5 to ~2.5 ms over 12,000 writes of one room (bench/RESULTS.md,
+#: session 20).
+_TRIM = f"""t AS (
         DELETE FROM changes
         WHERE room_id = CAST(:room_id AS text) AND EXISTS (SELECT FROM h)
-          AND (seq <= (SELECT head FROM h) - CAST(:keep AS bigint) OR time < CAST(:cutoff AS timestamptz))
+          AND seq <= (SELECT head FROM h) - CAST(:keep AS bigint)
+          AND seq > (SELECT head FROM h) - CAST(:keep AS bigint) - {changelog.TRIM_BAND}
+    ), t_age AS (
+        DELETE FROM changes
+        WHERE room_id = CAST(:room_id AS text) AND EXISTS (SELECT FROM h)
+          AND time < CAST(:cutoff AS timestamptz)
     )"""
+
+#: The count trim of every room at once, to ``:keep`` (:meth:`.postgresql.PostgresBackend.open`).
+TRIM_ALL = sa.text(
+    "DELETE FROM changes AS c USING room_heads AS h"
+    " WHERE c.room_id = h.room_id AND c.seq <= h.head - CAST(:keep AS bigint)"
+)
 
 
 #: ``previous`` of a write's messages from ``v``: the value it replaced and that value's version, in

@@ -53,6 +53,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -74,7 +75,7 @@ from room_gateway_plugins.sql.base import (
 from room_gateway_plugins.sql.listener import Listener
 from room_gateway_plugins.sql.readers import Compiled
 from room_gateway_plugins.sql.roomqueue import RoomQueue
-from room_gateway_plugins.sql.tables import notification_bodies
+from room_gateway_plugins.sql.tables import log_meta, notification_bodies
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ class PostgresBackend(SqlBackend):
 
     async def open(self) -> None:
         await super().open()
+        await self._trim_to_max_changes()
         self._listener = Listener(self._connect_listener, self._incoming.put_nowait, self._connection_lost)
         self._listener.want(self._signal_channel)
         self._reader = asyncio.create_task(self._read(), name="room-gateway pg notifications")
@@ -163,6 +165,24 @@ class PostgresBackend(SqlBackend):
         except BaseException:
             await self.close()
             raise
+
+    async def _trim_to_max_changes(self) -> None:
+        """Drop every room's changes beyond ``max_changes`` when it is lower than the last one an instance
+        opened with (or not known yet): an append trims only :data:`.changelog.TRIM_BAND` seqs below its
+        window."""
+        keep = self.history.max_changes
+        stored = sa.select(log_meta.c.value).where(log_meta.c.name == "max_changes")
+        async with self._tx() as tx:
+            last = (await tx.conn.execute(stored)).scalar()
+            if last is not None and int(last) == keep:
+                return
+            if last is None or int(last) > keep:
+                await tx.conn.execute(pgstatements.TRIM_ALL, {"keep": keep})
+            await tx.conn.execute(
+                postgresql.insert(log_meta)
+                .values(name="max_changes", value=str(keep))
+                .on_conflict_do_update(index_elements=[log_meta.c.name], set_={"value": str(keep)})
+            )
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None
