@@ -1,6 +1,7 @@
 """What a variable write, an event and a room read cost the gateway's process on PostgreSQL, in CPU.
 
     .venv/bin/python bench/postgresql_writes.py [--calls 600] [--url postgresql://postgres@127.0.0.1:5432/test]
+    .venv/bin/python bench/postgresql_writes.py --batches 6     # the server's CPU a write, batch by batch
 
 A ``PostgresBackend`` on a fresh schema (dropped at the end): ``set_variable`` one at a time and 60 at once
 (64 variables of one room, as bench/backends.py loads it), ``publish_event`` the same two ways to the same
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
+import sqlalchemy as sa
 import uvloop
 from room_gateway_plugins.sql import PostgresBackend
 
@@ -96,8 +100,41 @@ async def main(args: argparse.Namespace) -> None:
             await conn.close()
 
 
+def server_cpu(pid: int) -> float:
+    """The CPU seconds of the local server process ``pid`` so far (user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def one_room(args: argparse.Namespace) -> None:
+    """``--batches``: the server's CPU a write, batch after batch of 2,000 writes of one room, on one
+    connection (a local server: its process's CPU from /proc), so that a cost growing with the room's
+    writes shows (session 20: a trim's plan that grew from ~0.5 to ~2.5 ms over 12,000)."""
+    schema = f"bench_room_{uuid.uuid4().hex[:8]}"
+    backend = PostgresBackend(f"{args.url}?schema={schema}&pool_size=1")
+    await backend.open()
+    try:
+        [row] = await backend._fetch(sa.select(sa.func.pg_backend_pid().label("pid")))
+        for batch in range(args.batches):
+            started = server_cpu(row.pid)
+            for i in range(2000):
+                await backend.set_variable(ROOM, f"v{i % 64}", i, expected_version=None, now=T0)
+            spent = (server_cpu(row.pid) - started) / 2000 * 1e6
+            first, last = batch * 2000 + 1, (batch + 1) * 2000
+            print(f"writes {first:,}-{last:,} of one room: {spent:,.0f} µs of the server's CPU a write")
+    finally:
+        await backend.close()
+        conn = await asyncpg.connect(args.url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=600)
+    parser.add_argument("--batches", type=int, default=0, help="instead: the server's CPU a write, by batch")
     parser.add_argument("--url", default="postgresql://postgres@127.0.0.1:5432/test")
-    uvloop.run(main(parser.parse_args()))
+    parsed = parser.parse_args()
+    uvloop.run(one_room(parsed) if parsed.batches else main(parsed))
