@@ -206,10 +206,12 @@ def settle(succeeded: bool) -> sa.TextClause:
 
     Each attempt's row is written if the attempt is still its message's current one (pending, the same
     attempt number: the update locks the row, and a claim that took it meanwhile makes the condition
-    false), in id order (the caller sorts them: the plan walks the array into the primary key, so two
-    settles of the same messages wait for each other instead of deadlocking). Then the endpoint's state,
-    as :func:`.outbox.record_outcomes` (``succeeded``: a batch with a success), if any was written. A row
-    per attempt written, each with the state.
+    false). The caller sorts them by id: a plan that walks the array into the primary key then locks the
+    rows in id order, so two settles of the same messages wait for each other instead of deadlocking. A
+    plan made without the table's statistics may walk the endpoint's pending rows instead (bench/RESULTS.md,
+    session 20); a deadlock then answers UNAVAILABLE and the attempts are claimed again. Then the
+    endpoint's state, as :func:`.outbox.record_outcomes` (``succeeded``: a batch with a success), if any
+    was written. A row per attempt written, each with the state.
     """
     statement = f"""
     WITH {_ASYNC_COMMIT_SQL}, s AS (

@@ -328,7 +328,7 @@ class PostgresBackend(SqlBackend):
         if not settled:
             return []
         endpoint = outbox_sql.batch_endpoint(settled)
-        ordered = sorted(settled, key=lambda one: one.message.id)  # the rows locked in id order
+        ordered = sorted(settled, key=lambda one: one.message.id)  # for a plan that walks the array
         params = [outbox_sql.settle_params(one) for one in ordered]
         succeeded, record = outbox_sql.outcomes_params(endpoint, settled)
         async with direct.checked_out(self.engine) as raw:
