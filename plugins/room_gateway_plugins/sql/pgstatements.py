@@ -64,8 +64,9 @@ def _logged(after_write: bool) -> str:
 #: own index whatever plan the server makes. One ``DELETE`` with their ``OR`` got, as the server's
 #: generic plan (its own choice after five runs of a prepared statement, made when the table was still
 #: empty), a scan of every index entry of the room's in ``changes_room_time``, dead rows included: the
-#: server's CPU a write grew from ~0.5 to ~2.5 ms over 12,000 writes of one room (bench/RESULTS.md,
-#: session 20).
+#: server's CPU a write grew from ~0.5 to 1.7 and 2.6 ms (two runs) over 12,000 writes of one room
+#: (bench/RESULTS.md, session 20). Should both drop a row, the second finds it dropped by the same
+#: statement and skips it.
 _TRIM = f"""t AS (
         DELETE FROM changes
         WHERE room_id = CAST(:room_id AS text) AND EXISTS (SELECT FROM h)
