@@ -47,6 +47,14 @@ def per_call(started: float, calls: int) -> str:
     return f"{(time.process_time() - started) / calls * 1e6:,.0f} µs"
 
 
+async def drop_schema(url: str, schema: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
 async def main(args: argparse.Namespace) -> None:
     schema = f"bench_writes_{uuid.uuid4().hex[:8]}"
     backend = PostgresBackend(f"{args.url}?schema={schema}")
@@ -93,11 +101,7 @@ async def main(args: argparse.Namespace) -> None:
             await conn.close()
     finally:
         await backend.close()
-        conn = await asyncpg.connect(args.url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(args.url, schema)
 
 
 def server_cpu(pid: int) -> float:
@@ -109,7 +113,7 @@ def server_cpu(pid: int) -> float:
 async def one_room(args: argparse.Namespace) -> None:
     """``--batches``: the server's CPU a write, batch after batch of 2,000 writes of one room, on one
     connection (a local server: its process's CPU from /proc), so that a cost growing with the room's
-    writes shows (session 20: a trim's plan that grew from ~0.5 to ~2.5 ms over 12,000)."""
+    writes shows (session 20: a trim's plan that grew from 0.5 to 1.7 ms over 12,000)."""
     schema = f"bench_room_{uuid.uuid4().hex[:8]}"
     backend = PostgresBackend(f"{args.url}?schema={schema}&pool_size=1")
     await backend.open()
@@ -124,11 +128,7 @@ async def one_room(args: argparse.Namespace) -> None:
             print(f"writes {first:,}-{last:,} of one room: {spent:,.0f} µs of the server's CPU a write")
     finally:
         await backend.close()
-        conn = await asyncpg.connect(args.url)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
+        await drop_schema(args.url, schema)
 
 
 if __name__ == "__main__":

@@ -580,27 +580,18 @@ class SqlBackend(Backend):
         if not settled:
             return []
         endpoint = outbox_sql.batch_endpoint(settled)
-        # Statements for the whole batch, not a few a message: the outcomes of the attempts that are still
-        # current (:meth:`_write_outcomes`), and the endpoint's state once, from them folded in order.
+        # Three statements for the whole batch, not two a message: the rows' attempts (locked until the
+        # transaction ends, so that no claim moves them meanwhile), the outcomes of the current ones (one
+        # executemany), and the endpoint's state once, from the batch's outcomes folded in order.
         async with self._bookkeeping_tx() as tx:
-            live = await self._write_outcomes(tx, endpoint, settled)
+            found = await tx.conn.execute(outbox_sql.CURRENT, outbox_sql.current_params(endpoint, settled))
+            live = outbox_sql.still_current(settled, found)
             if not live:
                 return [None] * len(settled)
+            await tx.conn.execute(outbox_sql.SETTLE, [outbox_sql.settle_params(one) for one in live])
             succeeded, params = outbox_sql.outcomes_params(endpoint, live)
             state = outbox_sql.state_of((await tx.conn.execute(self._record(succeeded), params)).first())
         return outbox_sql.states(settled, live, state)
-
-    async def _write_outcomes(
-        self, tx: Transaction, endpoint: str, settled: Sequence[Settled]
-    ) -> list[Settled]:
-        """Write the outcome of each attempt of ``settled`` that is still its message's current one; those
-        attempts. Here in two statements: the rows' attempts, locked until the transaction ends so that no
-        claim moves them meanwhile, then the current ones' outcomes (one executemany)."""
-        found = await tx.conn.execute(outbox_sql.CURRENT, outbox_sql.current_params(endpoint, settled))
-        live = outbox_sql.still_current(settled, found)
-        if live:
-            await tx.conn.execute(outbox_sql.SETTLE, [outbox_sql.settle_params(one) for one in live])
-        return live
 
     def _record(self, succeeded: bool) -> Any:
         """:func:`.outbox.record_outcomes` of this shape, in the dialect's ``INSERT``, made once."""

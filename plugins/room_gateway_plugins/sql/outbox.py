@@ -9,7 +9,7 @@ statements run as one function on the writer connection's thread, in one ``BEGIN
 (:mod:`.writer`): the write lock keeps every other process (the gateway, another worker) out of the file
 from the first statement to the commit, so two claimers never take the same attempt and a settle's stale
 check holds until its update. PostgreSQL settles a batch in one ``UPDATE … FROM unnest(…)`` of its own
-(:meth:`~.postgresql.PostgresBackend._write_outcomes`), its stale check in the update's condition.
+(:meth:`~.postgresql.PostgresBackend.outbox_settle`), its stale check in the update's condition.
 
 The statements are built once, their values bound parameters, so that SQLite's backend compiles each once
 (:class:`~.readers.CompiledStatement`) and PostgreSQL's runs them through SQLAlchemy with the same

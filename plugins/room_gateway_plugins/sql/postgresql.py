@@ -238,8 +238,13 @@ class PostgresBackend(SqlBackend):
         return direct.transaction(self.engine, self._compiled())
 
     async def _fetch(self, statement: sa.Select[*tuple[Any, ...]], **params: Any) -> Sequence[Any]:
-        async with direct.checked_out(self.engine) as conn:  # autocommit, as SQLAlchemy's
-            return (await direct.DirectConnection(conn, self._compiled()).execute(statement, params)).all()
+        return (await self._alone(statement, params)).all()
+
+    async def _alone(self, statement: Any, params: dict[str, Any]) -> direct.DirectResult:
+        """Run one statement by itself on asyncpg directly: it commits by itself (autocommit, as
+        SQLAlchemy's)."""
+        async with direct.checked_out(self.engine) as raw:
+            return await direct.DirectConnection(raw, self._compiled()).execute(statement, params)
 
     async def write_variable(self, write: VariableWrite) -> Variable | None:
         # One statement (:func:`.pgstatements.variable_write`), sent by itself: it commits by itself. The
@@ -295,8 +300,7 @@ class PostgresBackend(SqlBackend):
         room's one writer from this process (:mod:`.roomqueue`: queued before it takes a connection)."""
         release = await self._writers.enter(room_id)
         try:
-            async with direct.checked_out(self.engine) as raw:
-                return await direct.DirectConnection(raw, self._compiled()).execute(statement, params)
+            return await self._alone(statement, params)
         finally:
             release()
 
@@ -314,9 +318,7 @@ class PostgresBackend(SqlBackend):
         self, endpoint: str, *, now: datetime, lease_seconds: float, limit: int
     ) -> list[OutboxMessage]:
         params = outbox_sql.claim_params(endpoint, now, lease_seconds, limit)
-        async with direct.checked_out(self.engine) as raw:
-            found = await direct.DirectConnection(raw, self._compiled()).execute(pgstatements.CLAIM, params)
-        return outbox_sql.claimed(found.all(), now)
+        return outbox_sql.claimed((await self._alone(pgstatements.CLAIM, params)).all(), now)
 
     async def outbox_settle(self, settled: Sequence[Settled]) -> list[EndpointState | None]:
         # One statement (:func:`.pgstatements.settle`) where the general path takes a transaction of a
@@ -331,20 +333,15 @@ class PostgresBackend(SqlBackend):
         ordered = sorted(settled, key=lambda one: one.message.id)  # for a plan that walks the array
         params = [outbox_sql.settle_params(one) for one in ordered]
         succeeded, record = outbox_sql.outcomes_params(endpoint, settled)
-        async with direct.checked_out(self.engine) as raw:
-            found = await direct.DirectConnection(raw, self._compiled()).execute(
-                pgstatements.settle(succeeded),
-                {
-                    "u_endpoint": endpoint,
-                    "u_ids": [one["s_id"] for one in params],
-                    "u_attempts": [one.message.attempts for one in ordered],
-                    "u_statuses": [one["s_status"] for one in params],
-                    "u_dues": [one["s_due"] for one in params],
-                    "u_logs": [one["s_log"] for one in params],
-                }
-                | record,
-            )
-        rows = found.all()
+        outcomes = {
+            "u_endpoint": endpoint,
+            "u_ids": [one["s_id"] for one in params],
+            "u_attempts": [one.message.attempts for one in ordered],
+            "u_statuses": [one["s_status"] for one in params],
+            "u_dues": [one["s_due"] for one in params],
+            "u_logs": [one["s_log"] for one in params],
+        }
+        rows = (await self._alone(pgstatements.settle(succeeded), outcomes | record)).all()
         if not rows:
             return [None] * len(settled)
         state = EndpointState(*rows[0][2:])
