@@ -67,8 +67,14 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
 
 
 class Proc:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.p = subprocess.Popen(args, env={**os.environ, **(env or {})}, cwd=ROOT)
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, stderr: Path | None = None
+    ) -> None:
+        """``stderr``: a file for the process's standard error (its log), instead of this one's."""
+        log = open(stderr, "w") if stderr else None
+        self.p = subprocess.Popen(args, env={**os.environ, **(env or {})}, cwd=ROOT, stderr=log)
+        if log:
+            log.close()
 
     def cpu_seconds(self) -> float:
         """User + system CPU the process has used so far (Linux ``/proc``)."""
