@@ -28,6 +28,8 @@ Pairs (``A`` / ``B``; the ratio is A's CPU per request over B's, so < 100% is wh
 - ``tracing``: the shipped defaults / the same with ``tracing: {enabled: true}`` at its default sample
   ratio, spans exported over OTLP/HTTP to a stand-in collector in this process (≤ 15%; needs
   ``room-gateway[otel]``);
+- ``tracing-unsampled``: the same at ``sample_ratio: 0``, what every call pays (its ``traceparent`` read
+  and answered, its ids) without the sampled calls' spans;
 - ``grpc``: a bare grpclib server / the gateway's gRPC port, GetVariable (h2load; ≥ 80%).
 
 Needs ``wrk`` and ``h2load`` (``apt-get install wrk nghttp2-client``). Every server is its own process on
@@ -185,6 +187,15 @@ PAIRS: dict[str, tuple[tuple[str, ...], Callable[[Path], tuple[Server, Server]]]
         lambda tmp: (
             gateway(tmp, "shipped defaults"),
             gateway(tmp, "tracing on (its default ratio)", extra="tracing:\n  enabled: true\n"),
+        ),
+    ),
+    "tracing-unsampled": (
+        ("GET",),
+        lambda tmp: (
+            gateway(tmp, "shipped defaults"),
+            gateway(
+                tmp, "tracing on, sample_ratio 0", extra="tracing:\n  enabled: true\n  sample_ratio: 0\n"
+            ),
         ),
     ),
     "grpc": (("gRPC",), lambda tmp: (peer("grpclib"), gateway(tmp, "shipped defaults"))),
