@@ -1,6 +1,6 @@
 """Two servers under the same load at the same moment: what one configuration costs against another.
 
-    python bench/ab.py [--pairs edge,access-log,limit,tracing,grpc] [--rounds 8] [--duration 5]
+    python bench/ab.py [--pairs control,access-log,...] [--rounds 8] [--duration 5]    # default: every pair
 
 ``bench/run.py`` measures a pair back to back. On a host whose speed drifts by tens of percent within a
 minute (a shared VM), two runs a few seconds apart differ by more than the few percent an access line or a
@@ -67,6 +67,9 @@ PUT_LUA = (
 #: ``taskset`` prefixes: both servers of a pair on one CPU, the load generators on the others
 #: (``--server-cpu``).
 PINNED: dict[str, list[str]] = {"servers": [], "load": []}
+#: Every server process started, stopped at the end even when a pair fails half made (a stray server left
+#: on the pinned CPU would take from every later pair).
+STARTED: list[run.Proc] = []
 
 
 @dataclass
@@ -91,6 +94,7 @@ def gateway(
     proc = run.Proc(
         [*PINNED["servers"], sys.executable, "-m", "gateway", "serve", "--config", str(config)], stderr=log
     )
+    STARTED.append(proc)
     run.wait_port(http)
     run.wait_port(grpc)
     run.seed(http)
@@ -100,6 +104,7 @@ def gateway(
 def peer(kind: str) -> Server:
     port = run.free_port()
     proc = run.Proc([*PINNED["servers"], sys.executable, "bench/peers.py", kind, str(port)])
+    STARTED.append(proc)
     run.wait_port(port)
     if kind == "grpclib":
         return Server("bare grpclib", proc, grpc=port)
@@ -224,6 +229,8 @@ def main() -> None:
     for tool in ("wrk", "h2load"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install wrk nghttp2-client")
+    if args.server_cpu >= 0 and args.server_cpu not in os.sched_getaffinity(0):
+        raise SystemExit(f"--server-cpu {args.server_cpu}: not a CPU of {sorted(os.sched_getaffinity(0))}")
     if args.server_cpu >= 0 and len(os.sched_getaffinity(0)) > 1:
         others = sorted(os.sched_getaffinity(0) - {args.server_cpu})
         PINNED["servers"] = ["taskset", "-c", str(args.server_cpu)]
@@ -231,7 +238,7 @@ def main() -> None:
     names = [n.strip() for n in args.pairs.split(",") if n.strip()]
     if unknown := [n for n in names if n not in PAIRS]:
         raise SystemExit(f"unknown pair(s): {', '.join(unknown)}; known: {', '.join(PAIRS)}")
-    if "tracing" in names:
+    if any(name.startswith("tracing") for name in names):
         os.environ.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{_collector()}")
 
     rounds_lines = [
@@ -246,8 +253,8 @@ def main() -> None:
         tmp = Path(directory)
         for name in names:
             calls, make = PAIRS[name]
-            a, b = make(tmp)
             try:
+                a, b = make(tmp)
                 if "gRPC" in calls:
                     run.grpc_check(a.grpc, a.key)  # type: ignore[arg-type]
                     run.grpc_check(b.grpc, b.key)  # type: ignore[arg-type]
@@ -269,8 +276,8 @@ def main() -> None:
                     )
                     print(summary[-1], flush=True)
             finally:
-                a.proc.stop()
-                b.proc.stop()
+                while STARTED:
+                    STARTED.pop().stop()
     header = (
         f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.node() or 'this machine'}: "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, memory backend, {args.connections} "
