@@ -35,7 +35,7 @@ from gateway.core import wire
 from gateway.core.backend import Backend, History, Snapshot
 from gateway.core.hub import Topic
 from gateway.core.models import UNSET, Change, ChangeKind, Event, Member, Presence, Room, RoomStatus, Variable
-from gateway.core.outbox import Outbox, Route
+from gateway.core.outbox import Attempt, Outbox, Route, Settled
 from gateway.errors import Unavailable
 from gateway.plugins import Plugins, create_plugin_manager
 from gateway.testing.conformance import BackendContract, SharedBackendContract
@@ -603,6 +603,54 @@ async def test_a_postgresql_variable_write_is_one_statement(postgres: str) -> No
         assert [(c.seq, c.variable.version) for c in changes] == [(2, 2), (3, 3), (4, 4)]  # type: ignore[attr-defined]
         assert changes[2].kind is ChangeKind.VARIABLE_DELETED  # type: ignore[attr-defined]
         sub.close()
+
+
+async def test_a_postgresql_settle_reads_its_own_messages_whatever_the_backlog() -> None:
+    """A settle finds its attempts' rows by their keys, not by walking the endpoint's pending messages, even
+    on a table the server has no statistics of yet (a new store, before autovacuum's first ANALYZE). That
+    plan walked every pending row of the endpoint for each settle (16 to 21 ms for 8 attempts beside 10,000
+    to 50,000, against under 1 ms), so a receiver's return after an outage would drain its backlog in
+    quadratic time. The plan of the statement the backend sent, with its own arguments, on a fresh store
+    with 10,000 pending messages."""
+    schema = fresh_schema()
+    backend = PostgresBackend(pg_url(schema))
+    room_id = fresh("watched")
+    backend.outbox = Outbox([Route("app", rooms=(room_id,))], first_delay_seconds=0)
+    try:
+        async with opened(backend):
+            assert isinstance(backend, PostgresBackend)
+            for n in range(8):
+                await backend.set_variable(room_id, "x", n, expected_version=None, now=T0)
+            conn = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": schema})
+            try:
+                columns = [c.name for c in tables.webhook_messages.c]
+                copied = ", ".join("m.id || '-' || g" if c == "id" else f"m.{c}" for c in columns)
+                await conn.execute(
+                    f"INSERT INTO webhook_messages ({', '.join(columns)}) SELECT {copied} "
+                    "FROM webhook_messages AS m, generate_series(1, 1249) AS g"
+                )
+                claimed = await backend.outbox_claim("app", now=T0, lease_seconds=60, limit=8)
+                assert len(claimed) == 8
+                sent: list[Any] = []
+                engine = backend.engine.sync_engine
+                log_on = lambda dbapi_connection, *_: dbapi_connection.driver_connection.add_query_logger(  # noqa: E731
+                    sent.append
+                )
+                sa.event.listen(engine, "checkout", log_on)
+                try:
+                    states = await backend.outbox_settle(
+                        [Settled(message, Attempt(T0, 204, 1.0)) for message in claimed]
+                    )
+                finally:
+                    sa.event.remove(engine, "checkout", log_on)
+                assert all(state is not None for state in states)
+                (settle,) = [query for query in sent if "UPDATE webhook_messages" in query.query]
+                plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {settle.query}", *settle.args)
+                assert "webhook_messages_due" not in plan and "webhook_messages_pkey" in plan, plan
+            finally:
+                await conn.close()
+    finally:
+        await drop_schema(schema)
 
 
 async def test_a_process_sends_postgresql_one_writer_of_a_room_at_a_time(postgres: str) -> None:

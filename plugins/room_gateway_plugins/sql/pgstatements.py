@@ -207,12 +207,19 @@ def settle(succeeded: bool) -> sa.TextClause:
 
     Each attempt's row is written if the attempt is still its message's current one (pending, the same
     attempt number: the update locks the row, and a claim that took it meanwhile makes the condition
-    false). The caller sorts them by id: a plan that walks the array into the primary key then locks the
-    rows in id order, so two settles of the same messages wait for each other instead of deadlocking. A
-    plan made without the table's statistics may walk the endpoint's pending rows instead (bench/RESULTS.md,
-    session 20); a deadlock then answers UNAVAILABLE and the attempts are claimed again. Then the
-    endpoint's state, as :func:`.outbox.record_outcomes` (``succeeded``: a batch with a success), if any
-    was written. A row per attempt written, each with the state.
+    false). The rows are found by their keys whatever the server knows of the table: ``m.id = ANY(ids)`` is
+    a condition of the primary key's, and the pending test is written so that no index can take it
+    (``IS TRUE``). Written plainly, a plan made without the table's statistics (a new store, before
+    autovacuum's first ``ANALYZE``) took the endpoint's pending messages from ``webhook_messages_due`` and
+    joined every one of them to the array: a settle of 8 took 16 to 21 ms beside 10,000 to 50,000 pending
+    messages, against under 1 ms now, so a receiver back from an outage drained its backlog in quadratic
+    time (bench/outbox_backlog.py; bench/RESULTS.md, session 21). Below a few thousand rows such a plan
+    may still read the endpoint's entries of that index, which costs little there. The
+    caller sorts the attempts by id, so a scan of the key locks the rows in id order and two settles of the
+    same messages wait for each other. A plan that reads the rows in the heap's order instead may
+    deadlock; that answers UNAVAILABLE, and the attempts are claimed again. Then the endpoint's state, as
+    :func:`.outbox.record_outcomes` (``succeeded``: a batch with a success), if any was written. A row per
+    attempt written, each with the state.
     """
     statement = f"""
     WITH {_ASYNC_COMMIT_SQL}, s AS (
@@ -220,8 +227,9 @@ def settle(succeeded: bool) -> sa.TextClause:
         FROM unnest(CAST(:u_ids AS text[]), CAST(:u_attempts AS integer[]), CAST(:u_statuses AS text[]),
                     CAST(:u_dues AS timestamptz[]), CAST(:u_logs AS text[]))
              AS v(id, attempts, status, due, log), async_commit
-        WHERE m.endpoint = CAST(:u_endpoint AS text) AND m.id = v.id AND m.attempts = v.attempts
-          AND m.status = 'pending' AND async_commit.set IS NOT NULL
+        WHERE m.endpoint = CAST(:u_endpoint AS text) AND m.id = v.id AND m.id = ANY(CAST(:u_ids AS text[]))
+          AND m.attempts = v.attempts
+          AND (m.status = 'pending') IS TRUE AND async_commit.set IS NOT NULL
         RETURNING m.id, m.attempts
     ), {_record(succeeded)}
     SELECT s.id, s.attempts, r.enabled, r.disabled_reason, r.failing_since, r.last_success_time FROM s, r

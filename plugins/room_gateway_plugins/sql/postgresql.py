@@ -330,7 +330,7 @@ class PostgresBackend(SqlBackend):
         if not settled:
             return []
         endpoint = outbox_sql.batch_endpoint(settled)
-        ordered = sorted(settled, key=lambda one: one.message.id)  # for a plan that walks the array
+        ordered = sorted(settled, key=lambda one: one.message.id)  # locked in id order (pgstatements.settle)
         params = [outbox_sql.settle_params(one) for one in ordered]
         succeeded, record = outbox_sql.outcomes_params(endpoint, settled)
         outcomes = {
