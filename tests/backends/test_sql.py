@@ -605,13 +605,14 @@ async def test_a_postgresql_variable_write_is_one_statement(postgres: str) -> No
         sub.close()
 
 
-async def test_a_postgresql_settle_reads_its_own_messages_whatever_the_backlog() -> None:
+async def test_a_postgresql_settle_reads_its_own_messages_whatever_the_backlog(postgres: str) -> None:
     """A settle finds its attempts' rows by their keys, not by walking the endpoint's pending messages, even
     on a table the server has no statistics of yet (a new store, before autovacuum's first ANALYZE). That
     plan walked every pending row of the endpoint for each settle (16 to 21 ms for 8 attempts beside 10,000
     to 50,000, against under 1 ms), so a receiver's return after an outage would drain its backlog in
     quadratic time. The plan of the statement the backend sent, with its own arguments, on a fresh store
-    with 10,000 pending messages."""
+    with 10,000 pending messages (a schema of its own: the session's has had its statistics gathered;
+    ``postgres`` only for its check of the server)."""
     schema = fresh_schema()
     backend = PostgresBackend(pg_url(schema))
     room_id = fresh("watched")
