@@ -40,7 +40,6 @@ this uses.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -57,12 +56,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # bench/run.py: the gateway's bench configuration, the peers, wrk and h2load
 from instructions import _collector  # the stand-in OTLP/HTTP collector
-
-PUT_LUA = (
-    'wrk.method = "PUT"\nwrk.headers["Content-Type"] = "application/json"\n'
-    f"wrk.body = {json.dumps(json.dumps({'value': run.VALUE}))}\n"
-)
-
 
 #: ``taskset`` prefixes: both servers of a pair on one CPU, the load generators on the others
 #: (``--server-cpu``).
@@ -133,7 +126,7 @@ def _load(server: Server, call: str, args: argparse.Namespace, duration: float) 
         cmd += ["-H", f"X-API-Key: {server.key}"]
     if call == "PUT":
         script = Path(tempfile.gettempdir()) / "ab-put.lua"
-        script.write_text(PUT_LUA)
+        script.write_text(run.PUT_LUA)
         cmd += ["-s", str(script)]
     return [*PINNED["load"], *cmd, f"http://127.0.0.1:{server.http}{run.VAR_PATH}"]
 
@@ -142,12 +135,9 @@ def _served(out: str, call: str) -> tuple[int, int]:
     """Requests completed and failed, from the load generator's output."""
     if call == "gRPC":
         done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))  # type: ignore[union-attr]
-        failed = int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
-        return done, failed
+        return done, run.h2load_failed(out)
     done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: .*", out)
-    return done, (int(bad.group(1)) if bad else 0) + (1 if errors else 0)
+    return done, run.wrk_errors(out)
 
 
 @dataclass

@@ -43,14 +43,23 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as harness  # bench/run.py: a script, not a package
 from room_gateway_plugins.sql.sqlite import READERS
-from run import KEY, NAME, ROOM, ROOT, VALUE, VAR_PATH, Proc, Result, free_port, grpc_check, wait_port
+from run import (
+    KEY,
+    NAME,
+    PUT_LUA,
+    ROOM,
+    ROOT,
+    VALUE,
+    VAR_PATH,
+    Proc,
+    Result,
+    free_port,
+    grpc_check,
+    wait_port,
+)
 
 OUT = ROOT / "bench" / "out"
 AUTH = {"X-API-Key": KEY}
-PUT_LUA = (
-    'wrk.method = "PUT"\nwrk.headers["Content-Type"] = "application/json"\n'
-    f"wrk.body = {json.dumps(json.dumps({'value': VALUE}))}\n"
-)
 CALLS = ("REST GET", "REST PUT", "gRPC GetVariable", "gRPC SetVariable")
 
 

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from instructions import instrument
-from run import KEY, VAR_PATH, Proc, Result, free_port, gateway_config, seed, wait_port, wrk
+from run import KEY, VAR_PATH, Proc, Result, free_port, gateway_config, h2load_failed, seed, wait_port, wrk
 
 PROTO = """\
 syntax = "proto3";
@@ -191,7 +191,7 @@ def h2load(name: str, port: int, args: argparse.Namespace, headers: dict[str, st
             check=True,
         ).stdout
         rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
-        failed = int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
+        failed = h2load_failed(out)
         times = [int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line]
         p99 = statistics.quantiles(times, n=100)[98] if len(times) > 100 else max(times)
         return Result(name, rps, p99, failed)

@@ -34,6 +34,11 @@ KEY = "bench-key-0123456789abcdef"
 ROOM, NAME = "bench-room", "score"
 VALUE = {"points": 42, "players": ["ada", "linus"]}
 VAR_PATH = f"/v1/rooms/{ROOM}/variables/{NAME}"
+#: wrk's script for a PUT of the bench variable (every bench that PUTs through wrk).
+PUT_LUA = (
+    'wrk.method = "PUT"\nwrk.headers["Content-Type"] = "application/json"\n'
+    f"wrk.body = {json.dumps(json.dumps({'value': VALUE}))}\n"
+)
 
 
 @dataclass
@@ -173,12 +178,20 @@ def wrk(
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))  # type: ignore[union-attr]
+    total, kernel = cpu_per_request(user + system, rps, args), cpu_per_request(system, rps, args)
+    return Result(name, rps, p99, wrk_errors(out), total, kernel)
+
+
+def wrk_errors(out: str) -> int:
+    """What went wrong in a wrk run, from its output: its non-2xx answers, and 1 if any socket error."""
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: .*", out)
-    errors = (int(bad.group(1)) if bad else 0) + (1 if socket_errors else 0)
-    return Result(
-        name, rps, p99, errors, cpu_per_request(user + system, rps, args), cpu_per_request(system, rps, args)
-    )
+    return (int(bad.group(1)) if bad else 0) + (1 if socket_errors else 0)
+
+
+def h2load_failed(out: str) -> int:
+    """The requests an h2load run counted as failed, from its output."""
+    return int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
 
 
 def _used(server: Proc | None, before: tuple[float, float]) -> tuple[float, float]:
@@ -237,7 +250,7 @@ def h2load(
         ).stdout
         user, system = _used(server, before)
         rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
-        failed = int(re.search(r"(\d+) failed", out).group(1))  # type: ignore[union-attr]
+        failed = h2load_failed(out)
         times = [int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line]
         p99 = statistics.quantiles(times, n=100)[98] if len(times) > 100 else max(times)
         return Result(
@@ -288,10 +301,6 @@ def main() -> None:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install wrk nghttp2-client")
 
-    put_lua = (
-        'wrk.method = "PUT"\nwrk.headers["Content-Type"] = "application/json"\n'
-        f"wrk.body = {json.dumps(json.dumps({'value': VALUE}))}\n"
-    )
     auth = {"X-API-Key": KEY}
     results: list[tuple[Result, Result]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,10 +327,10 @@ def main() -> None:
                 ),
                 "PUT": (
                     lambda: wrk(
-                        "bare Starlette PUT", bare_url, args, headers={}, lua=put_lua, server=starlette
+                        "bare Starlette PUT", bare_url, args, headers={}, lua=PUT_LUA, server=starlette
                     ),
                     lambda: wrk(
-                        "gateway REST PUT", gateway_url, args, headers=auth, lua=put_lua, server=gateway
+                        "gateway REST PUT", gateway_url, args, headers=auth, lua=PUT_LUA, server=gateway
                     ),
                 ),
                 "gRPC": (
